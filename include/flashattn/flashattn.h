@@ -1,0 +1,200 @@
+// flashattn: IO-aware exact attention (FlashAttention), forward and backward.
+//
+// One public header. Every backend (CPU, CUDA) takes the same argument
+// structs, is validated by the same code (src/common/validate.cpp) and
+// reports bad input through one exception type, flashattn::Error.
+//
+// Layout convention (as flash-attn): Q, K, V, O are (batch, seqlen, heads,
+// head_dim) with explicit element strides for batch, seq and head; the last
+// dimension is contiguous. For variable-length batches the tensors are
+// (total_tokens, heads, head_dim), given as batch = 1 and seqlen = total, and
+// Varlen carries the cumulative sequence lengths.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <stdexcept>
+#include <string>
+
+namespace flashattn {
+
+// ---------------------------------------------------------------- errors ---
+
+// The single error mechanism of the library. The message always names the
+// argument and gives the expected and the actual value.
+class Error : public std::invalid_argument {
+ public:
+  using std::invalid_argument::invalid_argument;
+};
+
+// ----------------------------------------------------------------- types ---
+
+enum class DType : int { f32 = 0, f16 = 1, bf16 = 2, f64 = 3 };
+enum class Device : int { cpu = 0, cuda = 1 };
+
+const char* to_string(DType dtype);
+const char* to_string(Device device);
+std::size_t dtype_size(DType dtype);
+
+// A strided 4-D view (batch, seqlen, heads, head_dim). Strides are in
+// elements; the head_dim stride is 1 by construction. Sizes and strides are
+// 64-bit so that no index arithmetic overflows on large problems.
+struct Tensor {
+  void* data = nullptr;
+  DType dtype = DType::f32;
+  std::int64_t batch = 0, seqlen = 0, heads = 0, head_dim = 0;
+  std::int64_t stride_batch = 0, stride_seq = 0, stride_head = 0;
+
+  // A densely packed (batch, seqlen, heads, head_dim) tensor.
+  static Tensor contiguous(void* data, DType dtype, std::int64_t batch,
+                           std::int64_t seqlen, std::int64_t heads,
+                           std::int64_t head_dim);
+  std::int64_t numel() const { return batch * seqlen * heads * head_dim; }
+};
+
+// Variable-length batch (key padding): sequence b owns rows
+// [cu_seqlens_q[b], cu_seqlens_q[b+1]) of Q/O and [cu_seqlens_k[b],
+// cu_seqlens_k[b+1]) of K/V. Both arrays have batch + 1 int32 entries, start
+// at 0 and never decrease.
+//
+// The arrays live on the device of the call. A CUDA call cannot read them
+// without synchronising, so it validates their contents only when the host
+// copies are also given (cu_seqlens_*_host); without them it checks what it
+// can and clamps every sequence to the tensor, so bad values cannot touch
+// memory outside the tensors (their results are then undefined).
+struct Varlen {
+  const std::int32_t* cu_seqlens_q = nullptr;
+  const std::int32_t* cu_seqlens_k = nullptr;
+  std::int64_t batch = 0;
+  std::int64_t max_seqlen_q = 0;  // max over b of the query lengths
+  std::int64_t max_seqlen_k = 0;
+  const std::int32_t* cu_seqlens_q_host = nullptr;  // optional (CUDA)
+  const std::int32_t* cu_seqlens_k_host = nullptr;  // optional (CUDA)
+};
+
+// Block-sparse attention in compressed form (the shape of FlexAttention's
+// BlockMask). Queries are cut into blocks of block_q rows and keys into
+// blocks of block_k columns. For query block qb of (batch b, head h):
+//  - kv_indices[b, h, qb, 0 .. kv_count[b, h, qb]) are the "partial" key
+//    blocks: attended, with the element mask (causal / window) applied;
+//  - full_kv_indices[b, h, qb, 0 .. full_kv_count[b, h, qb]) are the "full"
+//    key blocks: attended with no element mask (the caller asserts that
+//    every element in them is visible; only the sequence bounds apply).
+// Every other key block is skipped. A key block may not appear twice in one
+// row of either list, nor in both lists.
+// Layouts are dense int32 [batch, heads, num_q_blocks] for counts and
+// [batch, heads, num_q_blocks, num_k_blocks] for indices; batch and heads may
+// be 1 to broadcast. num_q_blocks = ceil(seqlen_q / block_q) and
+// num_k_blocks = ceil(seqlen_k / block_k) (max seqlens for varlen). The
+// indices live on the device of the call; as for Varlen, a CUDA call checks
+// their contents only when the host copies are given.
+struct BlockMask {
+  std::int64_t block_q = 128, block_k = 128;
+  std::int64_t batch = 1, heads = 1;
+  std::int64_t num_q_blocks = 0, num_k_blocks = 0;
+  const std::int32_t* kv_count = nullptr;
+  const std::int32_t* kv_indices = nullptr;
+  const std::int32_t* full_kv_count = nullptr;    // optional
+  const std::int32_t* full_kv_indices = nullptr;  // optional
+  const std::int32_t* kv_count_host = nullptr;          // optional (CUDA)
+  const std::int32_t* kv_indices_host = nullptr;        // optional (CUDA)
+  const std::int32_t* full_kv_count_host = nullptr;     // optional (CUDA)
+  const std::int32_t* full_kv_indices_host = nullptr;   // optional (CUDA)
+};
+
+// Options shared by forward and backward. Backward must be called with the
+// same options as the forward it differentiates.
+struct Options {
+  // Scale applied to QK^T before the softmax; default 1/sqrt(head_dim).
+  std::optional<float> softmax_scale;
+  // Causal masking. When seqlen_q != seqlen_k the mask is aligned to the
+  // bottom-right corner (as flash-attn >= 2.1): query i sees key j iff
+  // j <= i + seqlen_k - seqlen_q. Equivalent to window_right = 0.
+  bool causal = false;
+  // Sliding window, bottom-right aligned: query i sees key j iff
+  // i + sk - sq - window_left <= j <= i + sk - sq + window_right.
+  // -1 means unbounded on that side.
+  std::int64_t window_left = -1, window_right = -1;
+  // Dropout on the attention probabilities (forward and backward). The
+  // mask is a pure function of (seed, offset, batch, head, row, col) through
+  // Philox4x32-10, identical on every backend; see dropout_mask().
+  float dropout_p = 0.0f;
+  std::uint64_t seed = 0, offset = 0;
+  const Varlen* varlen = nullptr;          // key padding / packed batches
+  const BlockMask* block_mask = nullptr;   // block-sparse attention
+};
+
+// Which computation a call performs. `flash` is the tiled FlashAttention
+// algorithm (memory O(N)). `standard` materialises S = QK^T and P =
+// softmax(S) (memory O(N^2)): the baseline that the paper compares against,
+// with exactly the same options and semantics.
+enum class Algorithm : int { flash = 0, standard = 1 };
+
+// Where and how a call runs.
+//  - device: where every pointer of the call lives.
+//  - stream: a cudaStream_t for CUDA calls (nullptr = legacy default
+//    stream); ignored on CPU. No call synchronises the stream.
+//  - workspace: scratch memory on the device of the call, at least
+//    *_workspace_bytes() bytes. When null and the call needs scratch, the
+//    library allocates it (stream-ordered on CUDA) and frees it after use.
+//  - num_threads: CPU threads (0 = OpenMP's default).
+struct Context {
+  Device device = Device::cpu;
+  void* stream = nullptr;
+  void* workspace = nullptr;
+  std::size_t workspace_bytes = 0;
+  int num_threads = 0;
+  Algorithm algorithm = Algorithm::flash;
+};
+
+// ----------------------------------------------------------- the calls ---
+
+// O = softmax(scale * Q K^T + mask) V, with dropout on the probabilities.
+// lse (optional, float32) receives the natural-log log-sum-exp of each
+// scaled score row, laid out [batch, heads_q, seqlen_q] (varlen:
+// [heads_q, total_q]). Rows whose keys are all masked give O = 0 and
+// lse = -inf. GQA/MQA: heads_q must be a multiple of heads_k; query head h
+// reads key/value head h / (heads_q / heads_k).
+struct ForwardArgs {
+  Tensor q, k, v;
+  Tensor o;
+  float* lse = nullptr;
+  Options options;
+};
+
+// Gradients of the forward above. lse is the forward's output (required).
+// dq, dk, dv have the shapes of q, k, v. deterministic = true makes dq, dk
+// and dv bit-identical from run to run (and across CPU thread counts).
+struct BackwardArgs {
+  Tensor q, k, v, o, dout;
+  const float* lse = nullptr;
+  Tensor dq, dk, dv;
+  Options options;
+  bool deterministic = false;
+};
+
+std::size_t forward_workspace_bytes(const ForwardArgs& args, const Context& ctx);
+std::size_t backward_workspace_bytes(const BackwardArgs& args, const Context& ctx);
+
+void forward(const ForwardArgs& args, const Context& ctx = {});
+void backward(const BackwardArgs& args, const Context& ctx = {});
+
+// ------------------------------------------------------------- helpers ---
+
+// The dropout keep-mask of one (batch, head) attention matrix, rows x cols,
+// row-major into keep (1 = kept, and scaled by 1/(1-p); 0 = dropped).
+// batch is the sequence index (for varlen too), heads_q the number of query
+// heads of the call, head the query head; rows / cols are positions inside
+// the sequence. Bit-identical to what every backend applies.
+void dropout_mask(std::uint64_t seed, std::uint64_t offset, float dropout_p,
+                  std::int64_t batch, std::int64_t heads_q, std::int64_t head,
+                  std::int64_t rows, std::int64_t cols, std::uint8_t* keep);
+
+// What a backend supports, for callers that want to ask before calling.
+bool supports(Device device, Algorithm algorithm, DType dtype, std::int64_t head_dim);
+
+// Library version string.
+const char* version();
+
+}  // namespace flashattn

@@ -1,0 +1,64 @@
+// The validated, resolved description of one attention call: what every
+// backend reads instead of the raw argument structs. Produced only by
+// check_forward / check_backward (validate.cpp).
+#pragma once
+
+#include <cstdint>
+
+#include "flashattn/flashattn.h"
+#include "mask.h"
+
+namespace flashattn::detail {
+
+struct Problem {
+  Device device = Device::cpu;
+  Algorithm algorithm = Algorithm::flash;
+  DType dtype = DType::f32;
+  std::int64_t batch = 0;                 // number of sequences
+  std::int64_t seqlen_q = 0, seqlen_k = 0;  // dense: the lengths; varlen: the maxima
+  std::int64_t heads_q = 0, heads_k = 0, head_dim = 0;
+  float scale = 1.0f;
+  WindowMask window;                      // causal folded in (right = 0)
+  float dropout_p = 0.0f;
+  std::uint64_t seed = 0, offset = 0;
+  const Varlen* varlen = nullptr;
+  const BlockMask* block_mask = nullptr;
+
+  bool is_varlen() const { return varlen != nullptr; }
+  bool has_dropout() const { return dropout_p > 0.0f; }
+  std::int64_t group() const { return heads_q / heads_k; }  // query heads per kv head
+};
+
+// Row ranges of one sequence inside the q/o and k/v tensors. For dense
+// batches the tensor's batch stride selects the sequence and the starts
+// are 0; for varlen the starts come from the cumulative lengths.
+struct SeqRange {
+  std::int64_t q_start = 0, seqlen_q = 0, k_start = 0, seqlen_k = 0;
+};
+
+// Host-side (CPU pointers or host copies) sequence range of sequence b.
+inline SeqRange seq_range(const Problem& p, const std::int32_t* cu_q, const std::int32_t* cu_k,
+                          std::int64_t b) {
+  if (!p.is_varlen()) return SeqRange{0, p.seqlen_q, 0, p.seqlen_k};
+  return SeqRange{cu_q[b], cu_q[b + 1] - cu_q[b], cu_k[b], cu_k[b + 1] - cu_k[b]};
+}
+
+Problem check_forward(const ForwardArgs& args, const Context& ctx);
+Problem check_backward(const BackwardArgs& args, const Context& ctx);
+
+// Block-mask lookups on host-readable arrays.
+struct HostBlockMask {
+  const BlockMask* m = nullptr;
+  const std::int32_t *count = nullptr, *indices = nullptr, *full_count = nullptr,
+                     *full_indices = nullptr;
+
+  std::int64_t row(std::int64_t b, std::int64_t h, std::int64_t qb) const {
+    const std::int64_t bb = m->batch == 1 ? 0 : b, hh = m->heads == 1 ? 0 : h;
+    return (bb * m->heads + hh) * m->num_q_blocks + qb;
+  }
+};
+
+// Block states of one query-block row, as used by the CPU backends.
+enum : std::uint8_t { kBlockSkip = 0, kBlockPartial = 1, kBlockFull = 2 };
+
+}  // namespace flashattn::detail

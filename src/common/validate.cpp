@@ -1,0 +1,345 @@
+// Parameter validation shared by every backend. Every message names the
+// argument and gives the expected and the actual value.
+#include <cmath>
+#include <limits>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "flashattn/flashattn.h"
+#include "problem.h"
+
+namespace flashattn {
+
+const char* to_string(DType dtype) {
+  switch (dtype) {
+    case DType::f32: return "f32";
+    case DType::f16: return "f16";
+    case DType::bf16: return "bf16";
+    case DType::f64: return "f64";
+  }
+  return "unknown-dtype";
+}
+
+const char* to_string(Device device) {
+  switch (device) {
+    case Device::cpu: return "cpu";
+    case Device::cuda: return "cuda";
+  }
+  return "unknown-device";
+}
+
+std::size_t dtype_size(DType dtype) {
+  switch (dtype) {
+    case DType::f32: return 4;
+    case DType::f16:
+    case DType::bf16: return 2;
+    case DType::f64: return 8;
+  }
+  throw Error("dtype: expected one of f32, f16, bf16, f64, got value " +
+              std::to_string(static_cast<int>(dtype)));
+}
+
+Tensor Tensor::contiguous(void* data, DType dtype, std::int64_t batch, std::int64_t seqlen,
+                          std::int64_t heads, std::int64_t head_dim) {
+  Tensor t;
+  t.data = data;
+  t.dtype = dtype;
+  t.batch = batch;
+  t.seqlen = seqlen;
+  t.heads = heads;
+  t.head_dim = head_dim;
+  t.stride_head = head_dim;
+  t.stride_seq = heads * head_dim;
+  t.stride_batch = seqlen * heads * head_dim;
+  return t;
+}
+
+bool supports(Device device, Algorithm algorithm, DType dtype, std::int64_t head_dim) {
+  switch (device) {
+    case Device::cpu:
+      // The CPU backends take any head_dim up to 256 and every dtype; f64
+      // runs through the standard (materialising) path only.
+      if (head_dim < 1 || head_dim > 256) return false;
+      if (dtype == DType::f64) return algorithm == Algorithm::standard;
+      return dtype == DType::f32 || dtype == DType::f16 || dtype == DType::bf16;
+    case Device::cuda: {
+      if (dtype != DType::f16 && dtype != DType::bf16) return false;
+      if (algorithm == Algorithm::standard) return head_dim >= 1 && head_dim <= 256 && head_dim % 8 == 0;
+      // The head dims the CUDA dispatch table instantiates.
+      return head_dim == 32 || head_dim == 64 || head_dim == 96 || head_dim == 128 ||
+             head_dim == 192 || head_dim == 256;
+    }
+  }
+  return false;
+}
+
+const char* version() { return "0.1.0"; }
+
+namespace detail {
+namespace {
+
+[[noreturn]] void fail(const std::string& arg, const std::string& expected, const std::string& actual) {
+  throw Error(arg + ": expected " + expected + ", got " + actual);
+}
+
+std::string str(std::int64_t v) { return std::to_string(v); }
+
+std::string shape_str(const Tensor& t) {
+  std::ostringstream os;
+  os << "(" << t.batch << ", " << t.seqlen << ", " << t.heads << ", " << t.head_dim << ")";
+  return os.str();
+}
+
+constexpr std::int64_t kMaxDim = std::numeric_limits<std::int32_t>::max();
+
+// Highest element offset the view touches, with overflow detection: the
+// kernels use 64-bit offsets everywhere, so only int64 overflow is fatal.
+void check_extent(const Tensor& t, const char* name) {
+  if (t.numel() == 0) return;
+  std::int64_t hi = t.head_dim - 1, term = 0;
+  const std::int64_t dims[3] = {t.batch, t.seqlen, t.heads};
+  const std::int64_t strides[3] = {t.stride_batch, t.stride_seq, t.stride_head};
+  for (int i = 0; i < 3; ++i) {
+    if (__builtin_mul_overflow(dims[i] - 1, strides[i], &term) || __builtin_add_overflow(hi, term, &hi))
+      fail(std::string(name), "an extent whose element offsets fit in 64 bits",
+           "shape " + shape_str(t) + " with strides (" + str(t.stride_batch) + ", " + str(t.stride_seq) +
+               ", " + str(t.stride_head) + ", 1)");
+  }
+  std::int64_t bytes = 0;
+  if (__builtin_mul_overflow(hi + 1, static_cast<std::int64_t>(dtype_size(t.dtype)), &bytes))
+    fail(std::string(name), "a byte extent that fits in 64 bits", shape_str(t));
+}
+
+void check_tensor(const Tensor& t, const char* name, const Context& ctx) {
+  const std::string n(name);
+  if (static_cast<int>(t.dtype) < 0 || static_cast<int>(t.dtype) > 3)
+    fail(n + ".dtype", "one of f32, f16, bf16, f64", "value " + str(static_cast<int>(t.dtype)));
+  if (t.batch < 0 || t.seqlen < 0 || t.heads < 0 || t.head_dim < 0)
+    fail(n + " shape", "non-negative sizes", shape_str(t));
+  if (t.heads == 0) fail(n + ".heads", ">= 1", "0");
+  if (t.head_dim == 0) fail(n + ".head_dim", ">= 1", "0");
+  if (t.batch > kMaxDim || t.seqlen > kMaxDim || t.heads > kMaxDim)
+    fail(n + " shape", "batch, seqlen and heads each <= 2^31-1", shape_str(t));
+  if (t.stride_batch < 0 || t.stride_seq < 0 || t.stride_head < 0)
+    fail(n + " strides", "non-negative element strides",
+         "(" + str(t.stride_batch) + ", " + str(t.stride_seq) + ", " + str(t.stride_head) + ")");
+  // The last dimension is contiguous by construction; a head stride smaller
+  // than head_dim would make heads overlap, which is only legal for inputs
+  // that are read (and even then almost certainly a caller bug).
+  if (t.heads > 1 && t.stride_head < t.head_dim)
+    fail(n + ".stride_head", ">= head_dim (" + str(t.head_dim) + ") with a contiguous last dimension",
+         str(t.stride_head));
+  if (t.numel() > 0 && t.data == nullptr) fail(n + ".data", "a non-null pointer for " + shape_str(t), "nullptr");
+  check_extent(t, name);
+  const std::size_t es = dtype_size(t.dtype);
+  const auto addr = reinterpret_cast<std::uintptr_t>(t.data);
+  if (addr % es != 0) fail(n + ".data", "alignment to " + str(static_cast<std::int64_t>(es)) + " bytes",
+                           "address " + str(static_cast<std::int64_t>(addr)));
+  if (ctx.device == Device::cuda && t.numel() > 0) {
+    // 16-byte vector loads (cp.async / TMA) of rows need aligned rows.
+    const std::int64_t vec = 16 / static_cast<std::int64_t>(es);
+    if (addr % 16 != 0) fail(n + ".data", "16-byte alignment on CUDA", "address % 16 = " + str(static_cast<std::int64_t>(addr % 16)));
+    if ((t.batch > 1 && t.stride_batch % vec) || (t.seqlen > 1 && t.stride_seq % vec) ||
+        (t.heads > 1 && t.stride_head % vec))
+      fail(n + " strides", "multiples of " + str(vec) + " elements (16 bytes) on CUDA",
+           "(" + str(t.stride_batch) + ", " + str(t.stride_seq) + ", " + str(t.stride_head) + ")");
+    if (t.head_dim % vec) fail(n + ".head_dim", "a multiple of " + str(vec) + " on CUDA", str(t.head_dim));
+  }
+}
+
+void check_same_shape(const Tensor& a, const char* an, const Tensor& b, const char* bn) {
+  if (a.batch != b.batch || a.seqlen != b.seqlen || a.heads != b.heads || a.head_dim != b.head_dim)
+    fail(std::string(an) + " shape", std::string("the shape of ") + bn + " " + shape_str(b), shape_str(a));
+  if (a.dtype != b.dtype) fail(std::string(an) + ".dtype", std::string("the dtype of ") + bn + " (" + to_string(b.dtype) + ")", to_string(a.dtype));
+}
+
+void check_context(const Context& ctx) {
+  if (ctx.device != Device::cpu && ctx.device != Device::cuda)
+    fail("ctx.device", "cpu or cuda", "value " + str(static_cast<int>(ctx.device)));
+  if (ctx.algorithm != Algorithm::flash && ctx.algorithm != Algorithm::standard)
+    fail("ctx.algorithm", "flash or standard", "value " + str(static_cast<int>(ctx.algorithm)));
+  if (ctx.num_threads < 0) fail("ctx.num_threads", ">= 0", str(ctx.num_threads));
+  if (ctx.workspace == nullptr && ctx.workspace_bytes != 0)
+    fail("ctx.workspace", "a non-null pointer when workspace_bytes = " + std::to_string(ctx.workspace_bytes), "nullptr");
+}
+
+// Contents of the cumulative sequence lengths, when host-readable.
+void check_cu_seqlens(const std::int32_t* cu, const char* name, std::int64_t batch, std::int64_t total,
+                      std::int64_t max_len) {
+  const std::string n(name);
+  if (cu[0] != 0) fail(n + "[0]", "0", str(cu[0]));
+  for (std::int64_t b = 0; b < batch; ++b) {
+    const std::int64_t len = static_cast<std::int64_t>(cu[b + 1]) - cu[b];
+    if (len < 0)
+      fail(n, "non-decreasing values", n + "[" + str(b + 1) + "] = " + str(cu[b + 1]) + " < " + n + "[" + str(b) + "] = " + str(cu[b]));
+    if (len > max_len)
+      fail(n, "sequence lengths <= max_seqlen (" + str(max_len) + ")", "length " + str(len) + " for sequence " + str(b));
+  }
+  if (cu[batch] > total)
+    fail(n + "[batch]", "<= the tensor's total rows (" + str(total) + ")", str(cu[batch]));
+}
+
+void check_varlen(const Varlen& vl, const Tensor& q, const Tensor& k, const Context& ctx) {
+  if (q.batch != 1 || k.batch != 1)
+    fail("q.batch / k.batch with varlen", "1 (tensors are (total, heads, head_dim))",
+         str(q.batch) + " / " + str(k.batch));
+  if (vl.batch < 0) fail("varlen.batch", ">= 0", str(vl.batch));
+  if (vl.batch > kMaxDim) fail("varlen.batch", "<= 2^31-1", str(vl.batch));
+  if (vl.max_seqlen_q < 0 || vl.max_seqlen_q > q.seqlen)
+    fail("varlen.max_seqlen_q", "in [0, total_q = " + str(q.seqlen) + "]", str(vl.max_seqlen_q));
+  if (vl.max_seqlen_k < 0 || vl.max_seqlen_k > k.seqlen)
+    fail("varlen.max_seqlen_k", "in [0, total_k = " + str(k.seqlen) + "]", str(vl.max_seqlen_k));
+  if (vl.cu_seqlens_q == nullptr) fail("varlen.cu_seqlens_q", "a non-null pointer", "nullptr");
+  if (vl.cu_seqlens_k == nullptr) fail("varlen.cu_seqlens_k", "a non-null pointer", "nullptr");
+  const std::int32_t* hq = ctx.device == Device::cpu ? vl.cu_seqlens_q : vl.cu_seqlens_q_host;
+  const std::int32_t* hk = ctx.device == Device::cpu ? vl.cu_seqlens_k : vl.cu_seqlens_k_host;
+  if (hq) check_cu_seqlens(hq, "varlen.cu_seqlens_q", vl.batch, q.seqlen, vl.max_seqlen_q);
+  if (hk) check_cu_seqlens(hk, "varlen.cu_seqlens_k", vl.batch, k.seqlen, vl.max_seqlen_k);
+}
+
+std::int64_t ceil_div(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; }
+
+void check_block_mask(const BlockMask& m, const Problem& p, const Context& ctx) {
+  if (m.block_q < 1) fail("block_mask.block_q", ">= 1", str(m.block_q));
+  if (m.block_k < 1) fail("block_mask.block_k", ">= 1", str(m.block_k));
+  if (m.batch != 1 && m.batch != p.batch)
+    fail("block_mask.batch", "1 (broadcast) or the batch size " + str(p.batch), str(m.batch));
+  if (m.heads != 1 && m.heads != p.heads_q)
+    fail("block_mask.heads", "1 (broadcast) or heads_q = " + str(p.heads_q), str(m.heads));
+  const std::int64_t nqb = ceil_div(p.seqlen_q, m.block_q), nkb = ceil_div(p.seqlen_k, m.block_k);
+  if (m.num_q_blocks != nqb)
+    fail("block_mask.num_q_blocks", "ceil(seqlen_q / block_q) = " + str(nqb), str(m.num_q_blocks));
+  if (m.num_k_blocks != nkb)
+    fail("block_mask.num_k_blocks", "ceil(seqlen_k / block_k) = " + str(nkb), str(m.num_k_blocks));
+  if (m.kv_count == nullptr) fail("block_mask.kv_count", "a non-null pointer", "nullptr");
+  if (m.kv_indices == nullptr) fail("block_mask.kv_indices", "a non-null pointer", "nullptr");
+  if ((m.full_kv_count == nullptr) != (m.full_kv_indices == nullptr))
+    fail("block_mask.full_kv_count / full_kv_indices", "both set or both null",
+         m.full_kv_count ? "only full_kv_count set" : "only full_kv_indices set");
+  const bool cpu = ctx.device == Device::cpu;
+  const std::int32_t* cnt = cpu ? m.kv_count : m.kv_count_host;
+  const std::int32_t* idx = cpu ? m.kv_indices : m.kv_indices_host;
+  const std::int32_t* fcnt = cpu ? m.full_kv_count : m.full_kv_count_host;
+  const std::int32_t* fidx = cpu ? m.full_kv_indices : m.full_kv_indices_host;
+  if (!cnt || !idx) return;  // CUDA without host copies: contents unchecked (documented)
+  std::vector<std::uint8_t> seen(static_cast<std::size_t>(nkb));
+  const std::int64_t rows = m.batch * m.heads * nqb;
+  for (std::int64_t r = 0; r < rows; ++r) {
+    std::fill(seen.begin(), seen.end(), 0);
+    for (int list = 0; list < 2; ++list) {
+      const std::int32_t* c = list == 0 ? cnt : fcnt;
+      const std::int32_t* ix = list == 0 ? idx : fidx;
+      if (!c) continue;
+      const char* cname = list == 0 ? "block_mask.kv_count" : "block_mask.full_kv_count";
+      const char* iname = list == 0 ? "block_mask.kv_indices" : "block_mask.full_kv_indices";
+      if (c[r] < 0 || c[r] > nkb)
+        fail(std::string(cname) + "[" + str(r) + "]", "in [0, num_k_blocks = " + str(nkb) + "]", str(c[r]));
+      for (std::int64_t i = 0; i < c[r]; ++i) {
+        const std::int32_t kb = ix[r * nkb + i];
+        if (kb < 0 || kb >= nkb)
+          fail(std::string(iname) + "[" + str(r) + ", " + str(i) + "]", "in [0, num_k_blocks = " + str(nkb) + ")", str(kb));
+        if (seen[kb])
+          fail(std::string(iname) + "[" + str(r) + ", " + str(i) + "]",
+               "a key block listed once per query block (partial and full lists together)",
+               "block " + str(kb) + " repeated");
+        seen[kb] = 1;
+      }
+    }
+  }
+}
+
+Problem check_common(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o,
+                     const Options& opt, const Context& ctx) {
+  check_context(ctx);
+  check_tensor(q, "q", ctx);
+  check_tensor(k, "k", ctx);
+  check_tensor(v, "v", ctx);
+  check_tensor(o, "o", ctx);
+  if (k.dtype != q.dtype) fail("k.dtype", std::string("the dtype of q (") + to_string(q.dtype) + ")", to_string(k.dtype));
+  if (v.dtype != q.dtype) fail("v.dtype", std::string("the dtype of q (") + to_string(q.dtype) + ")", to_string(v.dtype));
+  check_same_shape(v, "v", k, "k");
+  check_same_shape(o, "o", q, "q");
+  if (k.batch != q.batch) fail("k.batch", "q.batch = " + str(q.batch), str(k.batch));
+  if (k.head_dim != q.head_dim) fail("k.head_dim", "q.head_dim = " + str(q.head_dim), str(k.head_dim));
+  if (q.heads % k.heads != 0)
+    fail("q.heads", "a multiple of k.heads = " + str(k.heads) + " (GQA/MQA)", str(q.heads));
+  if (!supports(ctx.device, ctx.algorithm, q.dtype, q.head_dim))
+    fail("q.dtype / head_dim", std::string("a combination supported on ") + to_string(ctx.device) +
+                                   (ctx.algorithm == Algorithm::flash ? " (flash)" : " (standard)") +
+                                   " (see flashattn::supports and the README's feature table)",
+         std::string(to_string(q.dtype)) + " / " + str(q.head_dim));
+
+  Problem p;
+  p.device = ctx.device;
+  p.algorithm = ctx.algorithm;
+  p.dtype = q.dtype;
+  p.heads_q = q.heads;
+  p.heads_k = k.heads;
+  p.head_dim = q.head_dim;
+
+  if (opt.softmax_scale && !std::isfinite(*opt.softmax_scale))
+    fail("options.softmax_scale", "a finite value", std::to_string(*opt.softmax_scale));
+  p.scale = opt.softmax_scale ? *opt.softmax_scale : static_cast<float>(1.0 / std::sqrt(static_cast<double>(q.head_dim)));
+
+  if (opt.window_left < -1) fail("options.window_left", ">= -1 (-1 = unbounded)", str(opt.window_left));
+  if (opt.window_right < -1) fail("options.window_right", ">= -1 (-1 = unbounded)", str(opt.window_right));
+  p.window.left = opt.window_left;
+  p.window.right = opt.window_right;
+  if (opt.causal) {
+    if (opt.window_right > 0)
+      fail("options.window_right", "-1 or 0 with causal = true (causal means window_right = 0)", str(opt.window_right));
+    p.window.right = 0;
+  }
+
+  if (!(opt.dropout_p >= 0.0f && opt.dropout_p < 1.0f))
+    fail("options.dropout_p", "a value in [0, 1)", std::to_string(opt.dropout_p));
+  p.dropout_p = opt.dropout_p;
+  p.seed = opt.seed;
+  p.offset = opt.offset;
+
+  if (opt.varlen) {
+    check_varlen(*opt.varlen, q, k, ctx);
+    p.varlen = opt.varlen;
+    p.batch = opt.varlen->batch;
+    p.seqlen_q = opt.varlen->max_seqlen_q;
+    p.seqlen_k = opt.varlen->max_seqlen_k;
+  } else {
+    p.batch = q.batch;
+    p.seqlen_q = q.seqlen;
+    p.seqlen_k = k.seqlen;
+  }
+  if (p.dropout_p > 0.0f && p.batch * p.heads_q > 0xFFFFFFFFll)
+    fail("batch * heads_q with dropout", "< 2^32 (the Philox counter holds it in 32 bits)", str(p.batch * p.heads_q));
+  if (opt.block_mask) {
+    check_block_mask(*opt.block_mask, p, ctx);
+    p.block_mask = opt.block_mask;
+  }
+  return p;
+}
+
+}  // namespace
+
+Problem check_forward(const ForwardArgs& a, const Context& ctx) {
+  Problem p = check_common(a.q, a.k, a.v, a.o, a.options, ctx);
+  if (reinterpret_cast<std::uintptr_t>(a.lse) % alignof(float) != 0) fail("lse", "4-byte alignment", "a misaligned pointer");
+  return p;
+}
+
+Problem check_backward(const BackwardArgs& a, const Context& ctx) {
+  Problem p = check_common(a.q, a.k, a.v, a.o, a.options, ctx);
+  check_tensor(a.dout, "dout", ctx);
+  check_tensor(a.dq, "dq", ctx);
+  check_tensor(a.dk, "dk", ctx);
+  check_tensor(a.dv, "dv", ctx);
+  check_same_shape(a.dout, "dout", a.o, "o");
+  check_same_shape(a.dq, "dq", a.q, "q");
+  check_same_shape(a.dk, "dk", a.k, "k");
+  check_same_shape(a.dv, "dv", a.v, "v");
+  if (a.q.numel() > 0 && a.lse == nullptr) fail("lse", "the forward's log-sum-exp (non-null)", "nullptr");
+  if (reinterpret_cast<std::uintptr_t>(a.lse) % alignof(float) != 0) fail("lse", "4-byte alignment", "a misaligned pointer");
+  return p;
+}
+
+}  // namespace detail
+}  // namespace flashattn
