@@ -56,7 +56,9 @@ struct Tensor {
 // Variable-length batch (key padding): sequence b owns rows
 // [cu_seqlens_q[b], cu_seqlens_q[b+1]) of Q/O and [cu_seqlens_k[b],
 // cu_seqlens_k[b+1]) of K/V. Both arrays have batch + 1 int32 entries, start
-// at 0 and never decrease.
+// at 0 and never decrease. Rows past cu_seqlens[batch] belong to no
+// sequence: no backend reads or writes them (their outputs are left as
+// they were).
 //
 // The arrays live on the device of the call. A CUDA call cannot read them
 // without synchronising, so it validates their contents only when the host
