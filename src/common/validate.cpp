@@ -93,10 +93,14 @@ std::string shape_str(const Tensor& t) {
 
 constexpr std::int64_t kMaxDim = std::numeric_limits<std::int32_t>::max();
 
+// Emptiness from the sizes themselves: Tensor::numel() can wrap around for
+// sizes that are each legal, and a wrapped product must not pass for empty.
+bool is_empty(const Tensor& t) { return t.batch == 0 || t.seqlen == 0 || t.heads == 0 || t.head_dim == 0; }
+
 // Highest element offset the view touches, with overflow detection: the
 // kernels use 64-bit offsets everywhere, so only int64 overflow is fatal.
 void check_extent(const Tensor& t, const char* name) {
-  if (t.numel() == 0) return;
+  if (is_empty(t)) return;
   std::int64_t hi = t.head_dim - 1, term = 0;
   const std::int64_t dims[3] = {t.batch, t.seqlen, t.heads};
   const std::int64_t strides[3] = {t.stride_batch, t.stride_seq, t.stride_head};
@@ -130,13 +134,13 @@ void check_tensor(const Tensor& t, const char* name, const Context& ctx) {
   if (t.heads > 1 && t.stride_head < t.head_dim)
     fail(n + ".stride_head", ">= head_dim (" + str(t.head_dim) + ") with a contiguous last dimension",
          str(t.stride_head));
-  if (t.numel() > 0 && t.data == nullptr) fail(n + ".data", "a non-null pointer for " + shape_str(t), "nullptr");
+  if (!is_empty(t) && t.data == nullptr) fail(n + ".data", "a non-null pointer for " + shape_str(t), "nullptr");
   check_extent(t, name);
   const std::size_t es = dtype_size(t.dtype);
   const auto addr = reinterpret_cast<std::uintptr_t>(t.data);
   if (addr % es != 0) fail(n + ".data", "alignment to " + str(static_cast<std::int64_t>(es)) + " bytes",
                            "address " + str(static_cast<std::int64_t>(addr)));
-  if (ctx.device == Device::cuda && t.numel() > 0) {
+  if (ctx.device == Device::cuda && !is_empty(t)) {
     // 16-byte vector loads (cp.async / TMA) of rows need aligned rows.
     const std::int64_t vec = 16 / static_cast<std::int64_t>(es);
     if (addr % 16 != 0) fail(n + ".data", "16-byte alignment on CUDA", "address % 16 = " + str(static_cast<std::int64_t>(addr % 16)));
@@ -336,7 +340,7 @@ Problem check_backward(const BackwardArgs& a, const Context& ctx) {
   check_same_shape(a.dq, "dq", a.q, "q");
   check_same_shape(a.dk, "dk", a.k, "k");
   check_same_shape(a.dv, "dv", a.v, "v");
-  if (a.q.numel() > 0 && a.lse == nullptr) fail("lse", "the forward's log-sum-exp (non-null)", "nullptr");
+  if (!is_empty(a.q) && a.lse == nullptr) fail("lse", "the forward's log-sum-exp (non-null)", "nullptr");
   if (reinterpret_cast<std::uintptr_t>(a.lse) % alignof(float) != 0) fail("lse", "4-byte alignment", "a misaligned pointer");
   return p;
 }

@@ -1,0 +1,648 @@
+// The tiled FlashAttention algorithm on the CPU (Dao et al. 2022, Algorithms
+// 1, 2 and 4, with the FlashAttention-2 refinements): O(N) extra memory, the
+// N x N score matrix only ever exists one tile at a time.
+//
+// Forward: one task per (sequence, query head, block of query rows). Scores
+// are kept in the log2 domain (Q is pre-scaled by scale * log2(e)) so the
+// softmax is a bare 2^x. The running max m and sum l are kept per row, O is rescaled
+// by 2^(m_old - m_new) when the max grows and divided by l only at the end;
+// LSE = ln2 * (m + log2 l) is saved instead of (m, l).
+//
+// Backward, recomputing P from Q, K and the LSE:
+//   pass 0: D_i = rowsum(dO_i * O_i) and the log2-domain LSE per query row;
+//   pass 1: one task per (sequence, kv head, key tile) accumulates dK and dV
+//           over the group's query heads and every query tile;
+//   pass 2: one task per (sequence, query head, query tile) accumulates dQ
+//           over the key tiles, recomputing P and dP; or, when there are
+//           enough (sequence, kv head) pairs to keep every core busy, pass 1
+//           runs per pair and accumulates dQ itself (see "Fused mode").
+// Every output element is written by exactly one task that sums in a fixed
+// order, so the backward is deterministic (bitwise, for any thread count)
+// whether or not BackwardArgs::deterministic is set; the unfused pass 2
+// recomputes S and dP (4 of its 14 tile GEMM units) to buy that without
+// atomics or per-thread dQ copies.
+//
+// Masks are resolved per tile (Visibility::classify): tiles no element of
+// which is visible are skipped, tiles that are entirely visible run without
+// a mask, and only boundary tiles pay for the element rule.
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <new>
+#include <vector>
+
+#include "backends.h"
+#include "common/numeric.h"
+#include "common/philox.h"
+#include "cpu/flash_kernels.h"
+
+namespace flashattn::detail {
+namespace {
+
+using cpu_kernels::kColPad;
+using cpu_kernels::Kernels;
+using i64 = std::int64_t;
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+constexpr float kInf = std::numeric_limits<float>::infinity();
+
+// Tile sizes. L1d is 32-48 KiB and L2 1-2 MiB per core on current x86;
+// the micro-kernel keeps one k x 64 panel of its right operand in L1 (16
+// KiB at head_dim 64) and streams the left operand from L2, so the tiles
+// only need to fit L2 together.
+//  - Forward: each (query rows, key tile) step loads and transposes one K
+//    tile and loads one V tile, O(Bc d) work (and L3/DRAM traffic) against
+//    the 4 Br Bc d flops of its two GEMMs, so a task takes 2 tall tiles of
+//    query rows (512) and runs them against each K/V tile in 128-row
+//    sub-tiles; a 128-key tile halves the per-row online-softmax
+//    bookkeeping (max, rescale of O) relative to 64 keys. At head_dim 64:
+//    Q, O 128 KiB each, K, K^T, V, S 32-64 KiB each: ~400 KiB.
+//  - Backward dK/dV: K and V (and their transposes) are loaded once per
+//    key tile, Q and dO once per (key tile, query tile): a wide key tile
+//    amortises the latter; the 64-row query tile keeps S and dP at 64 KiB.
+//  - Backward dQ (unfused): as the forward, with 64 keys since S and dP
+//    both live at once.
+// The tall side is halved above head_dim 128 so that the tiles stay in L2.
+constexpr i64 kTallTile = 256, kTallTileLargeHead = 128;
+constexpr i64 kFwdCols = 128, kFwdSubRows = 128, kDkvRows = 64, kDqCols = 64;
+i64 tall_tile(i64 dp) { return dp > 128 ? kTallTileLargeHead : kTallTile; }
+// Score-tile column counts: kFwdCols, kDqCols and the dK/dV key tile (tall).
+constexpr bool score_columns_ok(i64 n) { return n % kColPad == 0 && n % 4 == 0; }
+static_assert(score_columns_ok(kFwdCols) && score_columns_ok(kDqCols) && score_columns_ok(kTallTile) &&
+                  score_columns_ok(kTallTileLargeHead),
+              "score tiles are read in whole micro-kernel panels, dropout words come 4 columns at a time");
+
+i64 round_up(i64 x, i64 m) { return (x + m - 1) / m * m; }
+
+// --------------------------------------------------------- kernels ---
+
+const Kernels& select_kernels() {
+  // FLASHATTN_CPU_ISA=generic|avx2|avx512 caps the instruction set (to test
+  // the fallbacks on a machine that has more).
+  const char* want = std::getenv("FLASHATTN_CPU_ISA");
+  const auto allowed = [&](const char* isa) {
+    if (!want) return true;
+    if (std::strcmp(want, "avx512") == 0) return true;
+    if (std::strcmp(want, "avx2") == 0) return std::strcmp(isa, "avx512") != 0;
+    return false;
+  };
+#if defined(FLASHATTN_CPU_X86_KERNELS)
+  __builtin_cpu_init();
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+                      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw");
+  if (avx512 && allowed("avx512")) return cpu_kernels::kernels_avx512();
+  if (avx2 && allowed("avx2")) return cpu_kernels::kernels_avx2();
+#else
+  (void)allowed;
+#endif
+  return cpu_kernels::kernels_generic();
+}
+
+const Kernels& kernels() {
+  static const Kernels& k = select_kernels();
+  return k;
+}
+
+int thread_count(const Context& ctx) { return ctx.num_threads > 0 ? ctx.num_threads : omp_get_max_threads(); }
+
+// A 64-byte aligned float scratch buffer (one per thread and tile role).
+class Buffer {
+ public:
+  explicit Buffer(i64 n) {
+    const auto bytes = static_cast<std::size_t>(round_up(std::max<i64>(n, 1) * 4, 64));
+    data_.reset(static_cast<float*>(std::aligned_alloc(64, bytes)));
+    if (!data_) throw std::bad_alloc();
+  }
+  float* get() const { return data_.get(); }
+
+ private:
+  struct Free {
+    void operator()(float* p) const { std::free(p); }
+  };
+  std::unique_ptr<float[], Free> data_;
+};
+
+// ------------------------------------------------------- tensor I/O ---
+
+// dst[c] = mul * t[off + c] for c < head_dim, converting from the storage
+// dtype (fp32 compute for every dtype).
+void load_row(const Tensor& t, i64 off, float mul, float* dst) {
+  const i64 d = t.head_dim;
+  switch (t.dtype) {
+    case DType::f32: {
+      const float* s = static_cast<const float*>(t.data) + off;
+      for (i64 c = 0; c < d; ++c) dst[c] = s[c] * mul;
+      break;
+    }
+    case DType::f16: {
+      const auto* s = static_cast<const std::uint16_t*>(t.data) + off;
+      for (i64 c = 0; c < d; ++c) dst[c] = f16_to_float(s[c]) * mul;
+      break;
+    }
+    case DType::bf16: {
+      const auto* s = static_cast<const std::uint16_t*>(t.data) + off;
+      for (i64 c = 0; c < d; ++c) dst[c] = bf16_to_float(s[c]) * mul;
+      break;
+    }
+    case DType::f64: break;  // not a flash dtype: rejected by validation
+  }
+}
+
+void store_row(const Tensor& t, i64 off, const float* src, float mul) {
+  const i64 d = t.head_dim;
+  switch (t.dtype) {
+    case DType::f32: {
+      float* s = static_cast<float*>(t.data) + off;
+      for (i64 c = 0; c < d; ++c) s[c] = src[c] * mul;
+      break;
+    }
+    case DType::f16: {
+      auto* s = static_cast<std::uint16_t*>(t.data) + off;
+      for (i64 c = 0; c < d; ++c) s[c] = float_to_f16(src[c] * mul);
+      break;
+    }
+    case DType::bf16: {
+      auto* s = static_cast<std::uint16_t*>(t.data) + off;
+      for (i64 c = 0; c < d; ++c) s[c] = float_to_bf16(src[c] * mul);
+      break;
+    }
+    case DType::f64: break;
+  }
+}
+
+// Where one sequence lives: the tensor batch index and its row ranges.
+struct Seq {
+  i64 tb = 0;  // tensor batch index (0 for varlen)
+  SeqRange r;
+};
+
+Seq sequence(const Problem& p, i64 b) {
+  const std::int32_t* cq = p.is_varlen() ? p.varlen->cu_seqlens_q : nullptr;
+  const std::int32_t* ck = p.is_varlen() ? p.varlen->cu_seqlens_k : nullptr;
+  return Seq{p.is_varlen() ? 0 : b, seq_range(p, cq, ck, b)};
+}
+
+// Rows [row0, row0 + n) of head h of sequence s into dst (n x ld, ld >=
+// head_dim), scaled by mul, columns past head_dim zeroed.
+void load_tile(const Tensor& t, const Seq& s, i64 row0, i64 n, i64 h, float mul, float* dst, i64 ld) {
+  for (i64 r = 0; r < n; ++r) {
+    float* row = dst + r * ld;
+    load_row(t, offset_of(t, s.tb, row0 + r, h), mul, row);
+    std::fill(row + t.head_dim, row + ld, 0.0f);
+  }
+}
+
+// Asks for rows [row0, row0 + n) of head h to be brought into the cache
+// while the current tile computes: the rows of one head are a strided walk
+// (stride = heads * head_dim) through a tensor too large for L2, and
+// without this the next tile's loads stall on L3/DRAM latency (profiled at
+// seqlen 2048: tile loads fell from ~19% to ~10% of the forward's samples).
+void prefetch_tile(const Tensor& t, const Seq& s, i64 row0, i64 n, i64 h) {
+  const i64 es = static_cast<i64>(dtype_size(t.dtype)), bytes = t.head_dim * es;
+  for (i64 r = 0; r < n; ++r) {
+    const char* row = static_cast<const char*>(t.data) + offset_of(t, s.tb, row0 + r, h) * es;
+    for (i64 off = 0; off < bytes; off += 64) __builtin_prefetch(row + off, 0, 2);
+  }
+}
+
+// dst (d x ldd) = mul * src^T for src (n x lds); columns n .. ldd zeroed so
+// that padded keys score 0, never garbage.
+void transpose_tile(const float* src, i64 n, i64 d, i64 lds, float mul, float* dst, i64 ldd) {
+  for (i64 c = 0; c < d; ++c) {
+    float* out = dst + c * ldd;
+    for (i64 r = 0; r < n; ++r) out[r] = src[r * lds + c] * mul;
+    std::fill(out + n, out + ldd, 0.0f);
+  }
+}
+
+// Index of query row i (inside sequence b) in the LSE array.
+i64 lse_index(const Problem& p, const Tensor& q, i64 b, i64 h, const Seq& s, i64 i) {
+  if (p.is_varlen()) return h * q.seqlen + s.r.q_start + i;
+  return (b * p.heads_q + h) * p.seqlen_q + i;
+}
+
+// ------------------------------------------------------------ masks ---
+
+enum class TileKind { skip, dense, masked };
+
+// The visibility rule (window/causal, then the block mask on top; see
+// BlockMask in flashattn.h) resolved per tile and per element.
+class Visibility {
+ public:
+  explicit Visibility(const Problem& p) : p_(p) {
+    if (!p.block_mask) return;
+    const BlockMask& m = *p.block_mask;
+    hbm_.m = &m;
+    // Dense block states, one byte per (mask batch, mask head, q block,
+    // k block): a quarter of the size of the kv_indices input, and an O(1)
+    // lookup for any tile-to-block mapping.
+    const i64 rows = m.batch * m.heads * m.num_q_blocks, nkb = m.num_k_blocks;
+    states_.assign(static_cast<std::size_t>(rows * nkb), kBlockSkip);
+    for (i64 row = 0; row < rows; ++row) {
+      std::uint8_t* st = states_.data() + row * nkb;
+      for (std::int32_t n = 0; n < m.kv_count[row]; ++n) st[m.kv_indices[row * nkb + n]] = kBlockPartial;
+      if (m.full_kv_count)
+        for (std::int32_t n = 0; n < m.full_kv_count[row]; ++n) st[m.full_kv_indices[row * nkb + n]] = kBlockFull;
+    }
+  }
+
+  // The tile of rows [i0, i1) and columns [j0, j1) of (sequence b, query
+  // head h), clipped to the sequence.
+  TileKind classify(i64 b, i64 h, const Seq& s, i64 i0, i64 i1, i64 j0, i64 j1) const {
+    const i64 sq = s.r.seqlen_q, sk = s.r.seqlen_k;
+    i1 = std::min(i1, sq);
+    j1 = std::min(j1, sk);
+    if (i0 >= i1 || j0 >= j1) return TileKind::skip;
+    // first_key / last_key never decrease with the row, so the corner rows
+    // bound the whole tile.
+    const WindowMask& w = p_.window;
+    const bool window_all = w.first_key(i1 - 1, sq, sk) <= j0 && w.last_key(i0, sq, sk) >= j1 - 1;
+    const bool window_none = w.last_key(i1 - 1, sq, sk) < j0 || w.first_key(i0, sq, sk) > j1 - 1;
+    if (!p_.block_mask) return window_none ? TileKind::skip : window_all ? TileKind::dense : TileKind::masked;
+
+    const BlockMask& m = *p_.block_mask;
+    bool any_skip = false, any_partial = false, any_full = false;
+    for (i64 qb = i0 / m.block_q; qb <= (i1 - 1) / m.block_q; ++qb) {
+      const std::uint8_t* st = states_.data() + hbm_.row(b, h, qb) * m.num_k_blocks;
+      for (i64 kb = j0 / m.block_k; kb <= (j1 - 1) / m.block_k; ++kb) {
+        any_skip |= st[kb] == kBlockSkip;
+        any_partial |= st[kb] == kBlockPartial;
+        any_full |= st[kb] == kBlockFull;
+      }
+    }
+    if (!any_full && (!any_partial || window_none)) return TileKind::skip;
+    if (!any_skip && (!any_partial || window_all)) return TileKind::dense;
+    return TileKind::masked;
+  }
+
+  // Sets the invisible elements of a masked tile to -inf: rows i0 .. i0+qc,
+  // columns j0 .. j0+kc of S (leading dimension lds).
+  void apply(i64 b, i64 h, const Seq& s, i64 i0, i64 qc, i64 j0, i64 kc, float* S, i64 lds) const {
+    const i64 sq = s.r.seqlen_q, sk = s.r.seqlen_k;
+    for (i64 i = 0; i < qc; ++i) {
+      const i64 row = i0 + i;
+      const i64 lo = p_.window.first_key(row, sq, sk), hi = p_.window.last_key(row, sq, sk);
+      float* Si = S + i * lds;
+      if (!p_.block_mask) {
+        for (i64 j = 0; j < kc; ++j)
+          if (j0 + j < lo || j0 + j > hi) Si[j] = -kInf;
+        continue;
+      }
+      const BlockMask& m = *p_.block_mask;
+      const std::uint8_t* st = states_.data() + hbm_.row(b, h, row / m.block_q) * m.num_k_blocks;
+      for (i64 j = 0; j < kc; ++j) {
+        const i64 col = j0 + j;
+        const std::uint8_t state = st[col / m.block_k];
+        const bool visible = state == kBlockFull || (state == kBlockPartial && col >= lo && col <= hi);
+        if (!visible) Si[j] = -kInf;
+      }
+    }
+  }
+
+ private:
+  const Problem& p_;
+  HostBlockMask hbm_;
+  std::vector<std::uint8_t> states_;
+};
+
+// ---------------------------------------------------------- dropout ---
+
+struct Dropout {
+  bool on = false;
+  DropoutStream stream{};
+  float kept_scale = 1.0f;  // 1 / (1 - p)
+
+  explicit Dropout(const Problem& p)
+      : on(p.has_dropout()),
+        stream(DropoutStream::make(p.seed, p.offset, p.dropout_p)),
+        kept_scale(static_cast<float>(1.0 / (1.0 - static_cast<double>(p.dropout_p)))) {}
+
+  // keep[j] = kept ? value : 0 for columns j0 .. j0+n of row `row` of
+  // attention matrix bh (= sequence * heads_q + head); j0 % 4 == 0, so one
+  // Philox call covers four columns. keep[n .. pad) = 0.
+  void row(i64 bh, i64 row, i64 j0, i64 n, i64 pad, float value, float* keep) const {
+    const auto ubh = static_cast<std::uint32_t>(bh), urow = static_cast<std::uint32_t>(row);
+    for (i64 j = 0; j < n; j += 4) {
+      const Philox4 w = stream.words(ubh, urow, static_cast<std::uint32_t>((j0 + j) >> 2));
+      const std::uint32_t words[4] = {w.x, w.y, w.z, w.w};
+      for (i64 l = 0; l < 4; ++l) keep[j + l] = stream.keep(words[l]) ? value : 0.0f;
+    }
+    std::fill(keep + n, keep + pad, 0.0f);
+  }
+};
+
+struct Task {
+  i64 b, h, tile;  // h: query head (forward, dQ) or kv head (dK/dV)
+};
+
+// One task per (sequence, head, tile of `tile_rows` rows of the q or k side).
+std::vector<Task> make_tasks(const Problem& p, i64 heads, i64 tile_rows, bool key_side) {
+  std::vector<Task> tasks;
+  for (i64 b = 0; b < p.batch; ++b) {
+    const Seq s = sequence(p, b);
+    const i64 n = key_side ? s.r.seqlen_k : s.r.seqlen_q;
+    for (i64 h = 0; h < heads; ++h)
+      for (i64 t = 0; t * tile_rows < n; ++t) tasks.push_back(Task{b, h, t});
+  }
+  return tasks;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------- forward ---
+
+void cpu_flash_forward(const Problem& p, const ForwardArgs& a, const Context& ctx) {
+  const Kernels& kern = kernels();
+  const Visibility vis(p);
+  const Dropout drop(p);
+  const i64 d = p.head_dim, dp = round_up(d, kColPad), group = p.group();
+  // A task owns Bt query rows, cut into sub-tiles of Bs rows: each K/V
+  // tile is loaded once per task and used by all its sub-tiles, while S
+  // only needs to hold one sub-tile.
+  const i64 Bt = 2 * tall_tile(dp), Bs = kFwdSubRows, Bc = kFwdCols;
+  const float q_mul = p.scale * kLog2e;
+  const std::vector<Task> tasks = make_tasks(p, p.heads_q, Bt, false);
+  const auto ntasks = static_cast<i64>(tasks.size());
+
+#pragma omp parallel num_threads(thread_count(ctx))
+  {
+    const Buffer q_buf(Bt * dp), kt_buf(dp * Bc), kv_buf(Bc * dp), s_buf(Bs * Bc), o_buf(Bt * dp), keep_buf(Bc);
+    float *Q = q_buf.get(), *Kt = kt_buf.get(), *KV = kv_buf.get(), *S = s_buf.get(), *O = o_buf.get();
+    float* keep = keep_buf.get();
+    std::vector<float> m_buf(static_cast<std::size_t>(Bt)), l_buf(static_cast<std::size_t>(Bt));
+
+#pragma omp for schedule(dynamic)
+    for (i64 ti = 0; ti < ntasks; ++ti) {
+      const Task& t = tasks[static_cast<std::size_t>(ti)];
+      const Seq s = sequence(p, t.b);
+      const i64 t0 = t.tile * Bt, tc = std::min(Bt, s.r.seqlen_q - t0), sk = s.r.seqlen_k;
+      const i64 hk = t.h / group, bh = t.b * p.heads_q + t.h;
+      load_tile(a.q, s, s.r.q_start + t0, tc, t.h, q_mul, Q, dp);
+      std::fill(O, O + tc * dp, 0.0f);
+      std::fill(m_buf.begin(), m_buf.end(), -kInf);
+      std::fill(l_buf.begin(), l_buf.end(), 0.0f);
+
+      for (i64 j0 = 0; j0 < sk; j0 += Bc) {
+        if (vis.classify(t.b, t.h, s, t0, t0 + tc, j0, j0 + Bc) == TileKind::skip) continue;
+        const i64 kc = std::min(Bc, sk - j0);
+        load_tile(a.k, s, s.r.k_start + j0, kc, hk, 1.0f, KV, dp);
+        transpose_tile(KV, kc, d, dp, 1.0f, Kt, Bc);
+        load_tile(a.v, s, s.r.k_start + j0, kc, hk, 1.0f, KV, dp);
+        if (j0 + Bc < sk) {
+          const i64 next = std::min(Bc, sk - j0 - Bc);
+          prefetch_tile(a.k, s, s.r.k_start + j0 + Bc, next, hk);
+          prefetch_tile(a.v, s, s.r.k_start + j0 + Bc, next, hk);
+        }
+
+        for (i64 r0 = 0; r0 < tc; r0 += Bs) {
+          const i64 i0 = t0 + r0, qc = std::min(Bs, tc - r0);
+          const TileKind kind = vis.classify(t.b, t.h, s, i0, i0 + qc, j0, j0 + Bc);
+          if (kind == TileKind::skip) continue;
+          float *Qs = Q + r0 * dp, *Os = O + r0 * dp, *m = m_buf.data() + r0, *l = l_buf.data() + r0;
+          kern.gemm(int(qc), int(Bc), int(d), Qs, int(dp), false, Kt, int(Bc), S, int(Bc), false);
+          if (kc < Bc)
+            for (i64 i = 0; i < qc; ++i) std::fill(S + i * Bc + kc, S + (i + 1) * Bc, -kInf);
+          if (kind == TileKind::masked) vis.apply(t.b, t.h, s, i0, qc, j0, kc, S, Bc);
+
+          for (i64 i = 0; i < qc; ++i) {
+            float* Si = S + i * Bc;
+            const float m_new = std::max(m[i], kern.row_max(Si, int(Bc)));
+            if (m_new == -kInf) {  // nothing visible in this row yet
+              std::fill(Si, Si + Bc, 0.0f);
+              continue;
+            }
+            const float alpha = std::exp2(m[i] - m_new);  // 0 on the row's first visible tile
+            l[i] = l[i] * alpha + kern.exp2_shift_sum(Si, int(Bc), m_new);
+            m[i] = m_new;
+            if (alpha != 1.0f)
+              for (i64 c = 0; c < dp; ++c) Os[i * dp + c] *= alpha;
+            if (drop.on) {
+              // l sums the un-dropped probabilities; 1/(1-p) is applied with 1/l.
+              drop.row(bh, i0 + i, j0, kc, Bc, 1.0f, keep);
+              for (i64 j = 0; j < Bc; ++j) Si[j] *= keep[j];
+            }
+          }
+          kern.gemm(int(qc), int(dp), int(kc), S, int(Bc), false, KV, int(dp), Os, int(dp), true);
+        }
+      }
+
+      for (i64 i = 0; i < tc; ++i) {
+        const float l = l_buf[static_cast<std::size_t>(i)], m = m_buf[static_cast<std::size_t>(i)];
+        const bool empty = l == 0.0f;
+        const float mul = empty ? 0.0f : drop.kept_scale / l;
+        if (empty) std::fill(O + i * dp, O + (i + 1) * dp, 0.0f);  // 0 * NaN would stay NaN
+        store_row(a.o, offset_of(a.o, s.tb, s.r.q_start + t0 + i, t.h), O + i * dp, mul);
+        if (a.lse) a.lse[lse_index(p, a.q, t.b, t.h, s, t0 + i)] = empty ? -kInf : (m + std::log2(l)) * kLn2;
+      }
+    }
+  }
+}
+
+// --------------------------------------------------------- backward ---
+
+void cpu_flash_backward(const Problem& p, const BackwardArgs& a, const Context& ctx) {
+  const Kernels& kern = kernels();
+  const Visibility vis(p);
+  const Dropout drop(p);
+  const i64 d = p.head_dim, dp = round_up(d, kColPad), group = p.group();
+  const float q_mul = p.scale * kLog2e;
+  const int nthreads = thread_count(ctx);
+
+  // Pass 0: per query row, the LSE in the log2 domain (+inf for empty rows,
+  // so that 2^(S - lse) is 0 there rather than NaN) and D = rowsum(dO * O).
+  const i64 nrows = p.is_varlen() ? p.heads_q * a.q.seqlen : p.batch * p.heads_q * p.seqlen_q;
+  std::vector<float> lse2(static_cast<std::size_t>(nrows), kInf), Dsum(static_cast<std::size_t>(nrows), 0.0f);
+  {
+    const i64 nbh = p.batch * p.heads_q;
+#pragma omp parallel num_threads(nthreads)
+    {
+      std::vector<float> o_row(static_cast<std::size_t>(d)), do_row(static_cast<std::size_t>(d));
+#pragma omp for schedule(static)
+      for (i64 bh = 0; bh < nbh; ++bh) {
+        const i64 b = bh / p.heads_q, h = bh % p.heads_q;
+        const Seq s = sequence(p, b);
+        for (i64 i = 0; i < s.r.seqlen_q; ++i) {
+          const i64 idx = lse_index(p, a.q, b, h, s, i);
+          const float lse = a.lse[idx];
+          lse2[idx] = lse == -kInf ? kInf : lse * kLog2e;
+          load_row(a.o, offset_of(a.o, s.tb, s.r.q_start + i, h), 1.0f, o_row.data());
+          load_row(a.dout, offset_of(a.dout, s.tb, s.r.q_start + i, h), 1.0f, do_row.data());
+          float acc = 0.0f;
+          for (i64 c = 0; c < d; ++c) acc += o_row[c] * do_row[c];
+          Dsum[idx] = acc;
+        }
+      }
+    }
+  }
+
+  // Pass 1: dK, dV (and dQ when fused). S and dP are computed as (query x
+  // key) tiles, and the gemm reads them transposed for dV += Pdrop^T dO and
+  // dK += dS^T Q, so no tile is ever transposed in memory inside the query
+  // loop.
+  //
+  // Fused mode: one task per (sequence, kv head) walks all key tiles and
+  // also accumulates dQ += dS K for its query heads into an fp32 buffer it
+  // owns, which saves pass 2's recomputation of S and dP (14 -> 10 GEMM
+  // units) but offers only batch * heads_k tasks. It is chosen when those
+  // are plenty for the processors present; the choice never depends on
+  // ctx.num_threads, and within a mode every sum runs in a fixed order, so
+  // results stay bitwise identical across thread counts.
+  const bool fused = p.batch * p.heads_k >= 4 * static_cast<i64>(omp_get_num_procs());
+  {
+    const i64 Bk = tall_tile(dp), Bq = kDkvRows;
+    std::vector<Task> tasks;
+    if (fused) {
+      // Every (sequence, kv head), even without keys: the task writes dQ.
+      for (i64 b = 0; b < p.batch; ++b)
+        for (i64 hk = 0; hk < p.heads_k; ++hk) tasks.push_back(Task{b, hk, 0});
+    } else {
+      tasks = make_tasks(p, p.heads_k, Bk, true);
+    }
+    const auto ntasks = static_cast<i64>(tasks.size());
+#pragma omp parallel num_threads(nthreads)
+    {
+      const Buffer k_buf(Bk * dp), tmp_buf(Bk * dp), kt_buf(dp * Bk), vt_buf(dp * Bk), q_buf(Bq * dp),
+          do_buf(Bq * dp), s_buf(Bq * Bk), dp_buf(Bq * Bk), dk_buf(Bk * dp), dv_buf(Bk * dp), keep_buf(Bk);
+      float *K = k_buf.get(), *tmp = tmp_buf.get(), *Kt = kt_buf.get(), *Vt = vt_buf.get(), *Q = q_buf.get();
+      float *dO = do_buf.get(), *S = s_buf.get(), *dP = dp_buf.get(), *dK = dk_buf.get(), *dV = dv_buf.get();
+      float* keep = keep_buf.get();
+      std::vector<float> dq_acc;  // fused: [query head of the group][row][dp]
+
+#pragma omp for schedule(dynamic)
+      for (i64 ti = 0; ti < ntasks; ++ti) {
+        const Task& t = tasks[static_cast<std::size_t>(ti)];
+        const Seq s = sequence(p, t.b);
+        const i64 sq = s.r.seqlen_q, sk = s.r.seqlen_k;
+        const i64 kt_begin = fused ? 0 : t.tile, kt_end = fused ? (sk + Bk - 1) / Bk : t.tile + 1;
+        if (fused) dq_acc.assign(static_cast<std::size_t>(group * sq * dp), 0.0f);
+
+        for (i64 kt = kt_begin; kt < kt_end; ++kt) {
+          const i64 j0 = kt * Bk, kc = std::min(Bk, sk - j0);
+          load_tile(a.k, s, s.r.k_start + j0, kc, t.h, 1.0f, K, dp);
+          transpose_tile(K, kc, d, dp, q_mul, Kt, Bk);
+          load_tile(a.v, s, s.r.k_start + j0, kc, t.h, 1.0f, tmp, dp);
+          transpose_tile(tmp, kc, d, dp, 1.0f, Vt, Bk);
+          std::fill(dK, dK + kc * dp, 0.0f);
+          std::fill(dV, dV + kc * dp, 0.0f);
+
+          for (i64 g = 0; g < group; ++g) {
+            const i64 h = t.h * group + g, bh = t.b * p.heads_q + h;
+            for (i64 i0 = 0; i0 < sq; i0 += Bq) {
+              const TileKind kind = vis.classify(t.b, h, s, i0, i0 + Bq, j0, j0 + kc);
+              if (kind == TileKind::skip) continue;
+              const i64 qc = std::min(Bq, sq - i0);
+              load_tile(a.q, s, s.r.q_start + i0, qc, h, 1.0f, Q, dp);
+              load_tile(a.dout, s, s.r.q_start + i0, qc, h, 1.0f, dO, dp);
+              if (i0 + Bq < sq) {
+                const i64 next = std::min(Bq, sq - i0 - Bq);
+                prefetch_tile(a.q, s, s.r.q_start + i0 + Bq, next, h);
+                prefetch_tile(a.dout, s, s.r.q_start + i0 + Bq, next, h);
+              }
+              kern.gemm(int(qc), int(Bk), int(d), Q, int(dp), false, Kt, int(Bk), S, int(Bk), false);
+              if (kind == TileKind::masked) vis.apply(t.b, h, s, i0, qc, j0, kc, S, Bk);
+              kern.gemm(int(qc), int(Bk), int(d), dO, int(dp), false, Vt, int(Bk), dP, int(Bk), false);
+              for (i64 i = 0; i < qc; ++i) {
+                const i64 idx = lse_index(p, a.q, t.b, h, s, i0 + i);
+                float *Si = S + i * Bk, *dPi = dP + i * Bk;
+                kern.exp2_shift_sum(Si, int(Bk), lse2[idx]);
+                const float Di = Dsum[idx];
+                if (drop.on) {
+                  drop.row(bh, i0 + i, j0, kc, Bk, drop.kept_scale, keep);
+                  for (i64 j = 0; j < Bk; ++j) {
+                    dPi[j] = Si[j] * (dPi[j] * keep[j] - Di);  // dS
+                    Si[j] *= keep[j];                          // P dropped and scaled
+                  }
+                } else {
+                  for (i64 j = 0; j < Bk; ++j) dPi[j] = Si[j] * (dPi[j] - Di);
+                }
+              }
+              kern.gemm(int(kc), int(dp), int(qc), S, int(Bk), true, dO, int(dp), dV, int(dp), true);
+              kern.gemm(int(kc), int(dp), int(qc), dP, int(Bk), true, Q, int(dp), dK, int(dp), true);
+              if (fused)
+                kern.gemm(int(qc), int(dp), int(kc), dP, int(Bk), false, K, int(dp),
+                          dq_acc.data() + (g * sq + i0) * dp, int(dp), true);
+            }
+          }
+          for (i64 j = 0; j < kc; ++j) {
+            store_row(a.dk, offset_of(a.dk, s.tb, s.r.k_start + j0 + j, t.h), dK + j * dp, p.scale);
+            store_row(a.dv, offset_of(a.dv, s.tb, s.r.k_start + j0 + j, t.h), dV + j * dp, 1.0f);
+          }
+        }
+        if (fused)
+          for (i64 g = 0; g < group; ++g)
+            for (i64 i = 0; i < sq; ++i)
+              store_row(a.dq, offset_of(a.dq, s.tb, s.r.q_start + i, t.h * group + g),
+                        dq_acc.data() + (g * sq + i) * dp, p.scale);
+      }
+    }
+  }
+  if (fused) return;
+
+  // Pass 2: dQ = scale * dS K, recomputing S and dP per (query tile, key tile).
+  {
+    const i64 Br = tall_tile(dp), Bc = kDqCols;
+    const std::vector<Task> tasks = make_tasks(p, p.heads_q, Br, false);
+    const auto ntasks = static_cast<i64>(tasks.size());
+#pragma omp parallel num_threads(nthreads)
+    {
+      const Buffer q_buf(Br * dp), do_buf(Br * dp), k_buf(Bc * dp), kt_buf(dp * Bc), tmp_buf(Bc * dp),
+          vt_buf(dp * Bc), s_buf(Br * Bc), dp_buf(Br * Bc), dq_buf(Br * dp), keep_buf(Bc);
+      float *Q = q_buf.get(), *dO = do_buf.get(), *K = k_buf.get(), *Kt = kt_buf.get(), *tmp = tmp_buf.get();
+      float *Vt = vt_buf.get(), *S = s_buf.get(), *dP = dp_buf.get(), *dQ = dq_buf.get(), *keep = keep_buf.get();
+
+#pragma omp for schedule(dynamic)
+      for (i64 ti = 0; ti < ntasks; ++ti) {
+        const Task& t = tasks[static_cast<std::size_t>(ti)];
+        const Seq s = sequence(p, t.b);
+        const i64 i0 = t.tile * Br, qc = std::min(Br, s.r.seqlen_q - i0), sk = s.r.seqlen_k;
+        const i64 hk = t.h / group, bh = t.b * p.heads_q + t.h;
+        load_tile(a.q, s, s.r.q_start + i0, qc, t.h, q_mul, Q, dp);
+        load_tile(a.dout, s, s.r.q_start + i0, qc, t.h, 1.0f, dO, dp);
+        std::fill(dQ, dQ + qc * dp, 0.0f);
+
+        for (i64 j0 = 0; j0 < sk; j0 += Bc) {
+          const TileKind kind = vis.classify(t.b, t.h, s, i0, i0 + qc, j0, j0 + Bc);
+          if (kind == TileKind::skip) continue;
+          const i64 kc = std::min(Bc, sk - j0);
+          load_tile(a.k, s, s.r.k_start + j0, kc, hk, 1.0f, K, dp);
+          transpose_tile(K, kc, d, dp, 1.0f, Kt, Bc);
+          load_tile(a.v, s, s.r.k_start + j0, kc, hk, 1.0f, tmp, dp);
+          transpose_tile(tmp, kc, d, dp, 1.0f, Vt, Bc);
+          if (j0 + Bc < sk) {
+            const i64 next = std::min(Bc, sk - j0 - Bc);
+            prefetch_tile(a.k, s, s.r.k_start + j0 + Bc, next, hk);
+            prefetch_tile(a.v, s, s.r.k_start + j0 + Bc, next, hk);
+          }
+          kern.gemm(int(qc), int(Bc), int(d), Q, int(dp), false, Kt, int(Bc), S, int(Bc), false);
+          if (kind == TileKind::masked) vis.apply(t.b, t.h, s, i0, qc, j0, kc, S, Bc);
+          kern.gemm(int(qc), int(Bc), int(d), dO, int(dp), false, Vt, int(Bc), dP, int(Bc), false);
+          for (i64 i = 0; i < qc; ++i) {
+            const i64 idx = lse_index(p, a.q, t.b, t.h, s, i0 + i);
+            float *Si = S + i * Bc, *dPi = dP + i * Bc;
+            kern.exp2_shift_sum(Si, int(Bc), lse2[idx]);
+            const float Di = Dsum[idx];
+            if (drop.on) {
+              drop.row(bh, i0 + i, j0, kc, Bc, drop.kept_scale, keep);
+              for (i64 j = 0; j < Bc; ++j) dPi[j] = Si[j] * (dPi[j] * keep[j] - Di);
+            } else {
+              for (i64 j = 0; j < Bc; ++j) dPi[j] = Si[j] * (dPi[j] - Di);
+            }
+          }
+          kern.gemm(int(qc), int(dp), int(kc), dP, int(Bc), false, K, int(dp), dQ, int(dp), true);
+        }
+        for (i64 i = 0; i < qc; ++i)
+          store_row(a.dq, offset_of(a.dq, s.tb, s.r.q_start + i0 + i, t.h), dQ + i * dp, p.scale);
+      }
+    }
+  }
+}
+
+}  // namespace flashattn::detail
