@@ -1,0 +1,229 @@
+// The CUDA backend's entry points (src/backends.h): resolves a validated
+// Problem into kernel Params, picks the kernel from the dispatch table and
+// launches on the caller's stream. Nothing here synchronises; scratch memory
+// comes from the caller's workspace or, when none was given, from
+// stream-ordered cudaMallocAsync / cudaFreeAsync.
+#include <cmath>
+#include <cstdint>
+#include <string>
+
+#include "backends.h"
+#include "common.cuh"
+#include "dispatch.h"
+#include "sm80/launch.h"
+#include "standard.h"
+
+namespace flashattn::detail {
+namespace {
+
+using cuda::check;
+using cuda::Params;
+
+[[noreturn]] void fail(const std::string& arg, const std::string& expected, const std::string& actual) {
+  throw Error(arg + ": expected " + expected + ", got " + actual);
+}
+
+void require_sm80() {
+  int dev = 0, major = 0, minor = 0;
+  check(cudaGetDevice(&dev), "cudaGetDevice");
+  check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev), "cudaDeviceGetAttribute");
+  check(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev), "cudaDeviceGetAttribute");
+  if (major < 8)
+    fail("ctx.device", "a CUDA GPU of compute capability >= 8.0 for the flash kernels",
+         "compute capability " + std::to_string(major) + "." + std::to_string(minor));
+}
+
+void set_strides(const Tensor& t, bool varlen, std::int64_t& sb, std::int64_t& ss, std::int64_t& sh) {
+  sb = varlen ? 0 : t.stride_batch;
+  ss = t.stride_seq;
+  sh = t.stride_head;
+}
+
+Params make_params(const Problem& pr, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o) {
+  if (pr.heads_q > 65535) fail("q.heads", "<= 65535 on CUDA (grid dimension)", std::to_string(pr.heads_q));
+  if (pr.batch > 65535) fail("batch", "<= 65535 on CUDA (grid dimension)", std::to_string(pr.batch));
+  Params p;
+  const bool vl = pr.is_varlen();
+  p.q = q.data;
+  p.k = k.data;
+  p.v = v.data;
+  p.o = o.data;
+  set_strides(q, vl, p.q_sb, p.q_ss, p.q_sh);
+  set_strides(k, vl, p.k_sb, p.k_ss, p.k_sh);
+  set_strides(v, vl, p.v_sb, p.v_ss, p.v_sh);
+  set_strides(o, vl, p.o_sb, p.o_ss, p.o_sh);
+  p.batch = static_cast<int>(pr.batch);
+  p.heads_q = static_cast<int>(pr.heads_q);
+  p.heads_k = static_cast<int>(pr.heads_k);
+  p.group = static_cast<int>(pr.group());
+  p.seqlen_q = static_cast<int>(pr.seqlen_q);
+  p.seqlen_k = static_cast<int>(pr.seqlen_k);
+  p.total_q = q.seqlen;
+  p.total_k = k.seqlen;
+  if (vl) {
+    p.cu_q = pr.varlen->cu_seqlens_q;
+    p.cu_k = pr.varlen->cu_seqlens_k;
+  }
+  p.scale = pr.scale;
+  p.scale_log2 = static_cast<float>(static_cast<double>(pr.scale) * 1.4426950408889634);
+  p.window = pr.window;
+  p.has_dropout = pr.has_dropout();
+  p.keep_scale = static_cast<float>(1.0 / (1.0 - static_cast<double>(pr.dropout_p)));
+  p.dropout = DropoutStream::make(pr.seed, pr.offset, pr.dropout_p);
+  if (const BlockMask* m = pr.block_mask) {
+    if (m->block_q % cuda::kSparseBlockQMultiple != 0)
+      fail("block_mask.block_q", "a multiple of " + std::to_string(cuda::kSparseBlockQMultiple) +
+                                     " on CUDA (the flash kernels' query tile)", std::to_string(m->block_q));
+    if (m->block_k % cuda::kSparseBlockKMultiple != 0)
+      fail("block_mask.block_k", "a multiple of " + std::to_string(cuda::kSparseBlockKMultiple) +
+                                     " on CUDA (the flash kernels' key tile)", std::to_string(m->block_k));
+    p.bm_count = m->kv_count;
+    p.bm_idx = m->kv_indices;
+    p.bm_fcount = m->full_kv_count;
+    p.bm_fidx = m->full_kv_indices;
+    p.bm_batch = static_cast<int>(m->batch);
+    p.bm_heads = static_cast<int>(m->heads);
+    p.bm_nqb = static_cast<int>(m->num_q_blocks);
+    p.bm_nkb = static_cast<int>(m->num_k_blocks);
+    p.block_q = static_cast<int>(m->block_q);
+    p.block_k = static_cast<int>(m->block_k);
+  }
+  return p;
+}
+
+bool empty(const Problem& pr) { return pr.batch == 0 || (pr.seqlen_q == 0 && pr.seqlen_k == 0); }
+
+template <class Launch>
+void dispatch(DType dtype, std::int64_t head_dim, Launch&& launch) {
+  auto by_head_dim = [&](auto type_tag) {
+    using T = decltype(type_tag);
+    const bool found = cuda::with_head_dim(static_cast<int>(head_dim), [&](auto d) { launch.template operator()<T, decltype(d)::value>(); });
+    if (!found) fail("q.head_dim", "one of 32, 64, 96, 128, 192, 256 (the CUDA dispatch table)", std::to_string(head_dim));
+  };
+  if (dtype == DType::f16) by_head_dim(__half{});
+  else if (dtype == DType::bf16) by_head_dim(__nv_bfloat16{});
+  else fail("q.dtype", "f16 or bf16 on CUDA (flash)", to_string(dtype));
+}
+
+// Backward scratch, in this order, each part 256-byte aligned:
+//   dsum      float[rows_q]                 D = rowsum(dO * O)
+//   dq_accum  float[rows_q * d]             atomic (non-deterministic) mode only
+//   dk_accum, dv_accum float[rows_kv * d]   GQA/MQA only (per query head)
+// rows_q = batch * heads_q * seqlen_q (varlen: heads_q * total_q), rows_kv likewise.
+struct BwdLayout {
+  std::size_t dsum = 0, dq = 0, dk = 0, dv = 0, total = 0;
+};
+
+std::size_t align256(std::size_t n) { return (n + 255) / 256 * 256; }
+
+BwdLayout bwd_layout(const Problem& pr, const BackwardArgs& a) {
+  const std::size_t rows_q = static_cast<std::size_t>(pr.heads_q) *
+                             (pr.is_varlen() ? a.q.seqlen : pr.batch * pr.seqlen_q);
+  const std::size_t rows_kv = static_cast<std::size_t>(pr.heads_q) *
+                              (pr.is_varlen() ? a.k.seqlen : pr.batch * pr.seqlen_k);
+  const std::size_t d = static_cast<std::size_t>(pr.head_dim);
+  BwdLayout l;
+  l.dsum = 0;
+  std::size_t at = align256(rows_q * sizeof(float));
+  if (!a.deterministic) {
+    l.dq = at;
+    at += align256(rows_q * d * sizeof(float));
+  }
+  if (pr.group() > 1) {
+    l.dk = at;
+    at += align256(rows_kv * d * sizeof(float));
+    l.dv = at;
+    at += align256(rows_kv * d * sizeof(float));
+  }
+  l.total = at;
+  return l;
+}
+
+// The caller's workspace, or a stream-ordered allocation freed (stream-
+// ordered too) when the call returns or throws.
+class Scratch {
+ public:
+  Scratch(const Context& ctx, std::size_t bytes, cudaStream_t stream) : stream_(stream) {
+    if (bytes == 0) return;
+    if (ctx.workspace != nullptr) {
+      if (ctx.workspace_bytes < bytes)
+        fail("ctx.workspace_bytes", ">= " + std::to_string(bytes) + " (see backward_workspace_bytes)",
+             std::to_string(ctx.workspace_bytes));
+      ptr_ = ctx.workspace;
+      return;
+    }
+    check(cudaMallocAsync(&ptr_, bytes, stream), "cudaMallocAsync(workspace)");
+    owned_ = true;
+  }
+  ~Scratch() {
+    if (owned_) cudaFreeAsync(ptr_, stream_);
+  }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  char* bytes() const { return static_cast<char*>(ptr_); }
+
+ private:
+  void* ptr_ = nullptr;
+  bool owned_ = false;
+  cudaStream_t stream_;
+};
+
+}  // namespace
+
+std::size_t cuda_forward_workspace_bytes(const Problem& p, const ForwardArgs& a, const Context& ctx) {
+  if (ctx.algorithm == Algorithm::standard) return cuda_standard_forward_workspace_bytes(p, a, ctx);
+  return 0;  // the forward keeps everything in registers and shared memory
+}
+
+std::size_t cuda_backward_workspace_bytes(const Problem& p, const BackwardArgs& a, const Context& ctx) {
+  if (ctx.algorithm == Algorithm::standard) return cuda_standard_backward_workspace_bytes(p, a, ctx);
+  if (empty(p)) return 0;
+  return bwd_layout(p, a).total;
+}
+
+void cuda_forward(const Problem& pr, const ForwardArgs& a, const Context& ctx) {
+  if (ctx.algorithm == Algorithm::standard) return cuda_standard_forward(pr, a, ctx);
+  if (empty(pr) || pr.seqlen_q == 0) return;
+  require_sm80();
+  Params p = make_params(pr, a.q, a.k, a.v, a.o);
+  p.out = a.o.data;
+  p.lse = a.lse;
+  const auto stream = static_cast<cudaStream_t>(ctx.stream);
+  dispatch(pr.dtype, pr.head_dim, [&]<class T, int kD>() { sm80::launch_forward<T, kD>(p, stream); });
+}
+
+void cuda_backward(const Problem& pr, const BackwardArgs& a, const Context& ctx) {
+  if (ctx.algorithm == Algorithm::standard) return cuda_standard_backward(pr, a, ctx);
+  if (empty(pr)) return;
+  require_sm80();
+  Params p = make_params(pr, a.q, a.k, a.v, a.o);
+  const bool vl = pr.is_varlen();
+  p.dout = a.dout.data;
+  p.dq = a.dq.data;
+  p.dk = a.dk.data;
+  p.dv = a.dv.data;
+  set_strides(a.dout, vl, p.do_sb, p.do_ss, p.do_sh);
+  set_strides(a.dq, vl, p.dq_sb, p.dq_ss, p.dq_sh);
+  set_strides(a.dk, vl, p.dk_sb, p.dk_ss, p.dk_sh);
+  set_strides(a.dv, vl, p.dv_sb, p.dv_ss, p.dv_sh);
+  p.lse = const_cast<float*>(a.lse);
+  p.dq_atomic = !a.deterministic;
+
+  const auto stream = static_cast<cudaStream_t>(ctx.stream);
+  const BwdLayout l = bwd_layout(pr, a);
+  Scratch scratch(ctx, l.total, stream);
+  char* ws = scratch.bytes();
+  p.dsum = reinterpret_cast<float*>(ws + l.dsum);
+  if (p.dq_atomic) {
+    p.dq_accum = reinterpret_cast<float*>(ws + l.dq);
+    const std::size_t dq_end = pr.group() > 1 ? l.dk : l.total;
+    check(cudaMemsetAsync(p.dq_accum, 0, dq_end - l.dq, stream), "cudaMemsetAsync(dq_accum)");
+  }
+  if (pr.group() > 1) {
+    p.dk_accum = reinterpret_cast<float*>(ws + l.dk);
+    p.dv_accum = reinterpret_cast<float*>(ws + l.dv);
+  }
+  dispatch(pr.dtype, pr.head_dim, [&]<class T, int kD>() { sm80::launch_backward<T, kD>(p, stream); });
+}
+
+}  // namespace flashattn::detail

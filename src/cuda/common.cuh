@@ -1,0 +1,162 @@
+// Shared by the CUDA backend's host and device code: the kernel parameter
+// block, CUDA error reporting, and the small device helpers (dtype packing,
+// sequence resolution, block-mask lookups) every kernel uses.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include "common/mask.h"
+#include "common/philox.h"
+#include "flashattn/flashattn.h"
+
+namespace flashattn::detail::cuda {
+
+// A CUDA failure becomes the library's one error type, with CUDA's text.
+inline void check(cudaError_t e, const char* what) {
+  if (e != cudaSuccess)
+    throw Error(std::string(what) + ": expected cudaSuccess, got " + cudaGetErrorName(e) + " (" +
+                cudaGetErrorString(e) + ")");
+}
+
+// Everything a flash kernel reads, resolved on the host from the validated
+// Problem. Strides are in elements. For varlen batches batch strides are 0
+// and sequence b starts at row cu_q[b] / cu_k[b].
+struct Params {
+  const void *q = nullptr, *k = nullptr, *v = nullptr, *o = nullptr, *dout = nullptr;
+  void *out = nullptr, *dq = nullptr, *dk = nullptr, *dv = nullptr;
+  std::int64_t q_sb = 0, q_ss = 0, q_sh = 0, k_sb = 0, k_ss = 0, k_sh = 0, v_sb = 0, v_ss = 0, v_sh = 0;
+  std::int64_t o_sb = 0, o_ss = 0, o_sh = 0, do_sb = 0, do_ss = 0, do_sh = 0;
+  std::int64_t dq_sb = 0, dq_ss = 0, dq_sh = 0, dk_sb = 0, dk_ss = 0, dk_sh = 0, dv_sb = 0, dv_ss = 0, dv_sh = 0;
+  int batch = 0, heads_q = 0, heads_k = 0, group = 1;
+  int seqlen_q = 0, seqlen_k = 0;          // dense: the lengths; varlen: the maxima
+  std::int64_t total_q = 0, total_k = 0;   // rows of the q / k tensors (varlen bounds)
+  const std::int32_t *cu_q = nullptr, *cu_k = nullptr;
+  float scale = 1.f, scale_log2 = 1.f;     // scale_log2 = scale * log2(e): softmax in exp2
+  WindowMask window;
+  bool has_dropout = false;
+  float keep_scale = 1.f;                  // 1 / (1 - p)
+  DropoutStream dropout{};
+  // block-sparse (null bm_count = dense)
+  const std::int32_t *bm_count = nullptr, *bm_idx = nullptr, *bm_fcount = nullptr, *bm_fidx = nullptr;
+  int bm_batch = 1, bm_heads = 1, bm_nqb = 0, bm_nkb = 0, block_q = 0, block_k = 0;
+  // forward output / backward input, [batch, heads_q, seqlen_q] or [heads_q, total_q]
+  float* lse = nullptr;
+  // backward scratch (see api.cu for the layout)
+  float* dsum = nullptr;                   // D = rowsum(dO * O), indexed like lse
+  float* dq_accum = nullptr;               // fp32 dQ (atomic mode), row of lse * head_dim
+  float *dk_accum = nullptr, *dv_accum = nullptr;  // fp32 per query head (GQA), see kv_row
+  bool dq_atomic = true;                   // false: deterministic, dQ by its own kernel
+
+  __host__ __device__ bool is_varlen() const { return cu_q != nullptr; }
+  __host__ __device__ bool is_sparse() const { return bm_count != nullptr; }
+};
+
+// ------------------------------------------------------------- device ---
+
+template <class T>
+__device__ __forceinline__ std::uint32_t pack2(float lo, float hi);
+template <>
+__device__ __forceinline__ std::uint32_t pack2<__half>(float lo, float hi) {
+  __half2 h = __floats2half2_rn(lo, hi);
+  return *reinterpret_cast<std::uint32_t*>(&h);
+}
+template <>
+__device__ __forceinline__ std::uint32_t pack2<__nv_bfloat16>(float lo, float hi) {
+  __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<std::uint32_t*>(&h);
+}
+
+__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+template <class T>
+__device__ __forceinline__ T from_float(float x);
+template <>
+__device__ __forceinline__ __half from_float<__half>(float x) { return __float2half_rn(x); }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+
+// Rows of sequence b inside the tensors. Varlen offsets are read from the
+// device arrays and clamped to the tensors, so bad values (unchecked when
+// no host copies were given) cannot reach memory outside them.
+struct SeqInfo {
+  std::int64_t q_start = 0, k_start = 0;
+  int sq = 0, sk = 0;
+};
+
+__device__ __forceinline__ SeqInfo resolve_seq(const Params& p, int b) {
+  SeqInfo s;
+  if (!p.is_varlen()) {
+    s.sq = p.seqlen_q;
+    s.sk = p.seqlen_k;
+    return s;
+  }
+  auto clamp = [](std::int64_t begin, std::int64_t end, std::int64_t total, std::int64_t max_len,
+                  std::int64_t* start) {
+    begin = begin < 0 ? 0 : (begin > total ? total : begin);
+    end = end < begin ? begin : (end > total ? total : end);
+    *start = begin;
+    const std::int64_t len = end - begin;
+    return static_cast<int>(len > max_len ? max_len : len);
+  };
+  s.sq = clamp(p.cu_q[b], p.cu_q[b + 1], p.total_q, p.seqlen_q, &s.q_start);
+  s.sk = clamp(p.cu_k[b], p.cu_k[b + 1], p.total_k, p.seqlen_k, &s.k_start);
+  return s;
+}
+
+// Index of query row i of (b, h) in lse / dsum (and, times head_dim, in dq_accum).
+__device__ __forceinline__ std::int64_t q_row(const Params& p, const SeqInfo& s, int b, int h, int i) {
+  return p.is_varlen() ? static_cast<std::int64_t>(h) * p.total_q + s.q_start + i
+                       : (static_cast<std::int64_t>(b) * p.heads_q + h) * p.seqlen_q + i;
+}
+
+// Index of key row j of (b, query head h) in dk_accum / dv_accum (times head_dim).
+__device__ __forceinline__ std::int64_t kv_row(const Params& p, const SeqInfo& s, int b, int h, int j) {
+  return p.is_varlen() ? static_cast<std::int64_t>(h) * p.total_k + s.k_start + j
+                       : (static_cast<std::int64_t>(b) * p.heads_q + h) * p.seqlen_k + j;
+}
+
+// The dropout stream's (batch, head) word: batch * heads_q + head in 32-bit
+// unsigned arithmetic (validation keeps it below 2^32 when dropout is on).
+__device__ __forceinline__ std::uint32_t dropout_bh(const Params& p, int b, int h) {
+  return static_cast<std::uint32_t>(b) * static_cast<std::uint32_t>(p.heads_q) + static_cast<std::uint32_t>(h);
+}
+
+enum BlockState : int { kSkip = 0, kPartial = 1, kFull = 2 };
+
+__device__ __forceinline__ std::int64_t mask_row(const Params& p, int b, int h, int qb) {
+  const int bb = p.bm_batch == 1 ? 0 : b, hh = p.bm_heads == 1 ? 0 : h;
+  return (static_cast<std::int64_t>(bb) * p.bm_heads + hh) * p.bm_nqb + qb;
+}
+
+__device__ __forceinline__ int clamp_count(int c, int n) { return c < 0 ? 0 : (c > n ? n : c); }
+
+// State of key block kb for query block qb, by scanning that row's lists.
+__device__ __forceinline__ int block_state(const Params& p, int b, int h, int qb, int kb) {
+  if (qb >= p.bm_nqb || kb >= p.bm_nkb) return kSkip;
+  const std::int64_t row = mask_row(p, b, h, qb);
+  const std::int32_t* idx = p.bm_idx + row * p.bm_nkb;
+  const int n = clamp_count(p.bm_count[row], p.bm_nkb);
+  for (int e = 0; e < n; ++e)
+    if (idx[e] == kb) return kPartial;
+  if (p.bm_fcount) {
+    const std::int32_t* fidx = p.bm_fidx + row * p.bm_nkb;
+    const int nf = clamp_count(p.bm_fcount[row], p.bm_nkb);
+    for (int e = 0; e < nf; ++e)
+      if (fidx[e] == kb) return kFull;
+  }
+  return kSkip;
+}
+
+// True when every (i, j) of rows [m0, m_last] x cols [n0, n_last] passes the
+// window rule: first_key grows with i and last_key too, so the corners decide.
+__device__ __forceinline__ bool window_covers(const WindowMask& w, std::int64_t m0, std::int64_t m_last,
+                                              std::int64_t n0, std::int64_t n_last, int sq, int sk) {
+  return w.first_key(m_last, sq, sk) <= n0 && w.last_key(m0, sq, sk) >= n_last;
+}
+
+}  // namespace flashattn::detail::cuda

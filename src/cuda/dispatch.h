@@ -1,0 +1,80 @@
+// THE dispatch table of the CUDA flash kernels: (arch, dtype, head_dim) ->
+// tile configuration. Only the rows below are instantiated (see
+// sm80/forward_*.cu and sm80/backward_*.cu); supports() in
+// src/common/validate.cpp lists the same head dims.
+//
+// Arch: every GPU of compute capability >= 8.0 (A100, H100, ...) runs the
+// portable sm_80 path (mma.sync + ldmatrix + cp.async). Dtype: fp16 and bf16
+// share every row (same sizes, same instruction shape).
+//
+// Why these tiles:
+//  - forward: 4 warps, two CTAs an SM (one computes while the other waits
+//    at its barriers). Up to d = 128 each warp owns two 16-row mma tiles
+//    (128-row query tile), so each K/V fragment read with ldmatrix feeds two
+//    mma's: with one, shared-memory bandwidth caps the tensor cores (an
+//    ldmatrix.x4 moves 512 B, 4 cycles of the SM's 128 B/cycle, for two
+//    mma's). K/V tiles are 64 rows (K double-buffered: Q + 2 K + V tiles =
+//    87 KB at d = 128, two CTAs fit in 228 KB). For d = 192/256 the O
+//    accumulator alone is 96/128 registers a thread, so warps own one row
+//    tile, Q is re-read from shared memory and K/V tiles shrink to 32 rows.
+//    Measured on H100 (bf16, seqlen 8192, d = 128): 16-row warp tiles and 8
+//    warps 226 TFLOPS; 32-row warp tiles 297; + double-buffered K 317.
+//  - backward: a CTA owns 64 or 128 keys (dK, dV accumulate in registers
+//    across the sweep over 64-row query tiles); BwdSplit (sm80/backward.cuh)
+//    derives which warp owns which slice of each product from this row.
+//    The fp32 dQ atomics per key scale as 1 / (keys per CTA) and weigh on
+//    the speed (L2 atomic throughput), so d = 64/128 take 128 keys: with 8
+//    warps for d = 128 (32 x 32 warp tiles, measured 198 vs 192 TFLOPS with
+//    16 warps on H100) and 16 warps for d = 64 (151 vs 143: more warps in
+//    flight beat bigger warp tiles there). d = 32/96 keep 64 keys (their dQ
+//    column slices would not be whole n16 steps) and d = 192/256 keep 64
+//    (the dK + dV accumulators already fill the registers).
+#pragma once
+
+#include <type_traits>
+
+namespace flashattn::detail::cuda {
+
+struct TileConfig {
+  int head_dim;
+  int fwd_block_m, fwd_block_n, fwd_warps, fwd_ctas_per_sm;  // forward: query rows, key rows, warps, CTAs/SM
+  int bwd_block_m, bwd_block_n, bwd_warps, bwd_ctas_per_sm;  // backward: likewise
+};
+
+// sm_80+ (fp16 and bf16). ctas_per_sm is the __launch_bounds__ occupancy
+// target: it caps registers at 64K / (threads * ctas).
+//                                     head_dim  fwd: M   N  warps ctas  bwd: M   N  warps ctas
+inline constexpr TileConfig kSm80Tiles[] = {{32,      128,  64, 4,    2,       64, 64, 8,    2},
+                                            {64,      128,  64, 4,    2,       64, 128, 16,  1},
+                                            {96,      128,  64, 4,    2,       64, 64, 8,    2},
+                                            {128,     128,  64, 4,    2,       64, 128, 8,   1},
+                                            {192,      64,  32, 4,    2,       64, 64, 8,    1},
+                                            {256,      64,  32, 4,    2,       64, 64, 8,    1}};
+
+constexpr TileConfig sm80_tiles(int head_dim) {
+  for (const TileConfig& c : kSm80Tiles)
+    if (c.head_dim == head_dim) return c;
+  return TileConfig{0, 0, 0, 0, 0, 0, 0, 0, 0};
+}
+
+// Block-sparse masks must align with every tile above: a query block may
+// not straddle two forward query tiles, a key block two key tiles.
+inline constexpr int kSparseBlockQMultiple = 128;
+inline constexpr int kSparseBlockKMultiple = 128;
+
+// Calls f(std::integral_constant<int, D>{}) for the table row of head_dim;
+// false when the table has no such row.
+template <class F>
+bool with_head_dim(int head_dim, F&& f) {
+  switch (head_dim) {
+    case 32: f(std::integral_constant<int, 32>{}); return true;
+    case 64: f(std::integral_constant<int, 64>{}); return true;
+    case 96: f(std::integral_constant<int, 96>{}); return true;
+    case 128: f(std::integral_constant<int, 128>{}); return true;
+    case 192: f(std::integral_constant<int, 192>{}); return true;
+    case 256: f(std::integral_constant<int, 256>{}); return true;
+  }
+  return false;
+}
+
+}  // namespace flashattn::detail::cuda

@@ -1,0 +1,167 @@
+// Building blocks of the sm_80 kernels: shared-memory tile layout, the
+// cp.async tile loader, ldmatrix fragment loads, and the schedule of key
+// tiles one query tile visits (dense window range or block-sparse lists).
+#pragma once
+
+#include "../common.cuh"
+#include "../ptx/ptx.cuh"
+
+namespace flashattn::detail::sm80 {
+
+using namespace flashattn::detail::cuda;
+
+// Every shared tile row is padded by 8 elements (16 bytes): consecutive rows
+// then start 4 banks apart, so the 8 row addresses of one ldmatrix phase
+// fall in 8 distinct 16-byte bank groups for every head_dim in the table
+// (row pitch 2d + 16 bytes with 2d a multiple of 64).
+constexpr int kPad = 8;
+
+// Copies rows [0, kRows) x [0, kCols) of a row-major global tile (row stride
+// ld_g elements) to shared memory (row pitch kCols + kPad); rows >= valid
+// become zeros. 16 bytes per cp.async; consecutive threads take consecutive
+// 16-byte chunks of a row, so a warp's reads coalesce.
+template <int kRows, int kCols, int kThreads, class T>
+__device__ __forceinline__ void load_tile(T* smem, const T* gmem, std::int64_t ld_g, int valid, int tid) {
+  constexpr int kChunks = kCols / 8;
+  constexpr int kLd = kCols + kPad;
+#pragma unroll
+  for (int c = tid; c < kRows * kChunks; c += kThreads) {
+    const int r = c / kChunks, ch = c % kChunks;
+    const bool ok = r < valid;
+    const T* src = ok ? gmem + r * ld_g + ch * 8 : gmem;
+    ptx::cp_async_16(ptx::smem_addr(smem + r * kLd + ch * 8), src, ok);
+  }
+}
+
+// ---- mma.m16n8k16 operand fragments from shared memory (pitch ld) ----
+// A (16 x 16) stored row-major [m][k]; s points at (m0, k0).
+template <class T>
+__device__ __forceinline__ void lds_a(std::uint32_t (&a)[4], const T* s, int ld, int lane) {
+  const int row = (lane & 7) + ((lane >> 3) & 1) * 8, col = (lane >> 4) * 8;
+  ptx::ldmatrix_x4(a, ptx::smem_addr(s + row * ld + col));
+}
+// A (16 x 16) stored transposed, [k][m]; s points at (k0, m0).
+template <class T>
+__device__ __forceinline__ void lds_a_trans(std::uint32_t (&a)[4], const T* s, int ld, int lane) {
+  const int row = (lane & 7) + (lane >> 4) * 8, col = ((lane >> 3) & 1) * 8;
+  ptx::ldmatrix_x4_trans(a, ptx::smem_addr(s + row * ld + col));
+}
+// B for two n8 tiles (k16 x n16) stored [n][k]; s points at (n0, k0).
+// b[0], b[1]: columns n0..n0+7; b[2], b[3]: columns n0+8..n0+15.
+template <class T>
+__device__ __forceinline__ void lds_b(std::uint32_t (&b)[4], const T* s, int ld, int lane) {
+  const int row = (lane & 7) + (lane >> 4) * 8, col = ((lane >> 3) & 1) * 8;
+  ptx::ldmatrix_x4(b, ptx::smem_addr(s + row * ld + col));
+}
+// B for two n8 tiles stored [k][n]; s points at (k0, n0).
+template <class T>
+__device__ __forceinline__ void lds_b_trans(std::uint32_t (&b)[4], const T* s, int ld, int lane) {
+  const int row = (lane & 7) + ((lane >> 3) & 1) * 8, col = (lane >> 4) * 8;
+  ptx::ldmatrix_x4_trans(b, ptx::smem_addr(s + row * ld + col));
+}
+
+// acc[kMT][kN/8][4] (16 kMT x kN) += A (16 kMT x kK) * B (kK x kN); A and B
+// from shared memory, A [m][k] (or [k][m] when kATrans), B [n][k] (or
+// [k][n] when kBTrans). Each B fragment feeds kMT mma's: the larger the
+// warp tile, the fewer ldmatrix bytes per mma.
+template <class T, int kMT, int kN, int kK, bool kATrans, bool kBTrans>
+__device__ __forceinline__ void warp_gemm(float (&acc)[kMT][kN / 8][4], const T* sa, int lda, const T* sb, int ldb,
+                                          int lane) {
+#pragma unroll
+  for (int kk = 0; kk < kK / 16; ++kk) {
+    std::uint32_t a[kMT][4];
+#pragma unroll
+    for (int mi = 0; mi < kMT; ++mi) {
+      if constexpr (kATrans) lds_a_trans(a[mi], sa + kk * 16 * lda + mi * 16, lda, lane);
+      else lds_a(a[mi], sa + mi * 16 * lda + kk * 16, lda, lane);
+    }
+#pragma unroll
+    for (int j = 0; j < kN / 16; ++j) {
+      std::uint32_t b[4];
+      if constexpr (kBTrans) lds_b_trans(b, sb + kk * 16 * ldb + j * 16, ldb, lane);
+      else lds_b(b, sb + j * 16 * ldb + kk * 16, ldb, lane);
+#pragma unroll
+      for (int mi = 0; mi < kMT; ++mi) {
+        ptx::mma_16816<T>(acc[mi][2 * j], a[mi], b[0], b[1]);
+        ptx::mma_16816<T>(acc[mi][2 * j + 1], a[mi], b[2], b[3]);
+      }
+    }
+  }
+}
+
+template <int kN>
+__device__ __forceinline__ void zero(float (&acc)[kN][4]) {
+#pragma unroll
+  for (int t = 0; t < kN; ++t) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.f;
+}
+template <int kM, int kN>
+__device__ __forceinline__ void zero(float (&acc)[kM][kN][4]) {
+#pragma unroll
+  for (int mi = 0; mi < kM; ++mi) zero(acc[mi]);
+}
+
+// One key tile of a query tile's sweep.
+struct KeyTile {
+  int n0;            // first key (sequence position)
+  bool need_mask;    // some element is outside the sequence or the window
+  bool window;       // the window rule applies (dense or partial block)
+};
+
+// The key tiles one query tile [m0, m0 + block_m) visits, in order: dense
+// problems visit the contiguous range the window allows (fully masked tiles
+// are never visited); block-sparse ones visit the listed blocks (partial
+// first, then full), each block cut into block_k / block_n tiles.
+template <int kBlockM, int kBlockN>
+struct KeyTiles {
+  const Params* p;
+  int sq, sk, m0, m_last;
+  int first = 0, count_ = 0;                       // dense
+  const std::int32_t *idx = nullptr, *fidx = nullptr;  // sparse
+  int n_partial = 0, n_full = 0, per_block = 1;
+
+  __device__ KeyTiles(const Params& params, int b, int h, int m0_, const SeqInfo& s)
+      : p(&params), sq(s.sq), sk(s.sk), m0(m0_) {
+    m_last = min(m0 + kBlockM, sq) - 1;
+    if (sk <= 0 || m_last < m0) return;
+    if (p->is_sparse()) {
+      const std::int64_t row = mask_row(*p, b, h, m0 / p->block_q);
+      idx = p->bm_idx + row * p->bm_nkb;
+      n_partial = clamp_count(p->bm_count[row], p->bm_nkb);
+      if (p->bm_fcount) {
+        fidx = p->bm_fidx + row * p->bm_nkb;
+        n_full = clamp_count(p->bm_fcount[row], p->bm_nkb);
+      }
+      per_block = p->block_k / kBlockN;
+      return;
+    }
+    const std::int64_t lo = p->window.first_key(m0, sq, sk);
+    const std::int64_t hi = p->window.last_key(m_last, sq, sk);
+    if (hi < lo) return;
+    first = static_cast<int>(lo / kBlockN);
+    count_ = static_cast<int>(hi / kBlockN) - first + 1;
+  }
+
+  __device__ int count() const { return p->is_sparse() ? (n_partial + n_full) * per_block : count_; }
+
+  __device__ KeyTile at(int step) const {
+    KeyTile t;
+    if (p->is_sparse()) {
+      const int e = step / per_block, sub = step % per_block;
+      const bool partial = e < n_partial;
+      const int kb = partial ? idx[e] : fidx[e - n_partial];
+      // An index outside [0, num_k_blocks) (contents are unchecked without
+      // host copies) becomes a tile past the sequence: loaded as zeros, masked.
+      t.n0 = kb >= 0 && kb < p->bm_nkb ? (kb * per_block + sub) * kBlockN : (sk + kBlockN - 1) / kBlockN * kBlockN;
+      t.window = partial;
+    } else {
+      t.n0 = (first + step) * kBlockN;
+      t.window = true;
+    }
+    t.window = t.window && !p->window.unbounded();
+    const int n_last = t.n0 + kBlockN - 1;
+    t.need_mask = n_last >= sk || (t.window && !window_covers(p->window, m0, m_last, t.n0, n_last, sq, sk));
+    return t;
+  }
+};
+
+}  // namespace flashattn::detail::sm80

@@ -1,0 +1,455 @@
+// GPU tests of both CUDA algorithms (flash: the tiled kernels; standard:
+// the cuBLAS materialising path) against the float64 CPU reference. Every
+// test skips cleanly when no GPU is present.
+//
+// Suites:
+//  - QuickGpu: small shapes touching every kernel (each head_dim, forward and
+//    backward, every mask kind): the subset run under compute-sanitizer
+//    (--gtest_filter='*QuickGpu*').
+//  - everything else: the full sweep (shapes, masks, varlen, GQA, dropout,
+//    block-sparse, layouts, streams, determinism).
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <vector>
+
+#include "gpu_harness.h"
+
+namespace fa_gpu {
+namespace {
+
+const std::int64_t kHeadDims[] = {32, 64, 96, 128, 192, 256};
+const DType kDTypes[] = {DType::bf16, DType::f16};
+
+// ------------------------------------------------------------ quick ---
+
+// One small case per head_dim and mask kind: every kernel instantiation
+// runs at least once, cheap enough for memcheck and racecheck.
+class QuickGpu : public GpuTest, public ::testing::WithParamInterface<std::int64_t> {};
+
+TEST_P(QuickGpu, EveryFeatureSmall) {
+  const std::int64_t d = GetParam();
+  Case base;
+  base.d = d;
+  base.sq = 17;
+  base.sk = 40;
+  base.hq = 2;
+  base.hk = 1;
+  {
+    Case c = base;
+    check_case(c);
+    c.deterministic = true;  // the flash backward's other dQ path
+    check_case(c);
+  }
+  {
+    Case c = base;
+    c.dtype = DType::f16;
+    c.causal = true;
+    c.dropout_p = 0.2f;
+    check_case(c);
+  }
+  {
+    Case c = base;
+    c.window_left = 5;
+    c.window_right = 3;
+    c.lens_q = {9, 0, 1, 20};
+    c.lens_k = {14, 5, 0, 33};
+    check_case(c);
+  }
+  {
+    Case c = base;
+    c.sq = 150;
+    c.sk = 300;
+    c.block_q = 128;
+    c.block_k = 128;
+    c.causal = true;
+    check_case(c);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(HeadDims, QuickGpu, ::testing::ValuesIn(kHeadDims));
+
+// ----------------------------------------------------------- shapes ---
+
+struct ShapeParam {
+  DType dtype;
+  std::int64_t d;
+};
+
+class ShapesGpu : public GpuTest, public ::testing::WithParamInterface<ShapeParam> {};
+
+// Lengths that are not multiples of any tile size, sq != sk both ways, and
+// the degenerate one-row / one-key cases.
+TEST_P(ShapesGpu, NonTileMultiples) {
+  const ShapeParam sp = GetParam();
+  const std::int64_t lens[][2] = {{1, 1}, {17, 17}, {127, 129}, {129, 127}, {1, 300}, {300, 1}, {1000, 1000}};
+  for (const auto& l : lens) {
+    Case c;
+    c.dtype = sp.dtype;
+    c.d = sp.d;
+    c.sq = l[0];
+    c.sk = l[1];
+    c.batch = l[0] >= 1000 ? 1 : 2;
+    c.hq = 2;
+    c.hk = 2;
+    check_case(c);
+  }
+}
+
+std::vector<ShapeParam> shape_params() {
+  std::vector<ShapeParam> v;
+  for (DType t : kDTypes)
+    for (std::int64_t d : kHeadDims) v.push_back({t, d});
+  return v;
+}
+
+INSTANTIATE_TEST_SUITE_P(DTypesHeadDims, ShapesGpu, ::testing::ValuesIn(shape_params()),
+                         [](const ::testing::TestParamInfo<ShapeParam>& i) {
+                           return std::string(flashattn::to_string(i.param.dtype)) + "_d" + std::to_string(i.param.d);
+                         });
+
+// ------------------------------------------------------------ masks ---
+
+class MasksGpu : public GpuTest {};
+
+TEST_F(MasksGpu, CausalBottomRightAligned) {
+  for (DType t : kDTypes)
+    for (std::int64_t d : {64, 128})
+      for (auto [sq, sk] : {std::pair<std::int64_t, std::int64_t>{200, 200}, {113, 300}, {300, 113}, {1, 257}}) {
+        Case c;
+        c.dtype = t;
+        c.d = d;
+        c.sq = sq;
+        c.sk = sk;
+        c.causal = true;
+        check_case(c);
+      }
+}
+
+TEST_F(MasksGpu, SlidingWindow) {
+  const std::int64_t windows[][2] = {{0, 0}, {16, 0}, {31, 7}, {-1, 40}, {100, -1}, {3, 3}};
+  for (const auto& w : windows)
+    for (auto [sq, sk] : {std::pair<std::int64_t, std::int64_t>{257, 257}, {140, 333}, {333, 140}}) {
+      Case c;
+      c.d = 64;
+      c.sq = sq;
+      c.sk = sk;
+      c.window_left = w[0];
+      c.window_right = w[1];
+      check_case(c);
+    }
+}
+
+// Causal with sq > sk leaves the first sq - sk rows with no key at all:
+// O = 0, LSE = -inf and zero gradients, never NaN.
+TEST_F(MasksGpu, EmptyRows) {
+  Case c;
+  c.sq = 150;
+  c.sk = 60;
+  c.causal = true;
+  c.d = 128;
+  check_case(c);
+  c.window_left = 0;  // only the diagonal
+  c.causal = false;
+  c.window_right = 0;
+  check_case(c);
+}
+
+// ----------------------------------------------------------- varlen ---
+
+class VarlenGpu : public GpuTest {};
+
+TEST_F(VarlenGpu, EmptyAndLengthOneSequences) {
+  Case c;
+  c.d = 64;
+  c.lens_q = {0, 1, 130, 17, 1, 0, 255};
+  c.lens_k = {3, 1, 129, 0, 64, 0, 300};
+  c.hq = 4;
+  c.hk = 2;
+  check_case(c);
+  c.causal = true;
+  check_case(c);
+  c.causal = false;
+  c.window_left = 20;
+  c.window_right = 5;
+  c.dtype = DType::f16;
+  check_case(c);
+}
+
+// Without host copies of cu_seqlens the calls cannot check them on the
+// host; valid offsets must still give exact results.
+TEST_F(VarlenGpu, DeviceOnlyOffsets) {
+  Case c;
+  c.d = 128;
+  c.lens_q = {5, 200, 0, 77};
+  c.lens_k = {9, 190, 11, 77};
+  c.varlen_host_copies = false;
+  c.causal = true;
+  check_case(c);
+}
+
+// -------------------------------------------------------------- GQA ---
+
+class GqaGpu : public GpuTest {};
+
+TEST_F(GqaGpu, GroupedAndMultiQuery) {
+  for (auto [hq, hk] : {std::pair<std::int64_t, std::int64_t>{8, 2}, {6, 1}, {4, 4}}) {
+    Case c;
+    c.d = 96;
+    c.sq = 129;
+    c.sk = 200;
+    c.hq = hq;
+    c.hk = hk;
+    check_case(c);
+    c.causal = true;
+    c.lens_q = {100, 29, 1};
+    c.lens_k = {120, 0, 80};
+    check_case(c);
+  }
+}
+
+// ---------------------------------------------------------- dropout ---
+
+class DropoutGpu : public GpuTest {};
+
+// The GPU keep-mask equals dropout_mask() bit for bit. V is one-hot per key
+// (V[j] = e_j, sk <= head_dim), so O[i][j] = P_d[i][j]: nonzero iff kept
+// (P > 0 for every key, as inputs are small and no key is masked).
+TEST_F(DropoutGpu, MaskMatchesCpuHelperBitForBit) {
+  const float p = 0.3f;
+  for (bool varlen : {false, true})
+    for (Algorithm algo : algorithms()) {
+      Case c;
+      c.d = 128;
+      c.hq = 3;
+      c.hk = 1;
+      c.dropout_p = p;
+      c.backward = false;
+      if (varlen) {
+        c.lens_q = {7, 0, 131, 1};
+        c.lens_k = {128, 5, 100, 33};
+      } else {
+        c.batch = 2;
+        c.sq = 150;
+        c.sk = 121;
+      }
+      SCOPED_TRACE(std::string(name(algo)) + " " + c.describe());
+      FA_SEEDED(seed);
+      Runner r(c);
+      r.randomize(seed, 0.1);
+      // One-hot V: key j of every sequence carries basis vector e_j.
+      TensorSet& v = r.v();
+      const Tensor& vt = v.host;
+      for (std::int64_t b = 0; b < vt.batch; ++b)
+        for (std::int64_t s = 0; s < vt.seqlen; ++s)
+          for (std::int64_t h = 0; h < vt.heads; ++h) {
+            std::int64_t j = s;  // position of key s inside its sequence
+            if (varlen) {
+              std::int64_t start = 0;
+              for (std::size_t q = 0; q < c.lens_k.size(); ++q) {
+                if (s < start + c.lens_k[q]) break;
+                start += c.lens_k[q];
+              }
+              j = s - start;
+            }
+            for (std::int64_t x = 0; x < vt.head_dim; ++x)
+              flashattn::detail::store_from_double(vt.data, vt.dtype, flashattn::detail::offset_of(vt, b, s, h) + x,
+                                                   x == j ? 1.0 : 0.0);
+          }
+      v.set_from_host();
+      r.run(algo);
+      const Tensor& o = r.o().host;
+      const std::int64_t nseq = varlen ? static_cast<std::int64_t>(c.lens_q.size()) : c.batch;
+      std::int64_t q0 = 0, checked = 0, mismatches = 0, kept = 0;
+      for (std::int64_t b = 0; b < nseq; ++b) {
+        const std::int64_t sq = varlen ? c.lens_q[b] : c.sq, sk = varlen ? c.lens_k[b] : c.sk;
+        for (std::int64_t h = 0; h < c.hq; ++h) {
+          std::vector<std::uint8_t> keep(static_cast<std::size_t>(std::max<std::int64_t>(sq * sk, 1)));
+          flashattn::dropout_mask(kDropoutSeed, kDropoutOffset, p, b, c.hq, h, sq, sk, keep.data());
+          for (std::int64_t i = 0; i < sq; ++i)
+            for (std::int64_t j = 0; j < sk; ++j) {
+              const std::int64_t tb = varlen ? 0 : b, row = varlen ? q0 + i : i;
+              const double x = flashattn::detail::load_as_double(o.data, o.dtype, flashattn::detail::offset_of(o, tb, row, h) + j);
+              mismatches += (x != 0.0) != (keep[i * sk + j] != 0);
+              kept += keep[i * sk + j];
+              ++checked;
+            }
+        }
+        q0 += sq;
+      }
+      EXPECT_EQ(mismatches, 0) << "of " << checked << " elements";
+      // The keep rate is 1 - p (a sanity check that the test saw real masks).
+      EXPECT_NEAR(static_cast<double>(kept) / checked, 1.0 - p, 0.03);
+    }
+}
+
+TEST_F(DropoutGpu, ForwardBackwardVsReference) {
+  for (DType t : kDTypes) {
+    Case c;
+    c.dtype = t;
+    c.d = 64;
+    c.sq = 257;
+    c.sk = 190;
+    c.hq = 4;
+    c.hk = 2;
+    c.dropout_p = 0.17f;
+    check_case(c);
+    c.causal = true;
+    c.lens_q = {50, 1, 0, 120};
+    c.lens_k = {60, 40, 7, 121};
+    check_case(c);
+  }
+}
+
+// ----------------------------------------------------- block sparse ---
+
+class BlockSparseGpu : public GpuTest {};
+
+TEST_F(BlockSparseGpu, PartialAndFullLists) {
+  // Multiples of 128 x 128 (the API's default block) every algorithm must
+  // take; the others only the standard path must (flash may refuse sizes
+  // off its tiles with an Error).
+  const std::int64_t blocks[][2] = {{128, 128}, {256, 128}, {128, 256}, {128, 64}, {64, 32}, {37, 50}, {16, 128}};
+  for (const auto& bl : blocks)
+    for (bool full : {true, false}) {
+      Case c;
+      c.flash_may_refuse = bl[0] % 128 != 0 || bl[1] % 128 != 0;
+      c.d = 64;
+      c.sq = 300;
+      c.sk = 333;
+      c.hq = 2;
+      c.hk = 1;
+      c.block_q = bl[0];
+      c.block_k = bl[1];
+      c.block_full_lists = full;
+      c.causal = full;  // partial blocks also apply the element rule
+      check_case(c);
+    }
+}
+
+TEST_F(BlockSparseGpu, BroadcastVarlenWindow) {
+  Case c;
+  c.d = 128;
+  c.hq = 4;
+  c.hk = 2;
+  c.block_q = 128;
+  c.block_k = 128;
+  c.block_broadcast = true;
+  c.lens_q = {100, 0, 257};
+  c.lens_k = {130, 9, 256};
+  c.window_left = 70;
+  c.window_right = 10;
+  check_case(c);
+  c.block_broadcast = false;
+  c.varlen_host_copies = false;
+  check_case(c);
+}
+
+// ---------------------------------------------------- layouts / calls ---
+
+class LayoutGpu : public GpuTest {};
+
+// Strided (non-contiguous) tensors on a non-default stream with a caller
+// workspace give exactly what contiguous tensors on the default stream give.
+TEST_F(LayoutGpu, StridesStreamAndWorkspace) {
+  for (Algorithm algo : algorithms()) {
+    SCOPED_TRACE(name(algo));
+    Case c;
+    c.d = 64;
+    c.sq = 190;
+    c.sk = 201;
+    c.hq = 4;
+    c.hk = 2;
+    c.causal = true;
+    c.dropout_p = 0.1f;
+    c.padded = true;
+    check_case(c);  // padded strides vs the reference
+    FA_SEEDED(seed);
+    Runner r(c);
+    r.randomize(seed);
+    const Outputs plain = r.run(algo, nullptr, true, false);
+    cudaStream_t stream = nullptr;
+    cuda_ok(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
+    const Outputs streamed = r.run(algo, stream, true, true);
+    cuda_ok(cudaStreamDestroy(stream), "cudaStreamDestroy");
+    EXPECT_EQ(max_abs_error(plain.o, streamed.o), 0.0);
+    EXPECT_EQ(max_abs_error(plain.lse, streamed.lse), 0.0);
+    EXPECT_EQ(max_abs_error(plain.dq, streamed.dq), 0.0);
+    EXPECT_EQ(max_abs_error(plain.dk, streamed.dk), 0.0);
+    EXPECT_EQ(max_abs_error(plain.dv, streamed.dv), 0.0);
+  }
+}
+
+// A workspace smaller than the query asks for is an Error, not a crash.
+TEST_F(LayoutGpu, TooSmallWorkspaceIsAnError) {
+  Case c;
+  c.sq = c.sk = 256;
+  FA_SEEDED(seed);
+  Runner r(c);
+  r.randomize(seed);
+  for (Algorithm algo : algorithms()) {
+    Context ctx;
+    ctx.device = Device::cuda;
+    ctx.algorithm = algo;
+    const ForwardArgs f = r.forward_args();
+    const std::size_t need = flashattn::forward_workspace_bytes(f, ctx);
+    if (need == 0) continue;  // this algorithm needs no scratch here
+    DeviceBuffer ws(need);
+    ctx.workspace = ws.get();
+    ctx.workspace_bytes = need - 1;
+    EXPECT_THROW(flashattn::forward(f, ctx), flashattn::Error) << name(algo);
+  }
+}
+
+// ------------------------------------------------------ determinism ---
+
+class DeterminismGpu : public GpuTest {};
+
+// The deterministic backward is as accurate as the default one.
+TEST_F(DeterminismGpu, DeterministicBackwardAccuracy) {
+  Case c;
+  c.d = 64;
+  c.sq = 513;
+  c.sk = 300;
+  c.hq = 6;
+  c.hk = 2;
+  c.causal = true;
+  c.deterministic = true;
+  check_case(c);
+  c.causal = false;
+  c.lens_q = {100, 0, 1, 257};
+  c.lens_k = {90, 3, 1, 300};
+  c.dropout_p = 0.1f;
+  check_case(c);
+}
+
+// deterministic = true: dQ, dK, dV bit-identical over runs (GQA makes dK/dV
+// sums over query heads; long rows make many key blocks per query).
+TEST_F(DeterminismGpu, BackwardBitIdentical) {
+  for (Algorithm algo : algorithms()) {
+    Case c;
+    c.d = 128;
+    c.sq = 1000;
+    c.sk = 777;
+    c.hq = 8;
+    c.hk = 2;
+    c.batch = 2;
+    c.dropout_p = 0.1f;
+    c.deterministic = true;
+    SCOPED_TRACE(std::string(name(algo)) + " " + c.describe());
+    FA_SEEDED(seed);
+    Runner r(c);
+    r.randomize(seed);
+    const Outputs first = r.run(algo, nullptr, true);
+    for (int rep = 0; rep < 3; ++rep) {
+      const Outputs again = r.run(algo, nullptr, true);
+      ASSERT_EQ(std::memcmp(first.dq.data(), again.dq.data(), first.dq.size() * sizeof(double)), 0) << "dQ run " << rep;
+      ASSERT_EQ(std::memcmp(first.dk.data(), again.dk.data(), first.dk.size() * sizeof(double)), 0) << "dK run " << rep;
+      ASSERT_EQ(std::memcmp(first.dv.data(), again.dv.data(), first.dv.size() * sizeof(double)), 0) << "dV run " << rep;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace fa_gpu
