@@ -1,0 +1,418 @@
+// The torch.library operators of the flashattn Python package. This file
+// only converts between at::Tensor and flashattn::Tensor and picks the
+// Context (device, stream, workspace, threads); every kernel and every check
+// on the problem itself lives in libflashattn, linked from this repository's
+// CMake. Autograd and fake (meta) kernels are registered from Python
+// (flashattn/_ops.py), so the schemas below are the single source of truth
+// for the argument lists of both sides.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "flashattn/flashattn.h"
+
+#ifdef FLASHATTN_PY_CUDA
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#endif
+
+namespace {
+
+using at::Tensor;
+
+// The options shared by fwd and bwd, in schema order. Keeping one list makes
+// the forward and the backward see identical masks and dropout. fwd takes
+// `deterministic` only so that its autograd formula (registered from Python,
+// which sees just the forward's inputs) can hand it to bwd.
+#define FLASHATTN_OPTIONS_SCHEMA                                                               \
+  "Tensor? cu_seqlens_q, Tensor? cu_seqlens_k, int max_seqlen_q, int max_seqlen_k, "           \
+  "float dropout_p, float? softmax_scale, bool causal, int window_left, int window_right, "    \
+  "Tensor? rng_state, Tensor? kv_num_blocks, Tensor? kv_indices, Tensor? full_kv_num_blocks, " \
+  "Tensor? full_kv_indices, int block_q, int block_k, int algorithm, bool deterministic"
+
+// Error messages are assembled as plain strings (std::to_string, no
+// std::ostream) and handed to torch as one string. On the GPU machine's
+// torch 2.11 build, throwing an error whose message c10::str had to stream
+// (integers, shapes) crashed the process, while one of plain strings did not.
+std::string piece(const char* s) { return s; }
+std::string piece(const std::string& s) { return s; }
+std::string piece(int64_t v) { return std::to_string(v); }
+std::string piece(int v) { return std::to_string(v); }
+std::string piece(at::ScalarType t) { return c10::toString(t); }
+std::string piece(const c10::Device& d) { return d.str(); }
+std::string piece(at::IntArrayRef sizes) {
+  std::string s = "[";
+  for (std::size_t i = 0; i < sizes.size(); ++i) s += (i ? ", " : "") + std::to_string(sizes[i]);
+  return s + "]";
+}
+std::string shape_str(const Tensor& t) { return piece(t.sizes()); }
+
+template <class... Args>
+[[noreturn]] void value_error(const Args&... args) {
+  std::string msg;
+  ((msg += piece(args)), ...);
+  TORCH_CHECK_VALUE(false, msg);  // raised in Python as ValueError
+}
+
+// Like TORCH_CHECK_VALUE, with the message built as above (and only on failure).
+#define FLASHATTN_CHECK(cond, ...)         \
+  do {                                     \
+    if (!(cond)) value_error(__VA_ARGS__); \
+  } while (0)
+
+// Library errors become Python ValueErrors (c10::ValueError), with the
+// library's message (argument, expected, actual) unchanged.
+template <class F>
+void surface_errors(F&& f) {
+  try {
+    f();
+  } catch (const flashattn::Error& e) {
+    value_error("flashattn: ", e.what());
+  }
+}
+
+flashattn::DType to_dtype(const Tensor& t, const char* name) {
+  switch (t.scalar_type()) {
+    case at::kFloat:
+      return flashattn::DType::f32;
+    case at::kHalf:
+      return flashattn::DType::f16;
+    case at::kBFloat16:
+      return flashattn::DType::bf16;
+    case at::kDouble:
+      return flashattn::DType::f64;
+    default:
+      value_error("flashattn: ", name, ".dtype: expected float32, float16, bfloat16 or float64, got ", t.scalar_type());
+  }
+}
+
+// (batch, seqlen, heads, head_dim), or (total, heads, head_dim) for varlen
+// (seen by the library as batch = 1). Strides pass through: only the last
+// dimension must be contiguous (the Python side makes it so).
+flashattn::Tensor view(const Tensor& t, const char* name, bool varlen) {
+  const int64_t want = varlen ? 3 : 4;
+  FLASHATTN_CHECK(t.dim() == want, "flashattn: ", name, ": expected a ", want, "-D tensor ",
+                  varlen ? "(total, heads, head_dim)" : "(batch, seqlen, heads, head_dim)", ", got shape ",
+                  shape_str(t));
+  FLASHATTN_CHECK(t.size(-1) <= 1 || t.stride(-1) == 1, "flashattn: ", name,
+                  ": expected a contiguous last dimension, got stride ", t.stride(-1));
+  flashattn::Tensor v;
+  v.data = t.data_ptr();
+  v.dtype = to_dtype(t, name);
+  const int64_t seq_dim = varlen ? 0 : 1;
+  v.batch = varlen ? 1 : t.size(0);
+  v.stride_batch = varlen ? t.numel() : t.stride(0);
+  v.seqlen = t.size(seq_dim);
+  v.heads = t.size(seq_dim + 1);
+  v.head_dim = t.size(seq_dim + 2);
+  v.stride_seq = t.stride(seq_dim);
+  v.stride_head = t.stride(seq_dim + 1);
+  return v;
+}
+
+// Index tensors (cu_seqlens, block lists) live on the device of the call.
+// On CUDA no host copies are made for the library to validate: that would
+// synchronise the stream on every call; the library clamps instead, so bad
+// values cannot reach memory outside the tensors (see flashattn.h, Varlen).
+const int32_t* int32_data(const std::optional<Tensor>& t, const Tensor& q, const char* name) {
+  if (!t) return nullptr;
+  FLASHATTN_CHECK(t->scalar_type() == at::kInt, "flashattn: ", name, ".dtype: expected int32, got ", t->scalar_type());
+  FLASHATTN_CHECK(t->device() == q.device(), "flashattn: ", name, ".device: expected ", q.device(),
+                  " (the device of q), got ", t->device());
+  FLASHATTN_CHECK(t->is_contiguous(), "flashattn: ", name, ": expected a contiguous tensor");
+  return t->data_ptr<int32_t>();
+}
+
+// Everything a call needs besides the tensors, owning the structs that
+// Options points into.
+struct CallOptions {
+  flashattn::Options options;
+  flashattn::Varlen varlen;
+  flashattn::BlockMask block_mask;
+  flashattn::Context ctx;
+  bool is_varlen = false;
+};
+
+void check_same_device(const Tensor& t, const Tensor& q, const char* name) {
+  FLASHATTN_CHECK(t.device() == q.device(), "flashattn: ", name, ".device: expected ", q.device(),
+                  " (the device of q), got ", t.device());
+}
+
+CallOptions make_options(const Tensor& q, const std::optional<Tensor>& cu_seqlens_q,
+                         const std::optional<Tensor>& cu_seqlens_k, int64_t max_seqlen_q, int64_t max_seqlen_k,
+                         double dropout_p, std::optional<double> softmax_scale, bool causal, int64_t window_left,
+                         int64_t window_right, const std::optional<Tensor>& rng_state,
+                         const std::optional<Tensor>& kv_num_blocks, const std::optional<Tensor>& kv_indices,
+                         const std::optional<Tensor>& full_kv_num_blocks, const std::optional<Tensor>& full_kv_indices,
+                         int64_t block_q, int64_t block_k, int64_t algorithm) {
+  CallOptions c;
+  FLASHATTN_CHECK(q.device().is_cpu() || q.device().is_cuda(), "flashattn: q.device: expected cpu or cuda, got ",
+                  q.device());
+  c.ctx.device = q.device().is_cuda() ? flashattn::Device::cuda : flashattn::Device::cpu;
+  FLASHATTN_CHECK(algorithm == 0 || algorithm == 1, "flashattn: algorithm: expected 0 (flash) or 1 (standard), got ",
+                  algorithm);
+  c.ctx.algorithm = static_cast<flashattn::Algorithm>(algorithm);
+  // Follow torch.set_num_threads rather than OpenMP's own default.
+  c.ctx.num_threads = at::get_num_threads();
+
+  auto& o = c.options;
+  if (softmax_scale) o.softmax_scale = static_cast<float>(*softmax_scale);
+  o.causal = causal;
+  o.window_left = window_left;
+  o.window_right = window_right;
+  o.dropout_p = static_cast<float>(dropout_p);
+  if (dropout_p > 0.0) {
+    FLASHATTN_CHECK(rng_state.has_value(),
+                    "flashattn: rng_state: expected (seed, offset) when dropout_p > 0, got None");
+    FLASHATTN_CHECK(rng_state->device().is_cpu() && rng_state->scalar_type() == at::kLong && rng_state->numel() == 2,
+                    "flashattn: rng_state: expected a CPU int64 tensor of 2 elements (seed, offset), got ",
+                    rng_state->scalar_type(), " on ", rng_state->device(), " with ", rng_state->numel(), " elements");
+    const Tensor s = rng_state->contiguous();
+    o.seed = static_cast<uint64_t>(s.data_ptr<int64_t>()[0]);
+    o.offset = static_cast<uint64_t>(s.data_ptr<int64_t>()[1]);
+  }
+
+  FLASHATTN_CHECK(cu_seqlens_q.has_value() == cu_seqlens_k.has_value(),
+                  "flashattn: cu_seqlens_q / cu_seqlens_k: expected both or neither, got only one");
+  if (cu_seqlens_q) {
+    c.is_varlen = true;
+    FLASHATTN_CHECK(cu_seqlens_q->dim() == 1 && cu_seqlens_k->dim() == 1 &&
+                        cu_seqlens_q->numel() == cu_seqlens_k->numel() && cu_seqlens_q->numel() >= 1,
+                    "flashattn: cu_seqlens_q / cu_seqlens_k: expected 1-D tensors of batch + 1 entries each, got ",
+                    shape_str(*cu_seqlens_q), " and ", shape_str(*cu_seqlens_k));
+    c.varlen.cu_seqlens_q = int32_data(cu_seqlens_q, q, "cu_seqlens_q");
+    c.varlen.cu_seqlens_k = int32_data(cu_seqlens_k, q, "cu_seqlens_k");
+    c.varlen.batch = cu_seqlens_q->numel() - 1;
+    c.varlen.max_seqlen_q = max_seqlen_q;
+    c.varlen.max_seqlen_k = max_seqlen_k;
+    o.varlen = &c.varlen;
+  }
+
+  FLASHATTN_CHECK(kv_num_blocks.has_value() == kv_indices.has_value(),
+                  "flashattn: kv_num_blocks / kv_indices: expected both or neither, got only one");
+  if (kv_num_blocks) {
+    auto& m = c.block_mask;
+    FLASHATTN_CHECK(kv_num_blocks->dim() == 3 && kv_indices->dim() == 4,
+                    "flashattn: kv_num_blocks / kv_indices: expected shapes [batch, heads, num_q_blocks] and "
+                    "[batch, heads, num_q_blocks, num_kv_blocks], got ",
+                    shape_str(*kv_num_blocks), " and ", shape_str(*kv_indices));
+    FLASHATTN_CHECK(kv_indices->sizes().slice(0, 3) == kv_num_blocks->sizes(),
+                    "flashattn: kv_indices: expected leading dimensions ", shape_str(*kv_num_blocks),
+                    " (those of kv_num_blocks), got ", shape_str(*kv_indices));
+    m.block_q = block_q;
+    m.block_k = block_k;
+    m.batch = kv_num_blocks->size(0);
+    m.heads = kv_num_blocks->size(1);
+    m.num_q_blocks = kv_num_blocks->size(2);
+    m.num_k_blocks = kv_indices->size(3);
+    m.kv_count = int32_data(kv_num_blocks, q, "kv_num_blocks");
+    m.kv_indices = int32_data(kv_indices, q, "kv_indices");
+    FLASHATTN_CHECK(full_kv_num_blocks.has_value() == full_kv_indices.has_value(),
+                    "flashattn: full_kv_num_blocks / full_kv_indices: expected both or neither, got only one");
+    if (full_kv_num_blocks) {
+      FLASHATTN_CHECK(
+          full_kv_num_blocks->sizes() == kv_num_blocks->sizes() && full_kv_indices->sizes() == kv_indices->sizes(),
+          "flashattn: full_kv_num_blocks / full_kv_indices: expected the shapes of kv_num_blocks / "
+          "kv_indices (",
+          shape_str(*kv_num_blocks), " / ", shape_str(*kv_indices), "), got ", shape_str(*full_kv_num_blocks), " / ",
+          shape_str(*full_kv_indices));
+      m.full_kv_count = int32_data(full_kv_num_blocks, q, "full_kv_num_blocks");
+      m.full_kv_indices = int32_data(full_kv_indices, q, "full_kv_indices");
+    }
+    o.block_mask = &m;
+  } else {
+    FLASHATTN_CHECK(!full_kv_num_blocks && !full_kv_indices,
+                    "flashattn: full_kv_num_blocks / full_kv_indices: expected kv_num_blocks / kv_indices too");
+  }
+  return c;
+}
+
+// The device guard and, on CUDA, the current stream; both must outlive the
+// library call.
+struct DeviceScope {
+#ifdef FLASHATTN_PY_CUDA
+  std::optional<c10::cuda::CUDAGuard> guard;
+#endif
+  DeviceScope(const Tensor& q, flashattn::Context& ctx) {
+    if (!q.device().is_cuda()) return;
+#ifdef FLASHATTN_PY_CUDA
+    guard.emplace(q.device());
+    ctx.stream = at::cuda::getCurrentCUDAStream(q.device().index()).stream();
+#else
+    (void)ctx;
+    value_error(
+        "flashattn: q.device: expected cpu (this build of the flashattn package has no CUDA "
+        "backend), got ",
+        q.device());
+#endif
+  }
+};
+
+// Scratch from PyTorch's caching allocator, ordered on the current stream
+// like any tensor, instead of the library's own allocation.
+Tensor workspace_for(std::size_t bytes, const Tensor& q, flashattn::Context& ctx) {
+  if (bytes == 0) return Tensor();
+  Tensor ws = at::empty({static_cast<int64_t>(bytes)}, q.options().dtype(at::kByte));
+  ctx.workspace = ws.data_ptr();
+  ctx.workspace_bytes = bytes;
+  return ws;
+}
+
+std::vector<int64_t> lse_shape(const Tensor& q, bool varlen) {
+  if (varlen) return {q.size(1), q.size(0)};
+  return {q.size(0), q.size(2), q.size(1)};
+}
+
+// Varlen rows past cu_seqlens[batch] belong to no sequence and are never
+// written by the library, so their outputs start at zero; dense outputs are
+// written everywhere.
+Tensor new_output(const Tensor& like, bool varlen) {
+  return varlen ? at::zeros(like.sizes(), like.options()) : at::empty(like.sizes(), like.options());
+}
+
+std::tuple<Tensor, Tensor> fwd(const Tensor& q, const Tensor& k, const Tensor& v,
+                               const std::optional<Tensor>& cu_seqlens_q, const std::optional<Tensor>& cu_seqlens_k,
+                               int64_t max_seqlen_q, int64_t max_seqlen_k, double dropout_p,
+                               std::optional<double> softmax_scale, bool causal, int64_t window_left,
+                               int64_t window_right, const std::optional<Tensor>& rng_state,
+                               const std::optional<Tensor>& kv_num_blocks, const std::optional<Tensor>& kv_indices,
+                               const std::optional<Tensor>& full_kv_num_blocks,
+                               const std::optional<Tensor>& full_kv_indices, int64_t block_q, int64_t block_k,
+                               int64_t algorithm, bool /*deterministic: used by bwd*/) {
+  CallOptions c = make_options(q, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale,
+                               causal, window_left, window_right, rng_state, kv_num_blocks, kv_indices,
+                               full_kv_num_blocks, full_kv_indices, block_q, block_k, algorithm);
+  check_same_device(k, q, "k");
+  check_same_device(v, q, "v");
+  DeviceScope scope(q, c.ctx);
+  Tensor out = new_output(q, c.is_varlen);
+  Tensor lse =
+      at::full(lse_shape(q, c.is_varlen), -std::numeric_limits<float>::infinity(), q.options().dtype(at::kFloat));
+  flashattn::ForwardArgs a;
+  a.q = view(q, "q", c.is_varlen);
+  a.k = view(k, "k", c.is_varlen);
+  a.v = view(v, "v", c.is_varlen);
+  a.o = view(out, "out", c.is_varlen);
+  a.lse = lse.data_ptr<float>();
+  a.options = c.options;
+  surface_errors([&] {
+    Tensor ws = workspace_for(flashattn::forward_workspace_bytes(a, c.ctx), q, c.ctx);
+    flashattn::forward(a, c.ctx);
+  });
+  return {out, lse};
+}
+
+std::tuple<Tensor, Tensor, Tensor> bwd(
+    const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
+    const std::optional<Tensor>& cu_seqlens_q, const std::optional<Tensor>& cu_seqlens_k, int64_t max_seqlen_q,
+    int64_t max_seqlen_k, double dropout_p, std::optional<double> softmax_scale, bool causal, int64_t window_left,
+    int64_t window_right, const std::optional<Tensor>& rng_state, const std::optional<Tensor>& kv_num_blocks,
+    const std::optional<Tensor>& kv_indices, const std::optional<Tensor>& full_kv_num_blocks,
+    const std::optional<Tensor>& full_kv_indices, int64_t block_q, int64_t block_k, int64_t algorithm,
+    bool deterministic) {
+  CallOptions c = make_options(q, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale,
+                               causal, window_left, window_right, rng_state, kv_num_blocks, kv_indices,
+                               full_kv_num_blocks, full_kv_indices, block_q, block_k, algorithm);
+  for (auto [t, name] : {std::pair{&k, "k"}, {&v, "v"}, {&out, "out"}, {&dout, "dout"}, {&lse, "lse"}})
+    check_same_device(*t, q, name);
+  const auto want = lse_shape(q, c.is_varlen);
+  FLASHATTN_CHECK(lse.scalar_type() == at::kFloat && lse.is_contiguous() && lse.sizes() == at::IntArrayRef(want),
+                  "flashattn: lse: expected a contiguous float32 tensor of shape ", at::IntArrayRef(want), ", got ",
+                  lse.scalar_type(), " ", shape_str(lse));
+  DeviceScope scope(q, c.ctx);
+  Tensor dq = new_output(q, c.is_varlen), dk = new_output(k, c.is_varlen), dv = new_output(v, c.is_varlen);
+  flashattn::BackwardArgs a;
+  a.q = view(q, "q", c.is_varlen);
+  a.k = view(k, "k", c.is_varlen);
+  a.v = view(v, "v", c.is_varlen);
+  a.o = view(out, "out", c.is_varlen);
+  a.dout = view(dout, "dout", c.is_varlen);
+  a.lse = lse.data_ptr<float>();
+  a.dq = view(dq, "dq", c.is_varlen);
+  a.dk = view(dk, "dk", c.is_varlen);
+  a.dv = view(dv, "dv", c.is_varlen);
+  a.options = c.options;
+  a.deterministic = deterministic;
+  surface_errors([&] {
+    Tensor ws = workspace_for(flashattn::backward_workspace_bytes(a, c.ctx), q, c.ctx);
+    flashattn::backward(a, c.ctx);
+  });
+  return {dq, dk, dv};
+}
+
+Tensor dropout_mask(int64_t seed, int64_t offset, double dropout_p, int64_t batch, int64_t heads_q, int64_t head,
+                    int64_t rows, int64_t cols) {
+  FLASHATTN_CHECK(rows >= 0 && cols >= 0, "flashattn: rows / cols: expected >= 0, got ", rows, " / ", cols);
+  Tensor keep = at::empty({rows, cols}, at::TensorOptions().dtype(at::kBool));
+  surface_errors([&] {
+    flashattn::dropout_mask(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), static_cast<float>(dropout_p),
+                            batch, heads_q, head, rows, cols, reinterpret_cast<std::uint8_t*>(keep.data_ptr()));
+  });
+  return keep;
+}
+
+bool built_with_cuda() {
+#ifdef FLASHATTN_PY_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+bool supports(const std::string& device, at::ScalarType dtype, int64_t head_dim, int64_t algorithm) {
+  flashattn::DType dt;
+  switch (dtype) {
+    case at::kFloat:
+      dt = flashattn::DType::f32;
+      break;
+    case at::kHalf:
+      dt = flashattn::DType::f16;
+      break;
+    case at::kBFloat16:
+      dt = flashattn::DType::bf16;
+      break;
+    case at::kDouble:
+      dt = flashattn::DType::f64;
+      break;
+    default:
+      return false;
+  }
+  const auto alg = algorithm == 1 ? flashattn::Algorithm::standard : flashattn::Algorithm::flash;
+  if (device == "cpu") return flashattn::supports(flashattn::Device::cpu, alg, dt, head_dim);
+  if (device == "cuda") return built_with_cuda() && flashattn::supports(flashattn::Device::cuda, alg, dt, head_dim);
+  return false;
+}
+
+std::string library_version() { return flashattn::version(); }
+
+}  // namespace
+
+TORCH_LIBRARY(flashattn, m) {
+  m.def("fwd(Tensor q, Tensor k, Tensor v, " FLASHATTN_OPTIONS_SCHEMA ") -> (Tensor out, Tensor lse)");
+  m.def("bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, " FLASHATTN_OPTIONS_SCHEMA
+        ") -> (Tensor dq, Tensor dk, Tensor dv)");
+  // Helpers without tensor inputs: one kernel for every dispatch key.
+  m.def(
+      "dropout_mask(int seed, int offset, float dropout_p, int batch, int heads_q, int head, int rows, int cols) "
+      "-> Tensor",
+      &dropout_mask);
+  m.def("supports(str device, ScalarType dtype, int head_dim, int algorithm) -> bool", &supports);
+  m.def("built_with_cuda() -> bool", &built_with_cuda);
+  m.def("version() -> str", &library_version);
+}
+
+TORCH_LIBRARY_IMPL(flashattn, CPU, m) {
+  m.impl("fwd", &fwd);
+  m.impl("bwd", &bwd);
+}
+
+#ifdef FLASHATTN_PY_CUDA
+TORCH_LIBRARY_IMPL(flashattn, CUDA, m) {
+  m.impl("fwd", &fwd);
+  m.impl("bwd", &bwd);
+}
+#endif

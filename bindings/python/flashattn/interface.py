@@ -1,0 +1,237 @@
+"""flash-attn compatible functions over the flashattn operators.
+
+Tensors are (batch, seqlen, heads, head_dim) as in flash-attn (varlen:
+(total_tokens, heads, head_dim) with int32 cumulative sequence lengths).
+Argument names, defaults and semantics follow flash-attn 2: causal masks are
+aligned to the bottom-right corner when seqlen_q != seqlen_k, window_size =
+(left, right) with -1 for unbounded, GQA/MQA when k/v have fewer heads than
+q. Extensions, all keyword-only: `seed` and `generator` (dropout RNG, see
+_rng_state) and `algorithm` ("flash" or "standard").
+"""
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+
+from ._ops import ops
+
+_ALGORITHMS = {"flash": 0, "standard": 1}
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def _as_int64(x: int) -> int:
+    """An unsigned 64-bit seed/offset as the signed int the schema carries."""
+    x = int(x)
+    if not 0 <= x < 2 ** 64:
+        raise ValueError(f"flashattn: seed / offset: expected an integer in [0, 2^64), got {x}")
+    return x - 2 ** 64 if x >= 2 ** 63 else x
+
+
+def _rng_state(dropout_p: float, seed, generator) -> Optional[torch.Tensor]:
+    """The (seed, offset) pair of the Philox dropout stream, as a CPU int64
+    tensor [2], or None without dropout.
+
+    - seed=int or seed=(seed, offset): used as given (offset 0 for an int):
+      the dropout mask is then fully reproducible and equals
+      flashattn.dropout_mask(seed, offset, ...).
+    - otherwise both are drawn from `generator` (a CPU torch.Generator;
+      torch.default_generator when None, so torch.manual_seed makes runs
+      repeatable). A generator object breaks torch.compile's graph; the
+      default one does not.
+    """
+    if dropout_p == 0.0:
+        return None
+    if seed is not None:
+        s, o = (seed, 0) if isinstance(seed, int) else seed
+        return torch.tensor([_as_int64(s), _as_int64(o)], dtype=torch.int64)
+    return torch.randint(0, 2 ** 63 - 1, (2,), dtype=torch.int64, generator=generator, device="cpu")
+
+
+def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
+    # The library takes any strides except in the last dimension.
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def _check_inputs(q, k, v, ndim: int):
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"flashattn: {name}: expected a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != ndim:
+            layout = "(total, heads, head_dim)" if ndim == 3 else "(batch, seqlen, heads, head_dim)"
+            raise ValueError(f"flashattn: {name}: expected a {ndim}-D tensor {layout}, got shape {tuple(t.shape)}")
+        if t.dtype not in _DTYPES:
+            raise ValueError(f"flashattn: {name}.dtype: expected float32, float16, bfloat16 or float64, got {t.dtype}")
+        if t.dtype != q.dtype:
+            raise ValueError(f"flashattn: {name}.dtype: expected the dtype of q ({q.dtype}), got {t.dtype}")
+        if t.device != q.device:
+            raise ValueError(f"flashattn: {name}.device: expected the device of q ({q.device}), got {t.device}")
+
+
+def _unsupported(softcap, alibi_slopes):
+    if softcap != 0.0:
+        raise NotImplementedError(f"flashattn: softcap: expected 0.0 (soft-capping is not supported), got {softcap}")
+    if alibi_slopes is not None:
+        raise NotImplementedError("flashattn: alibi_slopes: expected None (ALiBi is not supported), got a value")
+
+
+def _window(window_size: Sequence[int]) -> Tuple[int, int]:
+    if len(window_size) != 2:
+        raise ValueError(f"flashattn: window_size: expected (left, right), got {window_size!r}")
+    return int(window_size[0]), int(window_size[1])
+
+
+def _algorithm(algorithm: str) -> int:
+    if algorithm not in _ALGORITHMS:
+        raise ValueError(f"flashattn: algorithm: expected 'flash' or 'standard', got {algorithm!r}")
+    return _ALGORITHMS[algorithm]
+
+
+def _attention(q, k, v, *, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0,
+               dropout_p, softmax_scale, causal, window_size, deterministic, return_attn_probs,
+               seed, generator, algorithm, block_mask=None, block_size=(128, 128)):
+    varlen = cu_seqlens_q is not None
+    _check_inputs(q, k, v, 3 if varlen else 4)
+    window_left, window_right = _window(window_size)
+    rng_state = _rng_state(float(dropout_p), seed, generator)
+    kv_num_blocks, kv_indices, full_kv_num_blocks, full_kv_indices = block_mask or (None, None, None, None)
+    block_q, block_k = (block_size, block_size) if isinstance(block_size, int) else block_size
+    out, lse = ops.fwd(
+        _last_dim_contiguous(q), _last_dim_contiguous(k), _last_dim_contiguous(v),
+        cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k),
+        float(dropout_p), None if softmax_scale is None else float(softmax_scale), bool(causal),
+        window_left, window_right, rng_state,
+        kv_num_blocks, kv_indices, full_kv_num_blocks, full_kv_indices, int(block_q), int(block_k),
+        _algorithm(algorithm), bool(deterministic))
+    if return_attn_probs:
+        # flash-attn returns (out, softmax_lse, S_dmask); the attention
+        # matrix is never materialised here, so the third element is the
+        # dropout RNG state instead (see _rng_state), None without dropout.
+        return out, lse, rng_state
+    return out
+
+
+def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
+                    softcap=0.0, alibi_slopes=None, deterministic=False, return_attn_probs=False, *,
+                    seed=None, generator=None, algorithm="flash"):
+    """Attention over (batch, seqlen, heads, head_dim) tensors.
+
+    Returns out (the shape of q), or (out, softmax_lse [batch, heads, seqlen_q]
+    float32, rng_state) with return_attn_probs=True.
+    """
+    _unsupported(softcap, alibi_slopes)
+    return _attention(q, k, v, dropout_p=dropout_p, softmax_scale=softmax_scale, causal=causal,
+                      window_size=window_size, deterministic=deterministic,
+                      return_attn_probs=return_attn_probs, seed=seed, generator=generator, algorithm=algorithm)
+
+
+def flash_attn_qkvpacked_func(qkv, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
+                              softcap=0.0, alibi_slopes=None, deterministic=False, return_attn_probs=False, *,
+                              seed=None, generator=None, algorithm="flash"):
+    """qkv: (batch, seqlen, 3, heads, head_dim). The views are passed with
+    their strides (no copy), and the gradient flows back into qkv."""
+    if qkv.dim() != 5 or qkv.shape[2] != 3:
+        raise ValueError(f"flashattn: qkv: expected shape (batch, seqlen, 3, heads, head_dim), got {tuple(qkv.shape)}")
+    q, k, v = qkv.unbind(2)
+    return flash_attn_func(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
+                           deterministic, return_attn_probs, seed=seed, generator=generator, algorithm=algorithm)
+
+
+def flash_attn_kvpacked_func(q, kv, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
+                             softcap=0.0, alibi_slopes=None, deterministic=False, return_attn_probs=False, *,
+                             seed=None, generator=None, algorithm="flash"):
+    """kv: (batch, seqlen_k, 2, heads_k, head_dim)."""
+    if kv.dim() != 5 or kv.shape[2] != 2:
+        raise ValueError(f"flashattn: kv: expected shape (batch, seqlen, 2, heads, head_dim), got {tuple(kv.shape)}")
+    k, v = kv.unbind(2)
+    return flash_attn_func(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
+                           deterministic, return_attn_probs, seed=seed, generator=generator, algorithm=algorithm)
+
+
+def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
+                           softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
+                           alibi_slopes=None, deterministic=False, return_attn_probs=False, block_table=None, *,
+                           seed=None, generator=None, algorithm="flash"):
+    """Packed variable-length batch: q (total_q, heads, head_dim), k/v
+    (total_k, heads_k, head_dim); sequence b owns rows
+    [cu_seqlens_q[b], cu_seqlens_q[b+1]) of q. cu_seqlens_* are int32 on the
+    device of q. softmax_lse is [heads, total_q]. The dropout mask of
+    sequence b uses batch index b and positions inside the sequence."""
+    _unsupported(softcap, alibi_slopes)
+    if block_table is not None:
+        raise NotImplementedError("flashattn: block_table: expected None (paged KV cache is not supported), got a value")
+    for name, t in (("cu_seqlens_q", cu_seqlens_q), ("cu_seqlens_k", cu_seqlens_k)):
+        if not isinstance(t, torch.Tensor) or t.dtype != torch.int32 or t.dim() != 1:
+            got = f"{t.dtype} {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"flashattn: {name}: expected a 1-D int32 tensor, got {got}")
+    return _attention(q, k, v, cu_seqlens_q=cu_seqlens_q.contiguous(), cu_seqlens_k=cu_seqlens_k.contiguous(),
+                      max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k, dropout_p=dropout_p,
+                      softmax_scale=softmax_scale, causal=causal, window_size=window_size,
+                      deterministic=deterministic, return_attn_probs=return_attn_probs, seed=seed,
+                      generator=generator, algorithm=algorithm)
+
+
+def flash_attn_block_sparse_func(q, k, v, kv_num_blocks, kv_indices, full_kv_num_blocks=None, full_kv_indices=None,
+                                 block_size: Union[int, Tuple[int, int]] = 128, dropout_p=0.0, softmax_scale=None,
+                                 causal=False, window_size=(-1, -1), deterministic=False, return_attn_probs=False,
+                                 *, seed=None, generator=None, algorithm="flash"):
+    """Block-sparse attention with a FlexAttention-style compressed mask.
+
+    Queries are cut into blocks of block_q rows, keys into blocks of block_k
+    columns (block_size = block_q = block_k, or (block_q, block_k)). For query
+    block i of (batch b, head h), the key blocks
+      kv_indices[b, h, i, :kv_num_blocks[b, h, i]]            are "partial":
+        attended with the causal / window rule applied to each element;
+      full_kv_indices[b, h, i, :full_kv_num_blocks[b, h, i]]  are "full":
+        attended with no element mask;
+    every other key block is skipped. kv_num_blocks: int32 [B, H, num_q_blocks],
+    kv_indices: int32 [B, H, num_q_blocks, num_kv_blocks] with B and H equal
+    to the batch / query heads or 1 (broadcast). A torch FlexAttention
+    BlockMask converts with flashattn.block_mask_args(block_mask). Note that
+    FlexAttention applies its mask_mod inside partial blocks; here the
+    partial blocks get the causal / window rule of this call.
+    """
+    def int32(t, name):
+        if t is None:
+            return None
+        if not isinstance(t, torch.Tensor) or t.dtype != torch.int32:
+            got = t.dtype if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"flashattn: {name}: expected an int32 tensor, got {got}")
+        return t.contiguous()
+
+    mask = (int32(kv_num_blocks, "kv_num_blocks"), int32(kv_indices, "kv_indices"),
+            int32(full_kv_num_blocks, "full_kv_num_blocks"), int32(full_kv_indices, "full_kv_indices"))
+    return _attention(q, k, v, dropout_p=dropout_p, softmax_scale=softmax_scale, causal=causal,
+                      window_size=window_size, deterministic=deterministic, return_attn_probs=return_attn_probs,
+                      seed=seed, generator=generator, algorithm=algorithm, block_mask=mask, block_size=block_size)
+
+
+def block_mask_args(block_mask) -> dict:
+    """The keyword arguments of flash_attn_block_sparse_func for a torch
+    FlexAttention BlockMask (torch.nn.attention.flex_attention.BlockMask)."""
+    return dict(kv_num_blocks=block_mask.kv_num_blocks.to(torch.int32),
+                kv_indices=block_mask.kv_indices.to(torch.int32),
+                full_kv_num_blocks=None if block_mask.full_kv_num_blocks is None
+                else block_mask.full_kv_num_blocks.to(torch.int32),
+                full_kv_indices=None if block_mask.full_kv_indices is None
+                else block_mask.full_kv_indices.to(torch.int32),
+                block_size=tuple(block_mask.BLOCK_SIZE))
+
+
+def dropout_mask(seed: int, offset: int, dropout_p: float, batch: int, heads_q: int, head: int, rows: int,
+                 cols: int) -> torch.Tensor:
+    """The dropout keep-mask (bool [rows, cols], True = kept and scaled by
+    1/(1-p)) that every backend applies to the attention matrix of sequence
+    `batch`, query head `head` of `heads_q`, for rows / cols positions
+    inside the sequence. Bit-identical to the kernels (same Philox stream)."""
+    return ops.dropout_mask(_as_int64(seed), _as_int64(offset), float(dropout_p), int(batch), int(heads_q),
+                            int(head), int(rows), int(cols))
+
+
+def supported(device, dtype: torch.dtype, head_dim: int, algorithm: str = "flash") -> bool:
+    """Whether this build runs attention for (device, dtype, head_dim)."""
+    device_type = torch.device(device).type
+    return bool(ops.supports(device_type, dtype, int(head_dim), _algorithm(algorithm)))
+
+
+def built_with_cuda() -> bool:
+    """Whether CUDA tensors are served by this build."""
+    return bool(ops.built_with_cuda())
