@@ -1,0 +1,80 @@
+"""The benchmark harness and the plots, run on the CPU at tiny sizes: every
+method either runs or says why not, the numbers are consistent with each
+other, and the plots and ratio tables are written. (The real runs are on a
+GPU: benchmarks/run-gpu.)"""
+import json
+import os
+import sys
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+pytest.importorskip("matplotlib")
+
+import attention_bench  # noqa: E402
+import plot  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def paper(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bench") / "paper.json"
+    rc = attention_bench.main(["--device", "cpu", "--setting", "paper", "--seqlens", "64,160", "--batch", "2",
+                               "--heads", "2", "--block", "32", "--repeats", "1", "--warmup", "0",
+                               "--json", str(path)])
+    assert rc == 0
+    with open(path) as f:
+        return json.load(f)
+
+
+def records(data, method):
+    return [r for r in data["results"] if r["method"] == method]
+
+
+def test_every_method_runs_or_says_why(paper):
+    for r in paper["results"]:
+        assert r["status"] in ("ok", "unsupported", "oom"), r
+        if r["status"] == "unsupported":
+            assert r.get("reason"), r
+    # What must run on the CPU: ours, the PyTorch baselines and the
+    # approximations.
+    for m in ("flashattn", "flashattn-sparse", "flashattn-standard", "pytorch-standard", "sdpa-math",
+              "linformer", "performer", "linear", "local"):
+        assert [r["status"] for r in records(paper, m)] == ["ok", "ok"], m
+    # PyTorch's fused FlashAttention backend cannot take the key-padding
+    # mask: it is reported, not run on another problem.
+    assert all(r["status"] == "unsupported" for r in records(paper, "sdpa-flash"))
+
+
+def test_numbers_are_consistent(paper):
+    for r in records(paper, "flashattn") + records(paper, "flashattn-sparse"):
+        assert r["fwd_ms"] > 0 and r["bwd_ms"] > 0 and r["fwd_bwd_ms"] > 0
+        assert r["fwd_tflops"] == pytest.approx(4 * r["heads"] * r["head_dim"] * r["attended_pairs"]
+                                                / (r["fwd_ms"] * 1e-3) / 1e12)
+    dense = records(paper, "flashattn")
+    sparse = records(paper, "flashattn-sparse")
+    for d, s in zip(dense, sparse):
+        # The sparse rows run without key padding and keep a quarter of the
+        # key blocks (at least the diagonal one).
+        assert d["key_padding"] and not s["key_padding"]
+        assert s["attended_pairs"] <= 0.5 * d["batch"] * d["seqlen"] ** 2
+    for r in records(paper, "linformer"):
+        assert "fwd_tflops" not in r  # approximate methods: runtimes only
+
+
+def test_plots_and_ratios(paper, tmp_path):
+    src = tmp_path / "paper.json"
+    src.write_text(json.dumps(paper))
+    assert plot.main([str(src), "--out", str(tmp_path)]) == 0
+    for name in ("figure3-runtime.png", "figure3-memory.png", "paper-ratios.md"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    table = (tmp_path / "paper-ratios.md").read_text()
+    assert "| 64 | 0 | 160 |" in table
+
+
+def test_bad_flags_are_errors():
+    with pytest.raises(SystemExit):
+        attention_bench.main(["--device", "cpu", "--methods", "nope", "--json", os.devnull])
+    with pytest.raises(SystemExit):
+        attention_bench.main(["--device", "cpu", "--dropout", "1.5", "--json", os.devnull])
