@@ -1,5 +1,7 @@
 #include "bench_config.h"
 
+#include <algorithm>
+
 #include <sched.h>
 
 #include <cstdio>
@@ -31,6 +33,7 @@ FlashAttention (forward, backward, forward+backward) across sequence lengths.
 Usage: flashattn-bench [options]
   --seqlens LIST          comma-separated sequence lengths (default 256,512,1024,2048,4096)
   --batch N               batch size (default 1)
+  --tokens N              tokens per batch: batch = max(1, N / seqlen) at each length (overrides --batch)
   --heads N               query = key/value heads (default 8)
   --head-dim N            head dimension (default 64)
   --dtype f32|f16|bf16    storage type of Q, K, V, O and the gradients (default f32 on cpu, f16 on cuda)
@@ -102,6 +105,10 @@ int usable_cores() {
 
 }  // namespace
 
+std::int64_t batch_at(const Config& cfg, std::int64_t seqlen) {
+  return cfg.tokens > 0 ? std::max<std::int64_t>(1, cfg.tokens / seqlen) : cfg.batch;
+}
+
 bool parse_args(int argc, char** argv, Config& cfg) {
   cfg.command_line.clear();
   for (int i = 0; i < argc; ++i) {
@@ -124,6 +131,8 @@ bool parse_args(int argc, char** argv, Config& cfg) {
       for (const std::string& s : split_commas(value())) cfg.seqlens.push_back(to_int(flag, s, 1));
     } else if (flag == "--batch") {
       cfg.batch = to_int(flag, value(), 1);
+    } else if (flag == "--tokens") {
+      cfg.tokens = to_int(flag, value(), 1);
     } else if (flag == "--heads") {
       cfg.heads = to_int(flag, value(), 1);
     } else if (flag == "--head-dim") {

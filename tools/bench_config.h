@@ -24,6 +24,9 @@ const char* pattern_name(SparsePattern p);
 struct Config {
   std::vector<std::int64_t> seqlens{256, 512, 1024, 2048, 4096};
   std::int64_t batch = 1, heads = 8, head_dim = 64;
+  // > 0: batch = max(1, tokens / seqlen) at each length (a fixed token
+  // budget per batch, the modern benchmark setting); overrides batch.
+  std::int64_t tokens = 0;
   flashattn::DType dtype = flashattn::DType::f32;  // f16 on CUDA unless --dtype says otherwise
   bool causal = false;
   float dropout_p = 0.0f;
@@ -46,5 +49,8 @@ struct Config {
 // giving the expected and the actual value. Returns false when --help was
 // printed (the caller exits 0).
 bool parse_args(int argc, char** argv, Config& cfg);
+
+// The batch size at one sequence length (see Config::tokens).
+std::int64_t batch_at(const Config& cfg, std::int64_t seqlen);
 
 }  // namespace bench

@@ -111,7 +111,7 @@ std::string cpu_skip_reason(const Config& cfg, std::int64_t seqlen, Method metho
   // Standard attention's backward holds two float matrices (P and dS) of
   // seqlen^2 per (batch, head); refuse what would push the machine into
   // swap or the OOM killer (other work shares it).
-  const double needed = 2.0 * 4.0 * static_cast<double>(cfg.batch * cfg.heads) * static_cast<double>(seqlen) *
+  const double needed = 2.0 * 4.0 * static_cast<double>(batch_at(cfg, seqlen) * cfg.heads) * static_cast<double>(seqlen) *
                         static_cast<double>(seqlen);
   const double available = proc_bytes("/proc/meminfo", "MemAvailable");
   if (available > 0 && needed > 0.8 * available) {

@@ -56,6 +56,7 @@ std::string encode(const Result& r) {
   std::ostringstream os;
   os.precision(17);
   os << "seqlen " << r.seqlen << '\n'
+     << "batch " << r.batch << '\n'
      << "method " << static_cast<int>(r.method) << '\n'
      << "status " << static_cast<int>(r.status) << '\n'
      << "memory " << r.fwd_extra_bytes << ' ' << r.bwd_extra_bytes << '\n'
@@ -81,6 +82,7 @@ Result decode(const std::string& text) {
     std::istringstream is(rest);
     int e = 0;
     if (key == "seqlen") is >> r.seqlen;
+    else if (key == "batch") is >> r.batch;
     else if (key == "method" && (is >> e)) r.method = static_cast<Method>(e);
     else if (key == "status" && (is >> e)) r.status = static_cast<Result::Status>(e);
     else if (key == "memory") is >> r.fwd_extra_bytes >> r.bwd_extra_bytes;

@@ -15,7 +15,7 @@ namespace bench {
 
 struct Result {
   enum class Status { ok, skipped, failed };
-  std::int64_t seqlen = 0;
+  std::int64_t seqlen = 0, batch = 0;
   Method method = Method::flash;
   Status status = Status::ok;
   std::string message;  // why skipped / failed

@@ -161,9 +161,15 @@ void print_cells(const std::vector<std::string>& cells, const std::string& tail)
 }
 
 std::string describe_problem(const Config& cfg) {
-  char buf[256];
-  std::snprintf(buf, sizeof buf, "batch %lld, heads %lld, head_dim %lld, %s, %s, dropout %g",
-                static_cast<long long>(cfg.batch), static_cast<long long>(cfg.heads),
+  char batch[64];
+  if (cfg.tokens > 0)
+    std::snprintf(batch, sizeof batch, "%lld tokens per batch (batch = tokens / seqlen)",
+                  static_cast<long long>(cfg.tokens));
+  else
+    std::snprintf(batch, sizeof batch, "batch %lld", static_cast<long long>(cfg.batch));
+  char buf[320];
+  std::snprintf(buf, sizeof buf, "%s, heads %lld, head_dim %lld, %s, %s, dropout %g", batch,
+                static_cast<long long>(cfg.heads),
                 static_cast<long long>(cfg.head_dim), flashattn::to_string(cfg.dtype),
                 cfg.causal ? "causal" : "non-causal", cfg.dropout_p);
   return buf;
@@ -250,6 +256,7 @@ void write_json(const std::string& path, const Config& cfg, const MachineInfo& m
   js << "    \"device\": " << json_string(flashattn::to_string(cfg.device)) << ",\n";
   js << "    \"threads\": " << cfg.threads << ",\n";
   js << "    \"batch\": " << cfg.batch << ",\n";
+  js << "    \"tokens\": " << cfg.tokens << ",\n";
   js << "    \"heads\": " << cfg.heads << ",\n";
   js << "    \"head_dim\": " << cfg.head_dim << ",\n";
   js << "    \"dtype\": " << json_string(flashattn::to_string(cfg.dtype)) << ",\n";
@@ -270,7 +277,7 @@ void write_json(const std::string& path, const Config& cfg, const MachineInfo& m
     const Result& r = results[i];
     const double f = median(r.fwd_ms), b = median(r.bwd_ms), fb = median(r.fwd_bwd_ms);
     js << (i ? "," : "") << "\n    {";
-    js << "\"seqlen\": " << r.seqlen << ", \"method\": " << json_string(method_name(r.method))
+    js << "\"seqlen\": " << r.seqlen << ", \"batch\": " << r.batch << ", \"method\": " << json_string(method_name(r.method))
        << ", \"status\": " << json_string(status_name(r.status)) << ", \"message\": " << json_string(r.message);
     if (r.status == Result::Status::ok) {
       js << ",\n     \"fwd_ms\": " << json_number(f) << ", \"bwd_ms\": " << json_number(b)

@@ -103,7 +103,7 @@ std::size_t Workload::tensor_bytes() const {
 Workload make_workload(const Config& cfg, std::int64_t seqlen, Method method) {
   Workload w;
   w.method = method;
-  w.batch = cfg.batch;
+  w.batch = batch_at(cfg, seqlen);
   w.seqlen = seqlen;
   w.heads = cfg.heads;
   w.head_dim = cfg.head_dim;
@@ -130,6 +130,7 @@ Workload make_workload(const Config& cfg, std::int64_t seqlen, Method method) {
 Result result_for(const Workload& w) {
   Result r;
   r.seqlen = w.seqlen;
+  r.batch = w.batch;
   r.method = w.method;
   r.fwd_flop = w.forward_flop();
   r.bwd_flop = w.backward_flop();
