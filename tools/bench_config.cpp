@@ -34,6 +34,7 @@ Usage: flashattn-bench [options]
   --seqlens LIST          comma-separated sequence lengths (default 256,512,1024,2048,4096)
   --batch N               batch size (default 1)
   --tokens N              tokens per batch: batch = max(1, N / seqlen) at each length (overrides --batch)
+  --key-padding N         random lengths in [seqlen - N, seqlen], run as a varlen batch (not for sparse rows)
   --heads N               query = key/value heads (default 8)
   --head-dim N            head dimension (default 64)
   --dtype f32|f16|bf16    storage type of Q, K, V, O and the gradients (default f32 on cpu, f16 on cuda)
@@ -133,6 +134,8 @@ bool parse_args(int argc, char** argv, Config& cfg) {
       cfg.batch = to_int(flag, value(), 1);
     } else if (flag == "--tokens") {
       cfg.tokens = to_int(flag, value(), 1);
+    } else if (flag == "--key-padding") {
+      cfg.key_padding = to_int(flag, value(), 0);
     } else if (flag == "--heads") {
       cfg.heads = to_int(flag, value(), 1);
     } else if (flag == "--head-dim") {

@@ -27,6 +27,10 @@ struct Config {
   // > 0: batch = max(1, tokens / seqlen) at each length (a fixed token
   // budget per batch, the modern benchmark setting); overrides batch.
   std::int64_t tokens = 0;
+  // > 0: key padding as in the paper's Appendix E: sequence b keeps a random
+  // length in [seqlen - key_padding, seqlen], run as a variable-length batch
+  // (the padding is never computed). Not applied to the block-sparse rows.
+  std::int64_t key_padding = 0;
   flashattn::DType dtype = flashattn::DType::f32;  // f16 on CUDA unless --dtype says otherwise
   bool causal = false;
   float dropout_p = 0.0f;

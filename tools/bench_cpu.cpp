@@ -76,8 +76,10 @@ Result measure_in_this_process(const Config& cfg, std::int64_t seqlen, Method me
   ctx.device = flashattn::Device::cpu;
   ctx.num_threads = cfg.threads;
   ctx.algorithm = algorithm_of(method);
-  const flashattn::ForwardArgs fwd = forward_args(w, buffers, block_mask);
-  const flashattn::BackwardArgs bwd = backward_args(w, buffers, block_mask);
+  flashattn::ForwardArgs fwd = forward_args(w, buffers, block_mask);
+  flashattn::BackwardArgs bwd = backward_args(w, buffers, block_mask);
+  const flashattn::Varlen varlen = w.varlen_over(w.cu_seqlens.data(), w.cu_seqlens.data());
+  if (w.padded) fwd.options.varlen = bwd.options.varlen = &varlen;
 
   CpuProbe probe;
   measure_calls(

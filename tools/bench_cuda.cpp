@@ -137,8 +137,11 @@ Result measure(const Config& cfg, std::int64_t seqlen, Method method, cudaStream
   ctx.device = flashattn::Device::cuda;
   ctx.stream = stream;
   ctx.algorithm = algorithm_of(method);
-  const flashattn::ForwardArgs fwd = forward_args(w, buffers, block_mask);
-  const flashattn::BackwardArgs bwd = backward_args(w, buffers, block_mask);
+  flashattn::ForwardArgs fwd = forward_args(w, buffers, block_mask);
+  flashattn::BackwardArgs bwd = backward_args(w, buffers, block_mask);
+  const DeviceBuffer cu_seqlens(w.cu_seqlens);
+  const flashattn::Varlen varlen = w.varlen_over(cu_seqlens.as<const std::int32_t>(), w.cu_seqlens.data());
+  if (w.padded) fwd.options.varlen = bwd.options.varlen = &varlen;
   const std::size_t fwd_ws = flashattn::forward_workspace_bytes(fwd, ctx);
   const std::size_t bwd_ws = flashattn::backward_workspace_bytes(bwd, ctx);
   const DeviceBuffer workspace(std::max(fwd_ws, bwd_ws));

@@ -57,6 +57,7 @@ std::string encode(const Result& r) {
   os.precision(17);
   os << "seqlen " << r.seqlen << '\n'
      << "batch " << r.batch << '\n'
+     << "key_padding " << (r.key_padding ? 1 : 0) << '\n'
      << "method " << static_cast<int>(r.method) << '\n'
      << "status " << static_cast<int>(r.status) << '\n'
      << "memory " << r.fwd_extra_bytes << ' ' << r.bwd_extra_bytes << '\n'
@@ -83,6 +84,7 @@ Result decode(const std::string& text) {
     int e = 0;
     if (key == "seqlen") is >> r.seqlen;
     else if (key == "batch") is >> r.batch;
+    else if (key == "key_padding" && (is >> e)) r.key_padding = e != 0;
     else if (key == "method" && (is >> e)) r.method = static_cast<Method>(e);
     else if (key == "status" && (is >> e)) r.status = static_cast<Result::Status>(e);
     else if (key == "memory") is >> r.fwd_extra_bytes >> r.bwd_extra_bytes;

@@ -16,6 +16,7 @@ namespace bench {
 struct Result {
   enum class Status { ok, skipped, failed };
   std::int64_t seqlen = 0, batch = 0;
+  bool key_padding = false;  // run as a varlen batch of random lengths
   Method method = Method::flash;
   Status status = Status::ok;
   std::string message;  // why skipped / failed

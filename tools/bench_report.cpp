@@ -167,11 +167,15 @@ std::string describe_problem(const Config& cfg) {
                   static_cast<long long>(cfg.tokens));
   else
     std::snprintf(batch, sizeof batch, "batch %lld", static_cast<long long>(cfg.batch));
-  char buf[320];
-  std::snprintf(buf, sizeof buf, "%s, heads %lld, head_dim %lld, %s, %s, dropout %g", batch,
+  char padding[112] = "";
+  if (cfg.key_padding > 0)
+    std::snprintf(padding, sizeof padding, ", key padding (lengths in [seqlen - %lld, seqlen], varlen; not sparse rows)",
+                  static_cast<long long>(cfg.key_padding));
+  char buf[440];
+  std::snprintf(buf, sizeof buf, "%s, heads %lld, head_dim %lld, %s, %s, dropout %g%s", batch,
                 static_cast<long long>(cfg.heads),
                 static_cast<long long>(cfg.head_dim), flashattn::to_string(cfg.dtype),
-                cfg.causal ? "causal" : "non-causal", cfg.dropout_p);
+                cfg.causal ? "causal" : "non-causal", cfg.dropout_p, padding);
   return buf;
 }
 
@@ -257,6 +261,7 @@ void write_json(const std::string& path, const Config& cfg, const MachineInfo& m
   js << "    \"threads\": " << cfg.threads << ",\n";
   js << "    \"batch\": " << cfg.batch << ",\n";
   js << "    \"tokens\": " << cfg.tokens << ",\n";
+  js << "    \"key_padding\": " << cfg.key_padding << ",\n";
   js << "    \"heads\": " << cfg.heads << ",\n";
   js << "    \"head_dim\": " << cfg.head_dim << ",\n";
   js << "    \"dtype\": " << json_string(flashattn::to_string(cfg.dtype)) << ",\n";
@@ -277,7 +282,8 @@ void write_json(const std::string& path, const Config& cfg, const MachineInfo& m
     const Result& r = results[i];
     const double f = median(r.fwd_ms), b = median(r.bwd_ms), fb = median(r.fwd_bwd_ms);
     js << (i ? "," : "") << "\n    {";
-    js << "\"seqlen\": " << r.seqlen << ", \"batch\": " << r.batch << ", \"method\": " << json_string(method_name(r.method))
+    js << "\"seqlen\": " << r.seqlen << ", \"batch\": " << r.batch
+       << ", \"key_padding\": " << (r.key_padding ? "true" : "false") << ", \"method\": " << json_string(method_name(r.method))
        << ", \"status\": " << json_string(status_name(r.status)) << ", \"message\": " << json_string(r.message);
     if (r.status == Result::Status::ok) {
       js << ",\n     \"fwd_ms\": " << json_number(f) << ", \"bwd_ms\": " << json_number(b)

@@ -97,7 +97,7 @@ void make_block_mask(const Config& cfg, Workload& w, std::mt19937_64& rng) {
 }  // namespace
 
 std::size_t Workload::tensor_bytes() const {
-  return static_cast<std::size_t>(batch * seqlen * heads * head_dim) * flashattn::dtype_size(dtype);
+  return static_cast<std::size_t>(rows() * heads * head_dim) * flashattn::dtype_size(dtype);
 }
 
 Workload make_workload(const Config& cfg, std::int64_t seqlen, Method method) {
@@ -115,14 +115,33 @@ Workload make_workload(const Config& cfg, std::int64_t seqlen, Method method) {
 
   // Every method of one sequence length sees the same inputs.
   std::mt19937_64 rng(cfg.seed * 1000003u + static_cast<std::uint64_t>(seqlen));
-  const std::int64_t n = w.batch * w.seqlen * w.heads * w.head_dim;
+  // The lengths are drawn by every method (so the inputs stay identical
+  // across methods) and used by all but the block-sparse rows.
+  std::vector<std::int64_t> lens(static_cast<std::size_t>(w.batch), seqlen);
+  if (cfg.key_padding > 0) {
+    std::uniform_int_distribution<std::int64_t> len(std::max<std::int64_t>(1, seqlen - cfg.key_padding), seqlen);
+    for (auto& l : lens) l = len(rng);
+  }
+  if (cfg.key_padding > 0 && method != Method::flash_sparse) {
+    w.padded = true;
+    w.cu_seqlens.assign(1, 0);
+    for (const std::int64_t l : lens) {
+      w.cu_seqlens.push_back(static_cast<std::int32_t>(w.cu_seqlens.back() + l));
+      w.max_len = std::max(w.max_len, l);
+    }
+  }
+  const std::int64_t n = w.rows() * w.heads * w.head_dim;
   for (auto* t : {&w.q, &w.k, &w.v, &w.dout}) fill_normal(*t, n, w.dtype, rng);
 
   if (method == Method::flash_sparse) {
     w.sparse = true;
     make_block_mask(cfg, w, rng);
   } else {
-    w.attended_pairs = static_cast<double>(seqlen) * static_cast<double>(seqlen) * (cfg.causal ? 0.5 : 1.0);
+    // Per (batch, head) on average: the mean over sequences of len^2.
+    double pairs = 0;
+    for (const std::int64_t l : w.padded ? lens : std::vector<std::int64_t>{seqlen})
+      pairs += static_cast<double>(l) * static_cast<double>(l);
+    w.attended_pairs = pairs / (w.padded ? static_cast<double>(w.batch) : 1.0) * (cfg.causal ? 0.5 : 1.0);
   }
   return w;
 }
@@ -131,6 +150,7 @@ Result result_for(const Workload& w) {
   Result r;
   r.seqlen = w.seqlen;
   r.batch = w.batch;
+  r.key_padding = w.padded;
   r.method = w.method;
   r.fwd_flop = w.forward_flop();
   r.bwd_flop = w.backward_flop();
@@ -140,6 +160,7 @@ Result result_for(const Workload& w) {
 
 namespace {
 flashattn::Tensor view(const Workload& w, void* data) {
+  if (w.padded) return flashattn::Tensor::contiguous(data, w.dtype, 1, w.rows(), w.heads, w.head_dim);
   return flashattn::Tensor::contiguous(data, w.dtype, w.batch, w.seqlen, w.heads, w.head_dim);
 }
 }  // namespace

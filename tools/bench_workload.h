@@ -21,6 +21,17 @@ struct Workload {
   // filled with N(0, 1) values (never zeros: zeros make softmax uniform and
   // let a backend skip work it would otherwise do).
   std::vector<unsigned char> q, k, v, dout;
+  // Key padding (Config::key_padding): the tensors are the packed
+  // (1, total, heads, head_dim) rows of the real tokens, and cu_seqlens
+  // (batch + 1 entries) gives each sequence's rows. The runner points
+  // options.varlen at a Varlen over its copy of cu_seqlens.
+  bool padded = false;
+  std::vector<std::int32_t> cu_seqlens;
+  std::int64_t max_len = 0;
+  std::int64_t rows() const { return padded ? cu_seqlens.back() : batch * seqlen; }
+  flashattn::Varlen varlen_over(const std::int32_t* cu, const std::int32_t* cu_host) const {
+    return flashattn::Varlen{cu, cu, batch, max_len, max_len, cu_host, cu_host};
+  }
   // Options of every call; block_mask is set per device by the runner.
   flashattn::Options options;
   bool deterministic = false;
@@ -38,7 +49,7 @@ struct Workload {
   double density = 1;
 
   std::size_t tensor_bytes() const;  // bytes of one of q, k, v, o, dout, dq, dk, dv
-  std::size_t lse_floats() const { return static_cast<std::size_t>(batch * heads * seqlen); }
+  std::size_t lse_floats() const { return static_cast<std::size_t>(rows() * heads); }
   double forward_flop() const { return 4.0 * static_cast<double>(batch * heads * head_dim) * attended_pairs; }
   double backward_flop() const { return 2.5 * forward_flop(); }
 };
