@@ -5,12 +5,14 @@
 // stream-ordered cudaMallocAsync / cudaFreeAsync.
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <string>
 
 #include "backends.h"
 #include "common.cuh"
 #include "dispatch.h"
 #include "sm80/launch.h"
+#include "sm90/launch.h"
 #include "standard.h"
 
 namespace flashattn::detail {
@@ -89,6 +91,71 @@ Params make_params(const Problem& pr, const Tensor& q, const Tensor& k, const Te
     p.block_k = static_cast<int>(m->block_k);
   }
   return p;
+}
+
+// ------------------------------------------------ kernel family choice ---
+// THE switch between the kernel families of the flash forward, in one
+// place. Environment variable FLASHATTN_CUDA_KERNELS:
+//   unset, "" or "sm80"  the portable sm_80 kernels on every GPU (default)
+//   "sm90"               the Hopper forward (sm90/forward.cuh) -- opt-in
+//                        until it has been verified on a GPU; a problem it
+//                        does not cover is an Error naming the reason
+//                        (never a silent change of path or of results)
+// The backward always runs the sm_80 kernels (they take the LSE the sm90
+// forward writes, in the same layout).
+enum class ForwardPath { sm80, sm90 };
+
+[[noreturn]] void sm90_unsupported(const std::string& arg, const std::string& expected, const std::string& actual) {
+  fail(arg, expected + " for the sm90 forward (FLASHATTN_CUDA_KERNELS=sm90; unset it for the sm80 path)", actual);
+}
+
+void require_sm90_support(const Problem& pr, const ForwardArgs& a) {
+  int dev = 0, major = 0, minor = 0;
+  check(cudaGetDevice(&dev), "cudaGetDevice");
+  check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev), "cudaDeviceGetAttribute");
+  check(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev), "cudaDeviceGetAttribute");
+  // sm_90a machine code runs on 9.0 only (not on later major versions).
+  if (major != 9 || minor != 0)
+    sm90_unsupported("ctx.device", "a GPU of compute capability 9.0",
+                     "compute capability " + std::to_string(major) + "." + std::to_string(minor));
+  if (pr.dtype != DType::f16 && pr.dtype != DType::bf16) sm90_unsupported("q.dtype", "f16 or bf16", to_string(pr.dtype));
+  if (cuda::sm90_fwd_tile(static_cast<int>(pr.head_dim)).head_dim == 0)
+    sm90_unsupported("q.head_dim", "64, 128 or 256", std::to_string(pr.head_dim));
+  if (pr.has_dropout()) sm90_unsupported("options.dropout_p", "0 (dropout is not implemented there)", std::to_string(pr.dropout_p));
+  if (pr.is_varlen()) sm90_unsupported("options.varlen", "nullptr (varlen is not implemented there)", "a Varlen");
+  if (pr.block_mask != nullptr)
+    sm90_unsupported("options.block_mask", "nullptr (block-sparse is not implemented there)", "a BlockMask");
+  // TMA: strides below 2^40 bytes (validation already made them 16-byte
+  // multiples and the bases 16-byte aligned), extents below 2^31.
+  for (const Tensor* t : {&a.q, &a.k, &a.v}) {
+    for (std::int64_t st : {t->stride_seq, t->stride_head, t->stride_batch})
+      if (st < 0 || st * 2 >= (std::int64_t{1} << 40))
+        sm90_unsupported("q/k/v strides", "0 <= stride < 2^39 elements (TMA)", std::to_string(st));
+  }
+}
+
+ForwardPath forward_path(const Problem& pr, const ForwardArgs& a) {
+  const char* env = std::getenv("FLASHATTN_CUDA_KERNELS");
+  const std::string choice = env == nullptr ? "" : env;
+  if (choice.empty() || choice == "sm80") return ForwardPath::sm80;
+  if (choice != "sm90") fail("FLASHATTN_CUDA_KERNELS", "unset, \"sm80\" or \"sm90\"", "\"" + choice + "\"");
+  require_sm90_support(pr, a);
+  return ForwardPath::sm90;
+}
+
+template <class Launch>
+void dispatch_sm90(DType dtype, std::int64_t head_dim, Launch&& launch) {
+  auto by_head_dim = [&](auto type_tag) {
+    using T = decltype(type_tag);
+    switch (head_dim) {
+      case 64: launch.template operator()<T, 64>(); return;
+      case 128: launch.template operator()<T, 128>(); return;
+      case 256: launch.template operator()<T, 256>(); return;
+    }
+    sm90_unsupported("q.head_dim", "64, 128 or 256", std::to_string(head_dim));
+  };
+  if (dtype == DType::f16) by_head_dim(__half{});
+  else by_head_dim(__nv_bfloat16{});
 }
 
 bool empty(const Problem& pr) { return pr.batch == 0 || (pr.seqlen_q == 0 && pr.seqlen_k == 0); }
@@ -189,6 +256,10 @@ void cuda_forward(const Problem& pr, const ForwardArgs& a, const Context& ctx) {
   p.out = a.o.data;
   p.lse = a.lse;
   const auto stream = static_cast<cudaStream_t>(ctx.stream);
+  if (forward_path(pr, a) == ForwardPath::sm90) {
+    dispatch_sm90(pr.dtype, pr.head_dim, [&]<class T, int kD>() { sm90::launch_forward<T, kD>(p, stream); });
+    return;
+  }
   dispatch(pr.dtype, pr.head_dim, [&]<class T, int kD>() { sm80::launch_forward<T, kD>(p, stream); });
 }
 

@@ -8,10 +8,15 @@
 //    (--gtest_filter='*QuickGpu*').
 //  - everything else: the full sweep (shapes, masks, varlen, GQA, dropout,
 //    block-sparse, layouts, streams, determinism).
+//  - Sm90*: the Hopper forward, forced with FLASHATTN_CUDA_KERNELS=sm90
+//    (--gtest_filter='*Sm90*'); skipped on GPUs other than compute 9.0.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <cstring>
+#include <optional>
+#include <string>
 #include <vector>
 
 #include "gpu_harness.h"
@@ -448,6 +453,215 @@ TEST_F(DeterminismGpu, BackwardBitIdentical) {
       ASSERT_EQ(std::memcmp(first.dk.data(), again.dk.data(), first.dk.size() * sizeof(double)), 0) << "dK run " << rep;
       ASSERT_EQ(std::memcmp(first.dv.data(), again.dv.data(), first.dv.size() * sizeof(double)), 0) << "dV run " << rep;
     }
+  }
+}
+
+// ------------------------------------------------------- sm90 forward ---
+
+// Sets an environment variable for one scope and restores what was there
+// (the kernel-family switch is read at every call, in this process).
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const char* value) : name_(name) {
+    if (const char* old = std::getenv(name)) old_ = std::string(old);
+    setenv(name, value, 1);
+  }
+  ~ScopedEnv() {
+    if (old_) setenv(name_, old_->c_str(), 1);
+    else unsetenv(name_);
+  }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  const char* name_;
+  std::optional<std::string> old_;
+};
+
+// The Hopper forward (sm90/forward.cuh) exists only as sm_90a code: these
+// tests run on compute capability 9.0 alone. The backward of each case
+// (sm80 kernels, reading the O and LSE the sm90 forward wrote) runs where
+// backward = true, a check of the LSE beyond its own comparison.
+class Sm90Gpu : public GpuTest {
+ protected:
+  void SetUp() override {
+    GpuTest::SetUp();
+    if (IsSkipped()) return;
+    int dev = 0, major = 0, minor = 0;
+    cuda_ok(cudaGetDevice(&dev), "cudaGetDevice");
+    cuda_ok(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev), "cudaDeviceGetAttribute");
+    cuda_ok(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev), "cudaDeviceGetAttribute");
+    if (major != 9 || minor != 0)
+      GTEST_SKIP() << "the sm90 forward needs compute capability 9.0, this GPU is " << major << "." << minor;
+    if (!flash_enabled()) GTEST_SKIP() << "FLASHATTN_GPU_TESTS_NO_FLASH=1";
+    env_.emplace("FLASHATTN_CUDA_KERNELS", "sm90");
+  }
+  void TearDown() override {
+    env_.reset();
+    GpuTest::TearDown();
+  }
+
+ private:
+  std::optional<ScopedEnv> env_;
+};
+
+const std::int64_t kSm90HeadDims[] = {64, 128, 256};
+
+struct Sm90Param {
+  DType dtype;
+  std::int64_t d;
+};
+
+class Sm90Shapes : public Sm90Gpu, public ::testing::WithParamInterface<Sm90Param> {};
+
+// Lengths off the 128-row query tile and the key tile (64 or 128), both
+// ways, the one-row / one-key extremes; causal and not.
+TEST_P(Sm90Shapes, DenseAndCausalTails) {
+  const Sm90Param sp = GetParam();
+  const std::int64_t lens[][2] = {{1, 1},     {17, 40},   {64, 64},  {127, 129}, {129, 127},
+                                  {1, 300},   {300, 1},   {128, 256}, {257, 513}, {1000, 1000}};
+  for (bool causal : {false, true})
+    for (const auto& l : lens) {
+      Case c;
+      c.dtype = sp.dtype;
+      c.d = sp.d;
+      c.sq = l[0];
+      c.sk = l[1];
+      c.batch = l[0] >= 1000 ? 1 : 2;
+      c.hq = 2;
+      c.hk = 2;
+      c.causal = causal;
+      c.backward = l[0] == 127;  // one backward per sweep: the sm80 backward on sm90 O / LSE
+      check_case(c);
+    }
+}
+
+// GQA / MQA (query head h reads kv head h / group), causal with sq != sk.
+TEST_P(Sm90Shapes, GroupedQueryHeads) {
+  const Sm90Param sp = GetParam();
+  for (auto [hq, hk] : {std::pair<std::int64_t, std::int64_t>{8, 2}, {6, 1}}) {
+    Case c;
+    c.dtype = sp.dtype;
+    c.d = sp.d;
+    c.sq = 200;
+    c.sk = 333;
+    c.hq = hq;
+    c.hk = hk;
+    c.backward = false;
+    check_case(c);
+    c.causal = true;
+    c.sq = 333;
+    c.sk = 200;
+    check_case(c);
+  }
+}
+
+std::vector<Sm90Param> sm90_params() {
+  std::vector<Sm90Param> v;
+  for (DType t : kDTypes)
+    for (std::int64_t d : kSm90HeadDims) v.push_back({t, d});
+  return v;
+}
+
+INSTANTIATE_TEST_SUITE_P(DTypesHeadDims, Sm90Shapes, ::testing::ValuesIn(sm90_params()),
+                         [](const ::testing::TestParamInfo<Sm90Param>& i) {
+                           return std::string(flashattn::to_string(i.param.dtype)) + "_d" + std::to_string(i.param.d);
+                         });
+
+// Rows with no visible key (causal, sq > sk): O = 0 and LSE = -inf, never
+// NaN; whole query tiles without a key tile (sq - sk > 128) too. Sliding
+// windows take the same masking code, so they run here as well.
+TEST_F(Sm90Gpu, EmptyRowsAndWindows) {
+  for (std::int64_t d : kSm90HeadDims) {
+    Case c;
+    c.d = d;
+    c.sq = 150;
+    c.sk = 60;
+    c.causal = true;
+    c.backward = false;
+    check_case(c);
+    c.sq = 300;
+    c.sk = 20;
+    check_case(c);
+    c.causal = false;
+    c.sq = 257;
+    c.sk = 333;
+    c.window_left = 31;
+    c.window_right = 7;
+    check_case(c);
+    c.window_left = 0;
+    c.window_right = 0;
+    c.dtype = DType::f16;
+    check_case(c);
+  }
+}
+
+// Padded (non-contiguous) strides and a non-default stream: the tensor
+// maps carry the strides; results equal those of the default stream.
+TEST_F(Sm90Gpu, PaddedStridesAndStream) {
+  Case c;
+  c.d = 128;
+  c.sq = 190;
+  c.sk = 201;
+  c.hq = 4;
+  c.hk = 2;
+  c.causal = true;
+  c.padded = true;
+  c.backward = false;
+  check_case(c);
+  FA_SEEDED(seed);
+  Runner r(c);
+  r.randomize(seed);
+  const Outputs plain = r.run(Algorithm::flash);
+  cudaStream_t stream = nullptr;
+  cuda_ok(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
+  const Outputs streamed = r.run(Algorithm::flash, stream);
+  cuda_ok(cudaStreamDestroy(stream), "cudaStreamDestroy");
+  EXPECT_EQ(max_abs_error(plain.o, streamed.o), 0.0);
+  EXPECT_EQ(max_abs_error(plain.lse, streamed.lse), 0.0);
+}
+
+// Forced sm90 on what it does not implement is an Error naming the
+// argument, never a silent fallback or a wrong result.
+TEST_F(Sm90Gpu, UnsupportedIsAnError) {
+  auto expect_refused = [](Case c, const char* arg) {
+    SCOPED_TRACE(c.describe());
+    c.backward = false;
+    FA_SEEDED(seed);
+    Runner r(c);
+    r.randomize(seed);
+    try {
+      r.run(Algorithm::flash);
+      ADD_FAILURE() << "sm90 forward accepted a case it does not implement";
+    } catch (const flashattn::Error& e) {
+      EXPECT_NE(std::string(e.what()).find(arg), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("sm90"), std::string::npos) << e.what();
+    }
+  };
+  Case base;
+  base.sq = 100;
+  base.sk = 90;
+  {
+    Case c = base;
+    c.d = 96;
+    expect_refused(c, "head_dim");
+  }
+  {
+    Case c = base;
+    c.dropout_p = 0.1f;
+    expect_refused(c, "dropout_p");
+  }
+  {
+    Case c = base;
+    c.lens_q = {10, 20};
+    c.lens_k = {30, 5};
+    expect_refused(c, "varlen");
+  }
+  {
+    Case c = base;
+    c.block_q = 128;
+    c.block_k = 128;
+    expect_refused(c, "block_mask");
   }
 }
 

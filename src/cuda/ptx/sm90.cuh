@@ -1,0 +1,280 @@
+// The PTX instructions of the Hopper (sm_90a) path, in one place: mbarrier
+// (transaction-counting barriers in shared memory that the copy engine
+// completes), TMA bulk tensor copies (cp.async.bulk.tensor: one thread moves
+// a whole tile, global -> shared, with the 128-byte swizzle applied on the
+// way), wgmma (warpgroup-wide asynchronous tensor-core matmuls reading their
+// operands from shared memory through descriptors), the proxy fence and
+// setmaxnreg. Plus the host side of TMA: the CUtensorMap, encoded through
+// the driver entry point (the library links cudart only, never libcuda).
+//
+// The instructions below exist only in sm_90a device code; every device
+// function compiles to nothing useful elsewhere, and the kernels that call
+// them guard their bodies with FA_SM90_DEVICE.
+#pragma once
+
+#include <cuda.h>  // CUtensorMap and its enums: types only, no libcuda symbol is used
+#include <cudaTypedefs.h>  // PFN_cuTensorMapEncodeTiled
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+
+#include "flashattn/flashattn.h"
+
+// True in the device pass that targets sm_90a (wgmma and setmaxnreg exist
+// only with the "a" feature set; the sm_80 pass and plain sm_90 must not see
+// them).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ == 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define FA_SM90_DEVICE 1
+#else
+#define FA_SM90_DEVICE 0
+#endif
+
+namespace flashattn::detail::ptx::sm90 {
+
+__device__ __forceinline__ std::uint32_t smem_u32(const void* p) {
+  return static_cast<std::uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// ------------------------------------------------------------ mbarrier ---
+// A 64-bit shared-memory object with a phase bit: a phase completes when the
+// expected number of arrivals has happened AND the transaction count (bytes
+// the copy engine announced with expect_tx) has drained to zero. Waiters
+// name the parity of the phase they wait for, so one barrier serves every
+// round of a ring buffer without being re-initialised.
+
+__device__ __forceinline__ void mbar_init(std::uint32_t bar, std::uint32_t arrivals) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(arrivals) : "memory");
+}
+
+// Makes the initialised barriers visible to the async proxy (the copy
+// engine signals them) before any thread issues a copy on them.
+__device__ __forceinline__ void fence_mbar_init() {
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+}
+
+// One arrival that also announces `bytes` of incoming copies: the phase
+// cannot complete before the copy engine has written them all.
+__device__ __forceinline__ void mbar_arrive_expect_tx(std::uint32_t bar, std::uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+
+__device__ __forceinline__ void mbar_arrive(std::uint32_t bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+
+// Spins until the phase of the given parity has completed. try_wait (not
+// test_wait) lets the hardware suspend the thread for a while inside the
+// instruction instead of burning issue slots. Acquire semantics (the
+// default) make the copied bytes visible to the waiting thread.
+__device__ __forceinline__ void mbar_wait(std::uint32_t bar, std::uint32_t parity) {
+  asm volatile(
+      "{\n"
+      ".reg .pred done;\n"
+      "FA_MBAR_WAIT:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra FA_MBAR_WAIT;\n"
+      "}\n" ::"r"(bar),
+      "r"(parity)
+      : "memory");
+}
+
+// ----------------------------------------------------------------- TMA ---
+// One thread asks the copy engine for a box of a tensor described by a
+// CUtensorMap (in kernel-parameter space, hence __grid_constant__); the
+// engine writes it to shared memory (swizzled as the map says), fills
+// out-of-bounds elements with zeros, and counts the bytes on the mbarrier.
+// Coordinates are element indices, innermost first.
+
+__device__ __forceinline__ void tma_load_3d(std::uint32_t dst, const CUtensorMap* map, std::uint32_t bar, int c0,
+                                            int c1, int c2) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], [%5];\n" ::
+          "r"(dst),
+      "l"(reinterpret_cast<std::uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(bar)
+      : "memory");
+}
+
+__device__ __forceinline__ void tma_load_4d(std::uint32_t dst, const CUtensorMap* map, std::uint32_t bar, int c0,
+                                            int c1, int c2, int c3) {
+  asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4, %5}], "
+      "[%6];\n" ::"r"(dst),
+      "l"(reinterpret_cast<std::uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(bar)
+      : "memory");
+}
+
+// Pulls the 128-byte descriptor into the TMA unit's cache ahead of the
+// first copy, so the first tile does not also pay for the descriptor fetch.
+__device__ __forceinline__ void tma_prefetch_map(const CUtensorMap* map) {
+  asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<std::uint64_t>(map)) : "memory");
+}
+
+// Ordinary stores to shared memory that the async proxy (TMA, wgmma) reads
+// next are not ordered by a barrier alone: each writing thread fences first.
+__device__ __forceinline__ void fence_proxy_async_smem() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+
+// ----------------------------------------------------- named barriers ---
+// bar.sync over a subset of the CTA (one warpgroup): id 0 is __syncthreads'.
+// The id is an immediate so that ptxas reserves only the barriers used.
+template <int kId>
+__device__ __forceinline__ void named_barrier_sync(int threads) {
+  static_assert(kId > 0 && kId < 16, "hardware barriers 1..15 (0 is __syncthreads)");
+  asm volatile("bar.sync %0, %1;\n" ::"n"(kId), "r"(threads) : "memory");
+}
+
+// ----------------------------------------------------------- setmaxnreg ---
+// Moves registers between warpgroups at run time: the producer, which only
+// issues copies, gives most of its share back so the consumer warpgroups
+// (accumulators of O and S) can grow past the launch-time cap of
+// 65536 / threads. Takes effect only when the kernel has a cap at entry
+// (__launch_bounds__(threads, 1)); the count must be a multiple of 8.
+template <int kRegs>
+__device__ __forceinline__ void setmaxnreg_dec() {
+  static_assert(kRegs % 8 == 0 && kRegs >= 24 && kRegs <= 256, "setmaxnreg range");
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kRegs));
+}
+template <int kRegs>
+__device__ __forceinline__ void setmaxnreg_inc() {
+  static_assert(kRegs % 8 == 0 && kRegs >= 24 && kRegs <= 256, "setmaxnreg range");
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kRegs));
+}
+
+// --------------------------------------------------------------- wgmma ---
+// wgmma.mma_async: a warpgroup (4 consecutive warps, the first a multiple
+// of 4) computes D(64 x N) += A(64 x 16) B(16 x N). It is asynchronous: the
+// accumulator registers must not be touched between issue and the matching
+// wait_group, and registers written by ordinary instructions before the
+// first wgmma of a batch must be fenced (wgmma.fence).
+//
+// Accumulator layout (fp32, m64nN): warp w of the warpgroup owns rows
+// 16w..16w+15; d[4t + c] of lane l is row 16w + l/4 + 8 (c >> 1), column
+// 8t + 2 (l % 4) + (c & 1) -- the mma.m16n8 C layout repeated over N / 8
+// column tiles. A from registers (RS) uses the mma.m16n8k16 A layout:
+// a[0] rows l/4, k 2(l%4)..+1; a[1] rows l/4 + 8; a[2], a[3] the same at
+// k + 8. So two adjacent 8-column accumulator tiles, packed to 16 bits, are
+// exactly one k16 A fragment: P never leaves registers.
+
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int kPending>
+__device__ __forceinline__ void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(kPending) : "memory");
+}
+
+// The compiler sees a wgmma's accumulators as written when the asm
+// statement issues, not when wait_group returns; this empty volatile asm
+// "rewrites" a register after the wait so no read of it is scheduled above
+// the wait, and no write below the issue.
+__device__ __forceinline__ void fence_operand(float& r) { asm volatile("" : "+f"(r)::"memory"); }
+__device__ __forceinline__ void fence_operand(std::uint32_t& r) { asm volatile("" : "+r"(r)::"memory"); }
+template <int kN>
+__device__ __forceinline__ void fence_operands(float (&r)[kN]) {
+#pragma unroll
+  for (int i = 0; i < kN; ++i) fence_operand(r[i]);
+}
+
+// Shared-memory matrix descriptor (64 bits), 128-byte swizzle:
+//   bits  0-13  start address >> 4
+//   bits 16-29  leading-dimension byte offset (LBO) >> 4
+//   bits 32-45  stride-dimension byte offset (SBO) >> 4
+//   bits 49-51  base offset: 0, because every swizzle atom (8 rows of 128 B
+//               = 1024 B) starts on a 1024-byte boundary
+//   bits 62-63  layout: 1 = 128-byte swizzle
+//
+// How the fields follow from the layout TMA writes with
+// CU_TENSOR_MAP_SWIZZLE_128B. A box whose inner extent is 64 16-bit
+// elements (128 bytes, the most the 128B swizzle allows) lands as rows of
+// 128 bytes, row r at byte 128 r, its eight 16-byte chunks permuted by
+// chunk ^= (r % 8). The hardware applies the same XOR from address bits
+// [4:6] ^ [7:9] when wgmma reads through a descriptor in 128B-swizzle mode,
+// so both agree as long as the tile base is 1024-byte aligned.
+//  - K-major operand (Q and K for S = Q K^T: each row is one query / key,
+//    64 consecutive head_dim elements): one instruction reads 16 k-values
+//    = 32 bytes of every row, inside one 128-byte row, so LBO (the step to
+//    the next swizzle atom along K) is never used (set to 16 B, i.e. 1);
+//    SBO = 1024 B, the step between groups of 8 rows (M or N). Stepping K
+//    by 16 inside the 64-column chunk adds 32 B to the start address (the
+//    XOR acts on the final address, so this is exact); the next 64-column
+//    chunk is a separate TMA box, a whole tile further on.
+//  - MN-major operand (V for O += P V: B is 16 keys x N head_dim columns,
+//    N contiguous in memory; read with imm-trans-b = 1): a swizzle atom is
+//    64 N-columns x 8 keys. LBO = byte step between atoms along N (one
+//    64-column TMA box to the next: rows_of_tile x 128 B); SBO = 1024 B,
+//    the step between groups of 8 keys. Stepping K by 16 keys adds 16 rows
+//    = 2048 B to the start address.
+__device__ __forceinline__ std::uint64_t desc_sw128(std::uint32_t smem_addr, std::uint32_t lbo_bytes,
+                                                    std::uint32_t sbo_bytes) {
+  std::uint64_t d = 0;
+  d |= static_cast<std::uint64_t>((smem_addr & 0x3FFFFu) >> 4);
+  d |= static_cast<std::uint64_t>((lbo_bytes & 0x3FFFFu) >> 4) << 16;
+  d |= static_cast<std::uint64_t>((sbo_bytes & 0x3FFFFu) >> 4) << 32;
+  d |= static_cast<std::uint64_t>(1) << 62;
+  return d;
+}
+
+// wgmma_ss(d, desc_a, desc_b, scale_d, T{}): D (+)= A B with A (64 x 16)
+// and B (16 x N) K-major in shared memory; scale_d = 0 overwrites D.
+// wgmma_rs_bt(d, a, desc_b, scale_d, T{}): A from registers, B N-major.
+// N = 2 x the accumulator length; T{} (__half or __nv_bfloat16) picks the
+// input type.
+#include "sm90_wgmma.inc"
+
+// ---------------------------------------------------------------- host ---
+
+// cuTensorMapEncodeTiled from the driver the runtime already loaded
+// (cudaGetDriverEntryPointByVersion: the non-deprecated form of
+// cudaGetDriverEntryPoint in CUDA 13), so the library needs no -lcuda.
+inline PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
+  static PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult q = cudaDriverEntryPointSymbolNotFound;
+    const cudaError_t e = cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q);
+    if (e != cudaSuccess || q != cudaDriverEntryPointSuccess || f == nullptr)
+      throw Error(std::string("cuTensorMapEncodeTiled: expected the driver entry point, got ") +
+                  (e != cudaSuccess ? cudaGetErrorName(e) : "symbol not found"));
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(f);
+  }();
+  return fn;
+}
+
+// A 4-D map of a (batch, seqlen, heads, head_dim) 16-bit view, dims
+// innermost first (head_dim, seqlen, heads, batch), strides in elements.
+// Boxes are 64 head_dim columns (128 bytes: the 128B swizzle's row) x
+// box_rows sequence rows of one head of one sequence. Rows past seqlen read
+// as zeros (the map's seqlen bound, not the tensor's end: the next head's
+// or sequence's rows are never picked up).
+inline CUtensorMap make_tensor_map_bshd(const void* data, bool bf16, std::int64_t head_dim, std::int64_t seqlen,
+                                        std::int64_t heads, std::int64_t batch, std::int64_t stride_seq,
+                                        std::int64_t stride_head, std::int64_t stride_batch, int box_rows,
+                                        const char* what) {
+  constexpr std::int64_t kEl = 2;
+  // A dimension of extent 1 never moves, so its stride only has to be
+  // legal (a multiple of 16 bytes): callers with one head or one sequence
+  // may pass any stride there.
+  auto legal = [](std::int64_t extent, std::int64_t stride_bytes) -> cuuint64_t {
+    if (extent > 1) return static_cast<cuuint64_t>(stride_bytes);
+    return static_cast<cuuint64_t>((stride_bytes + 15) / 16 * 16 > 0 ? (stride_bytes + 15) / 16 * 16 : 16);
+  };
+  const cuuint64_t dims[4] = {static_cast<cuuint64_t>(head_dim), static_cast<cuuint64_t>(seqlen > 0 ? seqlen : 1),
+                              static_cast<cuuint64_t>(heads), static_cast<cuuint64_t>(batch)};
+  const cuuint64_t strides[3] = {legal(seqlen, stride_seq * kEl), legal(heads, stride_head * kEl),
+                                 legal(batch, stride_batch * kEl)};
+  const cuuint32_t box[4] = {64, static_cast<cuuint32_t>(box_rows), 1, 1};
+  const cuuint32_t elem_strides[4] = {1, 1, 1, 1};
+  CUtensorMap map;
+  const CUresult r = tensor_map_encoder()(
+      &map, bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 4, const_cast<void*>(data), dims,
+      strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+      CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (r != CUDA_SUCCESS)
+    throw Error(std::string(what) + ": expected a tensor the copy engine (TMA) can map, got CUresult " +
+                std::to_string(static_cast<int>(r)));
+  return map;
+}
+
+}  // namespace flashattn::detail::ptx::sm90

@@ -1,0 +1,322 @@
+// FlashAttention forward for Hopper (sm_90a): TMA loads, wgmma, warp
+// specialisation. NOT YET RUN ON A GPU (written without one; see
+// docs/hopper.md for what to verify and how).
+//
+// A CTA computes O and LSE for 128 query rows of one (batch, head). It has
+// three warpgroups:
+//  - warpgroup 0, the producer: one thread issues every TMA copy. Q once
+//    (two 64-row halves), then K_j and V_j for each key tile j the mask
+//    allows, into a ring of two stages. It gives most of its registers back
+//    (setmaxnreg.dec) since it holds no tiles.
+//  - warpgroups 1 and 2, the consumers: each owns 64 query rows (wgmma's M)
+//    and runs the FlashAttention-2 loop on them: S = Q K_j^T (wgmma, both
+//    operands in shared memory), online softmax in registers (exp2 domain),
+//    O += P V_j (wgmma, P from registers), then frees the stage.
+// Barriers (mbarriers in shared memory):
+//   q_full         producer expect_tx -> TMA completes -> consumers wait (once)
+//   k_full[s]      producer expect_tx -> TMA completes -> consumers wait, then S
+//   v_full[s]      likewise for V; separate from K so S and the softmax of
+//                  tile j can start before V_j has landed
+//   empty[s]       each of the 256 consumer threads arrives after its O += P V_j
+//                  completed -> the producer waits before refilling stage s
+// Stage s = j % 2 is used for the (j / 2)-th time, so full barriers are
+// waited with parity (j / 2) & 1 and the producer waits empty with the
+// opposite parity (the first round passes at once).
+#pragma once
+
+#include <cmath>
+
+#include "../dispatch.h"
+#include "../ptx/ptx.cuh"
+#include "../ptx/sm90.cuh"
+#include "../sm80/tile.cuh"  // KeyTiles: the key-tile schedule of a query tile (shared with sm80)
+
+namespace flashattn::detail::sm90 {
+
+using namespace flashattn::detail::cuda;
+namespace x = flashattn::detail::ptx::sm90;
+
+constexpr int kWarpgroup = 128;
+constexpr int kConsumers = 2;
+constexpr int kThreads = kWarpgroup * (1 + kConsumers);
+// 128 x 40 + 256 x 232 = 64512 <= 65536 registers. The producer's loop
+// (tile schedule, coordinates) fits in 40; 232 holds a consumer's O (up to
+// 128 fp32 at d = 256), S, P and the softmax state without spilling.
+constexpr int kProducerRegs = 40, kConsumerRegs = 232;
+
+// Byte offsets inside the (1024-aligned) dynamic shared memory. Every tile
+// is a whole number of 1024-byte swizzle atoms, so all stay aligned.
+template <int kD, int kBlockN>
+struct SmemLayout {
+  static constexpr int kBlockM = 128;
+  static constexpr int kChunks = kD / 64;                // 64-column (128-byte) boxes per row
+  static constexpr int kQHalf = 64 * kD * 2;             // one consumer's 64 Q rows
+  static constexpr int kKV = kBlockN * kD * 2;           // one K or V tile
+  static constexpr int kQ = 0;
+  static constexpr int kK = kQ + 2 * kQHalf;             // K stage s at kK + s kKV
+  static constexpr int kV = kK + 2 * kKV;                // V stage s at kV + s kKV
+  static constexpr int kBars = kV + 2 * kKV;
+  static constexpr int kBytes = kBars + 8 * 8;
+  static constexpr int kAlloc = kBytes + 1024;           // slack to align the base
+  static_assert(kQHalf % 1024 == 0 && kKV % 1024 == 0, "tiles must be whole swizzle atoms");
+};
+
+template <class T, int kD, int kBlockN>
+__global__ void __launch_bounds__(kThreads, 1)
+    forward_kernel(const __grid_constant__ Params p, const __grid_constant__ CUtensorMap tma_q,
+                   const __grid_constant__ CUtensorMap tma_k, const __grid_constant__ CUtensorMap tma_v) {
+#if FA_SM90_DEVICE
+  using L = SmemLayout<kD, kBlockN>;
+  constexpr int kBlockM = L::kBlockM;
+  constexpr int kSN = kBlockN / 8;  // 8-column tiles of S a thread holds parts of
+  constexpr int kON = kD / 8;       // likewise for O
+
+  extern __shared__ unsigned char smem_raw[];
+  // The 128B swizzle pattern repeats every 1024 bytes of *address*: TMA and
+  // wgmma agree only on 1024-aligned tiles, so align the base by hand.
+  const std::uint32_t raw = x::smem_u32(smem_raw);
+  const std::uint32_t base = (raw + 1023u) & ~1023u;
+  unsigned char* smem = smem_raw + (base - raw);
+  const std::uint32_t q_full = base + L::kBars;
+  auto k_full = [&](int s) { return base + L::kBars + 8 * (1 + s); };
+  auto v_full = [&](int s) { return base + L::kBars + 8 * (3 + s); };
+  auto empty = [&](int s) { return base + L::kBars + 8 * (5 + s); };
+
+  const int tid = threadIdx.x;
+  // Reversed so that, with a causal mask, the query tiles with the most key
+  // tiles start first and the short ones fill in at the end of the wave.
+  const int m_block = static_cast<int>(gridDim.x) - 1 - static_cast<int>(blockIdx.x);
+  const int b = blockIdx.z, h = blockIdx.y, m0 = m_block * kBlockM;
+  const int hk = h / p.group;
+  const SeqInfo seq = resolve_seq(p, b);  // dense only on this path: the lengths, starts 0
+  const sm80::KeyTiles<kBlockM, kBlockN> tiles(p, b, h, m0, seq);
+  const int n_steps = tiles.count();
+
+  if (tid == 0) {
+    x::mbar_init(q_full, 1);
+    for (int s = 0; s < 2; ++s) {
+      x::mbar_init(k_full(s), 1);
+      x::mbar_init(v_full(s), 1);
+      x::mbar_init(empty(s), kConsumers * kWarpgroup);
+    }
+    x::fence_mbar_init();
+  }
+  __syncthreads();
+
+  if (tid < kWarpgroup) {
+    // ------------------------------------------------------ producer ---
+    x::setmaxnreg_dec<kProducerRegs>();
+    if (tid == 0) {
+      x::tma_prefetch_map(&tma_q);
+      x::tma_prefetch_map(&tma_k);
+      x::tma_prefetch_map(&tma_v);
+      // Q always, even when no key tile is visible: the consumers stage O
+      // through Q's buffer and must not race a late copy into it.
+      x::mbar_arrive_expect_tx(q_full, 2 * L::kQHalf);
+#pragma unroll
+      for (int half = 0; half < 2; ++half)
+#pragma unroll
+        for (int c = 0; c < L::kChunks; ++c)
+          x::tma_load_4d(base + L::kQ + half * L::kQHalf + c * 64 * 128, &tma_q, q_full, c * 64, m0 + 64 * half, h, b);
+      for (int step = 0; step < n_steps; ++step) {
+        const int s = step & 1;
+        const std::uint32_t round_parity = (step >> 1) & 1;
+        x::mbar_wait(empty(s), round_parity ^ 1u);
+        const int n0 = tiles.at(step).n0;
+        x::mbar_arrive_expect_tx(k_full(s), L::kKV);
+#pragma unroll
+        for (int c = 0; c < L::kChunks; ++c)
+          x::tma_load_4d(base + L::kK + s * L::kKV + c * kBlockN * 128, &tma_k, k_full(s), c * 64, n0, hk, b);
+        x::mbar_arrive_expect_tx(v_full(s), L::kKV);
+#pragma unroll
+        for (int c = 0; c < L::kChunks; ++c)
+          x::tma_load_4d(base + L::kV + s * L::kKV + c * kBlockN * 128, &tma_v, v_full(s), c * 64, n0, hk, b);
+      }
+    }
+  } else {
+    // ------------------------------------------------------ consumer ---
+    x::setmaxnreg_inc<kConsumerRegs>();
+    const int cw = tid / kWarpgroup - 1;  // which 64 query rows
+    const int t = tid % kWarpgroup, warp = t / 32, lane = t % 32;
+    const std::uint32_t sQ = base + L::kQ + cw * L::kQHalf;
+    // This thread's two rows (accumulator layout) within the 128-row tile.
+    auto row_of = [&](int half) { return cw * 64 + warp * 16 + lane / 4 + 8 * half; };
+    const int col_in_tile = 2 * (lane % 4);
+
+    float o[kD / 2];
+#pragma unroll
+    for (int i = 0; i < kD / 2; ++i) o[i] = 0.f;
+    float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.f, 0.f};  // max in log2 units
+    const bool prescale = !(p.scale_log2 > 0.f);
+    const float post_scale = prescale ? 1.f : p.scale_log2;
+
+    x::mbar_wait(q_full, 0);
+    for (int step = 0; step < n_steps; ++step) {
+      const sm80::KeyTile cur = tiles.at(step);
+      const int s = step & 1;
+      const std::uint32_t round_parity = (step >> 1) & 1;
+      const std::uint32_t sK = base + L::kK + s * L::kKV, sV = base + L::kV + s * L::kKV;
+
+      // S = Q K_j^T, K = head_dim in steps of 16 (32 bytes inside a
+      // 128-byte swizzled row; a new 64-column box every 4 steps).
+      float sc[kBlockN / 2];
+      x::mbar_wait(k_full(s), round_parity);
+      x::wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < kD / 16; ++kk) {
+        const std::uint32_t koff = (kk % 4) * 32;
+        const std::uint64_t da = x::desc_sw128(sQ + (kk / 4) * 64 * 128 + koff, 16, 1024);
+        const std::uint64_t db = x::desc_sw128(sK + (kk / 4) * kBlockN * 128 + koff, 16, 1024);
+        x::wgmma_ss(sc, da, db, kk > 0 ? 1 : 0, T{});
+      }
+      x::wgmma_commit();
+      x::wgmma_wait<0>();
+      x::fence_operands(sc);
+
+      // Online softmax, as the sm80 kernel (sm80/forward.cuh): with a
+      // positive scale the order of the raw scores is that of the scaled
+      // ones, so mask and max on raw scores and fold the scale into the
+      // exponent's FFMA; otherwise scale first.
+      if (prescale) {
+#pragma unroll
+        for (int i = 0; i < kBlockN / 2; ++i) sc[i] *= p.scale_log2;
+      }
+      if (cur.need_mask) {
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const int i = m0 + row_of(half);
+          const std::int64_t lo = cur.window ? p.window.first_key(i, seq.sq, seq.sk) : 0;
+          const std::int64_t hi = cur.window ? p.window.last_key(i, seq.sq, seq.sk) : seq.sk - 1;
+#pragma unroll
+          for (int tt = 0; tt < kSN; ++tt)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+              const int j = cur.n0 + tt * 8 + col_in_tile + e;
+              if (j < lo || j > hi) sc[4 * tt + 2 * half + e] = -INFINITY;
+            }
+        }
+      }
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        float mx = -INFINITY;
+#pragma unroll
+        for (int tt = 0; tt < kSN; ++tt) mx = fmaxf(mx, fmaxf(sc[4 * tt + 2 * half], sc[4 * tt + 2 * half + 1]));
+        // The four lanes of a quad hold the same row.
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        mx *= post_scale;
+        mx = fmaxf(mx, row_max[half]);
+        // Nothing visible yet: subtract 0, so exp2(-inf) is 0, not NaN.
+        const float base_exp = mx == -INFINITY ? 0.f : mx;
+        const float corr = ptx::exp2_approx(row_max[half] - base_exp);
+        row_max[half] = mx;
+        row_sum[half] *= corr;
+#pragma unroll
+        for (int tt = 0; tt < kON; ++tt) {
+          o[4 * tt + 2 * half] *= corr;
+          o[4 * tt + 2 * half + 1] *= corr;
+        }
+        float sum = 0.f;
+#pragma unroll
+        for (int tt = 0; tt < kSN; ++tt)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const float pe = ptx::exp2_approx(fmaf(sc[4 * tt + 2 * half + e], post_scale, -base_exp));
+            sc[4 * tt + 2 * half + e] = pe;
+            sum += pe;
+          }
+        row_sum[half] += sum;
+      }
+
+      // P to 16 bits, already in the A-fragment layout of k16 slice kk.
+      std::uint32_t pa[kBlockN / 16][4];
+#pragma unroll
+      for (int kk = 0; kk < kBlockN / 16; ++kk) {
+        pa[kk][0] = pack2<T>(sc[8 * kk + 0], sc[8 * kk + 1]);
+        pa[kk][1] = pack2<T>(sc[8 * kk + 2], sc[8 * kk + 3]);
+        pa[kk][2] = pack2<T>(sc[8 * kk + 4], sc[8 * kk + 5]);
+        pa[kk][3] = pack2<T>(sc[8 * kk + 6], sc[8 * kk + 7]);
+      }
+
+      // O += P V_j, K = keys in steps of 16 rows (2048 bytes), N = head_dim
+      // across the 64-column boxes (LBO = one box).
+      x::mbar_wait(v_full(s), round_parity);
+      x::fence_operands(o);
+      x::wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < kBlockN / 16; ++kk) {
+        const std::uint64_t dv = x::desc_sw128(sV + kk * 16 * 128, kBlockN * 128, 1024);
+        x::wgmma_rs_bt(o, pa[kk], dv, 1, T{});
+      }
+      x::wgmma_commit();
+      x::wgmma_wait<0>();
+      x::fence_operands(o);
+      // This thread's share of stage s is read (wait_group returned, so the
+      // warpgroup's wgmmas on K_j and V_j are complete).
+      x::mbar_arrive(empty(s));
+    }
+
+    // Epilogue: O / l, LSE = ln(sum exp(scaled scores)); O staged through
+    // this warpgroup's own Q rows (no wgmma reads them any more) in a
+    // 16-byte-chunk XOR layout (chunk ^ row % 8: conflict-free both for the
+    // fragment writes and for the row-contiguous reads), then stored in
+    // 16-byte pieces so the global writes coalesce. Rows >= seqlen_q are
+    // never stored.
+    constexpr int kPitch = kD * 2;
+    unsigned char* stage = smem + L::kQ + cw * L::kQHalf;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      float l = row_sum[half];
+      l += __shfl_xor_sync(0xffffffffu, l, 1);
+      l += __shfl_xor_sync(0xffffffffu, l, 2);
+      const float inv = l > 0.f ? 1.f / l : 0.f;
+      const int r_tile = row_of(half), r = r_tile - cw * 64;
+      if (p.lse != nullptr && lane % 4 == 0 && m0 + r_tile < seq.sq)
+        p.lse[q_row(p, seq, b, h, m0 + r_tile)] =
+            l > 0.f ? row_max[half] * 0.69314718055994531f + logf(l) : -INFINITY;
+#pragma unroll
+      for (int tt = 0; tt < kON; ++tt) {
+        const int chunk = tt ^ (r % 8);
+        *reinterpret_cast<std::uint32_t*>(stage + r * kPitch + chunk * 16 + col_in_tile * 2) =
+            pack2<T>(o[4 * tt + 2 * half] * inv, o[4 * tt + 2 * half + 1] * inv);
+      }
+    }
+    if (cw == 0) x::named_barrier_sync<1>(kWarpgroup);
+    else x::named_barrier_sync<2>(kWarpgroup);
+    T* gO = static_cast<T*>(p.out) + b * p.o_sb + h * p.o_sh + static_cast<std::int64_t>(m0 + cw * 64) * p.o_ss;
+    const int rows_valid = seq.sq - (m0 + cw * 64);
+    constexpr int kRowChunks = kD / 8;
+    for (int c = t; c < 64 * kRowChunks; c += kWarpgroup) {
+      const int r = c / kRowChunks, ch = c % kRowChunks;
+      if (r < rows_valid)
+        *reinterpret_cast<uint4*>(gO + r * p.o_ss + ch * 8) =
+            *reinterpret_cast<const uint4*>(stage + r * kPitch + (ch ^ (r % 8)) * 16);
+    }
+  }
+#else
+  // Built for another architecture: the dispatch never launches this.
+  __trap();
+#endif
+}
+
+template <class T, int kD>
+void launch_forward(const Params& p, cudaStream_t stream) {
+  constexpr Sm90FwdTile c = sm90_fwd_tile(kD);
+  static_assert(c.head_dim == kD && c.block_m == 128 && c.stages == 2, "row missing from kSm90FwdTiles");
+  using L = SmemLayout<kD, c.block_n>;
+  constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
+  const CUtensorMap tq = x::make_tensor_map_bshd(p.q, kBf16, kD, p.seqlen_q, p.heads_q, p.batch, p.q_ss, p.q_sh,
+                                                 p.q_sb, 64, "q");
+  const CUtensorMap tk = x::make_tensor_map_bshd(p.k, kBf16, kD, p.seqlen_k, p.heads_k, p.batch, p.k_ss, p.k_sh,
+                                                 p.k_sb, c.block_n, "k");
+  const CUtensorMap tv = x::make_tensor_map_bshd(p.v, kBf16, kD, p.seqlen_k, p.heads_k, p.batch, p.v_ss, p.v_sh,
+                                                 p.v_sb, c.block_n, "v");
+  auto kernel = forward_kernel<T, kD, c.block_n>;
+  check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, L::kAlloc),
+        "cudaFuncSetAttribute(sm90 forward)");
+  const dim3 grid((p.seqlen_q + c.block_m - 1) / c.block_m, p.heads_q, p.batch);
+  kernel<<<grid, kThreads, L::kAlloc, stream>>>(p, tq, tk, tv);
+  check(cudaGetLastError(), "sm90 forward kernel launch");
+}
+
+}  // namespace flashattn::detail::sm90
