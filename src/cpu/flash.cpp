@@ -26,8 +26,12 @@
 // which is visible are skipped, tiles that are entirely visible run without
 // a mask, and only boundary tiles pay for the element rule.
 #include <omp.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstdio>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -45,6 +49,8 @@
 namespace flashattn::detail {
 namespace {
 
+using cpu_kernels::AmxKernels;
+using cpu_kernels::GradTile;
 using cpu_kernels::kColPad;
 using cpu_kernels::Kernels;
 using i64 = std::int64_t;
@@ -95,13 +101,16 @@ i64 round_up(i64 x, i64 m) { return (x + m - 1) / m * m; }
 
 // --------------------------------------------------------- kernels ---
 
+// FLASHATTN_CPU_ISA=generic|avx2|avx512|amx caps the instruction set (to
+// test the fallbacks on a machine that has more); unset means the best the
+// CPU has. amx only changes the bf16 path.
+const char* isa_cap() { return std::getenv("FLASHATTN_CPU_ISA"); }
+
 const Kernels& select_kernels() {
-  // FLASHATTN_CPU_ISA=generic|avx2|avx512 caps the instruction set (to test
-  // the fallbacks on a machine that has more).
-  const char* want = std::getenv("FLASHATTN_CPU_ISA");
+  const char* want = isa_cap();
   const auto allowed = [&](const char* isa) {
     if (!want) return true;
-    if (std::strcmp(want, "avx512") == 0) return true;
+    if (std::strcmp(want, "avx512") == 0 || std::strcmp(want, "amx") == 0) return true;
     if (std::strcmp(want, "avx2") == 0) return std::strcmp(isa, "avx512") != 0;
     return false;
   };
@@ -120,6 +129,41 @@ const Kernels& select_kernels() {
 
 const Kernels& kernels() {
   static const Kernels& k = select_kernels();
+  return k;
+}
+
+// The AMX tile kernels for bf16, or null: they need the AVX-512 kernels
+// (the cap must allow avx512 and amx), AMX-TILE, AMX-BF16 and AVX512_BF16
+// on the CPU, and Linux's permission to use the tile-data state, which is
+// requested once per process (arch_prctl ARCH_REQ_XCOMP_PERM: without it
+// the first tile instruction faults). When the CPU has AMX but the request
+// fails, bf16 runs on the fp32 AVX-512 path, whose numerics differ (see
+// cpu_flash_kernel_isa), so this says so on stderr once.
+const AmxKernels* select_amx() {
+#if defined(FLASHATTN_CPU_X86_KERNELS) && defined(__linux__)
+  const char* want = isa_cap();
+  if (want && std::strcmp(want, "amx") != 0) return nullptr;
+  if (std::strcmp(kernels().isa, "avx512") != 0) return nullptr;
+  __builtin_cpu_init();
+  if (!__builtin_cpu_supports("amx-tile") || !__builtin_cpu_supports("amx-bf16") ||
+      !__builtin_cpu_supports("avx512bf16"))
+    return nullptr;
+  constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;  // <asm/prctl.h>, the kernel's xfeatures
+  if (syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) != 0) {
+    std::fprintf(stderr,
+                 "flashattn: the CPU has AMX but Linux refused the tile-data permission (arch_prctl: %s); "
+                 "bf16 flash attention runs on the fp32 AVX-512 path\n",
+                 std::strerror(errno));
+    return nullptr;
+  }
+  return &cpu_kernels::kernels_amx();
+#else
+  return nullptr;
+#endif
+}
+
+const AmxKernels* amx_kernels() {
+  static const AmxKernels* k = select_amx();
   return k;
 }
 
@@ -296,16 +340,20 @@ class Visibility {
   }
 
   // Sets the invisible elements of a masked tile to -inf: rows i0 .. i0+qc,
-  // columns j0 .. j0+kc of S (leading dimension lds).
-  void apply(i64 b, i64 h, const Seq& s, i64 i0, i64 qc, i64 j0, i64 kc, float* S, i64 lds) const {
+  // columns j0 .. j0+kc of S (leading dimension lds); transposed: the tile
+  // is stored key-major, element (i, j) at S[j * lds + i]. `hidden` is the
+  // value written (+inf where S is multiplied by a negative scale later).
+  void apply(i64 b, i64 h, const Seq& s, i64 i0, i64 qc, i64 j0, i64 kc, float* S, i64 lds,
+             bool transposed = false, float hidden = -kInf) const {
     const i64 sq = s.r.seqlen_q, sk = s.r.seqlen_k;
+    const i64 rs = transposed ? 1 : lds, cs = transposed ? lds : 1;
     for (i64 i = 0; i < qc; ++i) {
       const i64 row = i0 + i;
       const i64 lo = p_.window.first_key(row, sq, sk), hi = p_.window.last_key(row, sq, sk);
-      float* Si = S + i * lds;
+      float* Si = S + i * rs;
       if (!p_.block_mask) {
         for (i64 j = 0; j < kc; ++j)
-          if (j0 + j < lo || j0 + j > hi) Si[j] = -kInf;
+          if (j0 + j < lo || j0 + j > hi) Si[j * cs] = hidden;
         continue;
       }
       const BlockMask& m = *p_.block_mask;
@@ -314,7 +362,7 @@ class Visibility {
         const i64 col = j0 + j;
         const std::uint8_t state = st[col / m.block_k];
         const bool visible = state == kBlockFull || (state == kBlockPartial && col >= lo && col <= hi);
-        if (!visible) Si[j] = -kInf;
+        if (!visible) Si[j * cs] = hidden;
       }
     }
   }
@@ -367,12 +415,401 @@ std::vector<Task> make_tasks(const Problem& p, i64 heads, i64 tile_rows, bool ke
   return tasks;
 }
 
+// ------------------------------------------------- the AMX bf16 path ---
+//
+// bf16 inputs on CPUs with AMX-BF16 (amx_kernels()): the same tiling,
+// masks, dropout and task split as the fp32 path, with every GEMM on the
+// tile unit from bf16 operands (fp32 accumulation), as GPU FlashAttention
+// does: S = Q K^T and dP = dO V^T from the bf16 inputs, P rounded to bf16
+// for P V and P^T dO, dS rounded to bf16 for dS K and dS^T Q. The softmax,
+// its running max/sum, the LSE, D and every accumulator stay fp32.
+//
+// B operands are VNNI-packed (flash_kernels.h). K and V (forward, dQ pass)
+// and Q and dO (dK/dV pass) are packed once per call for every
+// (sequence, head), O(N d) work and memory against the O(N^2 d) of the
+// GEMMs, instead of once per tile pair. In the dK/dV pass the tiles are
+// computed key-major (S^T = K Q^T, dP^T = V dO^T), so P^T and dS^T come
+// out row-major as the A operands of dV += P^T dO and dK += dS^T Q, and
+// the fused dQ is accumulated transposed, dQ^T += K^T dS^T, with dS^T's
+// packed form written by the same elementwise kernel.
+
+using u16 = std::uint16_t;
+
+class Bf16Buffer {
+ public:
+  explicit Bf16Buffer(i64 n) : b_((n + 1) / 2) {}
+  u16* get() const { return reinterpret_cast<u16*>(b_.get()); }
+
+ private:
+  Buffer b_;
+};
+
+// Rows [row0, row0 + n) of head h of bf16 tensor t into dst (rows x ld,
+// rows >= n): rows n .. rows and columns head_dim .. ld zeroed.
+void copy_rows_bf16(const Tensor& t, const Seq& s, i64 row0, i64 n, i64 rows, i64 h, u16* dst, i64 ld) {
+  const auto* base = static_cast<const u16*>(t.data);
+  for (i64 r = 0; r < rows; ++r) {
+    u16* out = dst + r * ld;
+    i64 c = 0;
+    if (r < n) {
+      std::memcpy(out, base + offset_of(t, s.tb, row0 + r, h), static_cast<std::size_t>(t.head_dim) * 2);
+      c = t.head_dim;
+    }
+    std::fill(out + c, out + ld, u16{0});
+  }
+}
+
+// Where the packed operand of (sequence b, head h) starts: blocks of
+// rows(b) x dp elements, rows(b) the sequence's q or k length rounded up to
+// 32 (the tile unit's k step) and zero-padded.
+class PackIndex {
+ public:
+  PackIndex(const Problem& p, i64 heads, bool key_side, i64 dp) : heads_(heads), dp_(dp) {
+    for (i64 b = 0; b < p.batch; ++b) {
+      const Seq s = sequence(p, b);
+      const i64 r = round_up(key_side ? s.r.seqlen_k : s.r.seqlen_q, 32);
+      base_.push_back(total_);
+      rows_.push_back(r);
+      total_ += heads * r * dp;
+    }
+  }
+  i64 rows(i64 b) const { return rows_[static_cast<std::size_t>(b)]; }
+  i64 off(i64 b, i64 h) const { return base_[static_cast<std::size_t>(b)] + h * rows(b) * dp_; }
+  i64 total() const { return total_; }
+  i64 heads() const { return heads_; }
+
+ private:
+  i64 heads_, dp_, total_ = 0;
+  std::vector<i64> base_, rows_;
+};
+
+// For every (sequence, head) of t (key side: the kv heads): its rows packed
+// as B = X^T into bt and/or as B = X into bn (either may be null).
+void prepack(const AmxKernels& amx, const Problem& p, const Tensor& t, bool key_side, const PackIndex& idx,
+             i64 dp, u16* bt, u16* bn, int nthreads) {
+  i64 max_rows = 0;
+  for (i64 b = 0; b < p.batch; ++b) max_rows = std::max(max_rows, idx.rows(b));
+  const i64 n = p.batch * idx.heads();
+#pragma omp parallel num_threads(nthreads)
+  {
+    const Bf16Buffer rm_buf(max_rows * dp);
+    u16* rm = rm_buf.get();
+#pragma omp for schedule(dynamic)
+    for (i64 bh = 0; bh < n; ++bh) {
+      const i64 b = bh / idx.heads(), h = bh % idx.heads();
+      const Seq s = sequence(p, b);
+      const i64 rows = idx.rows(b);
+      if (rows == 0) continue;
+      const i64 start = key_side ? s.r.k_start : s.r.q_start, len = key_side ? s.r.seqlen_k : s.r.seqlen_q;
+      copy_rows_bf16(t, s, start, len, rows, h, rm, dp);
+      if (bt) amx.pack_t(int(rows), int(dp), rm, int(dp), bt + idx.off(b, h));
+      if (bn) amx.pack_n(int(rows), int(dp), rm, int(dp), bn + idx.off(b, h));
+    }
+  }
+}
+
+// Rows of the forward's query sub-tile: S (fp32) and P (bf16) of 64 x 128
+// are 32 + 16 KiB, about L1's size, between the GEMM that writes S and
+// the softmax that reads it.
+constexpr i64 kAmxFwdSubRows = 64;
+
+void forward_amx(const AmxKernels& amx, const Kernels& kern, const Problem& p, const ForwardArgs& a,
+                 const Context& ctx) {
+  const Visibility vis(p);
+  const Dropout drop(p);
+  const i64 d = p.head_dim, dp = round_up(d, kColPad), group = p.group();
+  const i64 Bt = 2 * tall_tile(dp), Bs = kAmxFwdSubRows, Bc = kFwdCols;
+  const float q_mul = p.scale * kLog2e, s_mul = std::abs(q_mul);
+  const int nthreads = thread_count(ctx);
+  const PackIndex kidx(p, p.heads_k, true, dp);
+  const Bf16Buffer kt_all(kidx.total()), vn_all(kidx.total());
+  prepack(amx, p, a.k, true, kidx, dp, kt_all.get(), nullptr, nthreads);
+  prepack(amx, p, a.v, true, kidx, dp, nullptr, vn_all.get(), nthreads);
+  const std::vector<Task> tasks = make_tasks(p, p.heads_q, Bt, false);
+  const auto ntasks = static_cast<i64>(tasks.size());
+
+#pragma omp parallel num_threads(nthreads)
+  {
+    const Bf16Buffer q_buf(Bt * dp), p_buf(Bs * Bc);
+    const Buffer s_buf(Bs * Bc), o_buf(Bt * dp), keep_buf(Bc);
+    u16 *Q = q_buf.get(), *P = p_buf.get();
+    float *S = s_buf.get(), *O = o_buf.get(), *keep = keep_buf.get();
+    std::vector<float> m_buf(static_cast<std::size_t>(Bt)), l_buf(static_cast<std::size_t>(Bt));
+
+#pragma omp for schedule(dynamic)
+    for (i64 ti = 0; ti < ntasks; ++ti) {
+      const Task& t = tasks[static_cast<std::size_t>(ti)];
+      const Seq s = sequence(p, t.b);
+      const i64 t0 = t.tile * Bt, tc = std::min(Bt, s.r.seqlen_q - t0), sk = s.r.seqlen_k;
+      const i64 hk = t.h / group, bh = t.b * p.heads_q + t.h;
+      const i64 skp = kidx.rows(t.b);
+      const u16* kt = kt_all.get() + kidx.off(t.b, hk);
+      const u16* vn = vn_all.get() + kidx.off(t.b, hk);
+      copy_rows_bf16(a.q, s, s.r.q_start + t0, tc, round_up(tc, 16), t.h, Q, dp);
+      // A negative scale: negate Q (exact: the sign bit) so that the row
+      // max of S times s_mul > 0 is the max of the scaled scores.
+      if (q_mul < 0)
+        for (i64 e = 0; e < tc * dp; ++e) Q[e] ^= u16{0x8000};
+      std::fill(O, O + round_up(tc, 16) * dp, 0.0f);
+      std::fill(m_buf.begin(), m_buf.end(), -kInf);
+      std::fill(l_buf.begin(), l_buf.end(), 0.0f);
+
+      for (i64 j0 = 0; j0 < sk; j0 += Bc) {
+        if (vis.classify(t.b, t.h, s, t0, t0 + tc, j0, j0 + Bc) == TileKind::skip) continue;
+        const i64 kc = std::min(Bc, sk - j0);
+        for (i64 r0 = 0; r0 < tc; r0 += Bs) {
+          const i64 i0 = t0 + r0, qc = std::min(Bs, tc - r0), qc16 = round_up(qc, 16);
+          const TileKind kind = vis.classify(t.b, t.h, s, i0, i0 + qc, j0, j0 + Bc);
+          if (kind == TileKind::skip) continue;
+          float *Os = O + r0 * dp, *m = m_buf.data() + r0, *l = l_buf.data() + r0;
+          amx.gemm(int(qc16), int(round_up(kc, 16)), int(dp), Q + r0 * dp, int(dp), kt + (j0 / 16) * dp * 16,
+                   dp * 16, S, int(Bc), false);
+          if (kc < Bc)
+            for (i64 i = 0; i < qc; ++i) std::fill(S + i * Bc + kc, S + (i + 1) * Bc, -kInf);
+          if (kind == TileKind::masked) vis.apply(t.b, t.h, s, i0, qc, j0, kc, S, Bc);
+
+          for (i64 i = 0; i < qc; ++i) {
+            float* Si = S + i * Bc;
+            const float m_new = std::max(m[i], kern.row_max(Si, int(Bc)) * s_mul);
+            if (m_new == -kInf) {  // nothing visible in this row yet
+              std::fill(P + i * Bc, P + (i + 1) * Bc, u16{0});
+              continue;
+            }
+            const float alpha = std::exp2(m[i] - m_new);  // 0 on the row's first visible tile
+            const float* kp = nullptr;
+            if (drop.on) {
+              drop.row(bh, i0 + i, j0, kc, Bc, 1.0f, keep);
+              kp = keep;
+            }
+            l[i] = l[i] * alpha + amx.softmax_row(Si, int(Bc), s_mul, m_new, kp, P + i * Bc);
+            m[i] = m_new;
+            if (alpha != 1.0f)
+              for (i64 c = 0; c < dp; ++c) Os[i * dp + c] *= alpha;
+          }
+          std::fill(P + qc * Bc, P + qc16 * Bc, u16{0});
+          amx.gemm(int(qc16), int(dp), int(round_up(kc, 32)), P, int(Bc), vn + (j0 / 2) * 32, skp * 16, Os, int(dp),
+                   true);
+        }
+      }
+
+      for (i64 i = 0; i < tc; ++i) {
+        const float l = l_buf[static_cast<std::size_t>(i)], m = m_buf[static_cast<std::size_t>(i)];
+        const bool empty = l == 0.0f;
+        const float mul = empty ? 0.0f : drop.kept_scale / l;
+        if (empty) std::fill(O + i * dp, O + (i + 1) * dp, 0.0f);
+        store_row(a.o, offset_of(a.o, s.tb, s.r.q_start + t0 + i, t.h), O + i * dp, mul);
+        if (a.lse) a.lse[lse_index(p, a.q, t.b, t.h, s, t0 + i)] = empty ? -kInf : (m + std::log2(l)) * kLn2;
+      }
+    }
+    amx.release();
+  }
+}
+
+// The backward after pass 0 (lse2, Dsum as in cpu_flash_backward), with
+// the same passes, task split and fused/unfused choice as the fp32 path.
+void backward_amx(const AmxKernels& amx, const Problem& p, const BackwardArgs& a, const Context& ctx,
+                  const std::vector<float>& lse2, const std::vector<float>& Dsum, bool fused) {
+  const Visibility vis(p);
+  const Dropout drop(p);
+  const i64 d = p.head_dim, dp = round_up(d, kColPad), group = p.group();
+  // S is unscaled here and grad_tile computes 2^(S * q_mul - lse): masked
+  // scores must become -inf after that multiplication.
+  const float q_mul = p.scale * kLog2e, hidden = q_mul < 0 ? kInf : -kInf;
+  const int nthreads = thread_count(ctx);
+
+  // Pass 1: dK, dV (and dQ^T when fused), key-major tiles.
+  {
+    const i64 Bk = dkv_key_tile(p, dp), Bq = kDkvRows;
+    const PackIndex qidx(p, p.heads_q, false, dp);
+    const Bf16Buffer qt_all(qidx.total()), qn_all(qidx.total()), dot_all(qidx.total()), don_all(qidx.total());
+    prepack(amx, p, a.q, false, qidx, dp, qt_all.get(), qn_all.get(), nthreads);
+    prepack(amx, p, a.dout, false, qidx, dp, dot_all.get(), don_all.get(), nthreads);
+    std::vector<Task> tasks;
+    if (fused) {
+      for (i64 b = 0; b < p.batch; ++b)
+        for (i64 hk = 0; hk < p.heads_k; ++hk) tasks.push_back(Task{b, hk, 0});
+    } else {
+      tasks = make_tasks(p, p.heads_k, Bk, true);
+    }
+    const auto ntasks = static_cast<i64>(tasks.size());
+#pragma omp parallel num_threads(nthreads)
+    {
+      const Bf16Buffer k_buf(Bk * dp), v_buf(Bk * dp), kt_buf(dp * Bk), pt_buf(Bk * Bq), dst_buf(Bk * Bq),
+          dsv_buf(Bk * Bq);
+      const Buffer st_buf(Bk * Bq), dpt_buf(Bk * Bq), dk_buf(Bk * dp), dv_buf(Bk * dp), keep_buf(Bq * Bk),
+          lse_buf(Bq), d_buf(Bq);
+      u16 *K = k_buf.get(), *V = v_buf.get(), *KT = kt_buf.get(), *PT = pt_buf.get(), *dST = dst_buf.get();
+      u16* dSv = dsv_buf.get();
+      float *ST = st_buf.get(), *dPT = dpt_buf.get(), *dK = dk_buf.get(), *dV = dv_buf.get();
+      float *keep = keep_buf.get(), *lse_c = lse_buf.get(), *d_c = d_buf.get();
+      std::vector<float> dq_acc;  // fused: [query head of the group][dp][padded query rows] (dQ^T)
+      std::vector<float> dq_row(static_cast<std::size_t>(dp));
+
+#pragma omp for schedule(dynamic)
+      for (i64 ti = 0; ti < ntasks; ++ti) {
+        const Task& t = tasks[static_cast<std::size_t>(ti)];
+        const Seq s = sequence(p, t.b);
+        const i64 sq = s.r.seqlen_q, sk = s.r.seqlen_k, sqp = qidx.rows(t.b);
+        const i64 kt_begin = fused ? 0 : t.tile, kt_end = fused ? (sk + Bk - 1) / Bk : t.tile + 1;
+        if (fused) dq_acc.assign(static_cast<std::size_t>(group * dp * sqp), 0.0f);
+
+        for (i64 kt = kt_begin; kt < kt_end; ++kt) {
+          const i64 j0 = kt * Bk, kc = std::min(Bk, sk - j0), k16 = round_up(kc, 16), k32 = round_up(kc, 32);
+          copy_rows_bf16(a.k, s, s.r.k_start + j0, kc, k32, t.h, K, dp);
+          copy_rows_bf16(a.v, s, s.r.k_start + j0, kc, k32, t.h, V, dp);
+          if (fused) amx.transpose(int(k32), int(dp), K, int(dp), KT, int(Bk));
+          std::fill(dK, dK + k16 * dp, 0.0f);
+          std::fill(dV, dV + k16 * dp, 0.0f);
+
+          for (i64 g = 0; g < group; ++g) {
+            const i64 h = t.h * group + g, bh = t.b * p.heads_q + h;
+            const u16 *qt = qt_all.get() + qidx.off(t.b, h), *qn = qn_all.get() + qidx.off(t.b, h);
+            const u16 *dot = dot_all.get() + qidx.off(t.b, h), *don = don_all.get() + qidx.off(t.b, h);
+            for (i64 i0 = 0; i0 < sq; i0 += Bq) {
+              const TileKind kind = vis.classify(t.b, h, s, i0, i0 + Bq, j0, j0 + kc);
+              if (kind == TileKind::skip) continue;
+              const i64 qc = std::min(Bq, sq - i0), q32 = round_up(qc, 32);
+              amx.gemm(int(k16), int(q32), int(dp), K, int(dp), qt + (i0 / 16) * dp * 16, dp * 16, ST, int(Bq),
+                       false);
+              if (kind == TileKind::masked) vis.apply(t.b, h, s, i0, qc, j0, kc, ST, Bq, /*transposed=*/true, hidden);
+              amx.gemm(int(k16), int(q32), int(dp), V, int(dp), dot + (i0 / 16) * dp * 16, dp * 16, dPT, int(Bq),
+                       false);
+              for (i64 c = 0; c < q32; ++c) {
+                const bool live = c < qc;
+                const i64 idx = live ? lse_index(p, a.q, t.b, h, s, i0 + c) : 0;
+                lse_c[c] = live ? lse2[static_cast<std::size_t>(idx)] : kInf;
+                d_c[c] = live ? Dsum[static_cast<std::size_t>(idx)] : 0.0f;
+              }
+              if (drop.on)
+                for (i64 i = 0; i < qc; ++i) drop.row(bh, i0 + i, j0, kc, Bk, drop.kept_scale, keep + i * Bk);
+              GradTile gt{};
+              gt.rows_valid = int(kc);
+              gt.rows_pad = int(k32);
+              gt.cols_valid = int(qc);
+              gt.cols = int(q32);
+              gt.s = ST;
+              gt.dp = dPT;
+              gt.ld = int(Bq);
+              gt.mul = q_mul;
+              gt.lse_col = lse_c;
+              gt.d_col = d_c;
+              gt.keep = drop.on ? keep : nullptr;
+              gt.keep_rs = 1;
+              gt.keep_cs = Bk;
+              gt.p = PT;
+              gt.ldp = int(Bq);
+              gt.ds = dST;
+              gt.ldds = int(Bq);
+              gt.ds_vnni = fused ? dSv : nullptr;
+              amx.grad_tile(gt);
+              amx.gemm(int(k16), int(dp), int(q32), PT, int(Bq), don + (i0 / 2) * 32, sqp * 16, dV, int(dp), true);
+              amx.gemm(int(k16), int(dp), int(q32), dST, int(Bq), qn + (i0 / 2) * 32, sqp * 16, dK, int(dp), true);
+              if (fused)
+                amx.gemm(int(dp), int(q32), int(k32), KT, int(Bk), dSv, k32 * 16, dq_acc.data() + g * dp * sqp + i0,
+                         int(sqp), true);
+            }
+          }
+          for (i64 j = 0; j < kc; ++j) {
+            store_row(a.dk, offset_of(a.dk, s.tb, s.r.k_start + j0 + j, t.h), dK + j * dp, p.scale);
+            store_row(a.dv, offset_of(a.dv, s.tb, s.r.k_start + j0 + j, t.h), dV + j * dp, 1.0f);
+          }
+        }
+        if (fused)
+          for (i64 g = 0; g < group; ++g)
+            for (i64 i = 0; i < sq; ++i) {
+              const float* col = dq_acc.data() + g * dp * sqp + i;
+              for (i64 c = 0; c < dp; ++c) dq_row[static_cast<std::size_t>(c)] = col[c * sqp];
+              store_row(a.dq, offset_of(a.dq, s.tb, s.r.q_start + i, t.h * group + g), dq_row.data(), p.scale);
+            }
+      }
+      amx.release();
+    }
+  }
+  if (fused) return;
+
+  // Pass 2: dQ = scale * dS K per (query tile, key tile), query-major.
+  {
+    const i64 Br = tall_tile(dp), Bc = kDqCols;
+    const PackIndex kidx(p, p.heads_k, true, dp);
+    const Bf16Buffer kt_all(kidx.total()), kn_all(kidx.total()), vt_all(kidx.total());
+    prepack(amx, p, a.k, true, kidx, dp, kt_all.get(), kn_all.get(), nthreads);
+    prepack(amx, p, a.v, true, kidx, dp, vt_all.get(), nullptr, nthreads);
+    const std::vector<Task> tasks = make_tasks(p, p.heads_q, Br, false);
+    const auto ntasks = static_cast<i64>(tasks.size());
+#pragma omp parallel num_threads(nthreads)
+    {
+      const Bf16Buffer q_buf(Br * dp), do_buf(Br * dp), ds_buf(Br * Bc);
+      const Buffer s_buf(Br * Bc), dp_buf(Br * Bc), dq_buf(Br * dp), keep_buf(Br * Bc), lse_buf(Br), d_buf(Br);
+      u16 *Q = q_buf.get(), *dO = do_buf.get(), *dS = ds_buf.get();
+      float *S = s_buf.get(), *dP = dp_buf.get(), *dQ = dq_buf.get(), *keep = keep_buf.get();
+      float *lse_r = lse_buf.get(), *d_r = d_buf.get();
+
+#pragma omp for schedule(dynamic)
+      for (i64 ti = 0; ti < ntasks; ++ti) {
+        const Task& t = tasks[static_cast<std::size_t>(ti)];
+        const Seq s = sequence(p, t.b);
+        const i64 i0 = t.tile * Br, qc = std::min(Br, s.r.seqlen_q - i0), qc16 = round_up(qc, 16);
+        const i64 sk = s.r.seqlen_k, hk = t.h / group, bh = t.b * p.heads_q + t.h, skp = kidx.rows(t.b);
+        const u16 *kt = kt_all.get() + kidx.off(t.b, hk), *kn = kn_all.get() + kidx.off(t.b, hk);
+        const u16* vt = vt_all.get() + kidx.off(t.b, hk);
+        copy_rows_bf16(a.q, s, s.r.q_start + i0, qc, qc16, t.h, Q, dp);
+        copy_rows_bf16(a.dout, s, s.r.q_start + i0, qc, qc16, t.h, dO, dp);
+        for (i64 i = 0; i < qc; ++i) {
+          const auto idx = static_cast<std::size_t>(lse_index(p, a.q, t.b, t.h, s, i0 + i));
+          lse_r[i] = lse2[idx];
+          d_r[i] = Dsum[idx];
+        }
+        std::fill(dQ, dQ + qc16 * dp, 0.0f);
+
+        for (i64 j0 = 0; j0 < sk; j0 += Bc) {
+          const TileKind kind = vis.classify(t.b, t.h, s, i0, i0 + qc, j0, j0 + Bc);
+          if (kind == TileKind::skip) continue;
+          const i64 kc = std::min(Bc, sk - j0), k32 = round_up(kc, 32);
+          amx.gemm(int(qc16), int(k32), int(dp), Q, int(dp), kt + (j0 / 16) * dp * 16, dp * 16, S, int(Bc), false);
+          if (kind == TileKind::masked) vis.apply(t.b, t.h, s, i0, qc, j0, kc, S, Bc, false, hidden);
+          amx.gemm(int(qc16), int(k32), int(dp), dO, int(dp), vt + (j0 / 16) * dp * 16, dp * 16, dP, int(Bc), false);
+          if (drop.on)
+            for (i64 i = 0; i < qc; ++i) drop.row(bh, i0 + i, j0, kc, Bc, drop.kept_scale, keep + i * Bc);
+          GradTile gt{};
+          gt.rows_valid = int(qc);
+          gt.rows_pad = int(qc16);
+          gt.cols_valid = int(kc);
+          gt.cols = int(k32);
+          gt.s = S;
+          gt.dp = dP;
+          gt.ld = int(Bc);
+          gt.mul = q_mul;
+          gt.lse_row = lse_r;
+          gt.d_row = d_r;
+          gt.keep = drop.on ? keep : nullptr;
+          gt.keep_rs = Bc;
+          gt.keep_cs = 1;
+          gt.ds = dS;
+          gt.ldds = int(Bc);
+          amx.grad_tile(gt);
+          amx.gemm(int(qc16), int(dp), int(k32), dS, int(Bc), kn + (j0 / 2) * 32, skp * 16, dQ, int(dp), true);
+        }
+        for (i64 i = 0; i < qc; ++i)
+          store_row(a.dq, offset_of(a.dq, s.tb, s.r.q_start + i0 + i, t.h), dQ + i * dp, p.scale);
+      }
+      amx.release();
+    }
+  }
+}
+
 }  // namespace
+
+// Which kernels the CPU flash path runs for bf16 (when bf16) or the other
+// dtypes: "amx" (bf16 on the tile unit, bf16-rounded P and dS), else the
+// fp32 kernel set's name.
+const char* cpu_flash_kernel_isa(bool bf16) { return bf16 && amx_kernels() ? "amx" : kernels().isa; }
 
 // ---------------------------------------------------------- forward ---
 
 void cpu_flash_forward(const Problem& p, const ForwardArgs& a, const Context& ctx) {
   const Kernels& kern = kernels();
+  if (p.dtype == DType::bf16)
+    if (const AmxKernels* amx = amx_kernels()) return forward_amx(*amx, kern, p, a, ctx);
   const Visibility vis(p);
   const Dropout drop(p);
   const i64 d = p.head_dim, dp = round_up(d, kColPad), group = p.group();
@@ -508,6 +945,8 @@ void cpu_flash_backward(const Problem& p, const BackwardArgs& a, const Context& 
   // ctx.num_threads, and within a mode every sum runs in a fixed order, so
   // results stay bitwise identical across thread counts.
   const bool fused = p.batch * p.heads_k >= 4 * static_cast<i64>(omp_get_num_procs());
+  if (p.dtype == DType::bf16)
+    if (const AmxKernels* amx = amx_kernels()) return backward_amx(*amx, p, a, ctx, lse2, Dsum, fused);
   {
     const i64 Bk = dkv_key_tile(p, dp), Bq = kDkvRows;
     std::vector<Task> tasks;

@@ -30,8 +30,73 @@ struct Kernels {
   float (*exp2_shift_sum)(float* x, int n, float shift);
 };
 
+// The tile kernels of the bf16 path on CPUs with AMX-BF16
+// (flash_kernels_amx.cpp). bf16 operands are unsigned short bit patterns.
+// A GEMM operand A is row-major bf16; B is "VNNI-packed" in panels of 16
+// columns: panel q (b_panel elements after panel q - 1) holds columns
+// 16q .. 16q+15 as k/2 rows of 32 bf16, row p interleaving B[2p][n] and
+// B[2p+1][n]. m and n must be multiples of 16, k of 32 (callers zero-pad).
+struct GradTile;
+struct AmxKernels {
+  const char* isa;
+  // C[m x n] (+)= A[m x k] B in fp32 (accumulate = false overwrites C).
+  void (*gemm)(int m, int n, int k, const unsigned short* a, int lda, const unsigned short* b, long long b_panel,
+               float* c, int ldc, bool accumulate);
+  // b = X^T packed (X rows x cols row-major, ldx; rows % 16 == 0, cols % 2
+  // == 0): panel stride cols * 16.
+  void (*pack_t)(int rows, int cols, const unsigned short* x, int ldx, unsigned short* b);
+  // b = X packed (rows % 2 == 0, cols % 16 == 0): panel stride rows * 16.
+  void (*pack_n)(int rows, int cols, const unsigned short* x, int ldx, unsigned short* b);
+  // y (cols x rows, ldy) = x^T (rows x cols, ldx).
+  void (*transpose)(int rows, int cols, const unsigned short* x, int ldx, unsigned short* y, int ldy);
+  // p[j] = bf16(2^(s[j] * mul - shift) * keep[j]) for j < n (n % 16 == 0;
+  // keep may be null: 1). Returns the sum of the fp32 probabilities before
+  // keep, as GPU FlashAttention sums them: the LSE stays fp32-accurate
+  // (summing the bf16-rounded values moved it by up to 1.5e-3).
+  float (*softmax_row)(const float* s, int n, float mul, float shift, const float* keep, unsigned short* p);
+  // The backward's elementwise step on one score tile (GradTile).
+  void (*grad_tile)(const GradTile& g);
+  // Gives the tile registers back (TILERELEASE) when a thread is done.
+  void (*release)();
+};
+
+// One backward score tile, rows x cols (row r, column c) of S and dP
+// (fp32, leading dimension ld). With p = 2^(S * mul - lse) and k the
+// dropout factor (keep[r * keep_rs + c * keep_cs], or 1 when keep is null):
+//   ds = p * (dP * k - D),  P = p * k,
+// rounded to bf16 into ds (ldds) and, when p is non-null, P (ldp). lse and
+// D come per row (lse_row, d_row) or per column (lse_col, d_col): the
+// other pointer is null. Elements with r >= rows_valid or c >= cols_valid
+// are written as 0, up to rows_pad (even) and cols (a multiple of 16, at
+// most 256). When ds_vnni is set, ds is also written VNNI-packed as a B
+// operand whose k dimension is the rows (panel stride rows_pad * 16).
+struct GradTile {
+  int rows_valid, rows_pad, cols_valid, cols;
+  const float *s, *dp;
+  int ld;
+  float mul;
+  const float *lse_row, *lse_col, *d_row, *d_col;
+  const float* keep;
+  long long keep_rs, keep_cs;
+  unsigned short* p;
+  int ldp;
+  unsigned short* ds;
+  int ldds;
+  unsigned short* ds_vnni;
+};
+
+const AmxKernels& kernels_amx();
 const Kernels& kernels_avx512();
 const Kernels& kernels_avx2();
 const Kernels& kernels_generic();
 
 }  // namespace flashattn::detail::cpu_kernels
+
+namespace flashattn::detail {
+// The kernel set the CPU flash path uses (flash.cpp): for bf16 inputs when
+// bf16 is true ("amx": tile GEMMs on bf16 operands, P and dS rounded to
+// bf16), else for f32/f16 ("avx512", "avx2", "generic": fp32 compute).
+// FLASHATTN_CPU_ISA caps the choice.
+const char* cpu_flash_kernel_isa(bool bf16);
+}  // namespace flashattn::detail
+
