@@ -1,0 +1,283 @@
+#include "model.h"
+
+#include <ATen/core/dispatch/Dispatcher.h>
+
+#include <cmath>
+#include <cstdio>
+#include <limits>
+#include <mutex>
+
+namespace fatrain {
+namespace {
+
+// ------------------------------------------------------------ flashattn ---
+// The library is reached through the torch.library operators of the Python
+// binding (bindings/python/csrc/ops.cpp, compiled into this program), so the
+// trainer and the Python package share one conversion layer: the same
+// checks, the CUDA stream / device guard / caching-allocator workspace on
+// CUDA, and torch's thread count on the CPU.
+using FwdSig = std::tuple<at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+    const std::optional<at::Tensor>&, int64_t, int64_t, double, std::optional<double>, bool, int64_t, int64_t,
+    const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
+    const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, int64_t, int64_t, int64_t, bool);
+using BwdSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+    const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, int64_t, int64_t, double,
+    std::optional<double>, bool, int64_t, int64_t, const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
+    const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, int64_t,
+    int64_t, int64_t, bool);
+
+const c10::TypedOperatorHandle<FwdSig>& fwd_op() {
+  static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("flashattn::fwd", "").typed<FwdSig>();
+  return op;
+}
+const c10::TypedOperatorHandle<BwdSig>& bwd_op() {
+  static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("flashattn::bwd", "").typed<BwdSig>();
+  return op;
+}
+
+// autograd::Function::apply wants defined tensors, so "no tensor" (no
+// cu_seqlens, no dropout state) travels as an empty one.
+std::optional<at::Tensor> opt(const torch::Tensor& t) {
+  return t.defined() && t.numel() > 0 ? std::optional<at::Tensor>(t) : std::nullopt;
+}
+torch::Tensor none() { return torch::empty({0}, torch::kInt); }
+
+// forward -> flashattn::forward with the LSE saved; backward ->
+// flashattn::backward from (q, k, v, out, lse), the same options, and the
+// same (seed, offset), so the backward applies the forward's dropout mask.
+struct FlashAttnFunction : torch::autograd::Function<FlashAttnFunction> {
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, torch::Tensor q, torch::Tensor k,
+                               torch::Tensor v, torch::Tensor cu_seqlens, int64_t max_seqlen, bool causal,
+                               double dropout_p, bool deterministic) {
+    torch::Tensor rng = none();
+    if (dropout_p > 0) {
+      // Drawn from torch's default CPU generator: torch::manual_seed makes it
+      // repeatable and the checkpoint saves that generator's state.
+      rng = torch::randint(std::numeric_limits<int64_t>::max(), {2}, torch::TensorOptions().dtype(torch::kLong));
+    }
+    auto [out, lse] = fwd_op().call(q, k, v, opt(cu_seqlens), opt(cu_seqlens), max_seqlen, max_seqlen, dropout_p,
+                                    std::nullopt, causal, -1, -1, opt(rng), std::nullopt, std::nullopt,
+                                    std::nullopt, std::nullopt, 128, 128, /*algorithm flash*/ 0, deterministic);
+    ctx->save_for_backward({q, k, v, out, lse, cu_seqlens, rng});
+    ctx->saved_data["max_seqlen"] = max_seqlen;
+    ctx->saved_data["causal"] = causal;
+    ctx->saved_data["dropout_p"] = dropout_p;
+    ctx->saved_data["deterministic"] = deterministic;
+    return out;
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    auto s = ctx->get_saved_variables();
+    torch::Tensor dout = grads[0];
+    if (dout.stride(-1) != 1) dout = dout.contiguous();
+    const int64_t max_seqlen = ctx->saved_data["max_seqlen"].toInt();
+    auto [dq, dk, dv] = bwd_op().call(dout, s[0], s[1], s[2], s[3], s[4], opt(s[5]), opt(s[5]), max_seqlen,
+                                      max_seqlen, ctx->saved_data["dropout_p"].toDouble(), std::nullopt,
+                                      ctx->saved_data["causal"].toBool(), -1, -1, opt(s[6]), std::nullopt,
+                                      std::nullopt, std::nullopt, std::nullopt, 128, 128, 0,
+                                      ctx->saved_data["deterministic"].toBool());
+    return {dq, dk, dv, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+  }
+};
+
+torch::Tensor flash(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const AttnOptions& o,
+                    double p, const Padding* pad) {
+  if (!pad) return FlashAttnFunction::apply(q, k, v, none(), 0, o.causal, p, o.deterministic);
+  // Key padding through the varlen path: pack the tokens of every sequence
+  // into (total, H, D), run, and scatter back (padding rows stay zero).
+  const int64_t B = q.size(0), S = q.size(1), H = q.size(2), D = q.size(3);
+  auto pack = [&](const torch::Tensor& t) { return t.reshape({B * S, H, D}).index_select(0, pad->token_index); };
+  torch::Tensor o_packed = FlashAttnFunction::apply(pack(q), pack(k), pack(v), pad->cu_seqlens, pad->max_len,
+                                                    o.causal, p, o.deterministic);
+  return torch::zeros({B * S, H, D}, o_packed.options()).index_copy(0, pad->token_index, o_packed).view({B, S, H, D});
+}
+
+// ------------------------------------------------------------- standard ---
+// As HuggingFace's GPT-2 eager attention: S = QK^T / sqrt(d), masked with
+// the dtype's lowest value, softmax (in float32, cast back to V's dtype),
+// dropout, then P V. S and P are materialised: O(S^2) memory per head.
+torch::Tensor standard(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const AttnOptions& o,
+                       double p, const Padding* pad) {
+  auto qt = q.transpose(1, 2), kt = k.transpose(1, 2), vt = v.transpose(1, 2);  // [B, H, S, D]
+  auto w = torch::matmul(qt, kt.transpose(-1, -2)) / std::sqrt(static_cast<double>(q.size(3)));
+  const double lowest = -std::numeric_limits<float>::max();
+  if (o.causal) {
+    const int64_t S = q.size(1);
+    auto keep = torch::ones({S, S}, torch::TensorOptions().dtype(torch::kBool).device(q.device())).tril();
+    w = w.masked_fill(keep.logical_not(), lowest);
+  }
+  if (pad) w = w.masked_fill(pad->key_mask.logical_not(), lowest);
+  auto probs = torch::softmax(w, -1, torch::kFloat).to(vt.scalar_type());
+  probs = torch::dropout(probs, p, p > 0);
+  return torch::matmul(probs, vt).transpose(1, 2);
+}
+
+// ----------------------------------------------------------------- sdpa ---
+torch::Tensor sdpa(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const AttnOptions& o,
+                   double p, const Padding* pad) {
+  auto qt = q.transpose(1, 2), kt = k.transpose(1, 2), vt = v.transpose(1, 2);
+  std::optional<at::Tensor> mask;
+  if (pad) mask = pad->key_mask;
+  static std::once_flag logged;
+  std::call_once(logged, [&] {
+    const int64_t choice = at::_fused_sdp_choice(qt, kt, vt, mask, p, o.causal);
+    const char* names[] = {"math", "flash_attention", "efficient_attention", "cudnn_attention", "overrideable"};
+    std::fprintf(stderr, "fa-train: SDPA picked backend '%s' (%s, %s%s)\n",
+                 choice >= 0 && choice <= 4 ? names[choice] : "none", q.device().str().c_str(),
+                 c10::toString(q.scalar_type()), pad ? ", key padding mask" : "");
+  });
+  return at::scaled_dot_product_attention(qt, kt, vt, mask, p, o.causal).transpose(1, 2);
+}
+
+}  // namespace
+
+AttnKind parse_attention(const std::string& n) {
+  if (n == "flashattn") return AttnKind::flashattn;
+  if (n == "standard") return AttnKind::standard;
+  if (n == "sdpa-flash") return AttnKind::sdpa_flash;
+  if (n == "sdpa-cudnn") return AttnKind::sdpa_cudnn;
+  throw ConfigError("--attention: expected flashattn, standard, sdpa-flash or sdpa-cudnn, got '" + n + "'");
+}
+
+std::string configure_sdpa(AttnKind kind, const torch::Device& device) {
+  if (kind != AttnKind::sdpa_flash && kind != AttnKind::sdpa_cudnn) return "";
+  auto& ctx = at::globalContext();
+  if (device.is_cuda()) {
+    const bool f = kind == AttnKind::sdpa_flash;
+    ctx.setSDPUseFlash(f);
+    ctx.setSDPUseCuDNN(!f);
+    ctx.setSDPUseMemEfficient(false);
+    ctx.setSDPUseMath(false);
+    return std::string("SDPA on CUDA restricted to the ") + (f ? "flash" : "cuDNN") +
+           " backend (math / mem-efficient disabled: an unsupported case is an error, not a fallback)";
+  }
+  return std::string("SDPA on the CPU: PyTorch has no ") + (kind == AttnKind::sdpa_cudnn ? "cuDNN" : "FlashAttention-2 CUDA") +
+         " kernel here; every CPU backend stays enabled and PyTorch picks (its CPU flash kernel or math), "
+         "logged on the first call. This is NOT the GPU kernel the flag names.";
+}
+
+Padding make_padding(const std::vector<std::int32_t>& lengths, std::int64_t seqlen, const torch::Device& device) {
+  Padding p;
+  p.lengths = lengths;
+  p.seqlen = seqlen;
+  const int64_t B = static_cast<int64_t>(lengths.size());
+  std::vector<std::int32_t> cu(B + 1, 0);
+  std::vector<int64_t> idx;
+  auto mask = torch::zeros({B, 1, 1, seqlen}, torch::kBool);
+  for (int64_t b = 0; b < B; ++b) {
+    TORCH_CHECK(lengths[b] >= 1 && lengths[b] <= seqlen, "padding: length ", lengths[b], " outside [1, ", seqlen, "]");
+    cu[b + 1] = cu[b] + lengths[b];
+    p.max_len = std::max<int64_t>(p.max_len, lengths[b]);
+    for (int32_t s = 0; s < lengths[b]; ++s) idx.push_back(b * seqlen + s);
+    mask[b].narrow(-1, 0, lengths[b]).fill_(true);
+  }
+  p.cu_seqlens = torch::tensor(cu, torch::kInt).to(device);
+  p.token_index = torch::tensor(idx, torch::kLong).to(device);
+  p.key_mask = mask.to(device);
+  return p;
+}
+
+torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                        const AttnOptions& opt, bool training, const Padding* padding) {
+  const double p = training ? opt.dropout_p : 0.0;
+  switch (opt.kind) {
+    case AttnKind::flashattn: return flash(q, k, v, opt, p, padding);
+    case AttnKind::standard: return standard(q, k, v, opt, p, padding);
+    default: return sdpa(q, k, v, opt, p, padding);
+  }
+}
+
+// ---------------------------------------------------------------- blocks ---
+
+BlockImpl::BlockImpl(const ModelConfig& m, const AttnOptions& a)
+    : heads(m.heads), head_dim(m.width / m.heads), attn(a) {
+  ln1 = register_module("ln_1", torch::nn::LayerNorm(torch::nn::LayerNormOptions({m.width}).eps(1e-5)));
+  c_attn = register_module("attn_c_attn", torch::nn::Linear(m.width, 3 * m.width));
+  c_proj = register_module("attn_c_proj", torch::nn::Linear(m.width, m.width));
+  ln2 = register_module("ln_2", torch::nn::LayerNorm(torch::nn::LayerNormOptions({m.width}).eps(1e-5)));
+  fc = register_module("mlp_c_fc", torch::nn::Linear(m.width, m.mlp_ratio * m.width));
+  proj = register_module("mlp_c_proj", torch::nn::Linear(m.mlp_ratio * m.width, m.width));
+  drop = register_module("drop", torch::nn::Dropout(m.dropout));
+}
+
+torch::Tensor BlockImpl::forward(torch::Tensor x, const Padding* padding) {
+  const int64_t B = x.size(0), S = x.size(1);
+  // Pre-LN (GPT-2's layout; used for the encoder too, so both models come
+  // from this one block). q, k, v are strided views into the fused QKV
+  // projection, in flashattn's (B, S, H, D) layout: no copy for flashattn.
+  auto qkv = c_attn(ln1(x)).view({B, S, 3, heads, head_dim});
+  auto a = attention(qkv.select(2, 0), qkv.select(2, 1), qkv.select(2, 2), attn, is_training(), padding);
+  x = x + drop(c_proj(a.reshape({B, S, heads * head_dim})));
+  // GPT-2's gelu_new is the tanh approximation.
+  x = x + drop(proj(torch::gelu(fc(ln2(x)), "tanh")));
+  return x;
+}
+
+TransformerImpl::TransformerImpl(const ModelConfig& m, const AttnOptions& a) : cfg(m) {
+  TORCH_CHECK(m.vocab > 0, "model: vocab not set");
+  wte = register_module("wte", torch::nn::Embedding(m.vocab, m.width));
+  wpe = register_module("wpe", torch::nn::Embedding(m.positions, m.width));
+  drop = register_module("drop", torch::nn::Dropout(m.dropout));
+  h = register_module("h", torch::nn::ModuleList());
+  for (int64_t i = 0; i < m.layers; ++i) h->push_back(Block(m, a));
+  ln_f = register_module("ln_f", torch::nn::LayerNorm(torch::nn::LayerNormOptions({m.width}).eps(1e-5)));
+  if (m.arch == "encoder") {
+    mlm_dense = register_module("mlm_dense", torch::nn::Linear(m.width, m.width));
+    mlm_ln = register_module("mlm_ln", torch::nn::LayerNorm(torch::nn::LayerNormOptions({m.width}).eps(1e-5)));
+    mlm_bias = register_parameter("mlm_bias", torch::zeros({m.vocab}));
+    if (m.num_classes > 0) {
+      pooler = register_module("pooler", torch::nn::Linear(m.width, m.width));
+      classifier = register_module("classifier", torch::nn::Linear(m.width, m.num_classes));
+    }
+  }
+  // GPT-2's initialisation: N(0, 0.02) for weights and embeddings, zero
+  // biases, and the residual output projections scaled by 1/sqrt(2 layers).
+  torch::NoGradGuard ng;
+  for (auto& p : named_parameters()) {
+    const auto& n = p.key();
+    auto& t = p.value();
+    if (n.find("ln") != std::string::npos) {
+      if (n.ends_with("weight")) t.fill_(1.0);
+      else t.zero_();
+    } else if (n.ends_with("bias")) {
+      t.zero_();
+    } else {
+      double std = 0.02;
+      if (n.ends_with("c_proj.weight")) std /= std::sqrt(2.0 * m.layers);
+      t.normal_(0.0, std);
+    }
+  }
+}
+
+torch::Tensor TransformerImpl::hidden(const torch::Tensor& tokens, const Padding* padding) {
+  const int64_t S = tokens.size(1);
+  TORCH_CHECK(S <= cfg.positions, "model: sequence of ", S, " tokens exceeds ", cfg.positions, " positions");
+  auto pos = torch::arange(S, torch::TensorOptions().dtype(torch::kLong).device(tokens.device()));
+  auto x = drop(wte(tokens) + wpe(pos));
+  for (auto& m : *h) x = m->as<BlockImpl>()->forward(x, padding);
+  return ln_f(x);
+}
+
+torch::Tensor TransformerImpl::lm_logits(const torch::Tensor& x) { return torch::matmul(x, wte->weight.t()); }
+
+torch::Tensor TransformerImpl::mlm_logits(const torch::Tensor& x) {
+  TORCH_CHECK(mlm_dense, "model: the MLM head needs the encoder");
+  return torch::matmul(mlm_ln(torch::gelu(mlm_dense(x), "tanh")), wte->weight.t()) + mlm_bias;
+}
+
+torch::Tensor TransformerImpl::cls_logits(const torch::Tensor& x) {
+  TORCH_CHECK(classifier, "model: the classification head needs the encoder and num_classes > 0");
+  // BERT's pooler: tanh(dense(hidden of the first token, [CLS] = bos)).
+  return classifier(torch::tanh(pooler(x.select(1, 0))));
+}
+
+std::int64_t TransformerImpl::num_params(bool non_embedding) const {
+  std::int64_t n = 0;
+  for (const auto& p : parameters()) n += p.numel();
+  if (non_embedding) n -= wpe->weight.numel() + wte->weight.numel();
+  return n;
+}
+
+}  // namespace fatrain

@@ -1,0 +1,84 @@
+// The models: one set of building blocks (embeddings, pre-LN transformer
+// block, heads) that makes a GPT-2 decoder and a BERT-style encoder. The
+// attention kernel is a switch that changes nothing else in the model.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <string>
+#include <vector>
+
+#include "config.h"
+
+namespace fatrain {
+
+enum class AttnKind { flashattn, standard, sdpa_flash, sdpa_cudnn };
+AttnKind parse_attention(const std::string& name);  // throws ConfigError naming --attention
+
+// Key padding of an encoder batch: sequence b holds tokens [0, lengths[b])
+// and padding after. Built once per batch, shared by every layer.
+struct Padding {
+  std::vector<std::int32_t> lengths;
+  std::int64_t seqlen = 0, max_len = 0;
+  torch::Tensor cu_seqlens;   // int32 [B + 1] on the model's device (flashattn varlen)
+  torch::Tensor token_index;  // int64 [total]: rows of the flattened (B * S) batch that are tokens
+  torch::Tensor key_mask;     // bool [B, 1, 1, S], true = a token (standard / SDPA)
+};
+Padding make_padding(const std::vector<std::int32_t>& lengths, std::int64_t seqlen, const torch::Device& device);
+
+struct AttnOptions {
+  AttnKind kind = AttnKind::flashattn;
+  bool causal = false;
+  double dropout_p = 0.0;  // applied only in training mode
+  bool deterministic = false;
+};
+
+// q, k, v: [B, S, H, D] (any strides with a contiguous last dimension).
+// Returns [B, S, H, D]. With padding, rows of padding positions are zero for
+// flashattn (varlen: they are not computed) and unspecified-but-finite for
+// the others; no token ever attends to a padding key.
+torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                        const AttnOptions& opt, bool training, const Padding* padding);
+
+// Sets PyTorch's SDPA backend switches for --attention sdpa-*: on CUDA only
+// the named backend is enabled (so an unsupported shape is an error, not a
+// silent fallback); on the CPU PyTorch has no cuDNN kernel and its flash
+// kernel has its own limits, so every backend stays enabled and the first
+// call logs the one PyTorch picked. Returns a line for the log.
+std::string configure_sdpa(AttnKind kind, const torch::Device& device);
+
+struct BlockImpl : torch::nn::Module {
+  BlockImpl(const ModelConfig& m, const AttnOptions& a);
+  torch::Tensor forward(torch::Tensor x, const Padding* padding);
+  torch::nn::LayerNorm ln1{nullptr}, ln2{nullptr};
+  torch::nn::Linear c_attn{nullptr}, c_proj{nullptr}, fc{nullptr}, proj{nullptr};
+  torch::nn::Dropout drop{nullptr};
+  std::int64_t heads, head_dim;
+  AttnOptions attn;
+};
+TORCH_MODULE(Block);
+
+// GPT-2 (arch gpt2, causal) or the encoder (arch encoder). Parameter names
+// follow HuggingFace's GPT-2 where there is one (wte, wpe, h.N.*, ln_f).
+struct TransformerImpl : torch::nn::Module {
+  TransformerImpl(const ModelConfig& m, const AttnOptions& a);
+  // tokens [B, S] int64 -> final hidden states [B, S, W] (after ln_f).
+  torch::Tensor hidden(const torch::Tensor& tokens, const Padding* padding);
+  torch::Tensor lm_logits(const torch::Tensor& h);    // [.., V], tied to wte
+  torch::Tensor mlm_logits(const torch::Tensor& h);   // encoder MLM head, decoder tied to wte
+  torch::Tensor cls_logits(const torch::Tensor& h);   // encoder: pooled position 0 -> [B, C]
+  std::int64_t num_params(bool non_embedding) const;
+
+  ModelConfig cfg;
+  torch::nn::Embedding wte{nullptr}, wpe{nullptr};
+  torch::nn::Dropout drop{nullptr};
+  torch::nn::ModuleList h;
+  torch::nn::LayerNorm ln_f{nullptr};
+  // encoder heads
+  torch::nn::Linear mlm_dense{nullptr}, pooler{nullptr}, classifier{nullptr};
+  torch::nn::LayerNorm mlm_ln{nullptr};
+  torch::Tensor mlm_bias;
+};
+TORCH_MODULE(Transformer);
+
+}  // namespace fatrain

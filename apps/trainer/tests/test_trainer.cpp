@@ -1,0 +1,330 @@
+// fa-train's tests on the CPU: training makes the loss fall (GPT-2, MLM
+// encoder, classification head), flashattn and standard attention agree on
+// the loss and every gradient, resume is bit-identical, bad configurations
+// are rejected with the flag named, and the file formats round-trip.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+#include "config.h"
+#include "model.h"
+#include "safetensors.h"
+#include "shards.h"
+#include "trainer.h"
+
+namespace fatrain {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string out_dir(const std::string& name) {
+  const fs::path p = fs::path(FATRAIN_TEST_OUT) / name;
+  fs::remove_all(p);
+  fs::create_directories(p);
+  return p.string();
+}
+
+TrainConfig tiny(const std::string& preset, std::vector<std::string> extra) {
+  std::vector<std::string> a = {"--model", preset, "--data", FATRAIN_TEST_DATA, "--context", "32", "--batch", "8",
+                                "--lr", "3e-3", "--warmup", "3", "--threads", "1", "--quiet", "--eval-every", "0",
+                                "--log-every", "1", "--eval-batches", "4"};
+  a.insert(a.end(), extra.begin(), extra.end());
+  return parse_args(a);
+}
+
+double mean_last(const TrainResult& r, std::size_t n) {
+  double s = 0;
+  for (std::size_t i = r.train_loss.size() - n; i < r.train_loss.size(); ++i) s += r.train_loss[i].second;
+  return s / n;
+}
+
+// ---------------------------------------------------------- loss falls ---
+
+TEST(Training, Gpt2TinyLossFalls) {
+  auto r = train(tiny("gpt2-tiny", {"--steps", "25"}));
+  ASSERT_EQ(r.train_loss.size(), 25u);
+  const double first = r.train_loss.front().second;
+  // Random init predicts ~uniformly: ln(vocab) (vocab <= 300).
+  EXPECT_NEAR(first, std::log(300.0), 0.5);
+  EXPECT_LT(mean_last(r, 5), first - 1.0);
+  ASSERT_EQ(r.evals.size(), 1u);
+  EXPECT_LT(r.evals[0].loss, first - 1.0);
+  EXPECT_NEAR(r.evals[0].ppl, std::exp(r.evals[0].loss), 1e-6 * r.evals[0].ppl);
+}
+
+TEST(Training, EncoderTinyMlmLossFalls) {
+  auto r = train(tiny("encoder-tiny", {"--steps", "30"}));
+  const double first = r.train_loss.front().second;
+  EXPECT_NEAR(first, std::log(300.0), 0.5);
+  EXPECT_LT(mean_last(r, 5), first - 0.8);
+  EXPECT_LT(r.evals.back().loss, first - 0.8);
+}
+
+TEST(Training, EncoderClassificationHeadLearns) {
+  // The test corpus has two topics (farm / sea words); label = topic.
+  auto r = train(tiny("encoder-tiny", {"--task", "classify", "--steps", "30", "--batch", "16"}));
+  EXPECT_NEAR(r.train_loss.front().second, std::log(2.0), 0.3);
+  EXPECT_LT(mean_last(r, 5), 0.3);
+  EXPECT_GE(r.evals.back().accuracy, 0.9);
+}
+
+// ------------------------------------------- flashattn == standard attention ---
+
+ModelConfig small_model(const std::string& preset) {
+  ModelConfig m = fatrain::preset(preset);
+  m.vocab = 97;
+  m.layers = 2;
+  return m;
+}
+
+struct Grads {
+  double loss;
+  std::map<std::string, torch::Tensor> grad, param;
+};
+
+// The loss of one fixed batch and the gradient of every parameter, for a
+// model built from `seed` with the given attention.
+Grads run_batch(const ModelConfig& m, AttnKind kind, bool causal, const torch::Tensor& tokens,
+                const torch::Tensor& labels, const std::vector<std::int32_t>& lengths) {
+  torch::manual_seed(11);
+  AttnOptions a;
+  a.kind = kind;
+  a.causal = causal;
+  Transformer model(m, a);
+  model->train();  // dropout is 0 in these presets; train mode runs the training path
+  Padding pad;
+  const Padding* p = nullptr;
+  if (!lengths.empty()) pad = make_padding(lengths, tokens.size(1), torch::kCPU), p = &pad;
+  auto h = model->hidden(tokens, p);
+  torch::Tensor loss;
+  if (m.arch == "gpt2") {
+    loss = torch::nn::functional::cross_entropy(model->lm_logits(h).reshape({-1, m.vocab}), labels.reshape({-1}));
+  } else {
+    auto flat = labels.reshape({-1});
+    auto sel = (flat != -100).nonzero().squeeze(1);
+    loss = torch::nn::functional::cross_entropy(model->mlm_logits(h.reshape({-1, m.width}).index_select(0, sel)),
+                                                flat.index_select(0, sel));
+  }
+  loss.backward();
+  Grads g;
+  g.loss = loss.item<double>();
+  for (const auto& kv : model->named_parameters()) {
+    g.grad[kv.key()] = kv.value().grad().clone();
+    g.param[kv.key()] = kv.value().detach().clone();
+  }
+  return g;
+}
+
+void expect_same(const Grads& a, const Grads& b, const char* what) {
+  EXPECT_NEAR(a.loss, b.loss, 1e-5 * std::abs(b.loss)) << what;
+  for (const auto& [name, gb] : b.grad) {
+    ASSERT_TRUE(torch::equal(a.param.at(name), b.param.at(name))) << what << ": parameters differ: " << name;
+    const auto& ga = a.grad.at(name);
+    const double scale = gb.abs().max().item<double>();
+    const double diff = (ga - gb).abs().max().item<double>();
+    EXPECT_LE(diff, 1e-4 * scale + 1e-7) << what << ": gradient of " << name << " (max |g| " << scale << ")";
+  }
+}
+
+TEST(Attention, FlashattnMatchesStandardGpt2LossAndGradients) {
+  const auto m = small_model("gpt2-tiny");
+  torch::manual_seed(3);
+  auto tokens = torch::randint(m.vocab, {3, 48}, torch::kLong);
+  auto labels = torch::randint(m.vocab, {3, 48}, torch::kLong);
+  auto f = run_batch(m, AttnKind::flashattn, true, tokens, labels, {});
+  auto s = run_batch(m, AttnKind::standard, true, tokens, labels, {});
+  expect_same(f, s, "flashattn vs standard (causal)");
+  auto d = run_batch(m, AttnKind::sdpa_flash, true, tokens, labels, {});
+  expect_same(d, s, "sdpa (CPU) vs standard (causal)");
+  // The comparison can fail: without the causal mask the loss differs.
+  auto nc = run_batch(m, AttnKind::flashattn, false, tokens, labels, {});
+  EXPECT_GT(std::abs(nc.loss - s.loss), 1e-3);
+  // Gradients are not trivially zero.
+  EXPECT_GT(s.grad.at("h.0.attn_c_attn.weight").abs().max().item<double>(), 1e-6);
+}
+
+TEST(Attention, FlashattnVarlenMatchesStandardMaskEncoder) {
+  const auto m = small_model("encoder-tiny");
+  const std::int64_t S = 40;
+  const std::vector<std::int32_t> lengths = {40, 23, 7, 1};
+  torch::manual_seed(5);
+  auto tokens = torch::randint(5, m.vocab, {4, S}, torch::kLong);
+  auto labels = torch::full({4, S}, -100, torch::kLong);
+  for (int b = 0; b < 4; ++b) {
+    tokens[b].narrow(0, lengths[b], S - lengths[b]).fill_(3);  // pad id
+    for (int t = 0; t < lengths[b]; t += 3) labels[b][t] = (b * 7 + t) % m.vocab;
+  }
+  auto f = run_batch(m, AttnKind::flashattn, false, tokens, labels, lengths);
+  auto s = run_batch(m, AttnKind::standard, false, tokens, labels, lengths);
+  expect_same(f, s, "flashattn varlen vs standard key-padding mask");
+  auto d = run_batch(m, AttnKind::sdpa_flash, false, tokens, labels, lengths);
+  expect_same(d, s, "sdpa (CPU) vs standard key-padding mask");
+  // Padding really is masked: a different token in the padding changes nothing.
+  auto tokens2 = tokens.clone();
+  tokens2[2][20] = 42;
+  auto f2 = run_batch(m, AttnKind::flashattn, false, tokens2, labels, lengths);
+  auto s2 = run_batch(m, AttnKind::standard, false, tokens2, labels, lengths);
+  EXPECT_EQ(f2.loss, f.loss);
+  EXPECT_NEAR(s2.loss, s.loss, 1e-6 * std::abs(s.loss));
+  // ... while the same change inside a sequence does.
+  tokens2[2][3] = tokens[2][3].item<std::int64_t>() == 42 ? 43 : 42;
+  EXPECT_GT(std::abs(run_batch(m, AttnKind::flashattn, false, tokens2, labels, lengths).loss - f.loss), 1e-6);
+}
+
+// --------------------------------------------------------------- resume ---
+
+void expect_identical_checkpoints(const std::string& a, const std::string& b) {
+  const auto fa = safetensors::read(a), fb = safetensors::read(b);
+  ASSERT_EQ(fa.tensors.size(), fb.tensors.size());
+  for (const auto& [name, ea] : fa.tensors) {
+    const auto& eb = fb.at(name);
+    ASSERT_EQ(ea.end - ea.begin, eb.end - eb.begin) << name;
+    EXPECT_EQ(0, std::memcmp(fa.data.data() + ea.begin, fb.data.data() + eb.begin, ea.end - ea.begin))
+        << "tensor " << name << " differs";
+  }
+  EXPECT_EQ(fa.metadata.at("step"), fb.metadata.at("step"));
+}
+
+void resume_case(const std::string& preset) {
+  // Dropout on, so that the generators' states matter; accumulation on, so
+  // that more than one micro-batch per step is replayed.
+  const std::vector<std::string> common = {"--steps", "8", "--dropout", "0.1", "--attn-dropout", "0.1",
+                                           "--accum", "2"};
+  auto with = [&](std::vector<std::string> more) {
+    auto v = common;
+    v.insert(v.end(), more.begin(), more.end());
+    return tiny(preset, v);
+  };
+  const std::string full = out_dir(preset + "-full"), part = out_dir(preset + "-part"),
+                    rest = out_dir(preset + "-rest");
+  auto a = train(with({"--save", full}));
+  auto b1 = train(with({"--save", part, "--stop-after", "4"}));
+  EXPECT_EQ(b1.last_step, 4);
+  auto b2 = train(with({"--save", rest, "--resume", part + "/last.safetensors"}));
+  EXPECT_EQ(b2.first_step, 4);
+  ASSERT_EQ(a.train_loss.size(), 8u);
+  ASSERT_EQ(b1.train_loss.size() + b2.train_loss.size(), 8u);
+  for (std::size_t i = 0; i < 4; ++i) EXPECT_EQ(a.train_loss[i], b1.train_loss[i]) << "step " << i + 1;
+  for (std::size_t i = 0; i < 4; ++i) EXPECT_EQ(a.train_loss[4 + i], b2.train_loss[i]) << "step " << i + 5;
+  expect_identical_checkpoints(full + "/last.safetensors", rest + "/last.safetensors");
+  EXPECT_EQ(a.evals.back().loss, b2.evals.back().loss);
+  // And the checkpoint is checked against the flags' model.
+  try {
+    train(tiny(preset, {"--steps", "8", "--width", "32", "--resume", part + "/last.safetensors"}));
+    ADD_FAILURE() << "resume into another model was accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("--resume: the checkpoint's model"), std::string::npos) << e.what();
+  }
+}
+
+TEST(Checkpoint, ResumeIsBitIdenticalGpt2) { resume_case("gpt2-tiny"); }
+TEST(Checkpoint, ResumeIsBitIdenticalEncoder) { resume_case("encoder-tiny"); }
+
+// ---------------------------------------------------------- bad configs ---
+
+std::string config_error(const std::vector<std::string>& args, bool run = false) {
+  try {
+    auto c = parse_args(args);
+    validate(c);
+    if (run) train(c);
+  } catch (const ConfigError& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+TEST(Config, BadConfigsNameTheFlag) {
+  const std::string d = FATRAIN_TEST_DATA;
+  EXPECT_EQ(config_error({"--data", d, "--heads", "5"}).rfind("--heads: 5 heads do not divide --width 64", 0), 0u);
+  EXPECT_EQ(config_error({"--data", d, "--model", "gpt2-small", "--width", "700"}).rfind("--heads: 12 heads", 0), 0u);
+  EXPECT_EQ(config_error({"--data", d, "--context", "256"}).rfind("--context: 256 is longer than --positions 128", 0), 0u);
+  EXPECT_EQ(config_error({"--data", d, "--model", "gpt2-small", "--context", "4096"}).rfind("--context: 4096", 0), 0u);
+  EXPECT_EQ(config_error({"--context", "64"}).rfind("--data: required", 0), 0u);
+  EXPECT_EQ(config_error({"--data", d + "/missing"}, true).rfind("--data: '", 0), 0u);
+  EXPECT_EQ(config_error({"--data", d, "--context", "2000", "--positions", "4096"}, true).rfind("--context: 2000 tokens need", 0), 0u);
+  EXPECT_EQ(config_error({"--data", d, "--model", "gpt3"}).rfind("--model: expected one of", 0), 0u);
+  EXPECT_EQ(config_error({"--data", d, "--attention", "fast"}).rfind("--attention: expected one of", 0), 0u);
+  EXPECT_EQ(config_error({"--data", d, "--task", "mlm"}).rfind("--task: mlm needs an encoder", 0), 0u);
+  EXPECT_EQ(config_error({"--data", d, "--steps", "x"}).rfind("--steps: expected an integer", 0), 0u);
+  EXPECT_EQ(config_error({"--data", d, "--dropout", "1.5"}).rfind("--dropout: expected a probability", 0), 0u);
+  EXPECT_EQ(config_error({"--data", d, "--bogus", "1"}).rfind("--bogus: unknown flag", 0), 0u);
+  EXPECT_EQ(config_error({"--data", d, "--save-every", "5"}).rfind("--save-every: needs --save", 0), 0u);
+  EXPECT_EQ(config_error({"--data", d, "--resume", d + "/train.tok"}, true).rfind("--resume: ", 0), 0u);
+  // The preset applies first wherever --model stands; later flags override it.
+  auto c = parse_args({"--width", "96", "--model", "gpt2-medium", "--context=512"});
+  EXPECT_EQ(c.model.width, 96);
+  EXPECT_EQ(c.model.layers, 24);
+  EXPECT_EQ(c.effective_context(), 512);
+}
+
+TEST(Config, PresetShapes) {
+  // The parameter counts the presets are named after (GPT-2's vocabulary of
+  // 50257, context 1024): 124M and 355M.
+  for (auto [name, want] : {std::pair{"gpt2-small", 124.4e6}, {"gpt2-medium", 354.8e6}}) {
+    ModelConfig m = preset(name);
+    m.vocab = 50257;
+    torch::manual_seed(0);
+    Transformer t(m, AttnOptions{});
+    EXPECT_NEAR(t->num_params(false), want, 0.5e6) << name;
+  }
+}
+
+// --------------------------------------------------------- file formats ---
+
+TEST(Formats, SafetensorsRoundTrip) {
+  const std::string dir = out_dir("st");
+  std::vector<float> f = {1.5f, -2.0f, 3.25f, 0.0f, 7.0f, 8.0f};
+  std::vector<std::int64_t> l = {42};
+  safetensors::write(dir + "/x.safetensors",
+                     {{"a.weight", "F32", {2, 3}, f.data(), f.size() * 4}, {"step", "I64", {1}, l.data(), 8}},
+                     {{"format", "test \"quoted\""}});
+  auto r = safetensors::read(dir + "/x.safetensors");
+  EXPECT_EQ(r.metadata.at("format"), "test \"quoted\"");
+  const auto& e = r.at("a.weight");
+  EXPECT_EQ(e.dtype, "F32");
+  EXPECT_EQ(e.shape, (std::vector<std::int64_t>{2, 3}));
+  EXPECT_EQ(0, std::memcmp(r.data.data() + e.begin, f.data(), 24));
+  EXPECT_EQ(0, std::memcmp(r.data.data() + r.at("step").begin, l.data(), 8));
+  EXPECT_THROW(r.at("missing"), std::runtime_error);
+  // The 8-byte header length and the JSON header are the format's: check the
+  // first bytes as another reader would see them.
+  std::ifstream in(dir + "/x.safetensors", std::ios::binary);
+  std::uint64_t n = 0;
+  in.read(reinterpret_cast<char*>(&n), 8);
+  std::string h(n, ' ');
+  in.read(h.data(), n);
+  EXPECT_EQ(n % 8, 0u);
+  EXPECT_EQ(h.rfind("{\"__metadata__\":{\"format\":", 0), 0u) << h;
+  EXPECT_NE(h.find("\"a.weight\":{\"dtype\":\"F32\",\"shape\":[2,3],\"data_offsets\":[0,24]}"), std::string::npos) << h;
+  // A shape that does not match the bytes is refused.
+  EXPECT_THROW(safetensors::write(dir + "/y.safetensors", {{"a", "F32", {4}, f.data(), 8}}, {}), std::runtime_error);
+}
+
+TEST(Formats, TokenShardRoundTripAndData) {
+  const std::string dir = out_dir("shard");
+  Shard s;
+  s.vocab_size = 70000;  // > 65536: 4-byte tokens
+  s.ids = {1, 2, 3, 4};
+  s.tokens = {1, 69999, 2, 5, 6, 2};
+  s.doc_starts = {0, 3};
+  s.labels = {0, 1};
+  write_shard(dir + "/s.tok", s);
+  auto r = read_shard(dir + "/s.tok");
+  EXPECT_EQ(r.tokens, s.tokens);
+  EXPECT_EQ(r.doc_starts, s.doc_starts);
+  EXPECT_EQ(r.labels, s.labels);
+  EXPECT_EQ(r.doc(1), (std::pair<std::uint64_t, std::uint64_t>{3, 5}));  // without its eos
+  // The fixture's shards: SentencePiece BPE ids within the vocabulary, one
+  // label per document, documents ending with eos.
+  auto t = read_shard(std::string(FATRAIN_TEST_DATA) + "/train.tok");
+  EXPECT_GT(t.tokens.size(), 10000u);
+  EXPECT_EQ(t.labels.size(), t.num_docs());
+  EXPECT_EQ(t.ids.eos, 2);
+  EXPECT_EQ(t.tokens.back(), t.ids.eos);
+}
+
+}  // namespace
+}  // namespace fatrain
