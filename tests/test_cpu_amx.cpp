@@ -100,7 +100,7 @@ TEST(CpuBf16Path, DenseShapesWithinContract) {
 }
 
 TEST(CpuBf16Path, MasksDropoutGqaWithinContract) {
-  for (int variant = 0; variant < 4; ++variant) {
+  for (int variant = 0; variant < 6; ++variant) {
     FA_SEEDED(seed);
     SCOPED_TRACE("variant " + std::to_string(variant));
     Problem p(DType::bf16, 1, 300, 270, 6, 2, 64);
@@ -115,6 +115,14 @@ TEST(CpuBf16Path, MasksDropoutGqaWithinContract) {
       p.options.seed = seed;
     }
     if (variant == 3) p.options.softmax_scale = 0.5f;  // peaky softmax
+    if (variant == 4) {  // a negative scale: the max of the scaled scores is the min of S
+      p.options.softmax_scale = -0.3f;
+      p.options.causal = true;
+    }
+    if (variant == 5) {  // scale 0: uniform weights over the visible keys
+      p.options.softmax_scale = 0.0f;
+      p.options.window_left = 20;
+    }
     p.randomize(seed);
     // Dropout: standard attention draws the same Philox mask, so the
     // contract still compares like with like.

@@ -51,6 +51,7 @@ namespace {
 
 using cpu_kernels::AmxKernels;
 using cpu_kernels::GradTile;
+using cpu_kernels::SoftmaxTile;
 using cpu_kernels::kColPad;
 using cpu_kernels::Kernels;
 using i64 = std::int64_t;
@@ -508,18 +509,20 @@ void prepack(const AmxKernels& amx, const Problem& p, const Tensor& t, bool key_
   }
 }
 
-// Rows of the forward's query sub-tile: S (fp32) and P (bf16) of 64 x 128
-// are 32 + 16 KiB, about L1's size, between the GEMM that writes S and
-// the softmax that reads it.
-constexpr i64 kAmxFwdSubRows = 64;
+// The forward's score tile on the AMX path: 32 query rows x 256 keys, S
+// (fp32) and P (bf16) 32 + 16 KiB, about L1's size, between the GEMM that
+// writes S and the softmax that reads it. The tile unit makes the GEMMs
+// cheap, so the softmax's fixed cost per row (two reductions, alpha, the
+// O rescale) matters: 256 keys per row halve it relative to 128.
+constexpr i64 kAmxFwdSubRows = 32, kAmxFwdCols = 256;
 
-void forward_amx(const AmxKernels& amx, const Kernels& kern, const Problem& p, const ForwardArgs& a,
+void forward_amx(const AmxKernels& amx, const Problem& p, const ForwardArgs& a,
                  const Context& ctx) {
   const Visibility vis(p);
   const Dropout drop(p);
   const i64 d = p.head_dim, dp = round_up(d, kColPad), group = p.group();
-  const i64 Bt = 2 * tall_tile(dp), Bs = kAmxFwdSubRows, Bc = kFwdCols;
-  const float q_mul = p.scale * kLog2e, s_mul = std::abs(q_mul);
+  const i64 Bt = 2 * tall_tile(dp), Bs = kAmxFwdSubRows, Bc = kAmxFwdCols;
+  const float q_mul = p.scale * kLog2e, s_mul = q_mul == 0 ? 1.0f : std::abs(q_mul);
   const int nthreads = thread_count(ctx);
   const PackIndex kidx(p, p.heads_k, true, dp);
   const Bf16Buffer kt_all(kidx.total()), vn_all(kidx.total());
@@ -531,7 +534,7 @@ void forward_amx(const AmxKernels& amx, const Kernels& kern, const Problem& p, c
 #pragma omp parallel num_threads(nthreads)
   {
     const Bf16Buffer q_buf(Bt * dp), p_buf(Bs * Bc);
-    const Buffer s_buf(Bs * Bc), o_buf(Bt * dp), keep_buf(Bc);
+    const Buffer s_buf(Bs * Bc), o_buf(Bt * dp), keep_buf(Bs * Bc);
     u16 *Q = q_buf.get(), *P = p_buf.get();
     float *S = s_buf.get(), *O = o_buf.get(), *keep = keep_buf.get();
     std::vector<float> m_buf(static_cast<std::size_t>(Bt)), l_buf(static_cast<std::size_t>(Bt));
@@ -547,9 +550,12 @@ void forward_amx(const AmxKernels& amx, const Kernels& kern, const Problem& p, c
       const u16* vn = vn_all.get() + kidx.off(t.b, hk);
       copy_rows_bf16(a.q, s, s.r.q_start + t0, tc, round_up(tc, 16), t.h, Q, dp);
       // A negative scale: negate Q (exact: the sign bit) so that the row
-      // max of S times s_mul > 0 is the max of the scaled scores.
+      // max of S times s_mul > 0 is the max of the scaled scores. A zero
+      // scale: Q = 0 and s_mul = 1, so that S = 0 exactly where visible
+      // (-inf * 0 would be NaN).
       if (q_mul < 0)
         for (i64 e = 0; e < tc * dp; ++e) Q[e] ^= u16{0x8000};
+      if (q_mul == 0) std::fill(Q, Q + tc * dp, u16{0});
       std::fill(O, O + round_up(tc, 16) * dp, 0.0f);
       std::fill(m_buf.begin(), m_buf.end(), -kInf);
       std::fill(l_buf.begin(), l_buf.end(), 0.0f);
@@ -568,25 +574,25 @@ void forward_amx(const AmxKernels& amx, const Kernels& kern, const Problem& p, c
             for (i64 i = 0; i < qc; ++i) std::fill(S + i * Bc + kc, S + (i + 1) * Bc, -kInf);
           if (kind == TileKind::masked) vis.apply(t.b, t.h, s, i0, qc, j0, kc, S, Bc);
 
-          for (i64 i = 0; i < qc; ++i) {
-            float* Si = S + i * Bc;
-            const float m_new = std::max(m[i], kern.row_max(Si, int(Bc)) * s_mul);
-            if (m_new == -kInf) {  // nothing visible in this row yet
-              std::fill(P + i * Bc, P + (i + 1) * Bc, u16{0});
-              continue;
-            }
-            const float alpha = std::exp2(m[i] - m_new);  // 0 on the row's first visible tile
-            const float* kp = nullptr;
-            if (drop.on) {
-              drop.row(bh, i0 + i, j0, kc, Bc, 1.0f, keep);
-              kp = keep;
-            }
-            l[i] = l[i] * alpha + amx.softmax_row(Si, int(Bc), s_mul, m_new, kp, P + i * Bc);
-            m[i] = m_new;
-            if (alpha != 1.0f)
-              for (i64 c = 0; c < dp; ++c) Os[i * dp + c] *= alpha;
-          }
-          std::fill(P + qc * Bc, P + qc16 * Bc, u16{0});
+          if (drop.on)  // l sums the un-dropped probabilities; 1/(1-p) is applied with 1/l.
+            for (i64 i = 0; i < qc; ++i) drop.row(bh, i0 + i, j0, kc, Bc, 1.0f, keep + i * Bc);
+          SoftmaxTile st{};
+          st.rows = int(qc);
+          st.rows_pad = int(qc16);
+          st.n = int(Bc);
+          st.s = S;
+          st.lds = int(Bc);
+          st.mul = s_mul;
+          st.m = m;
+          st.l = l;
+          st.o = Os;
+          st.ldo = int(dp);
+          st.o_cols = int(dp);
+          st.keep = drop.on ? keep : nullptr;
+          st.ldk = int(Bc);
+          st.p = P;
+          st.ldp = int(Bc);
+          amx.softmax_tile(st);
           amx.gemm(int(qc16), int(dp), int(round_up(kc, 32)), P, int(Bc), vn + (j0 / 2) * 32, skp * 16, Os, int(dp),
                    true);
         }
@@ -809,7 +815,7 @@ const char* cpu_flash_kernel_isa(bool bf16) { return bf16 && amx_kernels() ? "am
 void cpu_flash_forward(const Problem& p, const ForwardArgs& a, const Context& ctx) {
   const Kernels& kern = kernels();
   if (p.dtype == DType::bf16)
-    if (const AmxKernels* amx = amx_kernels()) return forward_amx(*amx, kern, p, a, ctx);
+    if (const AmxKernels* amx = amx_kernels()) return forward_amx(*amx, p, a, ctx);
   const Visibility vis(p);
   const Dropout drop(p);
   const i64 d = p.head_dim, dp = round_up(d, kColPad), group = p.group();

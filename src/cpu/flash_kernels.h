@@ -37,6 +37,7 @@ struct Kernels {
 // 16q .. 16q+15 as k/2 rows of 32 bf16, row p interleaving B[2p][n] and
 // B[2p+1][n]. m and n must be multiples of 16, k of 32 (callers zero-pad).
 struct GradTile;
+struct SoftmaxTile;
 struct AmxKernels {
   const char* isa;
   // C[m x n] (+)= A[m x k] B in fp32 (accumulate = false overwrites C).
@@ -49,15 +50,35 @@ struct AmxKernels {
   void (*pack_n)(int rows, int cols, const unsigned short* x, int ldx, unsigned short* b);
   // y (cols x rows, ldy) = x^T (rows x cols, ldx).
   void (*transpose)(int rows, int cols, const unsigned short* x, int ldx, unsigned short* y, int ldy);
-  // p[j] = bf16(2^(s[j] * mul - shift) * keep[j]) for j < n (n % 16 == 0;
-  // keep may be null: 1). Returns the sum of the fp32 probabilities before
-  // keep, as GPU FlashAttention sums them: the LSE stays fp32-accurate
-  // (summing the bf16-rounded values moved it by up to 1.5e-3).
-  float (*softmax_row)(const float* s, int n, float mul, float shift, const float* keep, unsigned short* p);
+  // The forward's online-softmax step on one score tile (SoftmaxTile).
+  void (*softmax_tile)(const SoftmaxTile& t);
   // The backward's elementwise step on one score tile (GradTile).
   void (*grad_tile)(const GradTile& g);
   // Gives the tile registers back (TILERELEASE) when a thread is done.
   void (*release)();
+};
+
+// One forward score tile: rows x n scores S (fp32, lds; n % 16 == 0,
+// masked and padding columns -inf) of rows whose running max m and sum l
+// (log2 domain) are updated in place. Per row, with m_new = max(m,
+// mul * max_j S) (mul > 0): P = bf16(2^(S * mul - m_new) * keep) (keep
+// rows at ldk, or null: 1) into p (ldp), l = l * 2^(m - m_new) + the sum
+// of the fp32 probabilities before keep (as GPU FlashAttention sums them:
+// summing the bf16-rounded values moved the LSE by up to 1.5e-3), and the
+// row's o_cols accumulator columns (o, ldo) scaled by 2^(m - m_new). Rows
+// with nothing visible yet get P = 0 and keep m = -inf, l = 0. P rows
+// rows .. rows_pad are zeroed. rows <= 64.
+struct SoftmaxTile {
+  int rows, rows_pad, n;
+  float* s;
+  int lds;
+  float mul;
+  float *m, *l, *o;
+  int ldo, o_cols;
+  const float* keep;
+  int ldk;
+  unsigned short* p;
+  int ldp;
 };
 
 // One backward score tile, rows x cols (row r, column c) of S and dP
