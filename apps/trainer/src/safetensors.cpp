@@ -119,7 +119,8 @@ void write(const std::string& path, const std::vector<TensorView>& tensors,
     h += "\"__metadata__\":{";
     bool first = true;
     for (const auto& [k, v] : metadata) {
-      h += (first ? "" : ",") + quote(k) + ":" + quote(v);
+      if (!first) h += ',';
+      h += quote(k) + ":" + quote(v);
       first = false;
     }
     h += "}";
@@ -133,7 +134,10 @@ void write(const std::string& path, const std::vector<TensorView>& tensors,
                                " bytes, its shape and dtype need " + std::to_string(n * dtype_bytes(t.dtype)));
     if (h.size() > 1) h += ",";
     h += quote(t.name) + ":{\"dtype\":" + quote(t.dtype) + ",\"shape\":[";
-    for (std::size_t i = 0; i < t.shape.size(); ++i) h += (i ? "," : "") + std::to_string(t.shape[i]);
+    for (std::size_t i = 0; i < t.shape.size(); ++i) {
+      if (i) h += ',';
+      h += std::to_string(t.shape[i]);
+    }
     h += "],\"data_offsets\":[" + std::to_string(off) + "," + std::to_string(off + t.nbytes) + "]}";
     off += t.nbytes;
   }
