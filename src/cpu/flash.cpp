@@ -829,7 +829,8 @@ void cpu_flash_forward(const Problem& p, const ForwardArgs& a, const Context& ct
 
 #pragma omp parallel num_threads(thread_count(ctx))
   {
-    const Buffer q_buf(Bt * dp), kt_buf(dp * Bc), kv_buf(Bc * dp), s_buf(Bs * Bc), o_buf(Bt * dp), keep_buf(Bc);
+    const Buffer q_buf(Bt * dp), kt_buf(dp * Bc), kv_buf(Bc * dp), s_buf(Bs * Bc), o_buf(Bt * dp),
+        keep_buf(Bs * Bc);
     float *Q = q_buf.get(), *Kt = kt_buf.get(), *KV = kv_buf.get(), *S = s_buf.get(), *O = o_buf.get();
     float* keep = keep_buf.get();
     std::vector<float> m_buf(static_cast<std::size_t>(Bt)), l_buf(static_cast<std::size_t>(Bt));
@@ -867,24 +868,10 @@ void cpu_flash_forward(const Problem& p, const ForwardArgs& a, const Context& ct
             for (i64 i = 0; i < qc; ++i) std::fill(S + i * Bc + kc, S + (i + 1) * Bc, -kInf);
           if (kind == TileKind::masked) vis.apply(t.b, t.h, s, i0, qc, j0, kc, S, Bc);
 
-          for (i64 i = 0; i < qc; ++i) {
-            float* Si = S + i * Bc;
-            const float m_new = std::max(m[i], kern.row_max(Si, int(Bc)));
-            if (m_new == -kInf) {  // nothing visible in this row yet
-              std::fill(Si, Si + Bc, 0.0f);
-              continue;
-            }
-            const float alpha = std::exp2(m[i] - m_new);  // 0 on the row's first visible tile
-            l[i] = l[i] * alpha + kern.exp2_shift_sum(Si, int(Bc), m_new);
-            m[i] = m_new;
-            if (alpha != 1.0f)
-              for (i64 c = 0; c < dp; ++c) Os[i * dp + c] *= alpha;
-            if (drop.on) {
-              // l sums the un-dropped probabilities; 1/(1-p) is applied with 1/l.
-              drop.row(bh, i0 + i, j0, kc, Bc, 1.0f, keep);
-              for (i64 j = 0; j < Bc; ++j) Si[j] *= keep[j];
-            }
-          }
+          if (drop.on)  // l sums the un-dropped probabilities; 1/(1-p) is applied with 1/l.
+            for (i64 i = 0; i < qc; ++i) drop.row(bh, i0 + i, j0, kc, Bc, 1.0f, keep + i * Bc);
+          kern.softmax_rows(int(qc), int(Bc), S, int(Bc), m, l, Os, int(dp), int(dp), drop.on ? keep : nullptr,
+                            int(Bc));
           kern.gemm(int(qc), int(dp), int(kc), S, int(Bc), false, KV, int(dp), Os, int(dp), true);
         }
       }

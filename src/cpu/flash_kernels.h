@@ -28,6 +28,15 @@ struct Kernels {
   // x[j] = 2^(x[j] - shift) for j < n (n a multiple of kColPad); returns the
   // sum. 2^-inf = 0; arguments below -127 flush to 0.
   float (*exp2_shift_sum)(float* x, int n, float shift);
+  // The forward's online-softmax step on rows x n scores s (lds; n a
+  // multiple of kColPad) in the log2 domain, rows with running max m and
+  // sum l: per row m_new = max(m, max_j s), s = 2^(s - m_new) (then times
+  // keep[row * ldk + j] when keep is set), l = l * 2^(m - m_new) + the sum
+  // before keep, and the row's o_cols (a multiple of kColPad) columns of o
+  // (ldo) scaled by 2^(m - m_new). Rows with nothing visible: s = 0, m and
+  // l unchanged.
+  void (*softmax_rows)(int rows, int n, float* s, int lds, float* m, float* l, float* o, int ldo, int o_cols,
+                       const float* keep, int ldk);
 };
 
 // The tile kernels of the bf16 path on CPUs with AMX-BF16
