@@ -539,6 +539,7 @@ void forward_amx(const AmxKernels& amx, const Problem& p, const ForwardArgs& a,
     float *S = s_buf.get(), *O = o_buf.get(), *keep = keep_buf.get();
     std::vector<float> m_buf(static_cast<std::size_t>(Bt)), l_buf(static_cast<std::size_t>(Bt));
 
+amx.begin();
 #pragma omp for schedule(dynamic)
     for (i64 ti = 0; ti < ntasks; ++ti) {
       const Task& t = tasks[static_cast<std::size_t>(ti)];
@@ -651,6 +652,7 @@ void backward_amx(const AmxKernels& amx, const Problem& p, const BackwardArgs& a
       std::vector<float> dq_acc;  // fused: [query head of the group][dp][padded query rows] (dQ^T)
       std::vector<float> dq_row(static_cast<std::size_t>(dp));
 
+amx.begin();
 #pragma omp for schedule(dynamic)
       for (i64 ti = 0; ti < ntasks; ++ti) {
         const Task& t = tasks[static_cast<std::size_t>(ti)];
@@ -750,6 +752,7 @@ void backward_amx(const AmxKernels& amx, const Problem& p, const BackwardArgs& a
       float *S = s_buf.get(), *dP = dp_buf.get(), *dQ = dq_buf.get(), *keep = keep_buf.get();
       float *lse_r = lse_buf.get(), *d_r = d_buf.get();
 
+amx.begin();
 #pragma omp for schedule(dynamic)
       for (i64 ti = 0; ti < ntasks; ++ti) {
         const Task& t = tasks[static_cast<std::size_t>(ti)];

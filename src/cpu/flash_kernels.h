@@ -49,6 +49,10 @@ struct GradTile;
 struct SoftmaxTile;
 struct AmxKernels {
   const char* isa;
+  // Loads the tile configuration (every tile 16 rows x 64 bytes) on the
+  // calling thread: once per parallel region before any gemm, which then
+  // needs no per-call LDTILECFG. release() ends the region.
+  void (*begin)();
   // C[m x n] (+)= A[m x k] B in fp32 (accumulate = false overwrites C).
   void (*gemm)(int m, int n, int k, const unsigned short* a, int lda, const unsigned short* b, long long b_panel,
                float* c, int ldc, bool accumulate);

@@ -50,18 +50,25 @@ struct alignas(64) TileConfig {
 };
 
 // Tile configuration is per-thread state that other code on the same
-// thread (oneDNN inside PyTorch, say) may change, so every gemm call loads
-// it rather than trusting a flag; it costs far less than one 16-cycle
-// TDPBF16PS block.
-inline void configure_tiles() {
+// thread (oneDNN inside PyTorch, say) may change between our calls, so
+// flash.cpp loads it at the start of every parallel region (begin) and
+// releases the tiles at its end (release): nothing else runs on the
+// thread in between.
+// The configuration lives in static storage: g++ 12 does not treat
+// LDTILECFG as reading its 64-byte operand, and with a local it dropped
+// the stores of rows and colsb as dead (tiles then configured empty: #UD).
+constexpr TileConfig make_config() {
   TileConfig cfg{};
   cfg.palette = 1;
   for (int t = 0; t < 8; ++t) {
     cfg.colsb[t] = 64;
     cfg.rows[t] = 16;
   }
-  _tile_loadconfig(&cfg);
+  return cfg;
 }
+constexpr TileConfig kConfig = make_config();
+
+void begin() { _tile_loadconfig(&kConfig); }
 
 // One C block of MB x NB tiles (MB, NB in {1, 2}): tiles 0-3 hold C, 4-5 A,
 // 6-7 B. a points at the block's first row, b at its first panel.
@@ -109,7 +116,6 @@ inline void column_blocks(int m, int k, const u16* a, int lda, const u16* b, i64
 // not depend on how callers cut the matrix.
 void gemm(int m, int n, int k, const u16* a, int lda, const u16* b, i64 b_panel, float* c, int ldc, bool acc) {
   if (m <= 0 || n <= 0) return;
-  configure_tiles();
   int j = 0;
   for (; j + 32 <= n; j += 32)
     column_blocks<2>(m, k, a, lda, b + (j / 16) * b_panel, b_panel, c + j, ldc, acc);
@@ -285,7 +291,7 @@ void grad_tile(const GradTile& g) {
 
 void release() { _tile_release(); }
 
-constexpr AmxKernels kTable{"amx", gemm, pack_t, pack_n, transpose, softmax_tile, grad_tile, release};
+constexpr AmxKernels kTable{"amx", begin, gemm, pack_t, pack_n, transpose, softmax_tile, grad_tile, release};
 
 }  // namespace
 }  // namespace amx
