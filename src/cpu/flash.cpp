@@ -460,6 +460,24 @@ void copy_rows_bf16(const Tensor& t, const Seq& s, i64 row0, i64 n, i64 rows, i6
   }
 }
 
+// Storage for the packed operands, kept per calling thread and reused
+// (grown as needed) across calls: they are O(N d), several MiB at seqlen
+// 4096, and a fresh allocation that size comes from mmap as untouched
+// pages whose faults and zeroing took ~7% of the forward. Slots are the
+// buffers one call needs at once. The price: a thread that called the bf16
+// path keeps up to 4 x (seqlen x heads x head_dim) bf16 until it exits.
+u16* packed_scratch(int slot, i64 elems) {
+  constexpr int kSlots = 4;
+  thread_local std::unique_ptr<Bf16Buffer> bufs[kSlots];
+  thread_local i64 caps[kSlots] = {};
+  if (elems > caps[slot]) {
+    bufs[slot].reset();  // free first: the old and new buffer never coexist
+    bufs[slot] = std::make_unique<Bf16Buffer>(elems);
+    caps[slot] = elems;
+  }
+  return bufs[slot]->get();
+}
+
 // Where the packed operand of (sequence b, head h) starts: blocks of
 // rows(b) x dp elements, rows(b) the sequence's q or k length rounded up to
 // 32 (the tile unit's k step) and zero-padded.
@@ -525,9 +543,9 @@ void forward_amx(const AmxKernels& amx, const Problem& p, const ForwardArgs& a,
   const float q_mul = p.scale * kLog2e, s_mul = q_mul == 0 ? 1.0f : std::abs(q_mul);
   const int nthreads = thread_count(ctx);
   const PackIndex kidx(p, p.heads_k, true, dp);
-  const Bf16Buffer kt_all(kidx.total()), vn_all(kidx.total());
-  prepack(amx, p, a.k, true, kidx, dp, kt_all.get(), nullptr, nthreads);
-  prepack(amx, p, a.v, true, kidx, dp, nullptr, vn_all.get(), nthreads);
+  u16 *kt_all = packed_scratch(0, kidx.total()), *vn_all = packed_scratch(1, kidx.total());
+  prepack(amx, p, a.k, true, kidx, dp, kt_all, nullptr, nthreads);
+  prepack(amx, p, a.v, true, kidx, dp, nullptr, vn_all, nthreads);
   const std::vector<Task> tasks = make_tasks(p, p.heads_q, Bt, false);
   const auto ntasks = static_cast<i64>(tasks.size());
 
@@ -547,8 +565,8 @@ amx.begin();
       const i64 t0 = t.tile * Bt, tc = std::min(Bt, s.r.seqlen_q - t0), sk = s.r.seqlen_k;
       const i64 hk = t.h / group, bh = t.b * p.heads_q + t.h;
       const i64 skp = kidx.rows(t.b);
-      const u16* kt = kt_all.get() + kidx.off(t.b, hk);
-      const u16* vn = vn_all.get() + kidx.off(t.b, hk);
+      const u16* kt = kt_all + kidx.off(t.b, hk);
+      const u16* vn = vn_all + kidx.off(t.b, hk);
       copy_rows_bf16(a.q, s, s.r.q_start + t0, tc, round_up(tc, 16), t.h, Q, dp);
       // A negative scale: negate Q (exact: the sign bit) so that the row
       // max of S times s_mul > 0 is the max of the scaled scores. A zero
@@ -628,9 +646,10 @@ void backward_amx(const AmxKernels& amx, const Problem& p, const BackwardArgs& a
   {
     const i64 Bk = dkv_key_tile(p, dp), Bq = kDkvRows;
     const PackIndex qidx(p, p.heads_q, false, dp);
-    const Bf16Buffer qt_all(qidx.total()), qn_all(qidx.total()), dot_all(qidx.total()), don_all(qidx.total());
-    prepack(amx, p, a.q, false, qidx, dp, qt_all.get(), qn_all.get(), nthreads);
-    prepack(amx, p, a.dout, false, qidx, dp, dot_all.get(), don_all.get(), nthreads);
+    u16 *qt_all = packed_scratch(0, qidx.total()), *qn_all = packed_scratch(1, qidx.total());
+    u16 *dot_all = packed_scratch(2, qidx.total()), *don_all = packed_scratch(3, qidx.total());
+    prepack(amx, p, a.q, false, qidx, dp, qt_all, qn_all, nthreads);
+    prepack(amx, p, a.dout, false, qidx, dp, dot_all, don_all, nthreads);
     std::vector<Task> tasks;
     if (fused) {
       for (i64 b = 0; b < p.batch; ++b)
@@ -671,8 +690,8 @@ amx.begin();
 
           for (i64 g = 0; g < group; ++g) {
             const i64 h = t.h * group + g, bh = t.b * p.heads_q + h;
-            const u16 *qt = qt_all.get() + qidx.off(t.b, h), *qn = qn_all.get() + qidx.off(t.b, h);
-            const u16 *dot = dot_all.get() + qidx.off(t.b, h), *don = don_all.get() + qidx.off(t.b, h);
+            const u16 *qt = qt_all + qidx.off(t.b, h), *qn = qn_all + qidx.off(t.b, h);
+            const u16 *dot = dot_all + qidx.off(t.b, h), *don = don_all + qidx.off(t.b, h);
             for (i64 i0 = 0; i0 < sq; i0 += Bq) {
               const TileKind kind = vis.classify(t.b, h, s, i0, i0 + Bq, j0, j0 + kc);
               if (kind == TileKind::skip) continue;
@@ -739,9 +758,11 @@ amx.begin();
   {
     const i64 Br = tall_tile(dp), Bc = kDqCols;
     const PackIndex kidx(p, p.heads_k, true, dp);
-    const Bf16Buffer kt_all(kidx.total()), kn_all(kidx.total()), vt_all(kidx.total());
-    prepack(amx, p, a.k, true, kidx, dp, kt_all.get(), kn_all.get(), nthreads);
-    prepack(amx, p, a.v, true, kidx, dp, vt_all.get(), nullptr, nthreads);
+    // Pass 1's packed Q and dO are dead by now: their slots are reused.
+    u16 *kt_all = packed_scratch(0, kidx.total()), *kn_all = packed_scratch(1, kidx.total());
+    u16* vt_all = packed_scratch(2, kidx.total());
+    prepack(amx, p, a.k, true, kidx, dp, kt_all, kn_all, nthreads);
+    prepack(amx, p, a.v, true, kidx, dp, vt_all, nullptr, nthreads);
     const std::vector<Task> tasks = make_tasks(p, p.heads_q, Br, false);
     const auto ntasks = static_cast<i64>(tasks.size());
 #pragma omp parallel num_threads(nthreads)
@@ -759,8 +780,8 @@ amx.begin();
         const Seq s = sequence(p, t.b);
         const i64 i0 = t.tile * Br, qc = std::min(Br, s.r.seqlen_q - i0), qc16 = round_up(qc, 16);
         const i64 sk = s.r.seqlen_k, hk = t.h / group, bh = t.b * p.heads_q + t.h, skp = kidx.rows(t.b);
-        const u16 *kt = kt_all.get() + kidx.off(t.b, hk), *kn = kn_all.get() + kidx.off(t.b, hk);
-        const u16* vt = vt_all.get() + kidx.off(t.b, hk);
+        const u16 *kt = kt_all + kidx.off(t.b, hk), *kn = kn_all + kidx.off(t.b, hk);
+        const u16* vt = vt_all + kidx.off(t.b, hk);
         copy_rows_bf16(a.q, s, s.r.q_start + i0, qc, qc16, t.h, Q, dp);
         copy_rows_bf16(a.dout, s, s.r.q_start + i0, qc, qc16, t.h, dO, dp);
         for (i64 i = 0; i < qc; ++i) {
