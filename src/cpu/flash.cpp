@@ -460,23 +460,26 @@ void copy_rows_bf16(const Tensor& t, const Seq& s, i64 row0, i64 n, i64 rows, i6
   }
 }
 
-// Storage for the packed operands, kept per calling thread and reused
-// (grown as needed) across calls: they are O(N d), several MiB at seqlen
-// 4096, and a fresh allocation that size comes from mmap as untouched
-// pages whose faults and zeroing took ~7% of the forward. Slots are the
-// buffers one call needs at once. The price: a thread that called the bf16
-// path keeps up to 4 x (seqlen x heads x head_dim) bf16 until it exits.
-u16* packed_scratch(int slot, i64 elems) {
+// Storage for the operands packed once per call (K^T and V tiles of the
+// fp32 forward, the VNNI-packed operands of the AMX path), kept per
+// calling thread and reused (grown as needed) across calls: they are
+// O(N d), several MiB at seqlen 4096, and a fresh allocation that size
+// comes from mmap as untouched pages whose faults and zeroing took ~7% of
+// the forward. Slots are the buffers one call needs at once. The price: a
+// thread that called the flash path keeps up to 4 x (seqlen x heads x
+// head_dim) bf16, or 2 x that in fp32, until it exits.
+void* scratch(int slot, i64 bytes) {
   constexpr int kSlots = 4;
-  thread_local std::unique_ptr<Bf16Buffer> bufs[kSlots];
+  thread_local std::unique_ptr<Buffer> bufs[kSlots];
   thread_local i64 caps[kSlots] = {};
-  if (elems > caps[slot]) {
+  if (bytes > caps[slot]) {
     bufs[slot].reset();  // free first: the old and new buffer never coexist
-    bufs[slot] = std::make_unique<Bf16Buffer>(elems);
-    caps[slot] = elems;
+    bufs[slot] = std::make_unique<Buffer>((bytes + 3) / 4);
+    caps[slot] = bytes;
   }
   return bufs[slot]->get();
 }
+u16* packed_scratch(int slot, i64 elems) { return static_cast<u16*>(scratch(slot, elems * 2)); }
 
 // Where the packed operand of (sequence b, head h) starts: blocks of
 // rows(b) x dp elements, rows(b) the sequence's q or k length rounded up to
@@ -851,11 +854,43 @@ void cpu_flash_forward(const Problem& p, const ForwardArgs& a, const Context& ct
   const std::vector<Task> tasks = make_tasks(p, p.heads_q, Bt, false);
   const auto ntasks = static_cast<i64>(tasks.size());
 
+  // K^T (dp x Bc, padded keys zero) and V (Bc x dp) of every key tile of
+  // every (sequence, kv head), converted and laid out once per call rather
+  // than once per task (a kv head's tiles serve heads_q / heads_k x
+  // seqlen_q / Bt tasks: 8 at seqlen 4096).
+  std::vector<i64> tile_base(static_cast<std::size_t>(p.batch) + 1, 0);
+  for (i64 b = 0; b < p.batch; ++b)
+    tile_base[static_cast<std::size_t>(b) + 1] =
+        tile_base[static_cast<std::size_t>(b)] + p.heads_k * ((sequence(p, b).r.seqlen_k + Bc - 1) / Bc);
+  const i64 ntiles = tile_base.back(), tile_elems = dp * Bc;
+  auto* kt_all = static_cast<float*>(scratch(0, std::max<i64>(ntiles, 1) * tile_elems * 4));
+  auto* v_all = static_cast<float*>(scratch(1, std::max<i64>(ntiles, 1) * tile_elems * 4));
+  // Tile kt of (sequence b, kv head hk): index tile_base[b] + hk * tiles(b) + kt.
+  const auto tile_index = [&](i64 b, i64 hk, i64 kt) {
+    const i64 nt = (tile_base[static_cast<std::size_t>(b) + 1] - tile_base[static_cast<std::size_t>(b)]) / p.heads_k;
+    return tile_base[static_cast<std::size_t>(b)] + hk * nt + kt;
+  };
 #pragma omp parallel num_threads(thread_count(ctx))
   {
-    const Buffer q_buf(Bt * dp), kt_buf(dp * Bc), kv_buf(Bc * dp), s_buf(Bs * Bc), o_buf(Bt * dp),
-        keep_buf(Bs * Bc);
-    float *Q = q_buf.get(), *Kt = kt_buf.get(), *KV = kv_buf.get(), *S = s_buf.get(), *O = o_buf.get();
+    const Buffer tmp_buf(Bc * dp);
+    float* tmp = tmp_buf.get();
+#pragma omp for schedule(dynamic)
+    for (i64 b = 0; b < p.batch; ++b) {
+      const Seq s = sequence(p, b);
+      for (i64 hk = 0; hk < p.heads_k; ++hk)
+        for (i64 j0 = 0; j0 < s.r.seqlen_k; j0 += Bc) {
+          const i64 kc = std::min(Bc, s.r.seqlen_k - j0), ti = tile_index(b, hk, j0 / Bc);
+          load_tile(a.k, s, s.r.k_start + j0, kc, hk, 1.0f, tmp, dp);
+          transpose_tile(tmp, kc, d, dp, 1.0f, kt_all + ti * tile_elems, Bc);
+          load_tile(a.v, s, s.r.k_start + j0, kc, hk, 1.0f, v_all + ti * tile_elems, dp);
+        }
+    }
+  }
+
+#pragma omp parallel num_threads(thread_count(ctx))
+  {
+    const Buffer q_buf(Bt * dp), s_buf(Bs * Bc), o_buf(Bt * dp), keep_buf(Bs * Bc);
+    float *Q = q_buf.get(), *S = s_buf.get(), *O = o_buf.get();
     float* keep = keep_buf.get();
     std::vector<float> m_buf(static_cast<std::size_t>(Bt)), l_buf(static_cast<std::size_t>(Bt));
 
@@ -873,14 +908,8 @@ void cpu_flash_forward(const Problem& p, const ForwardArgs& a, const Context& ct
       for (i64 j0 = 0; j0 < sk; j0 += Bc) {
         if (vis.classify(t.b, t.h, s, t0, t0 + tc, j0, j0 + Bc) == TileKind::skip) continue;
         const i64 kc = std::min(Bc, sk - j0);
-        load_tile(a.k, s, s.r.k_start + j0, kc, hk, 1.0f, KV, dp);
-        transpose_tile(KV, kc, d, dp, 1.0f, Kt, Bc);
-        load_tile(a.v, s, s.r.k_start + j0, kc, hk, 1.0f, KV, dp);
-        if (j0 + Bc < sk) {
-          const i64 next = std::min(Bc, sk - j0 - Bc);
-          prefetch_tile(a.k, s, s.r.k_start + j0 + Bc, next, hk);
-          prefetch_tile(a.v, s, s.r.k_start + j0 + Bc, next, hk);
-        }
+        const float* Kt = kt_all + tile_index(t.b, hk, j0 / Bc) * tile_elems;
+        const float* KV = v_all + tile_index(t.b, hk, j0 / Bc) * tile_elems;
 
         for (i64 r0 = 0; r0 < tc; r0 += Bs) {
           const i64 i0 = t0 + r0, qc = std::min(Bs, tc - r0);

@@ -34,7 +34,7 @@ struct Kernels {
   // keep[row * ldk + j] when keep is set), l = l * 2^(m - m_new) + the sum
   // before keep, and the row's o_cols (a multiple of kColPad) columns of o
   // (ldo) scaled by 2^(m - m_new). Rows with nothing visible: s = 0, m and
-  // l unchanged.
+  // l unchanged. rows <= 256.
   void (*softmax_rows)(int rows, int n, float* s, int lds, float* m, float* l, float* o, int ldo, int o_cols,
                        const float* keep, int ldk);
 };
