@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <initializer_list>
 #include <string>
 
 #include "backends.h"
@@ -94,53 +95,83 @@ Params make_params(const Problem& pr, const Tensor& q, const Tensor& k, const Te
 }
 
 // ------------------------------------------------ kernel family choice ---
-// THE switch between the kernel families of the flash forward, in one
-// place. Environment variable FLASHATTN_CUDA_KERNELS:
+// THE switch between the kernel families of the flash forward and
+// backward, in one place. Environment variable FLASHATTN_CUDA_KERNELS, read
+// at every call (kernel_family()):
 //   unset, "" or "sm80"  the portable sm_80 kernels on every GPU (default)
-//   "sm90"               the Hopper forward (sm90/forward.cuh) -- opt-in
-//                        until it has been verified on a GPU; a problem it
-//                        does not cover is an Error naming the reason
-//                        (never a silent change of path or of results)
-// The backward always runs the sm_80 kernels (they take the LSE the sm90
-// forward writes, in the same layout).
-enum class ForwardPath { sm80, sm90 };
+//   "sm90"               the Hopper kernels (sm90/forward.cuh and
+//                        sm90/backward.cuh) for both directions -- opt-in
+//                        until they have been verified on a GPU; a problem
+//                        one of them does not cover is an Error naming the
+//                        reason (never a silent change of path or of
+//                        results)
+//   anything else        an Error naming the variable.
+// Both families read and write O, LSE and the gradients in the same layout,
+// so a forward of one may be followed by a backward of the other.
+enum class KernelFamily { sm80, sm90 };
+using ForwardPath = KernelFamily;
+using BackwardPath = KernelFamily;
 
-[[noreturn]] void sm90_unsupported(const std::string& arg, const std::string& expected, const std::string& actual) {
-  fail(arg, expected + " for the sm90 forward (FLASHATTN_CUDA_KERNELS=sm90; unset it for the sm80 path)", actual);
+KernelFamily kernel_family() {
+  const char* env = std::getenv("FLASHATTN_CUDA_KERNELS");
+  const std::string choice = env == nullptr ? "" : env;
+  if (choice.empty() || choice == "sm80") return KernelFamily::sm80;
+  if (choice != "sm90") fail("FLASHATTN_CUDA_KERNELS", "unset, \"sm80\" or \"sm90\"", "\"" + choice + "\"");
+  return KernelFamily::sm90;
 }
 
-void require_sm90_support(const Problem& pr, const ForwardArgs& a) {
+// `what` is "forward" or "backward".
+[[noreturn]] void sm90_unsupported(const char* what, const std::string& arg, const std::string& expected,
+                                   const std::string& actual) {
+  fail(arg,
+       expected + " for the sm90 " + what + " (FLASHATTN_CUDA_KERNELS=sm90; unset it for the sm80 path)", actual);
+}
+
+// What both Hopper kernels need: the GPU, the dtype, dense fixed-length
+// batches without dropout or a block mask, strides TMA can encode.
+void require_sm90_common(const char* what, const Problem& pr, std::initializer_list<const Tensor*> tma_tensors) {
   int dev = 0, major = 0, minor = 0;
   check(cudaGetDevice(&dev), "cudaGetDevice");
   check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev), "cudaDeviceGetAttribute");
   check(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev), "cudaDeviceGetAttribute");
   // sm_90a machine code runs on 9.0 only (not on later major versions).
   if (major != 9 || minor != 0)
-    sm90_unsupported("ctx.device", "a GPU of compute capability 9.0",
+    sm90_unsupported(what, "ctx.device", "a GPU of compute capability 9.0",
                      "compute capability " + std::to_string(major) + "." + std::to_string(minor));
-  if (pr.dtype != DType::f16 && pr.dtype != DType::bf16) sm90_unsupported("q.dtype", "f16 or bf16", to_string(pr.dtype));
-  if (cuda::sm90_fwd_tile(static_cast<int>(pr.head_dim)).head_dim == 0)
-    sm90_unsupported("q.head_dim", "64, 128 or 256", std::to_string(pr.head_dim));
-  if (pr.has_dropout()) sm90_unsupported("options.dropout_p", "0 (dropout is not implemented there)", std::to_string(pr.dropout_p));
-  if (pr.is_varlen()) sm90_unsupported("options.varlen", "nullptr (varlen is not implemented there)", "a Varlen");
+  if (pr.dtype != DType::f16 && pr.dtype != DType::bf16)
+    sm90_unsupported(what, "q.dtype", "f16 or bf16", to_string(pr.dtype));
+  if (pr.has_dropout())
+    sm90_unsupported(what, "options.dropout_p", "0 (dropout is not implemented there)", std::to_string(pr.dropout_p));
+  if (pr.is_varlen()) sm90_unsupported(what, "options.varlen", "nullptr (varlen is not implemented there)", "a Varlen");
   if (pr.block_mask != nullptr)
-    sm90_unsupported("options.block_mask", "nullptr (block-sparse is not implemented there)", "a BlockMask");
+    sm90_unsupported(what, "options.block_mask", "nullptr (block-sparse is not implemented there)", "a BlockMask");
   // TMA: strides below 2^40 bytes (validation already made them 16-byte
   // multiples and the bases 16-byte aligned), extents below 2^31.
-  for (const Tensor* t : {&a.q, &a.k, &a.v}) {
+  for (const Tensor* t : tma_tensors) {
     for (std::int64_t st : {t->stride_seq, t->stride_head, t->stride_batch})
       if (st < 0 || st * 2 >= (std::int64_t{1} << 40))
-        sm90_unsupported("q/k/v strides", "0 <= stride < 2^39 elements (TMA)", std::to_string(st));
+        sm90_unsupported(what, "tensor strides", "0 <= stride < 2^39 elements (TMA)", std::to_string(st));
   }
 }
 
 ForwardPath forward_path(const Problem& pr, const ForwardArgs& a) {
-  const char* env = std::getenv("FLASHATTN_CUDA_KERNELS");
-  const std::string choice = env == nullptr ? "" : env;
-  if (choice.empty() || choice == "sm80") return ForwardPath::sm80;
-  if (choice != "sm90") fail("FLASHATTN_CUDA_KERNELS", "unset, \"sm80\" or \"sm90\"", "\"" + choice + "\"");
-  require_sm90_support(pr, a);
+  if (kernel_family() == KernelFamily::sm80) return ForwardPath::sm80;
+  require_sm90_common("forward", pr, {&a.q, &a.k, &a.v});
+  if (cuda::sm90_fwd_tile(static_cast<int>(pr.head_dim)).head_dim == 0)
+    sm90_unsupported("forward", "q.head_dim", "64, 128 or 256", std::to_string(pr.head_dim));
   return ForwardPath::sm90;
+}
+
+BackwardPath backward_path(const Problem& pr, const BackwardArgs& a) {
+  if (kernel_family() == KernelFamily::sm80) return BackwardPath::sm80;
+  require_sm90_common("backward", pr, {&a.q, &a.k, &a.v, &a.dout});
+  if (cuda::sm90_bwd_tile(static_cast<int>(pr.head_dim)).head_dim == 0)
+    sm90_unsupported("backward", "q.head_dim", "64 or 128", std::to_string(pr.head_dim));
+  // The sm90 backward adds dQ with fp32 atomics: its order, hence the
+  // last bits of dq, varies from run to run.
+  if (a.deterministic)
+    sm90_unsupported("backward", "deterministic", "false (the deterministic dQ is not implemented there)", "true");
+  return BackwardPath::sm90;
 }
 
 template <class Launch>
@@ -152,7 +183,7 @@ void dispatch_sm90(DType dtype, std::int64_t head_dim, Launch&& launch) {
       case 128: launch.template operator()<T, 128>(); return;
       case 256: launch.template operator()<T, 256>(); return;
     }
-    sm90_unsupported("q.head_dim", "64, 128 or 256", std::to_string(head_dim));
+    sm90_unsupported("forward", "q.head_dim", "64, 128 or 256", std::to_string(head_dim));
   };
   if (dtype == DType::f16) by_head_dim(__half{});
   else by_head_dim(__nv_bfloat16{});
@@ -267,6 +298,7 @@ void cuda_backward(const Problem& pr, const BackwardArgs& a, const Context& ctx)
   if (ctx.algorithm == Algorithm::standard) return cuda_standard_backward(pr, a, ctx);
   if (empty(pr)) return;
   require_sm80();
+  const BackwardPath path = backward_path(pr, a);  // before any work: a refusal leaves nothing behind
   Params p = make_params(pr, a.q, a.k, a.v, a.o);
   const bool vl = pr.is_varlen();
   p.dout = a.dout.data;
@@ -293,6 +325,17 @@ void cuda_backward(const Problem& pr, const BackwardArgs& a, const Context& ctx)
   if (pr.group() > 1) {
     p.dk_accum = reinterpret_cast<float*>(ws + l.dk);
     p.dv_accum = reinterpret_cast<float*>(ws + l.dv);
+  }
+  if (path == BackwardPath::sm90) {
+    // backward_path() admitted head_dim 64 and 128 only.
+    if (pr.dtype == DType::f16) {
+      if (pr.head_dim == 64) sm90::launch_backward<__half, 64>(p, stream);
+      else sm90::launch_backward<__half, 128>(p, stream);
+    } else {
+      if (pr.head_dim == 64) sm90::launch_backward<__nv_bfloat16, 64>(p, stream);
+      else sm90::launch_backward<__nv_bfloat16, 128>(p, stream);
+    }
+    return;
   }
   dispatch(pr.dtype, pr.head_dim, [&]<class T, int kD>() { sm80::launch_backward<T, kD>(p, stream); });
 }

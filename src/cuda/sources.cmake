@@ -9,6 +9,8 @@ target_sources(flashattn PRIVATE
   ${CMAKE_CURRENT_LIST_DIR}/sm80/backward_bf16.cu
   ${CMAKE_CURRENT_LIST_DIR}/sm90/forward_f16.cu
   ${CMAKE_CURRENT_LIST_DIR}/sm90/forward_bf16.cu
+  ${CMAKE_CURRENT_LIST_DIR}/sm90/backward_f16.cu
+  ${CMAKE_CURRENT_LIST_DIR}/sm90/backward_bf16.cu
 )
 # The Hopper files compile in every pass of CMAKE_CUDA_ARCHITECTURES, but
 # their kernel bodies exist only in the sm_90a pass (FA_SM90_DEVICE in

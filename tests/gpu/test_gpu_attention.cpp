@@ -8,8 +8,9 @@
 //    (--gtest_filter='*QuickGpu*').
 //  - everything else: the full sweep (shapes, masks, varlen, GQA, dropout,
 //    block-sparse, layouts, streams, determinism).
-//  - Sm90*: the Hopper forward, forced with FLASHATTN_CUDA_KERNELS=sm90
-//    (--gtest_filter='*Sm90*'); skipped on GPUs other than compute 9.0.
+//  - Sm90*: the Hopper kernels, forced with FLASHATTN_CUDA_KERNELS=sm90
+//    (--gtest_filter='*Sm90*'; the backward alone: '*Sm90Backward*');
+//    skipped on GPUs other than compute 9.0.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
@@ -478,10 +479,11 @@ class ScopedEnv {
   std::optional<std::string> old_;
 };
 
-// The Hopper forward (sm90/forward.cuh) exists only as sm_90a code: these
-// tests run on compute capability 9.0 alone. The backward of each case
-// (sm80 kernels, reading the O and LSE the sm90 forward wrote) runs where
-// backward = true, a check of the LSE beyond its own comparison.
+// The Hopper kernels (sm90/forward.cuh, sm90/backward.cuh) exist only as
+// sm_90a code: these tests run on compute capability 9.0 alone. With the
+// switch forced, the backward of a case runs the sm90 backward too (head_dim
+// 64 and 128; it refuses the others), reading the O and LSE the sm90
+// forward wrote: a check of the LSE beyond its own comparison.
 class Sm90Gpu : public GpuTest {
  protected:
   void SetUp() override {
@@ -506,6 +508,8 @@ class Sm90Gpu : public GpuTest {
 };
 
 const std::int64_t kSm90HeadDims[] = {64, 128, 256};
+const std::int64_t kSm90BwdHeadDims[] = {64, 128};
+bool sm90_backward_has(std::int64_t d) { return d == 64 || d == 128; }
 
 struct Sm90Param {
   DType dtype;
@@ -531,7 +535,9 @@ TEST_P(Sm90Shapes, DenseAndCausalTails) {
       c.hq = 2;
       c.hk = 2;
       c.causal = causal;
-      c.backward = l[0] == 127;  // one backward per sweep: the sm80 backward on sm90 O / LSE
+      // One backward per sweep (the sm90 backward where it has the
+      // head_dim; forced sm90 refuses d = 256, see Sm90BackwardGpu).
+      c.backward = l[0] == 127 && sm90_backward_has(sp.d);
       check_case(c);
     }
 }
@@ -662,6 +668,189 @@ TEST_F(Sm90Gpu, UnsupportedIsAnError) {
     c.block_q = 128;
     c.block_k = 128;
     expect_refused(c, "block_mask");
+  }
+}
+
+// ------------------------------------------------------ sm90 backward ---
+
+// The Hopper backward (sm90/backward.cuh) with the switch forced (the
+// forward of each case is the sm90 one too). Gradients are poisoned before
+// every run (Runner::run) and judged by the file's rule: at most 3x the
+// error of the standard path in the same precision, plus a floor.
+class Sm90BackwardShapes : public Sm90Gpu, public ::testing::WithParamInterface<Sm90Param> {};
+
+// Lengths off the 64-row query tile and the 128-key tile, both ways, the
+// one-row / one-key extremes (a key tile of one key, a query tile of one
+// row); causal and not.
+TEST_P(Sm90BackwardShapes, DenseAndCausalTails) {
+  const Sm90Param sp = GetParam();
+  const std::int64_t lens[][2] = {{1, 1},     {17, 40},   {64, 64},   {65, 129},  {127, 129}, {129, 127},
+                                  {1, 300},   {300, 1},   {128, 256}, {257, 513}, {1000, 1000}};
+  for (bool causal : {false, true})
+    for (const auto& l : lens) {
+      Case c;
+      c.dtype = sp.dtype;
+      c.d = sp.d;
+      c.sq = l[0];
+      c.sk = l[1];
+      c.batch = l[0] >= 1000 ? 1 : 2;
+      c.hq = 2;
+      c.hk = 2;
+      c.causal = causal;
+      check_case(c);
+    }
+}
+
+// GQA / MQA: dK, dV of each query head go through the fp32 dk/dv accum and
+// the sm80 reduction; causal with sq != sk both ways.
+TEST_P(Sm90BackwardShapes, GroupedQueryHeads) {
+  const Sm90Param sp = GetParam();
+  for (auto [hq, hk] : {std::pair<std::int64_t, std::int64_t>{8, 2}, {6, 1}}) {
+    Case c;
+    c.dtype = sp.dtype;
+    c.d = sp.d;
+    c.sq = 200;
+    c.sk = 333;
+    c.hq = hq;
+    c.hk = hk;
+    check_case(c);
+    c.causal = true;
+    c.sq = 333;
+    c.sk = 200;
+    check_case(c);
+  }
+}
+
+// Sliding windows (the partial-tile masking and the query-tile range of a
+// key tile), rows with no visible key (causal, sq > sk: dQ = 0, P = 0 from
+// LSE = -inf), and key tiles no query sees (dK = dV = 0 must be written).
+TEST_P(Sm90BackwardShapes, WindowsAndEmptyRows) {
+  const Sm90Param sp = GetParam();
+  Case c;
+  c.dtype = sp.dtype;
+  c.d = sp.d;
+  c.sq = 257;
+  c.sk = 333;
+  c.window_left = 31;
+  c.window_right = 7;
+  check_case(c);
+  c.window_left = 0;
+  c.window_right = 0;
+  check_case(c);
+  c.window_left = 5;  // sq = 20, sk = 300: keys 0..274 are seen by no row
+  c.window_right = 3;
+  c.sq = 20;
+  c.sk = 300;
+  check_case(c);
+  c.window_left = -1;
+  c.window_right = -1;
+  c.causal = true;
+  c.sq = 150;  // rows 0..89 see no key
+  c.sk = 60;
+  check_case(c);
+  c.sq = 300;  // whole 64-row query tiles without a key
+  c.sk = 20;
+  check_case(c);
+}
+
+std::vector<Sm90Param> sm90_bwd_params() {
+  std::vector<Sm90Param> v;
+  for (DType t : kDTypes)
+    for (std::int64_t d : kSm90BwdHeadDims) v.push_back({t, d});
+  return v;
+}
+
+INSTANTIATE_TEST_SUITE_P(DTypesHeadDims, Sm90BackwardShapes, ::testing::ValuesIn(sm90_bwd_params()),
+                         [](const ::testing::TestParamInfo<Sm90Param>& i) {
+                           return std::string(flashattn::to_string(i.param.dtype)) + "_d" + std::to_string(i.param.d);
+                         });
+
+class Sm90BackwardGpu : public Sm90Gpu {};
+
+// Padded strides (the tensor maps of q, k, v, dout carry them), GQA, a
+// non-default stream and the caller's workspace: dK and dV (plain stores,
+// then the fixed-order GQA sum) equal those of the default stream bit for
+// bit; dQ (fp32 atomics in any order) to within rounding.
+TEST_F(Sm90BackwardGpu, PaddedStridesStreamAndWorkspace) {
+  Case c;
+  c.d = 128;
+  c.sq = 190;
+  c.sk = 201;
+  c.hq = 4;
+  c.hk = 2;
+  c.causal = true;
+  c.padded = true;
+  check_case(c);
+  FA_SEEDED(seed);
+  Runner r(c);
+  r.randomize(seed);
+  const Outputs plain = r.run(Algorithm::flash);
+  cudaStream_t stream = nullptr;
+  cuda_ok(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
+  const Outputs streamed = r.run(Algorithm::flash, stream, false, true);
+  cuda_ok(cudaStreamDestroy(stream), "cudaStreamDestroy");
+  EXPECT_EQ(max_abs_error(plain.dk, streamed.dk), 0.0);
+  EXPECT_EQ(max_abs_error(plain.dv, streamed.dv), 0.0);
+  EXPECT_LE(max_abs_error(plain.dq, streamed.dq), 1e-2 * max_abs(plain.dq) + 1e-4);
+}
+
+// Forced sm90 on a backward it does not implement is an Error naming the
+// argument and the switch, never a silent fallback. The forward runs first
+// on the path that has the feature (sm80 where the sm90 forward refuses it).
+TEST_F(Sm90BackwardGpu, UnsupportedIsAnError) {
+  auto expect_refused = [](Case c, const char* arg, bool deterministic, bool forward_on_sm80) {
+    SCOPED_TRACE(c.describe());
+    FA_SEEDED(seed);
+    Runner r(c);
+    r.randomize(seed);
+    Context ctx;
+    ctx.device = Device::cuda;
+    ctx.algorithm = Algorithm::flash;
+    {
+      std::optional<ScopedEnv> fwd_env;
+      if (forward_on_sm80) fwd_env.emplace("FLASHATTN_CUDA_KERNELS", "sm80");
+      flashattn::forward(r.forward_args(), ctx);
+      cuda_ok(cudaDeviceSynchronize(), "forward");
+    }
+    try {
+      flashattn::backward(r.backward_args(deterministic), ctx);
+      ADD_FAILURE() << "sm90 backward accepted a case it does not implement";
+    } catch (const flashattn::Error& e) {
+      EXPECT_NE(std::string(e.what()).find(arg), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("sm90 backward"), std::string::npos) << e.what();
+    }
+    cuda_ok(cudaDeviceSynchronize(), "after the refusal");
+  };
+  Case base;
+  base.sq = 100;
+  base.sk = 90;
+  {
+    Case c = base;
+    c.d = 256;  // the sm90 forward has it, the backward does not
+    expect_refused(c, "head_dim", false, false);
+  }
+  {
+    Case c = base;
+    c.d = 96;
+    expect_refused(c, "head_dim", false, true);
+  }
+  expect_refused(base, "deterministic", true, false);
+  {
+    Case c = base;
+    c.dropout_p = 0.1f;
+    expect_refused(c, "dropout_p", false, true);
+  }
+  {
+    Case c = base;
+    c.lens_q = {10, 20};
+    c.lens_k = {30, 5};
+    expect_refused(c, "varlen", false, true);
+  }
+  {
+    Case c = base;
+    c.block_q = 128;
+    c.block_k = 128;
+    expect_refused(c, "block_mask", false, true);
   }
 }
 

@@ -24,21 +24,30 @@ std::string acc_constraints(int n) {
   return s;
 }
 
-void emit(int n_inst, const char* ctype, const char* ptype) {
+// SS: A and B from shared memory. name "wgmma_ss": both K-major
+// (imm-trans-a = imm-trans-b = 0); "wgmma_ss_tt": both MN-major (A M-major,
+// B N-major; imm-trans-a = imm-trans-b = 1), e.g. dQ = dS K in the backward
+// with dS stored keys x queries and K keys x head_dim.
+void emit_ss(const char* name, int trans, int n_inst, const char* ctype, const char* ptype) {
   const int n = n_inst / 2;  // accumulator floats a thread holds
   const std::string accs = acc_list(n), cons = acc_constraints(n);
-  // SS: A and B from shared memory, both K-major (imm-trans-a = imm-trans-b = 0).
-  std::printf("__device__ __forceinline__ void wgmma_ss(float (&d)[%d], std::uint64_t desc_a, std::uint64_t desc_b, "
-              "int scale_d, %s) {\n", n, ctype);
+  std::printf("__device__ __forceinline__ void %s(float (&d)[%d], std::uint64_t desc_a, std::uint64_t desc_b, "
+              "int scale_d, %s) {\n", name, n, ctype);
   std::printf("  asm volatile(\n");
   std::printf("      \"{\\n.reg .pred p;\\n\"\n");
   std::printf("      \"setp.ne.b32 p, %%%d, 0;\\n\"\n", n + 2);
   std::printf("      \"wgmma.mma_async.sync.aligned.m64n%dk16.f32.%s.%s \"\n", n_inst, ptype, ptype);
   std::printf("      \"%s, \"\n", accs.c_str());
-  std::printf("      \"%%%d, %%%d, p, 1, 1, 0, 0;\\n}\\n\"\n", n, n + 1);
+  std::printf("      \"%%%d, %%%d, p, 1, 1, %d, %d;\\n}\\n\"\n", n, n + 1, trans, trans);
   std::printf("      : %s\n", cons.c_str());
   std::printf("      : \"l\"(desc_a), \"l\"(desc_b), \"r\"(scale_d));\n");
   std::printf("}\n");
+}
+
+void emit(int n_inst, const char* ctype, const char* ptype) {
+  const int n = n_inst / 2;  // accumulator floats a thread holds
+  const std::string accs = acc_list(n), cons = acc_constraints(n);
+  emit_ss("wgmma_ss", 0, n_inst, ctype, ptype);
   // RS: A from registers, B from shared memory N-major (imm-trans-b = 1).
   std::printf("__device__ __forceinline__ void wgmma_rs_bt(float (&d)[%d], const std::uint32_t (&a)[4], "
               "std::uint64_t desc_b, int scale_d, %s) {\n", n, ctype);
@@ -61,5 +70,7 @@ int main() {
   const char* types[][2] = {{"__half", "f16"}, {"__nv_bfloat16", "bf16"}};
   for (const auto& t : types)
     for (const int n_inst : {64, 128, 256}) emit(n_inst, t[0], t[1]);
+  // The backward's dQ = dS K: one 64-column box of K a warpgroup (N = 64).
+  for (const auto& t : types) emit_ss("wgmma_ss_tt", 1, 64, t[0], t[1]);
   return 0;
 }

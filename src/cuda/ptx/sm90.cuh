@@ -61,6 +61,19 @@ __device__ __forceinline__ void mbar_arrive_expect_tx(std::uint32_t bar, std::ui
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
 }
 
+// Announces `bytes` of incoming copies WITHOUT arriving: for a barrier
+// whose arrivals come from other work of the same threads (the backward's
+// Q barrier counts the 32 lanes that also store LSE rows, and the lane that
+// issues the copy arrives only after its own stores). The transaction count
+// may go negative while the copy runs ahead of this announcement; the phase
+// still cannot complete before the last arrival.
+__device__ __forceinline__ void mbar_expect_tx(std::uint32_t bar, std::uint32_t bytes) {
+  asm volatile("mbarrier.expect_tx.relaxed.cta.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+
+// A plain arrival; release semantics (the default .release.cta), so this
+// thread's earlier shared-memory stores are visible to whoever acquires the
+// completed phase with mbar_wait.
 __device__ __forceinline__ void mbar_arrive(std::uint32_t bar) {
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
 }
@@ -125,6 +138,16 @@ template <int kId>
 __device__ __forceinline__ void named_barrier_sync(int threads) {
   static_assert(kId > 0 && kId < 16, "hardware barriers 1..15 (0 is __syncthreads)");
   asm volatile("bar.sync %0, %1;\n" ::"n"(kId), "r"(threads) : "memory");
+}
+
+// ------------------------------------------------- global reductions ---
+// dst[0..3] += v[0..3] as one vector reduction (sm_90: red.global.add.v4.f32,
+// one L2 atomic transaction for 16 bytes instead of four). dst must be
+// 16-byte aligned. No return value, so the issuing thread does not wait for
+// the L2 round trip.
+__device__ __forceinline__ void red_add_v4(float* dst, float x, float y, float z, float w) {
+  asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"l"(dst), "f"(x), "f"(y), "f"(z), "f"(w)
+               : "memory");
 }
 
 // ----------------------------------------------------------- setmaxnreg ---
@@ -206,7 +229,12 @@ __device__ __forceinline__ void fence_operands(float (&r)[kN]) {
 //    64 N-columns x 8 keys. LBO = byte step between atoms along N (one
 //    64-column TMA box to the next: rows_of_tile x 128 B); SBO = 1024 B,
 //    the step between groups of 8 keys. Stepping K by 16 keys adds 16 rows
-//    = 2048 B to the start address.
+//    = 2048 B to the start address. The PTX ISA's canonical form of this
+//    layout (MN-major, 128B swizzle, 16-bit: ((8,8,m),(8,k)) elements with
+//    strides ((1,8,LBO),(64,SBO))) gives the same roles: LBO steps the
+//    64-element MN atoms, SBO the 8-row K groups. An M-major A (imm-trans-a
+//    = 1, the backward's dS for dQ = dS K) follows the same rule with M in
+//    place of N.
 __device__ __forceinline__ std::uint64_t desc_sw128(std::uint32_t smem_addr, std::uint32_t lbo_bytes,
                                                     std::uint32_t sbo_bytes) {
   std::uint64_t d = 0;
@@ -219,6 +247,8 @@ __device__ __forceinline__ std::uint64_t desc_sw128(std::uint32_t smem_addr, std
 
 // wgmma_ss(d, desc_a, desc_b, scale_d, T{}): D (+)= A B with A (64 x 16)
 // and B (16 x N) K-major in shared memory; scale_d = 0 overwrites D.
+// wgmma_ss_tt(d, desc_a, desc_b, scale_d, T{}): A M-major and B N-major in
+// shared memory (both transposed; N = 64 only).
 // wgmma_rs_bt(d, a, desc_b, scale_d, T{}): A from registers, B N-major.
 // N = 2 x the accumulator length; T{} (__half or __nv_bfloat16) picks the
 // input type.

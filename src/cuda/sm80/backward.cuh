@@ -421,38 +421,60 @@ __global__ void __launch_bounds__(256) reduce_dkdv_kernel(const __grid_constant_
   }
 }
 
+// The O(N d) kernels around the main sweep, one launcher each so that the
+// Hopper backward (sm90/backward.cuh) runs exactly the same pre- and
+// post-processing (same Params, same scratch layout). A grid with no rows
+// (seqlen 0) is not launched at all.
+
+// D = rowsum(dO * O) into p.dsum.
+template <class T, int kD>
+void launch_dot_do_o(const Params& p, cudaStream_t stream) {
+  const dim3 rows_grid((p.seqlen_q + 7) / 8, p.heads_q, p.batch);
+  if (rows_grid.x == 0) return;
+  dot_do_o_kernel<T, kD><<<rows_grid, 256, 0, stream>>>(p);
+  check(cudaGetLastError(), "dot_do_o kernel launch");
+}
+
+// dq = scale * dq_accum (atomic mode).
+template <class T, int kD>
+void launch_finish_dq(const Params& p, cudaStream_t stream) {
+  const dim3 rows_grid((p.seqlen_q + 7) / 8, p.heads_q, p.batch);
+  if (rows_grid.x == 0) return;
+  finish_dq_kernel<T, kD><<<rows_grid, 256, 0, stream>>>(p);
+  check(cudaGetLastError(), "finish_dq kernel launch");
+}
+
+// dk, dv = sums of the per-query-head dk_accum, dv_accum (GQA/MQA only).
+template <class T, int kD>
+void launch_reduce_dkdv(const Params& p, cudaStream_t stream) {
+  if (p.group <= 1 || p.seqlen_k <= 0) return;
+  reduce_dkdv_kernel<T, kD><<<dim3((p.seqlen_k + 7) / 8, p.heads_k, p.batch), 256, 0, stream>>>(p);
+  check(cudaGetLastError(), "reduce_dkdv kernel launch");
+}
+
 template <class T, int kD>
 void launch_backward(const Params& p, cudaStream_t stream) {
   constexpr TileConfig c = sm80_tiles(kD);
   static_assert(c.head_dim == kD, "head_dim missing from the dispatch table");
   constexpr int kBM = c.bwd_block_m, kBN = c.bwd_block_n, kW = c.bwd_warps, kCtas = c.bwd_ctas_per_sm;
   const int smem = BwdSmem<T, kD, kBM, kBN>::bytes;
-  const dim3 rows_grid((p.seqlen_q + 7) / 8, p.heads_q, p.batch);
 
-  // A grid with no rows (seqlen 0) is not launched at all.
-  if (rows_grid.x > 0) {
-    dot_do_o_kernel<T, kD><<<rows_grid, 256, 0, stream>>>(p);
-    check(cudaGetLastError(), "dot_do_o kernel launch");
-  }
+  launch_dot_do_o<T, kD>(p, stream);
   if (p.seqlen_k > 0) {
     auto dkdv = dkdv_kernel<T, kD, kBM, kBN, kW, kCtas>;
     check(cudaFuncSetAttribute(dkdv, cudaFuncAttributeMaxDynamicSharedMemorySize, smem), "cudaFuncSetAttribute(dkdv)");
     dkdv<<<dim3((p.seqlen_k + kBN - 1) / kBN, p.heads_q, p.batch), kW * 32, smem, stream>>>(p);
     check(cudaGetLastError(), "dkdv kernel launch");
   }
-  if (rows_grid.x > 0 && p.dq_atomic) {
-    finish_dq_kernel<T, kD><<<rows_grid, 256, 0, stream>>>(p);
-    check(cudaGetLastError(), "finish_dq kernel launch");
-  } else if (rows_grid.x > 0) {
+  if (p.dq_atomic) {
+    launch_finish_dq<T, kD>(p, stream);
+  } else if (p.seqlen_q > 0) {
     auto dq = dq_kernel<T, kD, kBM, kBN, kW, kCtas>;
     check(cudaFuncSetAttribute(dq, cudaFuncAttributeMaxDynamicSharedMemorySize, smem), "cudaFuncSetAttribute(dq)");
     dq<<<dim3((p.seqlen_q + kBM - 1) / kBM, p.heads_q, p.batch), kW * 32, smem, stream>>>(p);
     check(cudaGetLastError(), "dq kernel launch");
   }
-  if (p.group > 1 && p.seqlen_k > 0) {
-    reduce_dkdv_kernel<T, kD><<<dim3((p.seqlen_k + 7) / 8, p.heads_k, p.batch), 256, 0, stream>>>(p);
-    check(cudaGetLastError(), "reduce_dkdv kernel launch");
-  }
+  launch_reduce_dkdv<T, kD>(p, stream);
 }
 
 }  // namespace flashattn::detail::sm80

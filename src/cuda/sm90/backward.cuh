@@ -1,0 +1,500 @@
+// FlashAttention backward for Hopper (sm_90a): TMA loads, wgmma, warp
+// specialisation. NOT YET RUN ON A GPU (written without one; see
+// docs/hopper.md, "The backward", for what to verify first and how).
+//
+// Launch sequence (launch_backward below), the same as the sm80 path's in
+// atomic mode and with its own kernels around the main one:
+//  1. sm80::dot_do_o_kernel     D = rowsum(dO * O) into the dsum scratch;
+//  2. backward_kernel (here)    dK, dV of one key tile, dQ added in fp32 to
+//                               the dq_accum scratch (red.global.add.v4.f32);
+//  3. sm80::finish_dq_kernel    dq = scale * dq_accum;
+//  4. sm80::reduce_dkdv_kernel  (GQA/MQA) dk, dv = sums over the group.
+//
+// backward_kernel: a CTA owns 128 keys (kBlockN) of one (batch, query head)
+// and sweeps the 64-row query tiles (kBlockM) that can see any of them
+// (dense window range; fully masked tiles are never visited). Three
+// warpgroups:
+//  - warpgroup 0, the producer. Warp 0 only: lane 0 issues every TMA copy
+//    (K and V once, then Q_i and dO_i of each query tile into a ring of two
+//    stages); the 32 lanes load the tile's LSE and D rows with ordinary
+//    loads (an LSE row of [batch, heads, seqlen_q] floats has no 16-byte
+//    stride TMA could use) and store them next to the stage. It gives most
+//    of its registers back (setmaxnreg.dec).
+//  - warpgroups 1 and 2, the consumers: consumer w owns keys 64w..64w+63
+//    (wgmma's M = 64). Per query tile i:
+//      S^T  = K_w Q_i^T        wgmma SS (both K-major), 64 keys x 64 queries
+//      dP^T = V_w dO_i^T       wgmma SS
+//      P^T  = exp2(S^T scale log2e - LSE_i log2e), masked to 0
+//      dS^T = P^T (dP^T - D_i)
+//      dV  += P^T dO_i         wgmma RS: P^T is already in A-fragment layout
+//      dK  += dS^T Q_i         wgmma RS (so neither P nor dS needs shared
+//                              memory for these two: the accumulator layout
+//                              of a 64-row tile is the A layout of the next)
+//      dS^T -> shared memory (both consumers: all 128 keys), then
+//      dQ_i = dS K             wgmma SS, A = dS^T read M-major
+//                              (imm-trans-a), B = K read N-major; then
+//                              red.global.add.v4.f32 into dq_accum.
+//    dK and dV stay in registers for the whole sweep; stored at the end
+//    (dK times the softmax scale), to dk/dv or, under GQA, to the fp32
+//    per-query-head dk_accum / dv_accum that reduce_dkdv sums.
+//    dQ columns: at d = 128 consumer w computes the 64 columns of K's box w
+//    every tile; at d = 64 (one box) the consumers take turns, consumer
+//    (i % 2) computing all 64 columns of tile i, so every dQ element gets
+//    exactly one atomic from this CTA.
+//
+// Barriers (mbarriers in shared memory, 8 bytes each):
+//   kv_full        1 arrival (+ tx of K and V)     K, V landed before the first S^T
+//   q_full[s]      32 arrivals (+ tx of Q_i)       Q_i and LSE_i landed (stage s)
+//   do_full[s]     32 arrivals (+ tx of dO_i)      dO_i and D_i landed; separate
+//                                                  so S^T starts before dO_i is in
+//   empty[s]       256 arrivals                    every consumer thread is done
+//                                                  reading Q_i, dO_i, LSE_i, D_i of
+//                                                  stage s: the producer may refill it
+// plus named barrier 1 over the 256 consumer threads, once a tile: both
+// halves of dS^T are written (and fenced to the async proxy) before either
+// consumer's dQ wgmma reads them. dS^T has two buffers (tile parity): the
+// buffer of tile i is rewritten at tile i + 2, and a consumer can only get
+// there after passing tile i + 1's named barrier, which the other consumer
+// reaches only after its dQ wgmma of tile i has completed.
+// Stage s = step % 2 is used for the (step / 2)-th time, so full barriers
+// are waited with parity (step / 2) & 1 and the producer waits empty with
+// the opposite parity (the first round passes at once), as in the forward.
+#pragma once
+
+#include <cmath>
+
+#include "../dispatch.h"
+#include "../ptx/ptx.cuh"
+#include "../ptx/sm90.cuh"
+#include "../sm80/backward.cuh"  // dot_do_o, finish_dq, reduce_dkdv: the shared pre/post kernels
+
+namespace flashattn::detail::sm90 {
+
+using namespace flashattn::detail::cuda;
+namespace x = flashattn::detail::ptx::sm90;
+
+namespace bwd {
+
+constexpr int kWarpgroup = 128;
+constexpr int kConsumers = 2;
+constexpr int kThreads = kWarpgroup * (1 + kConsumers);
+// 128 x 24 + 256 x 240 = 64512 <= 65536 registers. The producer runs one
+// loop of address arithmetic and two loads a lane; a consumer holds dK and
+// dV (2 x d / 2 fp32), S^T and dP^T (2 x 32) and the 16-bit P^T / dS^T
+// fragments (2 x 16) at its peak: 224 at d = 128 before addresses.
+constexpr int kProducerRegs = 24, kConsumerRegs = 240;
+constexpr int kBlockM = 64;   // queries a step (wgmma N of S^T, K of dV / dK)
+constexpr int kBlockN = 128;  // keys a CTA (64 a consumer: wgmma M)
+
+// Byte offsets inside the (1024-aligned) dynamic shared memory. Every tile
+// is a whole number of 1024-byte swizzle atoms, so all stay aligned.
+template <int kD>
+struct Smem {
+  static constexpr int kChunks = kD / 64;        // 64-column (128-byte) boxes per row
+  static constexpr int kKV = kBlockN * kD * 2;   // K or V: box c at c * kBlockN * 128
+  static constexpr int kQT = kBlockM * kD * 2;   // one Q or dO tile: box c at c * kBlockM * 128
+  static constexpr int kDS = kBlockN * kBlockM * 2;  // dS^T: 128 key rows of 64 queries (128 B)
+  static constexpr int kK = 0;
+  static constexpr int kV = kK + kKV;
+  static constexpr int kQ = kV + kKV;            // Q stage s at kQ + s kQT
+  static constexpr int kDO = kQ + 2 * kQT;       // dO stage s at kDO + s kQT
+  static constexpr int kDSt = kDO + 2 * kQT;     // dS^T buffer s at kDSt + s kDS
+  static constexpr int kRows = kDSt + 2 * kDS;   // float lse2[2][64], then dsum[2][64]
+  static constexpr int kBars = kRows + 4 * kBlockM * 4;
+  static constexpr int kBytes = kBars + 7 * 8;
+  static constexpr int kAlloc = kBytes + 1024;   // slack to align the base
+  static_assert(kKV % 1024 == 0 && kQT % 1024 == 0 && kDS % 1024 == 0, "tiles must be whole swizzle atoms");
+  static_assert(kAlloc <= 227 * 1024, "over the shared memory of one CTA");
+};
+
+// The query tiles [*begin, *end) (of kBlockM rows) that can see a key of
+// [n0, n0 + kBlockN) under the window rule (src/common/mask.h), dense
+// problems only: the rows i with first_key(i) <= n_last and last_key(i) >= n0.
+// The same arithmetic as the sm80 dkdv kernel (sm80/backward.cuh).
+__device__ __forceinline__ void query_tiles(const Params& p, const SeqInfo& seq, int n0, int* begin, int* end) {
+  const int n_last = min(n0 + kBlockN, seq.sk) - 1;
+  std::int64_t i_lo = 0, i_hi = seq.sq - 1;
+  const std::int64_t shift = static_cast<std::int64_t>(seq.sk) - seq.sq;
+  if (p.window.right >= 0) i_lo = max(i_lo, static_cast<std::int64_t>(n0) - shift - p.window.right);
+  if (p.window.left >= 0) i_hi = min(i_hi, static_cast<std::int64_t>(n_last) - shift + p.window.left);
+  *begin = static_cast<int>(i_lo / kBlockM);
+  *end = i_hi < i_lo ? *begin : static_cast<int>(i_hi / kBlockM) + 1;
+}
+
+// v, opaque to the compiler: addresses derived from it inside the loop are
+// recomputed there (an add or two each) instead of being hoisted out as
+// loop invariants -- 16 k-steps x 2 operands of 64-bit descriptors would
+// take the registers dK and dV need (ptxas spilled at d = 128 without it).
+__device__ __forceinline__ std::uint32_t opaque(std::uint32_t v) {
+  asm volatile("" : "+r"(v));
+  return v;
+}
+
+}  // namespace bwd
+
+template <class T, int kD>
+__global__ void __launch_bounds__(bwd::kThreads, 1)
+    backward_kernel(const __grid_constant__ Params p, const __grid_constant__ CUtensorMap tma_q,
+                    const __grid_constant__ CUtensorMap tma_k, const __grid_constant__ CUtensorMap tma_v,
+                    const __grid_constant__ CUtensorMap tma_do) {
+#if FA_SM90_DEVICE
+  using namespace bwd;
+  using L = Smem<kD>;
+  constexpr int kDN = kD / 8;  // 8-column tiles of dK / dV a thread holds parts of
+
+  extern __shared__ unsigned char smem_raw[];
+  // The 128B swizzle pattern repeats every 1024 bytes of *address*: TMA and
+  // wgmma agree only on 1024-aligned tiles, so align the base by hand.
+  const std::uint32_t raw = x::smem_u32(smem_raw);
+  const std::uint32_t base = (raw + 1023u) & ~1023u;
+  unsigned char* smem = smem_raw + (base - raw);
+  const std::uint32_t kv_full = base + L::kBars;
+  auto q_full = [&](int s) { return base + L::kBars + 8 * (1 + s); };
+  auto do_full = [&](int s) { return base + L::kBars + 8 * (3 + s); };
+  auto empty = [&](int s) { return base + L::kBars + 8 * (5 + s); };
+  float* lse_rows = reinterpret_cast<float*>(smem + L::kRows);        // [stage][64], LSE * log2(e)
+  float* dsum_rows = lse_rows + 2 * kBlockM;                          // [stage][64], D
+
+  const int tid = threadIdx.x;
+  const int b = blockIdx.z, h = blockIdx.y, n0 = blockIdx.x * kBlockN;
+  const int hk = h / p.group;
+  const SeqInfo seq = resolve_seq(p, b);  // dense only on this path: the lengths
+  int mt_begin, mt_end;
+  query_tiles(p, seq, n0, &mt_begin, &mt_end);
+  const int n_steps = mt_end - mt_begin;
+
+  if (tid == 0) {
+    x::mbar_init(kv_full, 1);
+    for (int s = 0; s < 2; ++s) {
+      x::mbar_init(q_full(s), 32);
+      x::mbar_init(do_full(s), 32);
+      x::mbar_init(empty(s), kConsumers * kWarpgroup);
+    }
+    x::fence_mbar_init();
+  }
+  __syncthreads();
+
+  if (tid < kWarpgroup) {
+    // ------------------------------------------------------ producer ---
+    x::setmaxnreg_dec<kProducerRegs>();
+    const int lane = tid % 32;
+    // K/V are loaded only when some query tile consumes them: no copy may
+    // still be writing this CTA's shared memory when it exits.
+    if (tid < 32 && n_steps > 0) {
+      if (lane == 0) {
+        x::tma_prefetch_map(&tma_q);
+        x::tma_prefetch_map(&tma_do);
+        x::tma_prefetch_map(&tma_k);
+        x::tma_prefetch_map(&tma_v);
+        x::mbar_arrive_expect_tx(kv_full, 2 * L::kKV);
+#pragma unroll
+        for (int c = 0; c < L::kChunks; ++c) {
+          x::tma_load_4d(base + L::kK + c * kBlockN * 128, &tma_k, kv_full, c * 64, n0, hk, b);
+          x::tma_load_4d(base + L::kV + c * kBlockN * 128, &tma_v, kv_full, c * 64, n0, hk, b);
+        }
+      }
+      for (int step = 0; step < n_steps; ++step) {
+        const int s = step & 1;
+        const std::uint32_t round_parity = (step >> 1) & 1;
+        const int m0 = (mt_begin + step) * kBlockM;
+        // Every lane waits: each of them overwrites its LSE / D rows of stage s.
+        x::mbar_wait(empty(s), round_parity ^ 1u);
+        if (lane == 0) {
+          // expect_tx without an arrival: the phase needs all 32 lanes'
+          // arrivals below, lane 0's included, so it cannot complete before
+          // this announcement nor before the copied bytes have landed.
+          x::mbar_expect_tx(q_full(s), L::kQT);
+#pragma unroll
+          for (int c = 0; c < L::kChunks; ++c)
+            x::tma_load_4d(base + L::kQ + s * L::kQT + c * kBlockM * 128, &tma_q, q_full(s), c * 64, m0, h, b);
+          x::mbar_expect_tx(do_full(s), L::kQT);
+#pragma unroll
+          for (int c = 0; c < L::kChunks; ++c)
+            x::tma_load_4d(base + L::kDO + s * L::kQT + c * kBlockM * 128, &tma_do, do_full(s), c * 64, m0, h, b);
+        }
+        // Rows past seqlen_q: LSE = +inf (P = 0) and D = 0. An empty row
+        // (LSE = -inf, no visible key) must give P = 0 too, not exp(+inf).
+        float lse2[2], dd[2];
+#pragma unroll
+        for (int k = 0; k < 2; ++k) {
+          const int i = m0 + lane + 32 * k;
+          lse2[k] = INFINITY;
+          dd[k] = 0.f;
+          if (i < seq.sq) {
+            const std::int64_t row = q_row(p, seq, b, h, i);
+            const float l = p.lse[row];
+            lse2[k] = l == -INFINITY ? INFINITY : l * 1.4426950408889634f;
+            dd[k] = p.dsum[row];
+          }
+        }
+        // Each lane's arrival releases its own stores (mbarrier.arrive is
+        // .release.cta); the consumers' try_wait acquires them.
+        lse_rows[s * kBlockM + lane] = lse2[0];
+        lse_rows[s * kBlockM + lane + 32] = lse2[1];
+        x::mbar_arrive(q_full(s));
+        dsum_rows[s * kBlockM + lane] = dd[0];
+        dsum_rows[s * kBlockM + lane + 32] = dd[1];
+        x::mbar_arrive(do_full(s));
+      }
+    }
+  } else {
+    // ------------------------------------------------------ consumer ---
+    x::setmaxnreg_inc<kConsumerRegs>();
+    // Which 64 keys of the tile. Broadcast from lane 0 so that the compiler
+    // knows it is warp-uniform: the d = 64 dQ branch below depends on it,
+    // and a wgmma on a path ptxas thinks divergent gets serialised (C7518).
+    const int w = __shfl_sync(0xffffffffu, tid / kWarpgroup - 1, 0);
+    const int t = tid % kWarpgroup, warp = t / 32, lane = t % 32;
+    const int col_in_tile = 2 * (lane % 4);
+    // This thread's two key rows (accumulator layout: 16 warp + lane / 4,
+    // + 8) within the 128-key tile.
+    const int key_row0 = 64 * w + 16 * warp + lane / 4;
+    const bool window = !p.window.unbounded();
+    const int n_last = min(n0 + kBlockN, seq.sk) - 1;
+
+    float dk[kD / 2], dv[kD / 2];
+#pragma unroll
+    for (int i = 0; i < kD / 2; ++i) dk[i] = dv[i] = 0.f;
+
+    if (n_steps > 0) x::mbar_wait(kv_full, 0);
+    for (int step = 0; step < n_steps; ++step) {
+      const int s = step & 1;
+      const std::uint32_t round_parity = (step >> 1) & 1;
+      const int m0 = (mt_begin + step) * kBlockM;
+      const std::uint32_t sbase = opaque(base);
+      const std::uint32_t sK = sbase + L::kK, sKw = sK + w * 64 * 128, sVw = sbase + L::kV + w * 64 * 128;
+      const std::uint32_t sQ = sbase + L::kQ + s * L::kQT, sdO = sbase + L::kDO + s * L::kQT;
+      const std::uint32_t sdS = sbase + L::kDSt + s * L::kDS;
+      // (sKw, sVw: consumer w's 64 keys, rows 64w.. of every box: 8192 B,
+      // whole swizzle atoms.)
+      const int m_last = min(m0 + kBlockM, seq.sq) - 1;
+      const bool need_mask = m0 + kBlockM > seq.sq || n0 + kBlockN > seq.sk ||
+                             (window && !window_covers(p.window, m0, m_last, n0, n_last, seq.sq, seq.sk));
+
+      // S^T = K_w Q^T and dP^T = V_w dO^T: K = head_dim in steps of 16
+      // (32 bytes inside a 128-byte swizzled row; a new 64-column box every
+      // 4 steps). Two commit groups, so the softmax part of P^T can start
+      // while dP^T is still on the tensor cores.
+      float st[kBlockM / 2], dpt[kBlockM / 2];
+      x::mbar_wait(q_full(s), round_parity);
+      x::wgmma_fence();  // st / dpt were last read by ordinary instructions
+#pragma unroll
+      for (int kk = 0; kk < kD / 16; ++kk) {
+        const std::uint32_t koff = (kk / 4) * kBlockN * 128 + (kk % 4) * 32;
+        const std::uint32_t qoff = (kk / 4) * kBlockM * 128 + (kk % 4) * 32;
+        x::wgmma_ss(st, x::desc_sw128(sKw + koff, 16, 1024), x::desc_sw128(sQ + qoff, 16, 1024), kk > 0 ? 1 : 0,
+                    T{});
+      }
+      x::wgmma_commit();
+      x::mbar_wait(do_full(s), round_parity);
+      x::wgmma_fence();  // ptxas wants one after the wait loop too (else it injects one, C7519)
+#pragma unroll
+      for (int kk = 0; kk < kD / 16; ++kk) {
+        const std::uint32_t koff = (kk / 4) * kBlockN * 128 + (kk % 4) * 32;
+        const std::uint32_t qoff = (kk / 4) * kBlockM * 128 + (kk % 4) * 32;
+        x::wgmma_ss(dpt, x::desc_sw128(sVw + koff, 16, 1024), x::desc_sw128(sdO + qoff, 16, 1024), kk > 0 ? 1 : 0,
+                    T{});
+      }
+      x::wgmma_commit();
+
+      // P^T (in place in st). Element st[4 tt + 2 half + e] is key row
+      // key_row0 + 8 half, query column 8 tt + col_in_tile + e.
+      const float* lse_s = lse_rows + s * kBlockM;
+      const float* dsum_s = dsum_rows + s * kBlockM;
+      x::wgmma_wait<1>();
+      x::fence_operands(st);
+#pragma unroll
+      for (int tt = 0; tt < kBlockM / 8; ++tt) {
+        const float2 l2 = *reinterpret_cast<const float2*>(lse_s + 8 * tt + col_in_tile);
+#pragma unroll
+        for (int half = 0; half < 2; ++half)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            float& v = st[4 * tt + 2 * half + e];
+            const float pe = ptx::exp2_approx(v * p.scale_log2 - (e ? l2.y : l2.x));
+            bool visible = true;
+            if (need_mask) {
+              const int i = m0 + 8 * tt + col_in_tile + e, j = n0 + key_row0 + 8 * half;
+              visible = i < seq.sq && j < seq.sk && (!window || p.window.visible(i, j, seq.sq, seq.sk));
+            }
+            v = visible ? pe : 0.f;
+          }
+      }
+      // dS^T = P^T (dP^T - D), in place in dpt.
+      x::wgmma_wait<0>();
+      x::fence_operands(dpt);
+#pragma unroll
+      for (int tt = 0; tt < kBlockM / 8; ++tt) {
+        const float2 d2 = *reinterpret_cast<const float2*>(dsum_s + 8 * tt + col_in_tile);
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          dpt[4 * tt + 2 * half] = st[4 * tt + 2 * half] * (dpt[4 * tt + 2 * half] - d2.x);
+          dpt[4 * tt + 2 * half + 1] = st[4 * tt + 2 * half + 1] * (dpt[4 * tt + 2 * half + 1] - d2.y);
+        }
+      }
+
+      // P^T and dS^T to 16 bits, already in the A-fragment layout of the
+      // k16 slice kk (queries 16 kk..16 kk + 15): a[0] rows r, a[1] rows
+      // r + 8, a[2], a[3] the same 8 columns further.
+      std::uint32_t pa[kBlockM / 16][4], dsa[kBlockM / 16][4];
+#pragma unroll
+      for (int kk = 0; kk < kBlockM / 16; ++kk)
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          pa[kk][q] = pack2<T>(st[8 * kk + 2 * q], st[8 * kk + 2 * q + 1]);
+          dsa[kk][q] = pack2<T>(dpt[8 * kk + 2 * q], dpt[8 * kk + 2 * q + 1]);
+        }
+
+      // dS^T to shared memory for dQ: row = key (128 bytes of 64 queries),
+      // 16-byte chunk c of row r stored at chunk c ^ (r % 8) -- the 128B
+      // swizzle TMA would have applied, which the wgmma descriptor undoes.
+      // A warp's 32 stores of one (tt, half) hit 8 rows x 16 bytes in 8
+      // distinct chunks: all 32 banks, no conflict.
+      unsigned char* dS_s = smem + L::kDSt + s * L::kDS;
+#pragma unroll
+      for (int tt = 0; tt < kBlockM / 8; ++tt)
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const int r = key_row0 + 8 * half;
+          *reinterpret_cast<std::uint32_t*>(dS_s + r * 128 + ((tt ^ (r % 8)) * 16) + col_in_tile * 2) =
+              dsa[tt / 2][2 * (tt % 2) + half];
+        }
+      // Ordinary stores that wgmma (the async proxy) reads next: each
+      // writing thread fences before the barrier that publishes them.
+      x::fence_proxy_async_smem();
+
+      // dV += P^T dO, dK += dS^T Q: K = the 64 queries in steps of 16 rows
+      // (2048 bytes), N = head_dim across the 64-column boxes (LBO = one
+      // box of kBlockM rows).
+      x::fence_operands(dv);
+      x::fence_operands(dk);
+      x::wgmma_fence();  // pa / dsa were just written by ordinary instructions
+#pragma unroll
+      for (int kk = 0; kk < kBlockM / 16; ++kk)
+        x::wgmma_rs_bt(dv, pa[kk], x::desc_sw128(sdO + kk * 16 * 128, kBlockM * 128, 1024), 1, T{});
+#pragma unroll
+      for (int kk = 0; kk < kBlockM / 16; ++kk)
+        x::wgmma_rs_bt(dk, dsa[kk], x::desc_sw128(sQ + kk * 16 * 128, kBlockM * 128, 1024), 1, T{});
+      x::wgmma_commit();
+
+      // Both halves of dS^T written and fenced (see the top comment for
+      // why two buffers make one barrier a tile enough).
+      x::named_barrier_sync<1>(kConsumers * kWarpgroup);
+
+      // dQ (64 queries x 64 columns of box qbox) = dS K: A = dS^T read
+      // M-major, B = K read N-major, K = the 128 keys in steps of 16 rows
+      // (2048 bytes). M and N are one 64-element swizzle atom each, so the
+      // MN-atom step (LBO) is never used; it is given the value of SBO so
+      // that the descriptor is right whichever of the two fields the
+      // hardware takes for the 8-row step.
+      constexpr bool kSplit = L::kChunks == 2;  // d = 128: one box each; d = 64: turns
+      const bool do_dq = kSplit || (step & 1) == w;
+      const int qbox = kSplit ? w : 0;
+      // One branch holds the whole dQ path (ptxas must see the wait<0>
+      // on every path that issued the dQ group, or it injects waits).
+      if (do_dq) {
+        float dq[32];
+        x::wgmma_fence();  // dq was last read by the atomics of the previous tile
+#pragma unroll
+        for (int kk = 0; kk < kBlockN / 16; ++kk)
+          x::wgmma_ss_tt(dq, x::desc_sw128(sdS + kk * 16 * 128, 1024, 1024),
+                         x::desc_sw128(sK + qbox * kBlockN * 128 + kk * 16 * 128, 1024, 1024), kk > 0 ? 1 : 0, T{});
+        x::wgmma_commit();
+        x::wgmma_wait<1>();  // all but the dQ group: S, dP, dV, dK are complete
+        x::fence_operands(dv);
+        x::fence_operands(dk);
+        // This thread no longer reads Q, dO, LSE or D of stage s (the
+        // wgmmas that read Q and dO have completed): the producer may
+        // refill it while dQ is still on the tensor cores.
+        x::mbar_arrive(empty(s));
+        x::wgmma_wait<0>();
+        x::fence_operands(dq);
+        // Lanes 2k and 2k+1 hold columns c..c+1 and c+2..c+3 of rows r and
+        // r + 8; one exchange gives the even lane row r and the odd lane row
+        // r + 8, four consecutive columns each: one 16-byte reduction.
+        const bool odd = lane & 1;
+        const int i = m0 + 16 * warp + lane / 4 + (odd ? 8 : 0);
+        float* dst = p.dq_accum + q_row(p, seq, b, h, i) * kD + qbox * 64 + col_in_tile - (odd ? 2 : 0);
+#pragma unroll
+        for (int tt = 0; tt < 8; ++tt) {
+          const float r0 = __shfl_xor_sync(0xffffffffu, odd ? dq[4 * tt] : dq[4 * tt + 2], 1);
+          const float r1 = __shfl_xor_sync(0xffffffffu, odd ? dq[4 * tt + 1] : dq[4 * tt + 3], 1);
+          if (i < seq.sq) {
+            if (odd) x::red_add_v4(dst + 8 * tt, r0, r1, dq[4 * tt + 2], dq[4 * tt + 3]);
+            else x::red_add_v4(dst + 8 * tt, dq[4 * tt], dq[4 * tt + 1], r0, r1);
+          }
+        }
+      } else {
+        x::wgmma_wait<0>();
+        x::fence_operands(dv);
+        x::fence_operands(dk);
+        x::mbar_arrive(empty(s));  // as above
+      }
+    }
+
+    // Epilogue: dK carries the softmax scale (S = scale Q K^T). Keys past
+    // seqlen_k are never stored. A key tile no query tile sees stores zeros
+    // (the gradients are outputs, not accumulations).
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int j = n0 + key_row0 + 8 * half;
+      if (j >= seq.sk) continue;
+      if (p.group > 1) {
+        const std::int64_t row = kv_row(p, seq, b, h, j) * kD + col_in_tile;
+#pragma unroll
+        for (int tt = 0; tt < kDN; ++tt) {
+          *reinterpret_cast<float2*>(p.dk_accum + row + 8 * tt) =
+              make_float2(dk[4 * tt + 2 * half] * p.scale, dk[4 * tt + 2 * half + 1] * p.scale);
+          *reinterpret_cast<float2*>(p.dv_accum + row + 8 * tt) =
+              make_float2(dv[4 * tt + 2 * half], dv[4 * tt + 2 * half + 1]);
+        }
+      } else {
+        T* gdK = static_cast<T*>(p.dk) + b * p.dk_sb + static_cast<std::int64_t>(j) * p.dk_ss + h * p.dk_sh +
+                 col_in_tile;
+        T* gdV = static_cast<T*>(p.dv) + b * p.dv_sb + static_cast<std::int64_t>(j) * p.dv_ss + h * p.dv_sh +
+                 col_in_tile;
+#pragma unroll
+        for (int tt = 0; tt < kDN; ++tt) {
+          *reinterpret_cast<std::uint32_t*>(gdK + 8 * tt) =
+              pack2<T>(dk[4 * tt + 2 * half] * p.scale, dk[4 * tt + 2 * half + 1] * p.scale);
+          *reinterpret_cast<std::uint32_t*>(gdV + 8 * tt) = pack2<T>(dv[4 * tt + 2 * half], dv[4 * tt + 2 * half + 1]);
+        }
+      }
+    }
+  }
+#else
+  // Built for another architecture: the dispatch never launches this.
+  __trap();
+#endif
+}
+
+template <class T, int kD>
+void launch_backward(const Params& p, cudaStream_t stream) {
+  constexpr Sm90BwdTile c = sm90_bwd_tile(kD);
+  static_assert(c.head_dim == kD && c.block_m == bwd::kBlockM && c.block_n == bwd::kBlockN && c.stages == 2,
+                "row missing from kSm90BwdTiles");
+  using L = bwd::Smem<kD>;
+  constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
+
+  sm80::launch_dot_do_o<T, kD>(p, stream);
+  if (p.seqlen_k > 0) {
+    const CUtensorMap tq = x::make_tensor_map_bshd(p.q, kBf16, kD, p.seqlen_q, p.heads_q, p.batch, p.q_ss, p.q_sh,
+                                                   p.q_sb, c.block_m, "q");
+    const CUtensorMap tdo = x::make_tensor_map_bshd(p.dout, kBf16, kD, p.seqlen_q, p.heads_q, p.batch, p.do_ss,
+                                                    p.do_sh, p.do_sb, c.block_m, "dout");
+    const CUtensorMap tk = x::make_tensor_map_bshd(p.k, kBf16, kD, p.seqlen_k, p.heads_k, p.batch, p.k_ss, p.k_sh,
+                                                   p.k_sb, c.block_n, "k");
+    const CUtensorMap tv = x::make_tensor_map_bshd(p.v, kBf16, kD, p.seqlen_k, p.heads_k, p.batch, p.v_ss, p.v_sh,
+                                                   p.v_sb, c.block_n, "v");
+    auto kernel = backward_kernel<T, kD>;
+    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, L::kAlloc),
+          "cudaFuncSetAttribute(sm90 backward)");
+    const dim3 grid((p.seqlen_k + c.block_n - 1) / c.block_n, p.heads_q, p.batch);
+    kernel<<<grid, bwd::kThreads, L::kAlloc, stream>>>(p, tq, tk, tv, tdo);
+    check(cudaGetLastError(), "sm90 backward kernel launch");
+  }
+  sm80::launch_finish_dq<T, kD>(p, stream);
+  sm80::launch_reduce_dkdv<T, kD>(p, stream);
+}
+
+}  // namespace flashattn::detail::sm90
