@@ -30,6 +30,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstdio>
 #include <cmath>
@@ -525,7 +526,7 @@ void prepack(const AmxKernels& amx, const Problem& p, const Tensor& t, bool key_
       const i64 start = key_side ? s.r.k_start : s.r.q_start, len = key_side ? s.r.seqlen_k : s.r.seqlen_q;
       copy_rows_bf16(t, s, start, len, rows, h, rm, dp);
       if (bt) amx.pack_t(int(rows), int(dp), rm, int(dp), bt + idx.off(b, h));
-      if (bn) amx.pack_n(int(rows), int(dp), rm, int(dp), bn + idx.off(b, h));
+      if (bn) amx.pack_n(int(rows), int(dp), rm, int(dp), bn + idx.off(b, h), rows * 16);
     }
   }
 }
@@ -545,18 +546,31 @@ void forward_amx(const AmxKernels& amx, const Problem& p, const ForwardArgs& a,
   const i64 Bt = 2 * tall_tile(dp), Bs = kAmxFwdSubRows, Bc = kAmxFwdCols;
   const float q_mul = p.scale * kLog2e, s_mul = q_mul == 0 ? 1.0f : std::abs(q_mul);
   const int nthreads = thread_count(ctx);
+  // K^T and V of every (sequence, kv head), VNNI-packed once per call into
+  // shared buffers, key tile by key tile, by whichever task first needs
+  // the tile: packed[] says 0 = not yet, 1 = being packed, 2 = ready. A
+  // task that finds a tile being packed packs its own copy rather than
+  // wait, so the call has one parallel region and no barrier besides its
+  // end: with other processes on the cores (a busy 2-core machine), every
+  // extra fork/join cost a scheduling quantum whenever one of its threads
+  // was descheduled.
   const PackIndex kidx(p, p.heads_k, true, dp);
   u16 *kt_all = packed_scratch(0, kidx.total()), *vn_all = packed_scratch(1, kidx.total());
-  prepack(amx, p, a.k, true, kidx, dp, kt_all, nullptr, nthreads);
-  prepack(amx, p, a.v, true, kidx, dp, nullptr, vn_all, nthreads);
+  std::vector<i64> tile_base(static_cast<std::size_t>(p.batch) + 1, 0);
+  for (i64 b = 0; b < p.batch; ++b)
+    tile_base[static_cast<std::size_t>(b) + 1] =
+        tile_base[static_cast<std::size_t>(b)] + p.heads_k * ((sequence(p, b).r.seqlen_k + Bc - 1) / Bc);
+  const std::unique_ptr<std::atomic<std::uint8_t>[]> packed(
+      new std::atomic<std::uint8_t>[static_cast<std::size_t>(std::max<i64>(tile_base.back(), 1))]);
+  for (i64 i = 0; i < tile_base.back(); ++i) packed[static_cast<std::size_t>(i)].store(0, std::memory_order_relaxed);
   const std::vector<Task> tasks = make_tasks(p, p.heads_q, Bt, false);
   const auto ntasks = static_cast<i64>(tasks.size());
 
 #pragma omp parallel num_threads(nthreads)
   {
-    const Bf16Buffer q_buf(Bt * dp), p_buf(Bs * Bc);
+    const Bf16Buffer q_buf(Bt * dp), p_buf(Bs * Bc), rm_buf(Bc * dp), ktl_buf(Bc * dp), vnl_buf(Bc * dp);
     const Buffer s_buf(Bs * Bc), o_buf(Bt * dp), keep_buf(Bs * Bc);
-    u16 *Q = q_buf.get(), *P = p_buf.get();
+    u16 *Q = q_buf.get(), *P = p_buf.get(), *rm = rm_buf.get(), *kt_local = ktl_buf.get(), *vn_local = vnl_buf.get();
     float *S = s_buf.get(), *O = o_buf.get(), *keep = keep_buf.get();
     std::vector<float> m_buf(static_cast<std::size_t>(Bt)), l_buf(static_cast<std::size_t>(Bt));
 
@@ -568,8 +582,9 @@ amx.begin();
       const i64 t0 = t.tile * Bt, tc = std::min(Bt, s.r.seqlen_q - t0), sk = s.r.seqlen_k;
       const i64 hk = t.h / group, bh = t.b * p.heads_q + t.h;
       const i64 skp = kidx.rows(t.b);
-      const u16* kt = kt_all + kidx.off(t.b, hk);
-      const u16* vn = vn_all + kidx.off(t.b, hk);
+      const u16* kt_head = kt_all + kidx.off(t.b, hk);
+      u16* vn_head = vn_all + kidx.off(t.b, hk);
+      const i64 ntile_b = (sk + Bc - 1) / Bc;
       copy_rows_bf16(a.q, s, s.r.q_start + t0, tc, round_up(tc, 16), t.h, Q, dp);
       // A negative scale: negate Q (exact: the sign bit) so that the row
       // max of S times s_mul > 0 is the max of the scaled scores. A zero
@@ -584,14 +599,41 @@ amx.begin();
 
       for (i64 j0 = 0; j0 < sk; j0 += Bc) {
         if (vis.classify(t.b, t.h, s, t0, t0 + tc, j0, j0 + Bc) == TileKind::skip) continue;
-        const i64 kc = std::min(Bc, sk - j0);
+        const i64 kc = std::min(Bc, sk - j0), k32 = round_up(kc, 32);
+        // The tile's B operands: K^T panels (panel stride dp * 16) and V
+        // rows j0 .. j0 + k32 of every dims panel (panel stride vn_panel).
+        const u16* kt = kt_head + (j0 / 16) * dp * 16;
+        const u16* vn = vn_head + (j0 / 2) * 32;
+        i64 vn_panel = skp * 16;
+        std::atomic<std::uint8_t>& state =
+            packed[static_cast<std::size_t>(tile_base[static_cast<std::size_t>(t.b)] + hk * ntile_b + j0 / Bc)];
+        if (state.load(std::memory_order_acquire) != 2) {
+          std::uint8_t expected = 0;
+          const bool mine = state.compare_exchange_strong(expected, 1, std::memory_order_acq_rel);
+          u16* kt_dst = mine ? const_cast<u16*>(kt) : kt_local;
+          u16* vn_dst = mine ? const_cast<u16*>(vn) : vn_local;
+          if (!mine && expected == 2) {
+            kt_dst = nullptr;  // became ready meanwhile
+          } else {
+            copy_rows_bf16(a.k, s, s.r.k_start + j0, kc, k32, hk, rm, dp);
+            amx.pack_t(int(k32), int(dp), rm, int(dp), kt_dst);
+            copy_rows_bf16(a.v, s, s.r.k_start + j0, kc, k32, hk, rm, dp);
+            amx.pack_n(int(k32), int(dp), rm, int(dp), vn_dst, mine ? skp * 16 : k32 * 16);
+            if (mine) {
+              state.store(2, std::memory_order_release);
+            } else {
+              kt = kt_local;
+              vn = vn_local;
+              vn_panel = k32 * 16;
+            }
+          }
+        }
         for (i64 r0 = 0; r0 < tc; r0 += Bs) {
           const i64 i0 = t0 + r0, qc = std::min(Bs, tc - r0), qc16 = round_up(qc, 16);
           const TileKind kind = vis.classify(t.b, t.h, s, i0, i0 + qc, j0, j0 + Bc);
           if (kind == TileKind::skip) continue;
           float *Os = O + r0 * dp, *m = m_buf.data() + r0, *l = l_buf.data() + r0;
-          amx.gemm(int(qc16), int(round_up(kc, 16)), int(dp), Q + r0 * dp, int(dp), kt + (j0 / 16) * dp * 16,
-                   dp * 16, S, int(Bc), false);
+          amx.gemm(int(qc16), int(round_up(kc, 16)), int(dp), Q + r0 * dp, int(dp), kt, dp * 16, S, int(Bc), false);
           if (kc < Bc)
             for (i64 i = 0; i < qc; ++i) std::fill(S + i * Bc + kc, S + (i + 1) * Bc, -kInf);
           if (kind == TileKind::masked) vis.apply(t.b, t.h, s, i0, qc, j0, kc, S, Bc);
@@ -615,8 +657,7 @@ amx.begin();
           st.p = P;
           st.ldp = int(Bc);
           amx.softmax_tile(st);
-          amx.gemm(int(qc16), int(dp), int(round_up(kc, 32)), P, int(Bc), vn + (j0 / 2) * 32, skp * 16, Os, int(dp),
-                   true);
+          amx.gemm(int(qc16), int(dp), int(k32), P, int(Bc), vn, vn_panel, Os, int(dp), true);
         }
       }
 

@@ -59,8 +59,9 @@ struct AmxKernels {
   // b = X^T packed (X rows x cols row-major, ldx; rows % 16 == 0, cols % 2
   // == 0): panel stride cols * 16.
   void (*pack_t)(int rows, int cols, const unsigned short* x, int ldx, unsigned short* b);
-  // b = X packed (rows % 2 == 0, cols % 16 == 0): panel stride rows * 16.
-  void (*pack_n)(int rows, int cols, const unsigned short* x, int ldx, unsigned short* b);
+  // b = X packed (rows % 2 == 0, cols % 16 == 0) with panel stride b_panel
+  // (rows * 16, or more to fill a row slice of a larger packed matrix).
+  void (*pack_n)(int rows, int cols, const unsigned short* x, int ldx, unsigned short* b, long long b_panel);
   // y (cols x rows, ldy) = x^T (rows x cols, ldx).
   void (*transpose)(int rows, int cols, const unsigned short* x, int ldx, unsigned short* y, int ldy);
   // The forward's online-softmax step on one score tile (SoftmaxTile).

@@ -139,10 +139,11 @@ void pack_t(int rows, int cols, const u16* x, int ldx, u16* b) {
 
 // B = X, X rows x cols (rows a multiple of 2, cols of 16): panel q covers
 // columns 16q .. 16q+15, its pair row p interleaves X rows 2p and 2p+1.
-// Panel stride rows * 16.
-void pack_n(int rows, int cols, const u16* x, int ldx, u16* b) {
+// Panel stride b_panel (rows * 16 for a matrix of its own; more when X is
+// a slice of the rows of a larger packed matrix).
+void pack_n(int rows, int cols, const u16* x, int ldx, u16* b, i64 b_panel) {
   for (int q = 0; q < cols; q += 16) {
-    u16* dst = b + static_cast<i64>(q) * rows;
+    u16* dst = b + static_cast<i64>(q / 16) * b_panel;
     for (int p = 0; p < rows / 2; ++p) {
       const u16* r0 = x + static_cast<i64>(2 * p) * ldx + q;
       const __m512i lo = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(r0)));
