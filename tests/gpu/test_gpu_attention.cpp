@@ -82,6 +82,9 @@ struct ShapeParam {
   DType dtype;
   std::int64_t d;
 };
+// Printed by gtest in test listings (the default dumps the padding bytes,
+// which differ from run to run).
+inline void PrintTo(const ShapeParam& p, std::ostream* os) { *os << flashattn::to_string(p.dtype) << " d" << p.d; }
 
 class ShapesGpu : public GpuTest, public ::testing::WithParamInterface<ShapeParam> {};
 
@@ -515,6 +518,7 @@ struct Sm90Param {
   DType dtype;
   std::int64_t d;
 };
+inline void PrintTo(const Sm90Param& p, std::ostream* os) { *os << flashattn::to_string(p.dtype) << " d" << p.d; }
 
 class Sm90Shapes : public Sm90Gpu, public ::testing::WithParamInterface<Sm90Param> {};
 
