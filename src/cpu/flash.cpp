@@ -417,6 +417,25 @@ std::vector<Task> make_tasks(const Problem& p, i64 heads, i64 tile_rows, bool ke
   return tasks;
 }
 
+// Pass 0 of the backward for (sequence b, query head h): per query row the
+// LSE in the log2 domain (+inf for empty rows, so that 2^(S - lse) is 0
+// there rather than NaN) and D = rowsum(dO * O). o_row, do_row: head_dim
+// floats of scratch.
+void backward_pass0_head(const Problem& p, const BackwardArgs& a, i64 b, i64 h, float* lse2, float* Dsum,
+                         float* o_row, float* do_row) {
+  const Seq s = sequence(p, b);
+  for (i64 i = 0; i < s.r.seqlen_q; ++i) {
+    const i64 idx = lse_index(p, a.q, b, h, s, i);
+    const float lse = a.lse[idx];
+    lse2[idx] = lse == -kInf ? kInf : lse * kLog2e;
+    load_row(a.o, offset_of(a.o, s.tb, s.r.q_start + i, h), 1.0f, o_row);
+    load_row(a.dout, offset_of(a.dout, s.tb, s.r.q_start + i, h), 1.0f, do_row);
+    float acc = 0.0f;
+    for (i64 c = 0; c < p.head_dim; ++c) acc += o_row[c] * do_row[c];
+    Dsum[idx] = acc;
+  }
+}
+
 // ------------------------------------------------- the AMX bf16 path ---
 //
 // bf16 inputs on CPUs with AMX-BF16 (amx_kernels()): the same tiling,
@@ -677,7 +696,7 @@ amx.begin();
 // The backward after pass 0 (lse2, Dsum as in cpu_flash_backward), with
 // the same passes, task split and fused/unfused choice as the fp32 path.
 void backward_amx(const AmxKernels& amx, const Problem& p, const BackwardArgs& a, const Context& ctx,
-                  const std::vector<float>& lse2, const std::vector<float>& Dsum, bool fused) {
+                  std::vector<float>& lse2, std::vector<float>& Dsum, bool fused) {
   const Visibility vis(p);
   const Dropout drop(p);
   const i64 d = p.head_dim, dp = round_up(d, kColPad), group = p.group();
@@ -692,8 +711,33 @@ void backward_amx(const AmxKernels& amx, const Problem& p, const BackwardArgs& a
     const PackIndex qidx(p, p.heads_q, false, dp);
     u16 *qt_all = packed_scratch(0, qidx.total()), *qn_all = packed_scratch(1, qidx.total());
     u16 *dot_all = packed_scratch(2, qidx.total()), *don_all = packed_scratch(3, qidx.total());
-    prepack(amx, p, a.q, false, qidx, dp, qt_all, qn_all, nthreads);
-    prepack(amx, p, a.dout, false, qidx, dp, dot_all, don_all, nthreads);
+    // Pass 0 and the packing of Q and dO, per (sequence, query head), in
+    // one parallel region (each fork/join costs a scheduling quantum when
+    // other processes hold the cores).
+    {
+      i64 max_rows = 0;
+      for (i64 b = 0; b < p.batch; ++b) max_rows = std::max(max_rows, qidx.rows(b));
+      const i64 nbh = p.batch * p.heads_q;
+#pragma omp parallel num_threads(nthreads)
+      {
+        const Bf16Buffer rm_buf(max_rows * dp);
+        u16* rm = rm_buf.get();
+        std::vector<float> o_row(static_cast<std::size_t>(d)), do_row(static_cast<std::size_t>(d));
+#pragma omp for schedule(dynamic)
+        for (i64 bh = 0; bh < nbh; ++bh) {
+          const i64 b = bh / p.heads_q, h = bh % p.heads_q, rows = qidx.rows(b);
+          backward_pass0_head(p, a, b, h, lse2.data(), Dsum.data(), o_row.data(), do_row.data());
+          if (rows == 0) continue;
+          const Seq s = sequence(p, b);
+          copy_rows_bf16(a.q, s, s.r.q_start, s.r.seqlen_q, rows, h, rm, dp);
+          amx.pack_t(int(rows), int(dp), rm, int(dp), qt_all + qidx.off(b, h));
+          amx.pack_n(int(rows), int(dp), rm, int(dp), qn_all + qidx.off(b, h), rows * 16);
+          copy_rows_bf16(a.dout, s, s.r.q_start, s.r.seqlen_q, rows, h, rm, dp);
+          amx.pack_t(int(rows), int(dp), rm, int(dp), dot_all + qidx.off(b, h));
+          amx.pack_n(int(rows), int(dp), rm, int(dp), don_all + qidx.off(b, h), rows * 16);
+        }
+      }
+    }
     std::vector<Task> tasks;
     if (fused) {
       for (i64 b = 0; b < p.batch; ++b)
@@ -996,26 +1040,19 @@ void cpu_flash_backward(const Problem& p, const BackwardArgs& a, const Context& 
   // so that 2^(S - lse) is 0 there rather than NaN) and D = rowsum(dO * O).
   const i64 nrows = p.is_varlen() ? p.heads_q * a.q.seqlen : p.batch * p.heads_q * p.seqlen_q;
   std::vector<float> lse2(static_cast<std::size_t>(nrows), kInf), Dsum(static_cast<std::size_t>(nrows), 0.0f);
+  if (p.dtype == DType::bf16)  // the AMX path runs pass 0 itself, merged with its packing of Q and dO
+    if (const AmxKernels* amx = amx_kernels())
+      return backward_amx(*amx, p, a, ctx, lse2, Dsum,
+                          p.batch * p.heads_k >= 4 * static_cast<i64>(omp_get_num_procs()));
   {
     const i64 nbh = p.batch * p.heads_q;
 #pragma omp parallel num_threads(nthreads)
     {
       std::vector<float> o_row(static_cast<std::size_t>(d)), do_row(static_cast<std::size_t>(d));
 #pragma omp for schedule(static)
-      for (i64 bh = 0; bh < nbh; ++bh) {
-        const i64 b = bh / p.heads_q, h = bh % p.heads_q;
-        const Seq s = sequence(p, b);
-        for (i64 i = 0; i < s.r.seqlen_q; ++i) {
-          const i64 idx = lse_index(p, a.q, b, h, s, i);
-          const float lse = a.lse[idx];
-          lse2[idx] = lse == -kInf ? kInf : lse * kLog2e;
-          load_row(a.o, offset_of(a.o, s.tb, s.r.q_start + i, h), 1.0f, o_row.data());
-          load_row(a.dout, offset_of(a.dout, s.tb, s.r.q_start + i, h), 1.0f, do_row.data());
-          float acc = 0.0f;
-          for (i64 c = 0; c < d; ++c) acc += o_row[c] * do_row[c];
-          Dsum[idx] = acc;
-        }
-      }
+      for (i64 bh = 0; bh < nbh; ++bh)
+        backward_pass0_head(p, a, bh / p.heads_q, bh % p.heads_q, lse2.data(), Dsum.data(), o_row.data(),
+                            do_row.data());
     }
   }
 
@@ -1032,8 +1069,6 @@ void cpu_flash_backward(const Problem& p, const BackwardArgs& a, const Context& 
   // ctx.num_threads, and within a mode every sum runs in a fixed order, so
   // results stay bitwise identical across thread counts.
   const bool fused = p.batch * p.heads_k >= 4 * static_cast<i64>(omp_get_num_procs());
-  if (p.dtype == DType::bf16)
-    if (const AmxKernels* amx = amx_kernels()) return backward_amx(*amx, p, a, ctx, lse2, Dsum, fused);
   {
     const i64 Bk = dkv_key_tile(p, dp), Bq = kDkvRows;
     std::vector<Task> tasks;
