@@ -942,7 +942,10 @@ void cpu_flash_forward(const Problem& p, const ForwardArgs& a, const Context& ct
   // K^T (dp x Bc, padded keys zero) and V (Bc x dp) of every key tile of
   // every (sequence, kv head), converted and laid out once per call rather
   // than once per task (a kv head's tiles serve heads_q / heads_k x
-  // seqlen_q / Bt tasks: 8 at seqlen 4096).
+  // seqlen_q / Bt tasks: 8 at seqlen 4096), by the first task that needs
+  // the tile (ready[]: 0 = not yet, 1 = being converted, 2 = done; a task
+  // that finds it in progress converts its own copy rather than wait, so
+  // the call keeps a single parallel region: see forward_amx).
   std::vector<i64> tile_base(static_cast<std::size_t>(p.batch) + 1, 0);
   for (i64 b = 0; b < p.batch; ++b)
     tile_base[static_cast<std::size_t>(b) + 1] =
@@ -950,32 +953,14 @@ void cpu_flash_forward(const Problem& p, const ForwardArgs& a, const Context& ct
   const i64 ntiles = tile_base.back(), tile_elems = dp * Bc;
   auto* kt_all = static_cast<float*>(scratch(0, std::max<i64>(ntiles, 1) * tile_elems * 4));
   auto* v_all = static_cast<float*>(scratch(1, std::max<i64>(ntiles, 1) * tile_elems * 4));
-  // Tile kt of (sequence b, kv head hk): index tile_base[b] + hk * tiles(b) + kt.
-  const auto tile_index = [&](i64 b, i64 hk, i64 kt) {
-    const i64 nt = (tile_base[static_cast<std::size_t>(b) + 1] - tile_base[static_cast<std::size_t>(b)]) / p.heads_k;
-    return tile_base[static_cast<std::size_t>(b)] + hk * nt + kt;
-  };
-#pragma omp parallel num_threads(thread_count(ctx))
-  {
-    const Buffer tmp_buf(Bc * dp);
-    float* tmp = tmp_buf.get();
-#pragma omp for schedule(dynamic)
-    for (i64 b = 0; b < p.batch; ++b) {
-      const Seq s = sequence(p, b);
-      for (i64 hk = 0; hk < p.heads_k; ++hk)
-        for (i64 j0 = 0; j0 < s.r.seqlen_k; j0 += Bc) {
-          const i64 kc = std::min(Bc, s.r.seqlen_k - j0), ti = tile_index(b, hk, j0 / Bc);
-          load_tile(a.k, s, s.r.k_start + j0, kc, hk, 1.0f, tmp, dp);
-          transpose_tile(tmp, kc, d, dp, 1.0f, kt_all + ti * tile_elems, Bc);
-          load_tile(a.v, s, s.r.k_start + j0, kc, hk, 1.0f, v_all + ti * tile_elems, dp);
-        }
-    }
-  }
+  const std::unique_ptr<std::atomic<std::uint8_t>[]> ready(
+      new std::atomic<std::uint8_t>[static_cast<std::size_t>(std::max<i64>(ntiles, 1))]);
+  for (i64 i = 0; i < ntiles; ++i) ready[static_cast<std::size_t>(i)].store(0, std::memory_order_relaxed);
 
 #pragma omp parallel num_threads(thread_count(ctx))
   {
-    const Buffer q_buf(Bt * dp), s_buf(Bs * Bc), o_buf(Bt * dp), keep_buf(Bs * Bc);
-    float *Q = q_buf.get(), *S = s_buf.get(), *O = o_buf.get();
+    const Buffer q_buf(Bt * dp), s_buf(Bs * Bc), o_buf(Bt * dp), keep_buf(Bs * Bc), kt_buf(dp * Bc), kv_buf(Bc * dp);
+    float *Q = q_buf.get(), *S = s_buf.get(), *O = o_buf.get(), *Kt_local = kt_buf.get(), *KV_local = kv_buf.get();
     float* keep = keep_buf.get();
     std::vector<float> m_buf(static_cast<std::size_t>(Bt)), l_buf(static_cast<std::size_t>(Bt));
 
@@ -993,8 +978,24 @@ void cpu_flash_forward(const Problem& p, const ForwardArgs& a, const Context& ct
       for (i64 j0 = 0; j0 < sk; j0 += Bc) {
         if (vis.classify(t.b, t.h, s, t0, t0 + tc, j0, j0 + Bc) == TileKind::skip) continue;
         const i64 kc = std::min(Bc, sk - j0);
-        const float* Kt = kt_all + tile_index(t.b, hk, j0 / Bc) * tile_elems;
-        const float* KV = v_all + tile_index(t.b, hk, j0 / Bc) * tile_elems;
+        const i64 ti = tile_base[static_cast<std::size_t>(t.b)] + hk * ((sk + Bc - 1) / Bc) + j0 / Bc;
+        float* Kt = kt_all + ti * tile_elems;
+        float* KV = v_all + ti * tile_elems;
+        std::atomic<std::uint8_t>& state = ready[static_cast<std::size_t>(ti)];
+        if (state.load(std::memory_order_acquire) != 2) {
+          std::uint8_t expected = 0;
+          const bool mine = state.compare_exchange_strong(expected, 1, std::memory_order_acq_rel);
+          if (mine || expected != 2) {
+            if (!mine) {
+              Kt = Kt_local;
+              KV = KV_local;
+            }
+            load_tile(a.k, s, s.r.k_start + j0, kc, hk, 1.0f, KV, dp);
+            transpose_tile(KV, kc, d, dp, 1.0f, Kt, Bc);
+            load_tile(a.v, s, s.r.k_start + j0, kc, hk, 1.0f, KV, dp);
+            if (mine) state.store(2, std::memory_order_release);
+          }
+        }
 
         for (i64 r0 = 0; r0 < tc; r0 += Bs) {
           const i64 i0 = t0 + r0, qc = std::min(Bs, tc - r0);
