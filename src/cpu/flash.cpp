@@ -65,13 +65,14 @@ constexpr float kInf = std::numeric_limits<float>::infinity();
 // the micro-kernel keeps one k x 64 panel of its right operand in L1 (16
 // KiB at head_dim 64) and streams the left operand from L2, so the tiles
 // only need to fit L2 together.
-//  - Forward: each (query rows, key tile) step loads and transposes one K
-//    tile and loads one V tile, O(Bc d) work (and L3/DRAM traffic) against
-//    the 4 Br Bc d flops of its two GEMMs, so a task takes 2 tall tiles of
-//    query rows (512) and runs them against each K/V tile in 128-row
-//    sub-tiles; a 128-key tile halves the per-row online-softmax
+//  - Forward: K^T and V are converted once per call, tile by tile, into
+//    shared buffers (by the first task that needs each tile), so a task
+//    only reads them: it takes one tall tile of query rows (256; with 512,
+//    seqlen 1024 gave 2 tasks per head, too few to even out 2 threads when
+//    another process takes a core) and runs it against each K/V tile in
+//    128-row sub-tiles; a 128-key tile halves the per-row online-softmax
 //    bookkeeping (max, rescale of O) relative to 64 keys. At head_dim 64:
-//    Q, O 128 KiB each, K, K^T, V, S 32-64 KiB each: ~400 KiB.
+//    Q, O 64 KiB each, K^T, V, S 32-64 KiB each: ~250 KiB.
 //  - Backward dK/dV: K and V (and their transposes) are loaded once per
 //    key tile, Q and dO once per (key tile, query tile): a wide key tile
 //    amortises the latter; the 64-row query tile keeps S and dP at 64 KiB.
@@ -562,7 +563,7 @@ void forward_amx(const AmxKernels& amx, const Problem& p, const ForwardArgs& a,
   const Visibility vis(p);
   const Dropout drop(p);
   const i64 d = p.head_dim, dp = round_up(d, kColPad), group = p.group();
-  const i64 Bt = 2 * tall_tile(dp), Bs = kAmxFwdSubRows, Bc = kAmxFwdCols;
+  const i64 Bt = tall_tile(dp), Bs = kAmxFwdSubRows, Bc = kAmxFwdCols;
   const float q_mul = p.scale * kLog2e, s_mul = q_mul == 0 ? 1.0f : std::abs(q_mul);
   const int nthreads = thread_count(ctx);
   // K^T and V of every (sequence, kv head), VNNI-packed once per call into
@@ -932,9 +933,9 @@ void cpu_flash_forward(const Problem& p, const ForwardArgs& a, const Context& ct
   const Dropout drop(p);
   const i64 d = p.head_dim, dp = round_up(d, kColPad), group = p.group();
   // A task owns Bt query rows, cut into sub-tiles of Bs rows: each K/V
-  // tile is loaded once per task and used by all its sub-tiles, while S
+  // tile is read once per task and used by all its sub-tiles, while S
   // only needs to hold one sub-tile.
-  const i64 Bt = 2 * tall_tile(dp), Bs = kFwdSubRows, Bc = kFwdCols;
+  const i64 Bt = tall_tile(dp), Bs = kFwdSubRows, Bc = kFwdCols;
   const float q_mul = p.scale * kLog2e;
   const std::vector<Task> tasks = make_tasks(p, p.heads_q, Bt, false);
   const auto ntasks = static_cast<i64>(tasks.size());
