@@ -467,18 +467,21 @@ class Bf16Buffer {
 };
 
 // Rows [row0, row0 + n) of head h of bf16 tensor t into dst (rows x ld,
-// rows >= n): rows n .. rows and columns head_dim .. ld zeroed.
-void copy_rows_bf16(const Tensor& t, const Seq& s, i64 row0, i64 n, i64 rows, i64 h, u16* dst, i64 ld) {
-  const auto* base = static_cast<const u16*>(t.data);
-  for (i64 r = 0; r < rows; ++r) {
-    u16* out = dst + r * ld;
-    i64 c = 0;
-    if (r < n) {
-      std::memcpy(out, base + offset_of(t, s.tb, row0 + r, h), static_cast<std::size_t>(t.head_dim) * 2);
-      c = t.head_dim;
-    }
-    std::fill(out + c, out + ld, u16{0});
-  }
+// rows >= n): rows n .. rows and columns head_dim .. ld zeroed. The rows of
+// one head of one sequence are stride_seq apart.
+void copy_rows_bf16(const AmxKernels& amx, const Tensor& t, const Seq& s, i64 row0, i64 n, i64 rows, i64 h,
+                    u16* dst, i64 ld) {
+  const u16* src = static_cast<const u16*>(t.data) + (n > 0 ? offset_of(t, s.tb, row0, h) : 0);
+  amx.load_rows(int(n), int(rows), int(t.head_dim), src, t.stride_seq, dst, int(ld));
+}
+
+// Rows [row0, row0 + n) of head h of bf16 tensor t = src rows (lds) times
+// mul[r], rounded to bf16.
+void store_rows_bf16(const AmxKernels& amx, const Tensor& t, const Seq& s, i64 row0, i64 n, i64 h, const float* src,
+                     i64 lds, const float* mul) {
+  if (n <= 0) return;
+  u16* dst = static_cast<u16*>(t.data) + offset_of(t, s.tb, row0, h);
+  amx.store_rows(int(n), int(t.head_dim), src, int(lds), mul, dst, t.stride_seq);
 }
 
 // Storage for the operands packed once per call (K^T and V tiles of the
@@ -544,7 +547,7 @@ void prepack(const AmxKernels& amx, const Problem& p, const Tensor& t, bool key_
       const i64 rows = idx.rows(b);
       if (rows == 0) continue;
       const i64 start = key_side ? s.r.k_start : s.r.q_start, len = key_side ? s.r.seqlen_k : s.r.seqlen_q;
-      copy_rows_bf16(t, s, start, len, rows, h, rm, dp);
+      copy_rows_bf16(amx, t, s, start, len, rows, h, rm, dp);
       if (bt) amx.pack_t(int(rows), int(dp), rm, int(dp), bt + idx.off(b, h));
       if (bn) amx.pack_n(int(rows), int(dp), rm, int(dp), bn + idx.off(b, h), rows * 16);
     }
@@ -592,7 +595,8 @@ void forward_amx(const AmxKernels& amx, const Problem& p, const ForwardArgs& a,
     const Buffer s_buf(Bs * Bc), o_buf(Bt * dp), keep_buf(Bs * Bc);
     u16 *Q = q_buf.get(), *P = p_buf.get(), *rm = rm_buf.get(), *kt_local = ktl_buf.get(), *vn_local = vnl_buf.get();
     float *S = s_buf.get(), *O = o_buf.get(), *keep = keep_buf.get();
-    std::vector<float> m_buf(static_cast<std::size_t>(Bt)), l_buf(static_cast<std::size_t>(Bt));
+    std::vector<float> m_buf(static_cast<std::size_t>(Bt)), l_buf(static_cast<std::size_t>(Bt)),
+        o_mul(static_cast<std::size_t>(Bt));
 
 amx.begin();
 #pragma omp for schedule(dynamic)
@@ -605,7 +609,7 @@ amx.begin();
       const u16* kt_head = kt_all + kidx.off(t.b, hk);
       u16* vn_head = vn_all + kidx.off(t.b, hk);
       const i64 ntile_b = (sk + Bc - 1) / Bc;
-      copy_rows_bf16(a.q, s, s.r.q_start + t0, tc, round_up(tc, 16), t.h, Q, dp);
+      copy_rows_bf16(amx, a.q, s, s.r.q_start + t0, tc, round_up(tc, 16), t.h, Q, dp);
       // A negative scale: negate Q (exact: the sign bit) so that the row
       // max of S times s_mul > 0 is the max of the scaled scores. A zero
       // scale: Q = 0 and s_mul = 1, so that S = 0 exactly where visible
@@ -635,9 +639,9 @@ amx.begin();
           if (!mine && expected == 2) {
             kt_dst = nullptr;  // became ready meanwhile
           } else {
-            copy_rows_bf16(a.k, s, s.r.k_start + j0, kc, k32, hk, rm, dp);
+            copy_rows_bf16(amx, a.k, s, s.r.k_start + j0, kc, k32, hk, rm, dp);
             amx.pack_t(int(k32), int(dp), rm, int(dp), kt_dst);
-            copy_rows_bf16(a.v, s, s.r.k_start + j0, kc, k32, hk, rm, dp);
+            copy_rows_bf16(amx, a.v, s, s.r.k_start + j0, kc, k32, hk, rm, dp);
             amx.pack_n(int(k32), int(dp), rm, int(dp), vn_dst, mine ? skp * 16 : k32 * 16);
             if (mine) {
               state.store(2, std::memory_order_release);
@@ -684,11 +688,11 @@ amx.begin();
       for (i64 i = 0; i < tc; ++i) {
         const float l = l_buf[static_cast<std::size_t>(i)], m = m_buf[static_cast<std::size_t>(i)];
         const bool empty = l == 0.0f;
-        const float mul = empty ? 0.0f : drop.kept_scale / l;
-        if (empty) std::fill(O + i * dp, O + (i + 1) * dp, 0.0f);
-        store_row(a.o, offset_of(a.o, s.tb, s.r.q_start + t0 + i, t.h), O + i * dp, mul);
+        o_mul[static_cast<std::size_t>(i)] = empty ? 0.0f : drop.kept_scale / l;
+        if (empty) std::fill(O + i * dp, O + (i + 1) * dp, 0.0f);  // 0 * NaN would stay NaN
         if (a.lse) a.lse[lse_index(p, a.q, t.b, t.h, s, t0 + i)] = empty ? -kInf : (m + std::log2(l)) * kLn2;
       }
+      store_rows_bf16(amx, a.o, s, s.r.q_start + t0, tc, t.h, O, dp, o_mul.data());
     }
     amx.release();
   }
@@ -730,10 +734,10 @@ void backward_amx(const AmxKernels& amx, const Problem& p, const BackwardArgs& a
           backward_pass0_head(p, a, b, h, lse2.data(), Dsum.data(), o_row.data(), do_row.data());
           if (rows == 0) continue;
           const Seq s = sequence(p, b);
-          copy_rows_bf16(a.q, s, s.r.q_start, s.r.seqlen_q, rows, h, rm, dp);
+          copy_rows_bf16(amx, a.q, s, s.r.q_start, s.r.seqlen_q, rows, h, rm, dp);
           amx.pack_t(int(rows), int(dp), rm, int(dp), qt_all + qidx.off(b, h));
           amx.pack_n(int(rows), int(dp), rm, int(dp), qn_all + qidx.off(b, h), rows * 16);
-          copy_rows_bf16(a.dout, s, s.r.q_start, s.r.seqlen_q, rows, h, rm, dp);
+          copy_rows_bf16(amx, a.dout, s, s.r.q_start, s.r.seqlen_q, rows, h, rm, dp);
           amx.pack_t(int(rows), int(dp), rm, int(dp), dot_all + qidx.off(b, h));
           amx.pack_n(int(rows), int(dp), rm, int(dp), don_all + qidx.off(b, h), rows * 16);
         }
@@ -759,6 +763,8 @@ void backward_amx(const AmxKernels& amx, const Problem& p, const BackwardArgs& a
       float *keep = keep_buf.get(), *lse_c = lse_buf.get(), *d_c = d_buf.get();
       std::vector<float> dq_acc;  // fused: [query head of the group][dp][padded query rows] (dQ^T)
       std::vector<float> dq_row(static_cast<std::size_t>(dp));
+      const std::vector<float> scale_v(static_cast<std::size_t>(Bk), p.scale), one_v(static_cast<std::size_t>(Bk), 1.0f);
+      const float *scale_rows = scale_v.data(), *one_rows = one_v.data();
 
 amx.begin();
 #pragma omp for schedule(dynamic)
@@ -771,8 +777,8 @@ amx.begin();
 
         for (i64 kt = kt_begin; kt < kt_end; ++kt) {
           const i64 j0 = kt * Bk, kc = std::min(Bk, sk - j0), k16 = round_up(kc, 16), k32 = round_up(kc, 32);
-          copy_rows_bf16(a.k, s, s.r.k_start + j0, kc, k32, t.h, K, dp);
-          copy_rows_bf16(a.v, s, s.r.k_start + j0, kc, k32, t.h, V, dp);
+          copy_rows_bf16(amx, a.k, s, s.r.k_start + j0, kc, k32, t.h, K, dp);
+          copy_rows_bf16(amx, a.v, s, s.r.k_start + j0, kc, k32, t.h, V, dp);
           if (fused) amx.transpose(int(k32), int(dp), K, int(dp), KT, int(Bk));
           std::fill(dK, dK + k16 * dp, 0.0f);
           std::fill(dV, dV + k16 * dp, 0.0f);
@@ -825,10 +831,8 @@ amx.begin();
                          int(sqp), true);
             }
           }
-          for (i64 j = 0; j < kc; ++j) {
-            store_row(a.dk, offset_of(a.dk, s.tb, s.r.k_start + j0 + j, t.h), dK + j * dp, p.scale);
-            store_row(a.dv, offset_of(a.dv, s.tb, s.r.k_start + j0 + j, t.h), dV + j * dp, 1.0f);
-          }
+          store_rows_bf16(amx, a.dk, s, s.r.k_start + j0, kc, t.h, dK, dp, scale_rows);
+          store_rows_bf16(amx, a.dv, s, s.r.k_start + j0, kc, t.h, dV, dp, one_rows);
         }
         if (fused)
           for (i64 g = 0; g < group; ++g)
@@ -861,6 +865,8 @@ amx.begin();
       u16 *Q = q_buf.get(), *dO = do_buf.get(), *dS = ds_buf.get();
       float *S = s_buf.get(), *dP = dp_buf.get(), *dQ = dq_buf.get(), *keep = keep_buf.get();
       float *lse_r = lse_buf.get(), *d_r = d_buf.get();
+      const std::vector<float> scale_v(static_cast<std::size_t>(Br), p.scale);
+      const float* scale_rows = scale_v.data();
 
 amx.begin();
 #pragma omp for schedule(dynamic)
@@ -871,8 +877,8 @@ amx.begin();
         const i64 sk = s.r.seqlen_k, hk = t.h / group, bh = t.b * p.heads_q + t.h, skp = kidx.rows(t.b);
         const u16 *kt = kt_all + kidx.off(t.b, hk), *kn = kn_all + kidx.off(t.b, hk);
         const u16* vt = vt_all + kidx.off(t.b, hk);
-        copy_rows_bf16(a.q, s, s.r.q_start + i0, qc, qc16, t.h, Q, dp);
-        copy_rows_bf16(a.dout, s, s.r.q_start + i0, qc, qc16, t.h, dO, dp);
+        copy_rows_bf16(amx, a.q, s, s.r.q_start + i0, qc, qc16, t.h, Q, dp);
+        copy_rows_bf16(amx, a.dout, s, s.r.q_start + i0, qc, qc16, t.h, dO, dp);
         for (i64 i = 0; i < qc; ++i) {
           const auto idx = static_cast<std::size_t>(lse_index(p, a.q, t.b, t.h, s, i0 + i));
           lse_r[i] = lse2[idx];
@@ -908,8 +914,7 @@ amx.begin();
           amx.grad_tile(gt);
           amx.gemm(int(qc16), int(dp), int(k32), dS, int(Bc), kn + (j0 / 2) * 32, skp * 16, dQ, int(dp), true);
         }
-        for (i64 i = 0; i < qc; ++i)
-          store_row(a.dq, offset_of(a.dq, s.tb, s.r.q_start + i0 + i, t.h), dQ + i * dp, p.scale);
+        store_rows_bf16(amx, a.dq, s, s.r.q_start + i0, qc, t.h, dQ, dp, scale_rows);
       }
       amx.release();
     }

@@ -68,6 +68,15 @@ struct AmxKernels {
   void (*softmax_tile)(const SoftmaxTile& t);
   // The backward's elementwise step on one score tile (GradTile).
   void (*grad_tile)(const GradTile& g);
+  // dst (rows_pad x ld, ld % 32 == 0) = rows r < n of src (row r at
+  // src + r * src_stride, d elements), zero-padded to ld columns and
+  // rows_pad rows.
+  void (*load_rows)(int n, int rows_pad, int d, const unsigned short* src, long long src_stride,
+                    unsigned short* dst, int ld);
+  // dst[r * dst_stride + c] = bf16(src[r * lds + c] * mul[r]) for r < n,
+  // c < d (round to nearest even).
+  void (*store_rows)(int n, int d, const float* src, int lds, const float* mul, unsigned short* dst,
+                     long long dst_stride);
   // Gives the tile registers back (TILERELEASE) when a thread is done.
   void (*release)();
 };

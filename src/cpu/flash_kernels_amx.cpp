@@ -290,9 +290,38 @@ void grad_tile(const GradTile& g) {
   }
 }
 
+// Row copies in and out of the tensors (one call per tile instead of a
+// memcpy or a scalar conversion loop per row: at seqlen 1024 those were
+// 13% of the forward).
+void load_rows(int n, int rows_pad, int d, const u16* src, i64 src_stride, u16* dst, int ld) {
+  for (int r = 0; r < rows_pad; ++r) {
+    u16* out = dst + static_cast<i64>(r) * ld;
+    const u16* in = src + static_cast<i64>(r) * src_stride;
+    for (int c = 0; c < ld; c += 32) {
+      const int live = r < n ? d - c : 0;
+      const __mmask32 k = live >= 32 ? ~__mmask32(0) : live > 0 ? __mmask32((1u << live) - 1u) : __mmask32(0);
+      _mm512_storeu_si512(out + c, _mm512_maskz_loadu_epi16(k, in + c));
+    }
+  }
+}
+
+void store_rows(int n, int d, const float* src, int lds, const float* mul, u16* dst, i64 dst_stride) {
+  for (int r = 0; r < n; ++r) {
+    const __m512 m = _mm512_set1_ps(mul[r]);
+    const float* in = src + static_cast<i64>(r) * lds;
+    u16* out = dst + static_cast<i64>(r) * dst_stride;
+    for (int c = 0; c < d; c += 16) {
+      const __mmask16 k = d - c >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (d - c)) - 1u);
+      const __m256i h = to_bf16(_mm512_mul_ps(_mm512_maskz_loadu_ps(k, in + c), m));
+      _mm256_mask_storeu_epi16(out + c, k, h);
+    }
+  }
+}
+
 void release() { _tile_release(); }
 
-constexpr AmxKernels kTable{"amx", begin, gemm, pack_t, pack_n, transpose, softmax_tile, grad_tile, release};
+constexpr AmxKernels kTable{"amx",        begin,     gemm,       pack_t, pack_n, transpose, softmax_tile, grad_tile,
+                             load_rows, store_rows, release};
 
 }  // namespace
 }  // namespace amx
