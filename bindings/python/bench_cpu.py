@@ -92,6 +92,14 @@ def main():
                                 check=False).stdout.strip()
     except OSError:
         commit = ""
+    # Which CPU kernels bf16 could use: the AMX tile path needs amx_bf16 (and
+    # Linux's permission, which the library requests and reports on stderr
+    # when refused); FLASHATTN_CPU_ISA caps the choice.
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        flags = []
     records = []
     for dtype in args.dtypes:
         for s in args.seqlens:
@@ -99,7 +107,8 @@ def main():
     result = dict(
         when=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), commit=commit, torch=torch.__version__,
         flashattn=flashattn.__version__, threads=torch.get_num_threads(), machine=platform.processor() or
-        platform.machine(), results=[{("pass" if k == "pass_" else k): v for k, v in r.items()} for r in records])
+        platform.machine(), cpu_amx_bf16="amx_bf16" in flags, cpu_avx512_bf16="avx512_bf16" in flags,
+        flashattn_cpu_isa_cap=os.environ.get("FLASHATTN_CPU_ISA"), results=[{("pass" if k == "pass_" else k): v for k, v in r.items()} for r in records])
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)
     print(f"wrote {args.out}")
