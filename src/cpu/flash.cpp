@@ -1092,7 +1092,7 @@ void cpu_flash_backward(const Problem& p, const BackwardArgs& a, const Context& 
 #pragma omp parallel num_threads(nthreads)
     {
       const Buffer k_buf(Bk * dp), tmp_buf(Bk * dp), kt_buf(dp * Bk), vt_buf(dp * Bk), q_buf(Bq * dp),
-          do_buf(Bq * dp), s_buf(Bq * Bk), dp_buf(Bq * Bk), dk_buf(Bk * dp), dv_buf(Bk * dp), keep_buf(Bk);
+          do_buf(Bq * dp), s_buf(Bq * Bk), dp_buf(Bq * Bk), dk_buf(Bk * dp), dv_buf(Bk * dp), keep_buf(Bq * Bk);
       float *K = k_buf.get(), *tmp = tmp_buf.get(), *Kt = kt_buf.get(), *Vt = vt_buf.get(), *Q = q_buf.get();
       float *dO = do_buf.get(), *S = s_buf.get(), *dP = dp_buf.get(), *dK = dk_buf.get(), *dV = dv_buf.get();
       float* keep = keep_buf.get();
@@ -1131,20 +1131,13 @@ void cpu_flash_backward(const Problem& p, const BackwardArgs& a, const Context& 
               kern.gemm(int(qc), int(Bk), int(d), Q, int(dp), false, Kt, int(Bk), S, int(Bk), false);
               if (kind == TileKind::masked) vis.apply(t.b, h, s, i0, qc, j0, kc, S, Bk);
               kern.gemm(int(qc), int(Bk), int(d), dO, int(dp), false, Vt, int(Bk), dP, int(Bk), false);
-              for (i64 i = 0; i < qc; ++i) {
-                const i64 idx = lse_index(p, a.q, t.b, h, s, i0 + i);
-                float *Si = S + i * Bk, *dPi = dP + i * Bk;
-                kern.exp2_shift_sum(Si, int(Bk), lse2[idx]);
-                const float Di = Dsum[idx];
-                if (drop.on) {
-                  drop.row(bh, i0 + i, j0, kc, Bk, drop.kept_scale, keep);
-                  for (i64 j = 0; j < Bk; ++j) {
-                    dPi[j] = Si[j] * (dPi[j] * keep[j] - Di);  // dS
-                    Si[j] *= keep[j];                          // P dropped and scaled
-                  }
-                } else {
-                  for (i64 j = 0; j < Bk; ++j) dPi[j] = Si[j] * (dPi[j] - Di);
-                }
+              if (drop.on)
+                for (i64 i = 0; i < qc; ++i) drop.row(bh, i0 + i, j0, kc, Bk, drop.kept_scale, keep + i * Bk);
+              {
+                // The tile's rows are consecutive entries of the LSE and D arrays.
+                const auto idx = static_cast<std::size_t>(lse_index(p, a.q, t.b, h, s, i0));
+                kern.grad_rows(int(qc), int(Bk), S, dP, int(Bk), lse2.data() + idx, Dsum.data() + idx,
+                               drop.on ? keep : nullptr, int(Bk));
               }
               kern.gemm(int(kc), int(dp), int(qc), S, int(Bk), true, dO, int(dp), dV, int(dp), true);
               kern.gemm(int(kc), int(dp), int(qc), dP, int(Bk), true, Q, int(dp), dK, int(dp), true);
@@ -1176,7 +1169,7 @@ void cpu_flash_backward(const Problem& p, const BackwardArgs& a, const Context& 
 #pragma omp parallel num_threads(nthreads)
     {
       const Buffer q_buf(Br * dp), do_buf(Br * dp), k_buf(Bc * dp), kt_buf(dp * Bc), tmp_buf(Bc * dp),
-          vt_buf(dp * Bc), s_buf(Br * Bc), dp_buf(Br * Bc), dq_buf(Br * dp), keep_buf(Bc);
+          vt_buf(dp * Bc), s_buf(Br * Bc), dp_buf(Br * Bc), dq_buf(Br * dp), keep_buf(Br * Bc);
       float *Q = q_buf.get(), *dO = do_buf.get(), *K = k_buf.get(), *Kt = kt_buf.get(), *tmp = tmp_buf.get();
       float *Vt = vt_buf.get(), *S = s_buf.get(), *dP = dp_buf.get(), *dQ = dq_buf.get(), *keep = keep_buf.get();
 
@@ -1206,17 +1199,12 @@ void cpu_flash_backward(const Problem& p, const BackwardArgs& a, const Context& 
           kern.gemm(int(qc), int(Bc), int(d), Q, int(dp), false, Kt, int(Bc), S, int(Bc), false);
           if (kind == TileKind::masked) vis.apply(t.b, t.h, s, i0, qc, j0, kc, S, Bc);
           kern.gemm(int(qc), int(Bc), int(d), dO, int(dp), false, Vt, int(Bc), dP, int(Bc), false);
-          for (i64 i = 0; i < qc; ++i) {
-            const i64 idx = lse_index(p, a.q, t.b, t.h, s, i0 + i);
-            float *Si = S + i * Bc, *dPi = dP + i * Bc;
-            kern.exp2_shift_sum(Si, int(Bc), lse2[idx]);
-            const float Di = Dsum[idx];
-            if (drop.on) {
-              drop.row(bh, i0 + i, j0, kc, Bc, drop.kept_scale, keep);
-              for (i64 j = 0; j < Bc; ++j) dPi[j] = Si[j] * (dPi[j] * keep[j] - Di);
-            } else {
-              for (i64 j = 0; j < Bc; ++j) dPi[j] = Si[j] * (dPi[j] - Di);
-            }
+          if (drop.on)
+            for (i64 i = 0; i < qc; ++i) drop.row(bh, i0 + i, j0, kc, Bc, drop.kept_scale, keep + i * Bc);
+          {
+            const auto idx = static_cast<std::size_t>(lse_index(p, a.q, t.b, t.h, s, i0));
+            kern.grad_rows(int(qc), int(Bc), S, dP, int(Bc), lse2.data() + idx, Dsum.data() + idx,
+                           drop.on ? keep : nullptr, int(Bc));
           }
           kern.gemm(int(qc), int(dp), int(kc), dP, int(Bc), false, K, int(dp), dQ, int(dp), true);
         }
