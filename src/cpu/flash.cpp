@@ -608,7 +608,7 @@ amx.begin();
       const i64 t0 = t.tile * Bt, tc = std::min(Bt, s.r.seqlen_q - t0), sk = s.r.seqlen_k;
       const i64 hk = t.h / group, bh = t.b * p.heads_q + t.h;
       const i64 skp = kidx.rows(t.b);
-      const u16* kt_head = kt_all + kidx.off(t.b, hk);
+      u16* kt_head = kt_all + kidx.off(t.b, hk);
       u16* vn_head = vn_all + kidx.off(t.b, hk);
       const i64 ntile_b = (sk + Bc - 1) / Bc;
       copy_rows_bf16(amx, a.q, s, s.r.q_start + t0, tc, round_up(tc, 16), t.h, Q, dp);
@@ -628,30 +628,25 @@ amx.begin();
         const i64 kc = std::min(Bc, sk - j0), k32 = round_up(kc, 32);
         // The tile's B operands: K^T panels (panel stride dp * 16) and V
         // rows j0 .. j0 + k32 of every dims panel (panel stride vn_panel).
-        const u16* kt = kt_head + (j0 / 16) * dp * 16;
-        const u16* vn = vn_head + (j0 / 2) * 32;
+        u16* kt = kt_head + (j0 / 16) * dp * 16;
+        u16* vn = vn_head + (j0 / 2) * 32;
         i64 vn_panel = skp * 16;
         std::atomic<std::uint8_t>& state =
             packed[static_cast<std::size_t>(tile_base[static_cast<std::size_t>(t.b)] + hk * ntile_b + j0 / Bc)];
         if (state.load(std::memory_order_acquire) != 2) {
-          std::uint8_t expected = 0;
-          const bool mine = state.compare_exchange_strong(expected, 1, std::memory_order_acq_rel);
-          u16* kt_dst = mine ? const_cast<u16*>(kt) : kt_local;
-          u16* vn_dst = mine ? const_cast<u16*>(vn) : vn_local;
-          if (!mine && expected == 2) {
-            kt_dst = nullptr;  // became ready meanwhile
-          } else {
+          std::uint8_t seen = 0;
+          const bool mine = state.compare_exchange_strong(seen, 1, std::memory_order_acq_rel);
+          if (!mine && seen != 2) {  // another task is packing it: pack a private copy
+            kt = kt_local;
+            vn = vn_local;
+            vn_panel = k32 * 16;
+          }
+          if (mine || seen != 2) {
             copy_rows_bf16(amx, a.k, s, s.r.k_start + j0, kc, k32, hk, rm, dp);
-            amx.pack_t(int(k32), int(dp), rm, int(dp), kt_dst);
+            amx.pack_t(int(k32), int(dp), rm, int(dp), kt);
             copy_rows_bf16(amx, a.v, s, s.r.k_start + j0, kc, k32, hk, rm, dp);
-            amx.pack_n(int(k32), int(dp), rm, int(dp), vn_dst, mine ? skp * 16 : k32 * 16);
-            if (mine) {
-              state.store(2, std::memory_order_release);
-            } else {
-              kt = kt_local;
-              vn = vn_local;
-              vn_panel = k32 * 16;
-            }
+            amx.pack_n(int(k32), int(dp), rm, int(dp), vn, vn_panel);
+            if (mine) state.store(2, std::memory_order_release);
           }
         }
         for (i64 r0 = 0; r0 < tc; r0 += Bs) {
