@@ -2,7 +2,8 @@
 // form that is compiled once per instruction set (flash_kernels.inc, built
 // by flash_kernels_{avx512,avx2,generic}.cpp with different -m flags) and
 // chosen at run time, so one library binary runs everywhere and still uses
-// AVX-512 where it exists.
+// AVX-512 where it exists. bf16 inputs on CPUs with AMX-BF16 use the tile
+// kernels of flash_kernels_amx.cpp instead (AmxKernels below).
 //
 // Every matrix is row-major fp32 with explicit leading dimensions. The
 // column count n of gemm must be a multiple of kColPad: the tile buffers are
