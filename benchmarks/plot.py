@@ -6,7 +6,7 @@ For a file of the paper setting: figure3-runtime.png (forward, backward and
 forward + backward runtime against sequence length, log-log, one line per
 method, out-of-memory marked with an x where the line stops) and
 figure3-memory.png (peak extra memory against sequence length). For a file
-of the modern setting: tflops.png (forward and backward TFLOPS against
+of the modern setting: NAME-tflops.png (forward and backward TFLOPS against
 sequence length, a panel per head_dim and mask). For every file, NAME-ratios.md:
 the headline ratios at each sequence length (flashattn against standard
 attention, PyTorch's FlashAttention-2 and cuDNN backends, FlexAttention;
@@ -97,21 +97,21 @@ def paper_figures(data, out):
     return paths
 
 
-def tflops_figure(data, out):
+def tflops_figure(data, name, out):
     res, env = data["results"], data["environment"]
     dims = sorted({r["head_dim"] for r in res})
     masks = sorted({r["causal"] for r in res})
     fig, axes = plt.subplots(2 * len(masks), len(dims), figsize=(5 * len(dims), 3.6 * 2 * len(masks)), squeeze=False)
     for j, d in enumerate(dims):
         for i, causal in enumerate(masks):
-            for k, (key, name) in enumerate([("fwd_tflops", "forward"), ("bwd_tflops", "backward")]):
+            for k, (key, pass_name) in enumerate([("fwd_tflops", "forward"), ("bwd_tflops", "backward")]):
                 ax = axes[2 * i + k][j]
                 draw(ax, res, key, "TFLOPS", head_dim=d, causal=causal)
-                ax.set_title(f"{name}, head_dim {d}, {'causal' if causal else 'non-causal'}", fontsize=9)
+                ax.set_title(f"{pass_name}, head_dim {d}, {'causal' if causal else 'non-causal'}", fontsize=9)
     axes[0][-1].legend(fontsize=7)
     fig.suptitle(title_of(env), fontsize=9)
     fig.tight_layout()
-    path = os.path.join(out, "tflops.png")
+    path = os.path.join(out, f"{name}-tflops.png")
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return [path]
@@ -166,7 +166,7 @@ def main(argv=None):
             data = json.load(f)
         name = os.path.splitext(os.path.basename(path))[0]
         if data.get("setting") == "modern":
-            written += tflops_figure(data, args.out)
+            written += tflops_figure(data, name, args.out)
         else:
             written += paper_figures(data, args.out)
         written += ratios(data, name, args.out)

@@ -78,3 +78,21 @@ def test_bad_flags_are_errors():
         attention_bench.main(["--device", "cpu", "--methods", "nope", "--json", os.devnull])
     with pytest.raises(SystemExit):
         attention_bench.main(["--device", "cpu", "--dropout", "1.5", "--json", os.devnull])
+
+
+def test_modern_setting_and_its_plot(tmp_path):
+    path = tmp_path / "modern.json"
+    rc = attention_bench.main(["--device", "cpu", "--setting", "modern", "--seqlens", "64,128", "--tokens", "256",
+                               "--head-dims", "32,64", "--causal", "both", "--methods", "flashattn,sdpa-math",
+                               "--dtype", "float32", "--repeats", "1", "--warmup", "0", "--json", str(path)])
+    assert rc == 0
+    data = json.loads(path.read_text())
+    ours = [r for r in data["results"] if r["method"] == "flashattn"]
+    assert len(ours) == 2 * 2 * 2 and all(r["status"] == "ok" for r in ours)
+    # batch = tokens / seqlen, heads = 2048 / head_dim, causal halves the pairs.
+    for r in ours:
+        assert r["batch"] == 256 // r["seqlen"] and r["heads"] == 2048 // r["head_dim"]
+        full = r["batch"] * r["seqlen"] ** 2
+        assert r["attended_pairs"] == (full if not r["causal"] else r["batch"] * r["seqlen"] * (r["seqlen"] + 1) / 2)
+    assert plot.main([str(path), "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "modern-tflops.png").stat().st_size > 0
