@@ -102,7 +102,15 @@ torch::Tensor standard(const torch::Tensor& q, const torch::Tensor& k, const tor
                        double p, const Padding* pad) {
   auto qt = q.transpose(1, 2), kt = k.transpose(1, 2), vt = v.transpose(1, 2);  // [B, H, S, D]
   auto w = torch::matmul(qt, kt.transpose(-1, -2)) / std::sqrt(static_cast<double>(q.size(3)));
-  const double lowest = -std::numeric_limits<float>::max();
+  // finfo(dtype).min of the scores' own dtype (bf16 under autocast): float's
+  // lowest does not fit in bf16 or f16 and masked_fill would throw.
+  double lowest = std::numeric_limits<float>::lowest();
+  switch (w.scalar_type()) {
+    case torch::kBFloat16: lowest = static_cast<double>(std::numeric_limits<c10::BFloat16>::lowest()); break;
+    case torch::kHalf: lowest = static_cast<double>(std::numeric_limits<c10::Half>::lowest()); break;
+    case torch::kDouble: lowest = std::numeric_limits<double>::lowest(); break;
+    default: break;
+  }
   if (o.causal) {
     const int64_t S = q.size(1);
     auto keep = torch::ones({S, S}, torch::TensorOptions().dtype(torch::kBool).device(q.device())).tril();

@@ -55,6 +55,22 @@ TEST(Training, Gpt2TinyLossFalls) {
   EXPECT_NEAR(r.evals[0].ppl, std::exp(r.evals[0].loss), 1e-6 * r.evals[0].ppl);
 }
 
+// bf16 autocast on the CPU: every attention switch trains (standard
+// attention once threw when masking bf16 scores with float's lowest value),
+// and flashattn and standard agree on the losses within bf16 rounding.
+TEST(Training, Bf16AutocastEveryAttention) {
+  std::vector<TrainResult> runs;
+  for (const char* att : {"flashattn", "standard", "sdpa-flash"}) {
+    SCOPED_TRACE(att);
+    runs.push_back(train(tiny("gpt2-tiny", {"--steps", "8", "--precision", "bf16", "--attention", att})));
+    ASSERT_EQ(runs.back().train_loss.size(), 8u);
+    for (const auto& [step, loss] : runs.back().train_loss) EXPECT_TRUE(std::isfinite(loss)) << "step " << step;
+    EXPECT_LT(mean_last(runs.back(), 3), runs.back().train_loss.front().second);
+  }
+  for (std::size_t i = 0; i < runs[0].train_loss.size(); ++i)
+    EXPECT_NEAR(runs[0].train_loss[i].second, runs[1].train_loss[i].second, 0.05) << "step " << i + 1;
+}
+
 TEST(Training, EncoderTinyMlmLossFalls) {
   auto r = train(tiny("encoder-tiny", {"--steps", "30"}));
   const double first = r.train_loss.front().second;
