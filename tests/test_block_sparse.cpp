@@ -141,11 +141,7 @@ TEST(BlockSparse, AllFullAndAllPartialEqualPlainAttention) {
         p.options.block_mask = bm.get();
         const Outputs masked = run(p, be.reference, cpu(be.algo));
         const double tol = be.reference ? 1e-13 : 1e-6;
-        EXPECT_LT(rel_error(masked.o, plain.o), tol);
-        EXPECT_LT(max_abs_error(masked.lse, plain.lse), 1e-6);
-        EXPECT_LT(rel_error(masked.dq, plain.dq), 10 * tol);
-        EXPECT_LT(rel_error(masked.dk, plain.dk), 10 * tol);
-        EXPECT_LT(rel_error(masked.dv, plain.dv), 10 * tol);
+        expect_outputs_near(masked, plain, {.o = tol, .lse = 1e-6, .grad = 10 * tol});
       }
     }
   }

@@ -67,9 +67,7 @@ Errors errors_of(Problem& p, const Outputs& want, Algorithm algo, int threads = 
 // Flash bf16 vs standard attention in bf16, both against the float64
 // reference on the same (bf16-rounded) inputs.
 void expect_within_contract(Problem& p) {
-  Problem ref(DType::f64, p.batch, p.sq, p.sk, p.hq, p.hk, p.d);
-  copy_inputs(p, ref);
-  const Outputs want = run(ref, true);
+  const Outputs want = run_reference_twin(p);
   const Errors fl = errors_of(p, want, Algorithm::flash), st = errors_of(p, want, Algorithm::standard);
   // The floor covers cases where standard attention is unusually lucky
   // (a bf16 ulp is 2^-8 relative; 1e-3 is a quarter of one).
@@ -152,33 +150,7 @@ TEST(CpuBf16Path, FusedBackwardAndVarlenWithinContract) {
 
 // Q, K, V as strided views into one packed (b, s, 3, h, d) buffer: the
 // tile loads follow stride_seq, not the contiguous row length.
-TEST(CpuBf16Path, StridedLayouts) {
-  FA_SEEDED(seed);
-  PackedQKV packed(DType::bf16, 2, 150, 3, 40);
-  Problem p(DType::bf16, 2, 150, 150, 3, 3, 40);
-  p.randomize(seed);
-  scatter(gather(p.q.t), packed.q);
-  scatter(gather(p.k.t), packed.k);
-  scatter(gather(p.v.t), packed.v);
-  Problem ref(DType::f64, 2, 150, 150, 3, 3, 40);
-  copy_inputs(p, ref);
-  const Outputs want = run(ref, true);
-  p.poison_outputs();
-  flashattn::ForwardArgs fa = p.forward_args();
-  fa.q = packed.q;
-  fa.k = packed.k;
-  fa.v = packed.v;
-  flashattn::forward(fa, cpu(Algorithm::flash));
-  flashattn::BackwardArgs ba = p.backward_args();
-  ba.q = packed.q;
-  ba.k = packed.k;
-  ba.v = packed.v;
-  flashattn::backward(ba, cpu(Algorithm::flash));
-  EXPECT_LT(rel_error(p.o.values(), want.o), 1e-2);
-  EXPECT_LT(rel_error(p.dq.values(), want.dq), 1e-2);
-  EXPECT_LT(rel_error(p.dk.values(), want.dk), 1e-2);
-  EXPECT_LT(rel_error(p.dv.values(), want.dv), 1e-2);
-}
+TEST(CpuBf16Path, StridedLayouts) { expect_packed_qkv_flash_matches_reference(DType::bf16, 40, 1e-2); }
 
 // Bitwise identical results for 1, 2 and 3 threads, fused and unfused.
 TEST(CpuBf16Path, DeterministicAcrossThreadCounts) {

@@ -46,19 +46,13 @@ std::string describe(const Problem& p) {
 // Flash (given thread count) vs the reference on an f64 twin of p's inputs.
 void expect_matches_reference(Problem& p, int threads = 0) {
   SCOPED_TRACE(describe(p));
-  Problem ref(DType::f64, p.batch, p.sq, p.sk, p.hq, p.hk, p.d);
-  copy_inputs(p, ref);
-  const Outputs want = run(ref, /*reference=*/true);
+  const Outputs want = run_reference_twin(p);
   Context ctx = cpu(Algorithm::flash);
   ctx.num_threads = threads;
   const Outputs got = run(p, /*reference=*/false, ctx);
   const double tol = tolerance(p.dtype);
-  EXPECT_LT(rel_error(got.o, want.o), tol) << "o";
   // LSE is fp32 for every dtype; -inf (empty rows) must match exactly.
-  EXPECT_LT(max_abs_error(got.lse, want.lse), 1e-4) << "lse";
-  EXPECT_LT(rel_error(got.dq, want.dq), tol) << "dq";
-  EXPECT_LT(rel_error(got.dk, want.dk), tol) << "dk";
-  EXPECT_LT(rel_error(got.dv, want.dv), tol) << "dv";
+  expect_outputs_near(got, want, {.o = tol, .lse = 1e-4, .grad = tol});
 }
 
 TEST(CpuFlash, ShapesAroundTileBoundaries) {
@@ -240,34 +234,8 @@ TEST(CpuFlash, BlockSparseVarlenBroadcastHeads) {
   expect_matches_reference(p);
 }
 
-TEST(CpuFlash, StridedLayouts) {
-  FA_SEEDED(seed);
-  // Q, K, V packed in one (b, s, 3, h, d) buffer; O and dO contiguous.
-  PackedQKV packed(DType::f32, 2, 150, 3, 64);
-  Problem p(DType::f32, 2, 150, 150, 3, 3, 64);
-  p.randomize(seed);
-  scatter(gather(p.q.t), packed.q);
-  scatter(gather(p.k.t), packed.k);
-  scatter(gather(p.v.t), packed.v);
-  Problem ref(DType::f64, 2, 150, 150, 3, 3, 64);
-  copy_inputs(p, ref);
-  const Outputs want = run(ref, true);
-  p.poison_outputs();
-  flashattn::ForwardArgs fa = p.forward_args();
-  fa.q = packed.q;
-  fa.k = packed.k;
-  fa.v = packed.v;
-  flashattn::forward(fa, cpu(Algorithm::flash));
-  flashattn::BackwardArgs ba = p.backward_args();
-  ba.q = packed.q;
-  ba.k = packed.k;
-  ba.v = packed.v;
-  flashattn::backward(ba, cpu(Algorithm::flash));
-  EXPECT_LT(rel_error(p.o.values(), want.o), 2e-5);
-  EXPECT_LT(rel_error(p.dq.values(), want.dq), 2e-5);
-  EXPECT_LT(rel_error(p.dk.values(), want.dk), 2e-5);
-  EXPECT_LT(rel_error(p.dv.values(), want.dv), 2e-5);
-}
+// Q, K, V packed in one (b, s, 3, h, d) buffer; O and dO contiguous.
+TEST(CpuFlash, StridedLayouts) { expect_packed_qkv_flash_matches_reference(DType::f32, 64, 2e-5); }
 
 // Bitwise equal outputs across repeated runs and across thread counts, for
 // the backward with and without `deterministic` (the CPU path promises it

@@ -17,6 +17,7 @@
 #include <functional>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -582,6 +583,33 @@ inline Outputs run(Problem& p, bool reference, const Context& ctx = {}, bool wit
   return out;
 }
 
+// Runs the reference (forward and backward) on a float64 twin of p: the
+// same shapes, options and inputs (as rounded to p's dtype).
+inline Outputs run_reference_twin(const Problem& p) {
+  Problem ref(DType::f64, p.batch, p.sq, p.sk, p.hq, p.hk, p.d);
+  copy_inputs(p, ref);
+  return run(ref, true);
+}
+
+// Bounds of expect_outputs_near: relative error of O and of dQ, dK, dV;
+// max abs error of the LSE (std::nullopt: not checked).
+struct OutputTolerances {
+  double o = 0;
+  std::optional<double> lse;
+  double grad = 0;
+};
+
+// Outputs (and gradients) of a run against those of another (the oracle's).
+inline void expect_outputs_near(const Outputs& got, const Outputs& want, const OutputTolerances& tol) {
+  EXPECT_LT(rel_error(got.o, want.o), tol.o) << "o";
+  if (tol.lse) {
+    EXPECT_LT(max_abs_error(got.lse, want.lse), *tol.lse) << "lse";
+  }
+  EXPECT_LT(rel_error(got.dq, want.dq), tol.grad) << "dq";
+  EXPECT_LT(rel_error(got.dk, want.dk), tol.grad) << "dk";
+  EXPECT_LT(rel_error(got.dv, want.dv), tol.grad) << "dv";
+}
+
 // ---------------------------------------------- finite differences ---
 
 // sum(dO * O) of the reference forward on p's current inputs (the loss
@@ -639,5 +667,35 @@ inline Context cpu(Algorithm a) {
 
 // "flash" or "standard", for traces.
 inline const char* name(Algorithm a) { return a == Algorithm::flash ? "flash" : "standard"; }
+
+// The CPU flash path with Q, K, V as strided views into one packed
+// (b, s, 3, h, d) buffer (O and dO contiguous; b = 2, s = 150, h = 3)
+// against the reference on contiguous inputs: the tile loads must follow
+// stride_seq. O, dQ, dK, dV within relative error tol.
+inline void expect_packed_qkv_flash_matches_reference(DType dtype, std::int64_t d, double tol) {
+  FA_SEEDED(seed);
+  PackedQKV packed(dtype, 2, 150, 3, d);
+  Problem p(dtype, 2, 150, 150, 3, 3, d);
+  p.randomize(seed);
+  scatter(gather(p.q.t), packed.q);
+  scatter(gather(p.k.t), packed.k);
+  scatter(gather(p.v.t), packed.v);
+  const Outputs want = run_reference_twin(p);
+  p.poison_outputs();
+  flashattn::ForwardArgs fa = p.forward_args();
+  fa.q = packed.q;
+  fa.k = packed.k;
+  fa.v = packed.v;
+  flashattn::forward(fa, cpu(Algorithm::flash));
+  flashattn::BackwardArgs ba = p.backward_args();
+  ba.q = packed.q;
+  ba.k = packed.k;
+  ba.v = packed.v;
+  flashattn::backward(ba, cpu(Algorithm::flash));
+  EXPECT_LT(rel_error(p.o.values(), want.o), tol);
+  EXPECT_LT(rel_error(p.dq.values(), want.dq), tol);
+  EXPECT_LT(rel_error(p.dk.values(), want.dk), tol);
+  EXPECT_LT(rel_error(p.dv.values(), want.dv), tol);
+}
 
 }  // namespace fa_test

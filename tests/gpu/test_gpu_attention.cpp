@@ -17,7 +17,9 @@
 #include <cstdlib>
 #include <cstring>
 #include <optional>
+#include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "gpu_harness.h"
@@ -27,6 +29,52 @@ namespace {
 
 const std::int64_t kHeadDims[] = {32, 64, 96, 128, 192, 256};
 const DType kDTypes[] = {DType::bf16, DType::f16};
+
+// The parameter of the per-shape suites: one dtype and head_dim.
+struct DTypeHeadDim {
+  DType dtype;
+  std::int64_t d;
+};
+// Printed by gtest in test listings (the default dumps the padding bytes,
+// which differ from run to run).
+inline void PrintTo(const DTypeHeadDim& p, std::ostream* os) { *os << flashattn::to_string(p.dtype) << " d" << p.d; }
+
+// Every dtype with each of head_dims (dtype-major: the order of the test
+// listing).
+std::vector<DTypeHeadDim> dtype_head_dims(std::span<const std::int64_t> head_dims) {
+  std::vector<DTypeHeadDim> v;
+  for (DType t : kDTypes)
+    for (std::int64_t d : head_dims) v.push_back({t, d});
+  return v;
+}
+
+// The test-name suffix of a parameter: "bf16_d64".
+std::string dtype_head_dim_name(const ::testing::TestParamInfo<DTypeHeadDim>& i) {
+  return std::string(flashattn::to_string(i.param.dtype)) + "_d" + std::to_string(i.param.d);
+}
+
+// A dense case of one (dtype, head_dim) at sq x sk: 2 query and 2 kv heads,
+// batch 2 (1 from 1000 query rows on, to keep the float64 reference cheap).
+Case shape_case(const DTypeHeadDim& p, std::int64_t sq, std::int64_t sk) {
+  Case c;
+  c.dtype = p.dtype;
+  c.d = p.d;
+  c.sq = sq;
+  c.sk = sk;
+  c.batch = sq >= 1000 ? 1 : 2;
+  c.hq = 2;
+  c.hk = 2;
+  return c;
+}
+
+// Runs r by algo on a fresh non-blocking stream (destroyed afterwards).
+Outputs run_on_new_stream(Runner& r, Algorithm algo, bool deterministic = false, bool own_workspace = false) {
+  cudaStream_t stream = nullptr;
+  cuda_ok(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
+  Outputs out = r.run(algo, stream, deterministic, own_workspace);
+  cuda_ok(cudaStreamDestroy(stream), "cudaStreamDestroy");
+  return out;
+}
 
 // ------------------------------------------------------------ quick ---
 
@@ -78,45 +126,18 @@ INSTANTIATE_TEST_SUITE_P(HeadDims, QuickGpu, ::testing::ValuesIn(kHeadDims));
 
 // ----------------------------------------------------------- shapes ---
 
-struct ShapeParam {
-  DType dtype;
-  std::int64_t d;
-};
-// Printed by gtest in test listings (the default dumps the padding bytes,
-// which differ from run to run).
-inline void PrintTo(const ShapeParam& p, std::ostream* os) { *os << flashattn::to_string(p.dtype) << " d" << p.d; }
-
-class ShapesGpu : public GpuTest, public ::testing::WithParamInterface<ShapeParam> {};
+class ShapesGpu : public GpuTest, public ::testing::WithParamInterface<DTypeHeadDim> {};
 
 // Lengths that are not multiples of any tile size, sq != sk both ways, and
 // the degenerate one-row / one-key cases.
 TEST_P(ShapesGpu, NonTileMultiples) {
-  const ShapeParam sp = GetParam();
+  const DTypeHeadDim sp = GetParam();
   const std::int64_t lens[][2] = {{1, 1}, {17, 17}, {127, 129}, {129, 127}, {1, 300}, {300, 1}, {1000, 1000}};
-  for (const auto& l : lens) {
-    Case c;
-    c.dtype = sp.dtype;
-    c.d = sp.d;
-    c.sq = l[0];
-    c.sk = l[1];
-    c.batch = l[0] >= 1000 ? 1 : 2;
-    c.hq = 2;
-    c.hk = 2;
-    check_case(c);
-  }
+  for (const auto& l : lens) check_case(shape_case(sp, l[0], l[1]));
 }
 
-std::vector<ShapeParam> shape_params() {
-  std::vector<ShapeParam> v;
-  for (DType t : kDTypes)
-    for (std::int64_t d : kHeadDims) v.push_back({t, d});
-  return v;
-}
-
-INSTANTIATE_TEST_SUITE_P(DTypesHeadDims, ShapesGpu, ::testing::ValuesIn(shape_params()),
-                         [](const ::testing::TestParamInfo<ShapeParam>& i) {
-                           return std::string(flashattn::to_string(i.param.dtype)) + "_d" + std::to_string(i.param.d);
-                         });
+INSTANTIATE_TEST_SUITE_P(DTypesHeadDims, ShapesGpu, ::testing::ValuesIn(dtype_head_dims(kHeadDims)),
+                         dtype_head_dim_name);
 
 // ------------------------------------------------------------ masks ---
 
@@ -378,10 +399,7 @@ TEST_F(LayoutGpu, StridesStreamAndWorkspace) {
     Runner r(c);
     r.randomize(seed);
     const Outputs plain = r.run(algo, nullptr, true, false);
-    cudaStream_t stream = nullptr;
-    cuda_ok(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
-    const Outputs streamed = r.run(algo, stream, true, true);
-    cuda_ok(cudaStreamDestroy(stream), "cudaStreamDestroy");
+    const Outputs streamed = run_on_new_stream(r, algo, true, true);
     EXPECT_EQ(max_abs_error(plain.o, streamed.o), 0.0);
     EXPECT_EQ(max_abs_error(plain.lse, streamed.lse), 0.0);
     EXPECT_EQ(max_abs_error(plain.dq, streamed.dq), 0.0);
@@ -514,50 +532,22 @@ const std::int64_t kSm90HeadDims[] = {64, 128, 256};
 const std::int64_t kSm90BwdHeadDims[] = {64, 128};
 bool sm90_backward_has(std::int64_t d) { return d == 64 || d == 128; }
 
-struct Sm90Param {
-  DType dtype;
-  std::int64_t d;
-};
-inline void PrintTo(const Sm90Param& p, std::ostream* os) { *os << flashattn::to_string(p.dtype) << " d" << p.d; }
+// ------------------------------------------ sm90 forward and backward cases ---
+// Case sequences both the sm90 forward and the sm90 backward tests check;
+// `backward` says whether each case runs the backward too.
 
-class Sm90Shapes : public Sm90Gpu, public ::testing::WithParamInterface<Sm90Param> {};
-
-// Lengths off the 128-row query tile and the key tile (64 or 128), both
-// ways, the one-row / one-key extremes; causal and not.
-TEST_P(Sm90Shapes, DenseAndCausalTails) {
-  const Sm90Param sp = GetParam();
-  const std::int64_t lens[][2] = {{1, 1},     {17, 40},   {64, 64},  {127, 129}, {129, 127},
-                                  {1, 300},   {300, 1},   {128, 256}, {257, 513}, {1000, 1000}};
-  for (bool causal : {false, true})
-    for (const auto& l : lens) {
-      Case c;
-      c.dtype = sp.dtype;
-      c.d = sp.d;
-      c.sq = l[0];
-      c.sk = l[1];
-      c.batch = l[0] >= 1000 ? 1 : 2;
-      c.hq = 2;
-      c.hk = 2;
-      c.causal = causal;
-      // One backward per sweep (the sm90 backward where it has the
-      // head_dim; forced sm90 refuses d = 256, see Sm90BackwardGpu).
-      c.backward = l[0] == 127 && sm90_backward_has(sp.d);
-      check_case(c);
-    }
-}
-
-// GQA / MQA (query head h reads kv head h / group), causal with sq != sk.
-TEST_P(Sm90Shapes, GroupedQueryHeads) {
-  const Sm90Param sp = GetParam();
+// GQA / MQA (query head h reads kv head h / group) at one (dtype, head_dim):
+// 200 x 333, then causal with 333 x 200.
+void check_grouped_query_heads(const DTypeHeadDim& p, bool backward) {
   for (auto [hq, hk] : {std::pair<std::int64_t, std::int64_t>{8, 2}, {6, 1}}) {
     Case c;
-    c.dtype = sp.dtype;
-    c.d = sp.d;
+    c.dtype = p.dtype;
+    c.d = p.d;
     c.sq = 200;
     c.sk = 333;
     c.hq = hq;
     c.hk = hk;
-    c.backward = false;
+    c.backward = backward;
     check_case(c);
     c.causal = true;
     c.sq = 333;
@@ -566,49 +556,40 @@ TEST_P(Sm90Shapes, GroupedQueryHeads) {
   }
 }
 
-std::vector<Sm90Param> sm90_params() {
-  std::vector<Sm90Param> v;
-  for (DType t : kDTypes)
-    for (std::int64_t d : kSm90HeadDims) v.push_back({t, d});
-  return v;
+// Causal rows with no visible key (sq > sk), no window, on base's dtype,
+// head_dim and backward: 150 x 60 (rows 0..89 see no key), then 300 x 20
+// (whole query tiles without a key tile).
+void check_causal_empty_rows(Case c) {
+  c.window_left = -1;
+  c.window_right = -1;
+  c.causal = true;
+  c.sq = 150;
+  c.sk = 60;
+  check_case(c);
+  c.sq = 300;
+  c.sk = 20;
+  check_case(c);
 }
 
-INSTANTIATE_TEST_SUITE_P(DTypesHeadDims, Sm90Shapes, ::testing::ValuesIn(sm90_params()),
-                         [](const ::testing::TestParamInfo<Sm90Param>& i) {
-                           return std::string(flashattn::to_string(i.param.dtype)) + "_d" + std::to_string(i.param.d);
-                         });
-
-// Rows with no visible key (causal, sq > sk): O = 0 and LSE = -inf, never
-// NaN; whole query tiles without a key tile (sq - sk > 128) too. Sliding
-// windows take the same masking code, so they run here as well.
-TEST_F(Sm90Gpu, EmptyRowsAndWindows) {
-  for (std::int64_t d : kSm90HeadDims) {
-    Case c;
-    c.d = d;
-    c.sq = 150;
-    c.sk = 60;
-    c.causal = true;
-    c.backward = false;
-    check_case(c);
-    c.sq = 300;
-    c.sk = 20;
-    check_case(c);
-    c.causal = false;
-    c.sq = 257;
-    c.sk = 333;
-    c.window_left = 31;
-    c.window_right = 7;
-    check_case(c);
-    c.window_left = 0;
-    c.window_right = 0;
-    c.dtype = DType::f16;
-    check_case(c);
-  }
+// Sliding windows at 257 x 333, not causal, on base's head_dim and
+// backward: (31, 7) in base's dtype, then only the diagonal (0, 0) in
+// diagonal_dtype.
+void check_windows(Case c, DType diagonal_dtype) {
+  c.causal = false;
+  c.sq = 257;
+  c.sk = 333;
+  c.window_left = 31;
+  c.window_right = 7;
+  check_case(c);
+  c.window_left = 0;
+  c.window_right = 0;
+  c.dtype = diagonal_dtype;
+  check_case(c);
 }
 
-// Padded (non-contiguous) strides and a non-default stream: the tensor
-// maps carry the strides; results equal those of the default stream.
-TEST_F(Sm90Gpu, PaddedStridesAndStream) {
+// The padded-strides case of both paths: GQA, causal, 190 x 201 at
+// head_dim 128, non-contiguous strides.
+Case padded_gqa_case(bool backward) {
   Case c;
   c.d = 128;
   c.sq = 190;
@@ -617,16 +598,91 @@ TEST_F(Sm90Gpu, PaddedStridesAndStream) {
   c.hk = 2;
   c.causal = true;
   c.padded = true;
-  c.backward = false;
+  c.backward = backward;
+  return c;
+}
+
+// A case the sm90 kernels refuse, and the argument their Error must name.
+struct Refused {
+  Case c;
+  const char* arg;
+};
+
+// 100 x 90 cases with one feature neither sm90 kernel has: dropout,
+// varlen, a block mask.
+std::vector<Refused> sm90_unsupported_features() {
+  Case base;
+  base.sq = 100;
+  base.sk = 90;
+  std::vector<Refused> v;
+  {
+    Case c = base;
+    c.dropout_p = 0.1f;
+    v.push_back({c, "dropout_p"});
+  }
+  {
+    Case c = base;
+    c.lens_q = {10, 20};
+    c.lens_k = {30, 5};
+    v.push_back({c, "varlen"});
+  }
+  {
+    Case c = base;
+    c.block_q = 128;
+    c.block_k = 128;
+    v.push_back({c, "block_mask"});
+  }
+  return v;
+}
+
+class Sm90Shapes : public Sm90Gpu, public ::testing::WithParamInterface<DTypeHeadDim> {};
+
+// Lengths off the 128-row query tile and the key tile (64 or 128), both
+// ways, the one-row / one-key extremes; causal and not.
+TEST_P(Sm90Shapes, DenseAndCausalTails) {
+  const DTypeHeadDim sp = GetParam();
+  const std::int64_t lens[][2] = {{1, 1},     {17, 40},   {64, 64},  {127, 129}, {129, 127},
+                                  {1, 300},   {300, 1},   {128, 256}, {257, 513}, {1000, 1000}};
+  for (bool causal : {false, true})
+    for (const auto& l : lens) {
+      Case c = shape_case(sp, l[0], l[1]);
+      c.causal = causal;
+      // One backward per sweep (the sm90 backward where it has the
+      // head_dim; forced sm90 refuses d = 256, see Sm90BackwardGpu).
+      c.backward = l[0] == 127 && sm90_backward_has(sp.d);
+      check_case(c);
+    }
+}
+
+// GQA / MQA, causal with sq != sk (forward only).
+TEST_P(Sm90Shapes, GroupedQueryHeads) { check_grouped_query_heads(GetParam(), false); }
+
+INSTANTIATE_TEST_SUITE_P(DTypesHeadDims, Sm90Shapes, ::testing::ValuesIn(dtype_head_dims(kSm90HeadDims)),
+                         dtype_head_dim_name);
+
+// Rows with no visible key (causal, sq > sk): O = 0 and LSE = -inf, never
+// NaN; whole query tiles without a key tile (sq - sk > 128) too. Sliding
+// windows take the same masking code, so they run here as well.
+TEST_F(Sm90Gpu, EmptyRowsAndWindows) {
+  for (std::int64_t d : kSm90HeadDims) {
+    Case c;
+    c.d = d;
+    c.backward = false;
+    check_causal_empty_rows(c);
+    check_windows(c, DType::f16);
+  }
+}
+
+// Padded (non-contiguous) strides and a non-default stream: the tensor
+// maps carry the strides; results equal those of the default stream.
+TEST_F(Sm90Gpu, PaddedStridesAndStream) {
+  const Case c = padded_gqa_case(false);
   check_case(c);
   FA_SEEDED(seed);
   Runner r(c);
   r.randomize(seed);
   const Outputs plain = r.run(Algorithm::flash);
-  cudaStream_t stream = nullptr;
-  cuda_ok(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
-  const Outputs streamed = r.run(Algorithm::flash, stream);
-  cuda_ok(cudaStreamDestroy(stream), "cudaStreamDestroy");
+  const Outputs streamed = run_on_new_stream(r, Algorithm::flash);
   EXPECT_EQ(max_abs_error(plain.o, streamed.o), 0.0);
   EXPECT_EQ(max_abs_error(plain.lse, streamed.lse), 0.0);
 }
@@ -656,23 +712,7 @@ TEST_F(Sm90Gpu, UnsupportedIsAnError) {
     c.d = 96;
     expect_refused(c, "head_dim");
   }
-  {
-    Case c = base;
-    c.dropout_p = 0.1f;
-    expect_refused(c, "dropout_p");
-  }
-  {
-    Case c = base;
-    c.lens_q = {10, 20};
-    c.lens_k = {30, 5};
-    expect_refused(c, "varlen");
-  }
-  {
-    Case c = base;
-    c.block_q = 128;
-    c.block_k = 128;
-    expect_refused(c, "block_mask");
-  }
+  for (const auto& [c, arg] : sm90_unsupported_features()) expect_refused(c, arg);
 }
 
 // ------------------------------------------------------ sm90 backward ---
@@ -681,25 +721,18 @@ TEST_F(Sm90Gpu, UnsupportedIsAnError) {
 // forward of each case is the sm90 one too). Gradients are poisoned before
 // every run (Runner::run) and judged by the file's rule: at most 3x the
 // error of the standard path in the same precision, plus a floor.
-class Sm90BackwardShapes : public Sm90Gpu, public ::testing::WithParamInterface<Sm90Param> {};
+class Sm90BackwardShapes : public Sm90Gpu, public ::testing::WithParamInterface<DTypeHeadDim> {};
 
 // Lengths off the 64-row query tile and the 128-key tile, both ways, the
 // one-row / one-key extremes (a key tile of one key, a query tile of one
 // row); causal and not.
 TEST_P(Sm90BackwardShapes, DenseAndCausalTails) {
-  const Sm90Param sp = GetParam();
+  const DTypeHeadDim sp = GetParam();
   const std::int64_t lens[][2] = {{1, 1},     {17, 40},   {64, 64},   {65, 129},  {127, 129}, {129, 127},
                                   {1, 300},   {300, 1},   {128, 256}, {257, 513}, {1000, 1000}};
   for (bool causal : {false, true})
     for (const auto& l : lens) {
-      Case c;
-      c.dtype = sp.dtype;
-      c.d = sp.d;
-      c.sq = l[0];
-      c.sk = l[1];
-      c.batch = l[0] >= 1000 ? 1 : 2;
-      c.hq = 2;
-      c.hk = 2;
+      Case c = shape_case(sp, l[0], l[1]);
       c.causal = causal;
       check_case(c);
     }
@@ -707,67 +740,30 @@ TEST_P(Sm90BackwardShapes, DenseAndCausalTails) {
 
 // GQA / MQA: dK, dV of each query head go through the fp32 dk/dv accum and
 // the sm80 reduction; causal with sq != sk both ways.
-TEST_P(Sm90BackwardShapes, GroupedQueryHeads) {
-  const Sm90Param sp = GetParam();
-  for (auto [hq, hk] : {std::pair<std::int64_t, std::int64_t>{8, 2}, {6, 1}}) {
-    Case c;
-    c.dtype = sp.dtype;
-    c.d = sp.d;
-    c.sq = 200;
-    c.sk = 333;
-    c.hq = hq;
-    c.hk = hk;
-    check_case(c);
-    c.causal = true;
-    c.sq = 333;
-    c.sk = 200;
-    check_case(c);
-  }
-}
+TEST_P(Sm90BackwardShapes, GroupedQueryHeads) { check_grouped_query_heads(GetParam(), true); }
 
 // Sliding windows (the partial-tile masking and the query-tile range of a
 // key tile), rows with no visible key (causal, sq > sk: dQ = 0, P = 0 from
 // LSE = -inf), and key tiles no query sees (dK = dV = 0 must be written).
 TEST_P(Sm90BackwardShapes, WindowsAndEmptyRows) {
-  const Sm90Param sp = GetParam();
+  const DTypeHeadDim sp = GetParam();
   Case c;
   c.dtype = sp.dtype;
   c.d = sp.d;
-  c.sq = 257;
-  c.sk = 333;
-  c.window_left = 31;
-  c.window_right = 7;
-  check_case(c);
-  c.window_left = 0;
-  c.window_right = 0;
-  check_case(c);
-  c.window_left = 5;  // sq = 20, sk = 300: keys 0..274 are seen by no row
-  c.window_right = 3;
-  c.sq = 20;
-  c.sk = 300;
-  check_case(c);
-  c.window_left = -1;
-  c.window_right = -1;
-  c.causal = true;
-  c.sq = 150;  // rows 0..89 see no key
-  c.sk = 60;
-  check_case(c);
-  c.sq = 300;  // whole 64-row query tiles without a key
-  c.sk = 20;
-  check_case(c);
+  check_windows(c, sp.dtype);
+  {
+    Case w = c;
+    w.window_left = 5;  // sq = 20, sk = 300: keys 0..274 are seen by no row
+    w.window_right = 3;
+    w.sq = 20;
+    w.sk = 300;
+    check_case(w);
+  }
+  check_causal_empty_rows(c);  // rows 0..89, then whole 64-row query tiles, see no key
 }
 
-std::vector<Sm90Param> sm90_bwd_params() {
-  std::vector<Sm90Param> v;
-  for (DType t : kDTypes)
-    for (std::int64_t d : kSm90BwdHeadDims) v.push_back({t, d});
-  return v;
-}
-
-INSTANTIATE_TEST_SUITE_P(DTypesHeadDims, Sm90BackwardShapes, ::testing::ValuesIn(sm90_bwd_params()),
-                         [](const ::testing::TestParamInfo<Sm90Param>& i) {
-                           return std::string(flashattn::to_string(i.param.dtype)) + "_d" + std::to_string(i.param.d);
-                         });
+INSTANTIATE_TEST_SUITE_P(DTypesHeadDims, Sm90BackwardShapes, ::testing::ValuesIn(dtype_head_dims(kSm90BwdHeadDims)),
+                         dtype_head_dim_name);
 
 class Sm90BackwardGpu : public Sm90Gpu {};
 
@@ -776,23 +772,13 @@ class Sm90BackwardGpu : public Sm90Gpu {};
 // then the fixed-order GQA sum) equal those of the default stream bit for
 // bit; dQ (fp32 atomics in any order) to within rounding.
 TEST_F(Sm90BackwardGpu, PaddedStridesStreamAndWorkspace) {
-  Case c;
-  c.d = 128;
-  c.sq = 190;
-  c.sk = 201;
-  c.hq = 4;
-  c.hk = 2;
-  c.causal = true;
-  c.padded = true;
+  const Case c = padded_gqa_case(true);
   check_case(c);
   FA_SEEDED(seed);
   Runner r(c);
   r.randomize(seed);
   const Outputs plain = r.run(Algorithm::flash);
-  cudaStream_t stream = nullptr;
-  cuda_ok(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
-  const Outputs streamed = r.run(Algorithm::flash, stream, false, true);
-  cuda_ok(cudaStreamDestroy(stream), "cudaStreamDestroy");
+  const Outputs streamed = run_on_new_stream(r, Algorithm::flash, false, true);
   EXPECT_EQ(max_abs_error(plain.dk, streamed.dk), 0.0);
   EXPECT_EQ(max_abs_error(plain.dv, streamed.dv), 0.0);
   EXPECT_LE(max_abs_error(plain.dq, streamed.dq), 1e-2 * max_abs(plain.dq) + 1e-4);
@@ -839,23 +825,7 @@ TEST_F(Sm90BackwardGpu, UnsupportedIsAnError) {
     expect_refused(c, "head_dim", false, true);
   }
   expect_refused(base, "deterministic", true, false);
-  {
-    Case c = base;
-    c.dropout_p = 0.1f;
-    expect_refused(c, "dropout_p", false, true);
-  }
-  {
-    Case c = base;
-    c.lens_q = {10, 20};
-    c.lens_k = {30, 5};
-    expect_refused(c, "varlen", false, true);
-  }
-  {
-    Case c = base;
-    c.block_q = 128;
-    c.block_k = 128;
-    expect_refused(c, "block_mask", false, true);
-  }
+  for (const auto& [c, arg] : sm90_unsupported_features()) expect_refused(c, arg, false, true);
 }
 
 }  // namespace
