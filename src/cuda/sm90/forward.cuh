@@ -111,10 +111,14 @@ __global__ void __launch_bounds__(kThreads, 1)
       x::tma_prefetch_map(&tma_k);
       x::tma_prefetch_map(&tma_v);
       // Q always, even when no key tile is visible: the consumers stage O
-      // through Q's buffer and must not race a late copy into it.
-      x::mbar_arrive_expect_tx(q_full, 2 * L::kQHalf);
-#pragma unroll
-      for (int half = 0; half < 2; ++half)
+      // through Q's buffer and must not race a late copy into it. But not a
+      // half that lies wholly past seqlen_q: a partly out-of-bounds box
+      // counts its whole size on the barrier, a wholly out-of-bounds one is
+      // not documented either way (a wrong expect_tx is a hang), and the
+      // rows of that half are never stored (docs/hopper.md, review notes).
+      const int q_halves = m0 + 64 < seq.sq ? 2 : 1;
+      x::mbar_arrive_expect_tx(q_full, q_halves * L::kQHalf);
+      for (int half = 0; half < q_halves; ++half)
 #pragma unroll
         for (int c = 0; c < L::kChunks; ++c)
           x::tma_load_4d(base + L::kQ + half * L::kQHalf + c * 64 * 128, &tma_q, q_full, c * 64, m0 + 64 * half, h, b);
