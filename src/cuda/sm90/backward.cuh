@@ -478,9 +478,14 @@ void launch_backward(const Params& p, cudaStream_t stream) {
 
   sm80::launch_dot_do_o<T, kD>(p, stream);
   if (p.seqlen_k > 0) {
-    const CUtensorMap tq = x::make_tensor_map_bshd(p.q, kBf16, kD, p.seqlen_q, p.heads_q, p.batch, p.q_ss, p.q_sh,
+    // With no queries the Q/dO maps are never read (no query tile sees a
+    // key), but an empty tensor may come with a null pointer, which the
+    // encoder need not accept: map K's (non-null, 16-byte aligned) address.
+    const void* q_data = p.seqlen_q > 0 ? p.q : p.k;
+    const void* do_data = p.seqlen_q > 0 ? p.dout : p.k;
+    const CUtensorMap tq = x::make_tensor_map_bshd(q_data, kBf16, kD, p.seqlen_q, p.heads_q, p.batch, p.q_ss, p.q_sh,
                                                    p.q_sb, c.block_m, "q");
-    const CUtensorMap tdo = x::make_tensor_map_bshd(p.dout, kBf16, kD, p.seqlen_q, p.heads_q, p.batch, p.do_ss,
+    const CUtensorMap tdo = x::make_tensor_map_bshd(do_data, kBf16, kD, p.seqlen_q, p.heads_q, p.batch, p.do_ss,
                                                     p.do_sh, p.do_sb, c.block_m, "dout");
     const CUtensorMap tk = x::make_tensor_map_bshd(p.k, kBf16, kD, p.seqlen_k, p.heads_k, p.batch, p.k_ss, p.k_sh,
                                                    p.k_sb, c.block_n, "k");

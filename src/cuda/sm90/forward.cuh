@@ -311,9 +311,14 @@ void launch_forward(const Params& p, cudaStream_t stream) {
   constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
   const CUtensorMap tq = x::make_tensor_map_bshd(p.q, kBf16, kD, p.seqlen_q, p.heads_q, p.batch, p.q_ss, p.q_sh,
                                                  p.q_sb, 64, "q");
-  const CUtensorMap tk = x::make_tensor_map_bshd(p.k, kBf16, kD, p.seqlen_k, p.heads_k, p.batch, p.k_ss, p.k_sh,
+  // With no keys the K/V maps are never read (every query tile has zero key
+  // steps), but an empty tensor may come with a null pointer, which the
+  // encoder need not accept: map Q's (non-null, 16-byte aligned) address.
+  const void* k_data = p.seqlen_k > 0 ? p.k : p.q;
+  const void* v_data = p.seqlen_k > 0 ? p.v : p.q;
+  const CUtensorMap tk = x::make_tensor_map_bshd(k_data, kBf16, kD, p.seqlen_k, p.heads_k, p.batch, p.k_ss, p.k_sh,
                                                  p.k_sb, c.block_n, "k");
-  const CUtensorMap tv = x::make_tensor_map_bshd(p.v, kBf16, kD, p.seqlen_k, p.heads_k, p.batch, p.v_ss, p.v_sh,
+  const CUtensorMap tv = x::make_tensor_map_bshd(v_data, kBf16, kD, p.seqlen_k, p.heads_k, p.batch, p.v_ss, p.v_sh,
                                                  p.v_sb, c.block_n, "v");
   auto kernel = forward_kernel<T, kD, c.block_n>;
   check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, L::kAlloc),
