@@ -186,6 +186,18 @@ TEST_F(MasksGpu, EmptyRows) {
   check_case(c);
 }
 
+// A side with no rows: no keys (O = 0, LSE = -inf, zero dQ) and no queries
+// (zero dK, dV). The CPU suite checks the same on the CPU backends.
+TEST_F(MasksGpu, NoKeysOrNoQueries) {
+  for (const auto& [sq, sk] : {std::pair<std::int64_t, std::int64_t>{5, 0}, {0, 5}, {130, 0}, {0, 130}}) {
+    Case c;
+    c.sq = sq;
+    c.sk = sk;
+    c.d = 64;
+    check_case(c);
+  }
+}
+
 // ----------------------------------------------------------- varlen ---
 
 class VarlenGpu : public GpuTest {};
@@ -671,6 +683,20 @@ TEST_F(Sm90Gpu, EmptyRowsAndWindows) {
     check_causal_empty_rows(c);
     check_windows(c, DType::f16);
   }
+}
+
+// No keys (the forward's K/V maps cover an empty tensor) and no queries
+// (the backward's Q/dO maps do): the launchers map another tensor there.
+TEST_F(Sm90Gpu, NoKeysOrNoQueries) {
+  for (std::int64_t d : kSm90HeadDims)
+    for (const auto& [sq, sk] : {std::pair<std::int64_t, std::int64_t>{5, 0}, {0, 5}}) {
+      Case c;
+      c.d = d;
+      c.sq = sq;
+      c.sk = sk;
+      c.backward = sm90_backward_has(d);  // forcing sm90 on the rest is an error
+      check_case(c);
+    }
 }
 
 // Padded (non-contiguous) strides and a non-default stream: the tensor
