@@ -1,0 +1,78 @@
+"""Per-call overhead of the PyTorch operator over the raw C++ call.
+
+  python bindings/python/bench_overhead.py --tool build/tools/flashattn-overhead [--device cuda]
+
+Both sides run the same loop: N back-to-back forward calls on a tiny
+problem (batch 1, one head, a few rows, so the kernel is short and the
+host's per-call cost limits the loop), synchronised once at the end, after
+a warm-up. The C++ side is tools/flashattn-overhead (flashattn::forward
+with a caller-provided workspace); this script times
+flashattn.flash_attn_func and torch.ops.flashattn.fwd on tensors of the
+same shape, with the same thread count on the CPU. Prints one JSON object:
+microseconds per call of each and the differences (issue 6 asks for under
+10 us a call on a GPU).
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
+
+import torch  # noqa: E402
+
+import flashattn  # noqa: E402
+
+
+def per_call_us(fn, calls, device):
+    for _ in range(50):
+        fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t) / calls * 1e6
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tool", required=True, help="path of the flashattn-overhead executable")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--dtype", default=None, help="f32 / f16 / bf16 (default f32 on cpu, bf16 on cuda)")
+    ap.add_argument("--seqlen", type=int, default=16)
+    ap.add_argument("--head-dim", type=int, default=64)
+    ap.add_argument("--calls", type=int, default=2000)
+    ap.add_argument("--repeats", type=int, default=3, help="each side is measured this many times, best kept")
+    args = ap.parse_args(argv)
+    dtype = args.dtype or ("f32" if args.device == "cpu" else "bf16")
+    torch_dtype = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}[dtype]
+    threads = torch.get_num_threads()
+
+    cmd = [args.tool, "--device", args.device, "--dtype", dtype, "--seqlen", str(args.seqlen), "--head-dim",
+           str(args.head_dim), "--calls", str(args.calls), "--threads", str(threads)]
+    raw = min(json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)["us_per_call"]
+              for _ in range(args.repeats))
+
+    q, k, v = (torch.randn(1, args.seqlen, 1, args.head_dim, device=args.device, dtype=torch_dtype) for _ in range(3))
+    api = min(per_call_us(lambda: flashattn.flash_attn_func(q, k, v), args.calls, args.device)
+              for _ in range(args.repeats))
+    # The operator alone (its schema: q, k, v, then the shared options; see
+    # flashattn/interface.py), without the Python wrapper's argument handling.
+    op_args = (None, None, 0, 0, 0.0, None, False, -1, -1, None, None, None, None, None, 128, 128, 0, False)
+    op = min(per_call_us(lambda: torch.ops.flashattn.fwd(q, k, v, *op_args), args.calls, args.device)
+             for _ in range(args.repeats))
+    out = dict(device=args.device, dtype=dtype, seqlen=args.seqlen, head_dim=args.head_dim, threads=threads,
+               calls=args.calls, raw_cpp_us=raw, torch_op_us=op, flash_attn_func_us=api,
+               op_overhead_us=op - raw, api_overhead_us=api - raw, torch=torch.__version__,
+               gpu=torch.cuda.get_device_name() if args.device == "cuda" else None)
+    print(json.dumps(out))
+    return out
+
+
+if __name__ == "__main__":
+    main()
