@@ -172,21 +172,66 @@ const AmxKernels* amx_kernels() {
 
 int thread_count(const Context& ctx) { return ctx.num_threads > 0 ? ctx.num_threads : omp_get_max_threads(); }
 
-// A 64-byte aligned float scratch buffer (one per thread and tile role).
-class Buffer {
+// Freed tile buffers stay with their thread for its next call. A call asks
+// for the same handful of tile-sized blocks (tens to hundreds of KiB) every
+// time; fresh ones from malloc cost page faults and heap trimming, which
+// made a tiny problem (16 rows) spend most of its 25 us in malloc/free.
+// Only blocks of exactly the requested size are reused (the sizes repeat
+// from call to call), and a thread keeps at most kMaxCached of them.
+class BufferPool {
  public:
-  explicit Buffer(i64 n) {
-    const auto bytes = static_cast<std::size_t>(round_up(std::max<i64>(n, 1) * 4, 64));
-    data_.reset(static_cast<float*>(std::aligned_alloc(64, bytes)));
-    if (!data_) throw std::bad_alloc();
+  static constexpr std::size_t kMaxCached = 32;
+  ~BufferPool() {
+    for (const Block& b : free_) std::free(b.ptr);
   }
-  float* get() const { return data_.get(); }
+  float* acquire(std::size_t bytes) {
+    for (std::size_t i = free_.size(); i-- > 0;)
+      if (free_[i].bytes == bytes) {
+        float* p = free_[i].ptr;
+        free_.erase(free_.begin() + static_cast<std::ptrdiff_t>(i));
+        return p;
+      }
+    auto* p = static_cast<float*>(std::aligned_alloc(64, bytes));
+    if (!p) throw std::bad_alloc();
+    return p;
+  }
+  void release(float* p, std::size_t bytes) {
+    if (free_.size() >= kMaxCached) {
+      std::free(free_.front().ptr);
+      free_.erase(free_.begin());
+    }
+    free_.push_back(Block{p, bytes});
+  }
+  static BufferPool& of_this_thread() {
+    thread_local BufferPool pool;
+    return pool;
+  }
 
  private:
-  struct Free {
-    void operator()(float* p) const { std::free(p); }
+  struct Block {
+    float* ptr;
+    std::size_t bytes;
   };
-  std::unique_ptr<float[], Free> data_;
+  std::vector<Block> free_;
+};
+
+// A 64-byte aligned float scratch buffer (one per thread and tile role),
+// from and back to its thread's pool. Its contents start undefined.
+class Buffer {
+ public:
+  explicit Buffer(i64 n)
+      : bytes_(static_cast<std::size_t>(round_up(std::max<i64>(n, 1) * 4, 64))),
+        pool_(&BufferPool::of_this_thread()),
+        data_(pool_->acquire(bytes_)) {}
+  ~Buffer() { pool_->release(data_, bytes_); }
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  float* get() const { return data_; }
+
+ private:
+  std::size_t bytes_;
+  BufferPool* pool_;  // the constructing thread's: a Buffer is freed where it was made
+  float* data_;
 };
 
 // ------------------------------------------------------- tensor I/O ---
@@ -494,14 +539,22 @@ void store_rows_bf16(const AmxKernels& amx, const Tensor& t, const Seq& s, i64 r
 // head_dim) bf16, or 2 x that in fp32, until it exits.
 void* scratch(int slot, i64 bytes) {
   constexpr int kSlots = 4;
-  thread_local std::unique_ptr<Buffer> bufs[kSlots];
+  // Plain aligned blocks, not pool Buffers: these live until the thread
+  // exits, and thread_local destruction order would not keep the pool alive
+  // for them.
+  struct Free {
+    void operator()(void* q) const { std::free(q); }
+  };
+  thread_local std::unique_ptr<void, Free> bufs[kSlots];
   thread_local i64 caps[kSlots] = {};
   if (bytes > caps[slot]) {
     bufs[slot].reset();  // free first: the old and new buffer never coexist
-    bufs[slot] = std::make_unique<Buffer>((bytes + 3) / 4);
+    const auto size = static_cast<std::size_t>(round_up(std::max<i64>(bytes, 4), 64));
+    bufs[slot].reset(std::aligned_alloc(64, size));
+    if (!bufs[slot]) throw std::bad_alloc();
     caps[slot] = bytes;
   }
-  return bufs[slot]->get();
+  return bufs[slot].get();
 }
 u16* packed_scratch(int slot, i64 elems) { return static_cast<u16*>(scratch(slot, elems * 2)); }
 
