@@ -97,81 +97,104 @@ Params make_params(const Problem& pr, const Tensor& q, const Tensor& k, const Te
 // ------------------------------------------------ kernel family choice ---
 // THE switch between the kernel families of the flash forward and
 // backward, in one place. Environment variable FLASHATTN_CUDA_KERNELS, read
-// at every call (kernel_family()):
-//   unset, "" or "sm80"  the portable sm_80 kernels on every GPU (default)
-//   "sm90"               the Hopper kernels (sm90/forward.cuh and
-//                        sm90/backward.cuh) for both directions -- opt-in
-//                        until they have been verified on a GPU; a problem
-//                        one of them does not cover is an Error naming the
-//                        reason (never a silent change of path or of
-//                        results)
-//   anything else        an Error naming the variable.
+// at every call (kernel_choice()):
+//   unset or ""   automatic: the Hopper kernels (sm90/forward.cuh,
+//                 sm90/backward.cuh) on a compute 9.0 GPU for every problem
+//                 they cover, the portable sm_80 kernels for the rest. Both
+//                 pass the same accuracy tests against the float64
+//                 reference (docs/results/gpu-check-h200), so the choice is
+//                 one of speed, per direction and per problem.
+//   "sm80"        the portable kernels on every GPU
+//   "sm90"        the Hopper kernels; a problem one of them does not cover
+//                 is an Error naming the reason
+//   anything else an Error naming the variable.
 // Both families read and write O, LSE and the gradients in the same layout,
 // so a forward of one may be followed by a backward of the other.
 enum class KernelFamily { sm80, sm90 };
 using ForwardPath = KernelFamily;
 using BackwardPath = KernelFamily;
+enum class KernelChoice { automatic, sm80, sm90 };
 
-KernelFamily kernel_family() {
+KernelChoice kernel_choice() {
   const char* env = std::getenv("FLASHATTN_CUDA_KERNELS");
   const std::string choice = env == nullptr ? "" : env;
-  if (choice.empty() || choice == "sm80") return KernelFamily::sm80;
+  if (choice.empty()) return KernelChoice::automatic;
+  if (choice == "sm80") return KernelChoice::sm80;
   if (choice != "sm90") fail("FLASHATTN_CUDA_KERNELS", "unset, \"sm80\" or \"sm90\"", "\"" + choice + "\"");
-  return KernelFamily::sm90;
+  return KernelChoice::sm90;
 }
 
-// `what` is "forward" or "backward".
-[[noreturn]] void sm90_unsupported(const char* what, const std::string& arg, const std::string& expected,
-                                   const std::string& actual) {
-  fail(arg,
-       expected + " for the sm90 " + what + " (FLASHATTN_CUDA_KERNELS=sm90; unset it for the sm80 path)", actual);
-}
+// Why the Hopper kernel of one direction cannot take a problem (empty: it
+// can): the argument, what it would need, what it got.
+struct Refusal {
+  std::string arg, expected, actual;
+  explicit operator bool() const { return !arg.empty(); }
+};
 
 // What both Hopper kernels need: the GPU, the dtype, dense fixed-length
 // batches without dropout or a block mask, strides TMA can encode.
-void require_sm90_common(const char* what, const Problem& pr, std::initializer_list<const Tensor*> tma_tensors) {
+Refusal sm90_common_refusal(const Problem& pr, std::initializer_list<const Tensor*> tma_tensors) {
   int dev = 0, major = 0, minor = 0;
   check(cudaGetDevice(&dev), "cudaGetDevice");
   check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev), "cudaDeviceGetAttribute");
   check(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev), "cudaDeviceGetAttribute");
   // sm_90a machine code runs on 9.0 only (not on later major versions).
   if (major != 9 || minor != 0)
-    sm90_unsupported(what, "ctx.device", "a GPU of compute capability 9.0",
-                     "compute capability " + std::to_string(major) + "." + std::to_string(minor));
-  if (pr.dtype != DType::f16 && pr.dtype != DType::bf16)
-    sm90_unsupported(what, "q.dtype", "f16 or bf16", to_string(pr.dtype));
+    return {"ctx.device", "a GPU of compute capability 9.0",
+            "compute capability " + std::to_string(major) + "." + std::to_string(minor)};
+  if (pr.dtype != DType::f16 && pr.dtype != DType::bf16) return {"q.dtype", "f16 or bf16", to_string(pr.dtype)};
   if (pr.has_dropout())
-    sm90_unsupported(what, "options.dropout_p", "0 (dropout is not implemented there)", std::to_string(pr.dropout_p));
-  if (pr.is_varlen()) sm90_unsupported(what, "options.varlen", "nullptr (varlen is not implemented there)", "a Varlen");
+    return {"options.dropout_p", "0 (dropout is not implemented there)", std::to_string(pr.dropout_p)};
+  if (pr.is_varlen()) return {"options.varlen", "nullptr (varlen is not implemented there)", "a Varlen"};
   if (pr.block_mask != nullptr)
-    sm90_unsupported(what, "options.block_mask", "nullptr (block-sparse is not implemented there)", "a BlockMask");
+    return {"options.block_mask", "nullptr (block-sparse is not implemented there)", "a BlockMask"};
   // TMA: strides below 2^40 bytes (validation already made them 16-byte
   // multiples and the bases 16-byte aligned), extents below 2^31.
-  for (const Tensor* t : tma_tensors) {
+  for (const Tensor* t : tma_tensors)
     for (std::int64_t st : {t->stride_seq, t->stride_head, t->stride_batch})
       if (st < 0 || st * 2 >= (std::int64_t{1} << 40))
-        sm90_unsupported(what, "tensor strides", "0 <= stride < 2^39 elements (TMA)", std::to_string(st));
+        return {"tensor strides", "0 <= stride < 2^39 elements (TMA)", std::to_string(st)};
+  return {};
+}
+
+// `what` is "forward" or "backward".
+[[noreturn]] void sm90_unsupported(const char* what, const std::string& arg, const std::string& expected,
+                                   const std::string& actual) {
+  fail(arg,
+       expected + " for the sm90 " + what + " (FLASHATTN_CUDA_KERNELS=sm90; unset it for the automatic choice)",
+       actual);
+}
+
+// The family for one direction: sm80 when asked, sm90 when asked (or an
+// Error saying why it cannot), and automatically sm90 wherever it can.
+KernelFamily choose(const char* what, const Refusal& refusal) {
+  switch (kernel_choice()) {
+    case KernelChoice::sm80: return KernelFamily::sm80;
+    case KernelChoice::sm90:
+      if (refusal) sm90_unsupported(what, refusal.arg, refusal.expected, refusal.actual);
+      return KernelFamily::sm90;
+    case KernelChoice::automatic: break;
   }
+  return refusal ? KernelFamily::sm80 : KernelFamily::sm90;
 }
 
 ForwardPath forward_path(const Problem& pr, const ForwardArgs& a) {
-  if (kernel_family() == KernelFamily::sm80) return ForwardPath::sm80;
-  require_sm90_common("forward", pr, {&a.q, &a.k, &a.v});
-  if (cuda::sm90_fwd_tile(static_cast<int>(pr.head_dim)).head_dim == 0)
-    sm90_unsupported("forward", "q.head_dim", "64, 128 or 256", std::to_string(pr.head_dim));
-  return ForwardPath::sm90;
+  if (kernel_choice() == KernelChoice::sm80) return ForwardPath::sm80;
+  Refusal r = sm90_common_refusal(pr, {&a.q, &a.k, &a.v});
+  if (!r && cuda::sm90_fwd_tile(static_cast<int>(pr.head_dim)).head_dim == 0)
+    r = {"q.head_dim", "64, 128 or 256", std::to_string(pr.head_dim)};
+  return choose("forward", r);
 }
 
 BackwardPath backward_path(const Problem& pr, const BackwardArgs& a) {
-  if (kernel_family() == KernelFamily::sm80) return BackwardPath::sm80;
-  require_sm90_common("backward", pr, {&a.q, &a.k, &a.v, &a.dout});
-  if (cuda::sm90_bwd_tile(static_cast<int>(pr.head_dim)).head_dim == 0)
-    sm90_unsupported("backward", "q.head_dim", "64 or 128", std::to_string(pr.head_dim));
+  if (kernel_choice() == KernelChoice::sm80) return BackwardPath::sm80;
+  Refusal r = sm90_common_refusal(pr, {&a.q, &a.k, &a.v, &a.dout});
+  if (!r && cuda::sm90_bwd_tile(static_cast<int>(pr.head_dim)).head_dim == 0)
+    r = {"q.head_dim", "64 or 128", std::to_string(pr.head_dim)};
   // The sm90 backward adds dQ with fp32 atomics: its order, hence the
   // last bits of dq, varies from run to run.
-  if (a.deterministic)
-    sm90_unsupported("backward", "deterministic", "false (the deterministic dQ is not implemented there)", "true");
-  return BackwardPath::sm90;
+  if (!r && a.deterministic) r = {"deterministic", "false (the deterministic dQ is not implemented there)", "true"};
+  return choose("backward", r);
 }
 
 template <class Launch>
