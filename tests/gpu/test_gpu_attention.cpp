@@ -8,7 +8,9 @@
 //    (--gtest_filter='*QuickGpu*').
 //  - everything else: the full sweep (shapes, masks, varlen, GQA, dropout,
 //    block-sparse, layouts, streams, determinism).
-//  - Sm90*: the Hopper kernels, forced with FLASHATTN_CUDA_KERNELS=sm90
+//  - Sm90*: the Hopper kernels, forced with FLASHATTN_CUDA_KERNELS=sm90 (the
+//    other suites run with the automatic choice; gpu-check also runs them
+//    with FLASHATTN_CUDA_KERNELS=sm80)
 //    (--gtest_filter='*Sm90*'; the backward alone: '*Sm90Backward*');
 //    skipped on GPUs other than compute 9.0.
 #include <cuda_runtime.h>
