@@ -13,11 +13,17 @@ Settings:
   modern  bf16, head_dim 64 / 128 / 256, causal and not, 16k tokens per
           batch (batch = 16384 / seqlen), heads = 2048 / head_dim, no dropout,
           no padding. Exact methods, TFLOPS.
+  sparse  block-sparse against density (0.125, 0.25, 0.5) in the paper's
+          shapes without dropout or padding, seqlens 1024 / 4096 / 16384:
+          flashattn block-sparse, FlexAttention with the same block mask,
+          dense flashattn as the density-1 reference.
 Any flag given on the command line overrides the setting's value.
 
 Every method runs forward, backward and forward + backward; each time is the
 median of --repeats timings after --warmup runs (CUDA events on a GPU,
-perf_counter on the CPU). Memory is the peak of torch's allocator during
+perf_counter on the CPU); --max-seconds caps the wall time of each loop
+(at least 1 warm-up and 3 samples), and each record says how many samples
+its medians took. Memory is the peak of torch's allocator during
 forward + backward above what was allocated before it (inputs, dO): on a
 GPU torch.cuda.max_memory_allocated, on the CPU not measured (null).
 Out-of-memory is recorded as "oom" and longer sequences of that method are
@@ -65,6 +71,12 @@ SETTINGS = {
     "modern": dict(batch=0, heads=0, head_dims=[64, 128, 256], dtype="bfloat16", dropout=0.0, padding=0,
                    causal=[False, True], seqlens=[512, 1024, 2048, 4096, 8192, 16384], tokens=16384,
                    methods=["flashattn", "sdpa-flash", "sdpa-cudnn", "sdpa-efficient", "flex"]),
+    # Block-sparse against density, in the paper's shapes without dropout and
+    # padding (FlexAttention has no dropout): dense flashattn is the
+    # density-1 reference, FlexAttention gets the same block mask.
+    "sparse": dict(batch=16, heads=8, head_dims=[64], dtype="float16", dropout=0.0, padding=0, causal=[False],
+                   seqlens=[1024, 4096, 16384], tokens=0, density=[0.125, 0.25, 0.5],
+                   methods=["flashattn", "flashattn-sparse", "flex-sparse"]),
 }
 APPROXIMATE = {"linformer", "performer", "linear", "local"}
 SPARSE = {"flashattn-sparse", "flex-sparse"}
@@ -97,13 +109,18 @@ class Problem:
             self.lens = torch.randint(lo, seqlen + 1, (self.batch,), generator=gen)
         else:
             self.lens = None
-        self.sparse_density = args.density
+        self.sparse_density = args.density[0]
         self.block = args.block
         self._gen = gen
 
     def without_padding(self):
         other = object.__new__(Problem)
         other.__dict__.update(self.__dict__, lens=None)
+        return other
+
+    def with_density(self, density):
+        other = object.__new__(Problem)
+        other.__dict__.update(self.__dict__, sparse_density=density)
         return other
 
     def pairs(self):
@@ -413,11 +430,23 @@ def timer(device):
     return measure
 
 
-def median_time(fn, device, warmup, repeats):
-    measure = timer(device)
+def sample(measure_once, warmup, repeats, max_seconds):
+    """`warmup` untimed calls, then the median of up to `repeats` timed ones.
+    With max_seconds > 0 each of the two loops stops once that much wall
+    time went into it (after one warm-up call and three samples at least):
+    at 64K tokens one forward + backward takes seconds, and the full sweep
+    must fit one GPU call. Returns (median seconds, samples taken)."""
+    start = time.perf_counter()
     for _ in range(warmup):
-        measure(fn)
-    return statistics.median(measure(fn) for _ in range(repeats))
+        measure_once()
+        if max_seconds > 0 and time.perf_counter() - start > max_seconds:
+            break
+    samples, start = [], time.perf_counter()
+    while len(samples) < repeats:
+        samples.append(measure_once())
+        if max_seconds > 0 and len(samples) >= min(3, repeats) and time.perf_counter() - start > max_seconds:
+            break
+    return statistics.median(samples), len(samples)
 
 
 def run_method(method, p, args):
@@ -426,6 +455,8 @@ def run_method(method, p, args):
     rec = dict(method=method, seqlen=p.seqlen, batch=p.batch, heads=p.heads, head_dim=p.head_dim,
                causal=p.causal, dtype=str(p.dtype).replace("torch.", ""), dropout=p.dropout,
                key_padding=p.lens is not None, status="ok")
+    if method in SPARSE:
+        rec["density"] = p.sparse_density
     if method in SPARSE and p.lens is not None:
         # The block mask replaces the key-padding mask: the sparse rows run
         # the same tensors with every token valid (at most --padding tokens
@@ -439,22 +470,21 @@ def run_method(method, p, args):
         return rec
     dev = p.q.device
     q, k, v = (t.detach().clone().requires_grad_(True) for t in (p.q, p.k, p.v))
+    measure = timer(dev)
     try:
-        fwd_s = median_time(lambda: fn(q, k, v), dev, args.warmup, args.repeats)
+        fwd_s, n_fwd = sample(lambda: measure(lambda: fn(q, k, v)), args.warmup, args.repeats, args.max_seconds)
         # Backward alone: a fresh graph per timing (not counted), then the
         # backward of it.
         def bwd_once():
             out = fn(q, k, v)
-            start = timer(dev)
-            return start(lambda: out.backward(p.dout))
-        for _ in range(args.warmup):
-            bwd_once()
-        bwd_s = statistics.median(bwd_once() for _ in range(args.repeats))
+            return measure(lambda: out.backward(p.dout))
+        bwd_s, n_bwd = sample(bwd_once, args.warmup, args.repeats, args.max_seconds)
         if dev.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
-        fb_s = median_time(lambda: fn(q, k, v).backward(p.dout), dev, args.warmup, args.repeats)
+        fb_s, n_fb = sample(lambda: measure(lambda: fn(q, k, v).backward(p.dout)), args.warmup, args.repeats,
+                            args.max_seconds)
         mem = None
         if dev.type == "cuda":
             torch.cuda.synchronize()
@@ -471,7 +501,8 @@ def run_method(method, p, args):
         return rec
     finally:
         q.grad = k.grad = v.grad = None
-    rec.update(fwd_ms=fwd_s * 1e3, bwd_ms=bwd_s * 1e3, fwd_bwd_ms=fb_s * 1e3, peak_extra_bytes=mem)
+    rec.update(fwd_ms=fwd_s * 1e3, bwd_ms=bwd_s * 1e3, fwd_bwd_ms=fb_s * 1e3, peak_extra_bytes=mem,
+               samples=[n_fwd, n_bwd, n_fb])
     if pairs is not None and method not in APPROXIMATE:
         flop = 4.0 * p.heads * p.head_dim * pairs
         rec.update(fwd_tflops=flop / fwd_s / 1e12, bwd_tflops=2.5 * flop / bwd_s / 1e12,
@@ -507,6 +538,10 @@ def int_list(s):
     return [int(x) for x in s.split(",") if x]
 
 
+def float_list(s):
+    return [float(x) for x in s.split(",") if x]
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--setting", choices=sorted(SETTINGS), default="paper")
@@ -521,23 +556,31 @@ def main(argv=None):
     ap.add_argument("--padding", type=int, help="key padding: random lengths in [seqlen - N, seqlen] (0: none)")
     ap.add_argument("--causal", choices=["no", "yes", "both"])
     ap.add_argument("--methods", type=lambda s: s.split(","))
-    ap.add_argument("--density", type=float, default=0.25, help="block-sparse: share of key blocks kept")
+    ap.add_argument("--density", type=float_list,
+                    help="block-sparse: shares of key blocks kept, comma-separated (default 0.25; the sparse setting "
+                         "0.125,0.25,0.5); each sparse method runs once per density")
     ap.add_argument("--block", type=int, default=128, help="block-sparse block size")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--max-seconds", type=float, default=0.0,
+                    help="stop warming up / sampling a pass once it took this long (after 1 warm-up and 3 samples); "
+                         "0: always --warmup and --repeats")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", required=True)
     args = ap.parse_args(argv)
 
-    for key, value in SETTINGS[args.setting].items():
+    for key, value in dict(SETTINGS[args.setting], **({} if "density" in SETTINGS[args.setting]
+                                                            else {"density": [0.25]})).items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
     if args.causal in ("no", "yes", "both"):
         args.causal = {"no": [False], "yes": [True], "both": [False, True]}[args.causal]
     if not 0 <= args.dropout < 1:
         ap.error(f"--dropout: expected a value in [0, 1), got {args.dropout}")
-    if not 0 < args.density <= 1:
-        ap.error(f"--density: expected a value in (0, 1], got {args.density}")
+    if not args.density or not all(0 < x <= 1 for x in args.density):
+        ap.error(f"--density: expected values in (0, 1], got {args.density}")
+    if args.max_seconds < 0:
+        ap.error(f"--max-seconds: expected a value >= 0, got {args.max_seconds}")
     known = {"flashattn", "flashattn-standard", "flashattn-sparse", "pytorch-standard", "flex", "flex-sparse",
              *SDPA_BACKENDS, *APPROXIMATE}
     for m in args.methods:
@@ -546,22 +589,37 @@ def main(argv=None):
     device = torch.device(args.device)
 
     results = []
+    env = environment(device)
+    config = {k: v for k, v in vars(args).items() if k != "json"}
+
+    def save():
+        # Rewritten after every record: a run cut short (a time limit, a
+        # crash) still leaves what it measured.
+        with open(args.json, "w") as f:
+            json.dump(dict(tool="benchmarks/attention_bench.py", setting=args.setting, environment=env,
+                           config=config, results=results), f, indent=1)
+
     gen = torch.Generator().manual_seed(args.seed)
     for head_dim in args.head_dims:
         for causal in args.causal:
-            failed = set()  # methods that ran out of memory: longer sequences are not tried
+            failed = set()  # (method, density) that ran out of memory: longer sequences are not tried
             for seqlen in args.seqlens:
                 p = Problem(args, seqlen, head_dim, causal, device, gen)
-                for method in args.methods:
-                    if method in failed:
+                runs = [(m, d) for m in args.methods for d in (args.density if m in SPARSE else [None])]
+                for method, density in runs:
+                    if (method, density) in failed:
                         rec = dict(method=method, seqlen=seqlen, head_dim=head_dim, causal=causal,
                                    status="oom", reason="out of memory at a shorter seqlen")
+                        if density is not None:
+                            rec["density"] = density
                     else:
-                        rec = run_method(method, p, args)
+                        rec = run_method(method, p if density is None else p.with_density(density), args)
                         if rec["status"] == "oom":
-                            failed.add(method)
+                            failed.add((method, density))
                     results.append(rec)
-                    line = f"d={head_dim:<4}causal={int(causal)} s={seqlen:<6}{method:<20}"
+                    save()
+                    name = method if density is None else f"{method}@{density:g}"
+                    line = f"d={head_dim:<4}causal={int(causal)} s={seqlen:<6}{name:<22}"
                     if rec["status"] == "ok":
                         tf = f"  {rec['fwd_tflops']:7.1f} / {rec['bwd_tflops']:7.1f} TFLOPS" \
                             if "fwd_tflops" in rec else ""
@@ -573,14 +631,10 @@ def main(argv=None):
                 del p
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
-    out = dict(tool="benchmarks/attention_bench.py", setting=args.setting, environment=environment(device),
-               config={k: v for k, v in vars(args).items() if k != "json"}, results=results)
-    with open(args.json, "w") as f:
-        json.dump(out, f, indent=1)
+    save()
     print(f"wrote {args.json}")
     ok = sum(r["status"] == "ok" for r in results)
     return 0 if ok > 0 else 1
-
 
 if __name__ == "__main__":
     sys.exit(main())

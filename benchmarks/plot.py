@@ -7,7 +7,12 @@ forward + backward runtime against sequence length, log-log, one line per
 method, out-of-memory marked with an x where the line stops) and
 figure3-memory.png (peak extra memory against sequence length). For a file
 of the modern setting: NAME-tflops.png (forward and backward TFLOPS against
-sequence length, a panel per head_dim and mask). For every file, NAME-ratios.md:
+sequence length, a panel per head_dim and mask). For a file of the sparse
+setting: sparse-density.png (forward + backward runtime of block-sparse
+flashattn and FlexAttention against density, a line per sequence length,
+dense flashattn at density 1) and sparse-ratios.md (sparse time over dense
+time against density: proportional would equal the density). For the
+other files, NAME-ratios.md:
 the headline ratios at each sequence length (flashattn against standard
 attention, PyTorch's FlashAttention-2 and cuDNN backends, FlexAttention;
 block-sparse flashattn against FlexAttention with the same block mask and
@@ -154,6 +159,58 @@ def ratios(data, name, out):
     return [path]
 
 
+def sparse_figure(data, out):
+    res, env = data["results"], data["environment"]
+    dense = {r["seqlen"]: r for r in res if r["method"] == "flashattn" and r["status"] == "ok"}
+    fig, ax = plt.subplots(figsize=(7, 4.8))
+    for i, s in enumerate(sorted({r["seqlen"] for r in res})):
+        for method, ls in (("flashattn-sparse", "-"), ("flex-sparse", "--")):
+            pts = sorted((r["density"], r["fwd_bwd_ms"]) for r in res
+                         if r["method"] == method and r["seqlen"] == s and r["status"] == "ok")
+            if method == "flashattn-sparse" and s in dense:
+                pts.append((1.0, dense[s]["fwd_bwd_ms"]))
+            if pts:
+                ax.plot([d for d, _ in pts], [t for _, t in pts], ls, color=f"C{i}", marker="o", ms=3,
+                        label=f"{method} s={s}" + (" (density 1: dense)" if method == "flashattn-sparse" else ""))
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("density (share of key blocks kept)")
+    ax.set_ylabel("forward + backward runtime (ms)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title("Block-sparse runtime against density\n" + title_of(env), fontsize=9)
+    fig.tight_layout()
+    path = os.path.join(out, "sparse-density.png")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return [path]
+
+
+def sparse_ratios(data, name, out):
+    res = data["results"]
+    dense = {r["seqlen"]: r for r in res if r["method"] == "flashattn" and r["status"] == "ok"}
+    flex = {(r["seqlen"], r["density"]): r for r in res if r["method"] == "flex-sparse" and r["status"] == "ok"}
+    lines = [f"# Block-sparse against density: {name}", "", title_of(data["environment"]), "",
+             "sparse / dense: block-sparse flashattn's time divided by dense flashattn's, forward / backward / "
+             "forward+backward (runtime in proportion to density would give the density itself); flex-sparse / "
+             "ours: FlexAttention's time with the same block mask divided by ours (> 1: ours faster).", "",
+             "| seqlen | density | sparse ms (fwd / bwd / fwd+bwd) | sparse / dense | flex-sparse / ours |",
+             "| --- | --- | --- | --- | --- |"]
+    keys = ("fwd_ms", "bwd_ms", "fwd_bwd_ms")
+    for r in sorted((r for r in res if r["method"] == "flashattn-sparse" and r["status"] == "ok"),
+                    key=lambda r: (r["seqlen"], r["density"])):
+        s, d = r["seqlen"], r["density"]
+        ms = " / ".join(f"{r[k]:.3f}" for k in keys)
+        vs_dense = " / ".join(f"{r[k] / dense[s][k]:.3f}" for k in keys) if s in dense else "-"
+        f = flex.get((s, d))
+        vs_flex = " / ".join(f"{f[k] / r[k]:.2f}" for k in keys) if f else "-"
+        lines.append(f"| {s} | {d:g} | {ms} | {vs_dense} | {vs_flex} |")
+    path = os.path.join(out, f"{name}-ratios.md")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return [path]
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("json", nargs="+")
@@ -167,6 +224,9 @@ def main(argv=None):
         name = os.path.splitext(os.path.basename(path))[0]
         if data.get("setting") == "modern":
             written += tflops_figure(data, name, args.out)
+        elif data.get("setting") == "sparse":
+            written += sparse_figure(data, args.out) + sparse_ratios(data, name, args.out)
+            continue
         else:
             written += paper_figures(data, args.out)
         written += ratios(data, name, args.out)

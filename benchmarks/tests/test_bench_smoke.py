@@ -96,3 +96,21 @@ def test_modern_setting_and_its_plot(tmp_path):
         assert r["attended_pairs"] == (full if not r["causal"] else r["batch"] * r["seqlen"] * (r["seqlen"] + 1) / 2)
     assert plot.main([str(path), "--out", str(tmp_path)]) == 0
     assert (tmp_path / "modern-tflops.png").stat().st_size > 0
+
+
+def test_sparse_setting_runs_each_density_and_plots(tmp_path):
+    path = tmp_path / "sparse.json"
+    rc = attention_bench.main(["--device", "cpu", "--setting", "sparse", "--seqlens", "128", "--batch", "1",
+                               "--heads", "2", "--block", "32", "--density", "0.25,0.5", "--repeats", "5",
+                               "--warmup", "2", "--max-seconds", "1e-9", "--json", str(path)])
+    assert rc == 0
+    data = json.loads(path.read_text())
+    sparse = records(data, "flashattn-sparse")
+    assert [r["density"] for r in sparse] == [0.25, 0.5]
+    assert sparse[0]["attended_pairs"] < sparse[1]["attended_pairs"] < records(data, "flashattn")[0]["attended_pairs"]
+    # --max-seconds stops each loop after the minimum of three samples.
+    assert all(r["samples"] == [3, 3, 3] for r in sparse)
+    assert plot.main([str(path), "--out", str(tmp_path)]) == 0
+    table = (tmp_path / "sparse-ratios.md").read_text()
+    assert "| 128 | 0.25 |" in table and "| 128 | 0.5 |" in table
+    assert (tmp_path / "sparse-density.png").stat().st_size > 0
