@@ -19,11 +19,12 @@ Settings:
           dense flashattn as the density-1 reference.
 Any flag given on the command line overrides the setting's value.
 
-Every method runs forward, backward and forward + backward; each time is the
-median of --repeats timings after --warmup runs (CUDA events on a GPU,
-perf_counter on the CPU); --max-seconds caps the wall time of each loop
-(at least 1 warm-up and 3 samples), and each record says how many samples
-its medians took. Memory is the peak of torch's allocator during
+Every method runs forward + backward, --warmup times untimed and then
+--repeats times with three marks per call (CUDA events on a GPU,
+perf_counter on the CPU): the forward, backward and forward + backward times
+are medians over the same calls. --max-seconds caps the wall time of each
+loop (at least 1 warm-up and 3 samples), and each record says how many
+samples its medians took. Memory is the peak of torch's allocator during
 forward + backward above what was allocated before it (inputs, dO): on a
 GPU torch.cuda.max_memory_allocated, on the CPU not measured (null).
 Out-of-memory is recorded as "oom" and longer sequences of that method are
@@ -413,40 +414,50 @@ def build(method, p):
 
 # -------------------------------------------------------------- timing ---
 
-def timer(device):
+def stopwatch(device):
+    """stamp() marks a point in the device's work; seconds(a, b) is the time
+    between two marks (CUDA events on a GPU, perf_counter on the CPU)."""
     if device.type == "cuda":
-        def measure(fn):
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
+        def stamp():
+            e = torch.cuda.Event(enable_timing=True)
+            e.record()
+            return e
+
+        def seconds(a, b):
             b.synchronize()
             return a.elapsed_time(b) / 1e3
     else:
-        def measure(fn):
-            t = time.perf_counter()
-            fn()
-            return time.perf_counter() - t
-    return measure
+        stamp = time.perf_counter
+
+        def seconds(a, b):
+            return b - a
+    return stamp, seconds
 
 
-def sample(measure_once, warmup, repeats, max_seconds):
-    """`warmup` untimed calls, then the median of up to `repeats` timed ones.
-    With max_seconds > 0 each of the two loops stops once that much wall
-    time went into it (after one warm-up call and three samples at least):
-    at 64K tokens one forward + backward takes seconds, and the full sweep
-    must fit one GPU call. Returns (median seconds, samples taken)."""
-    start = time.perf_counter()
-    for _ in range(warmup):
-        measure_once()
+WARM_SECONDS = 0.2
+
+
+def sample(step, warmup, repeats, max_seconds):
+    """`warmup` untimed calls of step(), then up to `repeats` timed ones;
+    step() returns a tuple of seconds, and the result is the median of each
+    component (and the number of samples). With max_seconds > 0 each of the
+    two loops stops once that much wall time went into it (after one
+    warm-up call and three samples at least): at 64K tokens one forward +
+    backward takes seconds, and the full sweep must fit one GPU call."""
+    start, calls = time.perf_counter(), 0
+    # At least WARM_SECONDS of warm-up too: a few calls of a short problem
+    # do not bring an idle GPU's clocks back up (e.g. after a compile).
+    while warmup > 0 and (calls < warmup or time.perf_counter() - start < WARM_SECONDS):
+        step()
+        calls += 1
         if max_seconds > 0 and time.perf_counter() - start > max_seconds:
             break
     samples, start = [], time.perf_counter()
     while len(samples) < repeats:
-        samples.append(measure_once())
+        samples.append(step())
         if max_seconds > 0 and len(samples) >= min(3, repeats) and time.perf_counter() - start > max_seconds:
             break
-    return statistics.median(samples), len(samples)
+    return [statistics.median(column) for column in zip(*samples)], len(samples)
 
 
 def run_method(method, p, args):
@@ -470,21 +481,23 @@ def run_method(method, p, args):
         return rec
     dev = p.q.device
     q, k, v = (t.detach().clone().requires_grad_(True) for t in (p.q, p.k, p.v))
-    measure = timer(dev)
+    stamp, seconds = stopwatch(dev)
+
+    def step():
+        # One training-style call, three marks: forward, backward, and the
+        # two together are medians over the same calls.
+        t0 = stamp()
+        out = fn(q, k, v)
+        t1 = stamp()
+        out.backward(p.dout)
+        t2 = stamp()
+        return seconds(t0, t1), seconds(t1, t2), seconds(t0, t2)
     try:
-        fwd_s, n_fwd = sample(lambda: measure(lambda: fn(q, k, v)), args.warmup, args.repeats, args.max_seconds)
-        # Backward alone: a fresh graph per timing (not counted), then the
-        # backward of it.
-        def bwd_once():
-            out = fn(q, k, v)
-            return measure(lambda: out.backward(p.dout))
-        bwd_s, n_bwd = sample(bwd_once, args.warmup, args.repeats, args.max_seconds)
         if dev.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
-        fb_s, n_fb = sample(lambda: measure(lambda: fn(q, k, v).backward(p.dout)), args.warmup, args.repeats,
-                            args.max_seconds)
+        (fwd_s, bwd_s, fb_s), n = sample(step, args.warmup, args.repeats, args.max_seconds)
         mem = None
         if dev.type == "cuda":
             torch.cuda.synchronize()
@@ -502,7 +515,7 @@ def run_method(method, p, args):
     finally:
         q.grad = k.grad = v.grad = None
     rec.update(fwd_ms=fwd_s * 1e3, bwd_ms=bwd_s * 1e3, fwd_bwd_ms=fb_s * 1e3, peak_extra_bytes=mem,
-               samples=[n_fwd, n_bwd, n_fb])
+               samples=n)
     if pairs is not None and method not in APPROXIMATE:
         flop = 4.0 * p.heads * p.head_dim * pairs
         rec.update(fwd_tflops=flop / fwd_s / 1e12, bwd_tflops=2.5 * flop / bwd_s / 1e12,
@@ -599,6 +612,14 @@ def main(argv=None):
             json.dump(dict(tool="benchmarks/attention_bench.py", setting=args.setting, environment=env,
                            config=config, results=results), f, indent=1)
 
+    if device.type == "cuda":  # clocks up before the first problem
+        x = torch.randn(4096, 4096, device=device, dtype=torch.float16)
+        start = time.perf_counter()
+        while time.perf_counter() - start < 1.0:
+            for _ in range(10):
+                x @ x
+            torch.cuda.synchronize()
+        del x
     gen = torch.Generator().manual_seed(args.seed)
     for head_dim in args.head_dims:
         for causal in args.causal:

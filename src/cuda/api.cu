@@ -228,11 +228,13 @@ void dispatch(DType dtype, std::int64_t head_dim, Launch&& launch) {
 
 // Backward scratch, in this order, each part 256-byte aligned:
 //   dsum      float[rows_q]                 D = rowsum(dO * O)
+//   states    uint8[mask rows * nkb]        block-sparse only: BlockState of
+//                                           every (query block, key block)
 //   dq_accum  float[rows_q * d]             atomic (non-deterministic) mode only
 //   dk_accum, dv_accum float[rows_kv * d]   GQA/MQA only (per query head)
 // rows_q = batch * heads_q * seqlen_q (varlen: heads_q * total_q), rows_kv likewise.
 struct BwdLayout {
-  std::size_t dsum = 0, dq = 0, dk = 0, dv = 0, total = 0;
+  std::size_t dsum = 0, states = 0, dq = 0, dk = 0, dv = 0, total = 0;
 };
 
 std::size_t align256(std::size_t n) { return (n + 255) / 256 * 256; }
@@ -246,6 +248,10 @@ BwdLayout bwd_layout(const Problem& pr, const BackwardArgs& a) {
   BwdLayout l;
   l.dsum = 0;
   std::size_t at = align256(rows_q * sizeof(float));
+  if (const BlockMask* m = pr.block_mask) {
+    l.states = at;
+    at += align256(static_cast<std::size_t>(m->batch * m->heads * m->num_q_blocks * m->num_k_blocks));
+  }
   if (!a.deterministic) {
     l.dq = at;
     at += align256(rows_q * d * sizeof(float));
@@ -288,6 +294,30 @@ class Scratch {
   bool owned_ = false;
   cudaStream_t stream_;
 };
+
+// The backward walks key blocks and asks, for each query tile, whether its
+// block is kept: answered from the query-major lists that would be a scan
+// per question (O(n_kept) per tile, so O(n^3) per head; at 64K tokens it made
+// the sparse backward slower than the dense one). One block per mask row
+// writes that row of a dense table instead, once per call; full first, then
+// partial, so that a block in both lists is partial as in the CPU backend.
+__global__ void fill_block_states(const Params p, std::uint8_t* states) {
+  const std::int64_t row = blockIdx.x;
+  std::uint8_t* out = states + row * p.bm_nkb;
+  if (p.bm_fcount) {
+    const int n = cuda::clamp_count(p.bm_fcount[row], p.bm_nkb);
+    for (int e = static_cast<int>(threadIdx.x); e < n; e += static_cast<int>(blockDim.x)) {
+      const int kb = p.bm_fidx[row * p.bm_nkb + e];
+      if (kb >= 0 && kb < p.bm_nkb) out[kb] = cuda::kFull;
+    }
+  }
+  __syncthreads();
+  const int n = cuda::clamp_count(p.bm_count[row], p.bm_nkb);
+  for (int e = static_cast<int>(threadIdx.x); e < n; e += static_cast<int>(blockDim.x)) {
+    const int kb = p.bm_idx[row * p.bm_nkb + e];
+    if (kb >= 0 && kb < p.bm_nkb) out[kb] = cuda::kPartial;
+  }
+}
 
 }  // namespace
 
@@ -340,6 +370,17 @@ void cuda_backward(const Problem& pr, const BackwardArgs& a, const Context& ctx)
   Scratch scratch(ctx, l.total, stream);
   char* ws = scratch.bytes();
   p.dsum = reinterpret_cast<float*>(ws + l.dsum);
+  if (p.is_sparse()) {
+    auto* states = reinterpret_cast<std::uint8_t*>(ws + l.states);
+    const std::int64_t rows = static_cast<std::int64_t>(p.bm_batch) * p.bm_heads * p.bm_nqb;
+    check(cudaMemsetAsync(states, cuda::kSkip, static_cast<std::size_t>(rows * p.bm_nkb), stream),
+          "cudaMemsetAsync(block states)");
+    if (rows > 0) {
+      fill_block_states<<<static_cast<unsigned>(rows), 128, 0, stream>>>(p, states);
+      check(cudaGetLastError(), "fill_block_states");
+    }
+    p.bm_states = states;
+  }
   if (p.dq_atomic) {
     p.dq_accum = reinterpret_cast<float*>(ws + l.dq);
     const std::size_t dq_end = pr.group() > 1 ? l.dk : l.total;

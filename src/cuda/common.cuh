@@ -44,6 +44,9 @@ struct Params {
   // block-sparse (null bm_count = dense)
   const std::int32_t *bm_count = nullptr, *bm_idx = nullptr, *bm_fcount = nullptr, *bm_fidx = nullptr;
   int bm_batch = 1, bm_heads = 1, bm_nqb = 0, bm_nkb = 0, block_q = 0, block_k = 0;
+  // Backward only: the lists above as a dense BlockState table, one byte per
+  // (mask row, key block), filled by api.cu before the kernel runs.
+  const std::uint8_t* bm_states = nullptr;
   // forward output / backward input, [batch, heads_q, seqlen_q] or [heads_q, total_q]
   float* lse = nullptr;
   // backward scratch (see api.cu for the layout)
@@ -135,21 +138,10 @@ __device__ __forceinline__ std::int64_t mask_row(const Params& p, int b, int h, 
 
 __device__ __forceinline__ int clamp_count(int c, int n) { return c < 0 ? 0 : (c > n ? n : c); }
 
-// State of key block kb for query block qb, by scanning that row's lists.
+// State of key block kb for query block qb (backward: bm_states is set).
 __device__ __forceinline__ int block_state(const Params& p, int b, int h, int qb, int kb) {
   if (qb >= p.bm_nqb || kb >= p.bm_nkb) return kSkip;
-  const std::int64_t row = mask_row(p, b, h, qb);
-  const std::int32_t* idx = p.bm_idx + row * p.bm_nkb;
-  const int n = clamp_count(p.bm_count[row], p.bm_nkb);
-  for (int e = 0; e < n; ++e)
-    if (idx[e] == kb) return kPartial;
-  if (p.bm_fcount) {
-    const std::int32_t* fidx = p.bm_fidx + row * p.bm_nkb;
-    const int nf = clamp_count(p.bm_fcount[row], p.bm_nkb);
-    for (int e = 0; e < nf; ++e)
-      if (fidx[e] == kb) return kFull;
-  }
-  return kSkip;
+  return p.bm_states[mask_row(p, b, h, qb) * p.bm_nkb + kb];
 }
 
 // True when every (i, j) of rows [m0, m_last] x cols [n0, n_last] passes the

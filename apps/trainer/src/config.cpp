@@ -56,6 +56,8 @@ const std::vector<Flag>& flags() {
        [](TrainConfig& c, const std::string& v) { c.data = v; }},
       {"--layers", "transformer blocks (overrides the preset)",
        [](TrainConfig& c, const std::string& v) { c.model.layers = to_int("--layers", v); }},
+      {"--vocab", "model vocabulary (default: the shards'; >= theirs; 50257 = GPT-2's, for speed comparisons)",
+       [](TrainConfig& c, const std::string& v) { c.model.vocab = to_int("--vocab", v); }},
       {"--heads", "attention heads (must divide --width)",
        [](TrainConfig& c, const std::string& v) { c.model.heads = to_int("--heads", v); }},
       {"--width", "model width d_model",
@@ -225,6 +227,7 @@ void validate(const TrainConfig& c) {
   positive("--steps", c.steps);
   positive("--eval-batches", c.eval_batches);
   positive("--log-every", c.log_every);
+  if (m.vocab < 0) throw ConfigError("--vocab: expected >= 1 (or unset: the shards'), got " + std::to_string(m.vocab));
   if (m.width % m.heads != 0)
     throw ConfigError("--heads: " + std::to_string(m.heads) + " heads do not divide --width " +
                       std::to_string(m.width) + " (head_dim = width / heads must be an integer)");
