@@ -114,3 +114,27 @@ def test_sparse_setting_runs_each_density_and_plots(tmp_path):
     table = (tmp_path / "sparse-ratios.md").read_text()
     assert "| 128 | 0.25 |" in table and "| 128 | 0.5 |" in table
     assert (tmp_path / "sparse-density.png").stat().st_size > 0
+
+
+def test_plot_train_reads_fa_train_logs(tmp_path):
+    import plot_train
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for name, att, tps in (("curve-flashattn", "flashattn", [90.0, 150.0, 148.0]),
+                           ("curve-standard", "standard", [60.0, 97.0, 99.0])):
+        lines = [dict(event="config", config=dict(attention=att, context=1024, batch=16, steps=30), gpu="G",
+                      params=1)]
+        lines += [dict(event="train", step=10 * (i + 1), loss=5.0 - i, tokens_per_s=t, mfu=0.1,
+                       peak_mem_bytes=2e9 + i) for i, t in enumerate(tps)]
+        lines += [dict(event="eval", step=30, loss=3.5, ppl=33.1)]
+        (runs / f"{name}.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    hf = tmp_path / "hf.jsonl"
+    hf.write_text(json.dumps(dict(status="ok", attn="sdpa", transformers="x", context=1024, batch=16,
+                                  tokens_per_s=120.0, peak_mem_bytes=3e9)) + "\n")
+    assert plot_train.main([str(runs), "--hf", str(hf), "--out", str(tmp_path)]) == 0
+    table = (tmp_path / "train-summary.md").read_text()
+    # The first logged interval (start-up) is left out of the median.
+    assert "| curve-flashattn | flashattn | 1024 | 16 | 30 | 149 |" in table
+    assert "| hf-sdpa (transformers x) |" in table
+    for n in ("train-loss.png", "train-throughput.png"):
+        assert (tmp_path / n).stat().st_size > 0

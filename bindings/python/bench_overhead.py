@@ -66,9 +66,20 @@ def main(argv=None):
     op_args = (None, None, 0, 0, 0.0, None, False, -1, -1, None, None, None, None, None, 128, 128, 0, False)
     op = min(per_call_us(lambda: torch.ops.flashattn.fwd(q, k, v, *op_args), args.calls, args.device)
              for _ in range(args.repeats))
+    # Where the operator's time goes (the first CUDA measurement, 42 us over
+    # the raw call, is far above the CPU's 1.5 us; see docs/python.md): the
+    # same call below autograd (no Python autograd kernel on the way), and
+    # what the operator allocates per call (out, and LSE filled with -inf).
+    with torch.no_grad():
+        op_no_grad = min(per_call_us(lambda: torch.ops.flashattn.fwd.default(q, k, v, *op_args), args.calls,
+                                     args.device) for _ in range(args.repeats))
+    lse_shape = (1, 1, args.seqlen)
+    allocs = min(per_call_us(lambda: (torch.empty_like(q), torch.full(lse_shape, float("-inf"), device=q.device)),
+                             args.calls, args.device) for _ in range(args.repeats))
     out = dict(device=args.device, dtype=dtype, seqlen=args.seqlen, head_dim=args.head_dim, threads=threads,
                calls=args.calls, raw_cpp_us=raw, torch_op_us=op, flash_attn_func_us=api,
-               op_overhead_us=op - raw, api_overhead_us=api - raw, torch=torch.__version__,
+               op_overhead_us=op - raw, api_overhead_us=api - raw, op_default_no_grad_us=op_no_grad,
+               op_allocations_us=allocs, torch=torch.__version__,
                gpu=torch.cuda.get_device_name() if args.device == "cuda" else None)
     print(json.dumps(out))
     return out

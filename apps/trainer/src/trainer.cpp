@@ -493,8 +493,8 @@ TrainResult train(const TrainConfig& cfg_in) {
   const std::int64_t S = cfg.effective_context();
   if (cfg.model.vocab == 0) cfg.model.vocab = static_cast<std::int64_t>(data.train.vocab_size);
   if (cfg.model.vocab < static_cast<std::int64_t>(data.train.vocab_size))
-    throw ConfigError("--data: the shards' vocabulary (" + std::to_string(data.train.vocab_size) +
-                      ") is larger than the model's");
+    throw ConfigError("--vocab: " + std::to_string(cfg.model.vocab) + " is smaller than the vocabulary of --data's shards (" +
+                      std::to_string(data.train.vocab_size) + ")");
   for (const Shard* s : {&data.train, &data.val}) {
     if ((task == "lm" || task == "mlm") && s->tokens.size() < static_cast<std::size_t>(S + 2))
       throw ConfigError("--context: " + std::to_string(S) + " tokens need shards longer than " +

@@ -267,6 +267,8 @@ TEST(Config, BadConfigsNameTheFlag) {
   EXPECT_EQ(config_error({"--data", d, "--steps", "x"}).rfind("--steps: expected an integer", 0), 0u);
   EXPECT_EQ(config_error({"--data", d, "--dropout", "1.5"}).rfind("--dropout: expected a probability", 0), 0u);
   EXPECT_EQ(config_error({"--data", d, "--bogus", "1"}).rfind("--bogus: unknown flag", 0), 0u);
+  EXPECT_EQ(config_error({"--data", d, "--vocab", "-1"}).rfind("--vocab: expected >= 1", 0), 0u);
+  EXPECT_EQ(config_error({"--data", d, "--vocab", "10"}, true).rfind("--vocab: 10 is smaller than", 0), 0u);
   EXPECT_EQ(config_error({"--data", d, "--save-every", "5"}).rfind("--save-every: needs --save", 0), 0u);
   EXPECT_EQ(config_error({"--data", d, "--resume", d + "/train.tok"}, true).rfind("--resume: ", 0), 0u);
   // The preset applies first wherever --model stands; later flags override it.
