@@ -166,5 +166,30 @@ TEST(BlockSparse, FullBlocksIgnoreTheElementMask) {
   }
 }
 
+// No queries (or no keys): the lists have no element, so their pointers may
+// be null, as an empty tensor's are; every backend runs, gradients are zero.
+TEST(BlockSparse, EmptyListsMayBeNull) {
+  FA_SEEDED(seed);
+  for (const Backend& be : kBackends) {
+    for (const bool no_queries : {true, false}) {
+      SCOPED_TRACE(::testing::Message() << be.name << (no_queries ? " no queries" : " no keys"));
+      const std::int64_t sq = no_queries ? 0 : 9, sk = no_queries ? 13 : 0;
+      Problem p(be.reference ? DType::f64 : DType::f32, 2, sq, sk, 2, 1, 8);
+      p.randomize(seed);
+      BlockStates st = random_block_states(seed, 1, 1, sq, sk, 4, 4);
+      BlockMaskBuf bm = make_block_mask(st);
+      const BlockMask* m = bm.get();
+      BlockMask nulls = *m;
+      if (no_queries) nulls.kv_count = nulls.full_kv_count = nullptr;
+      nulls.kv_indices = nulls.full_kv_indices = nullptr;
+      p.options.block_mask = &nulls;
+      const Outputs out = run(p, be.reference, cpu(be.algo));
+      for (double x : out.o) EXPECT_EQ(x, 0.0);
+      for (double x : out.dk) EXPECT_EQ(x, 0.0);
+      for (double x : out.dq) EXPECT_EQ(x, 0.0);
+    }
+  }
+}
+
 }  // namespace
 }  // namespace fa_test

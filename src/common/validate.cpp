@@ -216,9 +216,14 @@ void check_block_mask(const BlockMask& m, const Problem& p, const Context& ctx) 
     fail("block_mask.num_q_blocks", "ceil(seqlen_q / block_q) = " + str(nqb), str(m.num_q_blocks));
   if (m.num_k_blocks != nkb)
     fail("block_mask.num_k_blocks", "ceil(seqlen_k / block_k) = " + str(nkb), str(m.num_k_blocks));
-  if (m.kv_count == nullptr) fail("block_mask.kv_count", "a non-null pointer", "nullptr");
-  if (m.kv_indices == nullptr) fail("block_mask.kv_indices", "a non-null pointer", "nullptr");
-  if ((m.full_kv_count == nullptr) != (m.full_kv_indices == nullptr))
+  // A pointer may be null where its array has no element (no query blocks,
+  // or no key blocks for the indices), as an empty tensor's data pointer is.
+  const std::int64_t rows = m.batch * m.heads * nqb;
+  if (rows > 0 && m.kv_count == nullptr)
+    fail("block_mask.kv_count", "a non-null pointer (" + str(rows) + " counts)", "nullptr");
+  if (rows * nkb > 0 && m.kv_indices == nullptr)
+    fail("block_mask.kv_indices", "a non-null pointer (" + str(rows * nkb) + " indices)", "nullptr");
+  if (rows * nkb > 0 && (m.full_kv_count == nullptr) != (m.full_kv_indices == nullptr))
     fail("block_mask.full_kv_count / full_kv_indices", "both set or both null",
          m.full_kv_count ? "only full_kv_count set" : "only full_kv_indices set");
   const bool cpu = ctx.device == Device::cpu;
@@ -226,9 +231,9 @@ void check_block_mask(const BlockMask& m, const Problem& p, const Context& ctx) 
   const std::int32_t* idx = cpu ? m.kv_indices : m.kv_indices_host;
   const std::int32_t* fcnt = cpu ? m.full_kv_count : m.full_kv_count_host;
   const std::int32_t* fidx = cpu ? m.full_kv_indices : m.full_kv_indices_host;
-  if (!cnt || !idx) return;  // CUDA without host copies: contents unchecked (documented)
+  if (rows == 0) return;
+  if (!cnt || (!idx && nkb > 0)) return;  // CUDA without host copies: contents unchecked (documented)
   std::vector<std::uint8_t> seen(static_cast<std::size_t>(nkb));
-  const std::int64_t rows = m.batch * m.heads * nqb;
   for (std::int64_t r = 0; r < rows; ++r) {
     std::fill(seen.begin(), seen.end(), 0);
     for (int list = 0; list < 2; ++list) {
