@@ -117,6 +117,8 @@ const std::vector<Flag>& flags() {
       {"--deterministic", "deterministic flashattn backward on CUDA (always on the CPU)",
        [](TrainConfig& c, const std::string&) { c.deterministic = true; }, true},
       {"--quiet", "no progress lines", [](TrainConfig& c, const std::string&) { c.quiet = true; }, true},
+      {"--time-attention", "log the time in the flashattn operators and its share of the step (flashattn only)",
+       [](TrainConfig& c, const std::string&) { c.time_attention = true; }, true},
   };
   return f;
 }
@@ -253,6 +255,8 @@ void validate(const TrainConfig& c) {
   if (c.save_every > 0 && c.save_dir.empty()) throw ConfigError("--save-every: needs --save DIR");
   if (c.stop_after < 0) throw ConfigError("--stop-after: expected >= 0, got " + std::to_string(c.stop_after));
   if (c.threads < 0) throw ConfigError("--threads: expected >= 0, got " + std::to_string(c.threads));
+  if (c.time_attention && c.attention != "flashattn")
+    throw ConfigError("--time-attention: times the flashattn operators only; got --attention " + c.attention);
   if (c.mask_prob <= 0 || c.mask_prob >= 1)
     throw ConfigError("--mask-prob: expected in (0, 1), got " + std::to_string(c.mask_prob));
   if (c.min_seq_frac <= 0 || c.min_seq_frac > 1)
@@ -275,6 +279,7 @@ std::string to_json(const TrainConfig& c) {
     << ",\"weight_decay\":" << c.weight_decay << ",\"beta1\":" << c.beta1 << ",\"beta2\":" << c.beta2
     << ",\"clip\":" << c.clip << ",\"seed\":" << c.seed << ",\"mask_prob\":" << c.mask_prob
     << ",\"min_seq_frac\":" << c.min_seq_frac << ",\"deterministic\":" << (c.deterministic ? "true" : "false")
+    << ",\"time_attention\":" << (c.time_attention ? "true" : "false")
     << "}";
   return o.str();
 }

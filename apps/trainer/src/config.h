@@ -58,6 +58,7 @@ struct TrainConfig {
   double min_seq_frac = 0.5;            // encoder: lengths drawn in [frac * context, context]
   bool deterministic = false;           // deterministic flashattn backward on CUDA
   bool quiet = false;                   // no progress lines (tests)
+  bool time_attention = false;          // log the flashattn operators' share of the step
 
   std::string effective_task() const;
   std::string effective_precision() const;

@@ -1,7 +1,11 @@
 #include "model.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
+#ifdef FATRAIN_CUDA
+#include <ATen/cuda/CUDAEvent.h>
+#endif
 
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <limits>
@@ -37,6 +41,56 @@ const c10::TypedOperatorHandle<BwdSig>& bwd_op() {
   return op;
 }
 
+// The state behind attention_clock (model.h).
+struct AttentionClockState {
+  bool on = false;
+  double cpu_seconds = 0;
+#ifdef FATRAIN_CUDA
+  std::vector<std::pair<at::cuda::CUDAEvent, at::cuda::CUDAEvent>> intervals;
+#endif
+};
+AttentionClockState& clock_state() {
+  static AttentionClockState s;
+  return s;
+}
+
+// Brackets one operator call: Timed t(q); ... ; (destructor marks the end).
+class Timed {
+ public:
+  explicit Timed(const torch::Tensor& like) {
+    auto& s = clock_state();
+    if (!s.on) return;
+    active_ = true;
+#ifdef FATRAIN_CUDA
+    if (like.is_cuda()) {
+      cuda_ = true;
+      s.intervals.emplace_back(at::cuda::CUDAEvent(cudaEventDefault), at::cuda::CUDAEvent(cudaEventDefault));
+      s.intervals.back().first.record();
+      return;
+    }
+#endif
+    (void)like;
+    start_ = std::chrono::steady_clock::now();
+  }
+  ~Timed() {
+    if (!active_) return;
+    auto& s = clock_state();
+#ifdef FATRAIN_CUDA
+    if (cuda_) {
+      s.intervals.back().second.record();
+      return;
+    }
+#endif
+    s.cpu_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+  }
+  Timed(const Timed&) = delete;
+  Timed& operator=(const Timed&) = delete;
+
+ private:
+  bool active_ = false, cuda_ = false;
+  std::chrono::steady_clock::time_point start_;
+};
+
 // autograd::Function::apply wants defined tensors, so "no tensor" (no
 // cu_seqlens, no dropout state) travels as an empty one.
 std::optional<at::Tensor> opt(const torch::Tensor& t) {
@@ -57,6 +111,7 @@ struct FlashAttnFunction : torch::autograd::Function<FlashAttnFunction> {
       // repeatable and the checkpoint saves that generator's state.
       rng = torch::randint(std::numeric_limits<int64_t>::max(), {2}, torch::TensorOptions().dtype(torch::kLong));
     }
+    Timed timed(q);
     auto [out, lse] = fwd_op().call(q, k, v, opt(cu_seqlens), opt(cu_seqlens), max_seqlen, max_seqlen, dropout_p,
                                     std::nullopt, causal, -1, -1, opt(rng), std::nullopt, std::nullopt,
                                     std::nullopt, std::nullopt, 128, 128, /*algorithm flash*/ 0, deterministic);
@@ -73,6 +128,7 @@ struct FlashAttnFunction : torch::autograd::Function<FlashAttnFunction> {
     torch::Tensor dout = grads[0];
     if (dout.stride(-1) != 1) dout = dout.contiguous();
     const int64_t max_seqlen = ctx->saved_data["max_seqlen"].toInt();
+    Timed timed(dout);
     auto [dq, dk, dv] = bwd_op().call(dout, s[0], s[1], s[2], s[3], s[4], opt(s[5]), opt(s[5]), max_seqlen,
                                       max_seqlen, ctx->saved_data["dropout_p"].toDouble(), std::nullopt,
                                       ctx->saved_data["causal"].toBool(), -1, -1, opt(s[6]), std::nullopt,
@@ -93,6 +149,27 @@ torch::Tensor flash(const torch::Tensor& q, const torch::Tensor& k, const torch:
                                                     o.causal, p, o.deterministic);
   return torch::zeros({B * S, H, D}, o_packed.options()).index_copy(0, pad->token_index, o_packed).view({B, S, H, D});
 }
+
+}  // namespace
+
+namespace attention_clock {
+void enable(bool on) { clock_state().on = on; }
+double take_seconds() {
+  auto& s = clock_state();
+  double total = s.cpu_seconds;
+  s.cpu_seconds = 0;
+#ifdef FATRAIN_CUDA
+  for (auto& [a, b] : s.intervals) {
+    b.synchronize();  // elapsed_time refuses an event not yet completed
+    total += static_cast<double>(a.elapsed_time(b)) / 1e3;
+  }
+  s.intervals.clear();
+#endif
+  return total;
+}
+}  // namespace attention_clock
+
+namespace {
 
 // ------------------------------------------------------------- standard ---
 // As HuggingFace's GPT-2 eager attention: S = QK^T / sqrt(d), masked with

@@ -40,6 +40,18 @@ struct AttnOptions {
 torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                         const AttnOptions& opt, bool training, const Padding* padding);
 
+// Time spent in the flashattn operators (forward and backward), for the
+// share of the step that attention takes (--time-attention). On CUDA each
+// call is bracketed by two events on the current stream, so timing adds no
+// synchronisation; take_seconds() waits for the last event, sums the
+// intervals since the previous take and forgets them. On the CPU the calls
+// are synchronous and their wall time is summed. Only the flashattn switch
+// is timed: the other switches' backward is torch's autograd of several ops.
+namespace attention_clock {
+void enable(bool on);
+double take_seconds();
+}  // namespace attention_clock
+
 // Sets PyTorch's SDPA backend switches for --attention sdpa-*: on CUDA only
 // the named backend is enabled (so an unsupported shape is an error, not a
 // silent fallback); on the CPU PyTorch has no cuDNN kernel and its flash

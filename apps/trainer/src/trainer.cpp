@@ -624,6 +624,8 @@ TrainResult train(const TrainConfig& cfg_in) {
   };
 
   model->train();
+  attention_clock::enable(cfg.time_attention);
+  attention_clock::take_seconds();  // nothing before the first step counts
   auto t_log = Clock::now();
   std::int64_t tokens_since = 0, steps_since = 0;
   const std::int64_t end_step = cfg.stop_after > 0 ? std::min(cfg.steps, step + cfg.stop_after) : cfg.steps;
@@ -656,24 +658,33 @@ TrainResult train(const TrainConfig& cfg_in) {
       const double tps = tokens_since * dp.world / secs;
       const double mfu = peak > 0 ? fpt * tps / (peak * dp.world) : -1;
       const std::int64_t mem = peak_memory_bytes(dev);
+      const double attn_s = cfg.time_attention ? attention_clock::take_seconds() : -1;
       result.train_loss.emplace_back(done, l);
       if (lead) {
         std::ostringstream o;
         o << "{\"event\":\"train\",\"step\":" << done << ",\"loss\":" << fmt("%.6f", l) << ",\"lr\":" << fmt("%.6g", lr)
           << ",\"grad_norm\":" << (gnorm.defined() ? fmt("%.4f", gnorm.item<double>()) : "null")
           << ",\"tokens_per_s\":" << fmt("%.1f", tps) << ",\"mfu\":" << (mfu >= 0 ? fmt("%.4f", mfu) : "null")
-          << ",\"peak_mem_bytes\":" << mem << ",\"step_ms\":" << fmt("%.2f", 1e3 * secs / steps_since) << "}";
+          << ",\"peak_mem_bytes\":" << mem << ",\"step_ms\":" << fmt("%.2f", 1e3 * secs / steps_since);
+        if (attn_s >= 0)
+          o << ",\"attention_ms_per_step\":" << fmt("%.3f", 1e3 * attn_s / steps_since)
+            << ",\"attention_share\":" << fmt("%.4f", attn_s / secs);
+        o << "}";
         log.line(o.str());
         if (!cfg.quiet)
-          std::printf("step %6lld/%lld | loss %.4f | lr %.2e | %.0f tok/s | MFU %s | peak mem %.2f GB | %.1f ms/step\n",
+          std::printf("step %6lld/%lld | loss %.4f | lr %.2e | %.0f tok/s | MFU %s | peak mem %.2f GB | %.1f ms/step%s\n",
                       static_cast<long long>(done), static_cast<long long>(cfg.steps), l, lr, tps,
-                      mfu >= 0 ? fmt("%.1f%%", 100 * mfu).c_str() : "n/a", mem / 1e9, 1e3 * secs / steps_since);
+                      mfu >= 0 ? fmt("%.1f%%", 100 * mfu).c_str() : "n/a", mem / 1e9, 1e3 * secs / steps_since,
+                      attn_s >= 0 ? fmt(" | attention %.1f%%", 100 * attn_s / secs).c_str() : "");
         std::fflush(stdout);
       }
       t_log = Clock::now();
       tokens_since = steps_since = 0;
     }
-    if (cfg.eval_every > 0 && done % cfg.eval_every == 0 && done != end_step) evaluate(done);
+    if (cfg.eval_every > 0 && done % cfg.eval_every == 0 && done != end_step) {
+      evaluate(done);
+      if (cfg.time_attention) attention_clock::take_seconds();  // training steps only
+    }
     if (cfg.save_every > 0 && done % cfg.save_every == 0 && done != end_step) checkpoint(done);
   }
   result.last_step = step;

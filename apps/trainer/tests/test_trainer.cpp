@@ -278,6 +278,28 @@ TEST(Config, BadConfigsNameTheFlag) {
   EXPECT_EQ(c.effective_context(), 512);
 }
 
+// --time-attention: each logged step says how long the flashattn operators
+// took and their share of the step, a share strictly between 0 and 1.
+TEST(Training, TimeAttentionLogsTheShare) {
+  const std::string log = out_dir("time-attention") + "/log.jsonl";
+  train(tiny("gpt2-tiny", {"--steps", "4", "--time-attention", "--log-json", log}));
+  std::ifstream f(log);
+  int steps = 0;
+  for (std::string line; std::getline(f, line);) {
+    if (line.find("\"event\":\"train\"") == std::string::npos) continue;
+    ++steps;
+    const auto at = line.find("\"attention_share\":");
+    ASSERT_NE(at, std::string::npos) << line;
+    const double share = std::stod(line.substr(at + 18));
+    EXPECT_GT(share, 0.0) << line;
+    EXPECT_LT(share, 1.0) << line;
+    EXPECT_NE(line.find("\"attention_ms_per_step\":"), std::string::npos) << line;
+  }
+  EXPECT_EQ(steps, 4);
+  EXPECT_EQ(config_error({"--data", FATRAIN_TEST_DATA, "--attention", "standard", "--time-attention"}),
+            "--time-attention: times the flashattn operators only; got --attention standard");
+}
+
 TEST(Config, PresetShapes) {
   // The parameter counts the presets are named after (GPT-2's vocabulary of
   // 50257, context 1024): 124M and 355M.
