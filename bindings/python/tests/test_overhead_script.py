@@ -19,3 +19,19 @@ def test_overhead_script_reports_both_sides():
     for key in ("raw_cpp_us", "torch_op_us", "flash_attn_func_us"):
         assert out[key] > 0, key
     assert out["op_overhead_us"] == pytest.approx(out["torch_op_us"] - out["raw_cpp_us"])
+
+
+BENCH = os.path.join(os.path.dirname(TOOL), "flashattn-bench")
+
+
+@pytest.mark.skipif(not os.path.exists(BENCH), reason=f"no {BENCH} (build the repository first)")
+def test_bench_vs_tool_reports_both_sides():
+    sys.path.insert(0, os.path.join(HERE, ".."))
+    import bench_vs_tool
+    out = bench_vs_tool.main(["--tool", BENCH, "--shapes", "1,64,2,32,0;1,48,2,16,1", "--repeats", "2",
+                              "--warmup", "1"])
+    assert [(r["seqlen"], r["causal"]) for r in out["results"]] == [(64, False), (48, True)]
+    for r in out["results"]:
+        for key in ("tool_fwd_ms", "tool_bwd_ms", "python_fwd_ms", "python_bwd_ms"):
+            assert r[key] > 0, key
+        assert r["fwd_ratio"] == pytest.approx(r["python_fwd_ms"] / r["tool_fwd_ms"])
