@@ -434,15 +434,9 @@ struct Dropout {
         kept_scale(static_cast<float>(1.0 / (1.0 - static_cast<double>(p.dropout_p)))) {}
 
   // keep[j] = kept ? value : 0 for columns j0 .. j0+n of row `row` of
-  // attention matrix bh (= sequence * heads_q + head); j0 % 4 == 0, so one
-  // Philox call covers four columns. keep[n .. pad) = 0.
+  // attention matrix bh (= sequence * heads_q + head); keep[n .. pad) = 0.
   void row(i64 bh, i64 row, i64 j0, i64 n, i64 pad, float value, float* keep) const {
-    const auto ubh = static_cast<std::uint32_t>(bh), urow = static_cast<std::uint32_t>(row);
-    for (i64 j = 0; j < n; j += 4) {
-      const Philox4 w = stream.words(ubh, urow, static_cast<std::uint32_t>((j0 + j) >> 2));
-      const std::uint32_t words[4] = {w.x, w.y, w.z, w.w};
-      for (i64 l = 0; l < 4; ++l) keep[j + l] = stream.keep(words[l]) ? value : 0.0f;
-    }
+    stream.fill_row(static_cast<std::uint32_t>(bh), static_cast<std::uint32_t>(row), j0, n, value, keep);
     std::fill(keep + n, keep + pad, 0.0f);
   }
 };

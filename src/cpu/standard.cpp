@@ -120,17 +120,12 @@ struct Visibility {
   }
 };
 
-// Dropout scale of row i (0 = dropped, else 1/(1-p)), one Philox call per
-// four columns.
+// Dropout scale of row i (0 = dropped, else 1/(1-p)).
 template <typename Acc>
 void dropout_row(const Problem& p, const DropoutStream& ds, const HeadTask& t, std::int64_t i, Acc* scale_row) {
   const Acc kept = static_cast<Acc>(1.0 / (1.0 - static_cast<double>(p.dropout_p)));
   const auto bh = static_cast<std::uint32_t>(t.b * p.heads_q + t.h);
-  for (std::int64_t j0 = 0; j0 < t.r.seqlen_k; j0 += 4) {
-    const Philox4 w = ds.words(bh, static_cast<std::uint32_t>(i), static_cast<std::uint32_t>(j0 >> 2));
-    const std::uint32_t words[4] = {w.x, w.y, w.z, w.w};
-    for (std::int64_t l = 0; l < 4 && j0 + l < t.r.seqlen_k; ++l) scale_row[j0 + l] = ds.keep(words[l]) ? kept : Acc(0);
-  }
+  ds.fill_row(bh, static_cast<std::uint32_t>(i), 0, t.r.seqlen_k, kept, scale_row);
 }
 
 // P (sq x sk, un-dropped) and the LSE of one head. Empty rows: P = 0,

@@ -270,14 +270,22 @@ __device__ RowVisibility row_visibility(const RowParams& rp, const RowPos& r, co
   return v;
 }
 
+// The random words of columns 4 quad .. 4 quad + 3. They come from two
+// Philox calls (calls u and u + 1 of their 16-column group, words 2h and
+// 2h + 1 of each; philox.h), whose other two words belong to the quad 8
+// columns away: this kernel's consecutive quads per thread draw each call
+// twice, the price of its simple layout (it is the baseline, not the fast path).
 __device__ __forceinline__ void dropout_words(const RowParams& rp, const RowPos& r, std::int64_t quad,
                                               std::uint32_t w[4]) {
-  const Philox4 x = rp.drop.words(static_cast<std::uint32_t>(r.b * rp.heads_q + r.h), static_cast<std::uint32_t>(r.i),
-                                  static_cast<std::uint32_t>(quad));
-  w[0] = x.x;
-  w[1] = x.y;
-  w[2] = x.z;
-  w[3] = x.w;
+  const auto bh = static_cast<std::uint32_t>(r.b * rp.heads_q + r.h);
+  const auto row = static_cast<std::uint32_t>(r.i);
+  const auto col0 = static_cast<std::uint32_t>(4 * quad);
+  const std::uint32_t call = DropoutStream::call_of(col0), h2 = DropoutStream::word_of(col0);  // word 2h
+  const Philox4 a = rp.drop.words(bh, row, call), b = rp.drop.words(bh, row, call + 1);
+  w[0] = DropoutStream::word(a, h2);
+  w[1] = DropoutStream::word(a, h2 + 1);
+  w[2] = DropoutStream::word(b, h2);
+  w[3] = DropoutStream::word(b, h2 + 1);
 }
 
 template <typename T>

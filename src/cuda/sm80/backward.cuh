@@ -81,21 +81,26 @@ __device__ __forceinline__ void bwd_scores(const Params& p, const SeqInfo& seq, 
   warp_gemm<T, kMT, kQC, kD, false, false>(s, sK + key0 * S::kLd, S::kLd, sQ + cg * kQC * S::kLd, S::kLd, lane);
   warp_gemm<T, kMT, kQC, kD, false, false>(dp, sV + key0 * S::kLd, S::kLd, sdO + cg * kQC * S::kLd, S::kLd, lane);
 
-  // Dropout keep bits (bit 4 (kQC/8 mi + t) + 2 half + e), in a rolled loop:
-  // one Philox call per element here (a thread's elements of one row are 8
-  // columns apart), too much code to unroll next to the live fragments.
+  // Dropout keep bits (bit 4 (kQC/8 mi + t) + 2 half + e), in a rolled loop
+  // (too much code to unroll next to the live fragments). A thread's two
+  // elements of one query row at keys 8 apart (half = 0, 1) share one Philox
+  // call (philox.h: words 2 half + (key & 1) of call 4g + u, the key tile
+  // and the warp's keys start at multiples of 16).
   static_assert(kMT * kQC / 2 <= 64, "keep bits must fit one 64-bit word");
   std::uint64_t keep_bits = ~0ull;
   if (p.has_dropout) {
     keep_bits = 0;
+    const int l = lane >> 2;  // key within 8: 2u + (l & 1)
 #pragma unroll 1
-    for (int bit = 0; bit < kMT * kQC / 2; ++bit) {
-      const int mi = bit / (kQC / 2), t = (bit >> 2) % (kQC / 8), half = (bit >> 1) & 1, e = bit & 1;
+    for (int pair = 0; pair < kMT * kQC / 4; ++pair) {
+      const int mi = pair / (kQC / 4), t = (pair >> 1) % (kQC / 8), e = pair & 1;
       const int i = m0 + cg * kQC + t * 8 + 2 * (lane & 3) + e;
-      const int j = n0 + key0 + mi * 16 + (lane >> 2) + 8 * half;
-      keep_bits |= static_cast<std::uint64_t>(
-                       p.dropout.keep(bh, static_cast<std::uint32_t>(i), static_cast<std::uint32_t>(j)))
-                   << bit;
+      const int j0 = n0 + key0 + mi * 16 + l;  // half 0; half 1 is j0 + 8
+      const Philox4 r = p.dropout.words(bh, static_cast<std::uint32_t>(i),
+                                        DropoutStream::call_of(static_cast<std::uint32_t>(j0)));
+      const int bit = mi * (kQC / 2) + t * 4 + e;  // half 0; half 1 is bit + 2
+      keep_bits |= static_cast<std::uint64_t>(p.dropout.keep((l & 1) ? r.y : r.x)) << bit;
+      keep_bits |= static_cast<std::uint64_t>(p.dropout.keep((l & 1) ? r.w : r.z)) << (bit + 2);
     }
   }
   const float ks = p.has_dropout ? p.keep_scale : 1.f;

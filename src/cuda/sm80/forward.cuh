@@ -189,20 +189,26 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) forward_kernel(const 
       }
 
       if (p.has_dropout) {
-        // Keep bits first, in a rolled loop: unrolling 2 * kSN Philox calls
+        // Keep bits first, in a rolled loop: unrolling kSN Philox calls
         // next to the live S and O fragments costs registers the matmuls need.
+        // One call serves this thread's column pair in two adjacent 8-column
+        // tiles (philox.h: words 0, 1 at 16g + 2u, words 2, 3 at 16g + 8 + 2u;
+        // key tiles start at multiples of kBlockN, so at multiples of 16).
         static_assert(kSN * 4 <= 64, "keep bits must fit one 64-bit word");
+        static_assert(kSN % 2 == 0, "key tiles of whole 16-column Philox groups");
         std::uint64_t keep_bits = 0;  // bit 4t + 2 half + e
 #pragma unroll 1
-        for (int t = 0; t < kSN; ++t) {
-          const std::uint32_t j = static_cast<std::uint32_t>(cur.n0 + t * 8 + col_in_tile);
+        for (int tp = 0; tp < kSN / 2; ++tp) {
+          const std::uint32_t call =
+              DropoutStream::call_of(static_cast<std::uint32_t>(cur.n0 + tp * 16 + col_in_tile));
 #pragma unroll
           for (int half = 0; half < 2; ++half) {
-            // This thread's column pair (even j) lies in one Philox quad.
-            const Philox4 r = p.dropout.words(bh, static_cast<std::uint32_t>(m0 + row_of(mi, half)), j >> 2);
-            const bool lo_pair = (j & 3u) == 0u;
-            keep_bits |= static_cast<std::uint64_t>(p.dropout.keep(lo_pair ? r.x : r.z)) << (4 * t + 2 * half);
-            keep_bits |= static_cast<std::uint64_t>(p.dropout.keep(lo_pair ? r.y : r.w)) << (4 * t + 2 * half + 1);
+            const Philox4 r = p.dropout.words(bh, static_cast<std::uint32_t>(m0 + row_of(mi, half)), call);
+            const int lo = 8 * tp + 2 * half, hi = lo + 4;  // bit 4t + 2 half for t = 2tp, 2tp + 1
+            keep_bits |= static_cast<std::uint64_t>(p.dropout.keep(r.x)) << lo;
+            keep_bits |= static_cast<std::uint64_t>(p.dropout.keep(r.y)) << (lo + 1);
+            keep_bits |= static_cast<std::uint64_t>(p.dropout.keep(r.z)) << hi;
+            keep_bits |= static_cast<std::uint64_t>(p.dropout.keep(r.w)) << (hi + 1);
           }
         }
 #pragma unroll
