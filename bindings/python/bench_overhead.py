@@ -48,6 +48,8 @@ def main(argv=None):
     ap.add_argument("--head-dim", type=int, default=64)
     ap.add_argument("--calls", type=int, default=2000)
     ap.add_argument("--repeats", type=int, default=3, help="each side is measured this many times, best kept")
+    ap.add_argument("--profile", help="also write torch.profiler's table of 300 operator calls (host time by "
+                    "function, CUDA runtime calls included) to this file")
     args = ap.parse_args(argv)
     dtype = args.dtype or ("f32" if args.device == "cpu" else "bf16")
     torch_dtype = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}[dtype]
@@ -81,8 +83,27 @@ def main(argv=None):
                op_overhead_us=op - raw, api_overhead_us=api - raw, op_default_no_grad_us=op_no_grad,
                op_allocations_us=allocs, torch=torch.__version__,
                gpu=torch.cuda.get_device_name() if args.device == "cuda" else None)
+    if args.profile:
+        write_profile(args.profile, lambda: torch.ops.flashattn.fwd(q, k, v, *op_args), args.device)
     print(json.dumps(out))
     return out
+
+
+def write_profile(path, fn, device):
+    """Where a call's host time goes, by function (self time), including the
+    CUDA runtime calls of the library (torch.profiler sees them through CUPTI)."""
+    from torch.profiler import ProfilerActivity, profile
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    for _ in range(50):
+        fn()
+    with profile(activities=activities) as prof:
+        for _ in range(300):
+            fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+    with open(path, "w") as f:
+        f.write("300 calls of torch.ops.flashattn.fwd; self times are totals over the 300\n")
+        f.write(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=40))
 
 
 if __name__ == "__main__":

@@ -40,21 +40,26 @@ FA_HOST_DEVICE Philox4 philox4x32_10(Philox4 ctr, std::uint32_t k0, std::uint32_
   return ctr;
 }
 
-// The dropout stream. Columns of an attention row go in groups of 16; one
-// Philox call yields the 4 random words of columns
+// The dropout stream. One Philox call yields 8 random 16-bit words (the
+// low and high halves of its 4 outputs) for a 2 x 8 patch of the attention
+// matrix: rows r and r + 8 of a 16-row group (r % 16 < 8) and columns
 //   16g + 2u, 16g + 2u + 1, 16g + 8 + 2u, 16g + 8 + 2u + 1      (u = 0 .. 3)
-// of one row, word 2h + e for column 16g + 8h + 2u + e, with
+// The element (row 16R + 8a + i, column 16g + 8c + 2u + e) takes the half e
+// (0 = low) of output word 2a + c of the call with
 //   key     = (lo32(seed), hi32(seed) ^ hi32(offset))
-//   counter = (4g + u, row, batch * heads_q + head, lo32(offset)).
-// Why this grouping: it is the mma.sync fragment layout. A thread of the
-// sm80 forward holds, in each row, column pairs 2u, 2u + 1 of consecutive
-// 8-column tiles, so one call serves two of its tiles; a thread of the sm80
-// backward holds single columns 8 apart, so one call serves two of its
-// elements (with 4 consecutive columns per call, as before, it drew one
-// call per element there). Philox's integer work, not the matrix products,
-// bounds those kernels with dropout.
-// An element is kept iff its word >= threshold, threshold = round(p * 2^32)
-// (saturated), so the keep probability is 1 - p to within 2^-32.
+//   counter = (4g + u, 8R + i, batch * heads_q + head, lo32(offset)).
+// Why this grouping: it is the mma fragment layout. A thread of a forward
+// kernel (mma.sync m16n8 tiles on sm80, wgmma's m64nN accumulator on sm90,
+// which repeats the same 8-column pattern) holds, in rows r and r + 8, the
+// column pair 2u, 2u + 1 of every 8-column tile: one call covers all 8 of
+// its elements in a 16-column slice. A backward kernel holds the transposed
+// pattern (S^T: keys as rows), and one call covers 4 of its elements. The
+// integer work of Philox, not the matrix products, bounds those kernels
+// with dropout, so the number of calls per element is what matters.
+// An element is kept iff its 16-bit word >= threshold, threshold =
+// round(p * 2^16) (at most 2^16 - 1), so the keep probability is
+// 1 - threshold / 2^16, within 2^-17 of 1 - p (kept values are scaled by
+// 1 / (1 - p)).
 struct DropoutStream {
   std::uint32_t k0, k1, offset_lo, threshold;
 
@@ -63,32 +68,36 @@ struct DropoutStream {
     s.k0 = static_cast<std::uint32_t>(seed);
     s.k1 = static_cast<std::uint32_t>(seed >> 32) ^ static_cast<std::uint32_t>(offset >> 32);
     s.offset_lo = static_cast<std::uint32_t>(offset);
-    const double t = static_cast<double>(p) * 4294967296.0;
-    s.threshold = t >= 4294967295.0 ? 0xFFFFFFFFu : static_cast<std::uint32_t>(t + 0.5);
+    const double t = static_cast<double>(p) * 65536.0;
+    s.threshold = t >= 65535.0 ? 0xFFFFu : static_cast<std::uint32_t>(t + 0.5);
     return s;
   }
 
-  // The call (4g + u) that covers column col, and which of its words is col's.
+  // The counter's column part (4g + u) of column col, and its row part of row.
   FA_HOST_DEVICE static std::uint32_t call_of(std::uint32_t col) { return ((col >> 4) << 2) | ((col >> 1) & 3u); }
-  FA_HOST_DEVICE static std::uint32_t word_of(std::uint32_t col) { return (((col >> 3) & 1u) << 1) | (col & 1u); }
-  // Column of word w (0 .. 3) of call c: the inverse of the two above.
-  FA_HOST_DEVICE static std::uint32_t column_of(std::uint32_t call, std::uint32_t w) {
-    return ((call >> 2) << 4) | ((w >> 1) << 3) | ((call & 3u) << 1) | (w & 1u);
+  FA_HOST_DEVICE static std::uint32_t row_pair_of(std::uint32_t row) { return ((row >> 4) << 3) | (row & 7u); }
+  // Which output word (0 .. 3) holds (row, col), and which half of it.
+  FA_HOST_DEVICE static std::uint32_t word_of(std::uint32_t row, std::uint32_t col) {
+    return (((row >> 3) & 1u) << 1) | ((col >> 3) & 1u);
   }
+  FA_HOST_DEVICE static std::uint32_t half_of(std::uint32_t col) { return col & 1u; }
 
-  // The 4 random words of call `call` of (bh, row).
-  FA_HOST_DEVICE Philox4 words(std::uint32_t bh, std::uint32_t row, std::uint32_t call) const {
-    return philox4x32_10(Philox4{call, row, bh, offset_lo}, k0, k1);
+  // The 4 output words of the call (row_pair, call) of head bh.
+  FA_HOST_DEVICE Philox4 words(std::uint32_t bh, std::uint32_t row_pair, std::uint32_t call) const {
+    return philox4x32_10(Philox4{call, row_pair, bh, offset_lo}, k0, k1);
   }
 
   FA_HOST_DEVICE static std::uint32_t word(const Philox4& r, std::uint32_t w) {
     return w == 0 ? r.x : w == 1 ? r.y : w == 2 ? r.z : r.w;
   }
 
-  FA_HOST_DEVICE bool keep(std::uint32_t word) const { return word >= threshold; }
+  // Whether the low (half = 0) or high 16-bit word of w is kept.
+  FA_HOST_DEVICE bool keep(std::uint32_t w, std::uint32_t half) const {
+    return ((half ? w >> 16 : w) & 0xFFFFu) >= threshold;
+  }
 
   FA_HOST_DEVICE bool keep(std::uint32_t bh, std::uint32_t row, std::uint32_t col) const {
-    return keep(word(words(bh, row, call_of(col)), word_of(col)));
+    return keep(word(words(bh, row_pair_of(row), call_of(col)), word_of(row, col)), half_of(col));
   }
 
   // keep_or_zero[c - col0] = kept(c) ? value : 0 for the columns c in
@@ -98,13 +107,16 @@ struct DropoutStream {
                                V* out) const {
     if (n <= 0) return;
     const std::int64_t last = col0 + n - 1;
+    const std::uint32_t pair = row_pair_of(row), a = (row >> 3) & 1u;
     for (std::int64_t g = col0 >> 4; g <= last >> 4; ++g)
       for (std::uint32_t u = 0; u < 4; ++u) {
-        const std::uint32_t call = static_cast<std::uint32_t>(4 * g) + u;
-        const Philox4 r = words(bh, row, call);
-        for (std::uint32_t w = 0; w < 4; ++w) {
-          const std::int64_t c = column_of(call, w);
-          if (c >= col0 && c <= last) out[c - col0] = keep(word(r, w)) ? value : V(0);
+        const Philox4 r = words(bh, pair, static_cast<std::uint32_t>(4 * g) + u);
+        for (std::uint32_t c = 0; c < 2; ++c) {
+          const std::uint32_t w = word(r, 2 * a + c);
+          for (std::uint32_t e = 0; e < 2; ++e) {
+            const std::int64_t col = 16 * g + 8 * c + 2 * u + e;
+            if (col >= col0 && col <= last) out[col - col0] = keep(w, e) ? value : V(0);
+          }
         }
       }
   }

@@ -132,7 +132,7 @@ struct Refusal {
 };
 
 // What both Hopper kernels need: the GPU, the dtype, dense fixed-length
-// batches without dropout or a block mask, strides TMA can encode.
+// batches without a block mask, strides TMA can encode.
 Refusal sm90_common_refusal(const Problem& pr, std::initializer_list<const Tensor*> tma_tensors) {
   int dev = 0, major = 0, minor = 0;
   check(cudaGetDevice(&dev), "cudaGetDevice");
@@ -143,8 +143,6 @@ Refusal sm90_common_refusal(const Problem& pr, std::initializer_list<const Tenso
     return {"ctx.device", "a GPU of compute capability 9.0",
             "compute capability " + std::to_string(major) + "." + std::to_string(minor)};
   if (pr.dtype != DType::f16 && pr.dtype != DType::bf16) return {"q.dtype", "f16 or bf16", to_string(pr.dtype)};
-  if (pr.has_dropout())
-    return {"options.dropout_p", "0 (dropout is not implemented there)", std::to_string(pr.dropout_p)};
   if (pr.is_varlen()) return {"options.varlen", "nullptr (varlen is not implemented there)", "a Varlen"};
   if (pr.block_mask != nullptr)
     return {"options.block_mask", "nullptr (block-sparse is not implemented there)", "a BlockMask"};

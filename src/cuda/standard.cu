@@ -244,8 +244,7 @@ __device__ float block_reduce(float x, bool is_max, float* scratch) {
 
 // Each thread owns column quads c = threadIdx.x + k * blockDim.x (columns
 // 4c .. 4c+3): one 8-byte access moves a quad (rows are 16-byte aligned, ld
-// a multiple of 8, so a quad never crosses the row's allocation), and one
-// Philox call yields exactly the dropout words of a quad.
+// a multiple of 8, so a quad never crosses the row's allocation).
 struct RowPos {
   std::int64_t b, h, i;
   SeqBounds sb;
@@ -270,22 +269,23 @@ __device__ RowVisibility row_visibility(const RowParams& rp, const RowPos& r, co
   return v;
 }
 
-// The random words of columns 4 quad .. 4 quad + 3. They come from two
-// Philox calls (calls u and u + 1 of their 16-column group, words 2h and
-// 2h + 1 of each; philox.h), whose other two words belong to the quad 8
-// columns away: this kernel's consecutive quads per thread draw each call
-// twice, the price of its simple layout (it is the baseline, not the fast path).
-__device__ __forceinline__ void dropout_words(const RowParams& rp, const RowPos& r, std::int64_t quad,
-                                              std::uint32_t w[4]) {
+// The dropout keep flags of columns 4 quad .. 4 quad + 3. They come from
+// two Philox calls (calls u and u + 1 of their 16-column group, one output
+// word of each; philox.h), whose other words belong to the quad 8 columns
+// away and to the row 8 rows away: this kernel draws each call four times,
+// the price of its simple layout (it is the baseline, not the fast path).
+__device__ __forceinline__ void dropout_keep(const RowParams& rp, const RowPos& r, std::int64_t quad, bool k[4]) {
   const auto bh = static_cast<std::uint32_t>(r.b * rp.heads_q + r.h);
   const auto row = static_cast<std::uint32_t>(r.i);
   const auto col0 = static_cast<std::uint32_t>(4 * quad);
-  const std::uint32_t call = DropoutStream::call_of(col0), h2 = DropoutStream::word_of(col0);  // word 2h
-  const Philox4 a = rp.drop.words(bh, row, call), b = rp.drop.words(bh, row, call + 1);
-  w[0] = DropoutStream::word(a, h2);
-  w[1] = DropoutStream::word(a, h2 + 1);
-  w[2] = DropoutStream::word(b, h2);
-  w[3] = DropoutStream::word(b, h2 + 1);
+  const std::uint32_t call = DropoutStream::call_of(col0), w = DropoutStream::word_of(row, col0);
+  const std::uint32_t pair = DropoutStream::row_pair_of(row);
+  const std::uint32_t a = DropoutStream::word(rp.drop.words(bh, pair, call), w);
+  const std::uint32_t b = DropoutStream::word(rp.drop.words(bh, pair, call + 1), w);
+  k[0] = rp.drop.keep(a, 0);
+  k[1] = rp.drop.keep(a, 1);
+  k[2] = rp.drop.keep(b, 0);
+  k[3] = rp.drop.keep(b, 1);
 }
 
 template <typename T>
@@ -361,12 +361,12 @@ __global__ void softmax_kernel(const T* S, T* p_out, T* pd_out, float* lse, std:
     for (std::int64_t c = threadIdx.x; c < quads; c += blockDim.x) {
       float x[4], pq[4], pdq[4];
       load_quad(s + 4 * c, x);
-      std::uint32_t w[4] = {0, 0, 0, 0};
-      if (rp.dropout) dropout_words(rp, r, c, w);
+      bool kept[4] = {true, true, true, true};
+      if (rp.dropout) dropout_keep(rp, r, c, kept);
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         pq[e] = !empty && visible(static_cast<int>(4 * c + e)) ? exp2f(x[e] * kLog2e - row_max) * inv : 0.0f;
-        pdq[e] = rp.dropout ? (rp.drop.keep(w[e]) ? pq[e] * rp.drop_scale : 0.0f) : pq[e];
+        pdq[e] = rp.dropout ? (kept[e] ? pq[e] * rp.drop_scale : 0.0f) : pq[e];
       }
       if (p) store_quad(p + 4 * c, pq);
       if (pd) store_quad(pd + 4 * c, pdq);
@@ -398,11 +398,11 @@ __global__ void softmax_backward_kernel(T* P_dS, const T* dP, RowParams rp, std:
       float pq[4], gq[4];
       load_quad(ps + 4 * c, pq);
       load_quad(dp + 4 * c, gq);
-      std::uint32_t w[4] = {0, 0, 0, 0};
-      if (rp.dropout) dropout_words(rp, r, c, w);
+      bool kept[4] = {true, true, true, true};
+      if (rp.dropout) dropout_keep(rp, r, c, kept);
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const float g = rp.dropout ? (rp.drop.keep(w[e]) ? gq[e] * rp.drop_scale : 0.0f) : gq[e];
+        const float g = rp.dropout ? (kept[e] ? gq[e] * rp.drop_scale : 0.0f) : gq[e];
         if (pq[e] != 0.0f) d += pq[e] * g;
       }
     }
@@ -411,11 +411,11 @@ __global__ void softmax_backward_kernel(T* P_dS, const T* dP, RowParams rp, std:
       float pq[4], gq[4], ds[4];
       load_quad(ps + 4 * c, pq);
       load_quad(dp + 4 * c, gq);
-      std::uint32_t w[4] = {0, 0, 0, 0};
-      if (rp.dropout) dropout_words(rp, r, c, w);
+      bool kept[4] = {true, true, true, true};
+      if (rp.dropout) dropout_keep(rp, r, c, kept);
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const float g = rp.dropout ? (rp.drop.keep(w[e]) ? gq[e] * rp.drop_scale : 0.0f) : gq[e];
+        const float g = rp.dropout ? (kept[e] ? gq[e] * rp.drop_scale : 0.0f) : gq[e];
         ds[e] = pq[e] == 0.0f ? 0.0f : pq[e] * (g - d);
       }
       store_quad(ps + 4 * c, ds);

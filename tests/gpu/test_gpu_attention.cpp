@@ -257,75 +257,77 @@ TEST_F(GqaGpu, GroupedAndMultiQuery) {
 
 class DropoutGpu : public GpuTest {};
 
+void check_dropout_mask(Algorithm algo, bool varlen) {
+  const float p = 0.3f;
+  Case c;
+  c.d = 128;
+  c.hq = 3;
+  c.hk = 1;
+  c.dropout_p = p;
+  c.backward = false;
+  if (varlen) {
+    c.lens_q = {7, 0, 131, 1};
+    c.lens_k = {128, 5, 100, 33};
+  } else {
+    c.batch = 2;
+    c.sq = 150;
+    c.sk = 121;
+  }
+  SCOPED_TRACE(std::string(name(algo)) + " " + c.describe());
+  FA_SEEDED(seed);
+  Runner r(c);
+  r.randomize(seed, 0.1);
+  // One-hot V: key j of every sequence carries basis vector e_j.
+  TensorSet& v = r.v();
+  const Tensor& vt = v.host;
+  for (std::int64_t b = 0; b < vt.batch; ++b)
+    for (std::int64_t s = 0; s < vt.seqlen; ++s)
+      for (std::int64_t h = 0; h < vt.heads; ++h) {
+        std::int64_t j = s;  // position of key s inside its sequence
+        if (varlen) {
+          std::int64_t start = 0;
+          for (std::size_t q = 0; q < c.lens_k.size(); ++q) {
+            if (s < start + c.lens_k[q]) break;
+            start += c.lens_k[q];
+          }
+          j = s - start;
+        }
+        for (std::int64_t x = 0; x < vt.head_dim; ++x)
+          flashattn::detail::store_from_double(vt.data, vt.dtype, flashattn::detail::offset_of(vt, b, s, h) + x,
+                                               x == j ? 1.0 : 0.0);
+      }
+  v.set_from_host();
+  r.run(algo);
+  const Tensor& o = r.o().host;
+  const std::int64_t nseq = varlen ? static_cast<std::int64_t>(c.lens_q.size()) : c.batch;
+  std::int64_t q0 = 0, checked = 0, mismatches = 0, kept = 0;
+  for (std::int64_t b = 0; b < nseq; ++b) {
+    const std::int64_t sq = varlen ? c.lens_q[b] : c.sq, sk = varlen ? c.lens_k[b] : c.sk;
+    for (std::int64_t h = 0; h < c.hq; ++h) {
+      std::vector<std::uint8_t> keep(static_cast<std::size_t>(std::max<std::int64_t>(sq * sk, 1)));
+      flashattn::dropout_mask(kDropoutSeed, kDropoutOffset, p, b, c.hq, h, sq, sk, keep.data());
+      for (std::int64_t i = 0; i < sq; ++i)
+        for (std::int64_t j = 0; j < sk; ++j) {
+          const std::int64_t tb = varlen ? 0 : b, row = varlen ? q0 + i : i;
+          const double x = flashattn::detail::load_as_double(o.data, o.dtype, flashattn::detail::offset_of(o, tb, row, h) + j);
+          mismatches += (x != 0.0) != (keep[i * sk + j] != 0);
+          kept += keep[i * sk + j];
+          ++checked;
+        }
+    }
+    q0 += sq;
+  }
+  EXPECT_EQ(mismatches, 0) << "of " << checked << " elements";
+  // The keep rate is 1 - p (a sanity check that the test saw real masks).
+  EXPECT_NEAR(static_cast<double>(kept) / checked, 1.0 - p, 0.03);
+}
+
 // The GPU keep-mask equals dropout_mask() bit for bit. V is one-hot per key
 // (V[j] = e_j, sk <= head_dim), so O[i][j] = P_d[i][j]: nonzero iff kept
 // (P > 0 for every key, as inputs are small and no key is masked).
 TEST_F(DropoutGpu, MaskMatchesCpuHelperBitForBit) {
-  const float p = 0.3f;
   for (bool varlen : {false, true})
-    for (Algorithm algo : algorithms()) {
-      Case c;
-      c.d = 128;
-      c.hq = 3;
-      c.hk = 1;
-      c.dropout_p = p;
-      c.backward = false;
-      if (varlen) {
-        c.lens_q = {7, 0, 131, 1};
-        c.lens_k = {128, 5, 100, 33};
-      } else {
-        c.batch = 2;
-        c.sq = 150;
-        c.sk = 121;
-      }
-      SCOPED_TRACE(std::string(name(algo)) + " " + c.describe());
-      FA_SEEDED(seed);
-      Runner r(c);
-      r.randomize(seed, 0.1);
-      // One-hot V: key j of every sequence carries basis vector e_j.
-      TensorSet& v = r.v();
-      const Tensor& vt = v.host;
-      for (std::int64_t b = 0; b < vt.batch; ++b)
-        for (std::int64_t s = 0; s < vt.seqlen; ++s)
-          for (std::int64_t h = 0; h < vt.heads; ++h) {
-            std::int64_t j = s;  // position of key s inside its sequence
-            if (varlen) {
-              std::int64_t start = 0;
-              for (std::size_t q = 0; q < c.lens_k.size(); ++q) {
-                if (s < start + c.lens_k[q]) break;
-                start += c.lens_k[q];
-              }
-              j = s - start;
-            }
-            for (std::int64_t x = 0; x < vt.head_dim; ++x)
-              flashattn::detail::store_from_double(vt.data, vt.dtype, flashattn::detail::offset_of(vt, b, s, h) + x,
-                                                   x == j ? 1.0 : 0.0);
-          }
-      v.set_from_host();
-      r.run(algo);
-      const Tensor& o = r.o().host;
-      const std::int64_t nseq = varlen ? static_cast<std::int64_t>(c.lens_q.size()) : c.batch;
-      std::int64_t q0 = 0, checked = 0, mismatches = 0, kept = 0;
-      for (std::int64_t b = 0; b < nseq; ++b) {
-        const std::int64_t sq = varlen ? c.lens_q[b] : c.sq, sk = varlen ? c.lens_k[b] : c.sk;
-        for (std::int64_t h = 0; h < c.hq; ++h) {
-          std::vector<std::uint8_t> keep(static_cast<std::size_t>(std::max<std::int64_t>(sq * sk, 1)));
-          flashattn::dropout_mask(kDropoutSeed, kDropoutOffset, p, b, c.hq, h, sq, sk, keep.data());
-          for (std::int64_t i = 0; i < sq; ++i)
-            for (std::int64_t j = 0; j < sk; ++j) {
-              const std::int64_t tb = varlen ? 0 : b, row = varlen ? q0 + i : i;
-              const double x = flashattn::detail::load_as_double(o.data, o.dtype, flashattn::detail::offset_of(o, tb, row, h) + j);
-              mismatches += (x != 0.0) != (keep[i * sk + j] != 0);
-              kept += keep[i * sk + j];
-              ++checked;
-            }
-        }
-        q0 += sq;
-      }
-      EXPECT_EQ(mismatches, 0) << "of " << checked << " elements";
-      // The keep rate is 1 - p (a sanity check that the test saw real masks).
-      EXPECT_NEAR(static_cast<double>(kept) / checked, 1.0 - p, 0.03);
-    }
+    for (Algorithm algo : algorithms()) check_dropout_mask(algo, varlen);
 }
 
 TEST_F(DropoutGpu, ForwardBackwardVsReference) {
@@ -622,18 +624,13 @@ struct Refused {
   const char* arg;
 };
 
-// 100 x 90 cases with one feature neither sm90 kernel has: dropout,
-// varlen, a block mask.
+// 100 x 90 cases with one feature neither sm90 kernel has: varlen, a
+// block mask.
 std::vector<Refused> sm90_unsupported_features() {
   Case base;
   base.sq = 100;
   base.sk = 90;
   std::vector<Refused> v;
-  {
-    Case c = base;
-    c.dropout_p = 0.1f;
-    v.push_back({c, "dropout_p"});
-  }
   {
     Case c = base;
     c.lens_q = {10, 20};
@@ -741,6 +738,39 @@ TEST_F(Sm90Gpu, UnsupportedIsAnError) {
     expect_refused(c, "head_dim");
   }
   for (const auto& [c, arg] : sm90_unsupported_features()) expect_refused(c, arg);
+}
+
+// Dropout on the sm90 kernels: the forward's keep mask equals
+// dropout_mask() bit for bit (one-hot V, see check_dropout_mask), and
+// forward and backward pass the accuracy rule against the float64
+// reference (which draws the mask on the CPU, so a backward whose mask
+// differed from the forward's would fail there), over tails of both tiles,
+// GQA, causal and a window.
+TEST_F(Sm90Gpu, DropoutMaskMatchesCpuHelperBitForBit) { check_dropout_mask(Algorithm::flash, false); }
+
+TEST_F(Sm90Gpu, DropoutForwardBackwardVsReference) {
+  for (DType t : kDTypes)
+    for (std::int64_t d : kSm90HeadDims) {
+      Case c;
+      c.dtype = t;
+      c.d = d;
+      c.sq = 257;
+      c.sk = 190;
+      c.hq = 4;
+      c.hk = 2;
+      c.dropout_p = 0.17f;
+      c.backward = sm90_backward_has(d);
+      check_case(c);
+      c.causal = true;
+      c.sq = 200;
+      c.sk = 333;
+      check_case(c);
+      c.causal = false;
+      c.window_left = 40;
+      c.window_right = 9;
+      c.dropout_p = 0.5f;
+      check_case(c);
+    }
 }
 
 // ------------------------------------------------------ sm90 backward ---

@@ -82,25 +82,29 @@ __device__ __forceinline__ void bwd_scores(const Params& p, const SeqInfo& seq, 
   warp_gemm<T, kMT, kQC, kD, false, false>(dp, sV + key0 * S::kLd, S::kLd, sdO + cg * kQC * S::kLd, S::kLd, lane);
 
   // Dropout keep bits (bit 4 (kQC/8 mi + t) + 2 half + e), in a rolled loop
-  // (too much code to unroll next to the live fragments). A thread's two
-  // elements of one query row at keys 8 apart (half = 0, 1) share one Philox
-  // call (philox.h: words 2 half + (key & 1) of call 4g + u, the key tile
-  // and the warp's keys start at multiples of 16).
+  // (too much code to unroll next to the live fragments). One Philox call
+  // covers 4 of a thread's elements: query rows i and i + 8 (query tiles t,
+  // t + 1) at keys j and j + 8 (half = 0, 1), words 2 (t & 1) + half, the
+  // 16-bit half j & 1 (philox.h; the query and key tiles and the warp's
+  // slices start at multiples of 16).
   static_assert(kMT * kQC / 2 <= 64, "keep bits must fit one 64-bit word");
   std::uint64_t keep_bits = ~0ull;
   if (p.has_dropout) {
     keep_bits = 0;
-    const int l = lane >> 2;  // key within 8: 2u + (l & 1)
+    const int l = lane >> 2;  // key within 8
+    const std::uint32_t hs = l & 1;
 #pragma unroll 1
-    for (int pair = 0; pair < kMT * kQC / 4; ++pair) {
-      const int mi = pair / (kQC / 4), t = (pair >> 1) % (kQC / 8), e = pair & 1;
-      const int i = m0 + cg * kQC + t * 8 + 2 * (lane & 3) + e;
-      const int j0 = n0 + key0 + mi * 16 + l;  // half 0; half 1 is j0 + 8
-      const Philox4 r = p.dropout.words(bh, static_cast<std::uint32_t>(i),
+    for (int it = 0; it < kMT * kQC / 8; ++it) {
+      const int mi = it / (kQC / 8), tp = (it >> 1) % (kQC / 16), e = it & 1;
+      const int i = m0 + cg * kQC + tp * 16 + 2 * (lane & 3) + e;  // query tile 2tp; 2tp + 1 is i + 8
+      const int j0 = n0 + key0 + mi * 16 + l;                       // half 0; half 1 is j0 + 8
+      const Philox4 r = p.dropout.words(bh, DropoutStream::row_pair_of(static_cast<std::uint32_t>(i)),
                                         DropoutStream::call_of(static_cast<std::uint32_t>(j0)));
-      const int bit = mi * (kQC / 2) + t * 4 + e;  // half 0; half 1 is bit + 2
-      keep_bits |= static_cast<std::uint64_t>(p.dropout.keep((l & 1) ? r.y : r.x)) << bit;
-      keep_bits |= static_cast<std::uint64_t>(p.dropout.keep((l & 1) ? r.w : r.z)) << (bit + 2);
+      const int bit = mi * (kQC / 2) + tp * 8 + e;  // (t = 2tp, half 0); + 2 half, + 4 for t = 2tp + 1
+      keep_bits |= static_cast<std::uint64_t>(p.dropout.keep(r.x, hs)) << bit;
+      keep_bits |= static_cast<std::uint64_t>(p.dropout.keep(r.y, hs)) << (bit + 2);
+      keep_bits |= static_cast<std::uint64_t>(p.dropout.keep(r.z, hs)) << (bit + 4);
+      keep_bits |= static_cast<std::uint64_t>(p.dropout.keep(r.w, hs)) << (bit + 6);
     }
   }
   const float ks = p.has_dropout ? p.keep_scale : 1.f;

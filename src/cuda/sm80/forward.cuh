@@ -189,26 +189,27 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) forward_kernel(const 
       }
 
       if (p.has_dropout) {
-        // Keep bits first, in a rolled loop: unrolling kSN Philox calls
+        // Keep bits first, in a rolled loop: unrolling the Philox calls
         // next to the live S and O fragments costs registers the matmuls need.
-        // One call serves this thread's column pair in two adjacent 8-column
-        // tiles (philox.h: words 0, 1 at 16g + 2u, words 2, 3 at 16g + 8 + 2u;
-        // key tiles start at multiples of kBlockN, so at multiples of 16).
+        // One call covers this thread's 8 elements of a 16-column slice (two
+        // 8-column tiles, rows r and r + 8; philox.h: word 2 half + (t & 1),
+        // 16-bit half e; key tiles and the warp's rows start at multiples of 16).
         static_assert(kSN * 4 <= 64, "keep bits must fit one 64-bit word");
         static_assert(kSN % 2 == 0, "key tiles of whole 16-column Philox groups");
         std::uint64_t keep_bits = 0;  // bit 4t + 2 half + e
+        const std::uint32_t pair = DropoutStream::row_pair_of(static_cast<std::uint32_t>(m0 + row_of(mi, 0)));
 #pragma unroll 1
         for (int tp = 0; tp < kSN / 2; ++tp) {
           const std::uint32_t call =
               DropoutStream::call_of(static_cast<std::uint32_t>(cur.n0 + tp * 16 + col_in_tile));
+          const Philox4 r = p.dropout.words(bh, pair, call);
+          const int b0 = 8 * tp;  // bit of (t = 2tp, half 0, e 0)
 #pragma unroll
-          for (int half = 0; half < 2; ++half) {
-            const Philox4 r = p.dropout.words(bh, static_cast<std::uint32_t>(m0 + row_of(mi, half)), call);
-            const int lo = 8 * tp + 2 * half, hi = lo + 4;  // bit 4t + 2 half for t = 2tp, 2tp + 1
-            keep_bits |= static_cast<std::uint64_t>(p.dropout.keep(r.x)) << lo;
-            keep_bits |= static_cast<std::uint64_t>(p.dropout.keep(r.y)) << (lo + 1);
-            keep_bits |= static_cast<std::uint64_t>(p.dropout.keep(r.z)) << hi;
-            keep_bits |= static_cast<std::uint64_t>(p.dropout.keep(r.w)) << (hi + 1);
+          for (int e = 0; e < 2; ++e) {
+            keep_bits |= static_cast<std::uint64_t>(p.dropout.keep(r.x, e)) << (b0 + e);      // t 2tp, half 0
+            keep_bits |= static_cast<std::uint64_t>(p.dropout.keep(r.y, e)) << (b0 + 4 + e);  // t 2tp+1, half 0
+            keep_bits |= static_cast<std::uint64_t>(p.dropout.keep(r.z, e)) << (b0 + 2 + e);  // t 2tp, half 1
+            keep_bits |= static_cast<std::uint64_t>(p.dropout.keep(r.w, e)) << (b0 + 6 + e);  // t 2tp+1, half 1
           }
         }
 #pragma unroll

@@ -158,6 +158,7 @@ __global__ void __launch_bounds__(bwd::kThreads, 1)
   const int tid = threadIdx.x;
   const int b = blockIdx.z, h = blockIdx.y, n0 = blockIdx.x * kBlockN;
   const int hk = h / p.group;
+  const std::uint32_t bh = dropout_bh(p, b, h);
   const SeqInfo seq = resolve_seq(p, b);  // dense only on this path: the lengths
   int mt_begin, mt_end;
   query_tiles(p, seq, n0, &mt_begin, &mt_end);
@@ -297,6 +298,31 @@ __global__ void __launch_bounds__(bwd::kThreads, 1)
       }
       x::wgmma_commit();
 
+      // Dropout keep bits (bit 4 tt + 2 half + e, as st), while S^T and
+      // dP^T are on the tensor cores (they depend only on indices). One
+      // Philox call covers 4 of this thread's elements: query rows i, i + 8
+      // (tiles tt = 2tp, 2tp + 1) at keys j, j + 8 (half 0, 1), word
+      // 2 (tt & 1) + half, 16-bit half j & 1 (philox.h; m0, n0 and the
+      // warps' keys start at multiples of 16). Rolled: unrolled, the calls
+      // would take registers next to dK, dV and the two accumulators.
+      std::uint32_t keep_bits = ~0u;
+      if (p.has_dropout) {
+        keep_bits = 0;
+        const auto j0 = static_cast<std::uint32_t>(n0 + key_row0);
+        const std::uint32_t call = DropoutStream::call_of(j0), hs = j0 & 1u;
+#pragma unroll 1
+        for (int it = 0; it < kBlockM / 8; ++it) {
+          const int tp = it >> 1, e = it & 1;
+          const auto i0 = static_cast<std::uint32_t>(m0 + 16 * tp + col_in_tile + e);
+          const Philox4 r = p.dropout.words(bh, DropoutStream::row_pair_of(i0), call);
+          const int b0 = 8 * tp + e;
+          keep_bits |= static_cast<std::uint32_t>(p.dropout.keep(r.x, hs)) << b0;        // tt 2tp, half 0
+          keep_bits |= static_cast<std::uint32_t>(p.dropout.keep(r.y, hs)) << (b0 + 2);  // tt 2tp, half 1
+          keep_bits |= static_cast<std::uint32_t>(p.dropout.keep(r.z, hs)) << (b0 + 4);  // tt 2tp+1, half 0
+          keep_bits |= static_cast<std::uint32_t>(p.dropout.keep(r.w, hs)) << (b0 + 6);  // tt 2tp+1, half 1
+        }
+      }
+
       // P^T (in place in st). Element st[4 tt + 2 half + e] is key row
       // key_row0 + 8 half, query column 8 tt + col_in_tile + e.
       const float* lse_s = lse_rows + s * kBlockM;
@@ -320,9 +346,16 @@ __global__ void __launch_bounds__(bwd::kThreads, 1)
             v = visible ? pe : 0.f;
           }
       }
-      // dS^T = P^T (dP^T - D), in place in dpt.
+      // dS^T = P^T (dP^T - D), in place in dpt. With dropout, dP^T is the
+      // gradient of the dropped P_d = P Z / (1 - p), so dP^T is first taken
+      // through the mask (D = rowsum(dO O) is already that of the dropped P),
+      // and dV below uses P_d^T.
       x::wgmma_wait<0>();
       x::fence_operands(dpt);
+      if (p.has_dropout) {
+#pragma unroll
+        for (int i = 0; i < kBlockM / 2; ++i) dpt[i] = ((keep_bits >> i) & 1u) ? dpt[i] * p.keep_scale : 0.f;
+      }
 #pragma unroll
       for (int tt = 0; tt < kBlockM / 8; ++tt) {
         const float2 d2 = *reinterpret_cast<const float2*>(dsum_s + 8 * tt + col_in_tile);
@@ -333,7 +366,12 @@ __global__ void __launch_bounds__(bwd::kThreads, 1)
         }
       }
 
-      // P^T and dS^T to 16 bits, already in the A-fragment layout of the
+      if (p.has_dropout) {
+#pragma unroll
+        for (int i = 0; i < kBlockM / 2; ++i) st[i] = ((keep_bits >> i) & 1u) ? st[i] * p.keep_scale : 0.f;
+      }
+
+      // P^T (P_d^T with dropout) and dS^T to 16 bits, already in the A-fragment layout of the
       // k16 slice kk (queries 16 kk..16 kk + 15): a[0] rows r, a[1] rows
       // r + 8, a[2], a[3] the same 8 columns further.
       std::uint32_t pa[kBlockM / 16][4], dsa[kBlockM / 16][4];

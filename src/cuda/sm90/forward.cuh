@@ -88,6 +88,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int m_block = static_cast<int>(gridDim.x) - 1 - static_cast<int>(blockIdx.x);
   const int b = blockIdx.z, h = blockIdx.y, m0 = m_block * kBlockM;
   const int hk = h / p.group;
+  const std::uint32_t bh = dropout_bh(p, b, h);
   const SeqInfo seq = resolve_seq(p, b);  // dense only on this path: the lengths, starts 0
   const sm80::KeyTiles<kBlockM, kBlockN> tiles(p, b, h, m0, seq);
   const int n_steps = tiles.count();
@@ -232,6 +233,35 @@ __global__ void __launch_bounds__(kThreads, 1)
         row_sum[half] += sum;
       }
 
+      // Dropout on P (l above is the un-dropped sum: LSE ignores dropout;
+      // the epilogue scales O by 1 / (1 - p)). Keep bits first, in a rolled
+      // loop (unrolled, the Philox calls would take registers next to the
+      // live S and O). One call covers this thread's 8 elements of a
+      // 16-column slice: rows r, r + 8 of tiles tt = 2tp, 2tp + 1, word
+      // 2 half + (tt & 1), 16-bit half e (philox.h; m0, the warp's rows
+      // and the key tiles start at multiples of 16).
+      if (p.has_dropout) {
+        static_assert(kSN % 2 == 0 && kSN * 4 <= 64, "whole 16-column Philox groups in one 64-bit word");
+        std::uint64_t keep_bits = 0;  // bit 4 tt + 2 half + e, as sc
+        const std::uint32_t pair = DropoutStream::row_pair_of(static_cast<std::uint32_t>(m0 + row_of(0)));
+#pragma unroll 1
+        for (int tp = 0; tp < kSN / 2; ++tp) {
+          const Philox4 r = p.dropout.words(
+              bh, pair, DropoutStream::call_of(static_cast<std::uint32_t>(cur.n0 + 16 * tp + col_in_tile)));
+          const int b0 = 8 * tp;
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            keep_bits |= static_cast<std::uint64_t>(p.dropout.keep(r.x, e)) << (b0 + e);      // tt 2tp, half 0
+            keep_bits |= static_cast<std::uint64_t>(p.dropout.keep(r.y, e)) << (b0 + 4 + e);  // tt 2tp+1, half 0
+            keep_bits |= static_cast<std::uint64_t>(p.dropout.keep(r.z, e)) << (b0 + 2 + e);  // tt 2tp, half 1
+            keep_bits |= static_cast<std::uint64_t>(p.dropout.keep(r.w, e)) << (b0 + 6 + e);  // tt 2tp+1, half 1
+          }
+        }
+#pragma unroll
+        for (int i = 0; i < kBlockN / 2; ++i)
+          if (!((keep_bits >> i) & 1u)) sc[i] = 0.f;
+      }
+
       // P to 16 bits, already in the A-fragment layout of k16 slice kk.
       std::uint32_t pa[kBlockN / 16][4];
 #pragma unroll
@@ -273,7 +303,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       float l = row_sum[half];
       l += __shfl_xor_sync(0xffffffffu, l, 1);
       l += __shfl_xor_sync(0xffffffffu, l, 2);
-      const float inv = l > 0.f ? 1.f / l : 0.f;
+      const float inv = l > 0.f ? p.keep_scale / l : 0.f;  // keep_scale = 1 / (1 - p), 1 without dropout
       const int r_tile = row_of(half), r = r_tile - cw * 64;
       if (p.lse != nullptr && lane % 4 == 0 && m0 + r_tile < seq.sq)
         p.lse[q_row(p, seq, b, h, m0 + r_tile)] =
