@@ -290,8 +290,13 @@ std::tuple<Tensor, Tensor> fwd(const Tensor& q, const Tensor& k, const Tensor& v
   check_same_device(v, q, "v");
   DeviceScope scope(q, c.ctx);
   Tensor out = new_output(q, c.is_varlen);
-  Tensor lse =
-      at::full(lse_shape(q, c.is_varlen), -std::numeric_limits<float>::infinity(), q.options().dtype(at::kFloat));
+  // Every row of a dense batch gets its LSE (-inf where no key is visible:
+  // flashattn.h), so no fill there; varlen rows past cu_seqlens_q[batch]
+  // belong to no sequence, are never written, and read -inf. (The fill is
+  // a kernel launch per call, a large share of the operator's host time on a GPU.)
+  Tensor lse = c.is_varlen ? at::full(lse_shape(q, true), -std::numeric_limits<float>::infinity(),
+                                      q.options().dtype(at::kFloat))
+                           : at::empty(lse_shape(q, false), q.options().dtype(at::kFloat));
   flashattn::ForwardArgs a;
   a.q = view(q, "q", c.is_varlen);
   a.k = view(k, "k", c.is_varlen);

@@ -233,35 +233,6 @@ __global__ void __launch_bounds__(kThreads, 1)
         row_sum[half] += sum;
       }
 
-      // Dropout on P (l above is the un-dropped sum: LSE ignores dropout;
-      // the epilogue scales O by 1 / (1 - p)). Keep bits first, in a rolled
-      // loop (unrolled, the Philox calls would take registers next to the
-      // live S and O). One call covers this thread's 8 elements of a
-      // 16-column slice: rows r, r + 8 of tiles tt = 2tp, 2tp + 1, word
-      // 2 half + (tt & 1), 16-bit half e (philox.h; m0, the warp's rows
-      // and the key tiles start at multiples of 16).
-      if (p.has_dropout) {
-        static_assert(kSN % 2 == 0 && kSN * 4 <= 64, "whole 16-column Philox groups in one 64-bit word");
-        std::uint64_t keep_bits = 0;  // bit 4 tt + 2 half + e, as sc
-        const std::uint32_t pair = DropoutStream::row_pair_of(static_cast<std::uint32_t>(m0 + row_of(0)));
-#pragma unroll 1
-        for (int tp = 0; tp < kSN / 2; ++tp) {
-          const Philox4 r = p.dropout.words(
-              bh, pair, DropoutStream::call_of(static_cast<std::uint32_t>(cur.n0 + 16 * tp + col_in_tile)));
-          const int b0 = 8 * tp;
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            keep_bits |= static_cast<std::uint64_t>(p.dropout.keep(r.x, e)) << (b0 + e);      // tt 2tp, half 0
-            keep_bits |= static_cast<std::uint64_t>(p.dropout.keep(r.y, e)) << (b0 + 4 + e);  // tt 2tp+1, half 0
-            keep_bits |= static_cast<std::uint64_t>(p.dropout.keep(r.z, e)) << (b0 + 2 + e);  // tt 2tp, half 1
-            keep_bits |= static_cast<std::uint64_t>(p.dropout.keep(r.w, e)) << (b0 + 6 + e);  // tt 2tp+1, half 1
-          }
-        }
-#pragma unroll
-        for (int i = 0; i < kBlockN / 2; ++i)
-          if (!((keep_bits >> i) & 1u)) sc[i] = 0.f;
-      }
-
       // P to 16 bits, already in the A-fragment layout of k16 slice kk.
       std::uint32_t pa[kBlockN / 16][4];
 #pragma unroll
@@ -270,6 +241,25 @@ __global__ void __launch_bounds__(kThreads, 1)
         pa[kk][1] = pack2<T>(sc[8 * kk + 2], sc[8 * kk + 3]);
         pa[kk][2] = pack2<T>(sc[8 * kk + 4], sc[8 * kk + 5]);
         pa[kk][3] = pack2<T>(sc[8 * kk + 6], sc[8 * kk + 7]);
+      }
+      // Dropout on the packed P (l above is the un-dropped sum: LSE ignores
+      // dropout; the epilogue scales O by 1 / (1 - p)). One Philox call
+      // covers this thread's 8 elements of the 16-column slice kk: rows r
+      // and r + 8 of its two 8-column tiles (philox.h; m0, the warp's rows
+      // and the key tiles start at multiples of 16), and its four 32-bit
+      // words are those of pa[kk]'s four registers, each half the mask of
+      // one 16-bit P, so an AND drops them (a 16-bit zero is +0).
+      if (p.has_dropout) {
+        const std::uint32_t pair = DropoutStream::row_pair_of(static_cast<std::uint32_t>(m0 + row_of(0)));
+#pragma unroll
+        for (int kk = 0; kk < kBlockN / 16; ++kk) {
+          const Philox4 r = p.dropout.words(
+              bh, pair, DropoutStream::call_of(static_cast<std::uint32_t>(cur.n0 + 16 * kk + col_in_tile)));
+          pa[kk][0] &= p.dropout.keep_mask(r.x);  // row r,     columns 16 kk + 2u, + 1
+          pa[kk][1] &= p.dropout.keep_mask(r.z);  // row r + 8, the same columns
+          pa[kk][2] &= p.dropout.keep_mask(r.y);  // row r,     8 columns further
+          pa[kk][3] &= p.dropout.keep_mask(r.w);  // row r + 8, 8 columns further
+        }
       }
 
       // O += P V_j, K = keys in steps of 16 rows (2048 bytes), N = head_dim
