@@ -7,6 +7,7 @@
 // for the argument lists of both sides.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <torch/autograd.h>
 #include <torch/library.h>
 
 #include <cstdint>
@@ -349,6 +350,88 @@ std::tuple<Tensor, Tensor, Tensor> bwd(
   return {dq, dk, dv};
 }
 
+// The autograd formula: dq, dk, dv from bwd with the forward's options; the
+// LSE output is not differentiable (returned for inspection, as in
+// flash-attn). Both operators are called through the dispatcher below the
+// Autograd key, so under torch.compile they trace to their fake kernels.
+struct FwdWithGrad : public torch::autograd::Function<FwdWithGrad> {
+  static constexpr int kOptions = 18;  // the entries of FLASHATTN_OPTIONS_SCHEMA
+
+  static torch::autograd::variable_list forward(
+      torch::autograd::AutogradContext* ctx, const Tensor& q, const Tensor& k, const Tensor& v,
+      const std::optional<Tensor>& cu_seqlens_q, const std::optional<Tensor>& cu_seqlens_k, int64_t max_seqlen_q,
+      int64_t max_seqlen_k, double dropout_p, std::optional<double> softmax_scale, bool causal, int64_t window_left,
+      int64_t window_right, const std::optional<Tensor>& rng_state, const std::optional<Tensor>& kv_num_blocks,
+      const std::optional<Tensor>& kv_indices, const std::optional<Tensor>& full_kv_num_blocks,
+      const std::optional<Tensor>& full_kv_indices, int64_t block_q, int64_t block_k, int64_t algorithm,
+      bool deterministic) {
+    static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("flashattn::fwd", "").typed<decltype(fwd)>();
+    Tensor out, lse;
+    {
+      at::AutoDispatchBelowADInplaceOrView below_autograd;
+      std::tie(out, lse) = op.call(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
+                                   softmax_scale, causal, window_left, window_right, rng_state, kv_num_blocks,
+                                   kv_indices, full_kv_num_blocks, full_kv_indices, block_q, block_k, algorithm,
+                                   deterministic);
+    }
+    auto opt = [](const std::optional<Tensor>& t) { return t ? *t : Tensor(); };
+    ctx->save_for_backward({q, k, v, out, lse, opt(cu_seqlens_q), opt(cu_seqlens_k), opt(rng_state),
+                            opt(kv_num_blocks), opt(kv_indices), opt(full_kv_num_blocks), opt(full_kv_indices)});
+    auto& d = ctx->saved_data;
+    d["max_seqlen_q"] = max_seqlen_q;
+    d["max_seqlen_k"] = max_seqlen_k;
+    d["dropout_p"] = dropout_p;
+    d["softmax_scale"] = softmax_scale ? c10::IValue(*softmax_scale) : c10::IValue();
+    d["causal"] = causal;
+    d["window_left"] = window_left;
+    d["window_right"] = window_right;
+    d["block_q"] = block_q;
+    d["block_k"] = block_k;
+    d["algorithm"] = algorithm;
+    d["deterministic"] = deterministic;
+    ctx->mark_non_differentiable({lse});
+    return {out, lse};
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("flashattn::bwd", "").typed<decltype(bwd)>();
+    const auto s = ctx->get_saved_variables();
+    auto opt = [](const Tensor& t) { return t.defined() ? std::optional<Tensor>(t) : std::nullopt; };
+    const auto& d = ctx->saved_data;
+    Tensor dout = grads[0].defined() ? grads[0] : at::zeros_like(s[3]);
+    if (dout.dim() > 0 && dout.stride(-1) != 1) dout = dout.contiguous();
+    const c10::IValue& scale = d.at("softmax_scale");
+    auto [dq, dk, dv] =
+        op.call(dout, s[0], s[1], s[2], s[3], s[4], opt(s[5]), opt(s[6]), d.at("max_seqlen_q").toInt(),
+                d.at("max_seqlen_k").toInt(), d.at("dropout_p").toDouble(),
+                scale.isNone() ? std::nullopt : std::optional<double>(scale.toDouble()), d.at("causal").toBool(),
+                d.at("window_left").toInt(), d.at("window_right").toInt(), opt(s[7]), opt(s[8]), opt(s[9]),
+                opt(s[10]), opt(s[11]), d.at("block_q").toInt(), d.at("block_k").toInt(),
+                d.at("algorithm").toInt(), d.at("deterministic").toBool());
+    torch::autograd::variable_list g{dq, dk, dv};
+    g.resize(3 + kOptions);  // no gradient for the options
+    return g;
+  }
+};
+
+std::tuple<Tensor, Tensor> fwd_autograd(const Tensor& q, const Tensor& k, const Tensor& v,
+                                        const std::optional<Tensor>& cu_seqlens_q,
+                                        const std::optional<Tensor>& cu_seqlens_k, int64_t max_seqlen_q,
+                                        int64_t max_seqlen_k, double dropout_p, std::optional<double> softmax_scale,
+                                        bool causal, int64_t window_left, int64_t window_right,
+                                        const std::optional<Tensor>& rng_state,
+                                        const std::optional<Tensor>& kv_num_blocks,
+                                        const std::optional<Tensor>& kv_indices,
+                                        const std::optional<Tensor>& full_kv_num_blocks,
+                                        const std::optional<Tensor>& full_kv_indices, int64_t block_q,
+                                        int64_t block_k, int64_t algorithm, bool deterministic) {
+  auto r = FwdWithGrad::apply(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
+                              softmax_scale, causal, window_left, window_right, rng_state, kv_num_blocks, kv_indices,
+                              full_kv_num_blocks, full_kv_indices, block_q, block_k, algorithm, deterministic);
+  return {r[0], r[1]};
+}
+
 Tensor dropout_mask(int64_t seed, int64_t offset, double dropout_p, int64_t batch, int64_t heads_q, int64_t head,
                     int64_t rows, int64_t cols) {
   FLASHATTN_CHECK(rows >= 0 && cols >= 0, "flashattn: rows / cols: expected >= 0, got ", rows, " / ", cols);
@@ -409,6 +492,8 @@ TORCH_LIBRARY(flashattn, m) {
   m.def("built_with_cuda() -> bool", &built_with_cuda);
   m.def("version() -> str", &library_version);
 }
+
+TORCH_LIBRARY_IMPL(flashattn, Autograd, m) { m.impl("fwd", &fwd_autograd); }
 
 TORCH_LIBRARY_IMPL(flashattn, CPU, m) {
   m.impl("fwd", &fwd);
