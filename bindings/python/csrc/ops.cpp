@@ -35,6 +35,22 @@ using at::Tensor;
   "Tensor? rng_state, Tensor? kv_num_blocks, Tensor? kv_indices, Tensor? full_kv_num_blocks, " \
   "Tensor? full_kv_indices, int block_q, int block_k, int algorithm, bool deterministic"
 
+// The same options as C++ parameters (the schema's types: Tensor? is
+// std::optional<Tensor>, float is double, int is int64_t) and as the
+// argument list that forwards them, for the operators and the autograd
+// formula that calls through the dispatcher.
+#define FLASHATTN_OPTION_PARAMS                                                                                \
+  const std::optional<Tensor>& cu_seqlens_q, const std::optional<Tensor>& cu_seqlens_k, int64_t max_seqlen_q,   \
+      int64_t max_seqlen_k, double dropout_p, std::optional<double> softmax_scale, bool causal,                 \
+      int64_t window_left, int64_t window_right, const std::optional<Tensor>& rng_state,                         \
+      const std::optional<Tensor>& kv_num_blocks, const std::optional<Tensor>& kv_indices,                        \
+      const std::optional<Tensor>& full_kv_num_blocks, const std::optional<Tensor>& full_kv_indices,              \
+      int64_t block_q, int64_t block_k, int64_t algorithm, bool deterministic
+#define FLASHATTN_OPTION_ARGS                                                                                  \
+  cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale, causal, window_left,       \
+      window_right, rng_state, kv_num_blocks, kv_indices, full_kv_num_blocks, full_kv_indices, block_q, block_k, \
+      algorithm, deterministic
+
 // Error messages are assembled as plain strings (std::to_string, no
 // std::ostream) and handed to torch as one string. On the GPU machine's
 // torch 2.11 build, throwing an error whose message c10::str had to stream
@@ -275,15 +291,8 @@ Tensor new_output(const Tensor& like, bool varlen) {
   return varlen ? at::zeros(like.sizes(), like.options()) : at::empty(like.sizes(), like.options());
 }
 
-std::tuple<Tensor, Tensor> fwd(const Tensor& q, const Tensor& k, const Tensor& v,
-                               const std::optional<Tensor>& cu_seqlens_q, const std::optional<Tensor>& cu_seqlens_k,
-                               int64_t max_seqlen_q, int64_t max_seqlen_k, double dropout_p,
-                               std::optional<double> softmax_scale, bool causal, int64_t window_left,
-                               int64_t window_right, const std::optional<Tensor>& rng_state,
-                               const std::optional<Tensor>& kv_num_blocks, const std::optional<Tensor>& kv_indices,
-                               const std::optional<Tensor>& full_kv_num_blocks,
-                               const std::optional<Tensor>& full_kv_indices, int64_t block_q, int64_t block_k,
-                               int64_t algorithm, bool /*deterministic: used by bwd*/) {
+std::tuple<Tensor, Tensor> fwd(const Tensor& q, const Tensor& k, const Tensor& v, FLASHATTN_OPTION_PARAMS) {
+  (void)deterministic;  // used by bwd, through the autograd formula
   CallOptions c = make_options(q, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale,
                                causal, window_left, window_right, rng_state, kv_num_blocks, kv_indices,
                                full_kv_num_blocks, full_kv_indices, block_q, block_k, algorithm);
@@ -312,14 +321,8 @@ std::tuple<Tensor, Tensor> fwd(const Tensor& q, const Tensor& k, const Tensor& v
   return {out, lse};
 }
 
-std::tuple<Tensor, Tensor, Tensor> bwd(
-    const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
-    const std::optional<Tensor>& cu_seqlens_q, const std::optional<Tensor>& cu_seqlens_k, int64_t max_seqlen_q,
-    int64_t max_seqlen_k, double dropout_p, std::optional<double> softmax_scale, bool causal, int64_t window_left,
-    int64_t window_right, const std::optional<Tensor>& rng_state, const std::optional<Tensor>& kv_num_blocks,
-    const std::optional<Tensor>& kv_indices, const std::optional<Tensor>& full_kv_num_blocks,
-    const std::optional<Tensor>& full_kv_indices, int64_t block_q, int64_t block_k, int64_t algorithm,
-    bool deterministic) {
+std::tuple<Tensor, Tensor, Tensor> bwd(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
+                                       const Tensor& out, const Tensor& lse, FLASHATTN_OPTION_PARAMS) {
   CallOptions c = make_options(q, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale,
                                causal, window_left, window_right, rng_state, kv_num_blocks, kv_indices,
                                full_kv_num_blocks, full_kv_indices, block_q, block_k, algorithm);
@@ -357,22 +360,13 @@ std::tuple<Tensor, Tensor, Tensor> bwd(
 struct FwdWithGrad : public torch::autograd::Function<FwdWithGrad> {
   static constexpr int kOptions = 18;  // the entries of FLASHATTN_OPTIONS_SCHEMA
 
-  static torch::autograd::variable_list forward(
-      torch::autograd::AutogradContext* ctx, const Tensor& q, const Tensor& k, const Tensor& v,
-      const std::optional<Tensor>& cu_seqlens_q, const std::optional<Tensor>& cu_seqlens_k, int64_t max_seqlen_q,
-      int64_t max_seqlen_k, double dropout_p, std::optional<double> softmax_scale, bool causal, int64_t window_left,
-      int64_t window_right, const std::optional<Tensor>& rng_state, const std::optional<Tensor>& kv_num_blocks,
-      const std::optional<Tensor>& kv_indices, const std::optional<Tensor>& full_kv_num_blocks,
-      const std::optional<Tensor>& full_kv_indices, int64_t block_q, int64_t block_k, int64_t algorithm,
-      bool deterministic) {
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const Tensor& q,
+                                                const Tensor& k, const Tensor& v, FLASHATTN_OPTION_PARAMS) {
     static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("flashattn::fwd", "").typed<decltype(fwd)>();
     Tensor out, lse;
     {
       at::AutoDispatchBelowADInplaceOrView below_autograd;
-      std::tie(out, lse) = op.call(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
-                                   softmax_scale, causal, window_left, window_right, rng_state, kv_num_blocks,
-                                   kv_indices, full_kv_num_blocks, full_kv_indices, block_q, block_k, algorithm,
-                                   deterministic);
+      std::tie(out, lse) = op.call(q, k, v, FLASHATTN_OPTION_ARGS);
     }
     auto opt = [](const std::optional<Tensor>& t) { return t ? *t : Tensor(); };
     ctx->save_for_backward({q, k, v, out, lse, opt(cu_seqlens_q), opt(cu_seqlens_k), opt(rng_state),
@@ -415,20 +409,8 @@ struct FwdWithGrad : public torch::autograd::Function<FwdWithGrad> {
   }
 };
 
-std::tuple<Tensor, Tensor> fwd_autograd(const Tensor& q, const Tensor& k, const Tensor& v,
-                                        const std::optional<Tensor>& cu_seqlens_q,
-                                        const std::optional<Tensor>& cu_seqlens_k, int64_t max_seqlen_q,
-                                        int64_t max_seqlen_k, double dropout_p, std::optional<double> softmax_scale,
-                                        bool causal, int64_t window_left, int64_t window_right,
-                                        const std::optional<Tensor>& rng_state,
-                                        const std::optional<Tensor>& kv_num_blocks,
-                                        const std::optional<Tensor>& kv_indices,
-                                        const std::optional<Tensor>& full_kv_num_blocks,
-                                        const std::optional<Tensor>& full_kv_indices, int64_t block_q,
-                                        int64_t block_k, int64_t algorithm, bool deterministic) {
-  auto r = FwdWithGrad::apply(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
-                              softmax_scale, causal, window_left, window_right, rng_state, kv_num_blocks, kv_indices,
-                              full_kv_num_blocks, full_kv_indices, block_q, block_k, algorithm, deterministic);
+std::tuple<Tensor, Tensor> fwd_autograd(const Tensor& q, const Tensor& k, const Tensor& v, FLASHATTN_OPTION_PARAMS) {
+  auto r = FwdWithGrad::apply(q, k, v, FLASHATTN_OPTION_ARGS);
   return {r[0], r[1]};
 }
 
