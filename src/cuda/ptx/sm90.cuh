@@ -140,6 +140,15 @@ __device__ __forceinline__ void named_barrier_sync(int threads) {
   asm volatile("bar.sync %0, %1;\n" ::"n"(kId), "r"(threads) : "memory");
 }
 
+// bar.arrive: counts this warp's threads towards barrier kId without
+// waiting (the producer side of a turn handed between warpgroups; the other
+// side waits with named_barrier_sync<kId> over the same thread count).
+template <int kId>
+__device__ __forceinline__ void named_barrier_arrive(int threads) {
+  static_assert(kId > 0 && kId < 16, "hardware barriers 1..15 (0 is __syncthreads)");
+  asm volatile("bar.arrive %0, %1;\n" ::"n"(kId), "r"(threads) : "memory");
+}
+
 // ------------------------------------------------- global reductions ---
 // dst[0..3] += v[0..3] as one vector reduction (sm_90: red.global.add.v4.f32,
 // one L2 atomic transaction for 16 bytes instead of four). dst must be

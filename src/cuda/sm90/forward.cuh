@@ -12,7 +12,8 @@
 //    and runs the FlashAttention-2 loop on them: S = Q K_j^T (wgmma, both
 //    operands in shared memory), online softmax in registers (exp2 domain),
 //    O += P V_j (wgmma, P from registers), then frees the stage.
-// Barriers (mbarriers in shared memory):
+// Barriers (mbarriers in shared memory; named barriers 3 and 4 for the
+// consumers' turns, 1 and 2 for each consumer's epilogue):
 //   q_full         producer expect_tx -> TMA completes -> consumers wait (once)
 //   k_full[s]      producer expect_tx -> TMA completes -> consumers wait, then S
 //   v_full[s]      likewise for V; separate from K so S and the softmax of
@@ -22,6 +23,14 @@
 // Stage s = j % 2 is used for the (j / 2)-th time, so full barriers are
 // waited with parity (j / 2) & 1 and the producer waits empty with the
 // opposite parity (the first round passes at once).
+// Overlap: a consumer's loop runs one tile ahead of its P V product: turn j
+// issues S_j and P_{j-1} V_{j-1} together, then the softmax of tile j runs
+// while P_{j-1} V_{j-1} is still on the tensor cores. The two consumers take
+// these turns alternately (named barriers 3 and 4: one waits, the other
+// arrives), so that one's softmax falls under the other's matrix products
+// instead of both softmaxes falling at the same time (FlashAttention-3's
+// ping-pong schedule). empty[s] of tile j is therefore arrived at in
+// iteration j + 1, after P_j V_j has completed.
 #pragma once
 
 #include <cmath>
@@ -39,10 +48,12 @@ namespace x = flashattn::detail::ptx::sm90;
 constexpr int kWarpgroup = 128;
 constexpr int kConsumers = 2;
 constexpr int kThreads = kWarpgroup * (1 + kConsumers);
-// 128 x 40 + 256 x 232 = 64512 <= 65536 registers. The producer's loop
-// (tile schedule, coordinates) fits in 40; 232 holds a consumer's O (up to
-// 128 fp32 at d = 256), S, P and the softmax state without spilling.
-constexpr int kProducerRegs = 40, kConsumerRegs = 232;
+// 128 x 24 + 256 x 240 = 64512 <= 65536 registers (as the backward). The
+// producer's loop (tile schedule, coordinates) fits in 24; 240 holds a
+// consumer's O (up to 128 fp32 at d = 256), S, the P in flight and the
+// softmax state without spilling (232 spilled at d = 128 with the
+// one-tile-ahead loop; see kSoftmaxUnderPV).
+constexpr int kProducerRegs = 24, kConsumerRegs = 240;
 
 // Byte offsets inside the (1024-aligned) dynamic shared memory. Every tile
 // is a whole number of 1024-byte swizzle atoms, so all stay aligned.
@@ -155,18 +166,42 @@ __global__ void __launch_bounds__(kThreads, 1)
     const bool prescale = !(p.scale_log2 > 0.f);
     const float post_scale = prescale ? 1.f : p.scale_log2;
 
-    x::mbar_wait(q_full, 0);
-    for (int step = 0; step < n_steps; ++step) {
-      const sm80::KeyTile cur = tiles.at(step);
-      const int s = step & 1;
-      const std::uint32_t round_parity = (step >> 1) & 1;
-      const std::uint32_t sK = base + L::kK + s * L::kKV, sV = base + L::kV + s * L::kKV;
+    // The loop is software-pipelined by one tile and the two consumers take
+    // turns at the tensor cores (see "Overlap" at the top of this file):
+    // turn j issues S_j = Q K_j^T and O += P_{j-1} V_{j-1}; the softmax of
+    // tile j then runs while P_{j-1} V_{j-1} and the other consumer's turn
+    // are on the tensor cores. O is rescaled by tile j's correction only
+    // once P_{j-1} V_{j-1} has completed, and P_j is packed into pa only
+    // then (the RS wgmma reads pa until it completes).
+    // At d = 128 the softmax waits for P V instead: S, P (in flight), O and
+    // the softmax's temporaries do not fit 240 registers together (ptxas
+    // spilled 48 bytes); the turns between the consumers remain.
+    constexpr bool kSoftmaxUnderPV = kD != 128;
+    float sc[kBlockN / 2];
+    std::uint32_t pa[kBlockN / 16][4];
+    float corr[2] = {1.f, 1.f};
 
+    // Turns: consumer 0 waits on barrier 3 and passes to barrier 4,
+    // consumer 1 the other way round; consumer 1 pre-arrives on 3 so that
+    // consumer 0 goes first, and skips its last pass so that no arrival is
+    // left pending at exit. Each consumer takes n_steps + 1 turns.
+    auto turn_wait = [&] {
+      if (cw == 0) x::named_barrier_sync<3>(2 * kWarpgroup);
+      else x::named_barrier_sync<4>(2 * kWarpgroup);
+    };
+    auto turn_pass = [&](bool last) {
+      if (cw == 0) x::named_barrier_arrive<4>(2 * kWarpgroup);
+      else if (!last) x::named_barrier_arrive<3>(2 * kWarpgroup);
+    };
+    if (n_steps > 0 && cw == 1) x::named_barrier_arrive<3>(2 * kWarpgroup);
+
+    auto issue_s = [&](int step) {
+      const int st = step & 1;
+      const std::uint32_t sK = base + L::kK + st * L::kKV;
+      x::mbar_wait(k_full(st), (step >> 1) & 1);
+      x::wgmma_fence();  // after the wait loop too: otherwise ptxas injects one (C7519)
       // S = Q K_j^T, K = head_dim in steps of 16 (32 bytes inside a
       // 128-byte swizzled row; a new 64-column box every 4 steps).
-      float sc[kBlockN / 2];
-      x::mbar_wait(k_full(s), round_parity);
-      x::wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < kD / 16; ++kk) {
         const std::uint32_t koff = (kk % 4) * 32;
@@ -175,13 +210,35 @@ __global__ void __launch_bounds__(kThreads, 1)
         x::wgmma_ss(sc, da, db, kk > 0 ? 1 : 0, T{});
       }
       x::wgmma_commit();
-      x::wgmma_wait<0>();
-      x::fence_operands(sc);
+    };
+    auto issue_pv = [&](int step) {
+      const int st = step & 1;
+      const std::uint32_t sV = base + L::kV + st * L::kKV;
+      x::mbar_wait(v_full(st), (step >> 1) & 1);
+      x::wgmma_fence();
+      // O += P V_j, K = keys in steps of 16 rows (2048 bytes), N = head_dim
+      // across the 64-column boxes (LBO = one box).
+#pragma unroll
+      for (int kk = 0; kk < kBlockN / 16; ++kk) {
+        const std::uint64_t dv = x::desc_sw128(sV + kk * 16 * 128, kBlockN * 128, 1024);
+        x::wgmma_rs_bt(o, pa[kk], dv, 1, T{});
+      }
+      x::wgmma_commit();
+    };
+    auto fence_pa = [&] {
+#pragma unroll
+      for (int kk = 0; kk < kBlockN / 16; ++kk)
+#pragma unroll
+        for (int q = 0; q < 4; ++q) x::fence_operand(pa[kk][q]);
+    };
 
-      // Online softmax, as the sm80 kernel (sm80/forward.cuh): with a
-      // positive scale the order of the raw scores is that of the scaled
-      // ones, so mask and max on raw scores and fold the scale into the
-      // exponent's FFMA; otherwise scale first.
+    // Online softmax of tile `step` on sc, as the sm80 kernel
+    // (sm80/forward.cuh): with a positive scale the order of the raw scores
+    // is that of the scaled ones, so mask and max on raw scores and fold the
+    // scale into the exponent's FFMA; otherwise scale first. Leaves P in sc
+    // and the correction of the running O in corr (O itself is in flight).
+    auto softmax = [&](int step) {
+      const sm80::KeyTile cur = tiles.at(step);
       if (prescale) {
 #pragma unroll
         for (int i = 0; i < kBlockN / 2; ++i) sc[i] *= p.scale_log2;
@@ -213,14 +270,8 @@ __global__ void __launch_bounds__(kThreads, 1)
         mx = fmaxf(mx, row_max[half]);
         // Nothing visible yet: subtract 0, so exp2(-inf) is 0, not NaN.
         const float base_exp = mx == -INFINITY ? 0.f : mx;
-        const float corr = ptx::exp2_approx(row_max[half] - base_exp);
+        corr[half] = ptx::exp2_approx(row_max[half] - base_exp);
         row_max[half] = mx;
-        row_sum[half] *= corr;
-#pragma unroll
-        for (int tt = 0; tt < kON; ++tt) {
-          o[4 * tt + 2 * half] *= corr;
-          o[4 * tt + 2 * half + 1] *= corr;
-        }
         float sum = 0.f;
 #pragma unroll
         for (int tt = 0; tt < kSN; ++tt)
@@ -230,11 +281,18 @@ __global__ void __launch_bounds__(kThreads, 1)
             sc[4 * tt + 2 * half + e] = pe;
             sum += pe;
           }
-        row_sum[half] += sum;
+        row_sum[half] = row_sum[half] * corr[half] + sum;
       }
-
-      // P to 16 bits, already in the A-fragment layout of k16 slice kk.
-      std::uint32_t pa[kBlockN / 16][4];
+    };
+    // P of tile `step` to 16 bits in pa (the A-fragment layout of k16 slice
+    // kk), with dropout: one Philox call covers this thread's 8 elements of
+    // the 16-column slice kk (rows r and r + 8 of its two 8-column tiles;
+    // philox.h; m0, the warp's rows and the key tiles start at multiples of
+    // 16), and its four 32-bit words are those of pa[kk]'s four registers,
+    // each half the mask of one 16-bit P, so an AND drops them (a 16-bit
+    // zero is +0). l above is the un-dropped sum (LSE ignores dropout); the
+    // epilogue scales O by 1 / (1 - p).
+    auto pack_p = [&](int step) {
 #pragma unroll
       for (int kk = 0; kk < kBlockN / 16; ++kk) {
         pa[kk][0] = pack2<T>(sc[8 * kk + 0], sc[8 * kk + 1]);
@@ -242,42 +300,81 @@ __global__ void __launch_bounds__(kThreads, 1)
         pa[kk][2] = pack2<T>(sc[8 * kk + 4], sc[8 * kk + 5]);
         pa[kk][3] = pack2<T>(sc[8 * kk + 6], sc[8 * kk + 7]);
       }
-      // Dropout on the packed P (l above is the un-dropped sum: LSE ignores
-      // dropout; the epilogue scales O by 1 / (1 - p)). One Philox call
-      // covers this thread's 8 elements of the 16-column slice kk: rows r
-      // and r + 8 of its two 8-column tiles (philox.h; m0, the warp's rows
-      // and the key tiles start at multiples of 16), and its four 32-bit
-      // words are those of pa[kk]'s four registers, each half the mask of
-      // one 16-bit P, so an AND drops them (a 16-bit zero is +0).
       if (p.has_dropout) {
+        const int n0 = tiles.at(step).n0;
         const std::uint32_t pair = DropoutStream::row_pair_of(static_cast<std::uint32_t>(m0 + row_of(0)));
 #pragma unroll
         for (int kk = 0; kk < kBlockN / 16; ++kk) {
           const Philox4 r = p.dropout.words(
-              bh, pair, DropoutStream::call_of(static_cast<std::uint32_t>(cur.n0 + 16 * kk + col_in_tile)));
+              bh, pair, DropoutStream::call_of(static_cast<std::uint32_t>(n0 + 16 * kk + col_in_tile)));
           pa[kk][0] &= p.dropout.keep_mask(r.x);  // row r,     columns 16 kk + 2u, + 1
           pa[kk][1] &= p.dropout.keep_mask(r.z);  // row r + 8, the same columns
           pa[kk][2] &= p.dropout.keep_mask(r.y);  // row r,     8 columns further
           pa[kk][3] &= p.dropout.keep_mask(r.w);  // row r + 8, 8 columns further
         }
       }
-
-      // O += P V_j, K = keys in steps of 16 rows (2048 bytes), N = head_dim
-      // across the 64-column boxes (LBO = one box).
-      x::mbar_wait(v_full(s), round_parity);
-      x::fence_operands(o);
-      x::wgmma_fence();
+    };
+    auto rescale_o = [&] {
 #pragma unroll
-      for (int kk = 0; kk < kBlockN / 16; ++kk) {
-        const std::uint64_t dv = x::desc_sw128(sV + kk * 16 * 128, kBlockN * 128, 1024);
-        x::wgmma_rs_bt(o, pa[kk], dv, 1, T{});
+      for (int tt = 0; tt < kON; ++tt)
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          o[4 * tt + 2 * half] *= corr[half];
+          o[4 * tt + 2 * half + 1] *= corr[half];
+        }
+    };
+
+    x::mbar_wait(q_full, 0);
+    if (n_steps > 0) {
+      // Turn 0: S_0 alone.
+      turn_wait();
+      x::wgmma_fence();
+      issue_s(0);
+      turn_pass(false);
+      x::wgmma_wait<0>();
+      x::fence_operands(sc);
+      softmax(0);
+      rescale_o();  // O = 0: corr only matters for the bookkeeping above
+      pack_p(0);
+    }
+    for (int step = 1; step < n_steps; ++step) {
+      // Turn `step`: S_step and P_{step-1} V_{step-1}. Registers of o and pa
+      // were last written by ordinary instructions: fence before the issue.
+      turn_wait();
+      x::fence_operands(o);
+      fence_pa();
+      x::wgmma_fence();
+      issue_s(step);
+      issue_pv(step - 1);
+      turn_pass(false);
+      if constexpr (kSoftmaxUnderPV) {
+        x::wgmma_wait<1>();  // S_step complete (groups complete in order); P V may still run
+        x::fence_operands(sc);
+        softmax(step);
+        x::wgmma_wait<0>();  // P_{step-1} V_{step-1} complete: o and pa are free
+      } else {
+        x::wgmma_wait<0>();
+        x::fence_operands(sc);
       }
-      x::wgmma_commit();
+      x::fence_operands(o);
+      fence_pa();
+      // This thread's share of stage (step - 1) % 2 is read.
+      x::mbar_arrive(empty((step - 1) & 1));
+      if constexpr (!kSoftmaxUnderPV) softmax(step);
+      rescale_o();
+      pack_p(step);
+    }
+    if (n_steps > 0) {
+      // Last turn: the last P V.
+      turn_wait();
+      x::fence_operands(o);
+      fence_pa();
+      x::wgmma_fence();
+      issue_pv(n_steps - 1);
+      turn_pass(true);
       x::wgmma_wait<0>();
       x::fence_operands(o);
-      // This thread's share of stage s is read (wait_group returned, so the
-      // warpgroup's wgmmas on K_j and V_j are complete).
-      x::mbar_arrive(empty(s));
+      x::mbar_arrive(empty((n_steps - 1) & 1));
     }
 
     // Epilogue: O / l, LSE = ln(sum exp(scaled scores)); O staged through
