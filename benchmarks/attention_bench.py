@@ -24,7 +24,14 @@ Every method runs forward + backward, --warmup times untimed and then
 perf_counter on the CPU): the forward, backward and forward + backward times
 are medians over the same calls. --max-seconds caps the wall time of each
 loop (at least 1 warm-up and 3 samples), and each record says how many
-samples its medians took. Memory is the peak of torch's allocator during
+samples its medians took. On a GPU each timed call is queued behind a
+busy-wait kernel (--queue-ahead-ms, 5 ms; torch.cuda._sleep): the host
+enqueues the forward and the backward while the GPU is still waiting, so
+the events time the GPU's work and not the host's launch latency (cuDNN's
+graph lookup, autograd), which would otherwise count against the short
+problems of the Python methods; a record counts the calls whose enqueue
+outlasted the wait (queue_ahead_short), whose times include host time.
+Memory is the peak of torch's allocator during
 forward + backward above what was allocated before it (inputs, dO): on a
 GPU torch.cuda.max_memory_allocated, on the CPU not measured (null).
 Out-of-memory is recorded as "oom" and longer sequences of that method are
@@ -414,6 +421,40 @@ def build(method, p):
 
 # -------------------------------------------------------------- timing ---
 
+class QueueAhead:
+    """hold() puts about `ms` milliseconds of busy-wait on the current CUDA
+    stream, so that what the host enqueues next waits for the GPU instead of
+    the GPU for the host; done() after the last enqueue says whether the host
+    was done before the wait ran out. The kernel's cycle rate is measured
+    once (clocks differ between GPUs and with load)."""
+
+    def __init__(self, device, ms):
+        self.ms, self.cycles, self.short = ms, 0, 0
+        if device.type != "cuda" or ms <= 0 or not hasattr(torch.cuda, "_sleep"):
+            self.ms = 0
+            return
+        probe = 1_000_000
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda._sleep(probe)  # first launch
+        a.record()
+        torch.cuda._sleep(probe)
+        b.record()
+        b.synchronize()
+        self.cycles = int(probe * ms / max(a.elapsed_time(b), 1e-3))
+
+    def reset(self):
+        self.short = 0
+
+    def hold(self):
+        self.start = time.perf_counter()
+        if self.cycles:
+            torch.cuda._sleep(self.cycles)
+
+    def done(self):
+        if self.cycles and (time.perf_counter() - self.start) * 1e3 > 0.9 * self.ms:
+            self.short += 1
+
+
 def stopwatch(device):
     """stamp() marks a point in the device's work; seconds(a, b) is the time
     between two marks (CUDA events on a GPU, perf_counter on the CPU)."""
@@ -437,7 +478,7 @@ def stopwatch(device):
 WARM_SECONDS = 0.2
 
 
-def sample(step, warmup, repeats, max_seconds):
+def sample(step, warmup, repeats, max_seconds, timed=lambda: None):
     """`warmup` untimed calls of step(), then up to `repeats` timed ones;
     step() returns a tuple of seconds, and the result is the median of each
     component (and the number of samples). With max_seconds > 0 each of the
@@ -453,6 +494,7 @@ def sample(step, warmup, repeats, max_seconds):
         if max_seconds > 0 and time.perf_counter() - start > max_seconds:
             break
     samples, start = [], time.perf_counter()
+    timed()  # the timed calls begin
     while len(samples) < repeats:
         samples.append(step())
         if max_seconds > 0 and len(samples) >= min(3, repeats) and time.perf_counter() - start > max_seconds:
@@ -482,22 +524,25 @@ def run_method(method, p, args):
     dev = p.q.device
     q, k, v = (t.detach().clone().requires_grad_(True) for t in (p.q, p.k, p.v))
     stamp, seconds = stopwatch(dev)
+    queue = QueueAhead(dev, args.queue_ahead_ms)
 
     def step():
         # One training-style call, three marks: forward, backward, and the
         # two together are medians over the same calls.
+        queue.hold()
         t0 = stamp()
         out = fn(q, k, v)
         t1 = stamp()
         out.backward(p.dout)
         t2 = stamp()
+        queue.done()
         return seconds(t0, t1), seconds(t1, t2), seconds(t0, t2)
     try:
         if dev.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
-        (fwd_s, bwd_s, fb_s), n = sample(step, args.warmup, args.repeats, args.max_seconds)
+        (fwd_s, bwd_s, fb_s), n = sample(step, args.warmup, args.repeats, args.max_seconds, queue.reset)
         mem = None
         if dev.type == "cuda":
             torch.cuda.synchronize()
@@ -515,7 +560,7 @@ def run_method(method, p, args):
     finally:
         q.grad = k.grad = v.grad = None
     rec.update(fwd_ms=fwd_s * 1e3, bwd_ms=bwd_s * 1e3, fwd_bwd_ms=fb_s * 1e3, peak_extra_bytes=mem,
-               samples=n)
+               samples=n, queue_ahead_ms=queue.ms, queue_ahead_short=queue.short)
     if pairs is not None and method not in APPROXIMATE:
         flop = 4.0 * p.heads * p.head_dim * pairs
         rec.update(fwd_tflops=flop / fwd_s / 1e12, bwd_tflops=2.5 * flop / bwd_s / 1e12,
@@ -573,6 +618,8 @@ def main(argv=None):
                     help="block-sparse: shares of key blocks kept, comma-separated (default 0.25; the sparse setting "
                          "0.125,0.25,0.5); each sparse method runs once per density")
     ap.add_argument("--block", type=int, default=128, help="block-sparse block size")
+    ap.add_argument("--queue-ahead-ms", type=float, default=5.0,
+                    help="GPU busy-wait queued before each timed call (0: none; see above)")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--max-seconds", type=float, default=0.0,
@@ -645,7 +692,9 @@ def main(argv=None):
                         tf = f"  {rec['fwd_tflops']:7.1f} / {rec['bwd_tflops']:7.1f} TFLOPS" \
                             if "fwd_tflops" in rec else ""
                         mem = f"  {rec['peak_extra_bytes'] / 2**20:9.1f} MiB" if rec["peak_extra_bytes"] else ""
-                        print(f"{line}{rec['fwd_ms']:9.3f} {rec['bwd_ms']:9.3f} {rec['fwd_bwd_ms']:9.3f} ms{tf}{mem}",
+                        short = f"  ({rec['queue_ahead_short']}/{rec['samples']} calls outlasted the queue-ahead wait)" \
+                            if rec.get("queue_ahead_short") else ""
+                        print(f"{line}{rec['fwd_ms']:9.3f} {rec['bwd_ms']:9.3f} {rec['fwd_bwd_ms']:9.3f} ms{tf}{mem}{short}",
                               flush=True)
                     else:
                         print(f"{line}{rec['status']}: {rec.get('reason', '')}", flush=True)

@@ -277,6 +277,8 @@ void write_json(const std::string& path, const Config& cfg, const MachineInfo& m
   js << "  },\n";
   js << "  \"flops_note\": \"forward 4*b*h*d*pairs (pairs = sq*sk, halved when causal; block-sparse: the visible "
         "elements of the kept blocks), backward 2.5x forward\",\n";
+  js << "  \"timing_note\": \"median of CUDA-event times after a warm-up; on a GPU each timed call is queued "
+        "behind a 1 ms host function, so the events time GPU work, not launch latency\",\n";
   js << "  \"results\": [";
   for (std::size_t i = 0; i < results.size(); ++i) {
     const Result& r = results[i];
