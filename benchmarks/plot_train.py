@@ -4,7 +4,7 @@
 
 Reads RUNS_DIR/<name>.jsonl (fa-train --log-json) and writes
 train-loss.png (training loss and held-out loss against step of the
-curve-* runs), train-throughput.png (tokens/s and peak memory of every run)
+curve-* runs, each labelled with its attention, context and seed), train-throughput.png (tokens/s and peak memory of every run)
 and train-summary.md. Throughput is the median tokens/s of the logged
 intervals after the first (the first holds start-up, kernel selection and
 allocator growth); memory is the allocator's peak of the run.
@@ -43,6 +43,7 @@ def summarise(name, cfg, train, evals):
                 mfu=statistics.median(r["mfu"] for r in steady) if steady[0].get("mfu") is not None else None,
                 peak_mem_gb=max(r["peak_mem_bytes"] for r in train) / 1e9,
                 final_loss=train[-1]["loss"], final_eval_loss=evals[-1]["loss"] if evals else None,
+                best_eval=min(((e["loss"], e["step"]) for e in evals), default=None),
                 gpu=cfg.get("gpu"), params=cfg.get("params"))
 
 
@@ -68,7 +69,8 @@ def main(argv=None):
     for i, (name, (cfg, train, evals)) in enumerate(sorted(runs.items())):
         if not name.startswith("curve-") or not train:
             continue
-        label = cfg["config"]["attention"]
+        c = cfg["config"]
+        label = f"{c['attention']} {c['context']}" + (f" seed {c['seed']}" if c.get("seed", 1234) != 1234 else "")
         ax.plot([r["step"] for r in train], [r["loss"] for r in train], "-", color=f"C{i}", label=f"{label} train")
         if evals:
             ax.plot([r["step"] for r in evals], [r["loss"] for r in evals], "o--", color=f"C{i}", label=f"{label} held-out")
@@ -76,7 +78,8 @@ def main(argv=None):
     ax.set_ylabel("loss (nats / token)")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title("GPT-2 small, context 1024, batch 16, same seed\n" + args.title, fontsize=9)
+    ax.set_title("GPT-2 small, 16K tokens a step (context x batch), seed 1234 unless said\n" + args.title,
+                 fontsize=9)
     fig.tight_layout()
     fig.savefig(os.path.join(args.out, "train-loss.png"), dpi=120)
     plt.close(fig)
@@ -99,16 +102,18 @@ def main(argv=None):
 
     lines = ["# fa-train GPT-2 small", "", args.title, "",
              "Median tokens/s of the logged intervals after the first; peak memory of the caching allocator.", "",
-             "| run | attention | context | batch | steps | tokens/s | MFU | peak GB | last train loss | last held-out loss |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| run | attention | context | batch | steps | tokens/s | MFU | peak GB | last train loss | last held-out loss "
+             "| best held-out loss (step) |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"
         ev = f"{r['final_eval_loss']:.4f}" if r["final_eval_loss"] is not None else "-"
+        best = f"{r['best_eval'][0]:.4f} ({r['best_eval'][1]})" if r["best_eval"] else "-"
         lines.append(f"| {r['run']} | {r['attention']} | {r['context']} | {r['batch']} | {r['steps']} | "
-                     f"{r['tokens_per_s']:,.0f} | {mfu} | {r['peak_mem_gb']:.1f} | {r['final_loss']:.4f} | {ev} |")
+                     f"{r['tokens_per_s']:,.0f} | {mfu} | {r['peak_mem_gb']:.1f} | {r['final_loss']:.4f} | {ev} | {best} |")
     for h in hf:
         lines.append(f"| hf-{h['attn']} (transformers {h['transformers']}) | {h['attn']} | {h['context']} | "
-                     f"{h['batch']} | - | {h['tokens_per_s']:,.0f} | - | {h['peak_mem_bytes'] / 1e9:.1f} | - | - |")
+                     f"{h['batch']} | - | {h['tokens_per_s']:,.0f} | - | {h['peak_mem_bytes'] / 1e9:.1f} | - | - | - |")
     with open(os.path.join(args.out, "train-summary.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     for n in ("train-loss.png", "train-throughput.png", "train-summary.md"):

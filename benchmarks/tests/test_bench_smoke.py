@@ -126,7 +126,7 @@ def test_plot_train_reads_fa_train_logs(tmp_path):
                       params=1)]
         lines += [dict(event="train", step=10 * (i + 1), loss=5.0 - i, tokens_per_s=t, mfu=0.1,
                        peak_mem_bytes=2e9 + i) for i, t in enumerate(tps)]
-        lines += [dict(event="eval", step=30, loss=3.5, ppl=33.1)]
+        lines += [dict(event="eval", step=20, loss=3.4, ppl=30.0), dict(event="eval", step=30, loss=3.5, ppl=33.1)]
         (runs / f"{name}.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     hf = tmp_path / "hf.jsonl"
     hf.write_text(json.dumps(dict(status="ok", attn="sdpa", transformers="x", context=1024, batch=16,
@@ -135,6 +135,8 @@ def test_plot_train_reads_fa_train_logs(tmp_path):
     table = (tmp_path / "train-summary.md").read_text()
     # The first logged interval (start-up) is left out of the median.
     assert "| curve-flashattn | flashattn | 1024 | 16 | 30 | 149 |" in table
+    # Last and best held-out loss: the best is the lowest, with its step.
+    assert "| 3.5000 | 3.4000 (20) |" in table
     assert "| hf-sdpa (transformers x) |" in table
     for n in ("train-loss.png", "train-throughput.png"):
         assert (tmp_path / n).stat().st_size > 0
