@@ -8,6 +8,11 @@ runs tools/flashattn-bench (flash only) and then times, in this process,
 flashattn.flash_attn_func forward under no_grad and the backward of a
 training-style call, each the median of --repeats after a warm-up (CUDA
 events on a GPU, perf_counter on the CPU), the same statistics as the tool.
+On a GPU both sides time GPU work only: the tool queues each timed call
+behind a 1 ms host function on its stream, and this script behind a 2 ms
+torch.cuda._sleep (as benchmarks/attention_bench.py), so that neither
+interval holds the host's launch of the call (the operator's host overhead
+is bench_overhead.py's measurement).
 Prints one JSON object: both sides' milliseconds and python / tool ratios.
 """
 import argparse
@@ -39,6 +44,25 @@ def parse_shapes(text):
     return shapes
 
 
+_hold_cycles = None
+
+
+def hold_gpu(ms=2.0):
+    """Queue about `ms` of busy-wait on the current stream (its cycle rate
+    measured once), so that what is enqueued next waits for the GPU."""
+    global _hold_cycles
+    if _hold_cycles is None:
+        probe = 1_000_000
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda._sleep(probe)
+        a.record()
+        torch.cuda._sleep(probe)
+        b.record()
+        b.synchronize()
+        _hold_cycles = int(probe * ms / max(a.elapsed_time(b), 1e-3))
+    torch.cuda._sleep(_hold_cycles)
+
+
 def median_ms(fn, device, warmup, repeats):
     for _ in range(warmup):
         fn()
@@ -47,6 +71,7 @@ def median_ms(fn, device, warmup, repeats):
         if device == "cuda":
             a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             torch.cuda.synchronize()
+            hold_gpu()
             a.record()
             fn()
             b.record()
@@ -99,7 +124,7 @@ def main(argv=None):
             # kernels, which the tool does not run either.
             qg.grad = kg.grad = vg.grad = None
             outs.append(flashattn.flash_attn_func(qg, kg, vg, causal=causal))
-            return median_ms(backward, args.device, 0, 1)
+            return median_ms(backward, args.device, 0, 1)  # synchronises, then holds the GPU
         for _ in range(args.warmup):
             timed_backward()
         bwd = statistics.median(timed_backward() for _ in range(args.repeats))
