@@ -79,6 +79,27 @@ def test_packed_and_strided_inputs_match():
     assert torch.equal(flashattn.flash_attn_func(qt, k, v, causal=True), ref)
 
 
+def test_gradient_recorded_only_when_needed():
+    # Without inputs that need a gradient (or under no_grad) the operator
+    # skips the autograd node; with any one that does, the gradient reaches
+    # exactly the inputs that require it, with the values of a full call.
+    q, k, v = rand_qkv(1, 24, 24, 2, 2, 32, torch.float32, seed=7, requires_grad=False)
+    out = flashattn.flash_attn_func(q, k, v, causal=True)
+    assert not out.requires_grad and out.grad_fn is None
+    qg, kg, vg = (t.clone().requires_grad_() for t in (q, k, v))
+    with torch.no_grad():
+        out_ng = flashattn.flash_attn_func(qg, kg, vg, causal=True)
+    assert not out_ng.requires_grad and torch.equal(out_ng, out)
+    full = flashattn.flash_attn_func(qg, kg, vg, causal=True)
+    assert full.requires_grad and torch.equal(full, out)
+    dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(8))
+    dq, dk, dv = torch.autograd.grad(full, (qg, kg, vg), dout)
+    only_v = flashattn.flash_attn_func(q, k, vg, causal=True)
+    assert only_v.requires_grad and torch.equal(only_v, out)
+    (dv_only,) = torch.autograd.grad(only_v, (vg,), dout)
+    assert torch.equal(dv_only, dv)
+
+
 def test_deterministic_backward_is_bit_identical():
     q, k, v = rand_qkv(2, 64, 64, 4, 2, 32, torch.float32, seed=5)
     dout = torch.randn(q.shape)
