@@ -62,6 +62,8 @@ sys.path[:] = [p for p in sys.path if not os.path.abspath(p or ".").endswith(os.
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from gpu_queue import QueueAhead  # noqa: E402
+
 try:
     import flashattn  # noqa: E402
 except ImportError as e:  # the harness still measures the peers, and says why ours is missing
@@ -420,40 +422,6 @@ def build(method, p):
 
 
 # -------------------------------------------------------------- timing ---
-
-class QueueAhead:
-    """hold() puts about `ms` milliseconds of busy-wait on the current CUDA
-    stream, so that what the host enqueues next waits for the GPU instead of
-    the GPU for the host; done() after the last enqueue says whether the host
-    was done before the wait ran out. The kernel's cycle rate is measured
-    once (clocks differ between GPUs and with load)."""
-
-    def __init__(self, device, ms):
-        self.ms, self.cycles, self.short = ms, 0, 0
-        if device.type != "cuda" or ms <= 0 or not hasattr(torch.cuda, "_sleep"):
-            self.ms = 0
-            return
-        probe = 1_000_000
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        torch.cuda._sleep(probe)  # first launch
-        a.record()
-        torch.cuda._sleep(probe)
-        b.record()
-        b.synchronize()
-        self.cycles = int(probe * ms / max(a.elapsed_time(b), 1e-3))
-
-    def reset(self):
-        self.short = 0
-
-    def hold(self):
-        self.start = time.perf_counter()
-        if self.cycles:
-            torch.cuda._sleep(self.cycles)
-
-    def done(self):
-        if self.cycles and (time.perf_counter() - self.start) * 1e3 > 0.9 * self.ms:
-            self.short += 1
-
 
 def stopwatch(device):
     """stamp() marks a point in the device's work; seconds(a, b) is the time

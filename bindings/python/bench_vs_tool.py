@@ -10,8 +10,8 @@ training-style call, each the median of --repeats after a warm-up (CUDA
 events on a GPU, perf_counter on the CPU), the same statistics as the tool.
 On a GPU both sides time GPU work only: the tool queues each timed call
 behind a 1 ms host function on its stream, and this script behind a 2 ms
-torch.cuda._sleep (as benchmarks/attention_bench.py), so that neither
-interval holds the host's launch of the call (the operator's host overhead
+busy-wait (benchmarks/gpu_queue.py, shared with attention_bench.py), so
+that neither interval holds the host's launch of the call (the operator's host overhead
 is bench_overhead.py's measurement).
 Prints one JSON object: both sides' milliseconds and python / tool ratios.
 """
@@ -30,6 +30,9 @@ import torch  # noqa: E402
 
 import flashattn  # noqa: E402
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "benchmarks"))
+from gpu_queue import QueueAhead  # noqa: E402
+
 DEFAULT_SHAPES = {"cuda": "1,8192,16,128,0;1,8192,16,128,1;16,1024,16,128,0;2,8192,32,64,0",
                   "cpu": "1,512,4,64,0;1,512,4,64,1"}
 
@@ -44,34 +47,16 @@ def parse_shapes(text):
     return shapes
 
 
-_hold_cycles = None
-
-
-def hold_gpu(ms=2.0):
-    """Queue about `ms` of busy-wait on the current stream (its cycle rate
-    measured once), so that what is enqueued next waits for the GPU."""
-    global _hold_cycles
-    if _hold_cycles is None:
-        probe = 1_000_000
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        torch.cuda._sleep(probe)
-        a.record()
-        torch.cuda._sleep(probe)
-        b.record()
-        b.synchronize()
-        _hold_cycles = int(probe * ms / max(a.elapsed_time(b), 1e-3))
-    torch.cuda._sleep(_hold_cycles)
-
-
 def median_ms(fn, device, warmup, repeats):
     for _ in range(warmup):
         fn()
+    queue = QueueAhead(torch.device(device), 2.0)
     samples = []
     for _ in range(repeats):
         if device == "cuda":
             a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             torch.cuda.synchronize()
-            hold_gpu()
+            queue.hold()
             a.record()
             fn()
             b.record()
