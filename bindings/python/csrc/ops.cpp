@@ -353,6 +353,18 @@ std::tuple<Tensor, Tensor, Tensor> bwd(const Tensor& dout, const Tensor& q, cons
   return {dq, dk, dv};
 }
 
+// The operators' dispatcher handles, looked up once. Calls through them
+// below the Autograd key reach the device kernels (or, under torch.compile,
+// the fake ones).
+const c10::TypedOperatorHandle<decltype(fwd)>& fwd_handle() {
+  static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("flashattn::fwd", "").typed<decltype(fwd)>();
+  return op;
+}
+const c10::TypedOperatorHandle<decltype(bwd)>& bwd_handle() {
+  static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("flashattn::bwd", "").typed<decltype(bwd)>();
+  return op;
+}
+
 // The autograd formula: dq, dk, dv from bwd with the forward's options; the
 // LSE output is not differentiable (returned for inspection, as in
 // flash-attn). Both operators are called through the dispatcher below the
@@ -362,11 +374,10 @@ struct FwdWithGrad : public torch::autograd::Function<FwdWithGrad> {
 
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const Tensor& q,
                                                 const Tensor& k, const Tensor& v, FLASHATTN_OPTION_PARAMS) {
-    static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("flashattn::fwd", "").typed<decltype(fwd)>();
     Tensor out, lse;
     {
       at::AutoDispatchBelowADInplaceOrView below_autograd;
-      std::tie(out, lse) = op.call(q, k, v, FLASHATTN_OPTION_ARGS);
+      std::tie(out, lse) = fwd_handle().call(q, k, v, FLASHATTN_OPTION_ARGS);
     }
     auto opt = [](const std::optional<Tensor>& t) { return t ? *t : Tensor(); };
     ctx->save_for_backward({q, k, v, out, lse, opt(cu_seqlens_q), opt(cu_seqlens_k), opt(rng_state),
@@ -389,7 +400,6 @@ struct FwdWithGrad : public torch::autograd::Function<FwdWithGrad> {
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
-    static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("flashattn::bwd", "").typed<decltype(bwd)>();
     const auto s = ctx->get_saved_variables();
     auto opt = [](const Tensor& t) { return t.defined() ? std::optional<Tensor>(t) : std::nullopt; };
     const auto& d = ctx->saved_data;
@@ -397,7 +407,7 @@ struct FwdWithGrad : public torch::autograd::Function<FwdWithGrad> {
     if (dout.dim() > 0 && dout.stride(-1) != 1) dout = dout.contiguous();
     const c10::IValue& scale = d.at("softmax_scale");
     auto [dq, dk, dv] =
-        op.call(dout, s[0], s[1], s[2], s[3], s[4], opt(s[5]), opt(s[6]), d.at("max_seqlen_q").toInt(),
+        bwd_handle().call(dout, s[0], s[1], s[2], s[3], s[4], opt(s[5]), opt(s[6]), d.at("max_seqlen_q").toInt(),
                 d.at("max_seqlen_k").toInt(), d.at("dropout_p").toDouble(),
                 scale.isNone() ? std::nullopt : std::optional<double>(scale.toDouble()), d.at("causal").toBool(),
                 d.at("window_left").toInt(), d.at("window_right").toInt(), opt(s[7]), opt(s[8]), opt(s[9]),
@@ -415,9 +425,8 @@ struct FwdWithGrad : public torch::autograd::Function<FwdWithGrad> {
 // CPU machine from Python (seqlen 0, so no kernel work).
 std::tuple<Tensor, Tensor> fwd_autograd(const Tensor& q, const Tensor& k, const Tensor& v, FLASHATTN_OPTION_PARAMS) {
   if (!at::GradMode::is_enabled() || !(q.requires_grad() || k.requires_grad() || v.requires_grad())) {
-    static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("flashattn::fwd", "").typed<decltype(fwd)>();
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return op.call(q, k, v, FLASHATTN_OPTION_ARGS);
+    return fwd_handle().call(q, k, v, FLASHATTN_OPTION_ARGS);
   }
   auto r = FwdWithGrad::apply(q, k, v, FLASHATTN_OPTION_ARGS);
   return {r[0], r[1]};
