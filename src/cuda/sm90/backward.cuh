@@ -132,7 +132,10 @@ __device__ __forceinline__ std::uint32_t opaque(std::uint32_t v) {
 
 }  // namespace bwd
 
-template <class T, int kD>
+// kDropout is a template parameter, not a run-time test of p.has_dropout:
+// the dropout code (keep bits, its Philox state) then costs nothing in the
+// kernel without dropout, whose consumers have no registers to spare.
+template <class T, int kD, bool kDropout>
 __global__ void __launch_bounds__(bwd::kThreads, 1)
     backward_kernel(const __grid_constant__ Params p, const __grid_constant__ CUtensorMap tma_q,
                     const __grid_constant__ CUtensorMap tma_k, const __grid_constant__ CUtensorMap tma_v,
@@ -310,7 +313,7 @@ __global__ void __launch_bounds__(bwd::kThreads, 1)
       // halving them, ran the gpu-check racecheck case at d 64 in 200 s
       // instead of 2.5 s, cause not isolated: not kept; see docs/NOTES.md.)
       std::uint32_t keep_bits = ~0u;
-      if (p.has_dropout) {
+      if constexpr (kDropout) {
         keep_bits = 0;
         const auto j0 = static_cast<std::uint32_t>(n0 + key_row0);
         const std::uint32_t call = DropoutStream::call_of(j0), hs = j0 & 1u;
@@ -356,7 +359,7 @@ __global__ void __launch_bounds__(bwd::kThreads, 1)
       // and dV below uses P_d^T.
       x::wgmma_wait<0>();
       x::fence_operands(dpt);
-      if (p.has_dropout) {
+      if constexpr (kDropout) {
 #pragma unroll
         for (int i = 0; i < kBlockM / 2; ++i) dpt[i] = ((keep_bits >> i) & 1u) ? dpt[i] * p.keep_scale : 0.f;
       }
@@ -370,7 +373,7 @@ __global__ void __launch_bounds__(bwd::kThreads, 1)
         }
       }
 
-      if (p.has_dropout) {
+      if constexpr (kDropout) {
 #pragma unroll
         for (int i = 0; i < kBlockM / 2; ++i) st[i] = ((keep_bits >> i) & 1u) ? st[i] * p.keep_scale : 0.f;
       }
@@ -533,7 +536,7 @@ void launch_backward(const Params& p, cudaStream_t stream) {
                                                    p.k_sb, c.block_n, "k");
     const CUtensorMap tv = x::make_tensor_map_bshd(p.v, kBf16, kD, p.seqlen_k, p.heads_k, p.batch, p.v_ss, p.v_sh,
                                                    p.v_sb, c.block_n, "v");
-    auto kernel = backward_kernel<T, kD>;
+    auto kernel = p.has_dropout ? backward_kernel<T, kD, true> : backward_kernel<T, kD, false>;
     check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, L::kAlloc),
           "cudaFuncSetAttribute(sm90 backward)");
     const dim3 grid((p.seqlen_k + c.block_n - 1) / c.block_n, p.heads_q, p.batch);

@@ -72,7 +72,8 @@ struct SmemLayout {
   static_assert(kQHalf % 1024 == 0 && kKV % 1024 == 0, "tiles must be whole swizzle atoms");
 };
 
-template <class T, int kD, int kBlockN>
+// kDropout: a template parameter for the reason given at the backward kernel.
+template <class T, int kD, int kBlockN, bool kDropout>
 __global__ void __launch_bounds__(kThreads, 1)
     forward_kernel(const __grid_constant__ Params p, const __grid_constant__ CUtensorMap tma_q,
                    const __grid_constant__ CUtensorMap tma_k, const __grid_constant__ CUtensorMap tma_v) {
@@ -300,7 +301,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         pa[kk][2] = pack2<T>(sc[8 * kk + 4], sc[8 * kk + 5]);
         pa[kk][3] = pack2<T>(sc[8 * kk + 6], sc[8 * kk + 7]);
       }
-      if (p.has_dropout) {
+      if constexpr (kDropout) {
         const int n0 = tiles.at(step).n0;
         const std::uint32_t pair = DropoutStream::row_pair_of(static_cast<std::uint32_t>(m0 + row_of(0)));
 #pragma unroll
@@ -437,7 +438,7 @@ void launch_forward(const Params& p, cudaStream_t stream) {
                                                  p.k_sb, c.block_n, "k");
   const CUtensorMap tv = x::make_tensor_map_bshd(v_data, kBf16, kD, p.seqlen_k, p.heads_k, p.batch, p.v_ss, p.v_sh,
                                                  p.v_sb, c.block_n, "v");
-  auto kernel = forward_kernel<T, kD, c.block_n>;
+  auto kernel = p.has_dropout ? forward_kernel<T, kD, c.block_n, true> : forward_kernel<T, kD, c.block_n, false>;
   check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, L::kAlloc),
         "cudaFuncSetAttribute(sm90 forward)");
   const dim3 grid((p.seqlen_q + c.block_m - 1) / c.block_m, p.heads_q, p.batch);
