@@ -102,6 +102,15 @@ struct DropoutStream {
     return ((half ? w >> 16 : w) & 0xFFFFu) >= threshold;
   }
 
+  // Keep bits of the four words of one call at one 16-bit half, at bits 0,
+  // 2, 4, 6 (words x, y, z, w): the order in which both backward kernels
+  // hold a call's elements (S^T: keys as rows, so one call gives a thread
+  // 4 elements, rows i, i + 8 of the queries at keys j, j + 8).
+  FA_HOST_DEVICE std::uint32_t keep_bits4(const Philox4& r, std::uint32_t half) const {
+    return static_cast<std::uint32_t>(keep(r.x, half)) | static_cast<std::uint32_t>(keep(r.y, half)) << 2 |
+           static_cast<std::uint32_t>(keep(r.z, half)) << 4 | static_cast<std::uint32_t>(keep(r.w, half)) << 6;
+  }
+
   // Two 16-bit words packed in one 32-bit word (low, high): 0xFFFF in each
   // half that is kept, 0 in each that is dropped. AND-ed with two packed
   // 16-bit values it applies the mask to both (the kernels' P fragments).

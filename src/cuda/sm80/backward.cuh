@@ -101,10 +101,7 @@ __device__ __forceinline__ void bwd_scores(const Params& p, const SeqInfo& seq, 
       const Philox4 r = p.dropout.words(bh, DropoutStream::row_pair_of(static_cast<std::uint32_t>(i)),
                                         DropoutStream::call_of(static_cast<std::uint32_t>(j0)));
       const int bit = mi * (kQC / 2) + tp * 8 + e;  // (t = 2tp, half 0); + 2 half, + 4 for t = 2tp + 1
-      keep_bits |= static_cast<std::uint64_t>(p.dropout.keep(r.x, hs)) << bit;
-      keep_bits |= static_cast<std::uint64_t>(p.dropout.keep(r.y, hs)) << (bit + 2);
-      keep_bits |= static_cast<std::uint64_t>(p.dropout.keep(r.z, hs)) << (bit + 4);
-      keep_bits |= static_cast<std::uint64_t>(p.dropout.keep(r.w, hs)) << (bit + 6);
+      keep_bits |= static_cast<std::uint64_t>(p.dropout.keep_bits4(r, hs)) << bit;
     }
   }
   const float ks = p.has_dropout ? p.keep_scale : 1.f;

@@ -322,11 +322,8 @@ __global__ void __launch_bounds__(bwd::kThreads, 1)
           const int tp = it >> 1, e = it & 1;
           const auto i0 = static_cast<std::uint32_t>(m0 + 16 * tp + col_in_tile + e);
           const Philox4 r = p.dropout.words(bh, DropoutStream::row_pair_of(i0), call);
-          const int b0 = 8 * tp + e;
-          keep_bits |= static_cast<std::uint32_t>(p.dropout.keep(r.x, hs)) << b0;        // tt 2tp, half 0
-          keep_bits |= static_cast<std::uint32_t>(p.dropout.keep(r.y, hs)) << (b0 + 2);  // tt 2tp, half 1
-          keep_bits |= static_cast<std::uint32_t>(p.dropout.keep(r.z, hs)) << (b0 + 4);  // tt 2tp+1, half 0
-          keep_bits |= static_cast<std::uint32_t>(p.dropout.keep(r.w, hs)) << (b0 + 6);  // tt 2tp+1, half 1
+          // bit 8 tp + e: (tt 2tp, half 0); + 2: half 1; + 4, + 6: tt 2tp + 1
+          keep_bits |= p.dropout.keep_bits4(r, hs) << (8 * tp + e);
         }
       }
 
