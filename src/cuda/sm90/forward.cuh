@@ -67,7 +67,7 @@ struct SmemLayout {
   static constexpr int kK = kQ + 2 * kQHalf;             // K stage s at kK + s kKV
   static constexpr int kV = kK + 2 * kKV;                // V stage s at kV + s kKV
   static constexpr int kBars = kV + 2 * kKV;
-  static constexpr int kBytes = kBars + 8 * 8;
+  static constexpr int kBytes = kBars + 9 * 8;            // q_full, k_full[2], v_full[2], k_empty[2], v_empty[2]
   static constexpr int kAlloc = kBytes + 1024;           // slack to align the base
   static_assert(kQHalf % 1024 == 0 && kKV % 1024 == 0, "tiles must be whole swizzle atoms");
 };
@@ -92,7 +92,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   const std::uint32_t q_full = base + L::kBars;
   auto k_full = [&](int s) { return base + L::kBars + 8 * (1 + s); };
   auto v_full = [&](int s) { return base + L::kBars + 8 * (3 + s); };
-  auto empty = [&](int s) { return base + L::kBars + 8 * (5 + s); };
+  auto k_empty = [&](int s) { return base + L::kBars + 8 * (5 + s); };
+  auto v_empty = [&](int s) { return base + L::kBars + 8 * (7 + s); };
 
   const int tid = threadIdx.x;
   // Reversed so that, with a causal mask, the query tiles with the most key
@@ -110,7 +111,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     for (int s = 0; s < 2; ++s) {
       x::mbar_init(k_full(s), 1);
       x::mbar_init(v_full(s), 1);
-      x::mbar_init(empty(s), kConsumers * kWarpgroup);
+      x::mbar_init(k_empty(s), kConsumers * kWarpgroup);
+      x::mbar_init(v_empty(s), kConsumers * kWarpgroup);
     }
     x::fence_mbar_init();
   }
@@ -138,12 +140,13 @@ __global__ void __launch_bounds__(kThreads, 1)
       for (int step = 0; step < n_steps; ++step) {
         const int s = step & 1;
         const std::uint32_t round_parity = (step >> 1) & 1;
-        x::mbar_wait(empty(s), round_parity ^ 1u);
         const int n0 = tiles.at(step).n0;
+        x::mbar_wait(k_empty(s), round_parity ^ 1u);
         x::mbar_arrive_expect_tx(k_full(s), L::kKV);
 #pragma unroll
         for (int c = 0; c < L::kChunks; ++c)
           x::tma_load_4d(base + L::kK + s * L::kKV + c * kBlockN * 128, &tma_k, k_full(s), c * 64, n0, hk, b);
+        x::mbar_wait(v_empty(s), round_parity ^ 1u);
         x::mbar_arrive_expect_tx(v_full(s), L::kKV);
 #pragma unroll
         for (int c = 0; c < L::kChunks; ++c)
@@ -178,6 +181,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     // the softmax's temporaries do not fit 240 registers together (ptxas
     // spilled 48 bytes); the turns between the consumers remain.
     constexpr bool kSoftmaxUnderPV = kD != 128;
+    constexpr bool kOneAhead = true;
     float sc[kBlockN / 2];
     std::uint32_t pa[kBlockN / 16][4];
     float corr[2] = {1.f, 1.f};
@@ -194,7 +198,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       if (cw == 0) x::named_barrier_arrive<4>(2 * kWarpgroup);
       else if (!last) x::named_barrier_arrive<3>(2 * kWarpgroup);
     };
-    if (n_steps > 0 && cw == 1) x::named_barrier_arrive<3>(2 * kWarpgroup);
+    if (kOneAhead && n_steps > 0 && cw == 1) x::named_barrier_arrive<3>(2 * kWarpgroup);
 
     auto issue_s = [&](int step) {
       const int st = step & 1;
@@ -326,56 +330,79 @@ __global__ void __launch_bounds__(kThreads, 1)
     };
 
     x::mbar_wait(q_full, 0);
-    if (n_steps > 0) {
-      // Turn 0: S_0 alone.
-      turn_wait();
-      x::wgmma_fence();
-      issue_s(0);
-      turn_pass(false);
-      x::wgmma_wait<0>();
-      x::fence_operands(sc);
-      softmax(0);
-      rescale_o();  // O = 0: corr only matters for the bookkeeping above
-      pack_p(0);
-    }
-    for (int step = 1; step < n_steps; ++step) {
-      // Turn `step`: S_step and P_{step-1} V_{step-1}. Registers of o and pa
-      // were last written by ordinary instructions: fence before the issue.
-      turn_wait();
-      x::fence_operands(o);
-      fence_pa();
-      x::wgmma_fence();
-      issue_s(step);
-      issue_pv(step - 1);
-      turn_pass(false);
-      if constexpr (kSoftmaxUnderPV) {
-        x::wgmma_wait<1>();  // S_step complete (groups complete in order); P V may still run
-        x::fence_operands(sc);
-        softmax(step);
-        x::wgmma_wait<0>();  // P_{step-1} V_{step-1} complete: o and pa are free
-      } else {
+    if constexpr (kOneAhead) {
+      if (n_steps > 0) {
+        // Turn 0: S_0 alone.
+        turn_wait();
+        x::wgmma_fence();
+        issue_s(0);
+        turn_pass(false);
         x::wgmma_wait<0>();
         x::fence_operands(sc);
+        x::mbar_arrive(k_empty(0));
+        softmax(0);
+        rescale_o();  // O = 0: corr only matters for the bookkeeping above
+        pack_p(0);
       }
-      x::fence_operands(o);
-      fence_pa();
-      // This thread's share of stage (step - 1) % 2 is read.
-      x::mbar_arrive(empty((step - 1) & 1));
-      if constexpr (!kSoftmaxUnderPV) softmax(step);
-      rescale_o();
-      pack_p(step);
-    }
-    if (n_steps > 0) {
-      // Last turn: the last P V.
-      turn_wait();
-      x::fence_operands(o);
-      fence_pa();
-      x::wgmma_fence();
-      issue_pv(n_steps - 1);
-      turn_pass(true);
-      x::wgmma_wait<0>();
-      x::fence_operands(o);
-      x::mbar_arrive(empty((n_steps - 1) & 1));
+      for (int step = 1; step < n_steps; ++step) {
+        // Turn `step`: S_step and P_{step-1} V_{step-1}. Registers of o and pa
+        // were last written by ordinary instructions: fence before the issue.
+        turn_wait();
+        x::fence_operands(o);
+        fence_pa();
+        x::wgmma_fence();
+        issue_s(step);
+        issue_pv(step - 1);
+        turn_pass(false);
+        if constexpr (kSoftmaxUnderPV) {
+          x::wgmma_wait<1>();  // S_step complete (groups complete in order); P V may still run
+          x::fence_operands(sc);
+          x::mbar_arrive(k_empty(step & 1));  // K_step is read: the producer may refill it now
+          softmax(step);
+          x::wgmma_wait<0>();  // P_{step-1} V_{step-1} complete: o and pa are free
+        } else {
+          x::wgmma_wait<0>();
+          x::fence_operands(sc);
+          x::mbar_arrive(k_empty(step & 1));
+        }
+        x::fence_operands(o);
+        fence_pa();
+        x::mbar_arrive(v_empty((step - 1) & 1));
+        if constexpr (!kSoftmaxUnderPV) softmax(step);
+        rescale_o();
+        pack_p(step);
+      }
+      if (n_steps > 0) {
+        // Last turn: the last P V.
+        turn_wait();
+        x::fence_operands(o);
+        fence_pa();
+        x::wgmma_fence();
+        issue_pv(n_steps - 1);
+        turn_pass(true);
+        x::wgmma_wait<0>();
+        x::fence_operands(o);
+        x::mbar_arrive(v_empty((n_steps - 1) & 1));
+      }
+    } else {
+      // The plain loop: S_j, its softmax, then P_j V_j, each waited for.
+      for (int step = 0; step < n_steps; ++step) {
+        x::wgmma_fence();
+        issue_s(step);
+        x::wgmma_wait<0>();
+        x::fence_operands(sc);
+        x::mbar_arrive(k_empty(step & 1));
+        softmax(step);
+        rescale_o();
+        pack_p(step);
+        x::fence_operands(o);
+        fence_pa();
+        issue_pv(step);
+        x::wgmma_wait<0>();
+        x::fence_operands(o);
+        fence_pa();
+        x::mbar_arrive(v_empty(step & 1));
+      }
     }
 
     // Epilogue: O / l, LSE = ln(sum exp(scaled scores)); O staged through
