@@ -1,6 +1,6 @@
 // FlashAttention forward for Hopper (sm_90a): TMA loads, wgmma, warp
-// specialisation. NOT YET RUN ON A GPU (written without one; see
-// docs/hopper.md for what to verify and how).
+// specialisation. Verified on an H200 by scripts/gpu-check (docs/hopper.md
+// has the pipeline, the barriers and the measurements).
 //
 // A CTA computes O and LSE for 128 query rows of one (batch, head). It has
 // three warpgroups:
@@ -18,19 +18,23 @@
 //   k_full[s]      producer expect_tx -> TMA completes -> consumers wait, then S
 //   v_full[s]      likewise for V; separate from K so S and the softmax of
 //                  tile j can start before V_j has landed
-//   empty[s]       each of the 256 consumer threads arrives after its O += P V_j
-//                  completed -> the producer waits before refilling stage s
+//   k_empty[s]     each of the 256 consumer threads arrives once S_j (the only
+//                  reader of K_j) completed -> the producer waits before
+//                  copying K_j+2 into stage s
+//   v_empty[s]     likewise once P_j V_j completed, before V_j+2
 // Stage s = j % 2 is used for the (j / 2)-th time, so full barriers are
-// waited with parity (j / 2) & 1 and the producer waits empty with the
-// opposite parity (the first round passes at once).
+// waited with parity (j / 2) & 1 and the producer waits the empty ones with
+// the opposite parity (the first round passes at once).
 // Overlap: a consumer's loop runs one tile ahead of its P V product: turn j
 // issues S_j and P_{j-1} V_{j-1} together, then the softmax of tile j runs
 // while P_{j-1} V_{j-1} is still on the tensor cores. The two consumers take
 // these turns alternately (named barriers 3 and 4: one waits, the other
 // arrives), so that one's softmax falls under the other's matrix products
 // instead of both softmaxes falling at the same time (FlashAttention-3's
-// ping-pong schedule). empty[s] of tile j is therefore arrived at in
-// iteration j + 1, after P_j V_j has completed.
+// ping-pong schedule). V_j is therefore free only in turn j + 1, a turn
+// after K_j: with one empty barrier per stage (until 0c8e9be) the copy of
+// K_j+2 waited for P_j V_j and had only a softmax's time to land, which
+// cost 4-26% of the forward (d 128 at 1K, d 256: docs/hopper.md).
 #pragma once
 
 #include <cmath>
@@ -181,7 +185,6 @@ __global__ void __launch_bounds__(kThreads, 1)
     // the softmax's temporaries do not fit 240 registers together (ptxas
     // spilled 48 bytes); the turns between the consumers remain.
     constexpr bool kSoftmaxUnderPV = kD != 128;
-    constexpr bool kOneAhead = true;
     float sc[kBlockN / 2];
     std::uint32_t pa[kBlockN / 16][4];
     float corr[2] = {1.f, 1.f};
@@ -198,7 +201,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       if (cw == 0) x::named_barrier_arrive<4>(2 * kWarpgroup);
       else if (!last) x::named_barrier_arrive<3>(2 * kWarpgroup);
     };
-    if (kOneAhead && n_steps > 0 && cw == 1) x::named_barrier_arrive<3>(2 * kWarpgroup);
+    if (n_steps > 0 && cw == 1) x::named_barrier_arrive<3>(2 * kWarpgroup);
 
     auto issue_s = [&](int step) {
       const int st = step & 1;
@@ -330,79 +333,58 @@ __global__ void __launch_bounds__(kThreads, 1)
     };
 
     x::mbar_wait(q_full, 0);
-    if constexpr (kOneAhead) {
-      if (n_steps > 0) {
-        // Turn 0: S_0 alone.
-        turn_wait();
-        x::wgmma_fence();
-        issue_s(0);
-        turn_pass(false);
-        x::wgmma_wait<0>();
+    if (n_steps > 0) {
+      // Turn 0: S_0 alone.
+      turn_wait();
+      x::wgmma_fence();
+      issue_s(0);
+      turn_pass(false);
+      x::wgmma_wait<0>();
+      x::fence_operands(sc);
+      x::mbar_arrive(k_empty(0));
+      softmax(0);
+      rescale_o();  // O = 0: corr only matters for the bookkeeping above
+      pack_p(0);
+    }
+    for (int step = 1; step < n_steps; ++step) {
+      // Turn `step`: S_step and P_{step-1} V_{step-1}. Registers of o and pa
+      // were last written by ordinary instructions: fence before the issue.
+      turn_wait();
+      x::fence_operands(o);
+      fence_pa();
+      x::wgmma_fence();
+      issue_s(step);
+      issue_pv(step - 1);
+      turn_pass(false);
+      if constexpr (kSoftmaxUnderPV) {
+        x::wgmma_wait<1>();  // S_step complete (groups complete in order); P V may still run
         x::fence_operands(sc);
-        x::mbar_arrive(k_empty(0));
-        softmax(0);
-        rescale_o();  // O = 0: corr only matters for the bookkeeping above
-        pack_p(0);
-      }
-      for (int step = 1; step < n_steps; ++step) {
-        // Turn `step`: S_step and P_{step-1} V_{step-1}. Registers of o and pa
-        // were last written by ordinary instructions: fence before the issue.
-        turn_wait();
-        x::fence_operands(o);
-        fence_pa();
-        x::wgmma_fence();
-        issue_s(step);
-        issue_pv(step - 1);
-        turn_pass(false);
-        if constexpr (kSoftmaxUnderPV) {
-          x::wgmma_wait<1>();  // S_step complete (groups complete in order); P V may still run
-          x::fence_operands(sc);
-          x::mbar_arrive(k_empty(step & 1));  // K_step is read: the producer may refill it now
-          softmax(step);
-          x::wgmma_wait<0>();  // P_{step-1} V_{step-1} complete: o and pa are free
-        } else {
-          x::wgmma_wait<0>();
-          x::fence_operands(sc);
-          x::mbar_arrive(k_empty(step & 1));
-        }
-        x::fence_operands(o);
-        fence_pa();
-        x::mbar_arrive(v_empty((step - 1) & 1));
-        if constexpr (!kSoftmaxUnderPV) softmax(step);
-        rescale_o();
-        pack_p(step);
-      }
-      if (n_steps > 0) {
-        // Last turn: the last P V.
-        turn_wait();
-        x::fence_operands(o);
-        fence_pa();
-        x::wgmma_fence();
-        issue_pv(n_steps - 1);
-        turn_pass(true);
-        x::wgmma_wait<0>();
-        x::fence_operands(o);
-        x::mbar_arrive(v_empty((n_steps - 1) & 1));
-      }
-    } else {
-      // The plain loop: S_j, its softmax, then P_j V_j, each waited for.
-      for (int step = 0; step < n_steps; ++step) {
-        x::wgmma_fence();
-        issue_s(step);
+        x::mbar_arrive(k_empty(step & 1));  // K_step is read: the producer may refill it now
+        softmax(step);
+        x::wgmma_wait<0>();  // P_{step-1} V_{step-1} complete: o and pa are free
+      } else {
         x::wgmma_wait<0>();
         x::fence_operands(sc);
         x::mbar_arrive(k_empty(step & 1));
-        softmax(step);
-        rescale_o();
-        pack_p(step);
-        x::fence_operands(o);
-        fence_pa();
-        issue_pv(step);
-        x::wgmma_wait<0>();
-        x::fence_operands(o);
-        fence_pa();
-        x::mbar_arrive(v_empty(step & 1));
       }
+      x::fence_operands(o);
+      fence_pa();
+      x::mbar_arrive(v_empty((step - 1) & 1));
+      if constexpr (!kSoftmaxUnderPV) softmax(step);
+      rescale_o();
+      pack_p(step);
+    }
+    if (n_steps > 0) {
+      // Last turn: the last P V.
+      turn_wait();
+      x::fence_operands(o);
+      fence_pa();
+      x::wgmma_fence();
+      issue_pv(n_steps - 1);
+      turn_pass(true);
+      x::wgmma_wait<0>();
+      x::fence_operands(o);
+      x::mbar_arrive(v_empty((n_steps - 1) & 1));
     }
 
     // Epilogue: O / l, LSE = ln(sum exp(scaled scores)); O staged through
