@@ -38,7 +38,10 @@ def load(path):
 def summarise(name, cfg, train, evals):
     c = cfg["config"]
     steady = train[1:] or train
-    return dict(run=name, attention=c["attention"], context=c["context"], batch=c["batch"], steps=c["steps"],
+    ran = train[-1]["step"]  # below c["steps"] when the run used --stop-after (the schedule spans c["steps"])
+    steps = str(ran) if ran == c["steps"] else f"{ran} of {c['steps']}"
+    return dict(run=name, preset=c.get("preset", "?"), attention=c["attention"], context=c["context"],
+                batch=c["batch"], steps=steps,
                 tokens_per_s=statistics.median(r["tokens_per_s"] for r in steady),
                 mfu=statistics.median(r["mfu"] for r in steady) if steady[0].get("mfu") is not None else None,
                 peak_mem_gb=max(r["peak_mem_bytes"] for r in train) / 1e9,
@@ -59,6 +62,7 @@ def main(argv=None):
     if not runs:
         ap.error(f"no *.jsonl in {args.runs}")
     rows = [summarise(n, *r) for n, r in runs.items() if r[0] and r[1]]
+    presets = ", ".join(sorted({r["preset"] for r in rows}))
     hf = []
     if args.hf:
         with open(args.hf) as f:
@@ -95,16 +99,19 @@ def main(argv=None):
     for ax in axes:
         ax.invert_yaxis()
         ax.grid(True, axis="x", alpha=0.3)
-    fig.suptitle("fa-train GPT-2 small (and HuggingFace's, hf-*)\n" + args.title, fontsize=9)
+    fig.suptitle(f"fa-train {presets} (and HuggingFace's GPT-2, hf-*)\n" + args.title, fontsize=9)
     fig.tight_layout()
     fig.savefig(os.path.join(args.out, "train-throughput.png"), dpi=120)
     plt.close(fig)
 
-    lines = ["# fa-train GPT-2 small", "", args.title, "",
+    lines = [f"# fa-train {presets}", "", args.title, "",
              "Median tokens/s of the logged intervals after the first; peak memory of the caching allocator.", "",
              "| run | attention | context | batch | steps | tokens/s | MFU | peak GB | last train loss | last held-out loss "
              "| best held-out loss (step) |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    if any(" of " in r["steps"] for r in rows):
+        lines.insert(-2, "Steps \"N of M\": the run stopped after N steps of a learning-rate schedule spanning M "
+                         "(fa-train --stop-after), so it follows the first N steps of an M-step run.\n")
     for r in rows:
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"
         ev = f"{r['final_eval_loss']:.4f}" if r["final_eval_loss"] is not None else "-"

@@ -140,3 +140,44 @@ def test_plot_train_reads_fa_train_logs(tmp_path):
     assert "| hf-sdpa (transformers x) |" in table
     for n in ("train-loss.png", "train-throughput.png"):
         assert (tmp_path / n).stat().st_size > 0
+
+
+def test_plot_train_marks_a_run_stopped_before_its_schedule_ends(tmp_path):
+    import plot_train
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    lines = [dict(event="config", config=dict(preset="gpt2-small", attention="flashattn", context=1024, batch=16,
+                                              steps=2000, seed=4321))]
+    lines += [dict(event="train", step=s, loss=4.0, tokens_per_s=100.0, mfu=0.1, peak_mem_bytes=1e9)
+              for s in (500, 1000)]
+    (runs / "curve-flashattn-seed4321.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    assert plot_train.main([str(runs), "--out", str(tmp_path)]) == 0
+    table = (tmp_path / "train-summary.md").read_text()
+    assert table.startswith("# fa-train gpt2-small")
+    assert "| curve-flashattn-seed4321 | flashattn | 1024 | 16 | 1000 of 2000 |" in table
+    assert "fa-train --stop-after" in table
+
+
+def test_hopper_table_ratios_and_bars(tmp_path, capsys):
+    import hopper_table
+
+    def ours(kind, d, causal, rows):
+        results = [dict(seqlen=s, status="ok", fwd_gflops=f * 1e3, bwd_gflops=b * 1e3) for s, f, b in rows]
+        name = f"ours-{kind}-d{d}{'-causal' if causal else ''}.json"
+        (tmp_path / name).write_text(json.dumps(dict(results=results)))
+
+    ours("sm90", 128, False, [(1024, 400.0, 300.0), (8192, 600.0, 500.0)])
+    ours("sm80", 128, False, [(8192, 300.0, 200.0)])
+    peers = [dict(method="sdpa-cudnn", head_dim=128, causal=False, seqlen=8192, status="ok", fwd_tflops=650.0,
+                  bwd_tflops=580.0),
+             dict(method="sdpa-cudnn", head_dim=128, causal=False, seqlen=1024, status="ok", fwd_tflops=500.0,
+                  bwd_tflops=300.0)]
+    (tmp_path / "peers.json").write_text(json.dumps(dict(results=peers)))
+    assert hopper_table.main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    # 600 / 650 = 0.92 meets the forward bar, 500 / 580 = 0.86 the backward's.
+    assert "| 128, non-causal, 8192 | 600 / 500 | 300 / 200 | 650 / 580 | - | 0.92x (bar met) | 0.86x (bar met) |" in out
+    # 400 / 500 = 0.80 misses it; 300 / 300 = 1.00 meets the backward's.
+    assert "| 128, non-causal, 1024 | 400 / 300 | - | 500 / 300 | - | 0.80x (bar missed) | 1.00x (bar met) |" in out
+    # Rows without measurements say so instead of inventing a ratio.
+    assert "| 64, non-causal, 8192 | - | - | - | - | - | - |" in out
