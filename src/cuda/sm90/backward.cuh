@@ -1,6 +1,5 @@
 // FlashAttention backward for Hopper (sm_90a): TMA loads, wgmma, warp
-// specialisation. NOT YET RUN ON A GPU (written without one; see
-// docs/hopper.md, "The backward", for what to verify first and how).
+// specialisation (docs/hopper.md, "The backward").
 //
 // Launch sequence (launch_backward below), the same as the sm80 path's in
 // atomic mode and with its own kernels around the main one:
@@ -15,8 +14,8 @@
 // (dense window range; fully masked tiles are never visited). Three
 // warpgroups:
 //  - warpgroup 0, the producer. Warp 0 only: lane 0 issues every TMA copy
-//    (K and V once, then Q_i and dO_i of each query tile into a ring of two
-//    stages); the 32 lanes load the tile's LSE and D rows with ordinary
+//    (K and V once, then Q_i and dO_i of each query tile into a ring of
+//    kStages stages, kSm90BwdTiles); the 32 lanes load the tile's LSE and D rows with ordinary
 //    loads (an LSE row of [batch, heads, seqlen_q] floats has no 16-byte
 //    stride TMA could use) and store them next to the stage. It gives most
 //    of its registers back (setmaxnreg.dec).
@@ -30,7 +29,8 @@
 //      dK  += dS^T Q_i         wgmma RS (so neither P nor dS needs shared
 //                              memory for these two: the accumulator layout
 //                              of a 64-row tile is the A layout of the next)
-//      dS^T -> shared memory (both consumers: all 128 keys), then
+//      dS^T -> shared memory (both consumers: all 128 keys), and one
+//      step later (when the other consumer's half is surely there)
 //      dQ_i = dS K             wgmma SS, A = dS^T read M-major
 //                              (imm-trans-a), B = K read N-major; then
 //                              red.global.add.v4.f32 into dq_accum.
@@ -42,23 +42,35 @@
 //    (i % 2) computing all 64 columns of tile i, so every dQ element gets
 //    exactly one atomic from this CTA.
 //
+// Turns. A consumer's tile is two batches of wgmmas with elementwise work
+// after each: G1(i) = S^T, dP^T; E1(i) = P^T, dS^T, the dS^T stores;
+// G2(i) = dV, dK of tile i and dQ of tile i - 1; E2 = its dQ atomics. The
+// consumers issue their batches in strict alternation (named barriers 1
+// and 2, one waits, the other arrives):
+//     C0.G1(i)  C1.G2(i-1)  C0.G2(i)  C1.G1(i)  C0.G1(i+1)  C1.G2(i)  ...
+// so one consumer's E1 runs while the other's GEMMs keep the tensor cores
+// busy (in lockstep, both E1 phases fell together and the tensor cores
+// idled through them). C1 opens with an empty turn (its "G2(-1)"); after
+// the loop C0 takes an empty turn and then its dQ of the last tile, and C1
+// does its own without a turn. dQ(i) waits a step because it needs both
+// consumers' dS^T(i), and the turn order publishes them: a consumer stores
+// and fences its dS^T(i) in E1(i), before its G2(i) turn ends, and every
+// dQ(i) is issued in a later turn of the other consumer or in its own.
+// The dS^T buffer of tile i is (i % 3): C0 stores dS^T(i) after C1's
+// G1(i-1) turn, by which time C1's dQ(i-3) (in its G2(i-2)) has completed;
+// C1's dQ(i-2) (in its G2(i-1)) may not have, hence three buffers.
+//
 // Barriers (mbarriers in shared memory, 8 bytes each):
 //   kv_full        1 arrival (+ tx of K and V)     K, V landed before the first S^T
 //   q_full[s]      32 arrivals (+ tx of Q_i)       Q_i and LSE_i landed (stage s)
-//   do_full[s]     32 arrivals (+ tx of dO_i)      dO_i and D_i landed; separate
-//                                                  so S^T starts before dO_i is in
+//   do_full[s]     32 arrivals (+ tx of dO_i)      dO_i and D_i landed (stage s)
 //   empty[s]       256 arrivals                    every consumer thread is done
 //                                                  reading Q_i, dO_i, LSE_i, D_i of
 //                                                  stage s: the producer may refill it
-// plus named barrier 1 over the 256 consumer threads, once a tile: both
-// halves of dS^T are written (and fenced to the async proxy) before either
-// consumer's dQ wgmma reads them. dS^T has two buffers (tile parity): the
-// buffer of tile i is rewritten at tile i + 2, and a consumer can only get
-// there after passing tile i + 1's named barrier, which the other consumer
-// reaches only after its dQ wgmma of tile i has completed.
-// Stage s = step % 2 is used for the (step / 2)-th time, so full barriers
-// are waited with parity (step / 2) & 1 and the producer waits empty with
-// the opposite parity (the first round passes at once), as in the forward.
+// Stage s = step % kStages is used for the (step / kStages)-th time, so
+// full barriers are waited with parity (step / kStages) & 1 and the
+// producer waits empty with the opposite parity (the first round passes at
+// once), as in the forward.
 #pragma once
 
 #include <cmath>
@@ -85,10 +97,13 @@ constexpr int kThreads = kWarpgroup * (1 + kConsumers);
 constexpr int kProducerRegs = 24, kConsumerRegs = 240;
 constexpr int kBlockM = 64;   // queries a step (wgmma N of S^T, K of dV / dK)
 constexpr int kBlockN = 128;  // keys a CTA (64 a consumer: wgmma M)
+// dS^T buffers: consumer 0 writes tile i's while consumer 1's dQ of tile
+// i - 2 may still read buffer (i - 2) % 3 (see "Turns"); two would race.
+constexpr int kDsBufs = 3;
 
 // Byte offsets inside the (1024-aligned) dynamic shared memory. Every tile
 // is a whole number of 1024-byte swizzle atoms, so all stay aligned.
-template <int kD>
+template <int kD, int kStages>
 struct Smem {
   static constexpr int kChunks = kD / 64;        // 64-column (128-byte) boxes per row
   static constexpr int kKV = kBlockN * kD * 2;   // K or V: box c at c * kBlockN * 128
@@ -97,11 +112,11 @@ struct Smem {
   static constexpr int kK = 0;
   static constexpr int kV = kK + kKV;
   static constexpr int kQ = kV + kKV;            // Q stage s at kQ + s kQT
-  static constexpr int kDO = kQ + 2 * kQT;       // dO stage s at kDO + s kQT
-  static constexpr int kDSt = kDO + 2 * kQT;     // dS^T buffer s at kDSt + s kDS
-  static constexpr int kRows = kDSt + 2 * kDS;   // float lse2[2][64], then dsum[2][64]
-  static constexpr int kBars = kRows + 4 * kBlockM * 4;
-  static constexpr int kBytes = kBars + 7 * 8;
+  static constexpr int kDO = kQ + kStages * kQT;  // dO stage s at kDO + s kQT
+  static constexpr int kDSt = kDO + kStages * kQT;  // dS^T buffer b at kDSt + b kDS
+  static constexpr int kRows = kDSt + kDsBufs * kDS;  // float lse2[kStages][64], then dsum[kStages][64]
+  static constexpr int kBars = kRows + 2 * kStages * kBlockM * 4;
+  static constexpr int kBytes = kBars + (1 + 3 * kStages) * 8;  // kv_full, q_full[], do_full[], empty[]
   static constexpr int kAlloc = kBytes + 1024;   // slack to align the base
   static_assert(kKV % 1024 == 0 && kQT % 1024 == 0 && kDS % 1024 == 0, "tiles must be whole swizzle atoms");
   static_assert(kAlloc <= 227 * 1024, "over the shared memory of one CTA");
@@ -142,7 +157,8 @@ __global__ void __launch_bounds__(bwd::kThreads, 1)
                     const __grid_constant__ CUtensorMap tma_do) {
 #if FA_SM90_DEVICE
   using namespace bwd;
-  using L = Smem<kD>;
+  constexpr int kStages = sm90_bwd_tile(kD).stages;
+  using L = Smem<kD, kStages>;
   constexpr int kDN = kD / 8;  // 8-column tiles of dK / dV a thread holds parts of
 
   extern __shared__ unsigned char smem_raw[];
@@ -153,10 +169,10 @@ __global__ void __launch_bounds__(bwd::kThreads, 1)
   unsigned char* smem = smem_raw + (base - raw);
   const std::uint32_t kv_full = base + L::kBars;
   auto q_full = [&](int s) { return base + L::kBars + 8 * (1 + s); };
-  auto do_full = [&](int s) { return base + L::kBars + 8 * (3 + s); };
-  auto empty = [&](int s) { return base + L::kBars + 8 * (5 + s); };
+  auto do_full = [&](int s) { return base + L::kBars + 8 * (1 + kStages + s); };
+  auto empty = [&](int s) { return base + L::kBars + 8 * (1 + 2 * kStages + s); };
   float* lse_rows = reinterpret_cast<float*>(smem + L::kRows);        // [stage][64], LSE * log2(e)
-  float* dsum_rows = lse_rows + 2 * kBlockM;                          // [stage][64], D
+  float* dsum_rows = lse_rows + kStages * kBlockM;                          // [stage][64], D
 
   const int tid = threadIdx.x;
   const int b = blockIdx.z, h = blockIdx.y, n0 = blockIdx.x * kBlockN;
@@ -169,7 +185,7 @@ __global__ void __launch_bounds__(bwd::kThreads, 1)
 
   if (tid == 0) {
     x::mbar_init(kv_full, 1);
-    for (int s = 0; s < 2; ++s) {
+    for (int s = 0; s < kStages; ++s) {
       x::mbar_init(q_full(s), 32);
       x::mbar_init(do_full(s), 32);
       x::mbar_init(empty(s), kConsumers * kWarpgroup);
@@ -198,8 +214,8 @@ __global__ void __launch_bounds__(bwd::kThreads, 1)
         }
       }
       for (int step = 0; step < n_steps; ++step) {
-        const int s = step & 1;
-        const std::uint32_t round_parity = (step >> 1) & 1;
+        const int s = step % kStages;
+        const std::uint32_t round_parity = (step / kStages) & 1;
         const int m0 = (mt_begin + step) * kBlockM;
         // Every lane waits: each of them overwrites its LSE / D rows of stage s.
         x::mbar_wait(empty(s), round_parity ^ 1u);
@@ -260,27 +276,91 @@ __global__ void __launch_bounds__(bwd::kThreads, 1)
 #pragma unroll
     for (int i = 0; i < kD / 2; ++i) dk[i] = dv[i] = 0.f;
 
-    if (n_steps > 0) x::mbar_wait(kv_full, 0);
+    // Turns at the tensor cores (see "Turns" at the top of this file):
+    // consumer 0 waits on named barrier 1, consumer 1 on 2; each turn ends
+    // by arriving on the other's. Consumer 1 opens with an arrival, so
+    // consumer 0 issues first.
+    auto turn_wait = [&] {
+      if (w == 0) x::named_barrier_sync<1>(kConsumers * kWarpgroup);
+      else x::named_barrier_sync<2>(kConsumers * kWarpgroup);
+    };
+    auto turn_pass = [&] {
+      if (w == 0) x::named_barrier_arrive<2>(kConsumers * kWarpgroup);
+      else x::named_barrier_arrive<1>(kConsumers * kWarpgroup);
+    };
+
+    // dQ of query tile j (64 queries x 64 columns of box qbox) = dS_j K:
+    // A = dS^T_j read M-major, B = K read N-major, K = the 128 keys in steps
+    // of 16 rows (2048 bytes). M and N are one 64-element swizzle atom each,
+    // so the MN-atom step (LBO) is never used (given SBO's value).
+    // dQ columns: at d = 128 consumer w computes box w of every tile; at
+    // d = 64 (one box) tile j is consumer (j % 2)'s.
+    constexpr bool kSplit = L::kChunks == 2;
+    const int qbox = kSplit ? w : 0;
+    auto my_dq = [&](int j) { return kSplit || (j & 1) == w; };
+    auto dq_issue = [&](float (&dq)[32], int j) {
+      const std::uint32_t sbase = opaque(base);
+      const std::uint32_t sdS = sbase + L::kDSt + (j % kDsBufs) * L::kDS;
+      const std::uint32_t sKb = sbase + L::kK + qbox * kBlockN * 128;
+      x::wgmma_fence();  // dq was last read by the atomics of the tile before
+#pragma unroll
+      for (int kk = 0; kk < kBlockN / 16; ++kk)
+        x::wgmma_ss_tt(dq, x::desc_sw128(sdS + kk * 16 * 128, 1024, 1024),
+                       x::desc_sw128(sKb + kk * 16 * 128, 1024, 1024), kk > 0 ? 1 : 0, T{});
+      x::wgmma_commit();
+    };
+    // Lanes 2k and 2k+1 hold columns c..c+1 and c+2..c+3 of rows r and
+    // r + 8; one exchange gives the even lane row r and the odd lane row
+    // r + 8, four consecutive columns each: one 16-byte reduction.
+    auto dq_atomics = [&](float (&dq)[32], int j) {
+      x::fence_operands(dq);
+      const int m0 = (mt_begin + j) * kBlockM;
+      const bool odd = lane & 1;
+      const int i = m0 + 16 * warp + lane / 4 + (odd ? 8 : 0);
+      float* dst = p.dq_accum + q_row(p, seq, b, h, i) * kD + qbox * 64 + col_in_tile - (odd ? 2 : 0);
+#pragma unroll
+      for (int tt = 0; tt < 8; ++tt) {
+        const float r0 = __shfl_xor_sync(0xffffffffu, odd ? dq[4 * tt] : dq[4 * tt + 2], 1);
+        const float r1 = __shfl_xor_sync(0xffffffffu, odd ? dq[4 * tt + 1] : dq[4 * tt + 3], 1);
+        if (i < seq.sq) {
+          if (odd) x::red_add_v4(dst + 8 * tt, r0, r1, dq[4 * tt + 2], dq[4 * tt + 3]);
+          else x::red_add_v4(dst + 8 * tt, dq[4 * tt], dq[4 * tt + 1], r0, r1);
+        }
+      }
+    };
+
+    if (n_steps > 0) {
+      x::mbar_wait(kv_full, 0);
+      // Consumer 1's turn 0 is empty (it has no tile before the first): it
+      // only keeps the alternation, so that its G1 of tile i follows
+      // consumer 0's G2 of tile i.
+      if (w == 1) {
+        x::named_barrier_arrive<1>(kConsumers * kWarpgroup);
+        turn_wait();
+        turn_pass();
+      }
+    }
     for (int step = 0; step < n_steps; ++step) {
-      const int s = step & 1;
-      const std::uint32_t round_parity = (step >> 1) & 1;
+      const int s = step % kStages;
+      const std::uint32_t round_parity = (step / kStages) & 1;
       const int m0 = (mt_begin + step) * kBlockM;
       const std::uint32_t sbase = opaque(base);
-      const std::uint32_t sK = sbase + L::kK, sKw = sK + w * 64 * 128, sVw = sbase + L::kV + w * 64 * 128;
+      const std::uint32_t sKw = sbase + L::kK + w * 64 * 128, sVw = sbase + L::kV + w * 64 * 128;
       const std::uint32_t sQ = sbase + L::kQ + s * L::kQT, sdO = sbase + L::kDO + s * L::kQT;
-      const std::uint32_t sdS = sbase + L::kDSt + s * L::kDS;
       // (sKw, sVw: consumer w's 64 keys, rows 64w.. of every box: 8192 B,
       // whole swizzle atoms.)
       const int m_last = min(m0 + kBlockM, seq.sq) - 1;
       const bool need_mask = m0 + kBlockM > seq.sq || n0 + kBlockN > seq.sk ||
                              (window && !window_covers(p.window, m0, m_last, n0, n_last, seq.sq, seq.sk));
 
-      // S^T = K_w Q^T and dP^T = V_w dO^T: K = head_dim in steps of 16
-      // (32 bytes inside a 128-byte swizzled row; a new 64-column box every
-      // 4 steps). Two commit groups, so the softmax part of P^T can start
-      // while dP^T is still on the tensor cores.
+      // ---- turn G1: S^T = K_w Q^T and dP^T = V_w dO^T. K = head_dim in
+      // steps of 16 (32 bytes inside a 128-byte swizzled row; a new
+      // 64-column box every 4 steps). Two commit groups, so the softmax part
+      // of P^T can start while dP^T is still on the tensor cores.
       float st[kBlockM / 2], dpt[kBlockM / 2];
       x::mbar_wait(q_full(s), round_parity);
+      x::mbar_wait(do_full(s), round_parity);
+      turn_wait();
       x::wgmma_fence();  // st / dpt were last read by ordinary instructions
 #pragma unroll
       for (int kk = 0; kk < kD / 16; ++kk) {
@@ -290,8 +370,6 @@ __global__ void __launch_bounds__(bwd::kThreads, 1)
                     T{});
       }
       x::wgmma_commit();
-      x::mbar_wait(do_full(s), round_parity);
-      x::wgmma_fence();  // ptxas wants one after the wait loop too (else it injects one, C7519)
 #pragma unroll
       for (int kk = 0; kk < kD / 16; ++kk) {
         const std::uint32_t koff = (kk / 4) * kBlockN * 128 + (kk % 4) * 32;
@@ -300,7 +378,9 @@ __global__ void __launch_bounds__(bwd::kThreads, 1)
                     T{});
       }
       x::wgmma_commit();
+      turn_pass();
 
+      // ---- E1, while the other consumer's G2 is on the tensor cores.
       // Dropout keep bits (bit 4 tt + 2 half + e, as st), while S^T and
       // dP^T are on the tensor cores (they depend only on indices). One
       // Philox call covers 4 of this thread's elements: query rows i, i + 8
@@ -387,12 +467,14 @@ __global__ void __launch_bounds__(bwd::kThreads, 1)
           dsa[kk][q] = pack2<T>(dpt[8 * kk + 2 * q], dpt[8 * kk + 2 * q + 1]);
         }
 
-      // dS^T to shared memory for dQ: row = key (128 bytes of 64 queries),
-      // 16-byte chunk c of row r stored at chunk c ^ (r % 8) -- the 128B
-      // swizzle TMA would have applied, which the wgmma descriptor undoes.
-      // A warp's 32 stores of one (tt, half) hit 8 rows x 16 bytes in 8
-      // distinct chunks: all 32 banks, no conflict.
-      unsigned char* dS_s = smem + L::kDSt + s * L::kDS;
+      // dS^T to shared memory buffer (step % kDsBufs) for dQ: row = key
+      // (128 bytes of 64 queries), 16-byte chunk c of row r stored at chunk
+      // c ^ (r % 8) -- the 128B swizzle TMA would have applied, which the
+      // wgmma descriptor undoes. A warp's 32 stores of one (tt, half) hit
+      // 8 rows x 16 bytes in 8 distinct chunks: all 32 banks, no conflict.
+      // No barrier before the stores: the turns order them after both
+      // consumers' dQ of tile step - kDsBufs (see "Turns" at the top).
+      unsigned char* dS_s = smem + L::kDSt + (step % kDsBufs) * L::kDS;
 #pragma unroll
       for (int tt = 0; tt < kBlockM / 8; ++tt)
 #pragma unroll
@@ -402,12 +484,13 @@ __global__ void __launch_bounds__(bwd::kThreads, 1)
               dsa[tt / 2][2 * (tt % 2) + half];
         }
       // Ordinary stores that wgmma (the async proxy) reads next: each
-      // writing thread fences before the barrier that publishes them.
+      // writing thread fences before the turn barrier that publishes them.
       x::fence_proxy_async_smem();
 
-      // dV += P^T dO, dK += dS^T Q: K = the 64 queries in steps of 16 rows
-      // (2048 bytes), N = head_dim across the 64-column boxes (LBO = one
-      // box of kBlockM rows).
+      // ---- turn G2: dV += P^T dO, dK += dS^T Q (K = the 64 queries in
+      // steps of 16 rows, 2048 bytes; N = head_dim across the 64-column
+      // boxes, LBO = one box of kBlockM rows), then dQ of the tile before.
+      turn_wait();
       x::fence_operands(dv);
       x::fence_operands(dk);
       x::wgmma_fence();  // pa / dsa were just written by ordinary instructions
@@ -418,59 +501,45 @@ __global__ void __launch_bounds__(bwd::kThreads, 1)
       for (int kk = 0; kk < kBlockM / 16; ++kk)
         x::wgmma_rs_bt(dk, dsa[kk], x::desc_sw128(sQ + kk * 16 * 128, kBlockM * 128, 1024), 1, T{});
       x::wgmma_commit();
-
-      // Both halves of dS^T written and fenced (see the top comment for
-      // why two buffers make one barrier a tile enough).
-      x::named_barrier_sync<1>(kConsumers * kWarpgroup);
-
-      // dQ (64 queries x 64 columns of box qbox) = dS K: A = dS^T read
-      // M-major, B = K read N-major, K = the 128 keys in steps of 16 rows
-      // (2048 bytes). M and N are one 64-element swizzle atom each, so the
-      // MN-atom step (LBO) is never used; it is given the value of SBO so
-      // that the descriptor is right whichever of the two fields the
-      // hardware takes for the 8-row step.
-      constexpr bool kSplit = L::kChunks == 2;  // d = 128: one box each; d = 64: turns
-      const bool do_dq = kSplit || (step & 1) == w;
-      const int qbox = kSplit ? w : 0;
-      // One branch holds the whole dQ path (ptxas must see the wait<0>
-      // on every path that issued the dQ group, or it injects waits).
-      if (do_dq) {
+      // One branch holds the whole dQ path, issue to wait<0> (ptxas must
+      // see the wait on every path that issued the dQ group, or it injects
+      // waits).
+      if (step > 0 && my_dq(step - 1)) {
         float dq[32];
-        x::wgmma_fence();  // dq was last read by the atomics of the previous tile
-#pragma unroll
-        for (int kk = 0; kk < kBlockN / 16; ++kk)
-          x::wgmma_ss_tt(dq, x::desc_sw128(sdS + kk * 16 * 128, 1024, 1024),
-                         x::desc_sw128(sK + qbox * kBlockN * 128 + kk * 16 * 128, 1024, 1024), kk > 0 ? 1 : 0, T{});
-        x::wgmma_commit();
-        x::wgmma_wait<1>();  // all but the dQ group: S, dP, dV, dK are complete
+        dq_issue(dq, step - 1);
+        turn_pass();
+        x::wgmma_wait<1>();  // all but the dQ group: dV and dK are complete
         x::fence_operands(dv);
         x::fence_operands(dk);
-        // This thread no longer reads Q, dO, LSE or D of stage s (the
-        // wgmmas that read Q and dO have completed): the producer may
-        // refill it while dQ is still on the tensor cores.
+        // This thread no longer reads Q, dO, LSE or D of stage s: the
+        // producer may refill it while dQ is still on the tensor cores.
         x::mbar_arrive(empty(s));
         x::wgmma_wait<0>();
-        x::fence_operands(dq);
-        // Lanes 2k and 2k+1 hold columns c..c+1 and c+2..c+3 of rows r and
-        // r + 8; one exchange gives the even lane row r and the odd lane row
-        // r + 8, four consecutive columns each: one 16-byte reduction.
-        const bool odd = lane & 1;
-        const int i = m0 + 16 * warp + lane / 4 + (odd ? 8 : 0);
-        float* dst = p.dq_accum + q_row(p, seq, b, h, i) * kD + qbox * 64 + col_in_tile - (odd ? 2 : 0);
-#pragma unroll
-        for (int tt = 0; tt < 8; ++tt) {
-          const float r0 = __shfl_xor_sync(0xffffffffu, odd ? dq[4 * tt] : dq[4 * tt + 2], 1);
-          const float r1 = __shfl_xor_sync(0xffffffffu, odd ? dq[4 * tt + 1] : dq[4 * tt + 3], 1);
-          if (i < seq.sq) {
-            if (odd) x::red_add_v4(dst + 8 * tt, r0, r1, dq[4 * tt + 2], dq[4 * tt + 3]);
-            else x::red_add_v4(dst + 8 * tt, dq[4 * tt], dq[4 * tt + 1], r0, r1);
-          }
-        }
+        dq_atomics(dq, step - 1);
       } else {
+        turn_pass();
         x::wgmma_wait<0>();
         x::fence_operands(dv);
         x::fence_operands(dk);
         x::mbar_arrive(empty(s));  // as above
+      }
+    }
+    // dQ of the last tile. Consumer 0 takes two more turns: an empty one,
+    // then the dQ turn, which follows consumer 1's last G2, the turn that
+    // published consumer 1's dS^T of that tile. Consumer 1's own last G2
+    // came after consumer 0's last G2, so both halves are there for it.
+    if (n_steps > 0) {
+      const int j = n_steps - 1;
+      if (w == 0) {
+        turn_wait();
+        turn_pass();
+        turn_wait();
+      }
+      if (my_dq(j)) {
+        float dq[32];
+        dq_issue(dq, j);
+        x::wgmma_wait<0>();
+        dq_atomics(dq, j);
       }
     }
 
@@ -513,9 +582,9 @@ __global__ void __launch_bounds__(bwd::kThreads, 1)
 template <class T, int kD>
 void launch_backward(const Params& p, cudaStream_t stream) {
   constexpr Sm90BwdTile c = sm90_bwd_tile(kD);
-  static_assert(c.head_dim == kD && c.block_m == bwd::kBlockM && c.block_n == bwd::kBlockN && c.stages == 2,
+  static_assert(c.head_dim == kD && c.block_m == bwd::kBlockM && c.block_n == bwd::kBlockN && c.stages >= 2,
                 "row missing from kSm90BwdTiles");
-  using L = bwd::Smem<kD>;
+  using L = bwd::Smem<kD, c.stages>;
   constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
 
   sm80::launch_dot_do_o<T, kD>(p, stream);
