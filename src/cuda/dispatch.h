@@ -97,8 +97,8 @@ struct Sm90BwdTile {
   int head_dim, block_m, block_n, stages;
 };
 //                                       head_dim  M    N  stages
-inline constexpr Sm90BwdTile kSm90BwdTiles[] = {{64,  64, 128, 3},
-                                                {128, 64, 128, 3}};
+inline constexpr Sm90BwdTile kSm90BwdTiles[] = {{64,  64, 128, 2},
+                                                {128, 64, 128, 2}};
 
 constexpr Sm90BwdTile sm90_bwd_tile(int head_dim) {
   for (const Sm90BwdTile& c : kSm90BwdTiles)

@@ -300,32 +300,38 @@ __global__ void __launch_bounds__(bwd::kThreads, 1)
     auto my_dq = [&](int j) { return kSplit || (j & 1) == w; };
     auto dq_issue = [&](float (&dq)[32], int j) {
       const std::uint32_t sbase = opaque(base);
-      const std::uint32_t sdS = sbase + L::kDSt + (j % kDsBufs) * L::kDS;
-      const std::uint32_t sKb = sbase + L::kK + qbox * kBlockN * 128;
+      const std::uint64_t ds_desc = x::desc_sw128(sbase + L::kDSt + (j % kDsBufs) * L::kDS, 1024, 1024);
+      const std::uint64_t k_desc = x::desc_sw128(sbase + L::kK + qbox * kBlockN * 128, 1024, 1024);
       x::wgmma_fence();  // dq was last read by the atomics of the tile before
 #pragma unroll
       for (int kk = 0; kk < kBlockN / 16; ++kk)
-        x::wgmma_ss_tt(dq, x::desc_sw128(sdS + kk * 16 * 128, 1024, 1024),
-                       x::desc_sw128(sKb + kk * 16 * 128, 1024, 1024), kk > 0 ? 1 : 0, T{});
+        x::wgmma_ss_tt(dq, x::desc_advance(ds_desc, kk * 16 * 128), x::desc_advance(k_desc, kk * 16 * 128),
+                       kk > 0 ? 1 : 0, T{});
       x::wgmma_commit();
     };
     // Lanes 2k and 2k+1 hold columns c..c+1 and c+2..c+3 of rows r and
     // r + 8; one exchange gives the even lane row r and the odd lane row
     // r + 8, four consecutive columns each: one 16-byte reduction.
+    // (All exchanges first, then the reductions under one row test, with
+    // the operands picked by selects: the branchy form cost 17 issue slots
+    // per reduction, this one 9.)
     auto dq_atomics = [&](float (&dq)[32], int j) {
       x::fence_operands(dq);
       const int m0 = (mt_begin + j) * kBlockM;
       const bool odd = lane & 1;
       const int i = m0 + 16 * warp + lane / 4 + (odd ? 8 : 0);
-      float* dst = p.dq_accum + q_row(p, seq, b, h, i) * kD + qbox * 64 + col_in_tile - (odd ? 2 : 0);
+      float got[16];
 #pragma unroll
       for (int tt = 0; tt < 8; ++tt) {
-        const float r0 = __shfl_xor_sync(0xffffffffu, odd ? dq[4 * tt] : dq[4 * tt + 2], 1);
-        const float r1 = __shfl_xor_sync(0xffffffffu, odd ? dq[4 * tt + 1] : dq[4 * tt + 3], 1);
-        if (i < seq.sq) {
-          if (odd) x::red_add_v4(dst + 8 * tt, r0, r1, dq[4 * tt + 2], dq[4 * tt + 3]);
-          else x::red_add_v4(dst + 8 * tt, dq[4 * tt], dq[4 * tt + 1], r0, r1);
-        }
+        got[2 * tt] = __shfl_xor_sync(0xffffffffu, odd ? dq[4 * tt] : dq[4 * tt + 2], 1);
+        got[2 * tt + 1] = __shfl_xor_sync(0xffffffffu, odd ? dq[4 * tt + 1] : dq[4 * tt + 3], 1);
+      }
+      if (i < seq.sq) {
+        float* dst = p.dq_accum + q_row(p, seq, b, h, i) * kD + qbox * 64 + col_in_tile - (odd ? 2 : 0);
+#pragma unroll
+        for (int tt = 0; tt < 8; ++tt)
+          x::red_add_v4(dst + 8 * tt, odd ? got[2 * tt] : dq[4 * tt], odd ? got[2 * tt + 1] : dq[4 * tt + 1],
+                        odd ? dq[4 * tt + 2] : got[2 * tt], odd ? dq[4 * tt + 3] : got[2 * tt + 1]);
       }
     };
 
@@ -361,21 +367,21 @@ __global__ void __launch_bounds__(bwd::kThreads, 1)
       x::mbar_wait(q_full(s), round_parity);
       x::mbar_wait(do_full(s), round_parity);
       turn_wait();
+      const std::uint64_t k_desc = x::desc_sw128(sKw, 16, 1024), q_desc = x::desc_sw128(sQ, 16, 1024);
+      const std::uint64_t v_desc = x::desc_sw128(sVw, 16, 1024), do_desc = x::desc_sw128(sdO, 16, 1024);
       x::wgmma_fence();  // st / dpt were last read by ordinary instructions
 #pragma unroll
       for (int kk = 0; kk < kD / 16; ++kk) {
         const std::uint32_t koff = (kk / 4) * kBlockN * 128 + (kk % 4) * 32;
         const std::uint32_t qoff = (kk / 4) * kBlockM * 128 + (kk % 4) * 32;
-        x::wgmma_ss(st, x::desc_sw128(sKw + koff, 16, 1024), x::desc_sw128(sQ + qoff, 16, 1024), kk > 0 ? 1 : 0,
-                    T{});
+        x::wgmma_ss(st, x::desc_advance(k_desc, koff), x::desc_advance(q_desc, qoff), kk > 0 ? 1 : 0, T{});
       }
       x::wgmma_commit();
 #pragma unroll
       for (int kk = 0; kk < kD / 16; ++kk) {
         const std::uint32_t koff = (kk / 4) * kBlockN * 128 + (kk % 4) * 32;
         const std::uint32_t qoff = (kk / 4) * kBlockM * 128 + (kk % 4) * 32;
-        x::wgmma_ss(dpt, x::desc_sw128(sVw + koff, 16, 1024), x::desc_sw128(sdO + qoff, 16, 1024), kk > 0 ? 1 : 0,
-                    T{});
+        x::wgmma_ss(dpt, x::desc_advance(v_desc, koff), x::desc_advance(do_desc, qoff), kk > 0 ? 1 : 0, T{});
       }
       x::wgmma_commit();
       turn_pass();
@@ -413,22 +419,31 @@ __global__ void __launch_bounds__(bwd::kThreads, 1)
       const float* dsum_s = dsum_rows + s * kBlockM;
       x::wgmma_wait<1>();
       x::fence_operands(st);
+      // Two loops, not one with the mask test inside: ptxas kept a branch
+      // and a select per element in the unmasked tiles (4 issue slots each).
+      if (!need_mask) {
 #pragma unroll
-      for (int tt = 0; tt < kBlockM / 8; ++tt) {
-        const float2 l2 = *reinterpret_cast<const float2*>(lse_s + 8 * tt + col_in_tile);
+        for (int tt = 0; tt < kBlockM / 8; ++tt) {
+          const float2 l2 = *reinterpret_cast<const float2*>(lse_s + 8 * tt + col_in_tile);
 #pragma unroll
-        for (int half = 0; half < 2; ++half)
+          for (int q = 0; q < 4; ++q)
+            st[4 * tt + q] = ptx::exp2_approx(st[4 * tt + q] * p.scale_log2 - ((q & 1) ? l2.y : l2.x));
+        }
+      } else {
 #pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            float& v = st[4 * tt + 2 * half + e];
-            const float pe = ptx::exp2_approx(v * p.scale_log2 - (e ? l2.y : l2.x));
-            bool visible = true;
-            if (need_mask) {
+        for (int tt = 0; tt < kBlockM / 8; ++tt) {
+          const float2 l2 = *reinterpret_cast<const float2*>(lse_s + 8 * tt + col_in_tile);
+#pragma unroll
+          for (int half = 0; half < 2; ++half)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+              float& v = st[4 * tt + 2 * half + e];
+              const float pe = ptx::exp2_approx(v * p.scale_log2 - (e ? l2.y : l2.x));
               const int i = m0 + 8 * tt + col_in_tile + e, j = n0 + key_row0 + 8 * half;
-              visible = i < seq.sq && j < seq.sk && (!window || p.window.visible(i, j, seq.sq, seq.sk));
+              const bool visible = i < seq.sq && j < seq.sk && (!window || p.window.visible(i, j, seq.sq, seq.sk));
+              v = visible ? pe : 0.f;
             }
-            v = visible ? pe : 0.f;
-          }
+        }
       }
       // dS^T = P^T (dP^T - D), in place in dpt. With dropout, dP^T is the
       // gradient of the dropped P_d = P Z / (1 - p), so dP^T is first taken
@@ -494,12 +509,14 @@ __global__ void __launch_bounds__(bwd::kThreads, 1)
       x::fence_operands(dv);
       x::fence_operands(dk);
       x::wgmma_fence();  // pa / dsa were just written by ordinary instructions
+      const std::uint64_t dob_desc = x::desc_sw128(sdO, kBlockM * 128, 1024);
+      const std::uint64_t qb_desc = x::desc_sw128(sQ, kBlockM * 128, 1024);
 #pragma unroll
       for (int kk = 0; kk < kBlockM / 16; ++kk)
-        x::wgmma_rs_bt(dv, pa[kk], x::desc_sw128(sdO + kk * 16 * 128, kBlockM * 128, 1024), 1, T{});
+        x::wgmma_rs_bt(dv, pa[kk], x::desc_advance(dob_desc, kk * 16 * 128), 1, T{});
 #pragma unroll
       for (int kk = 0; kk < kBlockM / 16; ++kk)
-        x::wgmma_rs_bt(dk, dsa[kk], x::desc_sw128(sQ + kk * 16 * 128, kBlockM * 128, 1024), 1, T{});
+        x::wgmma_rs_bt(dk, dsa[kk], x::desc_advance(qb_desc, kk * 16 * 128), 1, T{});
       x::wgmma_commit();
       // One branch holds the whole dQ path, issue to wait<0> (ptxas must
       // see the wait on every path that issued the dQ group, or it injects
