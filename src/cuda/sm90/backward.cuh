@@ -275,6 +275,10 @@ __global__ void __launch_bounds__(bwd::kThreads, 1)
     float dk[kD / 2], dv[kD / 2];
 #pragma unroll
     for (int i = 0; i < kD / 2; ++i) dk[i] = dv[i] = 0.f;
+    // The shared-memory base once, as an opaque value: a plain `base` was
+    // rematerialised every tile from SR_CgaCtaId (S2UR, whose latency was
+    // the consumers' largest single stall: 13% of the samples under ncu).
+    const std::uint32_t base_c = opaque(base);
 
     // Turns at the tensor cores (see "Turns" at the top of this file):
     // consumer 0 waits on named barrier 1, consumer 1 on 2; each turn ends
@@ -299,7 +303,7 @@ __global__ void __launch_bounds__(bwd::kThreads, 1)
     const int qbox = kSplit ? w : 0;
     auto my_dq = [&](int j) { return kSplit || (j & 1) == w; };
     auto dq_issue = [&](float (&dq)[32], int j) {
-      const std::uint32_t sbase = opaque(base);
+      const std::uint32_t sbase = opaque(base_c);
       const std::uint64_t ds_desc = x::desc_sw128(sbase + L::kDSt + (j % kDsBufs) * L::kDS, 1024, 1024);
       const std::uint64_t k_desc = x::desc_sw128(sbase + L::kK + qbox * kBlockN * 128, 1024, 1024);
       x::wgmma_fence();  // dq was last read by the atomics of the tile before
@@ -350,7 +354,7 @@ __global__ void __launch_bounds__(bwd::kThreads, 1)
       const int s = step % kStages;
       const std::uint32_t round_parity = (step / kStages) & 1;
       const int m0 = (mt_begin + step) * kBlockM;
-      const std::uint32_t sbase = opaque(base);
+      const std::uint32_t sbase = opaque(base_c);
       const std::uint32_t sKw = sbase + L::kK + w * 64 * 128, sVw = sbase + L::kV + w * 64 * 128;
       const std::uint32_t sQ = sbase + L::kQ + s * L::kQT, sdO = sbase + L::kDO + s * L::kQT;
       // (sKw, sVw: consumer w's 64 keys, rows 64w.. of every box: 8192 B,
@@ -415,8 +419,15 @@ __global__ void __launch_bounds__(bwd::kThreads, 1)
 
       // P^T (in place in st). Element st[4 tt + 2 half + e] is key row
       // key_row0 + 8 half, query column 8 tt + col_in_tile + e.
+      // LSE and D of this thread's 16 query columns are read before the
+      // waits for S^T and dP^T, so that the shared-memory latency (long
+      // under the wgmma operand traffic) passes under the tensor cores'.
       const float* lse_s = lse_rows + s * kBlockM;
       const float* dsum_s = dsum_rows + s * kBlockM;
+      float2 lse_c[kBlockM / 8], dsum_c[kBlockM / 8];
+#pragma unroll
+      for (int tt = 0; tt < kBlockM / 8; ++tt)
+        lse_c[tt] = *reinterpret_cast<const float2*>(lse_s + 8 * tt + col_in_tile);
       x::wgmma_wait<1>();
       x::fence_operands(st);
       // Two loops, not one with the mask test inside: ptxas kept a branch
@@ -424,7 +435,7 @@ __global__ void __launch_bounds__(bwd::kThreads, 1)
       if (!need_mask) {
 #pragma unroll
         for (int tt = 0; tt < kBlockM / 8; ++tt) {
-          const float2 l2 = *reinterpret_cast<const float2*>(lse_s + 8 * tt + col_in_tile);
+          const float2 l2 = lse_c[tt];
 #pragma unroll
           for (int q = 0; q < 4; ++q)
             st[4 * tt + q] = ptx::exp2_approx(st[4 * tt + q] * p.scale_log2 - ((q & 1) ? l2.y : l2.x));
@@ -432,7 +443,7 @@ __global__ void __launch_bounds__(bwd::kThreads, 1)
       } else {
 #pragma unroll
         for (int tt = 0; tt < kBlockM / 8; ++tt) {
-          const float2 l2 = *reinterpret_cast<const float2*>(lse_s + 8 * tt + col_in_tile);
+          const float2 l2 = lse_c[tt];
 #pragma unroll
           for (int half = 0; half < 2; ++half)
 #pragma unroll
@@ -449,6 +460,9 @@ __global__ void __launch_bounds__(bwd::kThreads, 1)
       // gradient of the dropped P_d = P Z / (1 - p), so dP^T is first taken
       // through the mask (D = rowsum(dO O) is already that of the dropped P),
       // and dV below uses P_d^T.
+#pragma unroll
+      for (int tt = 0; tt < kBlockM / 8; ++tt)
+        dsum_c[tt] = *reinterpret_cast<const float2*>(dsum_s + 8 * tt + col_in_tile);
       x::wgmma_wait<0>();
       x::fence_operands(dpt);
       if constexpr (kDropout) {
@@ -457,7 +471,7 @@ __global__ void __launch_bounds__(bwd::kThreads, 1)
       }
 #pragma unroll
       for (int tt = 0; tt < kBlockM / 8; ++tt) {
-        const float2 d2 = *reinterpret_cast<const float2*>(dsum_s + 8 * tt + col_in_tile);
+        const float2 d2 = dsum_c[tt];
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
           dpt[4 * tt + 2 * half] = st[4 * tt + 2 * half] * (dpt[4 * tt + 2 * half] - d2.x);
