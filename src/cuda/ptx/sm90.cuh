@@ -159,6 +159,13 @@ __device__ __forceinline__ void red_add_v4(float* dst, float x, float y, float z
                : "memory");
 }
 
+// dst[0..1] += (x, y): the 8-byte form, for a thread that holds two
+// consecutive columns (no lane exchange needed to fill a 16-byte vector).
+// dst must be 8-byte aligned.
+__device__ __forceinline__ void red_add_v2(float* dst, float x, float y) {
+  asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" ::"l"(dst), "f"(x), "f"(y) : "memory");
+}
+
 // ----------------------------------------------------------- setmaxnreg ---
 // Moves registers between warpgroups at run time: the producer, which only
 // issues copies, gives most of its share back so the consumer warpgroups

@@ -5,7 +5,7 @@
 // atomic mode and with its own kernels around the main one:
 //  1. sm80::dot_do_o_kernel     D = rowsum(dO * O) into the dsum scratch;
 //  2. backward_kernel (here)    dK, dV of one key tile, dQ added in fp32 to
-//                               the dq_accum scratch (red.global.add.v4.f32);
+//                               the dq_accum scratch (red.global.add);
 //  3. sm80::finish_dq_kernel    dq = scale * dq_accum;
 //  4. sm80::reduce_dkdv_kernel  (GQA/MQA) dk, dv = sums over the group.
 //
@@ -33,7 +33,8 @@
 //      step later (when the other consumer's half is surely there)
 //      dQ_i = dS K             wgmma SS, A = dS^T read M-major
 //                              (imm-trans-a), B = K read N-major; then
-//                              red.global.add.v4.f32 into dq_accum.
+//                              red.global.add.v4.f32 (d = 64) or .v2.f32
+//                              (d = 128) into dq_accum.
 //    dK and dV stay in registers for the whole sweep; stored at the end
 //    (dK times the softmax scale), to dk/dv or, under GQA, to the fp32
 //    per-query-head dk_accum / dv_accum that reduce_dkdv sums.
@@ -44,7 +45,8 @@
 //
 // Turns. A consumer's tile is two batches of wgmmas with elementwise work
 // after each: G1(i) = S^T, dP^T; E1(i) = P^T, dS^T, the dS^T stores;
-// G2(i) = dV, dK of tile i and dQ of tile i - 1; E2 = its dQ atomics. The
+// G2(i) = dV, dK of tile i and dQ of tile i - 1 (at d = 128 dQ first, so
+// that its atomics, E2, run under dV and dK; at d = 64 last). The
 // consumers issue their batches in strict alternation (named barriers 1
 // and 2, one waits, the other arrives):
 //     C0.G1(i)  C1.G2(i-1)  C0.G2(i)  C1.G1(i)  C0.G1(i+1)  C1.G2(i)  ...
@@ -313,29 +315,49 @@ __global__ void __launch_bounds__(bwd::kThreads, 1)
                        kk > 0 ? 1 : 0, T{});
       x::wgmma_commit();
     };
-    // Lanes 2k and 2k+1 hold columns c..c+1 and c+2..c+3 of rows r and
-    // r + 8; one exchange gives the even lane row r and the odd lane row
-    // r + 8, four consecutive columns each: one 16-byte reduction.
-    // (All exchanges first, then the reductions under one row test, with
-    // the operands picked by selects: the branchy form cost 17 issue slots
-    // per reduction, this one 9.)
+    // dQ's reductions into dq_accum. A thread holds columns c, c + 1 of
+    // rows r and r + 8 in every 8-column tile tt.
+    //  - d = 64: lanes 2k and 2k+1 (columns c..c+1 and c+2..c+3) exchange
+    //    one row's pair each, so the even lane has row r and the odd lane
+    //    row r + 8, four consecutive columns: one 16-byte reduction. (All
+    //    exchanges first, then the reductions under one row test, with the
+    //    operands picked by selects: the branchy form cost 17 issue slots a
+    //    reduction, this one 9.)
+    //  - d = 128 (kDqFirst): 8-byte reductions of the pairs as they are, no
+    //    exchange. Twice the reduction instructions for the same bytes; with
+    //    dQ issued first they run under dV / dK. Measured at d 128 (H200,
+    //    bench-commits, d17124c vs 4c0aeb8): +5-8%; at d 64 -8%, hence only
+    //    at d 128.
+    constexpr bool kDqFirst = kD == 128;
     auto dq_atomics = [&](float (&dq)[32], int j) {
       x::fence_operands(dq);
       const int m0 = (mt_begin + j) * kBlockM;
-      const bool odd = lane & 1;
-      const int i = m0 + 16 * warp + lane / 4 + (odd ? 8 : 0);
-      float got[16];
+      if constexpr (kDqFirst) {
 #pragma unroll
-      for (int tt = 0; tt < 8; ++tt) {
-        got[2 * tt] = __shfl_xor_sync(0xffffffffu, odd ? dq[4 * tt] : dq[4 * tt + 2], 1);
-        got[2 * tt + 1] = __shfl_xor_sync(0xffffffffu, odd ? dq[4 * tt + 1] : dq[4 * tt + 3], 1);
-      }
-      if (i < seq.sq) {
-        float* dst = p.dq_accum + q_row(p, seq, b, h, i) * kD + qbox * 64 + col_in_tile - (odd ? 2 : 0);
+        for (int half = 0; half < 2; ++half) {
+          const int i = m0 + 16 * warp + lane / 4 + 8 * half;
+          if (i < seq.sq) {
+            float* dst = p.dq_accum + q_row(p, seq, b, h, i) * kD + qbox * 64 + col_in_tile;
 #pragma unroll
-        for (int tt = 0; tt < 8; ++tt)
-          x::red_add_v4(dst + 8 * tt, odd ? got[2 * tt] : dq[4 * tt], odd ? got[2 * tt + 1] : dq[4 * tt + 1],
-                        odd ? dq[4 * tt + 2] : got[2 * tt], odd ? dq[4 * tt + 3] : got[2 * tt + 1]);
+            for (int tt = 0; tt < 8; ++tt) x::red_add_v2(dst + 8 * tt, dq[4 * tt + 2 * half], dq[4 * tt + 2 * half + 1]);
+          }
+        }
+      } else {
+        const bool odd = lane & 1;
+        const int i = m0 + 16 * warp + lane / 4 + (odd ? 8 : 0);
+        float got[16];
+#pragma unroll
+        for (int tt = 0; tt < 8; ++tt) {
+          got[2 * tt] = __shfl_xor_sync(0xffffffffu, odd ? dq[4 * tt] : dq[4 * tt + 2], 1);
+          got[2 * tt + 1] = __shfl_xor_sync(0xffffffffu, odd ? dq[4 * tt + 1] : dq[4 * tt + 3], 1);
+        }
+        if (i < seq.sq) {
+          float* dst = p.dq_accum + q_row(p, seq, b, h, i) * kD + qbox * 64 + col_in_tile - (odd ? 2 : 0);
+#pragma unroll
+          for (int tt = 0; tt < 8; ++tt)
+            x::red_add_v4(dst + 8 * tt, odd ? got[2 * tt] : dq[4 * tt], odd ? got[2 * tt + 1] : dq[4 * tt + 1],
+                          odd ? dq[4 * tt + 2] : got[2 * tt], odd ? dq[4 * tt + 3] : got[2 * tt + 1]);
+        }
       }
     };
 
@@ -522,28 +544,48 @@ __global__ void __launch_bounds__(bwd::kThreads, 1)
       turn_wait();
       x::fence_operands(dv);
       x::fence_operands(dk);
-      x::wgmma_fence();  // pa / dsa were just written by ordinary instructions
       const std::uint64_t dob_desc = x::desc_sw128(sdO, kBlockM * 128, 1024);
       const std::uint64_t qb_desc = x::desc_sw128(sQ, kBlockM * 128, 1024);
+      auto dvdk_issue = [&] {
+        // In each path's own block: a fence before a branch to the wgmmas
+        // did not count for ptxas, which injected one (C7519).
+        x::wgmma_fence();  // pa / dsa were just written by ordinary instructions
 #pragma unroll
-      for (int kk = 0; kk < kBlockM / 16; ++kk)
-        x::wgmma_rs_bt(dv, pa[kk], x::desc_advance(dob_desc, kk * 16 * 128), 1, T{});
+        for (int kk = 0; kk < kBlockM / 16; ++kk)
+          x::wgmma_rs_bt(dv, pa[kk], x::desc_advance(dob_desc, kk * 16 * 128), 1, T{});
 #pragma unroll
-      for (int kk = 0; kk < kBlockM / 16; ++kk)
-        x::wgmma_rs_bt(dk, dsa[kk], x::desc_advance(qb_desc, kk * 16 * 128), 1, T{});
-      x::wgmma_commit();
-      // One branch holds the whole dQ path, issue to wait<0> (ptxas must
-      // see the wait on every path that issued the dQ group, or it injects
-      // waits).
-      if (step > 0 && my_dq(step - 1)) {
+        for (int kk = 0; kk < kBlockM / 16; ++kk)
+          x::wgmma_rs_bt(dk, dsa[kk], x::desc_advance(qb_desc, kk * 16 * 128), 1, T{});
+        x::wgmma_commit();
+      };
+      // Each branch holds a whole dQ path, issue to wait<0> (ptxas must see
+      // the wait on every path that issued the dQ group, or it injects
+      // waits). The empty arrival: this thread no longer reads Q, dO, LSE
+      // or D of stage s, so the producer may refill it.
+      const bool dq_first = kDqFirst && step > 0;
+      if (!dq_first) dvdk_issue();
+      if (dq_first) {
+        // dQ(step - 1), then dV / dK: the dQ group completes first, and its
+        // reductions run while dV / dK are on the tensor cores.
+        float dq[32];
+        dq_issue(dq, step - 1);
+        dvdk_issue();
+        turn_pass();
+        x::wgmma_wait<1>();
+        dq_atomics(dq, step - 1);
+        x::wgmma_wait<0>();
+        x::fence_operands(dv);
+        x::fence_operands(dk);
+        x::mbar_arrive(empty(s));
+      } else if (step > 0 && my_dq(step - 1)) {
+        // dV / dK, then dQ(step - 1): stage s is released as soon as dV /
+        // dK are complete, while dQ is still on the tensor cores.
         float dq[32];
         dq_issue(dq, step - 1);
         turn_pass();
-        x::wgmma_wait<1>();  // all but the dQ group: dV and dK are complete
+        x::wgmma_wait<1>();
         x::fence_operands(dv);
         x::fence_operands(dk);
-        // This thread no longer reads Q, dO, LSE or D of stage s: the
-        // producer may refill it while dQ is still on the tensor cores.
         x::mbar_arrive(empty(s));
         x::wgmma_wait<0>();
         dq_atomics(dq, step - 1);
@@ -552,7 +594,7 @@ __global__ void __launch_bounds__(bwd::kThreads, 1)
         x::wgmma_wait<0>();
         x::fence_operands(dv);
         x::fence_operands(dk);
-        x::mbar_arrive(empty(s));  // as above
+        x::mbar_arrive(empty(s));
       }
     }
     // dQ of the last tile. Consumer 0 takes two more turns: an empty one,
