@@ -209,13 +209,14 @@ __global__ void __launch_bounds__(kThreads, 1)
       x::mbar_wait(k_full(st), (step >> 1) & 1);
       x::wgmma_fence();  // after the wait loop too: otherwise ptxas injects one (C7519)
       // S = Q K_j^T, K = head_dim in steps of 16 (32 bytes inside a
-      // 128-byte swizzled row; a new 64-column box every 4 steps).
+      // 128-byte swizzled row; a new 64-column box every 4 steps). The
+      // k-steps' descriptors by one add each from the tile's (desc_advance).
+      const std::uint64_t q_desc = x::desc_sw128(sQ, 16, 1024), k_desc = x::desc_sw128(sK, 16, 1024);
 #pragma unroll
       for (int kk = 0; kk < kD / 16; ++kk) {
         const std::uint32_t koff = (kk % 4) * 32;
-        const std::uint64_t da = x::desc_sw128(sQ + (kk / 4) * 64 * 128 + koff, 16, 1024);
-        const std::uint64_t db = x::desc_sw128(sK + (kk / 4) * kBlockN * 128 + koff, 16, 1024);
-        x::wgmma_ss(sc, da, db, kk > 0 ? 1 : 0, T{});
+        x::wgmma_ss(sc, x::desc_advance(q_desc, (kk / 4) * 64 * 128 + koff),
+                    x::desc_advance(k_desc, (kk / 4) * kBlockN * 128 + koff), kk > 0 ? 1 : 0, T{});
       }
       x::wgmma_commit();
     };
@@ -226,11 +227,9 @@ __global__ void __launch_bounds__(kThreads, 1)
       x::wgmma_fence();
       // O += P V_j, K = keys in steps of 16 rows (2048 bytes), N = head_dim
       // across the 64-column boxes (LBO = one box).
+      const std::uint64_t v_desc = x::desc_sw128(sV, kBlockN * 128, 1024);
 #pragma unroll
-      for (int kk = 0; kk < kBlockN / 16; ++kk) {
-        const std::uint64_t dv = x::desc_sw128(sV + kk * 16 * 128, kBlockN * 128, 1024);
-        x::wgmma_rs_bt(o, pa[kk], dv, 1, T{});
-      }
+      for (int kk = 0; kk < kBlockN / 16; ++kk) x::wgmma_rs_bt(o, pa[kk], x::desc_advance(v_desc, kk * 16 * 128), 1, T{});
       x::wgmma_commit();
     };
     auto fence_pa = [&] {
