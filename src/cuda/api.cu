@@ -27,10 +27,7 @@ using cuda::Params;
 }
 
 void require_sm80() {
-  int dev = 0, major = 0, minor = 0;
-  check(cudaGetDevice(&dev), "cudaGetDevice");
-  check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev), "cudaDeviceGetAttribute");
-  check(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev), "cudaDeviceGetAttribute");
+  const auto [major, minor] = cuda::device_compute_capability();
   if (major < 8)
     fail("ctx.device", "a CUDA GPU of compute capability >= 8.0 for the flash kernels",
          "compute capability " + std::to_string(major) + "." + std::to_string(minor));
@@ -134,10 +131,7 @@ struct Refusal {
 // What both Hopper kernels need: the GPU, the dtype, dense fixed-length
 // batches without a block mask, strides TMA can encode.
 Refusal sm90_common_refusal(const Problem& pr, std::initializer_list<const Tensor*> tma_tensors) {
-  int dev = 0, major = 0, minor = 0;
-  check(cudaGetDevice(&dev), "cudaGetDevice");
-  check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev), "cudaDeviceGetAttribute");
-  check(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev), "cudaDeviceGetAttribute");
+  const auto [major, minor] = cuda::device_compute_capability();
   // sm_90a machine code runs on 9.0 only (not on later major versions).
   if (major != 9 || minor != 0)
     return {"ctx.device", "a GPU of compute capability 9.0",

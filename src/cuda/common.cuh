@@ -3,8 +3,12 @@
 // sequence resolution, block-mask lookups) every kernel uses.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
+#include <map>
+#include <mutex>
 #include <string>
+#include <utility>
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -21,6 +25,54 @@ inline void check(cudaError_t e, const char* what) {
   if (e != cudaSuccess)
     throw Error(std::string(what) + ": expected cudaSuccess, got " + cudaGetErrorName(e) + " (" +
                 cudaGetErrorString(e) + ")");
+}
+
+// Host-side queries that every call made and that never change for a
+// device, done once: the torch profiler put the two attribute queries and
+// the cudaFuncSetAttribute of each launch at about 3 us of host time a call
+// (issue 6: the binding's overhead over the raw call). The caches assume
+// the device's context lives as long as the process: after a
+// cudaDeviceReset the kernels' shared-memory attribute would have to be set
+// again (flashattn never resets a device).
+struct ComputeCapability {
+  int major = 0, minor = 0;
+};
+
+// The current device and its compute capability.
+inline ComputeCapability device_compute_capability(int* device = nullptr) {
+  constexpr int kMaxDevices = 64;
+  static std::atomic<int> cached[kMaxDevices];  // 0: not asked yet; else 1 + 16 major + minor
+  int dev = 0;
+  check(cudaGetDevice(&dev), "cudaGetDevice");
+  if (device != nullptr) *device = dev;
+  const int hit = dev < kMaxDevices ? cached[dev].load(std::memory_order_relaxed) : 0;
+  if (hit != 0) return {(hit - 1) / 16, (hit - 1) % 16};
+  ComputeCapability cc;
+  check(cudaDeviceGetAttribute(&cc.major, cudaDevAttrComputeCapabilityMajor, dev), "cudaDeviceGetAttribute");
+  check(cudaDeviceGetAttribute(&cc.minor, cudaDevAttrComputeCapabilityMinor, dev), "cudaDeviceGetAttribute");
+  if (dev < kMaxDevices && cc.minor < 16) cached[dev].store(1 + 16 * cc.major + cc.minor, std::memory_order_relaxed);
+  return cc;
+}
+
+// cudaFuncSetAttribute(kernel, MaxDynamicSharedMemorySize, bytes), once
+// per (kernel, device): later calls with no more bytes than already set
+// return after a lookup. `what` names the kernel in the error.
+template <class Kernel>
+void set_max_dynamic_smem(Kernel kernel, int bytes, const char* what) {
+  static std::mutex mutex;
+  static std::map<std::pair<const void*, int>, int> set_bytes;  // (kernel, device) -> bytes
+  int dev = 0;
+  check(cudaGetDevice(&dev), "cudaGetDevice");
+  const std::pair<const void*, int> key{reinterpret_cast<const void*>(kernel), dev};
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    const auto it = set_bytes.find(key);
+    if (it != set_bytes.end() && it->second >= bytes) return;
+  }
+  check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes), what);
+  std::lock_guard<std::mutex> lock(mutex);
+  int& b = set_bytes[key];
+  if (bytes > b) b = bytes;
 }
 
 // Everything a flash kernel reads, resolved on the host from the validated

@@ -468,7 +468,7 @@ void launch_backward(const Params& p, cudaStream_t stream) {
   launch_dot_do_o<T, kD>(p, stream);
   if (p.seqlen_k > 0) {
     auto dkdv = dkdv_kernel<T, kD, kBM, kBN, kW, kCtas>;
-    check(cudaFuncSetAttribute(dkdv, cudaFuncAttributeMaxDynamicSharedMemorySize, smem), "cudaFuncSetAttribute(dkdv)");
+    set_max_dynamic_smem(dkdv, smem, "cudaFuncSetAttribute(dkdv)");
     dkdv<<<dim3((p.seqlen_k + kBN - 1) / kBN, p.heads_q, p.batch), kW * 32, smem, stream>>>(p);
     check(cudaGetLastError(), "dkdv kernel launch");
   }
@@ -476,7 +476,7 @@ void launch_backward(const Params& p, cudaStream_t stream) {
     launch_finish_dq<T, kD>(p, stream);
   } else if (p.seqlen_q > 0) {
     auto dq = dq_kernel<T, kD, kBM, kBN, kW, kCtas>;
-    check(cudaFuncSetAttribute(dq, cudaFuncAttributeMaxDynamicSharedMemorySize, smem), "cudaFuncSetAttribute(dq)");
+    set_max_dynamic_smem(dq, smem, "cudaFuncSetAttribute(dq)");
     dq<<<dim3((p.seqlen_q + kBM - 1) / kBM, p.heads_q, p.batch), kW * 32, smem, stream>>>(p);
     check(cudaGetLastError(), "dq kernel launch");
   }

@@ -285,8 +285,7 @@ void launch_forward(const Params& p, cudaStream_t stream) {
   static_assert(c.head_dim == kD, "head_dim missing from the dispatch table");
   auto kernel = forward_kernel<T, kD, c.fwd_block_m, c.fwd_block_n, c.fwd_warps, c.fwd_ctas_per_sm>;
   const int smem = (c.fwd_block_m + 3 * c.fwd_block_n) * (kD + kPad) * static_cast<int>(sizeof(T));
-  check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
-        "cudaFuncSetAttribute(forward)");
+  set_max_dynamic_smem(kernel, smem, "cudaFuncSetAttribute(forward)");
   const dim3 grid((p.seqlen_q + c.fwd_block_m - 1) / c.fwd_block_m, p.heads_q, p.batch);
   kernel<<<grid, c.fwd_warps * 32, smem, stream>>>(p);
   check(cudaGetLastError(), "forward kernel launch");

@@ -676,8 +676,7 @@ void launch_backward(const Params& p, cudaStream_t stream) {
     const CUtensorMap tv = x::make_tensor_map_bshd(p.v, kBf16, kD, p.seqlen_k, p.heads_k, p.batch, p.v_ss, p.v_sh,
                                                    p.v_sb, c.block_n, "v");
     auto kernel = p.has_dropout ? backward_kernel<T, kD, true> : backward_kernel<T, kD, false>;
-    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, L::kAlloc),
-          "cudaFuncSetAttribute(sm90 backward)");
+    set_max_dynamic_smem(kernel, L::kAlloc, "cudaFuncSetAttribute(sm90 backward)");
     const dim3 grid((p.seqlen_k + c.block_n - 1) / c.block_n, p.heads_q, p.batch);
     kernel<<<grid, bwd::kThreads, L::kAlloc, stream>>>(p, tq, tk, tv, tdo);
     check(cudaGetLastError(), "sm90 backward kernel launch");

@@ -447,8 +447,7 @@ void launch_forward(const Params& p, cudaStream_t stream) {
   const CUtensorMap tv = x::make_tensor_map_bshd(v_data, kBf16, kD, p.seqlen_k, p.heads_k, p.batch, p.v_ss, p.v_sh,
                                                  p.v_sb, c.block_n, "v");
   auto kernel = p.has_dropout ? forward_kernel<T, kD, c.block_n, true> : forward_kernel<T, kD, c.block_n, false>;
-  check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, L::kAlloc),
-        "cudaFuncSetAttribute(sm90 forward)");
+  set_max_dynamic_smem(kernel, L::kAlloc, "cudaFuncSetAttribute(sm90 forward)");
   const dim3 grid((p.seqlen_q + c.block_m - 1) / c.block_m, p.heads_q, p.batch);
   kernel<<<grid, kThreads, L::kAlloc, stream>>>(p, tq, tk, tv);
   check(cudaGetLastError(), "sm90 forward kernel launch");
