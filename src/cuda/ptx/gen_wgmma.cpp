@@ -44,22 +44,30 @@ void emit_ss(const char* name, int trans, int n_inst, const char* ctype, const c
   std::printf("}\n");
 }
 
-void emit(int n_inst, const char* ctype, const char* ptype) {
+// RS: A from registers (the m64k16 fragment, 4 registers a thread), B from
+// shared memory. name "wgmma_rs_bt": B N-major (imm-trans-b = 1), e.g. P V
+// with V stored keys x head_dim; "wgmma_rs": B K-major (imm-trans-b = 0),
+// e.g. S^T = K Q^T with Q stored queries x head_dim.
+void emit_rs(const char* name, int trans_b, int n_inst, const char* ctype, const char* ptype) {
   const int n = n_inst / 2;  // accumulator floats a thread holds
   const std::string accs = acc_list(n), cons = acc_constraints(n);
-  emit_ss("wgmma_ss", 0, n_inst, ctype, ptype);
-  // RS: A from registers, B from shared memory N-major (imm-trans-b = 1).
-  std::printf("__device__ __forceinline__ void wgmma_rs_bt(float (&d)[%d], const std::uint32_t (&a)[4], "
-              "std::uint64_t desc_b, int scale_d, %s) {\n", n, ctype);
+  std::printf("__device__ __forceinline__ void %s(float (&d)[%d], const std::uint32_t (&a)[4], "
+              "std::uint64_t desc_b, int scale_d, %s) {\n", name, n, ctype);
   std::printf("  asm volatile(\n");
   std::printf("      \"{\\n.reg .pred p;\\n\"\n");
   std::printf("      \"setp.ne.b32 p, %%%d, 0;\\n\"\n", n + 5);
   std::printf("      \"wgmma.mma_async.sync.aligned.m64n%dk16.f32.%s.%s \"\n", n_inst, ptype, ptype);
   std::printf("      \"%s, \"\n", accs.c_str());
-  std::printf("      \"{%%%d, %%%d, %%%d, %%%d}, %%%d, p, 1, 1, 1;\\n}\\n\"\n", n, n + 1, n + 2, n + 3, n + 4);
+  std::printf("      \"{%%%d, %%%d, %%%d, %%%d}, %%%d, p, 1, 1, %d;\\n}\\n\"\n", n, n + 1, n + 2, n + 3, n + 4,
+              trans_b);
   std::printf("      : %s\n", cons.c_str());
   std::printf("      : \"r\"(a[0]), \"r\"(a[1]), \"r\"(a[2]), \"r\"(a[3]), \"l\"(desc_b), \"r\"(scale_d));\n");
   std::printf("}\n");
+}
+
+void emit(int n_inst, const char* ctype, const char* ptype) {
+  emit_ss("wgmma_ss", 0, n_inst, ctype, ptype);
+  emit_rs("wgmma_rs_bt", 1, n_inst, ctype, ptype);
 }
 
 }  // namespace
@@ -72,5 +80,8 @@ int main() {
     for (const int n_inst : {64, 128, 256}) emit(n_inst, t[0], t[1]);
   // The backward's dQ = dS K: one 64-column box of K a warpgroup (N = 64).
   for (const auto& t : types) emit_ss("wgmma_ss_tt", 1, 64, t[0], t[1]);
+  // The backward's S^T = K Q^T and dP^T = V dO^T at d = 64, K and V held in
+  // registers (N = the 64 queries of a tile).
+  for (const auto& t : types) emit_rs("wgmma_rs", 0, 64, t[0], t[1]);
   return 0;
 }

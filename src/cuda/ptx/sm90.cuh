@@ -277,6 +277,8 @@ __device__ __forceinline__ std::uint64_t desc_advance(std::uint64_t desc, std::u
 // wgmma_ss_tt(d, desc_a, desc_b, scale_d, T{}): A M-major and B N-major in
 // shared memory (both transposed; N = 64 only).
 // wgmma_rs_bt(d, a, desc_b, scale_d, T{}): A from registers, B N-major.
+// wgmma_rs(d, a, desc_b, scale_d, T{}): A from registers, B K-major (N = 64
+// only).
 // N = 2 x the accumulator length; T{} (__half or __nv_bfloat16) picks the
 // input type.
 #include "sm90_wgmma.inc"

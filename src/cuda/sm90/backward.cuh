@@ -361,8 +361,29 @@ __global__ void __launch_bounds__(bwd::kThreads, 1)
       }
     };
 
+    // At d = 64, K_w and V_w (64 keys x 64 columns, constant for the CTA)
+    // are the A operands of S^T and dP^T from registers (16 each): the SS
+    // form read them from shared memory again every tile, half of G1's
+    // shared-memory operand traffic. (At d = 128 they would take 64
+    // registers next to dK and dV.) ldmatrix.x4 of one k16 slice: lanes
+    // 8m..8m+7 address the rows of 8x8 matrix m = (rows +8 if m odd,
+    // columns +8 if m >= 2), which comes back in the wgmma A-fragment order.
+    constexpr bool kKVRegs = kD == 64;
+    std::uint32_t ka[kKVRegs ? 4 : 1][4], va[kKVRegs ? 4 : 1][4];
+    auto load_kv_fragments = [&] {
+      const int row = 16 * warp + (lane % 8) + 8 * ((lane / 8) % 2);
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) {
+        const int chunk = 2 * kk + lane / 16;
+        const std::uint32_t off = w * 64 * 128 + row * 128 + ((chunk ^ (row % 8)) * 16);
+        ptx::ldmatrix_x4(ka[kk], base_c + L::kK + off);
+        ptx::ldmatrix_x4(va[kk], base_c + L::kV + off);
+      }
+    };
+
     if (n_steps > 0) {
       x::mbar_wait(kv_full, 0);
+      if constexpr (kKVRegs) load_kv_fragments();
       // Consumer 1's turn 0 is empty (it has no tile before the first): it
       // only keeps the alternation, so that its G1 of tile i follows
       // consumer 0's G2 of tile i.
@@ -396,20 +417,31 @@ __global__ void __launch_bounds__(bwd::kThreads, 1)
       const std::uint64_t k_desc = x::desc_sw128(sKw, 16, 1024), q_desc = x::desc_sw128(sQ, 16, 1024);
       const std::uint64_t v_desc = x::desc_sw128(sVw, 16, 1024), do_desc = x::desc_sw128(sdO, 16, 1024);
       x::wgmma_fence();  // st / dpt were last read by ordinary instructions
+      if constexpr (kKVRegs) {
 #pragma unroll
-      for (int kk = 0; kk < kD / 16; ++kk) {
-        const std::uint32_t koff = (kk / 4) * kBlockN * 128 + (kk % 4) * 32;
-        const std::uint32_t qoff = (kk / 4) * kBlockM * 128 + (kk % 4) * 32;
-        x::wgmma_ss(st, x::desc_advance(k_desc, koff), x::desc_advance(q_desc, qoff), kk > 0 ? 1 : 0, T{});
-      }
-      x::wgmma_commit();
+        for (int kk = 0; kk < 4; ++kk)
+          x::wgmma_rs(st, ka[kk], x::desc_advance(q_desc, kk * 32), kk > 0 ? 1 : 0, T{});
+        x::wgmma_commit();
 #pragma unroll
-      for (int kk = 0; kk < kD / 16; ++kk) {
-        const std::uint32_t koff = (kk / 4) * kBlockN * 128 + (kk % 4) * 32;
-        const std::uint32_t qoff = (kk / 4) * kBlockM * 128 + (kk % 4) * 32;
-        x::wgmma_ss(dpt, x::desc_advance(v_desc, koff), x::desc_advance(do_desc, qoff), kk > 0 ? 1 : 0, T{});
+        for (int kk = 0; kk < 4; ++kk)
+          x::wgmma_rs(dpt, va[kk], x::desc_advance(do_desc, kk * 32), kk > 0 ? 1 : 0, T{});
+        x::wgmma_commit();
+      } else {
+#pragma unroll
+        for (int kk = 0; kk < kD / 16; ++kk) {
+          const std::uint32_t koff = (kk / 4) * kBlockN * 128 + (kk % 4) * 32;
+          const std::uint32_t qoff = (kk / 4) * kBlockM * 128 + (kk % 4) * 32;
+          x::wgmma_ss(st, x::desc_advance(k_desc, koff), x::desc_advance(q_desc, qoff), kk > 0 ? 1 : 0, T{});
+        }
+        x::wgmma_commit();
+#pragma unroll
+        for (int kk = 0; kk < kD / 16; ++kk) {
+          const std::uint32_t koff = (kk / 4) * kBlockN * 128 + (kk % 4) * 32;
+          const std::uint32_t qoff = (kk / 4) * kBlockM * 128 + (kk % 4) * 32;
+          x::wgmma_ss(dpt, x::desc_advance(v_desc, koff), x::desc_advance(do_desc, qoff), kk > 0 ? 1 : 0, T{});
+        }
+        x::wgmma_commit();
       }
-      x::wgmma_commit();
       turn_pass();
 
       // ---- E1, while the other consumer's G2 is on the tensor cores.
