@@ -329,10 +329,11 @@ __global__ void __launch_bounds__(bwd::kThreads, 1)
     //    bench-commits, d17124c vs 4c0aeb8): +5-8%; at d 64 -8%, hence only
     //    at d 128.
     constexpr bool kDqFirst = kD == 128;
+    constexpr bool kRedV2 = true;  // EXPERIMENT: 8-byte reductions at d 64 too, dQ still last there
     auto dq_atomics = [&](float (&dq)[32], int j) {
       x::fence_operands(dq);
       const int m0 = (mt_begin + j) * kBlockM;
-      if constexpr (kDqFirst) {
+      if constexpr (kRedV2) {
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
           const int i = m0 + 16 * warp + lane / 4 + 8 * half;
