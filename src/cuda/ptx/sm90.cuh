@@ -150,18 +150,10 @@ __device__ __forceinline__ void named_barrier_arrive(int threads) {
 }
 
 // ------------------------------------------------- global reductions ---
-// dst[0..3] += v[0..3] as one vector reduction (sm_90: red.global.add.v4.f32,
-// one L2 atomic transaction for 16 bytes instead of four). dst must be
-// 16-byte aligned. No return value, so the issuing thread does not wait for
-// the L2 round trip.
-__device__ __forceinline__ void red_add_v4(float* dst, float x, float y, float z, float w) {
-  asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"l"(dst), "f"(x), "f"(y), "f"(z), "f"(w)
-               : "memory");
-}
-
-// dst[0..1] += (x, y): the 8-byte form, for a thread that holds two
-// consecutive columns (no lane exchange needed to fill a 16-byte vector).
-// dst must be 8-byte aligned.
+// dst[0..1] += (x, y) as one vector reduction (sm_90: red.global.add.v2.f32,
+// one L2 atomic transaction for 8 bytes instead of two), for a thread that
+// holds two consecutive columns. dst must be 8-byte aligned. No return
+// value, so the issuing thread does not wait for the L2 round trip.
 __device__ __forceinline__ void red_add_v2(float* dst, float x, float y) {
   asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" ::"l"(dst), "f"(x), "f"(y) : "memory");
 }

@@ -33,8 +33,7 @@
 //      step later (when the other consumer's half is surely there)
 //      dQ_i = dS K             wgmma SS, A = dS^T read M-major
 //                              (imm-trans-a), B = K read N-major; then
-//                              red.global.add.v4.f32 (d = 64) or .v2.f32
-//                              (d = 128) into dq_accum.
+//                              red.global.add.v2.f32 into dq_accum.
 //    dK and dV stay in registers for the whole sweep; stored at the end
 //    (dK times the softmax scale), to dk/dv or, under GQA, to the fp32
 //    per-query-head dk_accum / dv_accum that reduce_dkdv sums.
@@ -315,49 +314,24 @@ __global__ void __launch_bounds__(bwd::kThreads, 1)
                        kk > 0 ? 1 : 0, T{});
       x::wgmma_commit();
     };
-    // dQ's reductions into dq_accum. A thread holds columns c, c + 1 of
-    // rows r and r + 8 in every 8-column tile tt.
-    //  - d = 64: lanes 2k and 2k+1 (columns c..c+1 and c+2..c+3) exchange
-    //    one row's pair each, so the even lane has row r and the odd lane
-    //    row r + 8, four consecutive columns: one 16-byte reduction. (All
-    //    exchanges first, then the reductions under one row test, with the
-    //    operands picked by selects: the branchy form cost 17 issue slots a
-    //    reduction, this one 9.)
-    //  - d = 128 (kDqFirst): 8-byte reductions of the pairs as they are, no
-    //    exchange. Twice the reduction instructions for the same bytes; with
-    //    dQ issued first they run under dV / dK. Measured at d 128 (H200,
-    //    bench-commits, d17124c vs 4c0aeb8): +5-8%; at d 64 -8%, hence only
-    //    at d 128.
+    // dQ's reductions into dq_accum: a thread holds columns c, c + 1 of rows
+    // r and r + 8 in every 8-column tile tt, one 8-byte reduction each. (A
+    // lane exchange would make 16-byte vectors of half as many reductions;
+    // measured on the H200, the shuffles and selects cost more than the
+    // extra reductions: d 64 391 -> 406 TFLOPS without them.) At d = 128
+    // dQ is issued first so that they run under dV / dK (with the 8-byte
+    // form: +5-8% there; at d = 64, issuing it first was 4-8% slower).
     constexpr bool kDqFirst = kD == 128;
-    constexpr bool kRedV2 = true;  // EXPERIMENT: 8-byte reductions at d 64 too, dQ still last there
     auto dq_atomics = [&](float (&dq)[32], int j) {
       x::fence_operands(dq);
       const int m0 = (mt_begin + j) * kBlockM;
-      if constexpr (kRedV2) {
 #pragma unroll
-        for (int half = 0; half < 2; ++half) {
-          const int i = m0 + 16 * warp + lane / 4 + 8 * half;
-          if (i < seq.sq) {
-            float* dst = p.dq_accum + q_row(p, seq, b, h, i) * kD + qbox * 64 + col_in_tile;
-#pragma unroll
-            for (int tt = 0; tt < 8; ++tt) x::red_add_v2(dst + 8 * tt, dq[4 * tt + 2 * half], dq[4 * tt + 2 * half + 1]);
-          }
-        }
-      } else {
-        const bool odd = lane & 1;
-        const int i = m0 + 16 * warp + lane / 4 + (odd ? 8 : 0);
-        float got[16];
-#pragma unroll
-        for (int tt = 0; tt < 8; ++tt) {
-          got[2 * tt] = __shfl_xor_sync(0xffffffffu, odd ? dq[4 * tt] : dq[4 * tt + 2], 1);
-          got[2 * tt + 1] = __shfl_xor_sync(0xffffffffu, odd ? dq[4 * tt + 1] : dq[4 * tt + 3], 1);
-        }
+      for (int half = 0; half < 2; ++half) {
+        const int i = m0 + 16 * warp + lane / 4 + 8 * half;
         if (i < seq.sq) {
-          float* dst = p.dq_accum + q_row(p, seq, b, h, i) * kD + qbox * 64 + col_in_tile - (odd ? 2 : 0);
+          float* dst = p.dq_accum + q_row(p, seq, b, h, i) * kD + qbox * 64 + col_in_tile;
 #pragma unroll
-          for (int tt = 0; tt < 8; ++tt)
-            x::red_add_v4(dst + 8 * tt, odd ? got[2 * tt] : dq[4 * tt], odd ? got[2 * tt + 1] : dq[4 * tt + 1],
-                          odd ? dq[4 * tt + 2] : got[2 * tt], odd ? dq[4 * tt + 3] : got[2 * tt + 1]);
+          for (int tt = 0; tt < 8; ++tt) x::red_add_v2(dst + 8 * tt, dq[4 * tt + 2 * half], dq[4 * tt + 2 * half + 1]);
         }
       }
     };
