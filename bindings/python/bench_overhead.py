@@ -24,6 +24,7 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirna
 import torch  # noqa: E402
 
 import flashattn  # noqa: E402
+from flashattn._ops import pack_options  # noqa: E402
 
 
 def per_call_us(fn, calls, device):
@@ -63,11 +64,16 @@ def main(argv=None):
     q, k, v = (torch.randn(1, args.seqlen, 1, args.head_dim, device=args.device, dtype=torch_dtype) for _ in range(3))
     api = min(per_call_us(lambda: flashattn.flash_attn_func(q, k, v), args.calls, args.device)
               for _ in range(args.repeats))
-    # The operator alone (its schema: q, k, v, then the shared options; see
-    # flashattn/interface.py), without the Python wrapper's argument handling.
-    op_args = (None, None, 0, 0, 0.0, None, False, -1, -1, None, None, None, None, None, 128, 128, 0, False)
+    # The operator alone (its schema: q, k, v, then the four packed options
+    # of flashattn/_ops.py), without the Python wrapper's argument handling.
+    op_args = pack_options()
     op = min(per_call_us(lambda: torch.ops.flashattn.fwd(q, k, v, *op_args), args.calls, args.device)
              for _ in range(args.repeats))
+    # The same call on inputs that require grad (a training step's forward):
+    # the C++ autograd formula's node and saved state on top.
+    qg, kg, vg = (t.clone().requires_grad_() for t in (q, k, v))
+    op_grad = min(per_call_us(lambda: torch.ops.flashattn.fwd(qg, kg, vg, *op_args), args.calls, args.device)
+                  for _ in range(args.repeats))
     # Where the operator's time goes (the first CUDA measurement, 42 us over
     # the raw call, is far above the CPU's 1.5 us; see docs/python.md): the
     # same call below autograd (no Python autograd kernel on the way), and
@@ -80,7 +86,8 @@ def main(argv=None):
                              args.calls, args.device) for _ in range(args.repeats))
     out = dict(device=args.device, dtype=dtype, seqlen=args.seqlen, head_dim=args.head_dim, threads=threads,
                calls=args.calls, raw_cpp_us=raw, torch_op_us=op, flash_attn_func_us=api,
-               op_overhead_us=op - raw, api_overhead_us=api - raw, op_default_no_grad_us=op_no_grad,
+               op_overhead_us=op - raw, api_overhead_us=api - raw, op_requires_grad_us=op_grad,
+               op_default_no_grad_us=op_no_grad,
                op_allocations_us=allocs, torch=torch.__version__,
                gpu=torch.cuda.get_device_name() if args.device == "cuda" else None)
     if args.profile:

@@ -2,9 +2,9 @@
 // only converts between at::Tensor and flashattn::Tensor and picks the
 // Context (device, stream, workspace, threads); every kernel and every check
 // on the problem itself lives in libflashattn, linked from this repository's
-// CMake. Autograd and fake (meta) kernels are registered from Python
-// (flashattn/_ops.py), so the schemas below are the single source of truth
-// for the argument lists of both sides.
+// CMake. The autograd formula is here too (FwdWithGrad); the fake (meta)
+// kernels are registered from Python (flashattn/_ops.py), so the schemas
+// below are the single source of truth for the argument lists of both sides.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/autograd.h>
@@ -13,6 +13,8 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <tuple>
+#include <vector>
 
 #include "flashattn/flashattn.h"
 
@@ -25,31 +27,47 @@ namespace {
 
 using at::Tensor;
 
-// The options shared by fwd and bwd, in schema order. Keeping one list makes
-// the forward and the backward see identical masks and dropout. fwd takes
-// `deterministic` only so that its autograd formula (registered from Python,
-// which sees just the forward's inputs) can hand it to bwd.
-#define FLASHATTN_OPTIONS_SCHEMA                                                               \
-  "Tensor? cu_seqlens_q, Tensor? cu_seqlens_k, int max_seqlen_q, int max_seqlen_k, "           \
-  "float dropout_p, float? softmax_scale, bool causal, int window_left, int window_right, "    \
-  "Tensor? rng_state, Tensor? kv_num_blocks, Tensor? kv_indices, Tensor? full_kv_num_blocks, " \
-  "Tensor? full_kv_indices, int block_q, int block_k, int algorithm, bool deterministic"
+// The options shared by fwd and bwd. Keeping one list makes the forward
+// and the backward see identical masks and dropout. fwd takes
+// `deterministic` only so that its autograd formula, which sees just the
+// forward's inputs, can hand it to bwd.
+//
+// They travel packed into four schema arguments, not as 18: a Python call
+// into a custom op pays per argument (torch checks every Python object it is
+// handed, list entries included, for __torch_function__ and converts each
+// one), and a list costs less than its entries would as arguments. On the
+// CPU machine (callgrind, seqlen 0) a call of fwd from Python went from 58k
+// to 42k instructions. The lists' order is defined here, once: the X-lists
+// below make the index enums and the names used by error messages and
+// option_names(). flashattn/_ops.py (pack_options) writes the same order
+// and checks it against option_names() at import, so the two sides cannot
+// drift silently.
+#define FLASHATTN_TENSOR_OPTIONS(X)                                                                \
+  X(cu_seqlens_q) X(cu_seqlens_k) X(rng_state) X(kv_num_blocks) X(kv_indices) X(full_kv_num_blocks) \
+      X(full_kv_indices)
+// Booleans (causal, deterministic) ride as 0 / 1.
+#define FLASHATTN_INT_OPTIONS(X)                                                                    \
+  X(max_seqlen_q) X(max_seqlen_k) X(causal) X(window_left) X(window_right) X(block_q) X(block_k) \
+      X(algorithm) X(deterministic)
+#define FLASHATTN_OPTIONS_SCHEMA "Tensor?[] option_tensors, int[] option_ints, float dropout_p, float? softmax_scale"
 
-// The same options as C++ parameters (the schema's types: Tensor? is
-// std::optional<Tensor>, float is double, int is int64_t) and as the
-// argument list that forwards them, for the operators and the autograd
-// formula that calls through the dispatcher.
-#define FLASHATTN_OPTION_PARAMS                                                                                \
-  const std::optional<Tensor>& cu_seqlens_q, const std::optional<Tensor>& cu_seqlens_k, int64_t max_seqlen_q,   \
-      int64_t max_seqlen_k, double dropout_p, std::optional<double> softmax_scale, bool causal,                 \
-      int64_t window_left, int64_t window_right, const std::optional<Tensor>& rng_state,                         \
-      const std::optional<Tensor>& kv_num_blocks, const std::optional<Tensor>& kv_indices,                        \
-      const std::optional<Tensor>& full_kv_num_blocks, const std::optional<Tensor>& full_kv_indices,              \
-      int64_t block_q, int64_t block_k, int64_t algorithm, bool deterministic
-#define FLASHATTN_OPTION_ARGS                                                                                  \
-  cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale, causal, window_left,       \
-      window_right, rng_state, kv_num_blocks, kv_indices, full_kv_num_blocks, full_kv_indices, block_q, block_k, \
-      algorithm, deterministic
+#define FLASHATTN_OPTION_INDEX(name) name,
+#define FLASHATTN_OPTION_NAME(name) #name,
+// Indices into option_tensors (topt::rng_state, ...) and option_ints
+// (iopt::causal, ...); `count` is each list's length.
+namespace topt {
+enum : std::size_t { FLASHATTN_TENSOR_OPTIONS(FLASHATTN_OPTION_INDEX) count };
+}
+namespace iopt {
+enum : std::size_t { FLASHATTN_INT_OPTIONS(FLASHATTN_OPTION_INDEX) count };
+}
+constexpr const char* kTensorOptionNames[] = {FLASHATTN_TENSOR_OPTIONS(FLASHATTN_OPTION_NAME)};
+constexpr const char* kIntOptionNames[] = {FLASHATTN_INT_OPTIONS(FLASHATTN_OPTION_NAME)};
+#undef FLASHATTN_OPTION_INDEX
+#undef FLASHATTN_OPTION_NAME
+
+// The schema's Tensor?[] as C++ sees it.
+using OptionTensors = c10::List<std::optional<Tensor>>;
 
 // Error messages are assembled as plain strings (std::to_string, no
 // std::ostream) and handed to torch as one string. On the GPU machine's
@@ -152,6 +170,7 @@ struct CallOptions {
   flashattn::BlockMask block_mask;
   flashattn::Context ctx;
   bool is_varlen = false;
+  bool deterministic = false;  // bwd's
 };
 
 void check_same_device(const Tensor& t, const Tensor& q, const char* name) {
@@ -159,13 +178,42 @@ void check_same_device(const Tensor& t, const Tensor& q, const char* name) {
                   " (the device of q), got ", t.device());
 }
 
-CallOptions make_options(const Tensor& q, const std::optional<Tensor>& cu_seqlens_q,
-                         const std::optional<Tensor>& cu_seqlens_k, int64_t max_seqlen_q, int64_t max_seqlen_k,
-                         double dropout_p, std::optional<double> softmax_scale, bool causal, int64_t window_left,
-                         int64_t window_right, const std::optional<Tensor>& rng_state,
-                         const std::optional<Tensor>& kv_num_blocks, const std::optional<Tensor>& kv_indices,
-                         const std::optional<Tensor>& full_kv_num_blocks, const std::optional<Tensor>& full_kv_indices,
-                         int64_t block_q, int64_t block_k, int64_t algorithm) {
+template <std::size_t N>
+std::string joined(const char* const (&names)[N]) {
+  std::string s;
+  for (std::size_t i = 0; i < N; ++i) s += (i ? ", " : "") + std::string(names[i]);
+  return s;
+}
+
+// The packed lists' lengths, checked before any entry is read.
+void check_packing(const OptionTensors& option_tensors, at::IntArrayRef option_ints) {
+  FLASHATTN_CHECK(option_tensors.size() == topt::count, "flashattn: option_tensors: expected ",
+                  static_cast<int64_t>(topt::count), " entries (", joined(kTensorOptionNames), "), got ",
+                  static_cast<int64_t>(option_tensors.size()));
+  FLASHATTN_CHECK(option_ints.size() == iopt::count, "flashattn: option_ints: expected ",
+                  static_cast<int64_t>(iopt::count), " entries (", joined(kIntOptionNames), "), got ",
+                  static_cast<int64_t>(option_ints.size()));
+}
+
+bool flag(at::IntArrayRef option_ints, std::size_t i) {
+  const int64_t v = option_ints[i];
+  FLASHATTN_CHECK(v == 0 || v == 1, "flashattn: ", kIntOptionNames[i], ": expected 0 or 1 (a bool), got ", v);
+  return v == 1;
+}
+
+CallOptions make_options(const Tensor& q, const OptionTensors& option_tensors, at::IntArrayRef option_ints,
+                         double dropout_p, std::optional<double> softmax_scale) {
+  check_packing(option_tensors, option_ints);
+  // Named copies (a reference count each, None for most) keep the checks
+  // below readable.
+  const std::optional<Tensor> cu_seqlens_q = option_tensors.get(topt::cu_seqlens_q),
+                              cu_seqlens_k = option_tensors.get(topt::cu_seqlens_k),
+                              rng_state = option_tensors.get(topt::rng_state),
+                              kv_num_blocks = option_tensors.get(topt::kv_num_blocks),
+                              kv_indices = option_tensors.get(topt::kv_indices),
+                              full_kv_num_blocks = option_tensors.get(topt::full_kv_num_blocks),
+                              full_kv_indices = option_tensors.get(topt::full_kv_indices);
+  const int64_t algorithm = option_ints[iopt::algorithm];
   CallOptions c;
   FLASHATTN_CHECK(q.device().is_cpu() || q.device().is_cuda(), "flashattn: q.device: expected cpu or cuda, got ",
                   q.device());
@@ -176,11 +224,13 @@ CallOptions make_options(const Tensor& q, const std::optional<Tensor>& cu_seqlen
   // Follow torch.set_num_threads rather than OpenMP's own default.
   c.ctx.num_threads = at::get_num_threads();
 
+  c.deterministic = flag(option_ints, iopt::deterministic);
+
   auto& o = c.options;
   if (softmax_scale) o.softmax_scale = static_cast<float>(*softmax_scale);
-  o.causal = causal;
-  o.window_left = window_left;
-  o.window_right = window_right;
+  o.causal = flag(option_ints, iopt::causal);
+  o.window_left = option_ints[iopt::window_left];
+  o.window_right = option_ints[iopt::window_right];
   o.dropout_p = static_cast<float>(dropout_p);
   if (dropout_p > 0.0) {
     FLASHATTN_CHECK(rng_state.has_value(),
@@ -204,8 +254,8 @@ CallOptions make_options(const Tensor& q, const std::optional<Tensor>& cu_seqlen
     c.varlen.cu_seqlens_q = int32_data(cu_seqlens_q, q, "cu_seqlens_q");
     c.varlen.cu_seqlens_k = int32_data(cu_seqlens_k, q, "cu_seqlens_k");
     c.varlen.batch = cu_seqlens_q->numel() - 1;
-    c.varlen.max_seqlen_q = max_seqlen_q;
-    c.varlen.max_seqlen_k = max_seqlen_k;
+    c.varlen.max_seqlen_q = option_ints[iopt::max_seqlen_q];
+    c.varlen.max_seqlen_k = option_ints[iopt::max_seqlen_k];
     o.varlen = &c.varlen;
   }
 
@@ -220,8 +270,8 @@ CallOptions make_options(const Tensor& q, const std::optional<Tensor>& cu_seqlen
     FLASHATTN_CHECK(kv_indices->sizes().slice(0, 3) == kv_num_blocks->sizes(),
                     "flashattn: kv_indices: expected leading dimensions ", shape_str(*kv_num_blocks),
                     " (those of kv_num_blocks), got ", shape_str(*kv_indices));
-    m.block_q = block_q;
-    m.block_k = block_k;
+    m.block_q = option_ints[iopt::block_q];
+    m.block_k = option_ints[iopt::block_k];
     m.batch = kv_num_blocks->size(0);
     m.heads = kv_num_blocks->size(1);
     m.num_q_blocks = kv_num_blocks->size(2);
@@ -291,11 +341,9 @@ Tensor new_output(const Tensor& like, bool varlen) {
   return varlen ? at::zeros(like.sizes(), like.options()) : at::empty(like.sizes(), like.options());
 }
 
-std::tuple<Tensor, Tensor> fwd(const Tensor& q, const Tensor& k, const Tensor& v, FLASHATTN_OPTION_PARAMS) {
-  (void)deterministic;  // used by bwd, through the autograd formula
-  CallOptions c = make_options(q, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale,
-                               causal, window_left, window_right, rng_state, kv_num_blocks, kv_indices,
-                               full_kv_num_blocks, full_kv_indices, block_q, block_k, algorithm);
+std::tuple<Tensor, Tensor> fwd(const Tensor& q, const Tensor& k, const Tensor& v, const OptionTensors& option_tensors,
+                               at::IntArrayRef option_ints, double dropout_p, std::optional<double> softmax_scale) {
+  CallOptions c = make_options(q, option_tensors, option_ints, dropout_p, softmax_scale);
   check_same_device(k, q, "k");
   check_same_device(v, q, "v");
   DeviceScope scope(q, c.ctx);
@@ -322,10 +370,10 @@ std::tuple<Tensor, Tensor> fwd(const Tensor& q, const Tensor& k, const Tensor& v
 }
 
 std::tuple<Tensor, Tensor, Tensor> bwd(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
-                                       const Tensor& out, const Tensor& lse, FLASHATTN_OPTION_PARAMS) {
-  CallOptions c = make_options(q, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale,
-                               causal, window_left, window_right, rng_state, kv_num_blocks, kv_indices,
-                               full_kv_num_blocks, full_kv_indices, block_q, block_k, algorithm);
+                                       const Tensor& out, const Tensor& lse, const OptionTensors& option_tensors,
+                                       at::IntArrayRef option_ints, double dropout_p,
+                                       std::optional<double> softmax_scale) {
+  CallOptions c = make_options(q, option_tensors, option_ints, dropout_p, softmax_scale);
   for (auto [t, name] : {std::pair{&k, "k"}, {&v, "v"}, {&out, "out"}, {&dout, "dout"}, {&lse, "lse"}})
     check_same_device(*t, q, name);
   const auto want = lse_shape(q, c.is_varlen);
@@ -345,7 +393,7 @@ std::tuple<Tensor, Tensor, Tensor> bwd(const Tensor& dout, const Tensor& q, cons
   a.dk = view(dk, "dk", c.is_varlen);
   a.dv = view(dv, "dv", c.is_varlen);
   a.options = c.options;
-  a.deterministic = deterministic;
+  a.deterministic = c.deterministic;
   surface_errors([&] {
     Tensor ws = workspace_for(flashattn::backward_workspace_bytes(a, c.ctx), q, c.ctx);
     flashattn::backward(a, c.ctx);
@@ -370,30 +418,30 @@ const c10::TypedOperatorHandle<decltype(bwd)>& bwd_handle() {
 // flash-attn). Both operators are called through the dispatcher below the
 // Autograd key, so under torch.compile they trace to their fake kernels.
 struct FwdWithGrad : public torch::autograd::Function<FwdWithGrad> {
-  static constexpr int kOptions = 18;  // the entries of FLASHATTN_OPTIONS_SCHEMA
+  static constexpr int kInputs = 7;  // q, k, v and the four packed options
 
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const Tensor& q,
-                                                const Tensor& k, const Tensor& v, FLASHATTN_OPTION_PARAMS) {
+                                                const Tensor& k, const Tensor& v, const OptionTensors& option_tensors,
+                                                at::IntArrayRef option_ints, double dropout_p,
+                                                std::optional<double> softmax_scale) {
     Tensor out, lse;
     {
       at::AutoDispatchBelowADInplaceOrView below_autograd;
-      std::tie(out, lse) = fwd_handle().call(q, k, v, FLASHATTN_OPTION_ARGS);
+      std::tie(out, lse) = fwd_handle().call(q, k, v, option_tensors, option_ints, dropout_p, softmax_scale);
     }
-    auto opt = [](const std::optional<Tensor>& t) { return t ? *t : Tensor(); };
-    ctx->save_for_backward({q, k, v, out, lse, opt(cu_seqlens_q), opt(cu_seqlens_k), opt(rng_state),
-                            opt(kv_num_blocks), opt(kv_indices), opt(full_kv_num_blocks), opt(full_kv_indices)});
+    // The option tensors are saved as tensors (None as undefined), so that an
+    // in-place change to one before the backward is caught like any other.
+    // fwd has checked the lists' lengths.
+    std::vector<Tensor> saved{q, k, v, out, lse};
+    for (std::size_t i = 0; i < topt::count; ++i) {
+      const std::optional<Tensor> t = option_tensors.get(i);
+      saved.push_back(t ? *t : Tensor());
+    }
+    ctx->save_for_backward(saved);
     auto& d = ctx->saved_data;
-    d["max_seqlen_q"] = max_seqlen_q;
-    d["max_seqlen_k"] = max_seqlen_k;
+    d["option_ints"] = option_ints;
     d["dropout_p"] = dropout_p;
     d["softmax_scale"] = softmax_scale ? c10::IValue(*softmax_scale) : c10::IValue();
-    d["causal"] = causal;
-    d["window_left"] = window_left;
-    d["window_right"] = window_right;
-    d["block_q"] = block_q;
-    d["block_k"] = block_k;
-    d["algorithm"] = algorithm;
-    d["deterministic"] = deterministic;
     ctx->mark_non_differentiable({lse});
     return {out, lse};
   }
@@ -401,20 +449,20 @@ struct FwdWithGrad : public torch::autograd::Function<FwdWithGrad> {
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
     const auto s = ctx->get_saved_variables();
-    auto opt = [](const Tensor& t) { return t.defined() ? std::optional<Tensor>(t) : std::nullopt; };
     const auto& d = ctx->saved_data;
     Tensor dout = grads[0].defined() ? grads[0] : at::zeros_like(s[3]);
     if (dout.dim() > 0 && dout.stride(-1) != 1) dout = dout.contiguous();
+    OptionTensors option_tensors;
+    option_tensors.reserve(topt::count);
+    for (std::size_t i = 0; i < topt::count; ++i)
+      option_tensors.push_back(s[5 + i].defined() ? std::optional<Tensor>(s[5 + i]) : std::nullopt);
+    const std::vector<int64_t> option_ints = d.at("option_ints").toIntVector();
     const c10::IValue& scale = d.at("softmax_scale");
-    auto [dq, dk, dv] =
-        bwd_handle().call(dout, s[0], s[1], s[2], s[3], s[4], opt(s[5]), opt(s[6]), d.at("max_seqlen_q").toInt(),
-                d.at("max_seqlen_k").toInt(), d.at("dropout_p").toDouble(),
-                scale.isNone() ? std::nullopt : std::optional<double>(scale.toDouble()), d.at("causal").toBool(),
-                d.at("window_left").toInt(), d.at("window_right").toInt(), opt(s[7]), opt(s[8]), opt(s[9]),
-                opt(s[10]), opt(s[11]), d.at("block_q").toInt(), d.at("block_k").toInt(),
-                d.at("algorithm").toInt(), d.at("deterministic").toBool());
+    auto [dq, dk, dv] = bwd_handle().call(dout, s[0], s[1], s[2], s[3], s[4], option_tensors, option_ints,
+                                          d.at("dropout_p").toDouble(),
+                                          scale.isNone() ? std::nullopt : std::optional<double>(scale.toDouble()));
     torch::autograd::variable_list g{dq, dk, dv};
-    g.resize(3 + kOptions);  // no gradient for the options
+    g.resize(kInputs);  // no gradient for the options
     return g;
   }
 };
@@ -423,12 +471,14 @@ struct FwdWithGrad : public torch::autograd::Function<FwdWithGrad> {
 // require grad) the call goes straight below the Autograd key: building the
 // autograd node and saving its state was 3 of the 13 us a call costs on the
 // CPU machine from Python (seqlen 0, so no kernel work).
-std::tuple<Tensor, Tensor> fwd_autograd(const Tensor& q, const Tensor& k, const Tensor& v, FLASHATTN_OPTION_PARAMS) {
+std::tuple<Tensor, Tensor> fwd_autograd(const Tensor& q, const Tensor& k, const Tensor& v,
+                                        const OptionTensors& option_tensors, at::IntArrayRef option_ints,
+                                        double dropout_p, std::optional<double> softmax_scale) {
   if (!at::GradMode::is_enabled() || !(q.requires_grad() || k.requires_grad() || v.requires_grad())) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return fwd_handle().call(q, k, v, FLASHATTN_OPTION_ARGS);
+    return fwd_handle().call(q, k, v, option_tensors, option_ints, dropout_p, softmax_scale);
   }
-  auto r = FwdWithGrad::apply(q, k, v, FLASHATTN_OPTION_ARGS);
+  auto r = FwdWithGrad::apply(q, k, v, option_tensors, option_ints, dropout_p, softmax_scale);
   return {r[0], r[1]};
 }
 
@@ -477,6 +527,12 @@ bool supports(const std::string& device, at::ScalarType dtype, int64_t head_dim,
 
 std::string library_version() { return flashattn::version(); }
 
+// The packing order, for flashattn/_ops.py to check its own against.
+std::tuple<std::vector<std::string>, std::vector<std::string>> option_names() {
+  return {{std::begin(kTensorOptionNames), std::end(kTensorOptionNames)},
+          {std::begin(kIntOptionNames), std::end(kIntOptionNames)}};
+}
+
 }  // namespace
 
 TORCH_LIBRARY(flashattn, m) {
@@ -491,6 +547,7 @@ TORCH_LIBRARY(flashattn, m) {
   m.def("supports(str device, ScalarType dtype, int head_dim, int algorithm) -> bool", &supports);
   m.def("built_with_cuda() -> bool", &built_with_cuda);
   m.def("version() -> str", &library_version);
+  m.def("option_names() -> (str[] option_tensors, str[] option_ints)", &option_names);
 }
 
 TORCH_LIBRARY_IMPL(flashattn, Autograd, m) { m.impl("fwd", &fwd_autograd); }

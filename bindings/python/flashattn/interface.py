@@ -12,7 +12,7 @@ from typing import Optional, Sequence, Tuple, Union
 
 import torch
 
-from ._ops import ops
+from ._ops import ops, pack_options
 
 _ALGORITHMS = {"flash": 0, "standard": 1}
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -94,13 +94,12 @@ def _attention(q, k, v, *, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=0,
     rng_state = _rng_state(float(dropout_p), seed, generator)
     kv_num_blocks, kv_indices, full_kv_num_blocks, full_kv_indices = block_mask or (None, None, None, None)
     block_q, block_k = (block_size, block_size) if isinstance(block_size, int) else block_size
+    # pack_options by position, in its parameters' order (see its docstring).
     out, lse = ops.fwd(
         _last_dim_contiguous(q), _last_dim_contiguous(k), _last_dim_contiguous(v),
-        cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k),
-        float(dropout_p), None if softmax_scale is None else float(softmax_scale), bool(causal),
-        window_left, window_right, rng_state,
-        kv_num_blocks, kv_indices, full_kv_num_blocks, full_kv_indices, int(block_q), int(block_k),
-        _algorithm(algorithm), bool(deterministic))
+        *pack_options(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale, causal,
+                      window_left, window_right, rng_state, kv_num_blocks, kv_indices, full_kv_num_blocks,
+                      full_kv_indices, block_q, block_k, _algorithm(algorithm), deterministic))
     if return_attn_probs:
         # flash-attn returns (out, softmax_lse, S_dmask); the attention
         # matrix is never materialised here, so the third element is the

@@ -5,6 +5,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:Dropout mask should only be used
 import torch
 
 import flashattn
+from flashattn._ops import INT_OPTIONS, pack_options
 from conftest import assert_close, grads_of, rand_qkv, sdpa_reference, visible
 
 
@@ -174,7 +175,7 @@ def test_gradcheck_float64(opts):
 def test_opcheck_registrations():
     q, k, v = rand_qkv(1, 8, 8, 2, 1, 8, torch.float64, seed=2)
     rng = torch.tensor([3, 0], dtype=torch.int64)
-    args = (q, k, v, None, None, 0, 0, 0.2, None, True, -1, -1, rng, None, None, None, None, 128, 128, 1, False)
+    args = (q, k, v, *pack_options(dropout_p=0.2, causal=True, rng_state=rng, algorithm=1))
     torch.library.opcheck(torch.ops.flashattn.fwd.default, args)
 
 
@@ -212,8 +213,15 @@ def _qkv(dtype=torch.float32, hq=2, hk=2, d=16):
     (lambda: flashattn.flash_attn_block_sparse_func(*_qkv(), torch.ones(1, 1, 1, dtype=torch.int32),
                                                     torch.zeros(1, 1, 1, dtype=torch.int32), block_size=8),
      ValueError, "kv_indices"),
-    (lambda: torch.ops.flashattn.fwd(*(t[0] for t in _qkv()), None, None, 0, 0, 0.0, None, False, -1, -1, None,
-                                     None, None, None, None, 128, 128, 0, False), ValueError, "4-D"),
+    (lambda: torch.ops.flashattn.fwd(*(t[0] for t in _qkv()), *pack_options()), ValueError, "4-D"),
+    (lambda: torch.ops.flashattn.fwd(*_qkv(), [None] * 6, *pack_options()[1:]), ValueError,
+     "option_tensors: expected 7 entries (cu_seqlens_q, cu_seqlens_k, rng_state"),
+    (lambda: torch.ops.flashattn.fwd(*_qkv(), [], [0] * 9, 0.0, None), ValueError, "option_tensors"),
+    (lambda: torch.ops.flashattn.fwd(*_qkv(), pack_options()[0], [0] * 10, 0.0, None), ValueError,
+     "option_ints: expected 9 entries (max_seqlen_q, max_seqlen_k, causal"),
+    (lambda: torch.ops.flashattn.fwd(*_qkv(), pack_options()[0], [2 if n == "causal" else 0 for n in INT_OPTIONS],
+                                     0.0, None), ValueError, "causal: expected 0 or 1"),
+    (lambda: torch.ops.flashattn.fwd(*_qkv(), *pack_options(dropout_p=0.1)), ValueError, "rng_state"),
     (lambda: flashattn.flash_attn_block_sparse_func(*_qkv(), torch.ones(1, 1, 1), torch.zeros(1, 1, 1, 1),
                                                     block_size=8), ValueError, "int32"),
 ])
@@ -227,8 +235,9 @@ def test_backward_op_checks_lse():
     q, k, v = _qkv()
     out = flashattn.flash_attn_func(q, k, v)
     with pytest.raises(ValueError, match="lse"):
-        torch.ops.flashattn.bwd(out, q, k, v, out, torch.zeros(3), None, None, 0, 0, 0.0, None, False, -1, -1,
-                                None, None, None, None, None, 128, 128, 0, False)
+        torch.ops.flashattn.bwd(out, q, k, v, out, torch.zeros(3), *pack_options())
+    with pytest.raises(ValueError, match="option_ints: expected 9 entries"):
+        torch.ops.flashattn.bwd(out, q, k, v, out, torch.zeros(3), pack_options()[0], [], 0.0, None)
 
 
 def test_supported():
