@@ -1,5 +1,7 @@
 #include "model.h"
 
+#include "op_options.h"
+
 #include <ATen/core/dispatch/Dispatcher.h>
 #ifdef FATRAIN_CUDA
 #include <ATen/cuda/CUDAEvent.h>
@@ -20,17 +22,18 @@ namespace {
 // trainer and the Python package share one conversion layer: the same
 // checks, the CUDA stream / device guard / caching-allocator workspace on
 // CUDA, and torch's thread count on the CPU.
-using FwdSig = std::tuple<at::Tensor, at::Tensor>(
-    const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
-    const std::optional<at::Tensor>&, int64_t, int64_t, double, std::optional<double>, bool, int64_t, int64_t,
-    const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
-    const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, int64_t, int64_t, int64_t, bool);
-using BwdSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
-    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-    const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, int64_t, int64_t, double,
-    std::optional<double>, bool, int64_t, int64_t, const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
-    const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, int64_t,
-    int64_t, int64_t, bool);
+// The operators' C++ signatures (ops.cpp's fwd / bwd): the options packed
+// as op_options.h orders them.
+using flashattn::op_options::OptionTensors;
+namespace topt = flashattn::op_options::topt;
+namespace iopt = flashattn::op_options::iopt;
+using FwdSig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                  const OptionTensors&, at::IntArrayRef, double,
+                                                  std::optional<double>);
+using BwdSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                              const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                              const OptionTensors&, at::IntArrayRef, double,
+                                                              std::optional<double>);
 
 const c10::TypedOperatorHandle<FwdSig>& fwd_op() {
   static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("flashattn::fwd", "").typed<FwdSig>();
@@ -98,6 +101,29 @@ std::optional<at::Tensor> opt(const torch::Tensor& t) {
 }
 torch::Tensor none() { return torch::empty({0}, torch::kInt); }
 
+// The trainer's options in the operators' packed form: dense or varlen
+// (cu_seqlens shared by queries and keys), causal or not, dropout state,
+// 128 x 128 blocks (unused: no block mask), the flash algorithm.
+OptionTensors option_tensors(const torch::Tensor& cu_seqlens, const torch::Tensor& rng) {
+  OptionTensors t;
+  t.reserve(topt::count);
+  for (std::size_t i = 0; i < topt::count; ++i) t.push_back(std::nullopt);
+  t.set(topt::cu_seqlens_q, opt(cu_seqlens));
+  t.set(topt::cu_seqlens_k, opt(cu_seqlens));
+  t.set(topt::rng_state, opt(rng));
+  return t;
+}
+std::vector<int64_t> option_ints(int64_t max_seqlen, bool causal, bool deterministic) {
+  std::vector<int64_t> v(iopt::count, 0);
+  v[iopt::max_seqlen_q] = v[iopt::max_seqlen_k] = max_seqlen;
+  v[iopt::causal] = causal ? 1 : 0;
+  v[iopt::window_left] = v[iopt::window_right] = -1;
+  v[iopt::block_q] = v[iopt::block_k] = 128;
+  v[iopt::algorithm] = 0;  // flash
+  v[iopt::deterministic] = deterministic ? 1 : 0;
+  return v;
+}
+
 // forward -> flashattn::forward with the LSE saved; backward ->
 // flashattn::backward from (q, k, v, out, lse), the same options, and the
 // same (seed, offset), so the backward applies the forward's dropout mask.
@@ -112,9 +138,8 @@ struct FlashAttnFunction : torch::autograd::Function<FlashAttnFunction> {
       rng = torch::randint(std::numeric_limits<int64_t>::max(), {2}, torch::TensorOptions().dtype(torch::kLong));
     }
     Timed timed(q);
-    auto [out, lse] = fwd_op().call(q, k, v, opt(cu_seqlens), opt(cu_seqlens), max_seqlen, max_seqlen, dropout_p,
-                                    std::nullopt, causal, -1, -1, opt(rng), std::nullopt, std::nullopt,
-                                    std::nullopt, std::nullopt, 128, 128, /*algorithm flash*/ 0, deterministic);
+    auto [out, lse] = fwd_op().call(q, k, v, option_tensors(cu_seqlens, rng),
+                                    option_ints(max_seqlen, causal, deterministic), dropout_p, std::nullopt);
     ctx->save_for_backward({q, k, v, out, lse, cu_seqlens, rng});
     ctx->saved_data["max_seqlen"] = max_seqlen;
     ctx->saved_data["causal"] = causal;
@@ -129,11 +154,10 @@ struct FlashAttnFunction : torch::autograd::Function<FlashAttnFunction> {
     if (dout.stride(-1) != 1) dout = dout.contiguous();
     const int64_t max_seqlen = ctx->saved_data["max_seqlen"].toInt();
     Timed timed(dout);
-    auto [dq, dk, dv] = bwd_op().call(dout, s[0], s[1], s[2], s[3], s[4], opt(s[5]), opt(s[5]), max_seqlen,
-                                      max_seqlen, ctx->saved_data["dropout_p"].toDouble(), std::nullopt,
-                                      ctx->saved_data["causal"].toBool(), -1, -1, opt(s[6]), std::nullopt,
-                                      std::nullopt, std::nullopt, std::nullopt, 128, 128, 0,
-                                      ctx->saved_data["deterministic"].toBool());
+    auto [dq, dk, dv] = bwd_op().call(
+        dout, s[0], s[1], s[2], s[3], s[4], option_tensors(s[5], s[6]),
+        option_ints(max_seqlen, ctx->saved_data["causal"].toBool(), ctx->saved_data["deterministic"].toBool()),
+        ctx->saved_data["dropout_p"].toDouble(), std::nullopt);
     return {dq, dk, dv, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };
