@@ -39,7 +39,6 @@ using namespace flashattn::op_options;
 std::string piece(const char* s) { return s; }
 std::string piece(const std::string& s) { return s; }
 std::string piece(int64_t v) { return std::to_string(v); }
-std::string piece(int v) { return std::to_string(v); }
 std::string piece(at::ScalarType t) { return c10::toString(t); }
 std::string piece(const c10::Device& d) { return d.str(); }
 std::string piece(at::IntArrayRef sizes) {
