@@ -392,31 +392,21 @@ __global__ void __launch_bounds__(bwd::kThreads, 1)
       const std::uint64_t k_desc = x::desc_sw128(sKw, 16, 1024), q_desc = x::desc_sw128(sQ, 16, 1024);
       const std::uint64_t v_desc = x::desc_sw128(sVw, 16, 1024), do_desc = x::desc_sw128(sdO, 16, 1024);
       x::wgmma_fence();  // st / dpt were last read by ordinary instructions
-      if constexpr (kKVRegs) {
-#pragma unroll
-        for (int kk = 0; kk < 4; ++kk)
-          x::wgmma_rs(st, ka[kk], x::desc_advance(q_desc, kk * 32), kk > 0 ? 1 : 0, T{});
-        x::wgmma_commit();
-#pragma unroll
-        for (int kk = 0; kk < 4; ++kk)
-          x::wgmma_rs(dpt, va[kk], x::desc_advance(do_desc, kk * 32), kk > 0 ? 1 : 0, T{});
-        x::wgmma_commit();
-      } else {
+      // One GEMM of G1: acc = A B^T over head_dim, A = K_w or V_w (from
+      // registers at d = 64, else from a_desc), B = Q_i or dO_i (b_desc).
+      auto g1_gemm = [&](float (&acc)[kBlockM / 2], const std::uint32_t (&a_regs)[kKVRegs ? 4 : 1][4],
+                         std::uint64_t a_desc, std::uint64_t b_desc) {
 #pragma unroll
         for (int kk = 0; kk < kD / 16; ++kk) {
-          const std::uint32_t koff = (kk / 4) * kBlockN * 128 + (kk % 4) * 32;
-          const std::uint32_t qoff = (kk / 4) * kBlockM * 128 + (kk % 4) * 32;
-          x::wgmma_ss(st, x::desc_advance(k_desc, koff), x::desc_advance(q_desc, qoff), kk > 0 ? 1 : 0, T{});
+          const std::uint32_t aoff = (kk / 4) * kBlockN * 128 + (kk % 4) * 32;
+          const std::uint32_t boff = (kk / 4) * kBlockM * 128 + (kk % 4) * 32;
+          if constexpr (kKVRegs) x::wgmma_rs(acc, a_regs[kk], x::desc_advance(b_desc, boff), kk > 0 ? 1 : 0, T{});
+          else x::wgmma_ss(acc, x::desc_advance(a_desc, aoff), x::desc_advance(b_desc, boff), kk > 0 ? 1 : 0, T{});
         }
         x::wgmma_commit();
-#pragma unroll
-        for (int kk = 0; kk < kD / 16; ++kk) {
-          const std::uint32_t koff = (kk / 4) * kBlockN * 128 + (kk % 4) * 32;
-          const std::uint32_t qoff = (kk / 4) * kBlockM * 128 + (kk % 4) * 32;
-          x::wgmma_ss(dpt, x::desc_advance(v_desc, koff), x::desc_advance(do_desc, qoff), kk > 0 ? 1 : 0, T{});
-        }
-        x::wgmma_commit();
-      }
+      };
+      g1_gemm(st, ka, k_desc, q_desc);
+      g1_gemm(dpt, va, v_desc, do_desc);
       turn_pass();
 
       // ---- E1, while the other consumer's G2 is on the tensor cores.
