@@ -182,15 +182,17 @@ BackwardPath backward_path(const Problem& pr, const BackwardArgs& a) {
   if (kernel_choice() == KernelChoice::sm80) return BackwardPath::sm80;
   Refusal r = sm90_common_refusal(pr, {&a.q, &a.k, &a.v, &a.dout});
   if (!r && cuda::sm90_bwd_tile(static_cast<int>(pr.head_dim)).head_dim == 0)
-    r = {"q.head_dim", "64 or 128", std::to_string(pr.head_dim)};
+    r = {"q.head_dim", "64, 128 or 256", std::to_string(pr.head_dim)};
   // The sm90 backward adds dQ with fp32 atomics: its order, hence the
   // last bits of dq, varies from run to run.
   if (!r && a.deterministic) r = {"deterministic", "false (the deterministic dQ is not implemented there)", "true"};
   return choose("backward", r);
 }
 
+// The sm90 kernels of both directions have the same head dims (the rows of
+// kSm90FwdTiles / kSm90BwdTiles); `what` is "forward" or "backward".
 template <class Launch>
-void dispatch_sm90(DType dtype, std::int64_t head_dim, Launch&& launch) {
+void dispatch_sm90(const char* what, DType dtype, std::int64_t head_dim, Launch&& launch) {
   auto by_head_dim = [&](auto type_tag) {
     using T = decltype(type_tag);
     switch (head_dim) {
@@ -198,7 +200,7 @@ void dispatch_sm90(DType dtype, std::int64_t head_dim, Launch&& launch) {
       case 128: launch.template operator()<T, 128>(); return;
       case 256: launch.template operator()<T, 256>(); return;
     }
-    sm90_unsupported("forward", "q.head_dim", "64, 128 or 256", std::to_string(head_dim));
+    sm90_unsupported(what, "q.head_dim", "64, 128 or 256", std::to_string(head_dim));
   };
   if (dtype == DType::f16) by_head_dim(__half{});
   else by_head_dim(__nv_bfloat16{});
@@ -333,7 +335,7 @@ void cuda_forward(const Problem& pr, const ForwardArgs& a, const Context& ctx) {
   p.lse = a.lse;
   const auto stream = static_cast<cudaStream_t>(ctx.stream);
   if (forward_path(pr, a) == ForwardPath::sm90) {
-    dispatch_sm90(pr.dtype, pr.head_dim, [&]<class T, int kD>() { sm90::launch_forward<T, kD>(p, stream); });
+    dispatch_sm90("forward", pr.dtype, pr.head_dim, [&]<class T, int kD>() { sm90::launch_forward<T, kD>(p, stream); });
     return;
   }
   dispatch(pr.dtype, pr.head_dim, [&]<class T, int kD>() { sm80::launch_forward<T, kD>(p, stream); });
@@ -383,14 +385,8 @@ void cuda_backward(const Problem& pr, const BackwardArgs& a, const Context& ctx)
     p.dv_accum = reinterpret_cast<float*>(ws + l.dv);
   }
   if (path == BackwardPath::sm90) {
-    // backward_path() admitted head_dim 64 and 128 only.
-    if (pr.dtype == DType::f16) {
-      if (pr.head_dim == 64) sm90::launch_backward<__half, 64>(p, stream);
-      else sm90::launch_backward<__half, 128>(p, stream);
-    } else {
-      if (pr.head_dim == 64) sm90::launch_backward<__nv_bfloat16, 64>(p, stream);
-      else sm90::launch_backward<__nv_bfloat16, 128>(p, stream);
-    }
+    dispatch_sm90("backward", pr.dtype, pr.head_dim,
+                  [&]<class T, int kD>() { sm90::launch_backward<T, kD>(p, stream); });
     return;
   }
   dispatch(pr.dtype, pr.head_dim, [&]<class T, int kD>() { sm80::launch_backward<T, kD>(p, stream); });

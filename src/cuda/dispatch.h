@@ -79,26 +79,32 @@ constexpr Sm90FwdTile sm90_fwd_tile(int head_dim) {
   return Sm90FwdTile{0, 0, 0, 0};
 }
 
-// Hopper (sm_90a) backward, opt-in like the forward (backward_path() in
-// api.cu; docs/hopper.md). One CTA owns block_n = 128 keys of one (batch,
-// query head) and sweeps the query tiles of block_m = 64 rows that can see
-// them; 3 warpgroups: 1 TMA producer, 2 consumers of 64 keys each (wgmma's
-// M). Why 128 x 64: dK and dV stay in registers for the whole sweep (a
-// consumer holds 64 keys x d of each: 2 x 64 fp32 registers a thread at
-// d = 128), S^T and dP^T of 64 keys x 64 queries add 32 + 32, which is as
-// much as 240 registers allow; the fp32 dQ atomics per query row scale as
-// 1 / block_n, so the key tile is as large as two warpgroups make it. Q and
-// dO of a query tile stream through a 2-stage ring. Shared memory: K + V
-// 2 x 128 d, 2 stages x (Q + dO) 64 d, 2 dS^T buffers 128 x 64, 16-bit:
-// 96 KB (d 64), 160 KB (d 128), + 1 KB of LSE/D rows. d = 256 is not
-// implemented (dK + dV alone would be 256 registers a thread at 64 keys a
-// warpgroup). Not yet run on a GPU.
+// Hopper (sm_90a) backward (backward_path() in api.cu; docs/hopper.md). A
+// CTA owns block_n keys of one (batch, query head) and sweeps the query
+// tiles of block_m = 64 rows that can see them; 3 warpgroups: 1 TMA
+// producer, 2 consumers. dK and dV stay in registers for the whole sweep, so
+// the register file decides the split:
+//  - d = 64, 128: 128 keys, 64 a consumer (wgmma's M). A consumer holds
+//    dK and dV of its 64 keys x d (2 x 64 fp32 registers a thread at
+//    d = 128), S^T and dP^T of 64 keys x 64 queries add 32 + 32: as much as
+//    240 registers allow. The fp32 dQ atomics per query row scale as
+//    1 / block_n, so the key tile is as large as two warpgroups make it.
+//  - d = 256: 64 keys x 256 of dK + dV would be 256 registers a thread, so
+//    both consumers take the same 64 keys and split head_dim: 128 columns
+//    of dK, dV and dQ each (64 + 64 + 64 registers), S^T and dP^T split by
+//    queries (32 a consumer, 16 + 16), P^T and dS^T shared through shared
+//    memory.
+// Q and dO of a query tile stream through a 2-stage ring. Shared memory,
+// 16-bit: K + V 2 x block_n d, 2 stages x (Q + dO) 64 d, dS^T (and at
+// d = 256 P^T) buffers of block_n x 64: 96 KB (d 64), 160 KB (d 128),
+// 224 KB (d 256), + 1 KB of LSE/D rows.
 struct Sm90BwdTile {
   int head_dim, block_m, block_n, stages;
 };
 //                                       head_dim  M    N  stages
 inline constexpr Sm90BwdTile kSm90BwdTiles[] = {{64,  64, 128, 2},
-                                                {128, 64, 128, 2}};
+                                                {128, 64, 128, 2},
+                                                {256, 64,  64, 2}};
 
 constexpr Sm90BwdTile sm90_bwd_tile(int head_dim) {
   for (const Sm90BwdTile& c : kSm90BwdTiles)

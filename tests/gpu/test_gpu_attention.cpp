@@ -545,8 +545,8 @@ class Sm90Gpu : public GpuTest {
 };
 
 const std::int64_t kSm90HeadDims[] = {64, 128, 256};
-const std::int64_t kSm90BwdHeadDims[] = {64, 128};
-bool sm90_backward_has(std::int64_t d) { return d == 64 || d == 128; }
+const std::int64_t kSm90BwdHeadDims[] = {64, 128, 256};
+bool sm90_backward_has(std::int64_t d) { return d == 64 || d == 128 || d == 256; }
 
 // ------------------------------------------ sm90 forward and backward cases ---
 // Case sequences both the sm90 forward and the sm90 backward tests check;
@@ -658,8 +658,8 @@ TEST_P(Sm90Shapes, DenseAndCausalTails) {
     for (const auto& l : lens) {
       Case c = shape_case(sp, l[0], l[1]);
       c.causal = causal;
-      // One backward per sweep (the sm90 backward where it has the
-      // head_dim; forced sm90 refuses d = 256, see Sm90BackwardGpu).
+      // One backward per sweep (the sm90 backward has every head_dim of
+      // the sm90 forward; Sm90BackwardShapes sweeps it).
       c.backward = l[0] == 127 && sm90_backward_has(sp.d);
       check_case(c);
     }
@@ -781,9 +781,9 @@ TEST_F(Sm90Gpu, DropoutForwardBackwardVsReference) {
 // error of the standard path in the same precision, plus a floor.
 class Sm90BackwardShapes : public Sm90Gpu, public ::testing::WithParamInterface<DTypeHeadDim> {};
 
-// Lengths off the 64-row query tile and the 128-key tile, both ways, the
-// one-row / one-key extremes (a key tile of one key, a query tile of one
-// row); causal and not.
+// Lengths off the 64-row query tile and the key tile (128, or 64 at
+// d = 256), both ways, the one-row / one-key extremes (a key tile of one
+// key, a query tile of one row); causal and not.
 TEST_P(Sm90BackwardShapes, DenseAndCausalTails) {
   const DTypeHeadDim sp = GetParam();
   const std::int64_t lens[][2] = {{1, 1},     {17, 40},   {64, 64},   {65, 129},  {127, 129}, {129, 127},
@@ -872,11 +872,6 @@ TEST_F(Sm90BackwardGpu, UnsupportedIsAnError) {
   Case base;
   base.sq = 100;
   base.sk = 90;
-  {
-    Case c = base;
-    c.d = 256;  // the sm90 forward has it, the backward does not
-    expect_refused(c, "head_dim", false, false);
-  }
   {
     Case c = base;
     c.d = 96;

@@ -27,8 +27,10 @@ std::string acc_constraints(int n) {
 // SS: A and B from shared memory. name "wgmma_ss": both K-major
 // (imm-trans-a = imm-trans-b = 0); "wgmma_ss_tt": both MN-major (A M-major,
 // B N-major; imm-trans-a = imm-trans-b = 1), e.g. dQ = dS K in the backward
-// with dS stored keys x queries and K keys x head_dim.
-void emit_ss(const char* name, int trans, int n_inst, const char* ctype, const char* ptype) {
+// with dS stored keys x queries and K keys x head_dim; "wgmma_ss_bt": A
+// K-major, B N-major (imm-trans-b = 1 only), e.g. dV += P^T dO with P^T
+// stored keys x queries and dO queries x head_dim.
+void emit_ss(const char* name, int trans_a, int trans_b, int n_inst, const char* ctype, const char* ptype) {
   const int n = n_inst / 2;  // accumulator floats a thread holds
   const std::string accs = acc_list(n), cons = acc_constraints(n);
   std::printf("__device__ __forceinline__ void %s(float (&d)[%d], std::uint64_t desc_a, std::uint64_t desc_b, "
@@ -38,7 +40,7 @@ void emit_ss(const char* name, int trans, int n_inst, const char* ctype, const c
   std::printf("      \"setp.ne.b32 p, %%%d, 0;\\n\"\n", n + 2);
   std::printf("      \"wgmma.mma_async.sync.aligned.m64n%dk16.f32.%s.%s \"\n", n_inst, ptype, ptype);
   std::printf("      \"%s, \"\n", accs.c_str());
-  std::printf("      \"%%%d, %%%d, p, 1, 1, %d, %d;\\n}\\n\"\n", n, n + 1, trans, trans);
+  std::printf("      \"%%%d, %%%d, p, 1, 1, %d, %d;\\n}\\n\"\n", n, n + 1, trans_a, trans_b);
   std::printf("      : %s\n", cons.c_str());
   std::printf("      : \"l\"(desc_a), \"l\"(desc_b), \"r\"(scale_d));\n");
   std::printf("}\n");
@@ -66,7 +68,7 @@ void emit_rs(const char* name, int trans_b, int n_inst, const char* ctype, const
 }
 
 void emit(int n_inst, const char* ctype, const char* ptype) {
-  emit_ss("wgmma_ss", 0, n_inst, ctype, ptype);
+  emit_ss("wgmma_ss", 0, 0, n_inst, ctype, ptype);
   emit_rs("wgmma_rs_bt", 1, n_inst, ctype, ptype);
 }
 
@@ -78,8 +80,17 @@ int main() {
   const char* types[][2] = {{"__half", "f16"}, {"__nv_bfloat16", "bf16"}};
   for (const auto& t : types)
     for (const int n_inst : {64, 128, 256}) emit(n_inst, t[0], t[1]);
-  // The backward's dQ = dS K: one 64-column box of K a warpgroup (N = 64).
-  for (const auto& t : types) emit_ss("wgmma_ss_tt", 1, 64, t[0], t[1]);
+  // The backward's dQ = dS K: one 64-column box of K a warpgroup (N = 64),
+  // or two at d = 256 (N = 128).
+  for (const auto& t : types)
+    for (const int n_inst : {64, 128}) emit_ss("wgmma_ss_tt", 1, 1, n_inst, t[0], t[1]);
+  // The d = 256 backward: S^T and dP^T of 32 queries a consumer (N = 32),
+  // dV += P^T dO and dK += dS^T Q with P^T / dS^T from shared memory on
+  // 128 head_dim columns a consumer (N = 128).
+  for (const auto& t : types) {
+    emit_ss("wgmma_ss", 0, 0, 32, t[0], t[1]);
+    emit_ss("wgmma_ss_bt", 0, 1, 128, t[0], t[1]);
+  }
   // The backward's S^T = K Q^T and dP^T = V dO^T at d = 64, K and V held in
   // registers (N = the 64 queries of a tile).
   for (const auto& t : types) emit_rs("wgmma_rs", 0, 64, t[0], t[1]);

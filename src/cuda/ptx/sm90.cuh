@@ -267,11 +267,14 @@ __device__ __forceinline__ std::uint64_t desc_advance(std::uint64_t desc, std::u
 // wgmma_ss(d, desc_a, desc_b, scale_d, T{}): D (+)= A B with A (64 x 16)
 // and B (16 x N) K-major in shared memory; scale_d = 0 overwrites D.
 // wgmma_ss_tt(d, desc_a, desc_b, scale_d, T{}): A M-major and B N-major in
-// shared memory (both transposed; N = 64 only).
+// shared memory (both transposed; N = 64 or 128).
+// wgmma_ss_bt(d, desc_a, desc_b, scale_d, T{}): A K-major, B N-major in
+// shared memory (N = 128 only).
 // wgmma_rs_bt(d, a, desc_b, scale_d, T{}): A from registers, B N-major.
 // wgmma_rs(d, a, desc_b, scale_d, T{}): A from registers, B K-major (N = 64
 // only).
-// N = 2 x the accumulator length; T{} (__half or __nv_bfloat16) picks the
+// wgmma_ss has N = 32 (the d = 256 backward's S^T of 32 queries), 64, 128
+// and 256. N = 2 x the accumulator length; T{} (__half or __nv_bfloat16) picks the
 // input type.
 #include "sm90_wgmma.inc"
 

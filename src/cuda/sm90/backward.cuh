@@ -97,25 +97,34 @@ constexpr int kThreads = kWarpgroup * (1 + kConsumers);
 // fragments (2 x 16) at its peak: 224 at d = 128 before addresses.
 constexpr int kProducerRegs = 24, kConsumerRegs = 240;
 constexpr int kBlockM = 64;   // queries a step (wgmma N of S^T, K of dV / dK)
-constexpr int kBlockN = 128;  // keys a CTA (64 a consumer: wgmma M)
-// dS^T buffers: consumer 0 writes tile i's while consumer 1's dQ of tile
-// i - 2 may still read buffer (i - 2) % 3 (see "Turns"); two would race.
-constexpr int kDsBufs = 3;
 
 // Byte offsets inside the (1024-aligned) dynamic shared memory. Every tile
 // is a whole number of 1024-byte swizzle atoms, so all stay aligned.
 template <int kD, int kStages>
 struct Smem {
+  // Keys a CTA: 128 (64 a consumer: wgmma M) or, at d = 256, 64 that both
+  // consumers share, each with half of head_dim (kSplitDims; dispatch.h).
+  static constexpr int kBlockN = sm90_bwd_tile(kD).block_n;
+  static constexpr bool kSplitDims = kBlockN == 64;
+  // dS^T buffers. Split keys: consumer 0 writes tile i's while consumer 1's
+  // dQ of tile i - 2 may still read buffer (i - 2) % 3 (see "Turns"); two
+  // would race. Split dims: tile i's (and P^T's) are written after both
+  // consumers have finished G2(i - 1) (see consume_split_dims), so (i - 2)'s
+  // buffer is free.
+  static constexpr int kDsBufs = kSplitDims ? 2 : 3;
+  static constexpr int kPtBufs = kSplitDims ? 2 : 0;
+  static constexpr int kNumStages = kStages;
   static constexpr int kChunks = kD / 64;        // 64-column (128-byte) boxes per row
   static constexpr int kKV = kBlockN * kD * 2;   // K or V: box c at c * kBlockN * 128
   static constexpr int kQT = kBlockM * kD * 2;   // one Q or dO tile: box c at c * kBlockM * 128
-  static constexpr int kDS = kBlockN * kBlockM * 2;  // dS^T: 128 key rows of 64 queries (128 B)
+  static constexpr int kDS = kBlockN * kBlockM * 2;  // dS^T or P^T: a key row of 64 queries (128 B) each
   static constexpr int kK = 0;
   static constexpr int kV = kK + kKV;
   static constexpr int kQ = kV + kKV;            // Q stage s at kQ + s kQT
   static constexpr int kDO = kQ + kStages * kQT;  // dO stage s at kDO + s kQT
   static constexpr int kDSt = kDO + kStages * kQT;  // dS^T buffer b at kDSt + b kDS
-  static constexpr int kRows = kDSt + kDsBufs * kDS;  // float lse2[kStages][64], then dsum[kStages][64]
+  static constexpr int kPt = kDSt + kDsBufs * kDS;   // P^T buffer b at kPt + b kDS (split dims)
+  static constexpr int kRows = kPt + kPtBufs * kDS;  // float lse2[kStages][64], then dsum[kStages][64]
   static constexpr int kBars = kRows + 2 * kStages * kBlockM * 4;
   static constexpr int kBytes = kBars + (1 + 3 * kStages) * 8;  // kv_full, q_full[], do_full[], empty[]
   static constexpr int kAlloc = kBytes + 1024;   // slack to align the base
@@ -127,6 +136,7 @@ struct Smem {
 // [n0, n0 + kBlockN) under the window rule (src/common/mask.h), dense
 // problems only: the rows i with first_key(i) <= n_last and last_key(i) >= n0.
 // The same arithmetic as the sm80 dkdv kernel (sm80/backward.cuh).
+template <int kBlockN>
 __device__ __forceinline__ void query_tiles(const Params& p, const SeqInfo& seq, int n0, int* begin, int* end) {
   const int n_last = min(n0 + kBlockN, seq.sk) - 1;
   std::int64_t i_lo = 0, i_hi = seq.sq - 1;
@@ -148,6 +158,311 @@ __device__ __forceinline__ std::uint32_t opaque(std::uint32_t v) {
 
 }  // namespace bwd
 
+namespace bwd {
+
+// E1 of one tile, the same for both consumer layouts: in place, st = S^T ->
+// P^T (P_d^T under dropout) and dpt = dP^T -> dS^T. Element
+// [4 tt + 2 half + e] of this thread is key j_first + 8 half, query
+// m_first + 8 tt + col_in_tile + e, for the kCols / 8 8-column query tiles
+// tt of the accumulators (wgmma N = kCols). lse_s / dsum_s: the stage's
+// LSE (times log2 e) and D rows from query m_first on. Waits for the two
+// G1 commit groups itself (S^T, then dP^T), so that the keep bits and the
+// row loads run while they are on the tensor cores.
+template <int kCols, bool kDropout>
+__device__ __forceinline__ void probs_and_grads(float (&st)[kCols / 2], float (&dpt)[kCols / 2], const Params& p,
+                                                const SeqInfo& seq, const float* lse_s, const float* dsum_s,
+                                                int m_first, int j_first, int col_in_tile, bool need_mask,
+                                                bool window, std::uint32_t bh) {
+  // Dropout keep bits (bit 4 tt + 2 half + e, as st), while S^T and
+  // dP^T are on the tensor cores (they depend only on indices). One
+  // Philox call covers 4 of this thread's elements: query rows i, i + 8
+  // (tiles tt = 2tp, 2tp + 1) at keys j, j + 8 (half 0, 1), word
+  // 2 (tt & 1) + half, 16-bit half j & 1 (philox.h; m_first and j_first
+  // - lane / 4 are multiples of 16). Rolled: unrolled, the calls
+  // would take registers next to dK, dV and the two accumulators.
+  // (The other 4 words of each call are those of the lane with key
+  // j ^ 1. A version that shared the calls through __shfl_xor_sync,
+  // halving them, ran the gpu-check racecheck case at d 64 in 200 s
+  // instead of 2.5 s, cause not isolated: not kept; see docs/NOTES.md.)
+  std::uint32_t keep_bits = ~0u;
+  if constexpr (kDropout) {
+    keep_bits = 0;
+    const auto j0 = static_cast<std::uint32_t>(j_first);
+    const std::uint32_t call = DropoutStream::call_of(j0), hs = j0 & 1u;
+#pragma unroll 1
+    for (int it = 0; it < kCols / 8; ++it) {
+      const int tp = it >> 1, e = it & 1;
+      const auto i0 = static_cast<std::uint32_t>(m_first + 16 * tp + col_in_tile + e);
+      const Philox4 r = p.dropout.words(bh, DropoutStream::row_pair_of(i0), call);
+      // bit 8 tp + e: (tt 2tp, half 0); + 2: half 1; + 4, + 6: tt 2tp + 1
+      keep_bits |= p.dropout.keep_bits4(r, hs) << (8 * tp + e);
+    }
+  }
+
+  // P^T (in place in st). LSE and D of this thread's query columns are read before the
+  // waits for S^T and dP^T, so that the shared-memory latency (long
+  // under the wgmma operand traffic) passes under the tensor cores'.
+  float2 lse_c[kCols / 8], dsum_c[kCols / 8];
+#pragma unroll
+  for (int tt = 0; tt < kCols / 8; ++tt)
+    lse_c[tt] = *reinterpret_cast<const float2*>(lse_s + 8 * tt + col_in_tile);
+  x::wgmma_wait<1>();
+  x::fence_operands(st);
+  // Two loops, not one with the mask test inside: ptxas kept a branch
+  // and a select per element in the unmasked tiles (4 issue slots each).
+  if (!need_mask) {
+#pragma unroll
+    for (int tt = 0; tt < kCols / 8; ++tt) {
+      const float2 l2 = lse_c[tt];
+#pragma unroll
+      for (int q = 0; q < 4; ++q)
+        st[4 * tt + q] = ptx::exp2_approx(st[4 * tt + q] * p.scale_log2 - ((q & 1) ? l2.y : l2.x));
+    }
+  } else {
+#pragma unroll
+    for (int tt = 0; tt < kCols / 8; ++tt) {
+      const float2 l2 = lse_c[tt];
+#pragma unroll
+      for (int half = 0; half < 2; ++half)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          float& v = st[4 * tt + 2 * half + e];
+          const float pe = ptx::exp2_approx(v * p.scale_log2 - (e ? l2.y : l2.x));
+          const int i = m_first + 8 * tt + col_in_tile + e, j = j_first + 8 * half;
+          const bool visible = i < seq.sq && j < seq.sk && (!window || p.window.visible(i, j, seq.sq, seq.sk));
+          v = visible ? pe : 0.f;
+        }
+    }
+  }
+  // dS^T = P^T (dP^T - D), in place in dpt. With dropout, dP^T is the
+  // gradient of the dropped P_d = P Z / (1 - p), so dP^T is first taken
+  // through the mask (D = rowsum(dO O) is already that of the dropped P),
+  // and dV uses P_d^T.
+#pragma unroll
+  for (int tt = 0; tt < kCols / 8; ++tt)
+    dsum_c[tt] = *reinterpret_cast<const float2*>(dsum_s + 8 * tt + col_in_tile);
+  x::wgmma_wait<0>();
+  x::fence_operands(dpt);
+  if constexpr (kDropout) {
+#pragma unroll
+    for (int i = 0; i < kCols / 2; ++i) dpt[i] = ((keep_bits >> i) & 1u) ? dpt[i] * p.keep_scale : 0.f;
+  }
+#pragma unroll
+  for (int tt = 0; tt < kCols / 8; ++tt) {
+    const float2 d2 = dsum_c[tt];
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      dpt[4 * tt + 2 * half] = st[4 * tt + 2 * half] * (dpt[4 * tt + 2 * half] - d2.x);
+      dpt[4 * tt + 2 * half + 1] = st[4 * tt + 2 * half + 1] * (dpt[4 * tt + 2 * half + 1] - d2.y);
+    }
+  }
+
+  if constexpr (kDropout) {
+#pragma unroll
+    for (int i = 0; i < kCols / 2; ++i) st[i] = ((keep_bits >> i) & 1u) ? st[i] * p.keep_scale : 0.f;
+  }
+}
+
+// The epilogue of both consumer layouts: dK (times the softmax scale, S =
+// scale Q K^T) and dV of this thread's key rows j_first, j_first + 8 and
+// its kN / 4 8-column tiles from head_dim column col_first (accumulator
+// layout), to dk / dv or, under GQA, to the fp32 per-query-head dk_accum /
+// dv_accum that reduce_dkdv sums. Keys past seqlen_k are never stored. A
+// key tile no query tile sees stores zeros (the gradients are outputs, not
+// accumulations).
+template <class T, int kD, int kN>
+__device__ __forceinline__ void store_dk_dv(const float (&dk)[kN], const float (&dv)[kN], const Params& p,
+                                            const SeqInfo& seq, int b, int h, int j_first, int col_first) {
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int j = j_first + 8 * half;
+    if (j >= seq.sk) continue;
+    if (p.group > 1) {
+      const std::int64_t row = kv_row(p, seq, b, h, j) * kD + col_first;
+#pragma unroll
+      for (int tt = 0; tt < kN / 4; ++tt) {
+        *reinterpret_cast<float2*>(p.dk_accum + row + 8 * tt) =
+            make_float2(dk[4 * tt + 2 * half] * p.scale, dk[4 * tt + 2 * half + 1] * p.scale);
+        *reinterpret_cast<float2*>(p.dv_accum + row + 8 * tt) =
+            make_float2(dv[4 * tt + 2 * half], dv[4 * tt + 2 * half + 1]);
+      }
+    } else {
+      T* gdK = static_cast<T*>(p.dk) + b * p.dk_sb + static_cast<std::int64_t>(j) * p.dk_ss + h * p.dk_sh +
+               col_first;
+      T* gdV = static_cast<T*>(p.dv) + b * p.dv_sb + static_cast<std::int64_t>(j) * p.dv_ss + h * p.dv_sh +
+               col_first;
+#pragma unroll
+      for (int tt = 0; tt < kN / 4; ++tt) {
+        *reinterpret_cast<std::uint32_t*>(gdK + 8 * tt) =
+            pack2<T>(dk[4 * tt + 2 * half] * p.scale, dk[4 * tt + 2 * half + 1] * p.scale);
+        *reinterpret_cast<std::uint32_t*>(gdV + 8 * tt) = pack2<T>(dv[4 * tt + 2 * half], dv[4 * tt + 2 * half + 1]);
+      }
+    }
+  }
+}
+}  // namespace bwd
+
+// The consumers at d = 256 (Smem::kSplitDims; docs/hopper.md, "The backward
+// at d = 256"). dK and dV of 64 keys x 256 columns would need 256 registers
+// a thread in one warpgroup, so both consumers take the CTA's 64 keys and
+// consumer w owns head_dim columns 128w..128w + 127 of dK, dV and dQ. Per
+// query tile i (64 queries):
+//   G1  S^T_w = K Q_w^T, dP^T_w = V dO_w^T    wgmma SS, 64 keys x the 32
+//       queries 32w..32w + 31 (N = 32): the two consumers split G1 by
+//       queries, so no product is computed twice
+//   E1  P^T_w, dS^T_w (probs_and_grads) -> shared memory, both 16-bit
+//       (every column of dV and dK needs all 64 queries: the other
+//       consumer's half comes through shared memory)
+//   --  named barrier 1 (both consumers): both halves of P^T(i), dS^T(i)
+//       are stored and fenced
+//   G2  dQ_w = dS K[:, w]      wgmma SS, A = dS^T read M-major, N = 128
+//       dV_w += P^T dO[:, w]   wgmma SS, A = P^T K-major, B N-major, N = 128
+//       dK_w += dS^T Q[:, w]   likewise
+//       dQ first: its red.global.add run while dV / dK are on the tensor
+//       cores; then stage s is released.
+// The buffers of P^T and dS^T alternate (i % 2): a consumer writes tile
+// i + 1's only after the barrier of tile i, which the other consumer
+// reaches only after its G2(i - 1) (the last reader of buffer (i + 1) % 2)
+// has completed.
+// The two consumers run in lockstep (one barrier a tile), so E1 is not
+// hidden under the other's GEMMs as in the split-keys layout: at d = 256
+// the GEMMs are 4x longer than at d = 64 for the same E1.
+template <class T, int kD, bool kDropout, class L>
+__device__ __forceinline__ void consume_split_dims(const Params& p, const SeqInfo& seq, unsigned char* smem,
+                                                   std::uint32_t base, int b, int h, int n0, int mt_begin,
+                                                   int n_steps, std::uint32_t bh) {
+  using namespace bwd;
+  constexpr int kBlockN = L::kBlockN, kStages = L::kNumStages;
+  constexpr int kHalfD = kD / 2;       // dK, dV, dQ columns a consumer (wgmma N of G2)
+  constexpr int kQCols = kBlockM / 2;  // queries of S^T, dP^T a consumer (wgmma N of G1)
+  static_assert(kBlockN == 64 && kHalfD == 128, "the split-dims layout is that of d = 256");
+  const int w = __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x) / kWarpgroup - 1, 0);
+  const int t = static_cast<int>(threadIdx.x) % kWarpgroup, warp = t / 32, lane = t % 32;
+  const int col_in_tile = 2 * (lane % 4);
+  const int key_row0 = 16 * warp + lane / 4;  // and + 8: this thread's keys within the 64
+  const bool window = !p.window.unbounded();
+  const int n_last = min(n0 + kBlockN, seq.sk) - 1;
+  const float* lse_rows = reinterpret_cast<const float*>(smem + L::kRows);
+  const float* dsum_rows = lse_rows + kStages * kBlockM;
+  const std::uint32_t kv_full = base + L::kBars;
+  auto q_full = [&](int s) { return base + L::kBars + 8 * (1 + s); };
+  auto do_full = [&](int s) { return base + L::kBars + 8 * (1 + kStages + s); };
+  auto empty = [&](int s) { return base + L::kBars + 8 * (1 + 2 * kStages + s); };
+
+  float dk[kHalfD / 2], dv[kHalfD / 2];
+#pragma unroll
+  for (int i = 0; i < kHalfD / 2; ++i) dk[i] = dv[i] = 0.f;
+  const std::uint32_t base_c = opaque(base);  // see the split-keys consumer
+  if (n_steps > 0) x::mbar_wait(kv_full, 0);
+
+  for (int step = 0; step < n_steps; ++step) {
+    const int s = step % kStages;
+    const std::uint32_t round_parity = (step / kStages) & 1;
+    const int m0 = (mt_begin + step) * kBlockM;
+    const std::uint32_t sbase = opaque(base_c);
+    const std::uint32_t sK = sbase + L::kK, sV = sbase + L::kV;
+    const std::uint32_t sQ = sbase + L::kQ + s * L::kQT, sdO = sbase + L::kDO + s * L::kQT;
+    const int m_last = min(m0 + kBlockM, seq.sq) - 1;
+    const bool need_mask = m0 + kBlockM > seq.sq || n0 + kBlockN > seq.sk ||
+                           (window && !window_covers(p.window, m0, m_last, n0, n_last, seq.sq, seq.sk));
+
+    // ---- G1: K = head_dim in steps of 16 (a new 64-column box every 4).
+    // Q_w / dO_w: rows 32w.. of every box (4096 w bytes: whole swizzle atoms).
+    float st[kQCols / 2], dpt[kQCols / 2];
+    x::mbar_wait(q_full(s), round_parity);
+    x::mbar_wait(do_full(s), round_parity);
+    const std::uint64_t k_desc = x::desc_sw128(sK, 16, 1024), v_desc = x::desc_sw128(sV, 16, 1024);
+    const std::uint64_t q_desc = x::desc_sw128(sQ + w * kQCols * 128, 16, 1024);
+    const std::uint64_t do_desc = x::desc_sw128(sdO + w * kQCols * 128, 16, 1024);
+    x::wgmma_fence();  // st / dpt were last read by ordinary instructions
+    auto g1_gemm = [&](float (&acc)[kQCols / 2], std::uint64_t a_desc, std::uint64_t b_desc) {
+#pragma unroll
+      for (int kk = 0; kk < kD / 16; ++kk) {
+        const std::uint32_t aoff = (kk / 4) * kBlockN * 128 + (kk % 4) * 32;
+        const std::uint32_t boff = (kk / 4) * kBlockM * 128 + (kk % 4) * 32;
+        x::wgmma_ss(acc, x::desc_advance(a_desc, aoff), x::desc_advance(b_desc, boff), kk > 0 ? 1 : 0, T{});
+      }
+      x::wgmma_commit();
+    };
+    g1_gemm(st, k_desc, q_desc);
+    g1_gemm(dpt, v_desc, do_desc);
+
+    // ---- E1, then this consumer's 32 query columns of P^T and dS^T to
+    // buffer (step % 2): row = key (128 bytes of 64 queries), this
+    // thread's 4 bytes in 16-byte chunk 4w + tt of its row, stored at chunk
+    // (4w + tt) ^ (row % 8) -- the 128B swizzle the descriptors undo. A
+    // warp's store of one (tt, half) covers 8 rows in 8 distinct chunks:
+    // all 32 banks.
+    probs_and_grads<kQCols, kDropout>(st, dpt, p, seq, lse_rows + s * kBlockM + w * kQCols,
+                                      dsum_rows + s * kBlockM + w * kQCols, m0 + w * kQCols, n0 + key_row0,
+                                      col_in_tile, need_mask, window, bh);
+    const int buf = step % L::kDsBufs;
+    unsigned char* pt_s = smem + L::kPt + buf * L::kDS;
+    unsigned char* ds_s = smem + L::kDSt + buf * L::kDS;
+#pragma unroll
+    for (int tt = 0; tt < kQCols / 8; ++tt)
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int r = key_row0 + 8 * half;
+        const int off = r * 128 + (((4 * w + tt) ^ (r % 8)) * 16) + col_in_tile * 2;
+        *reinterpret_cast<std::uint32_t*>(pt_s + off) = pack2<T>(st[4 * tt + 2 * half], st[4 * tt + 2 * half + 1]);
+        *reinterpret_cast<std::uint32_t*>(ds_s + off) = pack2<T>(dpt[4 * tt + 2 * half], dpt[4 * tt + 2 * half + 1]);
+      }
+    // Ordinary stores that wgmma (the async proxy) reads next: fence, then
+    // the barrier that publishes them to the other consumer.
+    x::fence_proxy_async_smem();
+    x::named_barrier_sync<1>(kConsumers * kWarpgroup);
+
+    // ---- G2. K of dQ = the 64 keys, of dV / dK = the 64 queries, in steps
+    // of 16 rows (2048 bytes); N = 128 columns, boxes 2w and 2w + 1 (LBO =
+    // one box). A of dV / dK (P^T, dS^T: K-major) steps 32 bytes in its row.
+    const std::uint32_t sPt = sbase + L::kPt + buf * L::kDS, sDs = sbase + L::kDSt + buf * L::kDS;
+    const std::uint64_t ds_mn_desc = x::desc_sw128(sDs, 1024, 1024);
+    const std::uint64_t kb_desc = x::desc_sw128(sK + 2 * w * kBlockN * 128, kBlockN * 128, 1024);
+    const std::uint64_t pt_desc = x::desc_sw128(sPt, 16, 1024), ds_k_desc = x::desc_sw128(sDs, 16, 1024);
+    const std::uint64_t dob_desc = x::desc_sw128(sdO + 2 * w * kBlockM * 128, kBlockM * 128, 1024);
+    const std::uint64_t qb_desc = x::desc_sw128(sQ + 2 * w * kBlockM * 128, kBlockM * 128, 1024);
+    float dq[kHalfD / 2];
+    x::fence_operands(dv);
+    x::fence_operands(dk);
+    x::wgmma_fence();  // dq was last read by the reductions of the tile before
+#pragma unroll
+    for (int kk = 0; kk < kBlockN / 16; ++kk)
+      x::wgmma_ss_tt(dq, x::desc_advance(ds_mn_desc, kk * 16 * 128), x::desc_advance(kb_desc, kk * 16 * 128),
+                     kk > 0 ? 1 : 0, T{});
+    x::wgmma_commit();
+#pragma unroll
+    for (int kk = 0; kk < kBlockM / 16; ++kk)
+      x::wgmma_ss_bt(dv, x::desc_advance(pt_desc, kk * 32), x::desc_advance(dob_desc, kk * 16 * 128), 1, T{});
+#pragma unroll
+    for (int kk = 0; kk < kBlockM / 16; ++kk)
+      x::wgmma_ss_bt(dk, x::desc_advance(ds_k_desc, kk * 32), x::desc_advance(qb_desc, kk * 16 * 128), 1, T{});
+    x::wgmma_commit();
+
+    // dQ's reductions (8 bytes each: columns c, c + 1 of rows r, r + 8 in
+    // every 8-column tile), while dV / dK are on the tensor cores.
+    x::wgmma_wait<1>();
+    x::fence_operands(dq);
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int i = m0 + 16 * warp + lane / 4 + 8 * half;
+      if (i < seq.sq) {
+        float* dst = p.dq_accum + q_row(p, seq, b, h, i) * kD + w * kHalfD + col_in_tile;
+#pragma unroll
+        for (int tt = 0; tt < kHalfD / 8; ++tt)
+          x::red_add_v2(dst + 8 * tt, dq[4 * tt + 2 * half], dq[4 * tt + 2 * half + 1]);
+      }
+    }
+    x::wgmma_wait<0>();
+    x::fence_operands(dv);
+    x::fence_operands(dk);
+    // This thread no longer reads Q, dO, LSE or D of stage s.
+    x::mbar_arrive(empty(s));
+  }
+
+  store_dk_dv<T, kD>(dk, dv, p, seq, b, h, n0 + key_row0, w * kHalfD + col_in_tile);
+}
+
 // kDropout is a template parameter, not a run-time test of p.has_dropout:
 // the dropout code (keep bits, its Philox state) then costs nothing in the
 // kernel without dropout, whose consumers have no registers to spare.
@@ -160,7 +475,7 @@ __global__ void __launch_bounds__(bwd::kThreads, 1)
   using namespace bwd;
   constexpr int kStages = sm90_bwd_tile(kD).stages;
   using L = Smem<kD, kStages>;
-  constexpr int kDN = kD / 8;  // 8-column tiles of dK / dV a thread holds parts of
+  constexpr int kBlockN = L::kBlockN, kDsBufs = L::kDsBufs;
 
   extern __shared__ unsigned char smem_raw[];
   // The 128B swizzle pattern repeats every 1024 bytes of *address*: TMA and
@@ -181,7 +496,7 @@ __global__ void __launch_bounds__(bwd::kThreads, 1)
   const std::uint32_t bh = dropout_bh(p, b, h);
   const SeqInfo seq = resolve_seq(p, b);  // dense only on this path: the lengths
   int mt_begin, mt_end;
-  query_tiles(p, seq, n0, &mt_begin, &mt_end);
+  query_tiles<kBlockN>(p, seq, n0, &mt_begin, &mt_end);
   const int n_steps = mt_end - mt_begin;
 
   if (tid == 0) {
@@ -261,386 +576,272 @@ __global__ void __launch_bounds__(bwd::kThreads, 1)
   } else {
     // ------------------------------------------------------ consumer ---
     x::setmaxnreg_inc<kConsumerRegs>();
-    // Which 64 keys of the tile. Broadcast from lane 0 so that the compiler
-    // knows it is warp-uniform: the d = 64 dQ branch below depends on it,
-    // and a wgmma on a path ptxas thinks divergent gets serialised (C7518).
-    const int w = __shfl_sync(0xffffffffu, tid / kWarpgroup - 1, 0);
-    const int t = tid % kWarpgroup, warp = t / 32, lane = t % 32;
-    const int col_in_tile = 2 * (lane % 4);
-    // This thread's two key rows (accumulator layout: 16 warp + lane / 4,
-    // + 8) within the 128-key tile.
-    const int key_row0 = 64 * w + 16 * warp + lane / 4;
-    const bool window = !p.window.unbounded();
-    const int n_last = min(n0 + kBlockN, seq.sk) - 1;
+    if constexpr (L::kSplitDims) {
+      consume_split_dims<T, kD, kDropout, L>(p, seq, smem, base, b, h, n0, mt_begin, n_steps, bh);
+    } else {
+      // Which 64 keys of the tile. Broadcast from lane 0 so that the compiler
+      // knows it is warp-uniform: the d = 64 dQ branch below depends on it,
+      // and a wgmma on a path ptxas thinks divergent gets serialised (C7518).
+      const int w = __shfl_sync(0xffffffffu, tid / kWarpgroup - 1, 0);
+      const int t = tid % kWarpgroup, warp = t / 32, lane = t % 32;
+      const int col_in_tile = 2 * (lane % 4);
+      // This thread's two key rows (accumulator layout: 16 warp + lane / 4,
+      // + 8) within the 128-key tile.
+      const int key_row0 = 64 * w + 16 * warp + lane / 4;
+      const bool window = !p.window.unbounded();
+      const int n_last = min(n0 + kBlockN, seq.sk) - 1;
 
-    float dk[kD / 2], dv[kD / 2];
+      float dk[kD / 2], dv[kD / 2];
 #pragma unroll
-    for (int i = 0; i < kD / 2; ++i) dk[i] = dv[i] = 0.f;
-    // The shared-memory base once, as an opaque value: a plain `base` was
-    // rematerialised every tile from SR_CgaCtaId (S2UR, whose latency was
-    // the consumers' largest single stall: 13% of the samples under ncu).
-    const std::uint32_t base_c = opaque(base);
+      for (int i = 0; i < kD / 2; ++i) dk[i] = dv[i] = 0.f;
+      // The shared-memory base once, as an opaque value: a plain `base` was
+      // rematerialised every tile from SR_CgaCtaId (S2UR, whose latency was
+      // the consumers' largest single stall: 13% of the samples under ncu).
+      const std::uint32_t base_c = opaque(base);
 
-    // Turns at the tensor cores (see "Turns" at the top of this file):
-    // consumer 0 waits on named barrier 1, consumer 1 on 2; each turn ends
-    // by arriving on the other's. Consumer 1 opens with an arrival, so
-    // consumer 0 issues first.
-    auto turn_wait = [&] {
-      if (w == 0) x::named_barrier_sync<1>(kConsumers * kWarpgroup);
-      else x::named_barrier_sync<2>(kConsumers * kWarpgroup);
-    };
-    auto turn_pass = [&] {
-      if (w == 0) x::named_barrier_arrive<2>(kConsumers * kWarpgroup);
-      else x::named_barrier_arrive<1>(kConsumers * kWarpgroup);
-    };
+      // Turns at the tensor cores (see "Turns" at the top of this file):
+      // consumer 0 waits on named barrier 1, consumer 1 on 2; each turn ends
+      // by arriving on the other's. Consumer 1 opens with an arrival, so
+      // consumer 0 issues first.
+      auto turn_wait = [&] {
+        if (w == 0) x::named_barrier_sync<1>(kConsumers * kWarpgroup);
+        else x::named_barrier_sync<2>(kConsumers * kWarpgroup);
+      };
+      auto turn_pass = [&] {
+        if (w == 0) x::named_barrier_arrive<2>(kConsumers * kWarpgroup);
+        else x::named_barrier_arrive<1>(kConsumers * kWarpgroup);
+      };
 
-    // dQ of query tile j (64 queries x 64 columns of box qbox) = dS_j K:
-    // A = dS^T_j read M-major, B = K read N-major, K = the 128 keys in steps
-    // of 16 rows (2048 bytes). M and N are one 64-element swizzle atom each,
-    // so the MN-atom step (LBO) is never used (given SBO's value).
-    // dQ columns: at d = 128 consumer w computes box w of every tile; at
-    // d = 64 (one box) tile j is consumer (j % 2)'s.
-    constexpr bool kSplit = L::kChunks == 2;
-    const int qbox = kSplit ? w : 0;
-    auto my_dq = [&](int j) { return kSplit || (j & 1) == w; };
-    auto dq_issue = [&](float (&dq)[32], int j) {
-      const std::uint32_t sbase = opaque(base_c);
-      const std::uint64_t ds_desc = x::desc_sw128(sbase + L::kDSt + (j % kDsBufs) * L::kDS, 1024, 1024);
-      const std::uint64_t k_desc = x::desc_sw128(sbase + L::kK + qbox * kBlockN * 128, 1024, 1024);
-      x::wgmma_fence();  // dq was last read by the atomics of the tile before
+      // dQ of query tile j (64 queries x 64 columns of box qbox) = dS_j K:
+      // A = dS^T_j read M-major, B = K read N-major, K = the 128 keys in steps
+      // of 16 rows (2048 bytes). M and N are one 64-element swizzle atom each,
+      // so the MN-atom step (LBO) is never used (given SBO's value).
+      // dQ columns: at d = 128 consumer w computes box w of every tile; at
+      // d = 64 (one box) tile j is consumer (j % 2)'s.
+      constexpr bool kSplit = L::kChunks == 2;
+      const int qbox = kSplit ? w : 0;
+      auto my_dq = [&](int j) { return kSplit || (j & 1) == w; };
+      auto dq_issue = [&](float (&dq)[32], int j) {
+        const std::uint32_t sbase = opaque(base_c);
+        const std::uint64_t ds_desc = x::desc_sw128(sbase + L::kDSt + (j % kDsBufs) * L::kDS, 1024, 1024);
+        const std::uint64_t k_desc = x::desc_sw128(sbase + L::kK + qbox * kBlockN * 128, 1024, 1024);
+        x::wgmma_fence();  // dq was last read by the atomics of the tile before
 #pragma unroll
-      for (int kk = 0; kk < kBlockN / 16; ++kk)
-        x::wgmma_ss_tt(dq, x::desc_advance(ds_desc, kk * 16 * 128), x::desc_advance(k_desc, kk * 16 * 128),
-                       kk > 0 ? 1 : 0, T{});
-      x::wgmma_commit();
-    };
-    // dQ's reductions into dq_accum: a thread holds columns c, c + 1 of rows
-    // r and r + 8 in every 8-column tile tt, one 8-byte reduction each. (A
-    // lane exchange would make 16-byte vectors of half as many reductions;
-    // measured on the H200, the shuffles and selects cost more than the
-    // extra reductions: d 64 391 -> 406 TFLOPS without them.) At d = 128
-    // dQ is issued first so that they run under dV / dK (with the 8-byte
-    // form: +5-8% there; at d = 64, issuing it first was 4-8% slower).
-    constexpr bool kDqFirst = kD == 128;
-    auto dq_atomics = [&](float (&dq)[32], int j) {
-      x::fence_operands(dq);
-      const int m0 = (mt_begin + j) * kBlockM;
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int i = m0 + 16 * warp + lane / 4 + 8 * half;
-        if (i < seq.sq) {
-          float* dst = p.dq_accum + q_row(p, seq, b, h, i) * kD + qbox * 64 + col_in_tile;
-#pragma unroll
-          for (int tt = 0; tt < 8; ++tt) x::red_add_v2(dst + 8 * tt, dq[4 * tt + 2 * half], dq[4 * tt + 2 * half + 1]);
-        }
-      }
-    };
-
-    // At d = 64, K_w and V_w (64 keys x 64 columns, constant for the CTA)
-    // are the A operands of S^T and dP^T from registers (16 each): the SS
-    // form read them from shared memory again every tile, half of G1's
-    // shared-memory operand traffic. (At d = 128 they would take 64
-    // registers next to dK and dV.) ldmatrix.x4 of one k16 slice: lanes
-    // 8m..8m+7 address the rows of 8x8 matrix m = (rows +8 if m odd,
-    // columns +8 if m >= 2), which comes back in the wgmma A-fragment order.
-    constexpr bool kKVRegs = kD == 64;
-    std::uint32_t ka[kKVRegs ? 4 : 1][4], va[kKVRegs ? 4 : 1][4];
-    auto load_kv_fragments = [&] {
-      const int row = 16 * warp + (lane % 8) + 8 * ((lane / 8) % 2);
-#pragma unroll
-      for (int kk = 0; kk < 4; ++kk) {
-        const int chunk = 2 * kk + lane / 16;
-        const std::uint32_t off = w * 64 * 128 + row * 128 + ((chunk ^ (row % 8)) * 16);
-        ptx::ldmatrix_x4(ka[kk], base_c + L::kK + off);
-        ptx::ldmatrix_x4(va[kk], base_c + L::kV + off);
-      }
-    };
-
-    if (n_steps > 0) {
-      x::mbar_wait(kv_full, 0);
-      if constexpr (kKVRegs) load_kv_fragments();
-      // Consumer 1's turn 0 is empty (it has no tile before the first): it
-      // only keeps the alternation, so that its G1 of tile i follows
-      // consumer 0's G2 of tile i.
-      if (w == 1) {
-        x::named_barrier_arrive<1>(kConsumers * kWarpgroup);
-        turn_wait();
-        turn_pass();
-      }
-    }
-    for (int step = 0; step < n_steps; ++step) {
-      const int s = step % kStages;
-      const std::uint32_t round_parity = (step / kStages) & 1;
-      const int m0 = (mt_begin + step) * kBlockM;
-      const std::uint32_t sbase = opaque(base_c);
-      const std::uint32_t sKw = sbase + L::kK + w * 64 * 128, sVw = sbase + L::kV + w * 64 * 128;
-      const std::uint32_t sQ = sbase + L::kQ + s * L::kQT, sdO = sbase + L::kDO + s * L::kQT;
-      // (sKw, sVw: consumer w's 64 keys, rows 64w.. of every box: 8192 B,
-      // whole swizzle atoms.)
-      const int m_last = min(m0 + kBlockM, seq.sq) - 1;
-      const bool need_mask = m0 + kBlockM > seq.sq || n0 + kBlockN > seq.sk ||
-                             (window && !window_covers(p.window, m0, m_last, n0, n_last, seq.sq, seq.sk));
-
-      // ---- turn G1: S^T = K_w Q^T and dP^T = V_w dO^T. K = head_dim in
-      // steps of 16 (32 bytes inside a 128-byte swizzled row; a new
-      // 64-column box every 4 steps). Two commit groups, so the softmax part
-      // of P^T can start while dP^T is still on the tensor cores.
-      float st[kBlockM / 2], dpt[kBlockM / 2];
-      x::mbar_wait(q_full(s), round_parity);
-      x::mbar_wait(do_full(s), round_parity);
-      turn_wait();
-      const std::uint64_t k_desc = x::desc_sw128(sKw, 16, 1024), q_desc = x::desc_sw128(sQ, 16, 1024);
-      const std::uint64_t v_desc = x::desc_sw128(sVw, 16, 1024), do_desc = x::desc_sw128(sdO, 16, 1024);
-      x::wgmma_fence();  // st / dpt were last read by ordinary instructions
-      // One GEMM of G1: acc = A B^T over head_dim, A = K_w or V_w (from
-      // registers at d = 64, else from a_desc), B = Q_i or dO_i (b_desc).
-      auto g1_gemm = [&](float (&acc)[kBlockM / 2], const std::uint32_t (&a_regs)[kKVRegs ? 4 : 1][4],
-                         std::uint64_t a_desc, std::uint64_t b_desc) {
-#pragma unroll
-        for (int kk = 0; kk < kD / 16; ++kk) {
-          const std::uint32_t aoff = (kk / 4) * kBlockN * 128 + (kk % 4) * 32;
-          const std::uint32_t boff = (kk / 4) * kBlockM * 128 + (kk % 4) * 32;
-          if constexpr (kKVRegs) x::wgmma_rs(acc, a_regs[kk], x::desc_advance(b_desc, boff), kk > 0 ? 1 : 0, T{});
-          else x::wgmma_ss(acc, x::desc_advance(a_desc, aoff), x::desc_advance(b_desc, boff), kk > 0 ? 1 : 0, T{});
-        }
+        for (int kk = 0; kk < kBlockN / 16; ++kk)
+          x::wgmma_ss_tt(dq, x::desc_advance(ds_desc, kk * 16 * 128), x::desc_advance(k_desc, kk * 16 * 128),
+                         kk > 0 ? 1 : 0, T{});
         x::wgmma_commit();
       };
-      g1_gemm(st, ka, k_desc, q_desc);
-      g1_gemm(dpt, va, v_desc, do_desc);
-      turn_pass();
-
-      // ---- E1, while the other consumer's G2 is on the tensor cores.
-      // Dropout keep bits (bit 4 tt + 2 half + e, as st), while S^T and
-      // dP^T are on the tensor cores (they depend only on indices). One
-      // Philox call covers 4 of this thread's elements: query rows i, i + 8
-      // (tiles tt = 2tp, 2tp + 1) at keys j, j + 8 (half 0, 1), word
-      // 2 (tt & 1) + half, 16-bit half j & 1 (philox.h; m0, n0 and the
-      // warps' keys start at multiples of 16). Rolled: unrolled, the calls
-      // would take registers next to dK, dV and the two accumulators.
-      // (The other 4 words of each call are those of the lane with key
-      // j ^ 1. A version that shared the calls through __shfl_xor_sync,
-      // halving them, ran the gpu-check racecheck case at d 64 in 200 s
-      // instead of 2.5 s, cause not isolated: not kept; see docs/NOTES.md.)
-      std::uint32_t keep_bits = ~0u;
-      if constexpr (kDropout) {
-        keep_bits = 0;
-        const auto j0 = static_cast<std::uint32_t>(n0 + key_row0);
-        const std::uint32_t call = DropoutStream::call_of(j0), hs = j0 & 1u;
-#pragma unroll 1
-        for (int it = 0; it < kBlockM / 8; ++it) {
-          const int tp = it >> 1, e = it & 1;
-          const auto i0 = static_cast<std::uint32_t>(m0 + 16 * tp + col_in_tile + e);
-          const Philox4 r = p.dropout.words(bh, DropoutStream::row_pair_of(i0), call);
-          // bit 8 tp + e: (tt 2tp, half 0); + 2: half 1; + 4, + 6: tt 2tp + 1
-          keep_bits |= p.dropout.keep_bits4(r, hs) << (8 * tp + e);
-        }
-      }
-
-      // P^T (in place in st). Element st[4 tt + 2 half + e] is key row
-      // key_row0 + 8 half, query column 8 tt + col_in_tile + e.
-      // LSE and D of this thread's 16 query columns are read before the
-      // waits for S^T and dP^T, so that the shared-memory latency (long
-      // under the wgmma operand traffic) passes under the tensor cores'.
-      const float* lse_s = lse_rows + s * kBlockM;
-      const float* dsum_s = dsum_rows + s * kBlockM;
-      float2 lse_c[kBlockM / 8], dsum_c[kBlockM / 8];
-#pragma unroll
-      for (int tt = 0; tt < kBlockM / 8; ++tt)
-        lse_c[tt] = *reinterpret_cast<const float2*>(lse_s + 8 * tt + col_in_tile);
-      x::wgmma_wait<1>();
-      x::fence_operands(st);
-      // Two loops, not one with the mask test inside: ptxas kept a branch
-      // and a select per element in the unmasked tiles (4 issue slots each).
-      if (!need_mask) {
-#pragma unroll
-        for (int tt = 0; tt < kBlockM / 8; ++tt) {
-          const float2 l2 = lse_c[tt];
-#pragma unroll
-          for (int q = 0; q < 4; ++q)
-            st[4 * tt + q] = ptx::exp2_approx(st[4 * tt + q] * p.scale_log2 - ((q & 1) ? l2.y : l2.x));
-        }
-      } else {
-#pragma unroll
-        for (int tt = 0; tt < kBlockM / 8; ++tt) {
-          const float2 l2 = lse_c[tt];
-#pragma unroll
-          for (int half = 0; half < 2; ++half)
-#pragma unroll
-            for (int e = 0; e < 2; ++e) {
-              float& v = st[4 * tt + 2 * half + e];
-              const float pe = ptx::exp2_approx(v * p.scale_log2 - (e ? l2.y : l2.x));
-              const int i = m0 + 8 * tt + col_in_tile + e, j = n0 + key_row0 + 8 * half;
-              const bool visible = i < seq.sq && j < seq.sk && (!window || p.window.visible(i, j, seq.sq, seq.sk));
-              v = visible ? pe : 0.f;
-            }
-        }
-      }
-      // dS^T = P^T (dP^T - D), in place in dpt. With dropout, dP^T is the
-      // gradient of the dropped P_d = P Z / (1 - p), so dP^T is first taken
-      // through the mask (D = rowsum(dO O) is already that of the dropped P),
-      // and dV below uses P_d^T.
-#pragma unroll
-      for (int tt = 0; tt < kBlockM / 8; ++tt)
-        dsum_c[tt] = *reinterpret_cast<const float2*>(dsum_s + 8 * tt + col_in_tile);
-      x::wgmma_wait<0>();
-      x::fence_operands(dpt);
-      if constexpr (kDropout) {
-#pragma unroll
-        for (int i = 0; i < kBlockM / 2; ++i) dpt[i] = ((keep_bits >> i) & 1u) ? dpt[i] * p.keep_scale : 0.f;
-      }
-#pragma unroll
-      for (int tt = 0; tt < kBlockM / 8; ++tt) {
-        const float2 d2 = dsum_c[tt];
+      // dQ's reductions into dq_accum: a thread holds columns c, c + 1 of rows
+      // r and r + 8 in every 8-column tile tt, one 8-byte reduction each. (A
+      // lane exchange would make 16-byte vectors of half as many reductions;
+      // measured on the H200, the shuffles and selects cost more than the
+      // extra reductions: d 64 391 -> 406 TFLOPS without them.) At d = 128
+      // dQ is issued first so that they run under dV / dK (with the 8-byte
+      // form: +5-8% there; at d = 64, issuing it first was 4-8% slower).
+      constexpr bool kDqFirst = kD == 128;
+      auto dq_atomics = [&](float (&dq)[32], int j) {
+        x::fence_operands(dq);
+        const int m0 = (mt_begin + j) * kBlockM;
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
-          dpt[4 * tt + 2 * half] = st[4 * tt + 2 * half] * (dpt[4 * tt + 2 * half] - d2.x);
-          dpt[4 * tt + 2 * half + 1] = st[4 * tt + 2 * half + 1] * (dpt[4 * tt + 2 * half + 1] - d2.y);
+          const int i = m0 + 16 * warp + lane / 4 + 8 * half;
+          if (i < seq.sq) {
+            float* dst = p.dq_accum + q_row(p, seq, b, h, i) * kD + qbox * 64 + col_in_tile;
+#pragma unroll
+            for (int tt = 0; tt < 8; ++tt) x::red_add_v2(dst + 8 * tt, dq[4 * tt + 2 * half], dq[4 * tt + 2 * half + 1]);
+          }
         }
-      }
-
-      if constexpr (kDropout) {
-#pragma unroll
-        for (int i = 0; i < kBlockM / 2; ++i) st[i] = ((keep_bits >> i) & 1u) ? st[i] * p.keep_scale : 0.f;
-      }
-
-      // P^T (P_d^T with dropout) and dS^T to 16 bits, already in the A-fragment layout of the
-      // k16 slice kk (queries 16 kk..16 kk + 15): a[0] rows r, a[1] rows
-      // r + 8, a[2], a[3] the same 8 columns further.
-      std::uint32_t pa[kBlockM / 16][4], dsa[kBlockM / 16][4];
-#pragma unroll
-      for (int kk = 0; kk < kBlockM / 16; ++kk)
-#pragma unroll
-        for (int q = 0; q < 4; ++q) {
-          pa[kk][q] = pack2<T>(st[8 * kk + 2 * q], st[8 * kk + 2 * q + 1]);
-          dsa[kk][q] = pack2<T>(dpt[8 * kk + 2 * q], dpt[8 * kk + 2 * q + 1]);
-        }
-
-      // dS^T to shared memory buffer (step % kDsBufs) for dQ: row = key
-      // (128 bytes of 64 queries), 16-byte chunk c of row r stored at chunk
-      // c ^ (r % 8) -- the 128B swizzle TMA would have applied, which the
-      // wgmma descriptor undoes. A warp's 32 stores of one (tt, half) hit
-      // 8 rows x 16 bytes in 8 distinct chunks: all 32 banks, no conflict.
-      // No barrier before the stores: the turns order them after both
-      // consumers' dQ of tile step - kDsBufs (see "Turns" at the top).
-      unsigned char* dS_s = smem + L::kDSt + (step % kDsBufs) * L::kDS;
-#pragma unroll
-      for (int tt = 0; tt < kBlockM / 8; ++tt)
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {
-          const int r = key_row0 + 8 * half;
-          *reinterpret_cast<std::uint32_t*>(dS_s + r * 128 + ((tt ^ (r % 8)) * 16) + col_in_tile * 2) =
-              dsa[tt / 2][2 * (tt % 2) + half];
-        }
-      // Ordinary stores that wgmma (the async proxy) reads next: each
-      // writing thread fences before the turn barrier that publishes them.
-      x::fence_proxy_async_smem();
-
-      // ---- turn G2: dV += P^T dO, dK += dS^T Q (K = the 64 queries in
-      // steps of 16 rows, 2048 bytes; N = head_dim across the 64-column
-      // boxes, LBO = one box of kBlockM rows), then dQ of the tile before.
-      turn_wait();
-      x::fence_operands(dv);
-      x::fence_operands(dk);
-      const std::uint64_t dob_desc = x::desc_sw128(sdO, kBlockM * 128, 1024);
-      const std::uint64_t qb_desc = x::desc_sw128(sQ, kBlockM * 128, 1024);
-      auto dvdk_issue = [&] {
-        // In each path's own block: a fence before a branch to the wgmmas
-        // did not count for ptxas, which injected one (C7519).
-        x::wgmma_fence();  // pa / dsa were just written by ordinary instructions
-#pragma unroll
-        for (int kk = 0; kk < kBlockM / 16; ++kk)
-          x::wgmma_rs_bt(dv, pa[kk], x::desc_advance(dob_desc, kk * 16 * 128), 1, T{});
-#pragma unroll
-        for (int kk = 0; kk < kBlockM / 16; ++kk)
-          x::wgmma_rs_bt(dk, dsa[kk], x::desc_advance(qb_desc, kk * 16 * 128), 1, T{});
-        x::wgmma_commit();
       };
-      // Each branch holds a whole dQ path, issue to wait<0> (ptxas must see
-      // the wait on every path that issued the dQ group, or it injects
-      // waits). The empty arrival: this thread no longer reads Q, dO, LSE
-      // or D of stage s, so the producer may refill it.
-      const bool dq_first = kDqFirst && step > 0;
-      if (!dq_first) dvdk_issue();
-      if (dq_first) {
-        // dQ(step - 1), then dV / dK: the dQ group completes first, and its
-        // reductions run while dV / dK are on the tensor cores.
-        float dq[32];
-        dq_issue(dq, step - 1);
-        dvdk_issue();
-        turn_pass();
-        x::wgmma_wait<1>();
-        dq_atomics(dq, step - 1);
-        x::wgmma_wait<0>();
-        x::fence_operands(dv);
-        x::fence_operands(dk);
-        x::mbar_arrive(empty(s));
-      } else if (step > 0 && my_dq(step - 1)) {
-        // dV / dK, then dQ(step - 1): stage s is released as soon as dV /
-        // dK are complete, while dQ is still on the tensor cores.
-        float dq[32];
-        dq_issue(dq, step - 1);
-        turn_pass();
-        x::wgmma_wait<1>();
-        x::fence_operands(dv);
-        x::fence_operands(dk);
-        x::mbar_arrive(empty(s));
-        x::wgmma_wait<0>();
-        dq_atomics(dq, step - 1);
-      } else {
-        turn_pass();
-        x::wgmma_wait<0>();
-        x::fence_operands(dv);
-        x::fence_operands(dk);
-        x::mbar_arrive(empty(s));
-      }
-    }
-    // dQ of the last tile. Consumer 0 takes two more turns: an empty one,
-    // then the dQ turn, which follows consumer 1's last G2, the turn that
-    // published consumer 1's dS^T of that tile. Consumer 1's own last G2
-    // came after consumer 0's last G2, so both halves are there for it.
-    if (n_steps > 0) {
-      const int j = n_steps - 1;
-      if (w == 0) {
-        turn_wait();
-        turn_pass();
-        turn_wait();
-      }
-      if (my_dq(j)) {
-        float dq[32];
-        dq_issue(dq, j);
-        x::wgmma_wait<0>();
-        dq_atomics(dq, j);
-      }
-    }
 
-    // Epilogue: dK carries the softmax scale (S = scale Q K^T). Keys past
-    // seqlen_k are never stored. A key tile no query tile sees stores zeros
-    // (the gradients are outputs, not accumulations).
+      // At d = 64, K_w and V_w (64 keys x 64 columns, constant for the CTA)
+      // are the A operands of S^T and dP^T from registers (16 each): the SS
+      // form read them from shared memory again every tile, half of G1's
+      // shared-memory operand traffic. (At d = 128 they would take 64
+      // registers next to dK and dV.) ldmatrix.x4 of one k16 slice: lanes
+      // 8m..8m+7 address the rows of 8x8 matrix m = (rows +8 if m odd,
+      // columns +8 if m >= 2), which comes back in the wgmma A-fragment order.
+      constexpr bool kKVRegs = kD == 64;
+      std::uint32_t ka[kKVRegs ? 4 : 1][4], va[kKVRegs ? 4 : 1][4];
+      auto load_kv_fragments = [&] {
+        const int row = 16 * warp + (lane % 8) + 8 * ((lane / 8) % 2);
 #pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int j = n0 + key_row0 + 8 * half;
-      if (j >= seq.sk) continue;
-      if (p.group > 1) {
-        const std::int64_t row = kv_row(p, seq, b, h, j) * kD + col_in_tile;
-#pragma unroll
-        for (int tt = 0; tt < kDN; ++tt) {
-          *reinterpret_cast<float2*>(p.dk_accum + row + 8 * tt) =
-              make_float2(dk[4 * tt + 2 * half] * p.scale, dk[4 * tt + 2 * half + 1] * p.scale);
-          *reinterpret_cast<float2*>(p.dv_accum + row + 8 * tt) =
-              make_float2(dv[4 * tt + 2 * half], dv[4 * tt + 2 * half + 1]);
+        for (int kk = 0; kk < 4; ++kk) {
+          const int chunk = 2 * kk + lane / 16;
+          const std::uint32_t off = w * 64 * 128 + row * 128 + ((chunk ^ (row % 8)) * 16);
+          ptx::ldmatrix_x4(ka[kk], base_c + L::kK + off);
+          ptx::ldmatrix_x4(va[kk], base_c + L::kV + off);
         }
-      } else {
-        T* gdK = static_cast<T*>(p.dk) + b * p.dk_sb + static_cast<std::int64_t>(j) * p.dk_ss + h * p.dk_sh +
-                 col_in_tile;
-        T* gdV = static_cast<T*>(p.dv) + b * p.dv_sb + static_cast<std::int64_t>(j) * p.dv_ss + h * p.dv_sh +
-                 col_in_tile;
-#pragma unroll
-        for (int tt = 0; tt < kDN; ++tt) {
-          *reinterpret_cast<std::uint32_t*>(gdK + 8 * tt) =
-              pack2<T>(dk[4 * tt + 2 * half] * p.scale, dk[4 * tt + 2 * half + 1] * p.scale);
-          *reinterpret_cast<std::uint32_t*>(gdV + 8 * tt) = pack2<T>(dv[4 * tt + 2 * half], dv[4 * tt + 2 * half + 1]);
+      };
+
+      if (n_steps > 0) {
+        x::mbar_wait(kv_full, 0);
+        if constexpr (kKVRegs) load_kv_fragments();
+        // Consumer 1's turn 0 is empty (it has no tile before the first): it
+        // only keeps the alternation, so that its G1 of tile i follows
+        // consumer 0's G2 of tile i.
+        if (w == 1) {
+          x::named_barrier_arrive<1>(kConsumers * kWarpgroup);
+          turn_wait();
+          turn_pass();
         }
       }
+      for (int step = 0; step < n_steps; ++step) {
+        const int s = step % kStages;
+        const std::uint32_t round_parity = (step / kStages) & 1;
+        const int m0 = (mt_begin + step) * kBlockM;
+        const std::uint32_t sbase = opaque(base_c);
+        const std::uint32_t sKw = sbase + L::kK + w * 64 * 128, sVw = sbase + L::kV + w * 64 * 128;
+        const std::uint32_t sQ = sbase + L::kQ + s * L::kQT, sdO = sbase + L::kDO + s * L::kQT;
+        // (sKw, sVw: consumer w's 64 keys, rows 64w.. of every box: 8192 B,
+        // whole swizzle atoms.)
+        const int m_last = min(m0 + kBlockM, seq.sq) - 1;
+        const bool need_mask = m0 + kBlockM > seq.sq || n0 + kBlockN > seq.sk ||
+                               (window && !window_covers(p.window, m0, m_last, n0, n_last, seq.sq, seq.sk));
+
+        // ---- turn G1: S^T = K_w Q^T and dP^T = V_w dO^T. K = head_dim in
+        // steps of 16 (32 bytes inside a 128-byte swizzled row; a new
+        // 64-column box every 4 steps). Two commit groups, so the softmax part
+        // of P^T can start while dP^T is still on the tensor cores.
+        float st[kBlockM / 2], dpt[kBlockM / 2];
+        x::mbar_wait(q_full(s), round_parity);
+        x::mbar_wait(do_full(s), round_parity);
+        turn_wait();
+        const std::uint64_t k_desc = x::desc_sw128(sKw, 16, 1024), q_desc = x::desc_sw128(sQ, 16, 1024);
+        const std::uint64_t v_desc = x::desc_sw128(sVw, 16, 1024), do_desc = x::desc_sw128(sdO, 16, 1024);
+        x::wgmma_fence();  // st / dpt were last read by ordinary instructions
+        // One GEMM of G1: acc = A B^T over head_dim, A = K_w or V_w (from
+        // registers at d = 64, else from a_desc), B = Q_i or dO_i (b_desc).
+        auto g1_gemm = [&](float (&acc)[kBlockM / 2], const std::uint32_t (&a_regs)[kKVRegs ? 4 : 1][4],
+                           std::uint64_t a_desc, std::uint64_t b_desc) {
+#pragma unroll
+          for (int kk = 0; kk < kD / 16; ++kk) {
+            const std::uint32_t aoff = (kk / 4) * kBlockN * 128 + (kk % 4) * 32;
+            const std::uint32_t boff = (kk / 4) * kBlockM * 128 + (kk % 4) * 32;
+            if constexpr (kKVRegs) x::wgmma_rs(acc, a_regs[kk], x::desc_advance(b_desc, boff), kk > 0 ? 1 : 0, T{});
+            else x::wgmma_ss(acc, x::desc_advance(a_desc, aoff), x::desc_advance(b_desc, boff), kk > 0 ? 1 : 0, T{});
+          }
+          x::wgmma_commit();
+        };
+        g1_gemm(st, ka, k_desc, q_desc);
+        g1_gemm(dpt, va, v_desc, do_desc);
+        turn_pass();
+
+        // ---- E1, while the other consumer's G2 is on the tensor cores.
+        probs_and_grads<kBlockM, kDropout>(st, dpt, p, seq, lse_rows + s * kBlockM, dsum_rows + s * kBlockM, m0,
+                                           n0 + key_row0, col_in_tile, need_mask, window, bh);
+
+        // P^T (P_d^T with dropout) and dS^T to 16 bits, already in the A-fragment layout of the
+        // k16 slice kk (queries 16 kk..16 kk + 15): a[0] rows r, a[1] rows
+        // r + 8, a[2], a[3] the same 8 columns further.
+        std::uint32_t pa[kBlockM / 16][4], dsa[kBlockM / 16][4];
+#pragma unroll
+        for (int kk = 0; kk < kBlockM / 16; ++kk)
+#pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            pa[kk][q] = pack2<T>(st[8 * kk + 2 * q], st[8 * kk + 2 * q + 1]);
+            dsa[kk][q] = pack2<T>(dpt[8 * kk + 2 * q], dpt[8 * kk + 2 * q + 1]);
+          }
+
+        // dS^T to shared memory buffer (step % kDsBufs) for dQ: row = key
+        // (128 bytes of 64 queries), 16-byte chunk c of row r stored at chunk
+        // c ^ (r % 8) -- the 128B swizzle TMA would have applied, which the
+        // wgmma descriptor undoes. A warp's 32 stores of one (tt, half) hit
+        // 8 rows x 16 bytes in 8 distinct chunks: all 32 banks, no conflict.
+        // No barrier before the stores: the turns order them after both
+        // consumers' dQ of tile step - kDsBufs (see "Turns" at the top).
+        unsigned char* dS_s = smem + L::kDSt + (step % kDsBufs) * L::kDS;
+#pragma unroll
+        for (int tt = 0; tt < kBlockM / 8; ++tt)
+#pragma unroll
+          for (int half = 0; half < 2; ++half) {
+            const int r = key_row0 + 8 * half;
+            *reinterpret_cast<std::uint32_t*>(dS_s + r * 128 + ((tt ^ (r % 8)) * 16) + col_in_tile * 2) =
+                dsa[tt / 2][2 * (tt % 2) + half];
+          }
+        // Ordinary stores that wgmma (the async proxy) reads next: each
+        // writing thread fences before the turn barrier that publishes them.
+        x::fence_proxy_async_smem();
+
+        // ---- turn G2: dV += P^T dO, dK += dS^T Q (K = the 64 queries in
+        // steps of 16 rows, 2048 bytes; N = head_dim across the 64-column
+        // boxes, LBO = one box of kBlockM rows), then dQ of the tile before.
+        turn_wait();
+        x::fence_operands(dv);
+        x::fence_operands(dk);
+        const std::uint64_t dob_desc = x::desc_sw128(sdO, kBlockM * 128, 1024);
+        const std::uint64_t qb_desc = x::desc_sw128(sQ, kBlockM * 128, 1024);
+        auto dvdk_issue = [&] {
+          // In each path's own block: a fence before a branch to the wgmmas
+          // did not count for ptxas, which injected one (C7519).
+          x::wgmma_fence();  // pa / dsa were just written by ordinary instructions
+#pragma unroll
+          for (int kk = 0; kk < kBlockM / 16; ++kk)
+            x::wgmma_rs_bt(dv, pa[kk], x::desc_advance(dob_desc, kk * 16 * 128), 1, T{});
+#pragma unroll
+          for (int kk = 0; kk < kBlockM / 16; ++kk)
+            x::wgmma_rs_bt(dk, dsa[kk], x::desc_advance(qb_desc, kk * 16 * 128), 1, T{});
+          x::wgmma_commit();
+        };
+        // Each branch holds a whole dQ path, issue to wait<0> (ptxas must see
+        // the wait on every path that issued the dQ group, or it injects
+        // waits). The empty arrival: this thread no longer reads Q, dO, LSE
+        // or D of stage s, so the producer may refill it.
+        const bool dq_first = kDqFirst && step > 0;
+        if (!dq_first) dvdk_issue();
+        if (dq_first) {
+          // dQ(step - 1), then dV / dK: the dQ group completes first, and its
+          // reductions run while dV / dK are on the tensor cores.
+          float dq[32];
+          dq_issue(dq, step - 1);
+          dvdk_issue();
+          turn_pass();
+          x::wgmma_wait<1>();
+          dq_atomics(dq, step - 1);
+          x::wgmma_wait<0>();
+          x::fence_operands(dv);
+          x::fence_operands(dk);
+          x::mbar_arrive(empty(s));
+        } else if (step > 0 && my_dq(step - 1)) {
+          // dV / dK, then dQ(step - 1): stage s is released as soon as dV /
+          // dK are complete, while dQ is still on the tensor cores.
+          float dq[32];
+          dq_issue(dq, step - 1);
+          turn_pass();
+          x::wgmma_wait<1>();
+          x::fence_operands(dv);
+          x::fence_operands(dk);
+          x::mbar_arrive(empty(s));
+          x::wgmma_wait<0>();
+          dq_atomics(dq, step - 1);
+        } else {
+          turn_pass();
+          x::wgmma_wait<0>();
+          x::fence_operands(dv);
+          x::fence_operands(dk);
+          x::mbar_arrive(empty(s));
+        }
+      }
+      // dQ of the last tile. Consumer 0 takes two more turns: an empty one,
+      // then the dQ turn, which follows consumer 1's last G2, the turn that
+      // published consumer 1's dS^T of that tile. Consumer 1's own last G2
+      // came after consumer 0's last G2, so both halves are there for it.
+      if (n_steps > 0) {
+        const int j = n_steps - 1;
+        if (w == 0) {
+          turn_wait();
+          turn_pass();
+          turn_wait();
+        }
+        if (my_dq(j)) {
+          float dq[32];
+          dq_issue(dq, j);
+          x::wgmma_wait<0>();
+          dq_atomics(dq, j);
+        }
+      }
+
+      store_dk_dv<T, kD>(dk, dv, p, seq, b, h, n0 + key_row0, col_in_tile);
     }
   }
 #else
@@ -652,9 +853,10 @@ __global__ void __launch_bounds__(bwd::kThreads, 1)
 template <class T, int kD>
 void launch_backward(const Params& p, cudaStream_t stream) {
   constexpr Sm90BwdTile c = sm90_bwd_tile(kD);
-  static_assert(c.head_dim == kD && c.block_m == bwd::kBlockM && c.block_n == bwd::kBlockN && c.stages >= 2,
-                "row missing from kSm90BwdTiles");
   using L = bwd::Smem<kD, c.stages>;
+  static_assert(c.head_dim == kD && c.block_m == bwd::kBlockM && (c.block_n == 128 || c.block_n == 64) &&
+                    c.stages >= 2,
+                "row missing from kSm90BwdTiles");
   constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
 
   sm80::launch_dot_do_o<T, kD>(p, stream);

@@ -6,4 +6,5 @@
 namespace flashattn::detail::sm90 {
 template void launch_backward<__nv_bfloat16, 64>(const Params&, cudaStream_t);
 template void launch_backward<__nv_bfloat16, 128>(const Params&, cudaStream_t);
+template void launch_backward<__nv_bfloat16, 256>(const Params&, cudaStream_t);
 }  // namespace flashattn::detail::sm90
