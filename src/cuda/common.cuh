@@ -54,6 +54,21 @@ inline ComputeCapability device_compute_capability(int* device = nullptr) {
   return cc;
 }
 
+// The current device's number of SMs (a persistent kernel's grid), cached
+// per device like the compute capability.
+inline int device_sm_count() {
+  constexpr int kMaxDevices = 64;
+  static std::atomic<int> cached[kMaxDevices];  // 0: not asked yet
+  int dev = 0;
+  check(cudaGetDevice(&dev), "cudaGetDevice");
+  const int hit = dev < kMaxDevices ? cached[dev].load(std::memory_order_relaxed) : 0;
+  if (hit != 0) return hit;
+  int n = 0;
+  check(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute");
+  if (dev < kMaxDevices && n > 0) cached[dev].store(n, std::memory_order_relaxed);
+  return n > 0 ? n : 1;
+}
+
 // cudaFuncSetAttribute(kernel, MaxDynamicSharedMemorySize, bytes), once
 // per (kernel, device): later calls with no more bytes than already set
 // return after a lookup. `what` names the kernel in the error.

@@ -57,26 +57,32 @@ constexpr TileConfig sm80_tiles(int head_dim) {
   return TileConfig{0, 0, 0, 0, 0, 0, 0, 0, 0};
 }
 
-// Hopper (sm_90a) forward, opt-in (FLASHATTN_CUDA_KERNELS=sm90, see
-// forward_path() in api.cu; docs/hopper.md). 3 warpgroups: 1 TMA producer,
-// 2 consumers of 64 query rows each (128-row tile: wgmma's M is 64 a
-// warpgroup). K/V tiles of block_n keys in a 2-stage ring. block_n = 128 up
-// to d = 128 (S is 64 fp32 registers a thread, O 32 or 64); d = 256 takes 64
-// keys because O alone is 128 registers a thread. Shared memory:
-// Q 128 d + 2 stages x (K + V) block_n d, 16-bit: 80 KB (d 64), 160 KB
-// (d 128), 192 KB (d 256), one CTA an SM. Not yet run on a GPU.
+// Hopper (sm_90a) forward (forward_path() in api.cu; docs/hopper.md). 3
+// warpgroups: 1 TMA producer, 2 consumers of 64 query rows each (128-row
+// tile: wgmma's M is 64 a warpgroup). K/V tiles of block_n keys in a
+// 2-stage ring. block_n = 128 up to d = 128 (S is 64 fp32 registers a
+// thread, O 32 or 64); d = 256 takes 64 keys because O alone is 128
+// registers a thread. Shared memory: Q 128 d + 2 stages x (K + V) block_n d,
+// 16-bit: 80 KB (d 64), 160 KB (d 128), 192 KB (d 256), one CTA an SM.
+// persistent: on problems without a mask (every query tile the same length)
+// the grid is one CTA an SM, each looping over query tiles, so that the
+// next tile's Q, K and V load under this one's last steps and epilogue;
+// that needs a separate O staging buffer (128 d, 16-bit: 16 / 32 KB), which
+// d = 256 has no room for. Masked problems keep one CTA a tile: the block
+// scheduler balances their unequal lengths.
 struct Sm90FwdTile {
   int head_dim, block_m, block_n, stages;
+  bool persistent;
 };
-//                                       head_dim  M    N  stages
-inline constexpr Sm90FwdTile kSm90FwdTiles[] = {{64,  128, 128, 2},
-                                                {128, 128, 128, 2},
-                                                {256, 128,  64, 2}};
+//                                       head_dim  M    N  stages persistent
+inline constexpr Sm90FwdTile kSm90FwdTiles[] = {{64,  128, 128, 2, true},
+                                                {128, 128, 128, 2, true},
+                                                {256, 128,  64, 2, false}};
 
 constexpr Sm90FwdTile sm90_fwd_tile(int head_dim) {
   for (const Sm90FwdTile& c : kSm90FwdTiles)
     if (c.head_dim == head_dim) return c;
-  return Sm90FwdTile{0, 0, 0, 0};
+  return Sm90FwdTile{0, 0, 0, 0, false};
 }
 
 // Hopper (sm_90a) backward (backward_path() in api.cu; docs/hopper.md). A

@@ -698,6 +698,30 @@ TEST_F(Sm90Gpu, NoKeysOrNoQueries) {
     }
 }
 
+// More query tiles than an H100 / H200 has SMs, without a mask: the
+// persistent launch (one CTA an SM, each looping over query tiles:
+// sm90/forward.cuh) carries Q, the K/V ring and the consumers' turns from
+// tile to tile. 8 tiles x 8 heads x 5 sequences = 320 tiles, 2 or 3 a CTA;
+// tails of both tiles (the last query tile of a head has one 64-row half),
+// GQA; then no keys at all (tiles without a key step, back to back).
+TEST_F(Sm90Gpu, PersistentTilesInARow) {
+  for (DType t : kDTypes)
+    for (std::int64_t d : {64, 128}) {
+      Case c;
+      c.dtype = t;
+      c.d = d;
+      c.batch = 5;
+      c.hq = 8;
+      c.hk = 2;
+      c.sq = 950;
+      c.sk = 333;
+      c.backward = false;
+      check_case(c);
+      c.sk = 0;
+      check_case(c);
+    }
+}
+
 // Padded (non-contiguous) strides and a non-default stream: the tensor
 // maps carry the strides; results equal those of the default stream.
 TEST_F(Sm90Gpu, PaddedStridesAndStream) {
