@@ -101,10 +101,10 @@ struct SmemLayout {
 struct QueryTile {
   int m0, h, b;
 };
-__device__ __forceinline__ QueryTile query_tile_of(const Params& p, int t, int block_m) {
-  const int nm = (p.seqlen_q + block_m - 1) / block_m;
+__device__ __forceinline__ QueryTile query_tile_of(const Params& p, int t) {
+  const int nm = (p.seqlen_q + 127) / 128;
   const int hb = t / nm;
-  return {(nm - 1 - t % nm) * block_m, hb % p.heads_q, hb / p.heads_q};
+  return {(nm - 1 - t % nm) * 128, hb % p.heads_q, hb / p.heads_q};
 }
 
 // kDropout: a template parameter for the reason given at the backward kernel.
@@ -134,7 +134,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   const std::uint32_t q_empty = base + L::kBars + 8 * 9;
 
   const int tid = threadIdx.x;
-  const int num_tiles = (p.seqlen_q + kBlockM - 1) / kBlockM * p.heads_q * p.batch;
+  const int num_tiles = (p.seqlen_q + 127) / 128 * p.heads_q * p.batch;
 
   if (tid == 0) {
     x::mbar_init(q_full, 1);
@@ -159,8 +159,8 @@ __global__ void __launch_bounds__(kThreads, 1)
       // g counts the K/V tiles of the CTA's whole run (the ring continues
       // across query tiles): tile g uses stage g % 2 for the (g / 2)-th time.
       int g = 0, round = 0;
-      for (int t = blockIdx.x; t < num_tiles; t += gridDim.x, ++round) {
-        const QueryTile qt = query_tile_of(p, t, kBlockM);
+      for (int tile = blockIdx.x; tile < num_tiles; tile += gridDim.x, ++round) {
+        const QueryTile qt = query_tile_of(p, tile);
         const SeqInfo seq = resolve_seq(p, qt.b);  // dense only on this path: the lengths, starts 0
         const sm80::KeyTiles<kBlockM, kBlockN> tiles(p, qt.b, qt.h, qt.m0, seq);
         const int n_steps = tiles.count();
@@ -202,7 +202,12 @@ __global__ void __launch_bounds__(kThreads, 1)
   } else {
     // ------------------------------------------------------ consumer ---
     x::setmaxnreg_inc<kConsumerRegs>();
-    const int cw = tid / kWarpgroup - 1;  // which 64 query rows
+    // Which 64 query rows. Broadcast from lane 0 so that the compiler knows
+    // it is warp-uniform: its branches (the turns, the epilogue's barriers)
+    // are then uniform ones, and inside the tile loop ptxas kept the main
+    // loop's addresses, descriptors and barrier parities on the uniform
+    // datapath only with it (without: 70 more instructions a step at d 64).
+    const int cw = __shfl_sync(0xffffffffu, tid / kWarpgroup - 1, 0);
     const int t = tid % kWarpgroup, warp = t / 32, lane = t % 32;
     const std::uint32_t sQ = base + L::kQ + cw * L::kQHalf;
     // This thread's two rows (accumulator layout) within the 128-row tile.
@@ -246,7 +251,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     // once, without the loop: the loop's state as constants (d = 256 spilled
     // 52 bytes inside the loop).
     auto consume_tile = [&](const int tile) {
-      const QueryTile qt = query_tile_of(p, tile, kBlockM);
+      const QueryTile qt = query_tile_of(p, tile);
+      const int g0 = g, rnd = round;
       const int b = qt.b, h = qt.h, m0 = qt.m0;
       const std::uint32_t bh = dropout_bh(p, b, h);
       const SeqInfo seq = resolve_seq(p, b);
@@ -255,7 +261,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       // Whether consumer 1's last pass of this tile opens a next one.
       bool pass_on = false;
       if (kPersistent && cw == 1 && tile + static_cast<int>(gridDim.x) < num_tiles) {
-        const QueryTile nt = query_tile_of(p, tile + gridDim.x, kBlockM);
+        const QueryTile nt = query_tile_of(p, tile + gridDim.x);
         pass_on = sm80::KeyTiles<kBlockM, kBlockN>(p, nt.b, nt.h, nt.m0, resolve_seq(p, nt.b)).count() > 0;
       }
 
@@ -269,9 +275,9 @@ __global__ void __launch_bounds__(kThreads, 1)
       if (n_steps > 0 && cw == 1 && !c1_passed) x::named_barrier_arrive<3>(2 * kWarpgroup);
 
       auto issue_s = [&](int step) {
-        const int st = (g + step) & 1;
+        const int st = (g0 + step) & 1;
         const std::uint32_t sK = base + L::kK + st * L::kKV;
-        x::mbar_wait(k_full(st), ((g + step) >> 1) & 1);
+        x::mbar_wait(k_full(st), ((g0 + step) >> 1) & 1);
         x::wgmma_fence();  // after the wait loop too: otherwise ptxas injects one (C7519)
         // S = Q K_j^T, K = head_dim in steps of 16 (32 bytes inside a
         // 128-byte swizzled row; a new 64-column box every 4 steps). The
@@ -286,9 +292,9 @@ __global__ void __launch_bounds__(kThreads, 1)
         x::wgmma_commit();
       };
       auto issue_pv = [&](int step) {
-        const int st = (g + step) & 1;
+        const int st = (g0 + step) & 1;
         const std::uint32_t sV = base + L::kV + st * L::kKV;
-        x::mbar_wait(v_full(st), ((g + step) >> 1) & 1);
+        x::mbar_wait(v_full(st), ((g0 + step) >> 1) & 1);
         x::wgmma_fence();
         // O += P V_j, K = keys in steps of 16 rows (2048 bytes), N = head_dim
         // across the 64-column boxes (LBO = one box).
@@ -402,7 +408,7 @@ __global__ void __launch_bounds__(kThreads, 1)
           }
       };
 
-      x::mbar_wait(q_full, round & 1);
+      x::mbar_wait(q_full, rnd & 1);
       if (n_steps > 0) {
         // Turn 0: S_0 alone.
         turn_wait();
@@ -411,7 +417,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         turn_pass(false);
         x::wgmma_wait<0>();
         x::fence_operands(sc);
-        x::mbar_arrive(k_empty(g & 1));
+        x::mbar_arrive(k_empty(g0 & 1));
         release_q_after_s(0);
         softmax(0);
         rescale_o();  // O = 0: corr only matters for the bookkeeping above
@@ -432,19 +438,19 @@ __global__ void __launch_bounds__(kThreads, 1)
         if constexpr (kSoftmaxUnderPV) {
           x::wgmma_wait<1>();  // S_step complete (groups complete in order); P V may still run
           x::fence_operands(sc);
-          x::mbar_arrive(k_empty((g + step) & 1));  // K_step is read: the producer may refill it now
+          x::mbar_arrive(k_empty((g0 + step) & 1));  // K_step is read: the producer may refill it now
           release_q_after_s(step);
           softmax(step);
           x::wgmma_wait<0>();  // P_{step-1} V_{step-1} complete: o and pa are free
         } else {
           x::wgmma_wait<0>();
           x::fence_operands(sc);
-          x::mbar_arrive(k_empty((g + step) & 1));
+          x::mbar_arrive(k_empty((g0 + step) & 1));
           release_q_after_s(step);
         }
         x::fence_operands(o);
         fence_pa();
-        x::mbar_arrive(v_empty((g + step - 1) & 1));
+        x::mbar_arrive(v_empty((g0 + step - 1) & 1));
         if constexpr (!kSoftmaxUnderPV) softmax(step);
         rescale_o();
         pack_p(step);
@@ -460,7 +466,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         if (cw == 1) c1_passed = pass_on;
         x::wgmma_wait<0>();
         x::fence_operands(o);
-        x::mbar_arrive(v_empty((g + n_steps - 1) & 1));
+        x::mbar_arrive(v_empty((g0 + n_steps - 1) & 1));
       }
       g += n_steps;
 
@@ -475,7 +481,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       // without keys has none).
       constexpr int kPitch = kD * 2;
       unsigned char* stage = smem + L::kO + cw * L::kQHalf;
-      if (kPersistent && round > 0) {
+      if (kPersistent && rnd > 0) {
         if (cw == 0) x::named_barrier_sync<1>(kWarpgroup);
         else x::named_barrier_sync<2>(kWarpgroup);
       }
@@ -528,6 +534,7 @@ template <class T, int kD>
 void launch_forward(const Params& p, cudaStream_t stream) {
   constexpr Sm90FwdTile c = sm90_fwd_tile(kD);
   static_assert(c.head_dim == kD && c.block_m == 128 && c.stages == 2, "row missing from kSm90FwdTiles");
+  static_assert(c.block_m == 128, "query_tile_of's query tiles are 128 rows");
   using L = SmemLayout<kD, c.block_n, c.persistent>;
   constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
   const CUtensorMap tq = x::make_tensor_map_bshd(p.q, kBf16, kD, p.seqlen_q, p.heads_q, p.batch, p.q_ss, p.q_sh,
