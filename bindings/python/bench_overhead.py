@@ -65,10 +65,20 @@ def main(argv=None):
     api = min(per_call_us(lambda: flashattn.flash_attn_func(q, k, v), args.calls, args.device)
               for _ in range(args.repeats))
     # The operator alone (its schema: q, k, v, then the four packed options
-    # of flashattn/_ops.py), without the Python wrapper's argument handling.
+    # of flashattn/_ops.py; option_tensors [] here, no tensor options),
+    # without the Python wrapper's argument handling.
     op_args = pack_options()
     op = min(per_call_us(lambda: torch.ops.flashattn.fwd(q, k, v, *op_args), args.calls, args.device)
              for _ in range(args.repeats))
+    # The same call through the dispatcher's boxed entry, as flash_attn_func
+    # makes it for eager calls on plain tensors (flashattn/interface.py): no
+    # search of the arguments for __torch_function__, no OpOverload frame.
+    # The least a Python call of the operator costs through torch's binding.
+    op_boxed = None
+    if hasattr(torch._C, "_dispatch_call_boxed"):
+        handle = torch._C._dispatch_find_schema_or_throw("flashattn::fwd", "")
+        op_boxed = min(per_call_us(lambda: torch._C._dispatch_call_boxed(handle, q, k, v, *op_args), args.calls,
+                                   args.device) for _ in range(args.repeats))
     # The same call on inputs that require grad (a training step's forward):
     # the C++ autograd formula's node and saved state on top.
     qg, kg, vg = (t.clone().requires_grad_() for t in (q, k, v))
@@ -87,7 +97,7 @@ def main(argv=None):
     out = dict(device=args.device, dtype=dtype, seqlen=args.seqlen, head_dim=args.head_dim, threads=threads,
                calls=args.calls, raw_cpp_us=raw, torch_op_us=op, flash_attn_func_us=api,
                op_overhead_us=op - raw, api_overhead_us=api - raw, op_requires_grad_us=op_grad,
-               op_default_no_grad_us=op_no_grad,
+               op_default_no_grad_us=op_no_grad, op_boxed_us=op_boxed,
                op_allocations_us=allocs, torch=torch.__version__,
                gpu=torch.cuda.get_device_name() if args.device == "cuda" else None)
     if args.profile:

@@ -39,7 +39,25 @@ using namespace flashattn::op_options;
 std::string piece(const char* s) { return s; }
 std::string piece(const std::string& s) { return s; }
 std::string piece(int64_t v) { return std::to_string(v); }
-std::string piece(at::ScalarType t) { return c10::toString(t); }
+// dtypes by their Python names (torch.float32, not c10's Float), as the
+// Python side's messages write them.
+std::string piece(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return "torch.float32";
+    case at::kDouble: return "torch.float64";
+    case at::kHalf: return "torch.float16";
+    case at::kBFloat16: return "torch.bfloat16";
+    case at::kByte: return "torch.uint8";
+    case at::kChar: return "torch.int8";
+    case at::kShort: return "torch.int16";
+    case at::kInt: return "torch.int32";
+    case at::kLong: return "torch.int64";
+    case at::kBool: return "torch.bool";
+    case at::kComplexFloat: return "torch.complex64";
+    case at::kComplexDouble: return "torch.complex128";
+    default: return c10::toString(t);
+  }
+}
 std::string piece(const c10::Device& d) { return d.str(); }
 std::string piece(at::IntArrayRef sizes) {
   std::string s = "[";
@@ -95,19 +113,22 @@ flashattn::Tensor view(const Tensor& t, const char* name, bool varlen) {
   FLASHATTN_CHECK(t.dim() == want, "flashattn: ", name, ": expected a ", want, "-D tensor ",
                   varlen ? "(total, heads, head_dim)" : "(batch, seqlen, heads, head_dim)", ", got shape ",
                   shape_str(t));
-  FLASHATTN_CHECK(t.size(-1) <= 1 || t.stride(-1) == 1, "flashattn: ", name,
-                  ": expected a contiguous last dimension, got stride ", t.stride(-1));
+  // The size / stride arrays read once (t.size(i) / t.stride(i) wrap and
+  // check the index on every call: a fifth of this function's cost).
+  const at::IntArrayRef sizes = t.sizes(), strides = t.strides();
+  FLASHATTN_CHECK(sizes[want - 1] <= 1 || strides[want - 1] == 1, "flashattn: ", name,
+                  ": expected a contiguous last dimension, got stride ", strides[want - 1]);
   flashattn::Tensor v;
   v.data = t.data_ptr();
   v.dtype = to_dtype(t, name);
   const int64_t seq_dim = varlen ? 0 : 1;
-  v.batch = varlen ? 1 : t.size(0);
-  v.stride_batch = varlen ? t.numel() : t.stride(0);
-  v.seqlen = t.size(seq_dim);
-  v.heads = t.size(seq_dim + 1);
-  v.head_dim = t.size(seq_dim + 2);
-  v.stride_seq = t.stride(seq_dim);
-  v.stride_head = t.stride(seq_dim + 1);
+  v.batch = varlen ? 1 : sizes[0];
+  v.stride_batch = varlen ? t.numel() : strides[0];
+  v.seqlen = sizes[seq_dim];
+  v.heads = sizes[seq_dim + 1];
+  v.head_dim = sizes[seq_dim + 2];
+  v.stride_seq = strides[seq_dim];
+  v.stride_head = strides[seq_dim + 1];
   return v;
 }
 
@@ -118,8 +139,8 @@ flashattn::Tensor view(const Tensor& t, const char* name, bool varlen) {
 const int32_t* int32_data(const std::optional<Tensor>& t, const Tensor& q, const char* name) {
   if (!t) return nullptr;
   FLASHATTN_CHECK(t->scalar_type() == at::kInt, "flashattn: ", name, ".dtype: expected int32, got ", t->scalar_type());
-  FLASHATTN_CHECK(t->device() == q.device(), "flashattn: ", name, ".device: expected ", q.device(),
-                  " (the device of q), got ", t->device());
+  FLASHATTN_CHECK(t->device() == q.device(), "flashattn: ", name, ".device: expected the device of q (", q.device(),
+                  "), got ", t->device());
   FLASHATTN_CHECK(t->is_contiguous(), "flashattn: ", name, ": expected a contiguous tensor");
   return t->data_ptr<int32_t>();
 }
@@ -136,8 +157,17 @@ struct CallOptions {
 };
 
 void check_same_device(const Tensor& t, const Tensor& q, const char* name) {
-  FLASHATTN_CHECK(t.device() == q.device(), "flashattn: ", name, ".device: expected ", q.device(),
-                  " (the device of q), got ", t.device());
+  FLASHATTN_CHECK(t.device() == q.device(), "flashattn: ", name, ".device: expected the device of q (", q.device(),
+                  "), got ", t.device());
+}
+
+// k and v: the dtype and the device of q. With view() these are the checks of
+// the Python side (flashattn/_ops.py, _check_inputs), in its order and with
+// its messages: eager calls from flashattn's functions rely on these.
+void check_like_q(const Tensor& t, const Tensor& q, const char* name) {
+  FLASHATTN_CHECK(t.scalar_type() == q.scalar_type(), "flashattn: ", name, ".dtype: expected the dtype of q (",
+                  q.scalar_type(), "), got ", t.scalar_type());
+  check_same_device(t, q, name);
 }
 
 template <std::size_t N>
@@ -147,14 +177,24 @@ std::string joined(const char* const (&names)[N]) {
   return s;
 }
 
-// The packed lists' lengths, checked before any entry is read.
+// The packed lists' lengths, checked before any entry is read. An empty
+// option_tensors stands for all None (the dense call without dropout, the
+// common case): a list of 7 Nones costs a Python call about 3k instructions
+// more to convert (callgrind) than an empty one.
 void check_packing(const OptionTensors& option_tensors, at::IntArrayRef option_ints) {
-  FLASHATTN_CHECK(option_tensors.size() == topt::count, "flashattn: option_tensors: expected ",
-                  static_cast<int64_t>(topt::count), " entries (", joined(kTensorOptionNames), "), got ",
+  FLASHATTN_CHECK(option_tensors.size() == topt::count || option_tensors.empty(),
+                  "flashattn: option_tensors: expected ", static_cast<int64_t>(topt::count), " entries (",
+                  joined(kTensorOptionNames), ") or none (all None), got ",
                   static_cast<int64_t>(option_tensors.size()));
   FLASHATTN_CHECK(option_ints.size() == iopt::count, "flashattn: option_ints: expected ",
                   static_cast<int64_t>(iopt::count), " entries (", joined(kIntOptionNames), "), got ",
                   static_cast<int64_t>(option_ints.size()));
+}
+
+// Entry i of a checked option_tensors (None when the list is empty).
+std::optional<Tensor> option_tensor(const OptionTensors& option_tensors, std::size_t i) {
+  if (option_tensors.empty()) return std::nullopt;
+  return option_tensors.get(i);
 }
 
 bool flag(at::IntArrayRef option_ints, std::size_t i) {
@@ -168,13 +208,13 @@ CallOptions make_options(const Tensor& q, const OptionTensors& option_tensors, a
   check_packing(option_tensors, option_ints);
   // Named copies (a reference count each, None for most) keep the checks
   // below readable.
-  const std::optional<Tensor> cu_seqlens_q = option_tensors.get(topt::cu_seqlens_q),
-                              cu_seqlens_k = option_tensors.get(topt::cu_seqlens_k),
-                              rng_state = option_tensors.get(topt::rng_state),
-                              kv_num_blocks = option_tensors.get(topt::kv_num_blocks),
-                              kv_indices = option_tensors.get(topt::kv_indices),
-                              full_kv_num_blocks = option_tensors.get(topt::full_kv_num_blocks),
-                              full_kv_indices = option_tensors.get(topt::full_kv_indices);
+  const std::optional<Tensor> cu_seqlens_q = option_tensor(option_tensors, topt::cu_seqlens_q),
+                              cu_seqlens_k = option_tensor(option_tensors, topt::cu_seqlens_k),
+                              rng_state = option_tensor(option_tensors, topt::rng_state),
+                              kv_num_blocks = option_tensor(option_tensors, topt::kv_num_blocks),
+                              kv_indices = option_tensor(option_tensors, topt::kv_indices),
+                              full_kv_num_blocks = option_tensor(option_tensors, topt::full_kv_num_blocks),
+                              full_kv_indices = option_tensor(option_tensors, topt::full_kv_indices);
   const int64_t algorithm = option_ints[iopt::algorithm];
   CallOptions c;
   FLASHATTN_CHECK(q.device().is_cpu() || q.device().is_cuda(), "flashattn: q.device: expected cpu or cuda, got ",
@@ -183,8 +223,9 @@ CallOptions make_options(const Tensor& q, const OptionTensors& option_tensors, a
   FLASHATTN_CHECK(algorithm == 0 || algorithm == 1, "flashattn: algorithm: expected 0 (flash) or 1 (standard), got ",
                   algorithm);
   c.ctx.algorithm = static_cast<flashattn::Algorithm>(algorithm);
-  // Follow torch.set_num_threads rather than OpenMP's own default.
-  c.ctx.num_threads = at::get_num_threads();
+  // Follow torch.set_num_threads rather than OpenMP's own default (CPU only:
+  // the CUDA backend has no use for it).
+  if (c.ctx.device == flashattn::Device::cpu) c.ctx.num_threads = at::get_num_threads();
 
   c.deterministic = flag(option_ints, iopt::deterministic);
 
@@ -291,9 +332,17 @@ Tensor workspace_for(std::size_t bytes, const Tensor& q, flashattn::Context& ctx
   return ws;
 }
 
-std::vector<int64_t> lse_shape(const Tensor& q, bool varlen) {
-  if (varlen) return {q.size(1), q.size(0)};
-  return {q.size(0), q.size(2), q.size(1)};
+// The LSE's shape, without a heap allocation: dense [batch, heads_q,
+// seqlen_q], varlen [heads_q, total_q].
+struct LseShape {
+  int64_t dims[3];
+  std::size_t rank;
+  operator at::IntArrayRef() const { return {dims, rank}; }
+};
+LseShape lse_shape(const Tensor& q, bool varlen) {
+  const at::IntArrayRef s = q.sizes();
+  if (varlen) return {{s[1], s[0], 0}, 2};
+  return {{s[0], s[2], s[1]}, 3};
 }
 
 // Varlen rows past cu_seqlens[batch] belong to no sequence and are never
@@ -306,8 +355,14 @@ Tensor new_output(const Tensor& like, bool varlen) {
 std::tuple<Tensor, Tensor> fwd(const Tensor& q, const Tensor& k, const Tensor& v, const OptionTensors& option_tensors,
                                at::IntArrayRef option_ints, double dropout_p, std::optional<double> softmax_scale) {
   CallOptions c = make_options(q, option_tensors, option_ints, dropout_p, softmax_scale);
-  check_same_device(k, q, "k");
-  check_same_device(v, q, "v");
+  // The inputs' checks before the allocations, so that the shape of q is
+  // known to be right when the outputs' shapes are taken from it.
+  flashattn::ForwardArgs a;
+  a.q = view(q, "q", c.is_varlen);
+  a.k = view(k, "k", c.is_varlen);
+  check_like_q(k, q, "k");
+  a.v = view(v, "v", c.is_varlen);
+  check_like_q(v, q, "v");
   DeviceScope scope(q, c.ctx);
   Tensor out = new_output(q, c.is_varlen);
   // Every row of a dense batch gets its LSE (-inf where no key is visible:
@@ -317,10 +372,6 @@ std::tuple<Tensor, Tensor> fwd(const Tensor& q, const Tensor& k, const Tensor& v
   Tensor lse = c.is_varlen ? at::full(lse_shape(q, true), -std::numeric_limits<float>::infinity(),
                                       q.options().dtype(at::kFloat))
                            : at::empty(lse_shape(q, false), q.options().dtype(at::kFloat));
-  flashattn::ForwardArgs a;
-  a.q = view(q, "q", c.is_varlen);
-  a.k = view(k, "k", c.is_varlen);
-  a.v = view(v, "v", c.is_varlen);
   a.o = view(out, "out", c.is_varlen);
   a.lse = lse.data_ptr<float>();
   a.options = c.options;
@@ -338,18 +389,19 @@ std::tuple<Tensor, Tensor, Tensor> bwd(const Tensor& dout, const Tensor& q, cons
   CallOptions c = make_options(q, option_tensors, option_ints, dropout_p, softmax_scale);
   for (auto [t, name] : {std::pair{&k, "k"}, {&v, "v"}, {&out, "out"}, {&dout, "dout"}, {&lse, "lse"}})
     check_same_device(*t, q, name);
-  const auto want = lse_shape(q, c.is_varlen);
-  FLASHATTN_CHECK(lse.scalar_type() == at::kFloat && lse.is_contiguous() && lse.sizes() == at::IntArrayRef(want),
-                  "flashattn: lse: expected a contiguous float32 tensor of shape ", at::IntArrayRef(want), ", got ",
-                  lse.scalar_type(), " ", shape_str(lse));
-  DeviceScope scope(q, c.ctx);
-  Tensor dq = new_output(q, c.is_varlen), dk = new_output(k, c.is_varlen), dv = new_output(v, c.is_varlen);
+  // The inputs' checks (views) first: lse_shape reads the sizes of q.
   flashattn::BackwardArgs a;
   a.q = view(q, "q", c.is_varlen);
   a.k = view(k, "k", c.is_varlen);
   a.v = view(v, "v", c.is_varlen);
   a.o = view(out, "out", c.is_varlen);
   a.dout = view(dout, "dout", c.is_varlen);
+  const LseShape want = lse_shape(q, c.is_varlen);
+  FLASHATTN_CHECK(lse.scalar_type() == at::kFloat && lse.is_contiguous() && lse.sizes() == at::IntArrayRef(want),
+                  "flashattn: lse: expected a contiguous float32 tensor of shape ", at::IntArrayRef(want), ", got ",
+                  lse.scalar_type(), " ", shape_str(lse));
+  DeviceScope scope(q, c.ctx);
+  Tensor dq = new_output(q, c.is_varlen), dk = new_output(k, c.is_varlen), dv = new_output(v, c.is_varlen);
   a.lse = lse.data_ptr<float>();
   a.dq = view(dq, "dq", c.is_varlen);
   a.dk = view(dk, "dk", c.is_varlen);
@@ -392,14 +444,18 @@ struct FwdWithGrad : public torch::autograd::Function<FwdWithGrad> {
       std::tie(out, lse) = fwd_handle().call(q, k, v, option_tensors, option_ints, dropout_p, softmax_scale);
     }
     // The option tensors are saved as tensors (None as undefined), so that an
-    // in-place change to one before the backward is caught like any other.
-    // fwd has checked the lists' lengths.
+    // in-place change to one before the backward is caught like any other;
+    // an empty list (all None) saves none of them (a saved variable costs
+    // even when undefined). fwd has checked the lists' lengths.
     std::vector<Tensor> saved{q, k, v, out, lse};
-    for (std::size_t i = 0; i < topt::count; ++i) {
-      const std::optional<Tensor> t = option_tensors.get(i);
-      saved.push_back(t ? *t : Tensor());
+    if (!option_tensors.empty()) {
+      saved.reserve(5 + topt::count);
+      for (std::size_t i = 0; i < topt::count; ++i) {
+        const std::optional<Tensor> t = option_tensors.get(i);
+        saved.push_back(t ? *t : Tensor());
+      }
     }
-    ctx->save_for_backward(saved);
+    ctx->save_for_backward(std::move(saved));
     auto& d = ctx->saved_data;
     d["option_ints"] = option_ints;
     d["dropout_p"] = dropout_p;
@@ -414,10 +470,12 @@ struct FwdWithGrad : public torch::autograd::Function<FwdWithGrad> {
     const auto& d = ctx->saved_data;
     Tensor dout = grads[0].defined() ? grads[0] : at::zeros_like(s[3]);
     if (dout.dim() > 0 && dout.stride(-1) != 1) dout = dout.contiguous();
-    OptionTensors option_tensors;
-    option_tensors.reserve(topt::count);
-    for (std::size_t i = 0; i < topt::count; ++i)
-      option_tensors.push_back(s[5 + i].defined() ? std::optional<Tensor>(s[5 + i]) : std::nullopt);
+    OptionTensors option_tensors;  // empty when the forward's was
+    if (s.size() > 5) {
+      option_tensors.reserve(topt::count);
+      for (std::size_t i = 0; i < topt::count; ++i)
+        option_tensors.push_back(s[5 + i].defined() ? std::optional<Tensor>(s[5 + i]) : std::nullopt);
+    }
     const std::vector<int64_t> option_ints = d.at("option_ints").toIntVector();
     const c10::IValue& scale = d.at("softmax_scale");
     auto [dq, dk, dv] = bwd_handle().call(dout, s[0], s[1], s[2], s[3], s[4], option_tensors, option_ints,

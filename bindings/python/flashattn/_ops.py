@@ -8,7 +8,7 @@ The operators (schemas in csrc/ops.cpp):
 with options = pack_options(...) = (option_tensors, option_ints, dropout_p,
 softmax_scale): the 18 options packed into four arguments (a Python call
 into a custom op pays per argument), in the order of TENSOR_OPTIONS and
-INT_OPTIONS below, for example
+INT_OPTIONS below (option_tensors may also be [], all None), for example
   torch.ops.flashattn.fwd(q, k, v, *pack_options(causal=True))
 """
 import glob
@@ -43,17 +43,31 @@ def pack_options(cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=0, max_seqle
     """The 18 options of fwd / bwd as their last four arguments:
     (option_tensors, option_ints, dropout_p, softmax_scale). The defaults are
     those of a dense call without masks or dropout; algorithm is 0 (flash)
-    or 1 (standard). Takes keywords or, where every call counts
-    (interface.py), positions in this order: 18 keywords cost a call about
-    10k instructions more (callgrind), over half of what packing the
-    operators' schemas saved (17k)."""
-    # Written out rather than looked up by name, for speed; _check_packing
-    # holds it to TENSOR_OPTIONS / INT_OPTIONS. bools ride in the int list as
-    # they are (torch takes them for int[]).
-    return ([cu_seqlens_q, cu_seqlens_k, rng_state, kv_num_blocks, kv_indices, full_kv_num_blocks, full_kv_indices],
-            [int(max_seqlen_q), int(max_seqlen_k), bool(causal), window_left, window_right, int(block_q),
-             int(block_k), algorithm, bool(deterministic)],
-            float(dropout_p), None if softmax_scale is None else float(softmax_scale))
+    or 1 (standard). option_tensors is [] when all seven are None (the
+    operators read [] as all None; it costs a call less to convert)."""
+    # bools ride in the int list as they are (torch takes them for int[]).
+    return _pack(cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k), float(dropout_p),
+                 None if softmax_scale is None else float(softmax_scale), bool(causal), window_left, window_right,
+                 rng_state, kv_num_blocks, kv_indices, full_kv_num_blocks, full_kv_indices, int(block_q),
+                 int(block_k), algorithm, bool(deterministic))
+
+
+def _pack(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale, causal, window_left,
+          window_right, rng_state, kv_num_blocks, kv_indices, full_kv_num_blocks, full_kv_indices, block_q, block_k,
+          algorithm, deterministic):
+    """pack_options without its conversions, for callers whose values are
+    already int / bool / float (interface.py, where every call counts: the
+    conversions cost about as much as the rest of the packing, callgrind).
+    The one place that writes the lists' order; _check_packing holds it to
+    TENSOR_OPTIONS / INT_OPTIONS. Positional only, for speed."""
+    if (cu_seqlens_q is None and cu_seqlens_k is None and rng_state is None and kv_num_blocks is None
+            and kv_indices is None and full_kv_num_blocks is None and full_kv_indices is None):
+        tensors = []
+    else:
+        tensors = [cu_seqlens_q, cu_seqlens_k, rng_state, kv_num_blocks, kv_indices, full_kv_num_blocks,
+                   full_kv_indices]
+    return (tensors, [max_seqlen_q, max_seqlen_k, causal, window_left, window_right, block_q, block_k, algorithm,
+                      deterministic], dropout_p, softmax_scale)
 
 
 def _check_packing():
@@ -65,6 +79,8 @@ def _check_packing():
         raise ImportError(f"flashattn: the packed options of {_libs[0]} are {names}, expected "
                           f"{(TENSOR_OPTIONS, INT_OPTIONS)}; rebuild the package")
     marker = object()
+    if pack_options()[0] != []:
+        raise ImportError("flashattn: pack_options() does not give [] for option_tensors without tensors")
     default_ints = pack_options()[1]
     for j, name in enumerate(TENSOR_OPTIONS):
         tensors = pack_options(**{name: marker})[0]
@@ -79,6 +95,41 @@ def _check_packing():
 _check_packing()
 
 
+_Tensor = torch.Tensor
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def _check_inputs(q, k, v, ndim: int):
+    """What flash_attn_func and friends check of q, k, v before a call the
+    kernels do not see first (tracing) and what the fake kernel checks (meta
+    tensors, where no C++ kernel runs). The common case with as few tensor
+    attribute reads as possible (each costs about as much as a small Python
+    call); anything else goes to _input_error, which names the first
+    problem."""
+    if isinstance(q, _Tensor) and isinstance(k, _Tensor) and isinstance(v, _Tensor):
+        dtype, device = q.dtype, q.device
+        if (q.dim() == ndim and k.dim() == ndim and v.dim() == ndim and dtype in _DTYPES and k.dtype == dtype
+                and v.dtype == dtype and k.device == device and v.device == device):
+            return
+    _input_error(q, k, v, ndim)
+
+
+def _input_error(q, k, v, ndim: int):
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"flashattn: {name}: expected a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != ndim:
+            layout = "(total, heads, head_dim)" if ndim == 3 else "(batch, seqlen, heads, head_dim)"
+            raise ValueError(f"flashattn: {name}: expected a {ndim}-D tensor {layout}, got shape {list(t.shape)}")
+        if t.dtype not in _DTYPES:
+            raise ValueError(f"flashattn: {name}.dtype: expected float32, float16, bfloat16 or float64, got {t.dtype}")
+        if t.dtype != q.dtype:
+            raise ValueError(f"flashattn: {name}.dtype: expected the dtype of q ({q.dtype}), got {t.dtype}")
+        if t.device != q.device:
+            raise ValueError(f"flashattn: {name}.device: expected the device of q ({q.device}), got {t.device}")
+    raise AssertionError("flashattn: _input_error called on valid inputs")
+
+
 def _lse_shape(q, varlen):
     # Dense: [batch, heads_q, seqlen_q]; varlen: [heads_q, total_q].
     if varlen:
@@ -88,7 +139,10 @@ def _lse_shape(q, varlen):
 
 @torch.library.register_fake("flashattn::fwd")
 def _fwd_fake(q, k, v, option_tensors, option_ints, dropout_p, softmax_scale):
-    varlen = option_tensors[_CU_SEQLENS_Q] is not None
+    varlen = len(option_tensors) > 0 and option_tensors[_CU_SEQLENS_Q] is not None  # [] stands for all None
+    # The real kernels check these (and more); here so that meta tensors, or
+    # a q and a k on different devices, do not pass unchecked.
+    _check_inputs(q, k, v, 3 if varlen else 4)
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     lse = q.new_empty(_lse_shape(q, varlen), dtype=torch.float32)
     return out, lse

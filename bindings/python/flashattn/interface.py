@@ -12,10 +12,39 @@ from typing import Optional, Sequence, Tuple, Union
 
 import torch
 
-from ._ops import ops, pack_options
+from ._ops import _check_inputs, _pack, _Tensor, ops
 
 _ALGORITHMS = {"flash": 0, "standard": 1}
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+_NO_WINDOW = (-1, -1)  # window_size's default, recognised by identity
+# The operator's overload, bound once: calling it skips the packet's lookup
+# (torch.ops.flashattn.fwd(...) resolves the overload on every call).
+_fwd = ops.fwd.default
+
+# The same operator through the dispatcher's boxed entry, for eager calls on
+# plain tensors (see _attention). What torch.ops adds on top of it, the
+# search of every argument (list entries included) for __torch_function__
+# overrides and the overload's Python frame, is a fifth of the operator's
+# cost from Python (callgrind: 8.6k of 40k instructions a call). Dispatch
+# (autograd, the device kernels, torch_dispatch modes, functorch, the
+# profiler) is the same: both end in the dispatcher's callBoxed, with the
+# GIL released, and raise the same errors.
+_call_boxed = getattr(torch._C, "_dispatch_call_boxed", None)
+_fwd_handle = torch._C._dispatch_find_schema_or_throw("flashattn::fwd", "") if _call_boxed else None
+# Dynamo must trace the OpOverload (it treats this as True); other tracers
+# run Python on tensor subclasses or under a TorchFunctionMode, which the
+# checks in _attention send the torch.ops way anyway. (is_compiling() costs a
+# call more: it asks torch.jit.is_scripting() first.)
+_is_compiling = getattr(torch.compiler, "is_dynamo_compiling", torch.compiler.is_compiling)
+_torch_function_mode = torch._C._is_torch_function_mode_enabled
+
+
+def _plain_tensors(tensors) -> bool:
+    # None or exactly torch.Tensor each (no subclass, which could override
+    # __torch_function__).
+    for t in tensors:
+        if t is not None and type(t) is not _Tensor:
+            return False
+    return True
 
 
 def _as_int64(x: int) -> int:
@@ -51,21 +80,6 @@ def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
-def _check_inputs(q, k, v, ndim: int):
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"flashattn: {name}: expected a torch.Tensor, got {type(t).__name__}")
-        if t.dim() != ndim:
-            layout = "(total, heads, head_dim)" if ndim == 3 else "(batch, seqlen, heads, head_dim)"
-            raise ValueError(f"flashattn: {name}: expected a {ndim}-D tensor {layout}, got shape {tuple(t.shape)}")
-        if t.dtype not in _DTYPES:
-            raise ValueError(f"flashattn: {name}.dtype: expected float32, float16, bfloat16 or float64, got {t.dtype}")
-        if t.dtype != q.dtype:
-            raise ValueError(f"flashattn: {name}.dtype: expected the dtype of q ({q.dtype}), got {t.dtype}")
-        if t.device != q.device:
-            raise ValueError(f"flashattn: {name}.device: expected the device of q ({q.device}), got {t.device}")
-
-
 def _unsupported(softcap, alibi_slopes):
     if softcap != 0.0:
         raise NotImplementedError(f"flashattn: softcap: expected 0.0 (soft-capping is not supported), got {softcap}")
@@ -74,6 +88,8 @@ def _unsupported(softcap, alibi_slopes):
 
 
 def _window(window_size: Sequence[int]) -> Tuple[int, int]:
+    if window_size is _NO_WINDOW:  # the default, by identity: no len() / int() calls
+        return -1, -1
     if len(window_size) != 2:
         raise ValueError(f"flashattn: window_size: expected (left, right), got {window_size!r}")
     return int(window_size[0]), int(window_size[1])
@@ -85,21 +101,64 @@ def _algorithm(algorithm: str) -> int:
     return _ALGORITHMS[algorithm]
 
 
-def _attention(q, k, v, *, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0,
-               dropout_p, softmax_scale, causal, window_size, deterministic, return_attn_probs,
-               seed, generator, algorithm, block_mask=None, block_size=(128, 128)):
-    varlen = cu_seqlens_q is not None
-    _check_inputs(q, k, v, 3 if varlen else 4)
+def _attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale, causal,
+               window_size, deterministic, return_attn_probs, seed, generator, algorithm, block_mask, block_size):
+    # Positional parameters only, as every entry point calls this once a
+    # call: keywords cost more to pass (callgrind). max_seqlen_q / _k and
+    # block_size come as ints from the callers.
+    #
+    # Eager calls whose tensors are all exactly torch.Tensor, with no
+    # TorchFunctionMode active, take the boxed entry (_call_boxed): torch.ops
+    # would search them for __torch_function__ overrides and find none, as
+    # the other arguments are Python ints, floats, bools and None, built
+    # below. Those calls reach the kernels, which check what _check_inputs
+    # does (dims, dtypes, devices: csrc/ops.cpp and the library, with their
+    # messages; the fake kernel for meta tensors), so it is skipped there
+    # (7k instructions a call, callgrind). Everything else, torch.compile's
+    # tracing included (_is_compiling() is a constant there, and Dynamo
+    # traces the OpOverload), is checked here and calls the operator as such.
+    boxed = (not _is_compiling() and _call_boxed is not None and type(q) is _Tensor and type(k) is _Tensor
+             and type(v) is _Tensor and not _torch_function_mode()
+             and (cu_seqlens_q is None or _plain_tensors((cu_seqlens_q, cu_seqlens_k)))
+             and (block_mask is None or _plain_tensors(block_mask)))
+    if not boxed:
+        _check_inputs(q, k, v, 4 if cu_seqlens_q is None else 3)
     window_left, window_right = _window(window_size)
-    rng_state = _rng_state(float(dropout_p), seed, generator)
-    kv_num_blocks, kv_indices, full_kv_num_blocks, full_kv_indices = block_mask or (None, None, None, None)
-    block_q, block_k = (block_size, block_size) if isinstance(block_size, int) else block_size
-    # pack_options by position, in its parameters' order (see its docstring).
-    out, lse = ops.fwd(
-        _last_dim_contiguous(q), _last_dim_contiguous(k), _last_dim_contiguous(v),
-        *pack_options(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale, causal,
-                      window_left, window_right, rng_state, kv_num_blocks, kv_indices, full_kv_num_blocks,
-                      full_kv_indices, block_q, block_k, _algorithm(algorithm), deterministic))
+    dropout_p = float(dropout_p)
+    if dropout_p == 0.0:
+        rng_state = None
+    else:
+        rng_state = _rng_state(dropout_p, seed, generator)
+        if boxed and type(rng_state) is not _Tensor:  # a torch_dispatch mode may have made a subclass
+            boxed = False
+            _check_inputs(q, k, v, 4 if cu_seqlens_q is None else 3)
+    if block_mask is None:
+        kv_num_blocks = kv_indices = full_kv_num_blocks = full_kv_indices = None
+        block_q = block_k = 128
+    else:
+        kv_num_blocks, kv_indices, full_kv_num_blocks, full_kv_indices = block_mask
+        block_q, block_k = (block_size, block_size) if isinstance(block_size, int) else block_size
+        block_q, block_k = int(block_q), int(block_k)
+    # The conversions of pack_options, skipped where the value already has
+    # its type (bool() / float() cost as much as a small function call).
+    if causal is not True and causal is not False:
+        causal = bool(causal)
+    if deterministic is not True and deterministic is not False:
+        deterministic = bool(deterministic)
+    if softmax_scale is not None and type(softmax_scale) is not float:
+        softmax_scale = float(softmax_scale)
+    # is_contiguous() first: it costs a third of stride(-1) (callgrind).
+    q = q if q.is_contiguous() else _last_dim_contiguous(q)
+    k = k if k.is_contiguous() else _last_dim_contiguous(k)
+    v = v if v.is_contiguous() else _last_dim_contiguous(v)
+    options = _pack(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale, causal,
+                    window_left, window_right, rng_state, kv_num_blocks, kv_indices, full_kv_num_blocks,
+                    full_kv_indices, block_q, block_k, 0 if algorithm == "flash" else _algorithm(algorithm),
+                    deterministic)
+    if boxed:
+        out, lse = _call_boxed(_fwd_handle, q, k, v, *options)
+    else:
+        out, lse = _fwd(q, k, v, *options)
     if return_attn_probs:
         # flash-attn returns (out, softmax_lse, S_dmask); the attention
         # matrix is never materialised here, so the third element is the
@@ -108,7 +167,7 @@ def _attention(q, k, v, *, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=0,
     return out
 
 
-def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
+def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=_NO_WINDOW,
                     softcap=0.0, alibi_slopes=None, deterministic=False, return_attn_probs=False, *,
                     seed=None, generator=None, algorithm="flash"):
     """Attention over (batch, seqlen, heads, head_dim) tensors.
@@ -116,13 +175,13 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, wi
     Returns out (the shape of q), or (out, softmax_lse [batch, heads, seqlen_q]
     float32, rng_state) with return_attn_probs=True.
     """
-    _unsupported(softcap, alibi_slopes)
-    return _attention(q, k, v, dropout_p=dropout_p, softmax_scale=softmax_scale, causal=causal,
-                      window_size=window_size, deterministic=deterministic,
-                      return_attn_probs=return_attn_probs, seed=seed, generator=generator, algorithm=algorithm)
+    if softcap != 0.0 or alibi_slopes is not None:
+        _unsupported(softcap, alibi_slopes)
+    return _attention(q, k, v, None, None, 0, 0, dropout_p, softmax_scale, causal, window_size, deterministic,
+                      return_attn_probs, seed, generator, algorithm, None, None)
 
 
-def flash_attn_qkvpacked_func(qkv, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
+def flash_attn_qkvpacked_func(qkv, dropout_p=0.0, softmax_scale=None, causal=False, window_size=_NO_WINDOW,
                               softcap=0.0, alibi_slopes=None, deterministic=False, return_attn_probs=False, *,
                               seed=None, generator=None, algorithm="flash"):
     """qkv: (batch, seqlen, 3, heads, head_dim). The views are passed with
@@ -134,7 +193,7 @@ def flash_attn_qkvpacked_func(qkv, dropout_p=0.0, softmax_scale=None, causal=Fal
                            deterministic, return_attn_probs, seed=seed, generator=generator, algorithm=algorithm)
 
 
-def flash_attn_kvpacked_func(q, kv, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
+def flash_attn_kvpacked_func(q, kv, dropout_p=0.0, softmax_scale=None, causal=False, window_size=_NO_WINDOW,
                              softcap=0.0, alibi_slopes=None, deterministic=False, return_attn_probs=False, *,
                              seed=None, generator=None, algorithm="flash"):
     """kv: (batch, seqlen_k, 2, heads_k, head_dim)."""
@@ -146,7 +205,7 @@ def flash_attn_kvpacked_func(q, kv, dropout_p=0.0, softmax_scale=None, causal=Fa
 
 
 def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
-                           softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
+                           softmax_scale=None, causal=False, window_size=_NO_WINDOW, softcap=0.0,
                            alibi_slopes=None, deterministic=False, return_attn_probs=False, block_table=None, *,
                            seed=None, generator=None, algorithm="flash"):
     """Packed variable-length batch: q (total_q, heads, head_dim), k/v
@@ -161,16 +220,14 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
         if not isinstance(t, torch.Tensor) or t.dtype != torch.int32 or t.dim() != 1:
             got = f"{t.dtype} {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
             raise ValueError(f"flashattn: {name}: expected a 1-D int32 tensor, got {got}")
-    return _attention(q, k, v, cu_seqlens_q=cu_seqlens_q.contiguous(), cu_seqlens_k=cu_seqlens_k.contiguous(),
-                      max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k, dropout_p=dropout_p,
-                      softmax_scale=softmax_scale, causal=causal, window_size=window_size,
-                      deterministic=deterministic, return_attn_probs=return_attn_probs, seed=seed,
-                      generator=generator, algorithm=algorithm)
+    return _attention(q, k, v, cu_seqlens_q.contiguous(), cu_seqlens_k.contiguous(), int(max_seqlen_q),
+                      int(max_seqlen_k), dropout_p, softmax_scale, causal, window_size, deterministic,
+                      return_attn_probs, seed, generator, algorithm, None, None)
 
 
 def flash_attn_block_sparse_func(q, k, v, kv_num_blocks, kv_indices, full_kv_num_blocks=None, full_kv_indices=None,
                                  block_size: Union[int, Tuple[int, int]] = 128, dropout_p=0.0, softmax_scale=None,
-                                 causal=False, window_size=(-1, -1), deterministic=False, return_attn_probs=False,
+                                 causal=False, window_size=_NO_WINDOW, deterministic=False, return_attn_probs=False,
                                  *, seed=None, generator=None, algorithm="flash"):
     """Block-sparse attention with a FlexAttention-style compressed mask.
 
@@ -198,9 +255,8 @@ def flash_attn_block_sparse_func(q, k, v, kv_num_blocks, kv_indices, full_kv_num
 
     mask = (int32(kv_num_blocks, "kv_num_blocks"), int32(kv_indices, "kv_indices"),
             int32(full_kv_num_blocks, "full_kv_num_blocks"), int32(full_kv_indices, "full_kv_indices"))
-    return _attention(q, k, v, dropout_p=dropout_p, softmax_scale=softmax_scale, causal=causal,
-                      window_size=window_size, deterministic=deterministic, return_attn_probs=return_attn_probs,
-                      seed=seed, generator=generator, algorithm=algorithm, block_mask=mask, block_size=block_size)
+    return _attention(q, k, v, None, None, 0, 0, dropout_p, softmax_scale, causal, window_size, deterministic,
+                      return_attn_probs, seed, generator, algorithm, mask, block_size)
 
 
 def block_mask_args(block_mask) -> dict:

@@ -177,6 +177,23 @@ def test_opcheck_registrations():
     rng = torch.tensor([3, 0], dtype=torch.int64)
     args = (q, k, v, *pack_options(dropout_p=0.2, causal=True, rng_state=rng, algorithm=1))
     torch.library.opcheck(torch.ops.flashattn.fwd.default, args)
+    # The short form of option_tensors (no tensors: []).
+    torch.library.opcheck(torch.ops.flashattn.fwd.default, (q, k, v, *pack_options(causal=True, algorithm=1)))
+
+
+def test_empty_option_tensors_mean_all_none():
+    assert pack_options()[0] == [] and len(pack_options(rng_state=torch.zeros(2))[0]) == 7
+    q, k, v = rand_qkv(1, 8, 8, 2, 1, 8, torch.float64, seed=4)
+    _, ints, p, scale = pack_options(causal=True, algorithm=1)
+    outs = [torch.ops.flashattn.fwd(q, k, v, tensors, ints, p, scale) for tensors in ([], [None] * 7)]
+    assert all(torch.equal(a, b) for a, b in zip(*outs))
+    dout = torch.randn_like(outs[0][0])
+    grads = [torch.autograd.grad(out, (q, k, v), dout) for out, _ in outs]
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
+    out, lse = outs[0]
+    for tensors in ([], [None] * 7):
+        bwd = torch.ops.flashattn.bwd(dout, q, k, v, out.detach(), lse, tensors, ints, p, scale)
+        assert all(torch.equal(a, b) for a, b in zip(bwd, grads[0]))
 
 
 # ------------------------------------------------------------------ errors ---
@@ -216,7 +233,8 @@ def _qkv(dtype=torch.float32, hq=2, hk=2, d=16):
     (lambda: torch.ops.flashattn.fwd(*(t[0] for t in _qkv()), *pack_options()), ValueError, "4-D"),
     (lambda: torch.ops.flashattn.fwd(*_qkv(), [None] * 6, *pack_options()[1:]), ValueError,
      "option_tensors: expected 7 entries (cu_seqlens_q, cu_seqlens_k, rng_state"),
-    (lambda: torch.ops.flashattn.fwd(*_qkv(), [], [0] * 9, 0.0, None), ValueError, "option_tensors"),
+    (lambda: torch.ops.flashattn.fwd(*_qkv(), [None] * 3, [0] * 9, 0.0, None), ValueError,
+     "option_tensors: expected 7 entries"),
     (lambda: torch.ops.flashattn.fwd(*_qkv(), pack_options()[0], [0] * 10, 0.0, None), ValueError,
      "option_ints: expected 9 entries (max_seqlen_q, max_seqlen_k, causal"),
     (lambda: torch.ops.flashattn.fwd(*_qkv(), pack_options()[0], [2 if n == "causal" else 0 for n in INT_OPTIONS],
@@ -229,6 +247,60 @@ def test_bad_input_raises_a_clear_error(call, exc, words):
     with pytest.raises(exc, match=words.replace(".", r"\.").replace("(", r"\(")) as info:
         call()
     assert "expected" in str(info.value)
+
+
+@pytest.mark.parametrize("bad", ["3-D", "int32", "k float64", "v int32", "k on meta"])
+def test_eager_and_checked_paths_raise_the_same_error(bad):
+    # Eager calls on plain tensors leave these checks to the kernels (C++);
+    # others (here q as a tensor subclass: the torch.ops path) make them in
+    # Python first (flashattn/_ops.py, _check_inputs). Same type, same text.
+    q, k, v = _qkv()
+    if bad == "3-D":
+        q, k, v = q[0], k[0], v[0]
+    elif bad == "int32":
+        q, k, v = q.int(), k.int(), v.int()
+    elif bad == "k float64":
+        k = k.double()
+    elif bad == "v int32":
+        v = v.int()
+    else:
+        k = torch.empty(k.shape, device="meta")
+
+    class Sub(torch.Tensor):
+        pass
+
+    errors = []
+    for q_ in (q, q.as_subclass(Sub)):
+        with pytest.raises(ValueError) as info:
+            flashattn.flash_attn_func(q_, k, v)
+        errors.append(str(info.value))
+    assert errors[0] == errors[1] and "expected" in errors[0]
+
+
+def test_torch_function_overrides_see_the_operator():
+    # flash_attn_func reaches the operator past torch.ops only when nothing
+    # could override __torch_function__; a mode or a subclass must see it.
+    seen = []
+
+    class Mode(torch.overrides.TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            seen.append(func)
+            return func(*args, **(kwargs or {}))
+
+    class Sub(torch.Tensor):
+        @classmethod
+        def __torch_function__(cls, func, types, args=(), kwargs=None):
+            seen.append(func)
+            return super().__torch_function__(func, types, args, kwargs)
+
+    q, k, v = _qkv()
+    ref = flashattn.flash_attn_func(q, k, v, causal=True)
+    with Mode():
+        out = flashattn.flash_attn_func(q, k, v, causal=True)
+    assert torch.ops.flashattn.fwd.default in seen and torch.equal(out, ref)
+    seen.clear()
+    out = flashattn.flash_attn_func(q.as_subclass(Sub), k, v, causal=True)
+    assert torch.ops.flashattn.fwd.default in seen and torch.equal(out.as_subclass(torch.Tensor), ref)
 
 
 def test_backward_op_checks_lse():
