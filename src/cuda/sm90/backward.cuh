@@ -160,6 +160,18 @@ __device__ __forceinline__ std::uint32_t opaque(std::uint32_t v) {
 
 namespace bwd {
 
+// Whether the tile of queries m0.. and keys n0.. (n_last its last key
+// below seqlen_k) has an element the mask hides: a tail of either length,
+// or a window that does not cover the whole tile. Unmasked tiles take
+// probs_and_grads' branch-free path.
+template <int kBlockN>
+__device__ __forceinline__ bool tile_needs_mask(const Params& p, const SeqInfo& seq, int m0, int n0, int n_last,
+                                                bool window) {
+  const int m_last = min(m0 + kBlockM, seq.sq) - 1;
+  return m0 + kBlockM > seq.sq || n0 + kBlockN > seq.sk ||
+         (window && !window_covers(p.window, m0, m_last, n0, n_last, seq.sq, seq.sk));
+}
+
 // E1 of one tile, the same for both consumer layouts: in place, st = S^T ->
 // P^T (P_d^T under dropout) and dpt = dP^T -> dS^T. Element
 // [4 tt + 2 half + e] of this thread is key j_first + 8 half, query
@@ -362,9 +374,7 @@ __device__ __forceinline__ void consume_split_dims(const Params& p, const SeqInf
     const std::uint32_t sbase = opaque(base_c);
     const std::uint32_t sK = sbase + L::kK, sV = sbase + L::kV;
     const std::uint32_t sQ = sbase + L::kQ + s * L::kQT, sdO = sbase + L::kDO + s * L::kQT;
-    const int m_last = min(m0 + kBlockM, seq.sq) - 1;
-    const bool need_mask = m0 + kBlockM > seq.sq || n0 + kBlockN > seq.sk ||
-                           (window && !window_covers(p.window, m0, m_last, n0, n_last, seq.sq, seq.sk));
+    const bool need_mask = tile_needs_mask<kBlockN>(p, seq, m0, n0, n_last, window);
 
     // ---- G1: K = head_dim in steps of 16 (a new 64-column box every 4).
     // Q_w / dO_w: rows 32w.. of every box (4096 w bytes: whole swizzle atoms).
@@ -695,9 +705,7 @@ __global__ void __launch_bounds__(bwd::kThreads, 1)
         const std::uint32_t sQ = sbase + L::kQ + s * L::kQT, sdO = sbase + L::kDO + s * L::kQT;
         // (sKw, sVw: consumer w's 64 keys, rows 64w.. of every box: 8192 B,
         // whole swizzle atoms.)
-        const int m_last = min(m0 + kBlockM, seq.sq) - 1;
-        const bool need_mask = m0 + kBlockM > seq.sq || n0 + kBlockN > seq.sk ||
-                               (window && !window_covers(p.window, m0, m_last, n0, n_last, seq.sq, seq.sk));
+        const bool need_mask = tile_needs_mask<kBlockN>(p, seq, m0, n0, n_last, window);
 
         // ---- turn G1: S^T = K_w Q^T and dP^T = V_w dO^T. K = head_dim in
         // steps of 16 (32 bytes inside a 128-byte swizzled row; a new
