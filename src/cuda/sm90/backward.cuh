@@ -9,10 +9,11 @@
 //  3. sm80::finish_dq_kernel    dq = scale * dq_accum;
 //  4. sm80::reduce_dkdv_kernel  (GQA/MQA) dk, dv = sums over the group.
 //
-// backward_kernel: a CTA owns 128 keys (kBlockN) of one (batch, query head)
-// and sweeps the 64-row query tiles (kBlockM) that can see any of them
-// (dense window range; fully masked tiles are never visited). Three
-// warpgroups:
+// backward_kernel: a CTA owns 128 keys (kBlockN; 64 at d = 256, whose
+// consumers split head_dim instead of the keys: consume_split_dims below)
+// of one (batch, query head) and sweeps the 64-row query tiles (kBlockM)
+// that can see any of them (dense window range; fully masked tiles are never
+// visited). Three warpgroups (as described here for d = 64 and 128):
 //  - warpgroup 0, the producer. Warp 0 only: lane 0 issues every TMA copy
 //    (K and V once, then Q_i and dO_i of each query tile into a ring of
 //    kStages stages, kSm90BwdTiles); the 32 lanes load the tile's LSE and D rows with ordinary
