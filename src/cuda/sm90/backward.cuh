@@ -173,6 +173,19 @@ __device__ __forceinline__ bool tile_needs_mask(const Params& p, const SeqInfo& 
          (window && !window_covers(p.window, m0, m_last, n0, n_last, seq.sq, seq.sk));
 }
 
+// dQ = dS K of one query tile, the same for both consumer layouts: K = the
+// CTA's kBlockN keys in steps of 16 rows (2048 bytes in both operands),
+// A = dS^T read M-major (ds_desc), B = K read N-major (k_desc); one commit
+// group.
+template <int kBlockN, int kN, class T>
+__device__ __forceinline__ void dq_gemm(float (&dq)[kN], std::uint64_t ds_desc, std::uint64_t k_desc, T) {
+#pragma unroll
+  for (int kk = 0; kk < kBlockN / 16; ++kk)
+    x::wgmma_ss_tt(dq, x::desc_advance(ds_desc, kk * 16 * 128), x::desc_advance(k_desc, kk * 16 * 128),
+                   kk > 0 ? 1 : 0, T{});
+  x::wgmma_commit();
+}
+
 // E1 of one tile, the same for both consumer layouts: in place, st = S^T ->
 // P^T (P_d^T under dropout) and dpt = dP^T -> dS^T. Element
 // [4 tt + 2 half + e] of this thread is key j_first + 8 half, query
@@ -437,11 +450,7 @@ __device__ __forceinline__ void consume_split_dims(const Params& p, const SeqInf
     x::fence_operands(dv);
     x::fence_operands(dk);
     x::wgmma_fence();  // dq was last read by the reductions of the tile before
-#pragma unroll
-    for (int kk = 0; kk < kBlockN / 16; ++kk)
-      x::wgmma_ss_tt(dq, x::desc_advance(ds_mn_desc, kk * 16 * 128), x::desc_advance(kb_desc, kk * 16 * 128),
-                     kk > 0 ? 1 : 0, T{});
-    x::wgmma_commit();
+    dq_gemm<kBlockN>(dq, ds_mn_desc, kb_desc, T{});
 #pragma unroll
     for (int kk = 0; kk < kBlockM / 16; ++kk)
       x::wgmma_ss_bt(dv, x::desc_advance(pt_desc, kk * 32), x::desc_advance(dob_desc, kk * 16 * 128), 1, T{});
@@ -637,11 +646,7 @@ __global__ void __launch_bounds__(bwd::kThreads, 1)
         const std::uint64_t ds_desc = x::desc_sw128(sbase + L::kDSt + (j % kDsBufs) * L::kDS, 1024, 1024);
         const std::uint64_t k_desc = x::desc_sw128(sbase + L::kK + qbox * kBlockN * 128, 1024, 1024);
         x::wgmma_fence();  // dq was last read by the atomics of the tile before
-#pragma unroll
-        for (int kk = 0; kk < kBlockN / 16; ++kk)
-          x::wgmma_ss_tt(dq, x::desc_advance(ds_desc, kk * 16 * 128), x::desc_advance(k_desc, kk * 16 * 128),
-                         kk > 0 ? 1 : 0, T{});
-        x::wgmma_commit();
+        dq_gemm<kBlockN>(dq, ds_desc, k_desc, T{});
       };
       // dQ's reductions into dq_accum: a thread holds columns c, c + 1 of rows
       // r and r + 8 in every 8-column tile tt, one 8-byte reduction each. (A
