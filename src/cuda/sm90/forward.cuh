@@ -188,29 +188,43 @@ __global__ void __launch_bounds__(kThreads, 1)
       x::tma_prefetch_map(&tma_q);
       x::tma_prefetch_map(&tma_k);
       x::tma_prefetch_map(&tma_v);
-      // g counts the K/V tiles of the CTA's whole run (the ring continues
-      // across query tiles): tile g uses stage g % 2 for the (g / 2)-th time.
-      int g = 0, round = 0;
-      for (int tile = blockIdx.x; tile < num_tiles; tile += gridDim.x, ++round) {
-        const TileWork<kBlockN> w = tile_work<kBlockN>(p, tile);
-        const int hk = w.qt.h / p.group;
-        // Q always, even when no key tile is visible: the consumers wait for
-        // it and stage O through its buffer, which no late copy may race.
-        // But not a half that lies wholly past seqlen_q: a partly
-        // out-of-bounds box counts its whole size on the barrier, a wholly
-        // out-of-bounds one is not documented either way (a wrong expect_tx
-        // is a hang), and the rows of that half are never stored
-        // (docs/hopper.md, review notes). Into its buffer once both
-        // consumers have staged and stored the O of the tile that used it
-        // before (q_empty; the first use passes at once).
+      // Q of the CTA's round-th query tile, into its buffer once both
+      // consumers have staged and stored the O of the tile that used it
+      // before (q_empty; the first use passes at once). Q always, even when
+      // no key tile is visible: the consumers wait for it and stage O
+      // through its buffer, which no late copy may race. But not a half
+      // that lies wholly past seqlen_q: a partly out-of-bounds box counts
+      // its whole size on the barrier, a wholly out-of-bounds one is not
+      // documented either way (a wrong expect_tx is a hang), and the rows of
+      // that half are never stored (docs/hopper.md, review notes).
+      auto load_q = [&](int tile, int round) {
+        const QueryTile qt = query_tile_of(p, tile);
         x::mbar_wait(q_empty(round), q_parity(round) ^ 1u);
-        const int q_halves = w.qt.m0 + 64 < w.seq.sq ? 2 : 1;
+        const int q_halves = qt.m0 + 64 < resolve_seq(p, qt.b).sq ? 2 : 1;
         x::mbar_arrive_expect_tx(q_full(round), q_halves * L::kQHalf);
         for (int half = 0; half < q_halves; ++half)
 #pragma unroll
           for (int c = 0; c < L::kChunks; ++c)
             x::tma_load_4d(q_buf(round) + half * L::kQHalf + c * 64 * 128, &tma_q, q_full(round), c * 64,
-                           w.qt.m0 + 64 * half, w.qt.h, w.qt.b);
+                           qt.m0 + 64 * half, qt.h, qt.b);
+      };
+      // g counts the K/V tiles of the CTA's whole run (the ring continues
+      // across query tiles): tile g uses stage g % 2 for the (g / 2)-th time.
+      int g = 0, round = 0;
+      load_q(blockIdx.x, 0);
+      for (int tile = blockIdx.x; tile < num_tiles; tile += gridDim.x, ++round) {
+        const TileWork<kBlockN> w = tile_work<kBlockN>(p, tile);
+        const int hk = w.qt.h / p.group;
+        // The next tile's Q goes in early, after this tile's second K/V
+        // copy: the next tile's first S is issued in this tile's last turn,
+        // and Q comes from DRAM (each tile's Q is read once). Not before the
+        // second copy: its buffer is freed by the epilogue of the tile
+        // before this one, which runs after this tile's first turn, and the
+        // wait must not hold back the K/V copies that turn needs.
+        const int next = tile + static_cast<int>(gridDim.x);
+        const bool has_next = kPersistent && next < num_tiles;
+        const int q_after = min(1, w.n_steps - 1);
+        if (has_next && w.n_steps == 0) load_q(next, round + 1);
         for (int step = 0; step < w.n_steps; ++step, ++g) {
           const int s = g & 1;
           const std::uint32_t round_parity = (g >> 1) & 1;
@@ -225,6 +239,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
           for (int c = 0; c < L::kChunks; ++c)
             x::tma_load_4d(base + L::kV + s * L::kKV + c * kBlockN * 128, &tma_v, v_full(s), c * 64, n0, hk, w.qt.b);
+          if (has_next && step == q_after) load_q(next, round + 1);
         }
       }
     }
