@@ -62,17 +62,14 @@ constexpr TileConfig sm80_tiles(int head_dim) {
 // tile: wgmma's M is 64 a warpgroup). K/V tiles of block_n keys in a
 // 2-stage ring. block_n = 128 up to d = 128 (S is 64 fp32 registers a
 // thread, O 32 or 64); d = 256 takes 64 keys because O alone is 128
-// registers a thread. Shared memory: Q 128 d (two buffers when persistent)
-// + 2 stages x (K + V) block_n d, 16-bit: 96 KB (d 64), 192 KB (d 128),
-// 192 KB (d 256), one CTA an SM.
+// registers a thread. Shared memory: Q 128 d + 2 stages x (K + V) block_n d,
+// 16-bit: 80 KB (d 64), 160 KB (d 128), 192 KB (d 256), one CTA an SM.
 // persistent: on problems without a mask (every query tile the same length)
-// the grid is one CTA an SM, each looping over query tiles as one pipeline:
-// the next tile's Q, K and V load under this one's last steps, and its first
-// S = Q K^T is issued in this tile's last turn, so the epilogue runs under
-// the other consumer's matrix products. That needs a second Q buffer (128 d,
-// 16-bit: 16 / 32 KB; O is staged in its own tile's Q buffer), which d = 256
-// has no room for. Masked problems keep one CTA a tile: the block scheduler
-// balances their unequal lengths.
+// the grid is one CTA an SM, each looping over query tiles, so that the
+// next tile's Q, K and V load under this one's last steps and epilogue;
+// that needs a separate O staging buffer (128 d, 16-bit: 16 / 32 KB), which
+// d = 256 has no room for. Masked problems keep one CTA a tile: the block
+// scheduler balances their unequal lengths.
 struct Sm90FwdTile {
   int head_dim, block_m, block_n, stages;
   bool persistent;

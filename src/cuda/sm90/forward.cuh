@@ -4,23 +4,22 @@
 //
 // A CTA computes O and LSE for query tiles of 128 rows of one (batch,
 // head): one, or with the persistent launch (kPersistent, problems without
-// a mask; dispatch.h) a CTA an SM takes every gridDim.x-th tile and runs
-// them as one pipeline: the next tile's Q loads into a second buffer while
-// this one's is read, and its first S = Q K^T is issued in this tile's last
-// turn, next to the last P V (so the pipeline neither drains nor refills
-// between tiles). It has three warpgroups:
+// a mask; dispatch.h) a CTA an SM takes every gridDim.x-th tile, so that
+// the next tile's Q and first K/V tiles load under this one's last steps
+// and epilogue instead of after a new CTA's launch. It has three
+// warpgroups:
 //  - warpgroup 0, the producer: one thread issues every TMA copy. For each
-//    query tile Q (two 64-row halves) into a ring of kQBufs buffers, then
-//    K_j and V_j for each key tile j the mask allows, into a ring of two
-//    stages; both rings run on across query tiles. It gives most of its
-//    registers back (setmaxnreg.dec) since it holds no tiles.
+//    query tile Q (two 64-row halves), then K_j and V_j for each key tile j
+//    the mask allows, into a ring of two stages that runs on across query
+//    tiles. It gives most of its registers back (setmaxnreg.dec) since it
+//    holds no tiles.
 //  - warpgroups 1 and 2, the consumers: each owns 64 query rows (wgmma's M)
 //    and runs the FlashAttention-2 loop on them: S = Q K_j^T (wgmma, both
 //    operands in shared memory), online softmax in registers (exp2 domain),
 //    O += P V_j (wgmma, P from registers), then frees the stage.
 // Barriers (mbarriers in shared memory; named barriers 3 and 4 for the
 // consumers' turns, 1 and 2 for each consumer's epilogue):
-//   q_full[b]      producer expect_tx -> TMA of Q completes -> consumers wait
+//   q_full         producer expect_tx -> TMA completes -> consumers wait (once)
 //   k_full[s]      producer expect_tx -> TMA completes -> consumers wait, then S
 //   v_full[s]      likewise for V; separate from K so S and the softmax of
 //                  tile j can start before V_j has landed
@@ -28,15 +27,15 @@
 //                  reader of K_j) completed -> the producer waits before
 //                  copying K_j+2 into stage s
 //   v_empty[s]     likewise once P_j V_j completed, before V_j+2
-//   q_empty[b]     each consumer thread arrives once the epilogue has read O
-//                  back from Q buffer b, where it was staged -> the producer
-//                  waits before copying a later tile's Q into it
-// The CTA's r-th query tile uses Q buffer r % kQBufs for the
-// (r / kQBufs)-th time; its K/V tiles are the CTA's g-th, g+1-th, ... (a
-// count over the whole run), stage g % 2 used for the (g / 2)-th time. So
-// full barriers are waited with the parity of that use count and the
-// producer waits the empty ones with the opposite parity (the first round
-// passes at once).
+//   q_empty        each consumer thread arrives once its last S of the query
+//                  tile completed (without kPersistent: once it has read O
+//                  back from Q's buffer) -> the producer waits before copying
+//                  the next tile's Q
+// q_full / q_empty complete once a query tile (parity = the CTA's tile
+// count & 1).
+// Stage s = j % 2 is used for the (j / 2)-th time, so full barriers are
+// waited with parity (j / 2) & 1 and the producer waits the empty ones with
+// the opposite parity (the first round passes at once).
 // Overlap: a consumer's loop runs one tile ahead of its P V product: turn j
 // issues S_j and P_{j-1} V_{j-1} together, then the softmax of tile j runs
 // while P_{j-1} V_{j-1} is still on the tensor cores. The two consumers take
@@ -46,10 +45,7 @@
 // ping-pong schedule). V_j is therefore free only in turn j + 1, a turn
 // after K_j: with one empty barrier per stage (until 0c8e9be) the copy of
 // K_j+2 waited for P_j V_j and had only a softmax's time to land, which
-// cost 4-26% of the forward (d 128 at 1K, d 256: docs/hopper.md). The last
-// turn of a query tile issues its last P V and, when the CTA has a next
-// tile with keys, that tile's S_0; the epilogue of this tile then runs
-// under the other consumer's turn, before the next tile's first softmax.
+// cost 4-26% of the forward (d 128 at 1K, d 256: docs/hopper.md).
 #pragma once
 
 #include <cmath>
@@ -75,24 +71,22 @@ constexpr int kThreads = kWarpgroup * (1 + kConsumers);
 constexpr int kProducerRegs = 24, kConsumerRegs = 240;
 
 // Byte offsets inside the (1024-aligned) dynamic shared memory. Every tile
-// is a whole number of 1024-byte swizzle atoms, so all stay aligned. Q has
-// two buffers when the CTA loops over query tiles (the next tile's Q lands
-// while this one's is still read; the epilogue stages O in its own tile's
-// buffer), else one (O staged in Q's rows).
+// is a whole number of 1024-byte swizzle atoms, so all stay aligned.
 template <int kD, int kBlockN, bool kPersistent>
 struct SmemLayout {
   static constexpr int kBlockM = 128;
   static constexpr int kChunks = kD / 64;                // 64-column (128-byte) boxes per row
   static constexpr int kQHalf = 64 * kD * 2;             // one consumer's 64 Q rows (or O rows)
-  static constexpr int kQTile = 2 * kQHalf;
-  static constexpr int kQBufs = kPersistent ? 2 : 1;
   static constexpr int kKV = kBlockN * kD * 2;           // one K or V tile
-  static constexpr int kQ = 0;                           // Q buffer b at kQ + b kQTile
-  static constexpr int kK = kQ + kQBufs * kQTile;        // K stage s at kK + s kKV
+  static constexpr int kQ = 0;
+  static constexpr int kK = kQ + 2 * kQHalf;             // K stage s at kK + s kKV
   static constexpr int kV = kK + 2 * kKV;                // V stage s at kV + s kKV
-  static constexpr int kBars = kV + 2 * kKV;
-  // q_full[2], k_full[2], v_full[2], k_empty[2], v_empty[2], q_empty[2]
-  static constexpr int kBytes = kBars + 12 * 8;
+  // O staging of consumer w at kO + w kQHalf: its own buffer when the CTA
+  // loops over tiles (the next tile's Q is loading into Q's), else Q's.
+  static constexpr int kO = kPersistent ? kV + 2 * kKV : kQ;
+  static constexpr int kBars = kPersistent ? kO + 2 * kQHalf : kV + 2 * kKV;
+  // q_full, k_full[2], v_full[2], k_empty[2], v_empty[2], q_empty
+  static constexpr int kBytes = kBars + 10 * 8;
   static constexpr int kAlloc = kBytes + 1024;           // slack to align the base
   static_assert(kQHalf % 1024 == 0 && kKV % 1024 == 0, "tiles must be whole swizzle atoms");
   static_assert(kAlloc <= 227 * 1024, "over the shared memory of one CTA");
@@ -111,23 +105,6 @@ __device__ __forceinline__ QueryTile query_tile_of(const Params& p, int t) {
   const int nm = (p.seqlen_q + 127) / 128;
   const int hb = t / nm;
   return {(nm - 1 - t % nm) * 128, hb % p.heads_q, hb / p.heads_q};
-}
-
-// One query tile of a CTA's run: where it is and the key tiles it visits
-// (producer and consumers derive it the same way).
-template <int kBlockN>
-struct TileWork {
-  QueryTile qt;
-  SeqInfo seq;
-  sm80::KeyTiles<128, kBlockN> keys;
-  int n_steps;
-};
-template <int kBlockN>
-__device__ __forceinline__ TileWork<kBlockN> tile_work(const Params& p, int tile) {
-  const QueryTile qt = query_tile_of(p, tile);
-  const SeqInfo seq = resolve_seq(p, qt.b);  // dense only on this path: the lengths, starts 0
-  const sm80::KeyTiles<128, kBlockN> keys(p, qt.b, qt.h, qt.m0, seq);
-  return {qt, seq, keys, keys.count()};
 }
 
 // kDropout: a template parameter for the reason given at the backward kernel.
@@ -149,28 +126,19 @@ __global__ void __launch_bounds__(kThreads, 1)
   const std::uint32_t raw = x::smem_u32(smem_raw);
   const std::uint32_t base = (raw + 1023u) & ~1023u;
   unsigned char* smem = smem_raw + (base - raw);
-  // Q's buffer and barriers of the CTA's round-th query tile, and the parity
-  // of their phase for it.
-  auto q_buf = [&](int round) { return base + L::kQ + (round % L::kQBufs) * L::kQTile; };
-  auto q_full = [&](int round) { return base + L::kBars + 8 * (round % L::kQBufs); };
-  auto q_empty = [&](int round) { return base + L::kBars + 8 * (10 + round % L::kQBufs); };
-  auto q_parity = [](int round) { return static_cast<std::uint32_t>(round / L::kQBufs) & 1u; };
-  auto k_full = [&](int s) { return base + L::kBars + 8 * (2 + s); };
-  auto v_full = [&](int s) { return base + L::kBars + 8 * (4 + s); };
-  auto k_empty = [&](int s) { return base + L::kBars + 8 * (6 + s); };
-  auto v_empty = [&](int s) { return base + L::kBars + 8 * (8 + s); };
+  const std::uint32_t q_full = base + L::kBars;
+  auto k_full = [&](int s) { return base + L::kBars + 8 * (1 + s); };
+  auto v_full = [&](int s) { return base + L::kBars + 8 * (3 + s); };
+  auto k_empty = [&](int s) { return base + L::kBars + 8 * (5 + s); };
+  auto v_empty = [&](int s) { return base + L::kBars + 8 * (7 + s); };
+  const std::uint32_t q_empty = base + L::kBars + 8 * 9;
 
   const int tid = threadIdx.x;
   const int num_tiles = (p.seqlen_q + 127) / 128 * p.heads_q * p.batch;
-  // The launch never makes more CTAs than tiles; a CTA without a tile would
-  // leave its consumers waiting for a Q that never comes.
-  if (static_cast<int>(blockIdx.x) >= num_tiles) return;
 
   if (tid == 0) {
-    for (int b = 0; b < L::kQBufs; ++b) {
-      x::mbar_init(q_full(b), 1);
-      x::mbar_init(q_empty(b), kConsumers * kWarpgroup);
-    }
+    x::mbar_init(q_full, 1);
+    x::mbar_init(q_empty, kConsumers * kWarpgroup);
     for (int s = 0; s < 2; ++s) {
       x::mbar_init(k_full(s), 1);
       x::mbar_init(v_full(s), 1);
@@ -188,58 +156,46 @@ __global__ void __launch_bounds__(kThreads, 1)
       x::tma_prefetch_map(&tma_q);
       x::tma_prefetch_map(&tma_k);
       x::tma_prefetch_map(&tma_v);
-      // Q of the CTA's round-th query tile, into its buffer once both
-      // consumers have staged and stored the O of the tile that used it
-      // before (q_empty; the first use passes at once). Q always, even when
-      // no key tile is visible: the consumers wait for it and stage O
-      // through its buffer, which no late copy may race. But not a half
-      // that lies wholly past seqlen_q: a partly out-of-bounds box counts
-      // its whole size on the barrier, a wholly out-of-bounds one is not
-      // documented either way (a wrong expect_tx is a hang), and the rows of
-      // that half are never stored (docs/hopper.md, review notes).
-      auto load_q = [&](int tile, int round) {
-        const QueryTile qt = query_tile_of(p, tile);
-        x::mbar_wait(q_empty(round), q_parity(round) ^ 1u);
-        const int q_halves = qt.m0 + 64 < resolve_seq(p, qt.b).sq ? 2 : 1;
-        x::mbar_arrive_expect_tx(q_full(round), q_halves * L::kQHalf);
-        for (int half = 0; half < q_halves; ++half)
-#pragma unroll
-          for (int c = 0; c < L::kChunks; ++c)
-            x::tma_load_4d(q_buf(round) + half * L::kQHalf + c * 64 * 128, &tma_q, q_full(round), c * 64,
-                           qt.m0 + 64 * half, qt.h, qt.b);
-      };
       // g counts the K/V tiles of the CTA's whole run (the ring continues
       // across query tiles): tile g uses stage g % 2 for the (g / 2)-th time.
       int g = 0, round = 0;
-      load_q(blockIdx.x, 0);
       for (int tile = blockIdx.x; tile < num_tiles; tile += gridDim.x, ++round) {
-        const TileWork<kBlockN> w = tile_work<kBlockN>(p, tile);
-        const int hk = w.qt.h / p.group;
-        // The next tile's Q goes in early, after this tile's second K/V
-        // copy: the next tile's first S is issued in this tile's last turn,
-        // and Q comes from DRAM (each tile's Q is read once). Not before the
-        // second copy: its buffer is freed by the epilogue of the tile
-        // before this one, which runs after this tile's first turn, and the
-        // wait must not hold back the K/V copies that turn needs.
-        const int next = tile + static_cast<int>(gridDim.x);
-        const bool has_next = kPersistent && next < num_tiles;
-        const int q_after = min(1, w.n_steps - 1);
-        if (has_next && w.n_steps == 0) load_q(next, round + 1);
-        for (int step = 0; step < w.n_steps; ++step, ++g) {
+        const QueryTile qt = query_tile_of(p, tile);
+        const SeqInfo seq = resolve_seq(p, qt.b);  // dense only on this path: the lengths, starts 0
+        const sm80::KeyTiles<kBlockM, kBlockN> tiles(p, qt.b, qt.h, qt.m0, seq);
+        const int n_steps = tiles.count();
+        const int hk = qt.h / p.group;
+        // Q always, even when no key tile is visible: the consumers wait for
+        // it, and (without kPersistent) stage O through its buffer, which no
+        // late copy may race. But not a half that lies wholly past seqlen_q:
+        // a partly out-of-bounds box counts its whole size on the barrier, a
+        // wholly out-of-bounds one is not documented either way (a wrong
+        // expect_tx is a hang), and the rows of that half are never stored
+        // (docs/hopper.md, review notes). Into Q's buffer once both consumers
+        // are done with the previous tile's Q (q_empty; the first round
+        // passes at once).
+        x::mbar_wait(q_empty, (round & 1) ^ 1u);
+        const int q_halves = qt.m0 + 64 < seq.sq ? 2 : 1;
+        x::mbar_arrive_expect_tx(q_full, q_halves * L::kQHalf);
+        for (int half = 0; half < q_halves; ++half)
+#pragma unroll
+          for (int c = 0; c < L::kChunks; ++c)
+            x::tma_load_4d(base + L::kQ + half * L::kQHalf + c * 64 * 128, &tma_q, q_full, c * 64,
+                           qt.m0 + 64 * half, qt.h, qt.b);
+        for (int step = 0; step < n_steps; ++step, ++g) {
           const int s = g & 1;
           const std::uint32_t round_parity = (g >> 1) & 1;
-          const int n0 = w.keys.at(step).n0;
+          const int n0 = tiles.at(step).n0;
           x::mbar_wait(k_empty(s), round_parity ^ 1u);
           x::mbar_arrive_expect_tx(k_full(s), L::kKV);
 #pragma unroll
           for (int c = 0; c < L::kChunks; ++c)
-            x::tma_load_4d(base + L::kK + s * L::kKV + c * kBlockN * 128, &tma_k, k_full(s), c * 64, n0, hk, w.qt.b);
+            x::tma_load_4d(base + L::kK + s * L::kKV + c * kBlockN * 128, &tma_k, k_full(s), c * 64, n0, hk, qt.b);
           x::mbar_wait(v_empty(s), round_parity ^ 1u);
           x::mbar_arrive_expect_tx(v_full(s), L::kKV);
 #pragma unroll
           for (int c = 0; c < L::kChunks; ++c)
-            x::tma_load_4d(base + L::kV + s * L::kKV + c * kBlockN * 128, &tma_v, v_full(s), c * 64, n0, hk, w.qt.b);
-          if (has_next && step == q_after) load_q(next, round + 1);
+            x::tma_load_4d(base + L::kV + s * L::kKV + c * kBlockN * 128, &tma_v, v_full(s), c * 64, n0, hk, qt.b);
         }
       }
     }
@@ -253,6 +209,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     // datapath only with it (without: 70 more instructions a step at d 64).
     const int cw = __shfl_sync(0xffffffffu, tid / kWarpgroup - 1, 0);
     const int t = tid % kWarpgroup, warp = t / 32, lane = t % 32;
+    const std::uint32_t sQ = base + L::kQ + cw * L::kQHalf;
     // This thread's two rows (accumulator layout) within the 128-row tile.
     auto row_of = [&](int half) { return cw * 64 + warp * 16 + lane / 4 + 8 * half; };
     const int col_in_tile = 2 * (lane % 4);
@@ -272,11 +229,13 @@ __global__ void __launch_bounds__(kThreads, 1)
     constexpr bool kSoftmaxUnderPV = kD != 128;
 
     // Turns: consumer 0 waits on barrier 3 and passes to barrier 4,
-    // consumer 1 the other way round. Consumer 1 pre-arrives on 3 so that
-    // consumer 0 goes first. A run of query tiles whose last turns each
-    // issue the next tile's S_0 is one stream of turns; consumer 1 skips
-    // its pass after the last turn of such a run, so that no arrival is
-    // left pending at exit, and pre-arrives again before the next run.
+    // consumer 1 the other way round. Each consumer takes n_steps + 1 turns
+    // a query tile. Consumer 1 pre-arrives on 3 so that consumer 0 goes
+    // first; its last pass of a tile is consumer 0's first turn of the
+    // next (so consumer 0 starts that tile while consumer 1 is still in its
+    // epilogue), and is skipped after the CTA's last tile with a turn, so
+    // that no arrival is left pending at exit. c1_passed: consumer 1's last
+    // pass of the previous tile is pending on barrier 3.
     auto turn_wait = [&] {
       if (cw == 0) x::named_barrier_sync<3>(2 * kWarpgroup);
       else x::named_barrier_sync<4>(2 * kWarpgroup);
@@ -285,98 +244,100 @@ __global__ void __launch_bounds__(kThreads, 1)
       if (cw == 0) x::named_barrier_arrive<4>(2 * kWarpgroup);
       else if (!skip) x::named_barrier_arrive<3>(2 * kWarpgroup);
     };
+    bool c1_passed = false;
+    int g = 0, round = 0;  // K/V tiles consumed so far, query tiles done (as the producer's)
 
-    float o[kD / 2];
-    float row_max[2], row_sum[2];  // max in log2 units
-    float sc[kBlockN / 2];
-    std::uint32_t pa[kBlockN / 16][4];
-    float corr[2] = {1.f, 1.f};
-
-    // S = Q K^T with the CTA's g-th K/V tile and this consumer's rows of the
-    // Q buffer at sQ.
-    auto issue_s = [&](int g, std::uint32_t sQ) {
-      const int st = g & 1;
-      const std::uint32_t sK = base + L::kK + st * L::kKV;
-      x::mbar_wait(k_full(st), (g >> 1) & 1);
-      x::wgmma_fence();  // after the wait loop too: otherwise ptxas injects one (C7519)
-      // K = head_dim in steps of 16 (32 bytes inside a 128-byte swizzled
-      // row; a new 64-column box every 4 steps). The k-steps' descriptors
-      // by one add each from the tile's (desc_advance).
-      const std::uint64_t q_desc = x::desc_sw128(sQ, 16, 1024), k_desc = x::desc_sw128(sK, 16, 1024);
-#pragma unroll
-      for (int kk = 0; kk < kD / 16; ++kk) {
-        const std::uint32_t koff = (kk % 4) * 32;
-        x::wgmma_ss(sc, x::desc_advance(q_desc, (kk / 4) * 64 * 128 + koff),
-                    x::desc_advance(k_desc, (kk / 4) * kBlockN * 128 + koff), kk > 0 ? 1 : 0, T{});
-      }
-      x::wgmma_commit();
-    };
-    // O += P V with the CTA's g-th K/V tile.
-    auto issue_pv = [&](int g) {
-      const int st = g & 1;
-      const std::uint32_t sV = base + L::kV + st * L::kKV;
-      x::mbar_wait(v_full(st), (g >> 1) & 1);
-      x::wgmma_fence();
-      // K = keys in steps of 16 rows (2048 bytes), N = head_dim across the
-      // 64-column boxes (LBO = one box).
-      const std::uint64_t v_desc = x::desc_sw128(sV, kBlockN * 128, 1024);
-#pragma unroll
-      for (int kk = 0; kk < kBlockN / 16; ++kk)
-        x::wgmma_rs_bt(o, pa[kk], x::desc_advance(v_desc, kk * 16 * 128), 1, T{});
-      x::wgmma_commit();
-    };
-    auto fence_pa = [&] {
-#pragma unroll
-      for (int kk = 0; kk < kBlockN / 16; ++kk)
-#pragma unroll
-        for (int q = 0; q < 4; ++q) x::fence_operand(pa[kk][q]);
-    };
-    // s0_issued: the tile in hand's S_0 went into the previous tile's last
-    // turn. c1_passed: consumer 1's last pass of the previous tile is
-    // pending on barrier 3 (no pre-arrival needed).
-    bool s0_issued = false, c1_passed = false;
-    // g0: the CTA's K/V tiles before this query tile (as the producer's g);
-    // round: its query tiles before this one.
-    int g0 = 0;
-    for (int tile = blockIdx.x, round = 0;; ++round) {
-      const TileWork<kBlockN> cur = tile_work<kBlockN>(p, tile);
-      const int n_steps = cur.n_steps;
-      const std::uint32_t sQ = q_buf(round) + cw * L::kQHalf;
-      // The CTA's next query tile, and whether its S_0 joins this tile's
-      // last turn (it has keys; with kPersistent every tile has the same
-      // key tiles, so either all or none do).
-      const int next = tile + static_cast<int>(gridDim.x);
-      const bool has_next = kPersistent && next < num_tiles;
-      bool chain = false;
-      if (has_next && n_steps > 0) {
-        const QueryTile nt = query_tile_of(p, next);
-        chain = sm80::KeyTiles<kBlockM, kBlockN>(p, nt.b, nt.h, nt.m0, resolve_seq(p, nt.b)).count() > 0;
+    // One query tile. A lambda so that a kernel without kPersistent runs it
+    // once, without the loop: the loop's state as constants (d = 256 spilled
+    // 52 bytes inside the loop).
+    auto consume_tile = [&](const int tile) {
+      const QueryTile qt = query_tile_of(p, tile);
+      const int g0 = g, rnd = round;
+      const int b = qt.b, h = qt.h, m0 = qt.m0;
+      const std::uint32_t bh = dropout_bh(p, b, h);
+      const SeqInfo seq = resolve_seq(p, b);
+      const sm80::KeyTiles<kBlockM, kBlockN> tiles(p, b, h, m0, seq);
+      const int n_steps = tiles.count();
+      // Whether consumer 1's last pass of this tile opens a next one.
+      bool pass_on = false;
+      if (kPersistent && cw == 1 && tile + static_cast<int>(gridDim.x) < num_tiles) {
+        const QueryTile nt = query_tile_of(p, tile + gridDim.x);
+        pass_on = sm80::KeyTiles<kBlockM, kBlockN>(p, nt.b, nt.h, nt.m0, resolve_seq(p, nt.b)).count() > 0;
       }
 
-      // Online softmax of key tile `step` of the tile in hand on sc, as the
-      // sm80 kernel (sm80/forward.cuh): with a positive scale the order of the
-      // raw scores is that of the scaled ones, so mask and max on raw scores
-      // and fold the scale into the exponent's FFMA; otherwise scale first.
-      // Leaves P in sc and the correction of the running O in corr (O itself
-      // is in flight).
+      float o[kD / 2];
+#pragma unroll
+      for (int i = 0; i < kD / 2; ++i) o[i] = 0.f;
+      float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.f, 0.f};  // max in log2 units
+      float sc[kBlockN / 2];
+      std::uint32_t pa[kBlockN / 16][4];
+      float corr[2] = {1.f, 1.f};
+      if (n_steps > 0 && cw == 1 && !c1_passed) x::named_barrier_arrive<3>(2 * kWarpgroup);
+
+      auto issue_s = [&](int step) {
+        const int st = (g0 + step) & 1;
+        const std::uint32_t sK = base + L::kK + st * L::kKV;
+        x::mbar_wait(k_full(st), ((g0 + step) >> 1) & 1);
+        x::wgmma_fence();  // after the wait loop too: otherwise ptxas injects one (C7519)
+        // S = Q K_j^T, K = head_dim in steps of 16 (32 bytes inside a
+        // 128-byte swizzled row; a new 64-column box every 4 steps). The
+        // k-steps' descriptors by one add each from the tile's (desc_advance).
+        const std::uint64_t q_desc = x::desc_sw128(sQ, 16, 1024), k_desc = x::desc_sw128(sK, 16, 1024);
+#pragma unroll
+        for (int kk = 0; kk < kD / 16; ++kk) {
+          const std::uint32_t koff = (kk % 4) * 32;
+          x::wgmma_ss(sc, x::desc_advance(q_desc, (kk / 4) * 64 * 128 + koff),
+                      x::desc_advance(k_desc, (kk / 4) * kBlockN * 128 + koff), kk > 0 ? 1 : 0, T{});
+        }
+        x::wgmma_commit();
+      };
+      auto issue_pv = [&](int step) {
+        const int st = (g0 + step) & 1;
+        const std::uint32_t sV = base + L::kV + st * L::kKV;
+        x::mbar_wait(v_full(st), ((g0 + step) >> 1) & 1);
+        x::wgmma_fence();
+        // O += P V_j, K = keys in steps of 16 rows (2048 bytes), N = head_dim
+        // across the 64-column boxes (LBO = one box).
+        const std::uint64_t v_desc = x::desc_sw128(sV, kBlockN * 128, 1024);
+#pragma unroll
+        for (int kk = 0; kk < kBlockN / 16; ++kk)
+          x::wgmma_rs_bt(o, pa[kk], x::desc_advance(v_desc, kk * 16 * 128), 1, T{});
+        x::wgmma_commit();
+      };
+      auto fence_pa = [&] {
+#pragma unroll
+        for (int kk = 0; kk < kBlockN / 16; ++kk)
+#pragma unroll
+          for (int q = 0; q < 4; ++q) x::fence_operand(pa[kk][q]);
+      };
+      // This thread has read Q of the tile for the last time (its last S is
+      // complete): with kPersistent the producer may load the next tile's.
+      // Without, Q's buffer stages O, so the arrival waits for the epilogue.
+      auto release_q_after_s = [&](int step) {
+        if (kPersistent && step == n_steps - 1) x::mbar_arrive(q_empty);
+      };
+      // Online softmax of tile `step` on sc, as the sm80 kernel
+      // (sm80/forward.cuh): with a positive scale the order of the raw scores
+      // is that of the scaled ones, so mask and max on raw scores and fold the
+      // scale into the exponent's FFMA; otherwise scale first. Leaves P in sc
+      // and the correction of the running O in corr (O itself is in flight).
       auto softmax = [&](int step) {
-        const sm80::KeyTile kt = cur.keys.at(step);
+        const sm80::KeyTile cur = tiles.at(step);
         if (prescale) {
 #pragma unroll
           for (int i = 0; i < kBlockN / 2; ++i) sc[i] *= p.scale_log2;
         }
-        if (kt.need_mask) {
-          const int sq = cur.seq.sq, sk = cur.seq.sk;
+        if (cur.need_mask) {
 #pragma unroll
           for (int half = 0; half < 2; ++half) {
-            const int i = cur.qt.m0 + row_of(half);
-            const std::int64_t lo = kt.window ? p.window.first_key(i, sq, sk) : 0;
-            const std::int64_t hi = kt.window ? p.window.last_key(i, sq, sk) : sk - 1;
+            const int i = m0 + row_of(half);
+            const std::int64_t lo = cur.window ? p.window.first_key(i, seq.sq, seq.sk) : 0;
+            const std::int64_t hi = cur.window ? p.window.last_key(i, seq.sq, seq.sk) : seq.sk - 1;
 #pragma unroll
             for (int tt = 0; tt < kSN; ++tt)
 #pragma unroll
               for (int e = 0; e < 2; ++e) {
-                const int j = kt.n0 + tt * 8 + col_in_tile + e;
+                const int j = cur.n0 + tt * 8 + col_in_tile + e;
                 if (j < lo || j > hi) sc[4 * tt + 2 * half + e] = -INFINITY;
               }
           }
@@ -407,14 +368,14 @@ __global__ void __launch_bounds__(kThreads, 1)
           row_sum[half] = row_sum[half] * corr[half] + sum;
         }
       };
-      // P of key tile `step` to 16 bits in pa (the A-fragment layout of k16
-      // slice kk), with dropout: one Philox call covers this thread's 8
-      // elements of the 16-column slice kk (rows r and r + 8 of its two
-      // 8-column tiles; philox.h; m0, the warp's rows and the key tiles start
-      // at multiples of 16), and its four 32-bit words are those of pa[kk]'s
-      // four registers, each half the mask of one 16-bit P, so an AND drops
-      // them (a 16-bit zero is +0). l above is the un-dropped sum (LSE ignores
-      // dropout); the epilogue scales O by 1 / (1 - p).
+      // P of tile `step` to 16 bits in pa (the A-fragment layout of k16 slice
+      // kk), with dropout: one Philox call covers this thread's 8 elements of
+      // the 16-column slice kk (rows r and r + 8 of its two 8-column tiles;
+      // philox.h; m0, the warp's rows and the key tiles start at multiples of
+      // 16), and its four 32-bit words are those of pa[kk]'s four registers,
+      // each half the mask of one 16-bit P, so an AND drops them (a 16-bit
+      // zero is +0). l above is the un-dropped sum (LSE ignores dropout); the
+      // epilogue scales O by 1 / (1 - p).
       auto pack_p = [&](int step) {
 #pragma unroll
         for (int kk = 0; kk < kBlockN / 16; ++kk) {
@@ -424,9 +385,8 @@ __global__ void __launch_bounds__(kThreads, 1)
           pa[kk][3] = pack2<T>(sc[8 * kk + 6], sc[8 * kk + 7]);
         }
         if constexpr (kDropout) {
-          const std::uint32_t bh = dropout_bh(p, cur.qt.b, cur.qt.h);
-          const int n0 = cur.keys.at(step).n0;
-          const std::uint32_t pair = DropoutStream::row_pair_of(static_cast<std::uint32_t>(cur.qt.m0 + row_of(0)));
+          const int n0 = tiles.at(step).n0;
+          const std::uint32_t pair = DropoutStream::row_pair_of(static_cast<std::uint32_t>(m0 + row_of(0)));
 #pragma unroll
           for (int kk = 0; kk < kBlockN / 16; ++kk) {
             const Philox4 r = p.dropout.words(
@@ -447,76 +407,23 @@ __global__ void __launch_bounds__(kThreads, 1)
             o[4 * tt + 2 * half + 1] *= corr[half];
           }
       };
-      // Epilogue of the tile in hand: O / l, LSE = ln(sum exp(scaled scores)).
-      // O is staged in this warpgroup's rows of the tile's Q buffer (no wgmma
-      // reads them any more: its last S completed) in a 16-byte-chunk XOR
-      // layout (chunk ^ row % 8: conflict-free both for the fragment writes
-      // and for the row-contiguous reads), then stored in 16-byte pieces so
-      // the global writes coalesce. Rows >= seqlen_q are never stored. Then
-      // the buffer is released for the CTA's query tile after next.
-      auto store_o = [&] {
-        const int b = cur.qt.b, h = cur.qt.h, m0 = cur.qt.m0;
-        constexpr int kPitch = kD * 2;
-        unsigned char* stage = smem + (q_buf(round) - base) + cw * L::kQHalf;
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {
-          float l = row_sum[half];
-          l += __shfl_xor_sync(0xffffffffu, l, 1);
-          l += __shfl_xor_sync(0xffffffffu, l, 2);
-          const float inv = l > 0.f ? p.keep_scale / l : 0.f;  // keep_scale = 1 / (1 - p), 1 without dropout
-          const int r_tile = row_of(half), r = r_tile - cw * 64;
-          if (p.lse != nullptr && lane % 4 == 0 && m0 + r_tile < cur.seq.sq)
-            p.lse[q_row(p, cur.seq, b, h, m0 + r_tile)] =
-                l > 0.f ? row_max[half] * 0.69314718055994531f + logf(l) : -INFINITY;
-#pragma unroll
-          for (int tt = 0; tt < kON; ++tt) {
-            const int chunk = tt ^ (r % 8);
-            *reinterpret_cast<std::uint32_t*>(stage + r * kPitch + chunk * 16 + col_in_tile * 2) =
-                pack2<T>(o[4 * tt + 2 * half] * inv, o[4 * tt + 2 * half + 1] * inv);
-          }
-        }
-        if (cw == 0) x::named_barrier_sync<1>(kWarpgroup);
-        else x::named_barrier_sync<2>(kWarpgroup);
-        T* gO = static_cast<T*>(p.out) + b * p.o_sb + h * p.o_sh + static_cast<std::int64_t>(m0 + cw * 64) * p.o_ss;
-        const int rows_valid = cur.seq.sq - (m0 + cw * 64);
-        constexpr int kRowChunks = kD / 8;
-        for (int c = t; c < 64 * kRowChunks; c += kWarpgroup) {
-          const int r = c / kRowChunks, ch = c % kRowChunks;
-          if (r < rows_valid)
-            *reinterpret_cast<uint4*>(gO + r * p.o_ss + ch * 8) =
-                *reinterpret_cast<const uint4*>(stage + r * kPitch + (ch ^ (r % 8)) * 16);
-        }
-        // The producer's next copy into this buffer (async proxy) must follow
-        // these ordinary reads and writes: fence, then release it. (Every
-        // later write of this warpgroup to the buffer comes after a wait on
-        // its q_full, hence after all 256 arrivals: no barrier is needed
-        // before the staging writes.)
-        if constexpr (kPersistent) x::fence_proxy_async_smem();
-        x::mbar_arrive(q_empty(round));
-      };
 
-
-#pragma unroll
-      for (int i = 0; i < kD / 2; ++i) o[i] = 0.f;
-      row_max[0] = row_max[1] = -INFINITY;
-      row_sum[0] = row_sum[1] = 0.f;
-      if (!s0_issued) {
-        x::mbar_wait(q_full(round), q_parity(round));
-        if (n_steps > 0) {
-          if (cw == 1 && !c1_passed) x::named_barrier_arrive<3>(2 * kWarpgroup);
-          // Turn 0: S_0 alone.
-          turn_wait();
-          x::wgmma_fence();
-          issue_s(g0, sQ);
-          turn_pass(false);
-          x::wgmma_wait<0>();
-          x::fence_operands(sc);
-          x::mbar_arrive(k_empty(g0 & 1));
-        }
-      }
+      x::mbar_wait(q_full, rnd & 1);
       if (n_steps > 0) {
-        softmax(0);  // O = 0: its correction does not matter
+        // Turn 0: S_0 alone.
+        turn_wait();
+        x::wgmma_fence();
+        issue_s(0);
+        turn_pass(false);
+        x::wgmma_wait<0>();
+        x::fence_operands(sc);
+        x::mbar_arrive(k_empty(g0 & 1));
+        release_q_after_s(0);
+        softmax(0);
+        rescale_o();  // O = 0: corr only matters for the bookkeeping above
         pack_p(0);
+      } else if (kPersistent) {
+        x::mbar_arrive(q_empty);  // no S reads Q
       }
       for (int step = 1; step < n_steps; ++step) {
         // Turn `step`: S_step and P_{step-1} V_{step-1}. Registers of o and pa
@@ -525,19 +432,21 @@ __global__ void __launch_bounds__(kThreads, 1)
         x::fence_operands(o);
         fence_pa();
         x::wgmma_fence();
-        issue_s(g0 + step, sQ);
-        issue_pv(g0 + step - 1);
+        issue_s(step);
+        issue_pv(step - 1);
         turn_pass(false);
         if constexpr (kSoftmaxUnderPV) {
           x::wgmma_wait<1>();  // S_step complete (groups complete in order); P V may still run
           x::fence_operands(sc);
           x::mbar_arrive(k_empty((g0 + step) & 1));  // K_step is read: the producer may refill it now
+          release_q_after_s(step);
           softmax(step);
           x::wgmma_wait<0>();  // P_{step-1} V_{step-1} complete: o and pa are free
         } else {
           x::wgmma_wait<0>();
           x::fence_operands(sc);
           x::mbar_arrive(k_empty((g0 + step) & 1));
+          release_q_after_s(step);
         }
         x::fence_operands(o);
         fence_pa();
@@ -547,34 +456,72 @@ __global__ void __launch_bounds__(kThreads, 1)
         pack_p(step);
       }
       if (n_steps > 0) {
-        // Last turn: the last P V and, if the next tile chains, its S_0 (its
-        // Q is in the other buffer, loaded while this tile ran).
+        // Last turn: the last P V.
         turn_wait();
         x::fence_operands(o);
         fence_pa();
         x::wgmma_fence();
-        if (chain) {
-          x::mbar_wait(q_full(round + 1), q_parity(round + 1));
-          issue_s(g0 + n_steps, q_buf(round + 1) + cw * L::kQHalf);
-          issue_pv(g0 + n_steps - 1);
-          turn_pass(false);
-          x::wgmma_wait<0>();
-          x::fence_operands(sc);
-          x::mbar_arrive(k_empty((g0 + n_steps) & 1));
-        } else {
-          issue_pv(g0 + n_steps - 1);
-          turn_pass(true);
-          x::wgmma_wait<0>();
-        }
-        if (cw == 1) c1_passed = chain;
+        issue_pv(n_steps - 1);
+        turn_pass(!pass_on);
+        if (cw == 1) c1_passed = pass_on;
+        x::wgmma_wait<0>();
         x::fence_operands(o);
         x::mbar_arrive(v_empty((g0 + n_steps - 1) & 1));
       }
-      store_o();
-      if (!has_next) break;
-      tile = next;
-      g0 += n_steps;
-      s0_issued = chain;
+      g += n_steps;
+
+      // Epilogue: O / l, LSE = ln(sum exp(scaled scores)); O staged through
+      // this warpgroup's staging rows (L::kO: its own Q rows, which no wgmma
+      // reads any more, or with kPersistent a buffer of its own) in a
+      // 16-byte-chunk XOR layout (chunk ^ row % 8: conflict-free both for the
+      // fragment writes and for the row-contiguous reads), then stored in
+      // 16-byte pieces so the global writes coalesce. Rows >= seqlen_q are
+      // never stored. The first barrier: the warpgroup's reads of the
+      // previous tile's staging are done (turns order them too, but a tile
+      // without keys has none).
+      constexpr int kPitch = kD * 2;
+      unsigned char* stage = smem + L::kO + cw * L::kQHalf;
+      if (kPersistent && rnd > 0) {
+        if (cw == 0) x::named_barrier_sync<1>(kWarpgroup);
+        else x::named_barrier_sync<2>(kWarpgroup);
+      }
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        float l = row_sum[half];
+        l += __shfl_xor_sync(0xffffffffu, l, 1);
+        l += __shfl_xor_sync(0xffffffffu, l, 2);
+        const float inv = l > 0.f ? p.keep_scale / l : 0.f;  // keep_scale = 1 / (1 - p), 1 without dropout
+        const int r_tile = row_of(half), r = r_tile - cw * 64;
+        if (p.lse != nullptr && lane % 4 == 0 && m0 + r_tile < seq.sq)
+          p.lse[q_row(p, seq, b, h, m0 + r_tile)] =
+              l > 0.f ? row_max[half] * 0.69314718055994531f + logf(l) : -INFINITY;
+#pragma unroll
+        for (int tt = 0; tt < kON; ++tt) {
+          const int chunk = tt ^ (r % 8);
+          *reinterpret_cast<std::uint32_t*>(stage + r * kPitch + chunk * 16 + col_in_tile * 2) =
+              pack2<T>(o[4 * tt + 2 * half] * inv, o[4 * tt + 2 * half + 1] * inv);
+        }
+      }
+      if (cw == 0) x::named_barrier_sync<1>(kWarpgroup);
+      else x::named_barrier_sync<2>(kWarpgroup);
+      T* gO = static_cast<T*>(p.out) + b * p.o_sb + h * p.o_sh + static_cast<std::int64_t>(m0 + cw * 64) * p.o_ss;
+      const int rows_valid = seq.sq - (m0 + cw * 64);
+      constexpr int kRowChunks = kD / 8;
+      for (int c = t; c < 64 * kRowChunks; c += kWarpgroup) {
+        const int r = c / kRowChunks, ch = c % kRowChunks;
+        if (r < rows_valid)
+          *reinterpret_cast<uint4*>(gO + r * p.o_ss + ch * 8) =
+              *reinterpret_cast<const uint4*>(stage + r * kPitch + (ch ^ (r % 8)) * 16);
+      }
+      // Without kPersistent, Q's buffer was the staging: released after
+      // this thread's last read of it (a launch of that kernel has one tile
+      // a CTA, but the protocol does not depend on it).
+      if constexpr (!kPersistent) x::mbar_arrive(q_empty);
+    };
+    if constexpr (kPersistent) {
+      for (int tile = blockIdx.x; tile < num_tiles; tile += gridDim.x, ++round) consume_tile(tile);
+    } else if (static_cast<int>(blockIdx.x) < num_tiles) {
+      consume_tile(blockIdx.x);
     }
   }
 #else
