@@ -700,14 +700,13 @@ TEST_F(Sm90Gpu, NoKeysOrNoQueries) {
 
 // More query tiles than an H100 / H200 has SMs, without a mask: the
 // persistent launch (one CTA an SM, each looping over query tiles:
-// sm90/forward.cuh) carries the Q ring, the K/V ring and the consumers'
-// turns from tile to tile, and issues each next tile's first S in the last
-// turn of the one before. 8 tiles x 8 heads x 5 sequences = 320 tiles, 2 or
-// 3 a CTA; tails of both tiles (the last query tile of a head has one
-// 64-row half), GQA; then no keys at all (tiles without a key step, back to
-// back); then one key tile a query tile (every turn after the first is a
-// last turn that starts the next tile) on 768 tiles, 5 or 6 a CTA, so that
-// both Q buffers are reused, with dropout (the persistent dropout kernel).
+// sm90/forward.cuh) carries Q, the K/V ring and the consumers' turns from
+// tile to tile. 8 tiles x 8 heads x 5 sequences = 320 tiles, 2 or 3 a CTA;
+// tails of both tiles (the last query tile of a head has one 64-row half),
+// GQA; then no keys at all (tiles without a key step, back to back); then
+// one key tile a query tile (each tile's first turn follows the previous
+// tile's last, with nothing between them) on 768 tiles, 5 or 6 a CTA, with
+// dropout (the persistent dropout kernel).
 TEST_F(Sm90Gpu, PersistentTilesInARow) {
   for (DType t : kDTypes)
     for (std::int64_t d : {64, 128}) {
