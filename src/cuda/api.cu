@@ -172,7 +172,7 @@ KernelFamily choose(const char* what, const Refusal& refusal) {
 
 ForwardPath forward_path(const Problem& pr, const ForwardArgs& a) {
   if (kernel_choice() == KernelChoice::sm80) return ForwardPath::sm80;
-  Refusal r = sm90_common_refusal(pr, {&a.q, &a.k, &a.v});
+  Refusal r = sm90_common_refusal(pr, {&a.q, &a.k, &a.v, &a.o});
   if (!r && cuda::sm90_fwd_tile(static_cast<int>(pr.head_dim)).head_dim == 0)
     r = {"q.head_dim", "64, 128 or 256", std::to_string(pr.head_dim)};
   return choose("forward", r);

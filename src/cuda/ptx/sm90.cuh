@@ -133,6 +133,28 @@ __device__ __forceinline__ void tma_load_4d_multicast(std::uint32_t dst, const C
       : "memory");
 }
 
+// The other direction: a box of shared memory (laid out as the map's
+// swizzle says) to the tensor, rows and columns outside its extents
+// dropped. Asynchronous: the source may be overwritten only after
+// bulk_wait_read; copies join the thread's bulk group at bulk_commit. A
+// thread that wrote the box with ordinary stores fences them first
+// (fence_proxy_async_smem) and the issuing thread is ordered after them.
+__device__ __forceinline__ void tma_store_4d(const CUtensorMap* map, std::uint32_t src, int c0, int c1, int c2,
+                                             int c3) {
+  asm volatile("cp.async.bulk.tensor.4d.global.shared::cta.bulk_group [%0, {%2, %3, %4, %5}], [%1];\n" ::"l"(
+                   reinterpret_cast<std::uint64_t>(map)),
+               "r"(src), "r"(c0), "r"(c1), "r"(c2), "r"(c3)
+               : "memory");
+}
+__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
+// Until at most kPending of this thread's bulk groups still read shared memory.
+template <int kPending>
+__device__ __forceinline__ void bulk_wait_read() {
+  asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(kPending) : "memory");
+}
+// Until every bulk group of this thread has completed (its writes performed).
+__device__ __forceinline__ void bulk_wait_all() { asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory"); }
+
 // Pulls the 128-byte descriptor into the TMA unit's cache ahead of the
 // first copy, so the first tile does not also pay for the descriptor fetch.
 __device__ __forceinline__ void tma_prefetch_map(const CUtensorMap* map) {

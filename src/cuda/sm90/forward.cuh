@@ -113,7 +113,8 @@ __device__ __forceinline__ QueryTile query_tile_of(const Params& p, int t) {
 template <class T, int kD, int kBlockN, bool kPersistent, bool kDropout>
 __global__ void __launch_bounds__(kThreads, 1)
     forward_kernel(const __grid_constant__ Params p, const __grid_constant__ CUtensorMap tma_q,
-                   const __grid_constant__ CUtensorMap tma_k, const __grid_constant__ CUtensorMap tma_v) {
+                   const __grid_constant__ CUtensorMap tma_k, const __grid_constant__ CUtensorMap tma_v,
+                   const __grid_constant__ CUtensorMap tma_o) {
 #if FA_SM90_DEVICE
   using L = SmemLayout<kD, kBlockN, kPersistent>;
   constexpr int kBlockM = L::kBlockM;
@@ -156,6 +157,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       x::tma_prefetch_map(&tma_q);
       x::tma_prefetch_map(&tma_k);
       x::tma_prefetch_map(&tma_v);
+      x::tma_prefetch_map(&tma_o);
       // g counts the K/V tiles of the CTA's whole run (the ring continues
       // across query tiles): tile g uses stage g % 2 for the (g / 2)-th time.
       int g = 0, round = 0;
@@ -472,18 +474,23 @@ __global__ void __launch_bounds__(kThreads, 1)
 
       // Epilogue: O / l, LSE = ln(sum exp(scaled scores)); O staged through
       // this warpgroup's staging rows (L::kO: its own Q rows, which no wgmma
-      // reads any more, or with kPersistent a buffer of its own) in a
-      // 16-byte-chunk XOR layout (chunk ^ row % 8: conflict-free both for the
-      // fragment writes and for the row-contiguous reads), then stored in
-      // 16-byte pieces so the global writes coalesce. Rows >= seqlen_q are
-      // never stored. The first barrier: the warpgroup's reads of the
-      // previous tile's staging are done (turns order them too, but a tile
-      // without keys has none).
-      constexpr int kPitch = kD * 2;
+      // reads any more, or with kPersistent a buffer of its own) as the O
+      // map's boxes (64 rows x 64 columns, 128B swizzle: 16-byte chunk
+      // ^ row % 8, conflict-free for the fragment writes), then written to
+      // global memory by TMA, one thread issuing the warpgroup's boxes: no
+      // thread copies the staging rows itself, and rows >= seqlen_q fall
+      // outside the map and are never stored. Barrier 1 / 2 (this
+      // warpgroup's): first, the previous tile's store has finished reading
+      // the staging (its issuing thread waited for that); second, every
+      // thread's staging writes are fenced before the store is issued.
       unsigned char* stage = smem + L::kO + cw * L::kQHalf;
-      if (kPersistent && rnd > 0) {
+      auto epilogue_sync = [&] {
         if (cw == 0) x::named_barrier_sync<1>(kWarpgroup);
         else x::named_barrier_sync<2>(kWarpgroup);
+      };
+      if (kPersistent && rnd > 0) {
+        if (t == 0) x::bulk_wait_read<0>();
+        epilogue_sync();
       }
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
@@ -497,32 +504,35 @@ __global__ void __launch_bounds__(kThreads, 1)
               l > 0.f ? row_max[half] * 0.69314718055994531f + logf(l) : -INFINITY;
 #pragma unroll
         for (int tt = 0; tt < kON; ++tt) {
-          const int chunk = tt ^ (r % 8);
-          *reinterpret_cast<std::uint32_t*>(stage + r * kPitch + chunk * 16 + col_in_tile * 2) =
+          const int chunk = (tt % 8) ^ (r % 8);  // 8-column tile tt is chunk tt % 8 of box tt / 8
+          *reinterpret_cast<std::uint32_t*>(stage + (tt / 8) * (64 * 128) + r * 128 + chunk * 16 + col_in_tile * 2) =
               pack2<T>(o[4 * tt + 2 * half] * inv, o[4 * tt + 2 * half + 1] * inv);
         }
       }
-      if (cw == 0) x::named_barrier_sync<1>(kWarpgroup);
-      else x::named_barrier_sync<2>(kWarpgroup);
-      T* gO = static_cast<T*>(p.out) + b * p.o_sb + h * p.o_sh + static_cast<std::int64_t>(m0 + cw * 64) * p.o_ss;
-      const int rows_valid = seq.sq - (m0 + cw * 64);
-      constexpr int kRowChunks = kD / 8;
-      for (int c = t; c < 64 * kRowChunks; c += kWarpgroup) {
-        const int r = c / kRowChunks, ch = c % kRowChunks;
-        if (r < rows_valid)
-          *reinterpret_cast<uint4*>(gO + r * p.o_ss + ch * 8) =
-              *reinterpret_cast<const uint4*>(stage + r * kPitch + (ch ^ (r % 8)) * 16);
+      x::fence_proxy_async_smem();  // ordinary stores, read next by the copy engine
+      epilogue_sync();
+      if (t == 0) {
+#pragma unroll
+        for (int c = 0; c < L::kChunks; ++c)
+          x::tma_store_4d(&tma_o, base + L::kO + cw * L::kQHalf + c * 64 * 128, c * 64, m0 + cw * 64, h, b);
+        x::bulk_commit();
       }
-      // Without kPersistent, Q's buffer was the staging: released after
-      // this thread's last read of it (a launch of that kernel has one tile
-      // a CTA, but the protocol does not depend on it).
-      if constexpr (!kPersistent) x::mbar_arrive(q_empty);
+      // Without kPersistent, Q's buffer was the staging: released once the
+      // store has read it (a launch of that kernel has one tile a CTA, but
+      // the protocol does not depend on it).
+      if constexpr (!kPersistent) {
+        if (t == 0) x::bulk_wait_read<0>();
+        epilogue_sync();
+        x::mbar_arrive(q_empty);
+      }
     };
     if constexpr (kPersistent) {
       for (int tile = blockIdx.x; tile < num_tiles; tile += gridDim.x, ++round) consume_tile(tile);
     } else if (static_cast<int>(blockIdx.x) < num_tiles) {
       consume_tile(blockIdx.x);
     }
+    // The shared memory the last stores read stays the CTA's until they are done.
+    if (t == 0) x::bulk_wait_all();
   }
 #else
   // Built for another architecture: the dispatch never launches this.
@@ -537,6 +547,13 @@ void launch_forward(const Params& p, cudaStream_t stream) {
   static_assert(c.block_m == 128, "query_tile_of's query tiles are 128 rows");
   using L = SmemLayout<kD, c.block_n, c.persistent>;
   constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
+  // One CTA a query tile, or (persistent, problems without a mask: every
+  // tile the same length, so a static round-robin is balanced) one an SM.
+  const std::int64_t tiles = static_cast<std::int64_t>((p.seqlen_q + c.block_m - 1) / c.block_m) * p.heads_q * p.batch;
+  if (tiles > 0x7fffffff) throw Error("q: expected fewer than 2^31 query tiles of 128 rows (batch x heads x tiles)");
+  std::int64_t ctas = tiles;
+  if (c.persistent && p.window.unbounded()) ctas = std::min<std::int64_t>(tiles, device_sm_count());
+  if (ctas == 0) return;  // no query rows: nothing to map (q, out may be null)
   const CUtensorMap tq = x::make_tensor_map_bshd(p.q, kBf16, kD, p.seqlen_q, p.heads_q, p.batch, p.q_ss, p.q_sh,
                                                  p.q_sb, 64, "q");
   // With no keys the K/V maps are never read (every query tile has zero key
@@ -548,17 +565,12 @@ void launch_forward(const Params& p, cudaStream_t stream) {
                                                  p.k_sb, c.block_n, "k");
   const CUtensorMap tv = x::make_tensor_map_bshd(v_data, kBf16, kD, p.seqlen_k, p.heads_k, p.batch, p.v_ss, p.v_sh,
                                                  p.v_sb, c.block_n, "v");
+  const CUtensorMap to = x::make_tensor_map_bshd(p.out, kBf16, kD, p.seqlen_q, p.heads_q, p.batch, p.o_ss, p.o_sh,
+                                                 p.o_sb, 64, "out");
   auto kernel = p.has_dropout ? forward_kernel<T, kD, c.block_n, c.persistent, true>
                                : forward_kernel<T, kD, c.block_n, c.persistent, false>;
   set_max_dynamic_smem(kernel, L::kAlloc, "cudaFuncSetAttribute(sm90 forward)");
-  // One CTA a query tile, or (persistent, problems without a mask: every
-  // tile the same length, so a static round-robin is balanced) one an SM.
-  const std::int64_t tiles = static_cast<std::int64_t>((p.seqlen_q + c.block_m - 1) / c.block_m) * p.heads_q * p.batch;
-  if (tiles > 0x7fffffff) throw Error("q: expected fewer than 2^31 query tiles of 128 rows (batch x heads x tiles)");
-  std::int64_t ctas = tiles;
-  if (c.persistent && p.window.unbounded()) ctas = std::min<std::int64_t>(tiles, device_sm_count());
-  if (ctas == 0) return;
-  kernel<<<static_cast<unsigned>(ctas), kThreads, L::kAlloc, stream>>>(p, tq, tk, tv);
+  kernel<<<static_cast<unsigned>(ctas), kThreads, L::kAlloc, stream>>>(p, tq, tk, tv, to);
   check(cudaGetLastError(), "sm90 forward kernel launch");
 }
 
