@@ -100,29 +100,22 @@ constexpr Sm90FwdTile sm90_fwd_tile(int head_dim) {
 //    of dK, dV and dQ each (64 + 64 + 64 registers), S^T and dP^T split by
 //    queries (32 a consumer, 16 + 16), P^T and dS^T shared through shared
 //    memory.
-// cluster: CTAs of neighbouring key tiles launched as one cluster that
-// sweep the same query tiles and share their Q / dO copies (each CTA
-// copies 1 / cluster of every tile, multicast to all). At d = 256 the
-// 64-key CTAs read each Q and dO tile from L2 s_k / 64 times, as much L2
-// traffic as the fp32 dQ reductions, and L2 throughput bounds the kernel
-// (ncu: 94%); pairs halve the reads. Only the split-head_dim layout
-// implements it.
 // Q and dO of a query tile stream through a 2-stage ring. Shared memory,
 // 16-bit: K + V 2 x block_n d, 2 stages x (Q + dO) 64 d, dS^T (and at
 // d = 256 P^T) buffers of block_n x 64: 96 KB (d 64), 160 KB (d 128),
 // 224 KB (d 256), + 1 KB of LSE/D rows.
 struct Sm90BwdTile {
-  int head_dim, block_m, block_n, stages, cluster;
+  int head_dim, block_m, block_n, stages;
 };
-//                                       head_dim  M    N  stages cluster
-inline constexpr Sm90BwdTile kSm90BwdTiles[] = {{64,  64, 128, 2, 1},
-                                                {128, 64, 128, 2, 1},
-                                                {256, 64,  64, 2, 2}};
+//                                       head_dim  M    N  stages
+inline constexpr Sm90BwdTile kSm90BwdTiles[] = {{64,  64, 128, 2},
+                                                {128, 64, 128, 2},
+                                                {256, 64,  64, 2}};
 
 constexpr Sm90BwdTile sm90_bwd_tile(int head_dim) {
   for (const Sm90BwdTile& c : kSm90BwdTiles)
     if (c.head_dim == head_dim) return c;
-  return Sm90BwdTile{0, 0, 0, 0, 0};
+  return Sm90BwdTile{0, 0, 0, 0};
 }
 
 // Block-sparse masks must align with every tile above: a query block may

@@ -119,20 +119,6 @@ __device__ __forceinline__ void tma_load_4d(std::uint32_t dst, const CUtensorMap
       : "memory");
 }
 
-// The same copy, multicast: the engine reads the box from global memory
-// (L2) once and writes it into the shared memory of every CTA of the
-// cluster whose bit is set in cta_mask, at the same CTA-relative address
-// `dst`, completing `bytes` on the mbarrier at the same relative address
-// `bar` in each of them. Each destination's barrier must expect the bytes.
-__device__ __forceinline__ void tma_load_4d_multicast(std::uint32_t dst, const CUtensorMap* map, std::uint32_t bar,
-                                                      int c0, int c1, int c2, int c3, std::uint16_t cta_mask) {
-  asm volatile(
-      "cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster [%0], [%1, "
-      "{%2, %3, %4, %5}], [%6], %7;\n" ::"r"(dst),
-      "l"(reinterpret_cast<std::uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(bar), "h"(cta_mask)
-      : "memory");
-}
-
 // The other direction: a box of shared memory (laid out as the map's
 // swizzle says) to the tensor, rows and columns outside its extents
 // dropped. Asynchronous: the source may be overwritten only after
@@ -183,47 +169,6 @@ template <int kId>
 __device__ __forceinline__ void named_barrier_arrive(int threads) {
   static_assert(kId > 0 && kId < 16, "hardware barriers 1..15 (0 is __syncthreads)");
   asm volatile("bar.arrive %0, %1;\n" ::"n"(kId), "r"(threads) : "memory");
-}
-
-// ------------------------------------------------------------- cluster ---
-// Thread-block clusters (CTAs launched together on the SMs of one GPC,
-// which can address each other's shared memory). Used where CTAs share
-// the copies of a tile (tma_load_4d_multicast).
-
-// This CTA's rank in its cluster (0 .. cluster size - 1).
-__device__ __forceinline__ std::uint32_t cluster_ctarank() {
-  std::uint32_t r;
-  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
-  return r;
-}
-
-// One arrival on the mbarrier at CTA-relative address `bar` in the shared
-// memory of cluster CTA `cta_rank` (this CTA's own included). The default
-// semantics, release at CTA scope, as mbar_arrive: what it orders is this
-// thread's reads of its own CTA's shared memory (complete before the other
-// CTA's copies overwrite them). `.release.cluster` compiles to a GPU-wide
-// MEMBAR, which would also wait for every red.global.add still in flight.
-__device__ __forceinline__ void mbar_arrive_cluster(std::uint32_t bar, std::uint32_t cta_rank) {
-  asm volatile(
-      "{\n"
-      ".reg .b32 remote;\n"
-      "mapa.shared::cluster.u32 remote, %0, %1;\n"
-      "mbarrier.arrive.shared::cluster.b64 _, [remote];\n"
-      "}\n" ::"r"(bar),
-      "r"(cta_rank)
-      : "memory");
-}
-
-// Every thread of every CTA in the cluster arrives, then waits for all
-// (release / acquire at cluster scope). Before the first remote access: the
-// other CTAs' barriers are initialised. Before exit: no other CTA still
-// arrives on, or copies into, this CTA's shared memory (a CTA's shared
-// memory must outlive the remote operations that target it).
-__device__ __forceinline__ void cluster_sync() {
-  asm volatile(
-      "barrier.cluster.arrive.release;\n"
-      "barrier.cluster.wait.acquire;\n" ::
-          : "memory");
 }
 
 // ------------------------------------------------- global reductions ---

@@ -353,7 +353,7 @@ __device__ __forceinline__ void store_dk_dv(const float (&dk)[kN], const float (
 // The two consumers run in lockstep (one barrier a tile), so E1 is not
 // hidden under the other's GEMMs as in the split-keys layout: at d = 256
 // the GEMMs are 4x longer than at d = 64 for the same E1.
-template <class T, int kD, bool kDropout, class L, int kCluster>
+template <class T, int kD, bool kDropout, class L>
 __device__ __forceinline__ void consume_split_dims(const Params& p, const SeqInfo& seq, unsigned char* smem,
                                                    std::uint32_t base, int b, int h, int n0, int mt_begin,
                                                    int n_steps, std::uint32_t bh) {
@@ -476,19 +476,8 @@ __device__ __forceinline__ void consume_split_dims(const Params& p, const SeqInf
     x::wgmma_wait<0>();
     x::fence_operands(dv);
     x::fence_operands(dk);
-    // This thread no longer reads Q, dO, LSE or D of stage s. In a cluster
-    // the stage is refilled by every CTA's copies: each warp, once all its
-    // lanes are done (__syncwarp orders their reads before lane 0's
-    // release), tells every CTA of the cluster, itself included.
-    if constexpr (kCluster > 1) {
-      __syncwarp();
-      if (lane == 0) {
-#pragma unroll
-        for (int r = 0; r < kCluster; ++r) x::mbar_arrive_cluster(empty(s), static_cast<std::uint32_t>(r));
-      }
-    } else {
-      x::mbar_arrive(empty(s));
-    }
+    // This thread no longer reads Q, dO, LSE or D of stage s.
+    x::mbar_arrive(empty(s));
   }
 
   store_dk_dv<T, kD>(dk, dv, p, seq, b, h, n0 + key_row0, w * kHalfD + col_in_tile);
@@ -507,9 +496,6 @@ __global__ void __launch_bounds__(bwd::kThreads, 1)
   constexpr int kStages = sm90_bwd_tile(kD).stages;
   using L = Smem<kD, kStages>;
   constexpr int kBlockN = L::kBlockN, kDsBufs = L::kDsBufs;
-  constexpr int kCluster = sm90_bwd_tile(kD).cluster;
-  static_assert(kCluster == 1 || (kCluster == 2 && L::kSplitDims && L::kChunks % 2 == 0),
-                "Q / dO sharing across a cluster: the split-head_dim layout, pairs, whole boxes each");
 
   extern __shared__ unsigned char smem_raw[];
   // The 128B swizzle pattern repeats every 1024 bytes of *address*: TMA and
@@ -529,15 +515,8 @@ __global__ void __launch_bounds__(bwd::kThreads, 1)
   const int hk = h / p.group;
   const std::uint32_t bh = dropout_bh(p, b, h);
   const SeqInfo seq = resolve_seq(p, b);  // dense only on this path: the lengths
-  // A cluster is kCluster consecutive key tiles (grid x, cluster dims
-  // (kCluster, 1, 1), so the rank is blockIdx.x % kCluster). Its CTAs share
-  // every Q / dO copy, so they sweep the same query tiles: those that see
-  // any key of the cluster's (the union of their ranges; a tile that sees
-  // none of one CTA's keys is all masked there: P = dS = 0). A CTA whose
-  // keys all lie past seqlen_k (odd key tile count) still takes part.
-  const int rank = kCluster > 1 ? static_cast<int>(blockIdx.x) % kCluster : 0;
   int mt_begin, mt_end;
-  query_tiles<kBlockN * kCluster>(p, seq, n0 - rank * kBlockN, &mt_begin, &mt_end);
+  query_tiles<kBlockN>(p, seq, n0, &mt_begin, &mt_end);
   const int n_steps = mt_end - mt_begin;
 
   if (tid == 0) {
@@ -545,18 +524,11 @@ __global__ void __launch_bounds__(bwd::kThreads, 1)
     for (int s = 0; s < kStages; ++s) {
       x::mbar_init(q_full(s), 32);
       x::mbar_init(do_full(s), 32);
-      // In a cluster a stage is refilled by every CTA's copies, so it is
-      // free only when the consumers of all of them are done with it: one
-      // arrival from each consumer warp of each CTA (release_stage in
-      // consume_split_dims). Alone, one from each consumer thread.
-      x::mbar_init(empty(s), kCluster > 1 ? kCluster * kConsumers * (kWarpgroup / 32) : kConsumers * kWarpgroup);
+      x::mbar_init(empty(s), kConsumers * kWarpgroup);
     }
     x::fence_mbar_init();
   }
-  // In a cluster, also the other CTAs' barriers: initialised before any
-  // copy or arrival of this CTA reaches them.
-  if constexpr (kCluster > 1) x::cluster_sync();
-  else __syncthreads();
+  __syncthreads();
 
   if (tid < kWarpgroup) {
     // ------------------------------------------------------ producer ---
@@ -577,9 +549,6 @@ __global__ void __launch_bounds__(bwd::kThreads, 1)
           x::tma_load_4d(base + L::kV + c * kBlockN * 128, &tma_v, kv_full, c * 64, n0, hk, b);
         }
       }
-      // Unrolled twice (one turn of the ring) where 24 registers allow it;
-      // the cluster's multicast copies spilled 16 bytes so.
-#pragma unroll(kCluster > 1 ? 1 : 2)
       for (int step = 0; step < n_steps; ++step) {
         const int s = step % kStages;
         const std::uint32_t round_parity = (step / kStages) & 1;
@@ -590,33 +559,14 @@ __global__ void __launch_bounds__(bwd::kThreads, 1)
           // expect_tx without an arrival: the phase needs all 32 lanes'
           // arrivals below, lane 0's included, so it cannot complete before
           // this announcement nor before the copied bytes have landed.
-          // In a cluster the whole tile still lands here (kQT bytes), but
-          // this CTA copies only its 1 / kCluster of the boxes, to every
-          // CTA of the cluster; the others' copies of the rest may complete
-          // bytes on this barrier before this announcement (the count may
-          // go below zero; the phase waits for this CTA's 32 arrivals).
           x::mbar_expect_tx(q_full(s), L::kQT);
-          if constexpr (kCluster > 1) {
-            constexpr int kBoxes = L::kChunks / kCluster;
-            constexpr std::uint16_t kAll = (1u << kCluster) - 1;
 #pragma unroll
-            for (int c = rank * kBoxes; c < (rank + 1) * kBoxes; ++c)
-              x::tma_load_4d_multicast(base + L::kQ + s * L::kQT + c * kBlockM * 128, &tma_q, q_full(s), c * 64, m0,
-                                       h, b, kAll);
-            x::mbar_expect_tx(do_full(s), L::kQT);
+          for (int c = 0; c < L::kChunks; ++c)
+            x::tma_load_4d(base + L::kQ + s * L::kQT + c * kBlockM * 128, &tma_q, q_full(s), c * 64, m0, h, b);
+          x::mbar_expect_tx(do_full(s), L::kQT);
 #pragma unroll
-            for (int c = rank * kBoxes; c < (rank + 1) * kBoxes; ++c)
-              x::tma_load_4d_multicast(base + L::kDO + s * L::kQT + c * kBlockM * 128, &tma_do, do_full(s), c * 64,
-                                       m0, h, b, kAll);
-          } else {
-#pragma unroll
-            for (int c = 0; c < L::kChunks; ++c)
-              x::tma_load_4d(base + L::kQ + s * L::kQT + c * kBlockM * 128, &tma_q, q_full(s), c * 64, m0, h, b);
-            x::mbar_expect_tx(do_full(s), L::kQT);
-#pragma unroll
-            for (int c = 0; c < L::kChunks; ++c)
-              x::tma_load_4d(base + L::kDO + s * L::kQT + c * kBlockM * 128, &tma_do, do_full(s), c * 64, m0, h, b);
-          }
+          for (int c = 0; c < L::kChunks; ++c)
+            x::tma_load_4d(base + L::kDO + s * L::kQT + c * kBlockM * 128, &tma_do, do_full(s), c * 64, m0, h, b);
         }
         // Rows past seqlen_q: LSE = +inf (P = 0) and D = 0. An empty row
         // (LSE = -inf, no visible key) must give P = 0 too, not exp(+inf).
@@ -647,7 +597,7 @@ __global__ void __launch_bounds__(bwd::kThreads, 1)
     // ------------------------------------------------------ consumer ---
     x::setmaxnreg_inc<kConsumerRegs>();
     if constexpr (L::kSplitDims) {
-      consume_split_dims<T, kD, kDropout, L, kCluster>(p, seq, smem, base, b, h, n0, mt_begin, n_steps, bh);
+      consume_split_dims<T, kD, kDropout, L>(p, seq, smem, base, b, h, n0, mt_begin, n_steps, bh);
     } else {
       // Which 64 keys of the tile. Broadcast from lane 0 so that the compiler
       // knows it is warp-uniform: the d = 64 dQ branch below depends on it,
@@ -908,9 +858,6 @@ __global__ void __launch_bounds__(bwd::kThreads, 1)
       store_dk_dv<T, kD>(dk, dv, p, seq, b, h, n0 + key_row0, col_in_tile);
     }
   }
-  // No CTA of a cluster exits while another may still arrive on its empty
-  // barriers (every copy into it has landed: its consumers waited for them).
-  if constexpr (kCluster > 1) x::cluster_sync();
 #else
   // Built for another architecture: the dispatch never launches this.
   __trap();
@@ -943,26 +890,9 @@ void launch_backward(const Params& p, cudaStream_t stream) {
                                                    p.v_sb, c.block_n, "v");
     auto kernel = p.has_dropout ? backward_kernel<T, kD, true> : backward_kernel<T, kD, false>;
     set_max_dynamic_smem(kernel, L::kAlloc, "cudaFuncSetAttribute(sm90 backward)");
-    const int key_tiles = (p.seqlen_k + c.block_n - 1) / c.block_n;
-    const dim3 grid((key_tiles + c.cluster - 1) / c.cluster * c.cluster, p.heads_q, p.batch);
-    if constexpr (c.cluster > 1) {
-      cudaLaunchConfig_t cfg{};
-      cfg.gridDim = grid;
-      cfg.blockDim = dim3(bwd::kThreads);
-      cfg.dynamicSmemBytes = L::kAlloc;
-      cfg.stream = stream;
-      cudaLaunchAttribute cluster{};
-      cluster.id = cudaLaunchAttributeClusterDimension;
-      cluster.val.clusterDim.x = c.cluster;
-      cluster.val.clusterDim.y = 1;
-      cluster.val.clusterDim.z = 1;
-      cfg.attrs = &cluster;
-      cfg.numAttrs = 1;
-      check(cudaLaunchKernelEx(&cfg, kernel, p, tq, tk, tv, tdo), "sm90 backward kernel launch (cluster)");
-    } else {
-      kernel<<<grid, bwd::kThreads, L::kAlloc, stream>>>(p, tq, tk, tv, tdo);
-      check(cudaGetLastError(), "sm90 backward kernel launch");
-    }
+    const dim3 grid((p.seqlen_k + c.block_n - 1) / c.block_n, p.heads_q, p.batch);
+    kernel<<<grid, bwd::kThreads, L::kAlloc, stream>>>(p, tq, tk, tv, tdo);
+    check(cudaGetLastError(), "sm90 backward kernel launch");
   }
   sm80::launch_finish_dq<T, kD>(p, stream);
   sm80::launch_reduce_dkdv<T, kD>(p, stream);
