@@ -183,9 +183,11 @@ BackwardPath backward_path(const Problem& pr, const BackwardArgs& a) {
   Refusal r = sm90_common_refusal(pr, {&a.q, &a.k, &a.v, &a.dout});
   if (!r && cuda::sm90_bwd_tile(static_cast<int>(pr.head_dim)).head_dim == 0)
     r = {"q.head_dim", "64, 128 or 256", std::to_string(pr.head_dim)};
-  // The sm90 backward adds dQ with fp32 atomics: its order, hence the
-  // last bits of dq, varies from run to run.
-  if (!r && a.deterministic) r = {"deterministic", "false (the deterministic dQ is not implemented there)", "true"};
+  // The sm90 backward adds dQ with fp32 atomics (its order, hence the last
+  // bits of dq, varies from run to run) except at the head dims with a dQ
+  // pass (kSm90BwdTiles), which write each dq element once.
+  if (!r && a.deterministic && !cuda::sm90_bwd_tile(static_cast<int>(pr.head_dim)).dq_pass)
+    r = {"deterministic", "false (the deterministic dQ is not implemented there at this head_dim)", "true"};
   return choose("backward", r);
 }
 
@@ -375,7 +377,9 @@ void cuda_backward(const Problem& pr, const BackwardArgs& a, const Context& ctx)
     }
     p.bm_states = states;
   }
-  if (p.dq_atomic) {
+  // The sm90 dQ pass writes dq directly: no fp32 scratch to clear.
+  const bool dq_pass = path == BackwardPath::sm90 && cuda::sm90_bwd_tile(static_cast<int>(pr.head_dim)).dq_pass;
+  if (p.dq_atomic && !dq_pass) {
     p.dq_accum = reinterpret_cast<float*>(ws + l.dq);
     const std::size_t dq_end = pr.group() > 1 ? l.dk : l.total;
     check(cudaMemsetAsync(p.dq_accum, 0, dq_end - l.dq, stream), "cudaMemsetAsync(dq_accum)");

@@ -100,22 +100,28 @@ constexpr Sm90FwdTile sm90_fwd_tile(int head_dim) {
 //    of dK, dV and dQ each (64 + 64 + 64 registers), S^T and dP^T split by
 //    queries (32 a consumer, 16 + 16), P^T and dS^T shared through shared
 //    memory.
+// dq_pass: dQ in a second kernel that owns query tiles and sweeps the keys
+// (sm90/backward_dq.cuh) instead of fp32 atomics from the key-tile sweep.
+// At d = 256 the 64-key CTAs reduce every dQ row s_k / 64 times and those
+// reductions bound the sweep (H100: 291 TFLOPS with them, 679 without);
+// the pass recomputes S and dP (7 GEMMs instead of 5) and is deterministic.
 // Q and dO of a query tile stream through a 2-stage ring. Shared memory,
 // 16-bit: K + V 2 x block_n d, 2 stages x (Q + dO) 64 d, dS^T (and at
 // d = 256 P^T) buffers of block_n x 64: 96 KB (d 64), 160 KB (d 128),
 // 224 KB (d 256), + 1 KB of LSE/D rows.
 struct Sm90BwdTile {
   int head_dim, block_m, block_n, stages;
+  bool dq_pass;
 };
-//                                       head_dim  M    N  stages
-inline constexpr Sm90BwdTile kSm90BwdTiles[] = {{64,  64, 128, 2},
-                                                {128, 64, 128, 2},
-                                                {256, 64,  64, 2}};
+//                                       head_dim  M    N  stages dq_pass
+inline constexpr Sm90BwdTile kSm90BwdTiles[] = {{64,  64, 128, 2, false},
+                                                {128, 64, 128, 2, false},
+                                                {256, 64,  64, 2, true}};
 
 constexpr Sm90BwdTile sm90_bwd_tile(int head_dim) {
   for (const Sm90BwdTile& c : kSm90BwdTiles)
     if (c.head_dim == head_dim) return c;
-  return Sm90BwdTile{0, 0, 0, 0};
+  return Sm90BwdTile{0, 0, 0, 0, false};
 }
 
 // Block-sparse masks must align with every tile above: a query block may

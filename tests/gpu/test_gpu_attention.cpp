@@ -876,6 +876,45 @@ TEST_F(Sm90BackwardGpu, PaddedStridesStreamAndWorkspace) {
   EXPECT_LE(max_abs_error(plain.dq, streamed.dq), 1e-2 * max_abs(plain.dq) + 1e-4);
 }
 
+// The dQ pass (d = 256, sm90/backward_dq.cuh): dq written once per element,
+// so the backward is deterministic there (and accepted with
+// deterministic = true): two runs give dq, dk, dv bit for bit, in both
+// modes, on tails of both lengths, GQA, a window and dropout, each also
+// checked against float64 (check_case).
+TEST_F(Sm90BackwardGpu, DqPassIsDeterministic) {
+  for (DType t : kDTypes)
+    for (bool deterministic : {true, false}) {
+      Case c;
+      c.dtype = t;
+      c.d = 256;
+      c.sq = 333;
+      c.sk = 517;
+      c.hq = 4;
+      c.hk = 2;
+      c.deterministic = deterministic;
+      std::vector<Case> cases = {c};
+      c.causal = true;
+      c.dropout_p = 0.2f;
+      cases.push_back(c);
+      c.causal = false;
+      c.window_left = 70;
+      c.window_right = 5;
+      cases.push_back(c);
+      for (const Case& k : cases) {
+        SCOPED_TRACE(k.describe());
+        check_case(k);
+        FA_SEEDED(seed);
+        Runner r(k);
+        r.randomize(seed);
+        const Outputs a = r.run(Algorithm::flash, nullptr, deterministic);
+        const Outputs b = r.run(Algorithm::flash, nullptr, deterministic);
+        EXPECT_EQ(max_abs_error(a.dq, b.dq), 0.0);
+        EXPECT_EQ(max_abs_error(a.dk, b.dk), 0.0);
+        EXPECT_EQ(max_abs_error(a.dv, b.dv), 0.0);
+      }
+    }
+}
+
 // Forced sm90 on a backward it does not implement is an Error naming the
 // argument and the switch, never a silent fallback. The forward runs first
 // on the path that has the feature (sm80 where the sm90 forward refuses it).

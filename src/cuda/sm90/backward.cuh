@@ -81,6 +81,7 @@
 #include "../ptx/ptx.cuh"
 #include "../ptx/sm90.cuh"
 #include "../sm80/backward.cuh"  // dot_do_o, finish_dq, reduce_dkdv: the shared pre/post kernels
+#include "backward_dq.cuh"        // the dQ pass (dq_pass rows of kSm90BwdTiles)
 
 namespace flashattn::detail::sm90 {
 
@@ -353,7 +354,7 @@ __device__ __forceinline__ void store_dk_dv(const float (&dk)[kN], const float (
 // The two consumers run in lockstep (one barrier a tile), so E1 is not
 // hidden under the other's GEMMs as in the split-keys layout: at d = 256
 // the GEMMs are 4x longer than at d = 64 for the same E1.
-template <class T, int kD, bool kDropout, class L>
+template <class T, int kD, bool kDropout, class L, bool kDq>
 __device__ __forceinline__ void consume_split_dims(const Params& p, const SeqInfo& seq, unsigned char* smem,
                                                    std::uint32_t base, int b, int h, int n0, int mt_begin,
                                                    int n_steps, std::uint32_t bh) {
@@ -450,7 +451,7 @@ __device__ __forceinline__ void consume_split_dims(const Params& p, const SeqInf
     x::fence_operands(dv);
     x::fence_operands(dk);
     x::wgmma_fence();  // dq was last read by the reductions of the tile before
-    dq_gemm<kBlockN>(dq, ds_mn_desc, kb_desc, T{});
+    if constexpr (kDq) dq_gemm<kBlockN>(dq, ds_mn_desc, kb_desc, T{});
 #pragma unroll
     for (int kk = 0; kk < kBlockM / 16; ++kk)
       x::wgmma_ss_bt(dv, x::desc_advance(pt_desc, kk * 32), x::desc_advance(dob_desc, kk * 16 * 128), 1, T{});
@@ -461,16 +462,18 @@ __device__ __forceinline__ void consume_split_dims(const Params& p, const SeqInf
 
     // dQ's reductions (8 bytes each: columns c, c + 1 of rows r, r + 8 in
     // every 8-column tile), while dV / dK are on the tensor cores.
-    x::wgmma_wait<1>();
-    x::fence_operands(dq);
+    if constexpr (kDq) {
+      x::wgmma_wait<1>();
+      x::fence_operands(dq);
 #pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int i = m0 + 16 * warp + lane / 4 + 8 * half;
-      if (i < seq.sq) {
-        float* dst = p.dq_accum + q_row(p, seq, b, h, i) * kD + w * kHalfD + col_in_tile;
+      for (int half = 0; half < 2; ++half) {
+        const int i = m0 + 16 * warp + lane / 4 + 8 * half;
+        if (i < seq.sq) {
+          float* dst = p.dq_accum + q_row(p, seq, b, h, i) * kD + w * kHalfD + col_in_tile;
 #pragma unroll
-        for (int tt = 0; tt < kHalfD / 8; ++tt)
-          x::red_add_v2(dst + 8 * tt, dq[4 * tt + 2 * half], dq[4 * tt + 2 * half + 1]);
+          for (int tt = 0; tt < kHalfD / 8; ++tt)
+            x::red_add_v2(dst + 8 * tt, dq[4 * tt + 2 * half], dq[4 * tt + 2 * half + 1]);
+        }
       }
     }
     x::wgmma_wait<0>();
@@ -597,7 +600,9 @@ __global__ void __launch_bounds__(bwd::kThreads, 1)
     // ------------------------------------------------------ consumer ---
     x::setmaxnreg_inc<kConsumerRegs>();
     if constexpr (L::kSplitDims) {
-      consume_split_dims<T, kD, kDropout, L>(p, seq, smem, base, b, h, n0, mt_begin, n_steps, bh);
+      // dQ here, or (dq_pass) in the dQ pass after this kernel.
+      consume_split_dims<T, kD, kDropout, L, !sm90_bwd_tile(kD).dq_pass>(p, seq, smem, base, b, h, n0, mt_begin,
+                                                                          n_steps, bh);
     } else {
       // Which 64 keys of the tile. Broadcast from lane 0 so that the compiler
       // knows it is warp-uniform: the d = 64 dQ branch below depends on it,
@@ -893,8 +898,17 @@ void launch_backward(const Params& p, cudaStream_t stream) {
     const dim3 grid((p.seqlen_k + c.block_n - 1) / c.block_n, p.heads_q, p.batch);
     kernel<<<grid, bwd::kThreads, L::kAlloc, stream>>>(p, tq, tk, tv, tdo);
     check(cudaGetLastError(), "sm90 backward kernel launch");
+    if constexpr (c.dq_pass) launch_dq_pass<T, kD>(p, tq, tk, tv, tdo, stream);  // writes dq itself
+  } else if constexpr (c.dq_pass) {
+    // No keys: the pass writes dq = 0 (an output, not an accumulation). A
+    // tile without key tiles copies nothing, so Q's map stands in for all.
+    if (p.seqlen_q > 0) {
+      const CUtensorMap tq = x::make_tensor_map_bshd(p.q, kBf16, kD, p.seqlen_q, p.heads_q, p.batch, p.q_ss,
+                                                     p.q_sh, p.q_sb, c.block_m, "q");
+      launch_dq_pass<T, kD>(p, tq, tq, tq, tq, stream);
+    }
   }
-  sm80::launch_finish_dq<T, kD>(p, stream);
+  if constexpr (!c.dq_pass) sm80::launch_finish_dq<T, kD>(p, stream);
   sm80::launch_reduce_dkdv<T, kD>(p, stream);
 }
 
