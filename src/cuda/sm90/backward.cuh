@@ -330,7 +330,9 @@ __device__ __forceinline__ void store_dk_dv(const float (&dk)[kN], const float (
 }  // namespace bwd
 
 // The consumers at d = 256 (Smem::kSplitDims; docs/hopper.md, "The backward
-// at d = 256"). dK and dV of 64 keys x 256 columns would need 256 registers
+// at d = 256"). Since the dQ pass (dispatch.h's dq_pass, backward_dq.cuh)
+// kDq is false there: the dQ GEMM and its reductions below are compiled
+// out, and this sweep computes dK and dV only. dK and dV of 64 keys x 256 columns would need 256 registers
 // a thread in one warpgroup, so both consumers take the CTA's 64 keys and
 // consumer w owns head_dim columns 128w..128w + 127 of dK, dV and dQ. Per
 // query tile i (64 queries):
