@@ -66,8 +66,8 @@ constexpr int kThreads = kWarpgroup * (1 + kConsumers);
 // 128 x 24 + 256 x 240 = 64512 <= 65536 registers (as the backward). The
 // producer's loop (tile schedule, coordinates) fits in 24; 240 holds a
 // consumer's O (up to 128 fp32 at d = 256), S, the P in flight and the
-// softmax state without spilling (232 spilled at d = 128 with the
-// one-tile-ahead loop; see kSoftmaxUnderPV).
+// softmax state (d = 128 spills 12 bytes outside the key loop; see
+// kSoftmaxUnderPV).
 constexpr int kProducerRegs = 24, kConsumerRegs = 240;
 
 // Byte offsets inside the (1024-aligned) dynamic shared memory. Every tile
@@ -225,10 +225,13 @@ __global__ void __launch_bounds__(kThreads, 1)
     // are on the tensor cores. O is rescaled by tile j's correction only
     // once P_{j-1} V_{j-1} has completed, and P_j is packed into pa only
     // then (the RS wgmma reads pa until it completes).
-    // At d = 128 the softmax waits for P V instead: S, P (in flight), O and
-    // the softmax's temporaries do not fit 240 registers together (ptxas
-    // spilled 48 bytes); the turns between the consumers remain.
-    constexpr bool kSoftmaxUnderPV = kD != 128;
+    // Every head_dim since the TMA store of O: until then d = 128 had the
+    // softmax wait for P V instead (S, P in flight, O and the softmax's
+    // temporaries did not fit 240 registers: ptxas spilled 48 bytes, inside
+    // the loop). Now ptxas spills 12 bytes at d = 128, all of them in the
+    // per-tile code around the key loop, none inside it. false keeps the
+    // turns between the consumers but serialises each one's softmax.
+    constexpr bool kSoftmaxUnderPV = true;
 
     // Turns: consumer 0 waits on barrier 3 and passes to barrier 4,
     // consumer 1 the other way round. Each consumer takes n_steps + 1 turns
