@@ -82,6 +82,7 @@
 #include "../ptx/sm90.cuh"
 #include "../sm80/backward.cuh"  // dot_do_o, finish_dq, reduce_dkdv: the shared pre/post kernels
 #include "backward_dq.cuh"        // the dQ pass (dq_pass rows of kSm90BwdTiles)
+#include "roles.h"
 
 namespace flashattn::detail::sm90 {
 
@@ -90,14 +91,9 @@ namespace x = flashattn::detail::ptx::sm90;
 
 namespace bwd {
 
-constexpr int kWarpgroup = 128;
-constexpr int kConsumers = 2;
-constexpr int kThreads = kWarpgroup * (1 + kConsumers);
-// 128 x 24 + 256 x 240 = 64512 <= 65536 registers. The producer runs one
-// loop of address arithmetic and two loads a lane; a consumer holds dK and
-// dV (2 x d / 2 fp32), S^T and dP^T (2 x 32) and the 16-bit P^T / dS^T
-// fragments (2 x 16) at its peak: 224 at d = 128 before addresses.
-constexpr int kProducerRegs = 24, kConsumerRegs = 240;
+// Registers (roles.h): a consumer holds dK and dV (2 x d / 2 fp32), S^T
+// and dP^T (2 x 32) and the 16-bit P^T / dS^T fragments (2 x 16) at its
+// peak: 224 of its 240 at d = 128 before addresses.
 constexpr int kBlockM = 64;   // queries a step (wgmma N of S^T, K of dV / dK)
 
 // Byte offsets inside the (1024-aligned) dynamic shared memory. Every tile
@@ -492,7 +488,7 @@ __device__ __forceinline__ void consume_split_dims(const Params& p, const SeqInf
 // the dropout code (keep bits, its Philox state) then costs nothing in the
 // kernel without dropout, whose consumers have no registers to spare.
 template <class T, int kD, bool kDropout>
-__global__ void __launch_bounds__(bwd::kThreads, 1)
+__global__ void __launch_bounds__(kThreads, 1)
     backward_kernel(const __grid_constant__ Params p, const __grid_constant__ CUtensorMap tma_q,
                     const __grid_constant__ CUtensorMap tma_k, const __grid_constant__ CUtensorMap tma_v,
                     const __grid_constant__ CUtensorMap tma_do) {
@@ -898,7 +894,7 @@ void launch_backward(const Params& p, cudaStream_t stream) {
     auto kernel = p.has_dropout ? backward_kernel<T, kD, true> : backward_kernel<T, kD, false>;
     set_max_dynamic_smem(kernel, L::kAlloc, "cudaFuncSetAttribute(sm90 backward)");
     const dim3 grid((p.seqlen_k + c.block_n - 1) / c.block_n, p.heads_q, p.batch);
-    kernel<<<grid, bwd::kThreads, L::kAlloc, stream>>>(p, tq, tk, tv, tdo);
+    kernel<<<grid, kThreads, L::kAlloc, stream>>>(p, tq, tk, tv, tdo);
     check(cudaGetLastError(), "sm90 backward kernel launch");
     if constexpr (c.dq_pass) launch_dq_pass<T, kD>(p, tq, tk, tv, tdo, stream);  // writes dq itself
   } else if constexpr (c.dq_pass) {

@@ -53,6 +53,7 @@
 #include "../ptx/ptx.cuh"
 #include "../ptx/sm90.cuh"
 #include "../sm80/tile.cuh"  // KeyTiles: the key tiles a query tile sees (as the forward)
+#include "roles.h"  // the warpgroups and their registers (dQ 64, S and dP 16 each at the peak)
 
 namespace flashattn::detail::sm90 {
 
@@ -61,10 +62,6 @@ namespace x = flashattn::detail::ptx::sm90;
 
 namespace dq_pass {
 
-constexpr int kWarpgroup = 128;
-constexpr int kConsumers = 2;
-constexpr int kThreads = kWarpgroup * (1 + kConsumers);
-constexpr int kProducerRegs = 24, kConsumerRegs = 240;  // as the one-sweep kernel (64512 of 65536)
 constexpr int kBlockM = 64;  // queries a CTA: wgmma M of S, dP and dQ
 constexpr int kBlockN = 64;  // keys a step, 32 a consumer (wgmma N of S and dP)
 constexpr int kStages = 2;   // K / V ring: 2 x 64 KB at d = 256 (3 would not fit)
@@ -94,7 +91,7 @@ struct Smem {
 }  // namespace dq_pass
 
 template <class T, int kD, bool kDropout>
-__global__ void __launch_bounds__(dq_pass::kThreads, 1)
+__global__ void __launch_bounds__(kThreads, 1)
     dq_kernel(const __grid_constant__ Params p, const __grid_constant__ CUtensorMap tma_q,
               const __grid_constant__ CUtensorMap tma_k, const __grid_constant__ CUtensorMap tma_v,
               const __grid_constant__ CUtensorMap tma_do) {
@@ -375,7 +372,7 @@ void launch_dq_pass(const Params& p, const CUtensorMap& tq, const CUtensorMap& t
   set_max_dynamic_smem(kernel, L::kAlloc, "cudaFuncSetAttribute(sm90 dq pass)");
   const dim3 grid((p.seqlen_q + dq_pass::kBlockM - 1) / dq_pass::kBlockM, p.heads_q, p.batch);
   if (grid.x == 0) return;
-  kernel<<<grid, dq_pass::kThreads, L::kAlloc, stream>>>(p, tq, tk, tv, tdo);
+  kernel<<<grid, kThreads, L::kAlloc, stream>>>(p, tq, tk, tv, tdo);
   check(cudaGetLastError(), "sm90 dq pass launch");
 }
 

@@ -54,21 +54,16 @@
 #include "../ptx/ptx.cuh"
 #include "../ptx/sm90.cuh"
 #include "../sm80/tile.cuh"  // KeyTiles: the key-tile schedule of a query tile (shared with sm80)
+#include "roles.h"
 
 namespace flashattn::detail::sm90 {
 
 using namespace flashattn::detail::cuda;
 namespace x = flashattn::detail::ptx::sm90;
 
-constexpr int kWarpgroup = 128;
-constexpr int kConsumers = 2;
-constexpr int kThreads = kWarpgroup * (1 + kConsumers);
-// 128 x 24 + 256 x 240 = 64512 <= 65536 registers (as the backward). The
-// producer's loop (tile schedule, coordinates) fits in 24; 240 holds a
-// consumer's O (up to 128 fp32 at d = 256), S, the P in flight and the
-// softmax state (d = 128 spills 12 bytes outside the key loop; see
-// kSoftmaxUnderPV).
-constexpr int kProducerRegs = 24, kConsumerRegs = 240;
+// Registers (roles.h): the consumers' 240 hold O (up to 128 fp32 at
+// d = 256), S, the P in flight and the softmax state (d = 128 spills 12
+// bytes outside the key loop; see kSoftmaxUnderPV).
 
 // Byte offsets inside the (1024-aligned) dynamic shared memory. Every tile
 // is a whole number of 1024-byte swizzle atoms, so all stay aligned.
