@@ -326,12 +326,12 @@ __device__ __forceinline__ void store_dk_dv(const float (&dk)[kN], const float (
 }  // namespace bwd
 
 // The consumers at d = 256 (Smem::kSplitDims; docs/hopper.md, "The backward
-// at d = 256"). Since the dQ pass (dispatch.h's dq_pass, backward_dq.cuh)
-// kDq is false there: the dQ GEMM and its reductions below are compiled
-// out, and this sweep computes dK and dV only. dK and dV of 64 keys x 256 columns would need 256 registers
-// a thread in one warpgroup, so both consumers take the CTA's 64 keys and
-// consumer w owns head_dim columns 128w..128w + 127 of dK, dV and dQ. Per
-// query tile i (64 queries):
+// at d = 256"). dK and dV only: dQ comes from the dQ pass (dispatch.h's
+// dq_pass, backward_dq.cuh; until f9fbcea this sweep added it with fp32
+// atomics, which bound it). dK and dV of 64 keys x 256 columns would need
+// 256 registers a thread in one warpgroup, so both consumers take the
+// CTA's 64 keys and consumer w owns head_dim columns 128w..128w + 127 of
+// dK and dV. Per query tile i (64 queries):
 //   G1  S^T_w = K Q_w^T, dP^T_w = V dO_w^T    wgmma SS, 64 keys x the 32
 //       queries 32w..32w + 31 (N = 32): the two consumers split G1 by
 //       queries, so no product is computed twice
@@ -340,11 +340,8 @@ __device__ __forceinline__ void store_dk_dv(const float (&dk)[kN], const float (
 //       consumer's half comes through shared memory)
 //   --  named barrier 1 (both consumers): both halves of P^T(i), dS^T(i)
 //       are stored and fenced
-//   G2  dQ_w = dS K[:, w]      wgmma SS, A = dS^T read M-major, N = 128
-//       dV_w += P^T dO[:, w]   wgmma SS, A = P^T K-major, B N-major, N = 128
-//       dK_w += dS^T Q[:, w]   likewise
-//       dQ first: its red.global.add run while dV / dK are on the tensor
-//       cores; then stage s is released.
+//   G2  dV_w += P^T dO[:, w]   wgmma SS, A = P^T K-major, B N-major, N = 128
+//       dK_w += dS^T Q[:, w]   likewise; then stage s is released.
 // The buffers of P^T and dS^T alternate (i % 2): a consumer writes tile
 // i + 1's only after the barrier of tile i, which the other consumer
 // reaches only after its G2(i - 1) (the last reader of buffer (i + 1) % 2)
@@ -352,13 +349,13 @@ __device__ __forceinline__ void store_dk_dv(const float (&dk)[kN], const float (
 // The two consumers run in lockstep (one barrier a tile), so E1 is not
 // hidden under the other's GEMMs as in the split-keys layout: at d = 256
 // the GEMMs are 4x longer than at d = 64 for the same E1.
-template <class T, int kD, bool kDropout, class L, bool kDq>
+template <class T, int kD, bool kDropout, class L>
 __device__ __forceinline__ void consume_split_dims(const Params& p, const SeqInfo& seq, unsigned char* smem,
                                                    std::uint32_t base, int b, int h, int n0, int mt_begin,
                                                    int n_steps, std::uint32_t bh) {
   using namespace bwd;
   constexpr int kBlockN = L::kBlockN, kStages = L::kNumStages;
-  constexpr int kHalfD = kD / 2;       // dK, dV, dQ columns a consumer (wgmma N of G2)
+  constexpr int kHalfD = kD / 2;       // dK, dV columns a consumer (wgmma N of G2)
   constexpr int kQCols = kBlockM / 2;  // queries of S^T, dP^T a consumer (wgmma N of G1)
   static_assert(kBlockN == 64 && kHalfD == 128, "the split-dims layout is that of d = 256");
   const int w = __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x) / kWarpgroup - 1, 0);
@@ -436,20 +433,16 @@ __device__ __forceinline__ void consume_split_dims(const Params& p, const SeqInf
     x::fence_proxy_async_smem();
     x::named_barrier_sync<1>(kConsumers * kWarpgroup);
 
-    // ---- G2. K of dQ = the 64 keys, of dV / dK = the 64 queries, in steps
-    // of 16 rows (2048 bytes); N = 128 columns, boxes 2w and 2w + 1 (LBO =
-    // one box). A of dV / dK (P^T, dS^T: K-major) steps 32 bytes in its row.
+    // ---- G2. K = the 64 queries, in steps of 16 rows (2048 bytes); N = 128
+    // columns, boxes 2w and 2w + 1 (LBO = one box). A (P^T, dS^T: K-major)
+    // steps 32 bytes in its row.
     const std::uint32_t sPt = sbase + L::kPt + buf * L::kDS, sDs = sbase + L::kDSt + buf * L::kDS;
-    const std::uint64_t ds_mn_desc = x::desc_sw128(sDs, 1024, 1024);
-    const std::uint64_t kb_desc = x::desc_sw128(sK + 2 * w * kBlockN * 128, kBlockN * 128, 1024);
     const std::uint64_t pt_desc = x::desc_sw128(sPt, 16, 1024), ds_k_desc = x::desc_sw128(sDs, 16, 1024);
     const std::uint64_t dob_desc = x::desc_sw128(sdO + 2 * w * kBlockM * 128, kBlockM * 128, 1024);
     const std::uint64_t qb_desc = x::desc_sw128(sQ + 2 * w * kBlockM * 128, kBlockM * 128, 1024);
-    float dq[kHalfD / 2];
     x::fence_operands(dv);
     x::fence_operands(dk);
-    x::wgmma_fence();  // dq was last read by the reductions of the tile before
-    if constexpr (kDq) dq_gemm<kBlockN>(dq, ds_mn_desc, kb_desc, T{});
+    x::wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < kBlockM / 16; ++kk)
       x::wgmma_ss_bt(dv, x::desc_advance(pt_desc, kk * 32), x::desc_advance(dob_desc, kk * 16 * 128), 1, T{});
@@ -458,22 +451,6 @@ __device__ __forceinline__ void consume_split_dims(const Params& p, const SeqInf
       x::wgmma_ss_bt(dk, x::desc_advance(ds_k_desc, kk * 32), x::desc_advance(qb_desc, kk * 16 * 128), 1, T{});
     x::wgmma_commit();
 
-    // dQ's reductions (8 bytes each: columns c, c + 1 of rows r, r + 8 in
-    // every 8-column tile), while dV / dK are on the tensor cores.
-    if constexpr (kDq) {
-      x::wgmma_wait<1>();
-      x::fence_operands(dq);
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int i = m0 + 16 * warp + lane / 4 + 8 * half;
-        if (i < seq.sq) {
-          float* dst = p.dq_accum + q_row(p, seq, b, h, i) * kD + w * kHalfD + col_in_tile;
-#pragma unroll
-          for (int tt = 0; tt < kHalfD / 8; ++tt)
-            x::red_add_v2(dst + 8 * tt, dq[4 * tt + 2 * half], dq[4 * tt + 2 * half + 1]);
-        }
-      }
-    }
     x::wgmma_wait<0>();
     x::fence_operands(dv);
     x::fence_operands(dk);
@@ -598,9 +575,9 @@ __global__ void __launch_bounds__(kThreads, 1)
     // ------------------------------------------------------ consumer ---
     x::setmaxnreg_inc<kConsumerRegs>();
     if constexpr (L::kSplitDims) {
-      // dQ here, or (dq_pass) in the dQ pass after this kernel.
-      consume_split_dims<T, kD, kDropout, L, !sm90_bwd_tile(kD).dq_pass>(p, seq, smem, base, b, h, n0, mt_begin,
-                                                                          n_steps, bh);
+      // dK, dV; dQ in the dQ pass after this kernel.
+      static_assert(sm90_bwd_tile(kD).dq_pass, "the split-head_dim layout leaves dQ to the dQ pass");
+      consume_split_dims<T, kD, kDropout, L>(p, seq, smem, base, b, h, n0, mt_begin, n_steps, bh);
     } else {
       // Which 64 keys of the tile. Broadcast from lane 0 so that the compiler
       // knows it is warp-uniform: the d = 64 dQ branch below depends on it,

@@ -63,7 +63,7 @@ namespace x = flashattn::detail::ptx::sm90;
 
 // Registers (roles.h): the consumers' 240 hold O (up to 128 fp32 at
 // d = 256), S, the P in flight and the softmax state (d = 128 spills 12
-// bytes outside the key loop; see kSoftmaxUnderPV).
+// bytes outside the key loop: the softmax under P V, below).
 
 // Byte offsets inside the (1024-aligned) dynamic shared memory. Every tile
 // is a whole number of 1024-byte swizzle atoms, so all stay aligned.
@@ -220,13 +220,11 @@ __global__ void __launch_bounds__(kThreads, 1)
     // are on the tensor cores. O is rescaled by tile j's correction only
     // once P_{j-1} V_{j-1} has completed, and P_j is packed into pa only
     // then (the RS wgmma reads pa until it completes).
-    // Every head_dim since the TMA store of O: until then d = 128 had the
-    // softmax wait for P V instead (S, P in flight, O and the softmax's
-    // temporaries did not fit 240 registers: ptxas spilled 48 bytes, inside
-    // the loop). Now ptxas spills 12 bytes at d = 128, all of them in the
-    // per-tile code around the key loop, none inside it. false keeps the
-    // turns between the consumers but serialises each one's softmax.
-    constexpr bool kSoftmaxUnderPV = true;
+    // At every head_dim since c71baec: until then d = 128 had the softmax
+    // wait for P V (S, P in flight, O and the softmax's temporaries did not
+    // fit 240 registers: ptxas spilled 48 bytes inside the loop). With the
+    // TMA store of O it spills 12 bytes at d = 128, all in the per-tile
+    // code around the key loop.
 
     // Turns: consumer 0 waits on barrier 3 and passes to barrier 4,
     // consumer 1 the other way round. Each consumer takes n_steps + 1 turns
@@ -435,23 +433,15 @@ __global__ void __launch_bounds__(kThreads, 1)
         issue_s(step);
         issue_pv(step - 1);
         turn_pass(false);
-        if constexpr (kSoftmaxUnderPV) {
-          x::wgmma_wait<1>();  // S_step complete (groups complete in order); P V may still run
-          x::fence_operands(sc);
-          x::mbar_arrive(k_empty((g0 + step) & 1));  // K_step is read: the producer may refill it now
-          release_q_after_s(step);
-          softmax(step);
-          x::wgmma_wait<0>();  // P_{step-1} V_{step-1} complete: o and pa are free
-        } else {
-          x::wgmma_wait<0>();
-          x::fence_operands(sc);
-          x::mbar_arrive(k_empty((g0 + step) & 1));
-          release_q_after_s(step);
-        }
+        x::wgmma_wait<1>();  // S_step complete (groups complete in order); P V may still run
+        x::fence_operands(sc);
+        x::mbar_arrive(k_empty((g0 + step) & 1));  // K_step is read: the producer may refill it now
+        release_q_after_s(step);
+        softmax(step);
+        x::wgmma_wait<0>();  // P_{step-1} V_{step-1} complete: o and pa are free
         x::fence_operands(o);
         fence_pa();
         x::mbar_arrive(v_empty((g0 + step - 1) & 1));
-        if constexpr (!kSoftmaxUnderPV) softmax(step);
         rescale_o();
         pack_p(step);
       }
