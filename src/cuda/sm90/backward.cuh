@@ -2,12 +2,13 @@
 // specialisation (docs/hopper.md, "The backward").
 //
 // Launch sequence (launch_backward below), the same as the sm80 path's in
-// atomic mode and with its own kernels around the main one:
-//  1. sm80::dot_do_o_kernel     D = rowsum(dO * O) into the dsum scratch;
+// atomic mode, with the same kernels around the main one
+// (../backward_aux.cuh):
+//  1. dot_do_o_kernel     D = rowsum(dO * O) into the dsum scratch;
 //  2. backward_kernel (here)    dK, dV of one key tile, dQ added in fp32 to
 //                               the dq_accum scratch (red.global.add);
-//  3. sm80::finish_dq_kernel    dq = scale * dq_accum;
-//  4. sm80::reduce_dkdv_kernel  (GQA/MQA) dk, dv = sums over the group.
+//  3. finish_dq_kernel    dq = scale * dq_accum;
+//  4. reduce_dkdv_kernel  (GQA/MQA) dk, dv = sums over the group.
 //
 // backward_kernel: a CTA owns 128 keys (kBlockN; 64 at d = 256, whose
 // consumers split head_dim instead of the keys: consume_split_dims below)
@@ -80,7 +81,7 @@
 #include "../dispatch.h"
 #include "../ptx/ptx.cuh"
 #include "../ptx/sm90.cuh"
-#include "../sm80/backward.cuh"  // dot_do_o, finish_dq, reduce_dkdv: the shared pre/post kernels
+#include "../backward_aux.cuh"  // dot_do_o, finish_dq, reduce_dkdv: the pre/post kernels of every backward
 #include "backward_dq.cuh"        // the dQ pass (dq_pass rows of kSm90BwdTiles)
 #include "roles.h"
 
@@ -853,7 +854,7 @@ void launch_backward(const Params& p, cudaStream_t stream) {
                 "row missing from kSm90BwdTiles");
   constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
 
-  sm80::launch_dot_do_o<T, kD>(p, stream);
+  launch_dot_do_o<T, kD>(p, stream);
   if (p.seqlen_k > 0) {
     // With no queries the Q/dO maps are never read (no query tile sees a
     // key), but an empty tensor may come with a null pointer, which the
@@ -883,8 +884,8 @@ void launch_backward(const Params& p, cudaStream_t stream) {
       launch_dq_pass<T, kD>(p, tq, tq, tq, tq, stream);
     }
   }
-  if constexpr (!c.dq_pass) sm80::launch_finish_dq<T, kD>(p, stream);
-  sm80::launch_reduce_dkdv<T, kD>(p, stream);
+  if constexpr (!c.dq_pass) launch_finish_dq<T, kD>(p, stream);
+  launch_reduce_dkdv<T, kD>(p, stream);
 }
 
 }  // namespace flashattn::detail::sm90

@@ -13,7 +13,7 @@
 // kernel, can afford. It is deterministic.
 //
 // dq_kernel: a CTA = 64 queries (kBlockM) of one (batch, query head); it
-// sweeps the 64-key tiles (kBlockN) its rows can see (sm80::KeyTiles, as
+// sweeps the 64-key tiles (kBlockN) its rows can see (KeyTiles, as
 // the forward). Three warpgroups:
 //  - warpgroup 0, the producer. Warp 0: lane 0 copies Q and dO once, then
 //    K_j and V_j of every key tile into a ring of kStages stages; the 32
@@ -52,7 +52,7 @@
 #include "../dispatch.h"
 #include "../ptx/ptx.cuh"
 #include "../ptx/sm90.cuh"
-#include "../sm80/tile.cuh"  // KeyTiles: the key tiles a query tile sees (as the forward)
+#include "../key_tiles.cuh"
 #include "roles.h"  // the warpgroups and their registers (dQ 64, S and dP 16 each at the peak)
 
 namespace flashattn::detail::sm90 {
@@ -118,7 +118,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int b = blockIdx.z, h = blockIdx.y, m0 = blockIdx.x * kBlockM;
   const int hk = h / p.group;
   const SeqInfo seq = resolve_seq(p, b);  // dense only on this path
-  const sm80::KeyTiles<kBlockM, kBlockN> tiles(p, b, h, m0, seq);
+  const KeyTiles<kBlockM, kBlockN> tiles(p, b, h, m0, seq);
   const int n_steps = tiles.count();
 
   if (tid == 0) {
@@ -218,7 +218,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     for (int step = 0; step < n_steps; ++step) {
       const int s = step % kStages;
       const std::uint32_t parity = (step / kStages) & 1;
-      const sm80::KeyTile kt = tiles.at(step);
+      const KeyTile kt = tiles.at(step);
       const int key0 = kt.n0 + w * kKeys;  // this consumer's first key
       const std::uint32_t sK = base + L::kK + s * L::kKV, sV = base + L::kV + s * L::kKV;
 

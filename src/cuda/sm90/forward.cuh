@@ -53,7 +53,7 @@
 #include "../dispatch.h"
 #include "../ptx/ptx.cuh"
 #include "../ptx/sm90.cuh"
-#include "../sm80/tile.cuh"  // KeyTiles: the key-tile schedule of a query tile (shared with sm80)
+#include "../key_tiles.cuh"
 #include "roles.h"
 
 namespace flashattn::detail::sm90 {
@@ -159,7 +159,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       for (int tile = blockIdx.x; tile < num_tiles; tile += gridDim.x, ++round) {
         const QueryTile qt = query_tile_of(p, tile);
         const SeqInfo seq = resolve_seq(p, qt.b);  // dense only on this path: the lengths, starts 0
-        const sm80::KeyTiles<kBlockM, kBlockN> tiles(p, qt.b, qt.h, qt.m0, seq);
+        const KeyTiles<kBlockM, kBlockN> tiles(p, qt.b, qt.h, qt.m0, seq);
         const int n_steps = tiles.count();
         const int hk = qt.h / p.group;
         // Q always, even when no key tile is visible: the consumers wait for
@@ -254,13 +254,13 @@ __global__ void __launch_bounds__(kThreads, 1)
       const int b = qt.b, h = qt.h, m0 = qt.m0;
       const std::uint32_t bh = dropout_bh(p, b, h);
       const SeqInfo seq = resolve_seq(p, b);
-      const sm80::KeyTiles<kBlockM, kBlockN> tiles(p, b, h, m0, seq);
+      const KeyTiles<kBlockM, kBlockN> tiles(p, b, h, m0, seq);
       const int n_steps = tiles.count();
       // Whether consumer 1's last pass of this tile opens a next one.
       bool pass_on = false;
       if (kPersistent && cw == 1 && tile + static_cast<int>(gridDim.x) < num_tiles) {
         const QueryTile nt = query_tile_of(p, tile + gridDim.x);
-        pass_on = sm80::KeyTiles<kBlockM, kBlockN>(p, nt.b, nt.h, nt.m0, resolve_seq(p, nt.b)).count() > 0;
+        pass_on = KeyTiles<kBlockM, kBlockN>(p, nt.b, nt.h, nt.m0, resolve_seq(p, nt.b)).count() > 0;
       }
 
       float o[kD / 2];
@@ -320,7 +320,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       // scale into the exponent's FFMA; otherwise scale first. Leaves P in sc
       // and the correction of the running O in corr (O itself is in flight).
       auto softmax = [&](int step) {
-        const sm80::KeyTile cur = tiles.at(step);
+        const KeyTile cur = tiles.at(step);
         if (prescale) {
 #pragma unroll
           for (int i = 0; i < kBlockN / 2; ++i) sc[i] *= p.scale_log2;

@@ -1,0 +1,76 @@
+// The schedule of key tiles one query tile visits, shared by every flash
+// kernel that sweeps keys for a query tile (the sm80 and sm90 forwards, the
+// sm80 deterministic dQ kernel and the sm90 dQ pass): the dense window
+// range, or the block-sparse lists, and for each tile whether any element
+// of it needs the element mask.
+#pragma once
+
+#include "common.cuh"
+
+namespace flashattn::detail::cuda {
+
+// One key tile of a query tile's sweep.
+struct KeyTile {
+  int n0;            // first key (sequence position)
+  bool need_mask;    // some element is outside the sequence or the window
+  bool window;       // the window rule applies (dense or partial block)
+};
+
+// The key tiles one query tile [m0, m0 + block_m) visits, in order: dense
+// problems visit the contiguous range the window allows (fully masked tiles
+// are never visited); block-sparse ones visit the listed blocks (partial
+// first, then full), each block cut into block_k / block_n tiles.
+template <int kBlockM, int kBlockN>
+struct KeyTiles {
+  const Params* p;
+  int sq, sk, m0, m_last;
+  int first = 0, count_ = 0;                       // dense
+  const std::int32_t *idx = nullptr, *fidx = nullptr;  // sparse
+  int n_partial = 0, n_full = 0, per_block = 1;
+
+  __device__ KeyTiles(const Params& params, int b, int h, int m0_, const SeqInfo& s)
+      : p(&params), sq(s.sq), sk(s.sk), m0(m0_) {
+    m_last = min(m0 + kBlockM, sq) - 1;
+    if (sk <= 0 || m_last < m0) return;
+    if (p->is_sparse()) {
+      const std::int64_t row = mask_row(*p, b, h, m0 / p->block_q);
+      idx = p->bm_idx + row * p->bm_nkb;
+      n_partial = clamp_count(p->bm_count[row], p->bm_nkb);
+      if (p->bm_fcount) {
+        fidx = p->bm_fidx + row * p->bm_nkb;
+        n_full = clamp_count(p->bm_fcount[row], p->bm_nkb);
+      }
+      per_block = p->block_k / kBlockN;
+      return;
+    }
+    const std::int64_t lo = p->window.first_key(m0, sq, sk);
+    const std::int64_t hi = p->window.last_key(m_last, sq, sk);
+    if (hi < lo) return;
+    first = static_cast<int>(lo / kBlockN);
+    count_ = static_cast<int>(hi / kBlockN) - first + 1;
+  }
+
+  __device__ int count() const { return p->is_sparse() ? (n_partial + n_full) * per_block : count_; }
+
+  __device__ KeyTile at(int step) const {
+    KeyTile t;
+    if (p->is_sparse()) {
+      const int e = step / per_block, sub = step % per_block;
+      const bool partial = e < n_partial;
+      const int kb = partial ? idx[e] : fidx[e - n_partial];
+      // An index outside [0, num_k_blocks) (contents are unchecked without
+      // host copies) becomes a tile past the sequence: loaded as zeros, masked.
+      t.n0 = kb >= 0 && kb < p->bm_nkb ? (kb * per_block + sub) * kBlockN : (sk + kBlockN - 1) / kBlockN * kBlockN;
+      t.window = partial;
+    } else {
+      t.n0 = (first + step) * kBlockN;
+      t.window = true;
+    }
+    t.window = t.window && !p->window.unbounded();
+    const int n_last = t.n0 + kBlockN - 1;
+    t.need_mask = n_last >= sk || (t.window && !window_covers(p->window, m0, m_last, t.n0, n_last, sq, sk));
+    return t;
+  }
+};
+
+}  // namespace flashattn::detail::cuda
