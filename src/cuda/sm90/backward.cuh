@@ -70,10 +70,8 @@
 //   empty[s]       256 arrivals                    every consumer thread is done
 //                                                  reading Q_i, dO_i, LSE_i, D_i of
 //                                                  stage s: the producer may refill it
-// Stage s = step % kStages is used for the (step / kStages)-th time, so
-// full barriers are waited with parity (step / kStages) & 1 and the
-// producer waits empty with the opposite parity (the first round passes at
-// once), as in the forward.
+// The stages form rings walked with pipeline states (pipeline.h), as in
+// the forward.
 #pragma once
 
 #include <cmath>
@@ -83,6 +81,7 @@
 #include "../ptx/sm90.cuh"
 #include "../backward_aux.cuh"  // dot_do_o, finish_dq, reduce_dkdv: the pre/post kernels of every backward
 #include "backward_dq.cuh"        // the dQ pass (dq_pass rows of kSm90BwdTiles)
+#include "pipeline.h"
 #include "roles.h"
 
 namespace flashattn::detail::sm90 {
@@ -154,6 +153,32 @@ __device__ __forceinline__ std::uint32_t opaque(std::uint32_t v) {
   asm volatile("" : "+r"(v));
   return v;
 }
+
+// The backward's barriers (block at Smem::kBars): kv_full (K and V of
+// the CTA, once), then the rings of the query tiles' stages: q_full[s] (Q
+// and the LSE rows landed), do_full[s] (dO and the D rows), and one
+// empty[s] for both (every consumer thread is done with stage s's Q, dO,
+// LSE and D).
+template <int kStages>
+struct BwdPipes {
+  std::uint32_t bars;
+  Ring<kStages, 8, 8 * (1 + 2 * kStages)> q;
+  Ring<kStages, 8 * (1 + kStages), 8 * (1 + 2 * kStages)> dO;
+
+  __device__ __forceinline__ explicit BwdPipes(std::uint32_t bars_) : bars(bars_), q{bars_}, dO{bars_} {}
+  __device__ __forceinline__ std::uint32_t kv_full() const { return bars; }
+  // One thread. Full barriers: the producer warp's 32 arrivals (each lane
+  // stores rows of the stage) plus the copies' bytes.
+  __device__ __forceinline__ void init() const {
+    x::mbar_init(kv_full(), 1);
+    for (int s = 0; s < kStages; ++s) {
+      x::mbar_init(q.full_bar(s), 32);
+      x::mbar_init(dO.full_bar(s), 32);
+      x::mbar_init(q.empty_bar(s), kConsumers * kWarpgroup);
+    }
+    x::fence_mbar_init();
+  }
+};
 
 }  // namespace bwd
 
@@ -328,8 +353,7 @@ __device__ __forceinline__ void store_dk_dv(const float (&dk)[kN], const float (
 
 // The consumers at d = 256 (Smem::kSplitDims; docs/hopper.md, "The backward
 // at d = 256"). dK and dV only: dQ comes from the dQ pass (dispatch.h's
-// dq_pass, backward_dq.cuh; until f9fbcea this sweep added it with fp32
-// atomics, which bound it). dK and dV of 64 keys x 256 columns would need
+// dq_pass, backward_dq.cuh: fp32 atomics from this sweep bound it). dK and dV of 64 keys x 256 columns would need
 // 256 registers a thread in one warpgroup, so both consumers take the
 // CTA's 64 keys and consumer w owns head_dim columns 128w..128w + 127 of
 // dK and dV. Per query tile i (64 queries):
@@ -367,20 +391,16 @@ __device__ __forceinline__ void consume_split_dims(const Params& p, const SeqInf
   const int n_last = min(n0 + kBlockN, seq.sk) - 1;
   const float* lse_rows = reinterpret_cast<const float*>(smem + L::kRows);
   const float* dsum_rows = lse_rows + kStages * kBlockM;
-  const std::uint32_t kv_full = base + L::kBars;
-  auto q_full = [&](int s) { return base + L::kBars + 8 * (1 + s); };
-  auto do_full = [&](int s) { return base + L::kBars + 8 * (1 + kStages + s); };
-  auto empty = [&](int s) { return base + L::kBars + 8 * (1 + 2 * kStages + s); };
+  const BwdPipes<kStages> pipes(base + L::kBars);
 
   float dk[kHalfD / 2], dv[kHalfD / 2];
 #pragma unroll
   for (int i = 0; i < kHalfD / 2; ++i) dk[i] = dv[i] = 0.f;
   const std::uint32_t base_c = opaque(base);  // see the split-keys consumer
-  if (n_steps > 0) x::mbar_wait(kv_full, 0);
+  if (n_steps > 0) x::mbar_wait(pipes.kv_full(), 0);
 
-  for (int step = 0; step < n_steps; ++step) {
-    const int s = step % kStages;
-    const std::uint32_t round_parity = (step / kStages) & 1;
+  for (PipelineState<kStages> st_state; st_state.count < n_steps; ++st_state) {
+    const int step = st_state.count, s = st_state.stage();
     const int m0 = (mt_begin + step) * kBlockM;
     const std::uint32_t sbase = opaque(base_c);
     const std::uint32_t sK = sbase + L::kK, sV = sbase + L::kV;
@@ -390,8 +410,8 @@ __device__ __forceinline__ void consume_split_dims(const Params& p, const SeqInf
     // ---- G1: K = head_dim in steps of 16 (a new 64-column box every 4).
     // Q_w / dO_w: rows 32w.. of every box (4096 w bytes: whole swizzle atoms).
     float st[kQCols / 2], dpt[kQCols / 2];
-    x::mbar_wait(q_full(s), round_parity);
-    x::mbar_wait(do_full(s), round_parity);
+    pipes.q.wait(st_state);
+    pipes.dO.wait(st_state);
     const std::uint64_t k_desc = x::desc_sw128(sK, 16, 1024), v_desc = x::desc_sw128(sV, 16, 1024);
     const std::uint64_t q_desc = x::desc_sw128(sQ + w * kQCols * 128, 16, 1024);
     const std::uint64_t do_desc = x::desc_sw128(sdO + w * kQCols * 128, 16, 1024);
@@ -456,7 +476,7 @@ __device__ __forceinline__ void consume_split_dims(const Params& p, const SeqInf
     x::fence_operands(dv);
     x::fence_operands(dk);
     // This thread no longer reads Q, dO, LSE or D of stage s.
-    x::mbar_arrive(empty(s));
+    pipes.q.release(st_state);
   }
 
   store_dk_dv<T, kD>(dk, dv, p, seq, b, h, n0 + key_row0, w * kHalfD + col_in_tile);
@@ -482,10 +502,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   const std::uint32_t raw = x::smem_u32(smem_raw);
   const std::uint32_t base = (raw + 1023u) & ~1023u;
   unsigned char* smem = smem_raw + (base - raw);
-  const std::uint32_t kv_full = base + L::kBars;
-  auto q_full = [&](int s) { return base + L::kBars + 8 * (1 + s); };
-  auto do_full = [&](int s) { return base + L::kBars + 8 * (1 + kStages + s); };
-  auto empty = [&](int s) { return base + L::kBars + 8 * (1 + 2 * kStages + s); };
+  const BwdPipes<kStages> pipes(base + L::kBars);
   float* lse_rows = reinterpret_cast<float*>(smem + L::kRows);        // [stage][64], LSE * log2(e)
   float* dsum_rows = lse_rows + kStages * kBlockM;                          // [stage][64], D
 
@@ -498,15 +515,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   query_tiles<kBlockN>(p, seq, n0, &mt_begin, &mt_end);
   const int n_steps = mt_end - mt_begin;
 
-  if (tid == 0) {
-    x::mbar_init(kv_full, 1);
-    for (int s = 0; s < kStages; ++s) {
-      x::mbar_init(q_full(s), 32);
-      x::mbar_init(do_full(s), 32);
-      x::mbar_init(empty(s), kConsumers * kWarpgroup);
-    }
-    x::fence_mbar_init();
-  }
+  if (tid == 0) pipes.init();
   __syncthreads();
 
   if (tid < kWarpgroup) {
@@ -521,31 +530,32 @@ __global__ void __launch_bounds__(kThreads, 1)
         x::tma_prefetch_map(&tma_do);
         x::tma_prefetch_map(&tma_k);
         x::tma_prefetch_map(&tma_v);
-        x::mbar_arrive_expect_tx(kv_full, 2 * L::kKV);
+        x::mbar_arrive_expect_tx(pipes.kv_full(), 2 * L::kKV);
 #pragma unroll
         for (int c = 0; c < L::kChunks; ++c) {
-          x::tma_load_4d(base + L::kK + c * kBlockN * 128, &tma_k, kv_full, c * 64, n0, hk, b);
-          x::tma_load_4d(base + L::kV + c * kBlockN * 128, &tma_v, kv_full, c * 64, n0, hk, b);
+          x::tma_load_4d(base + L::kK + c * kBlockN * 128, &tma_k, pipes.kv_full(), c * 64, n0, hk, b);
+          x::tma_load_4d(base + L::kV + c * kBlockN * 128, &tma_v, pipes.kv_full(), c * 64, n0, hk, b);
         }
       }
-      for (int step = 0; step < n_steps; ++step) {
-        const int s = step % kStages;
-        const std::uint32_t round_parity = (step / kStages) & 1;
+      for (PipelineState<kStages> st_state; st_state.count < n_steps; ++st_state) {
+        const int step = st_state.count, s = st_state.stage();
         const int m0 = (mt_begin + step) * kBlockM;
         // Every lane waits: each of them overwrites its LSE / D rows of stage s.
-        x::mbar_wait(empty(s), round_parity ^ 1u);
+        pipes.q.acquire(st_state);
         if (lane == 0) {
           // expect_tx without an arrival: the phase needs all 32 lanes'
           // arrivals below, lane 0's included, so it cannot complete before
           // this announcement nor before the copied bytes have landed.
-          x::mbar_expect_tx(q_full(s), L::kQT);
+          x::mbar_expect_tx(pipes.q.full(st_state), L::kQT);
 #pragma unroll
           for (int c = 0; c < L::kChunks; ++c)
-            x::tma_load_4d(base + L::kQ + s * L::kQT + c * kBlockM * 128, &tma_q, q_full(s), c * 64, m0, h, b);
-          x::mbar_expect_tx(do_full(s), L::kQT);
+            x::tma_load_4d(base + L::kQ + s * L::kQT + c * kBlockM * 128, &tma_q, pipes.q.full(st_state), c * 64, m0,
+                           h, b);
+          x::mbar_expect_tx(pipes.dO.full(st_state), L::kQT);
 #pragma unroll
           for (int c = 0; c < L::kChunks; ++c)
-            x::tma_load_4d(base + L::kDO + s * L::kQT + c * kBlockM * 128, &tma_do, do_full(s), c * 64, m0, h, b);
+            x::tma_load_4d(base + L::kDO + s * L::kQT + c * kBlockM * 128, &tma_do, pipes.dO.full(st_state), c * 64,
+                           m0, h, b);
         }
         // Rows past seqlen_q: LSE = +inf (P = 0) and D = 0. An empty row
         // (LSE = -inf, no visible key) must give P = 0 too, not exp(+inf).
@@ -566,10 +576,10 @@ __global__ void __launch_bounds__(kThreads, 1)
         // .release.cta); the consumers' try_wait acquires them.
         lse_rows[s * kBlockM + lane] = lse2[0];
         lse_rows[s * kBlockM + lane + 32] = lse2[1];
-        x::mbar_arrive(q_full(s));
+        x::mbar_arrive(pipes.q.full(st_state));
         dsum_rows[s * kBlockM + lane] = dd[0];
         dsum_rows[s * kBlockM + lane + 32] = dd[1];
-        x::mbar_arrive(do_full(s));
+        x::mbar_arrive(pipes.dO.full(st_state));
       }
     }
   } else {
@@ -672,7 +682,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       };
 
       if (n_steps > 0) {
-        x::mbar_wait(kv_full, 0);
+        x::mbar_wait(pipes.kv_full(), 0);
         if constexpr (kKVRegs) load_kv_fragments();
         // Consumer 1's turn 0 is empty (it has no tile before the first): it
         // only keeps the alternation, so that its G1 of tile i follows
@@ -683,9 +693,8 @@ __global__ void __launch_bounds__(kThreads, 1)
           turn_pass();
         }
       }
-      for (int step = 0; step < n_steps; ++step) {
-        const int s = step % kStages;
-        const std::uint32_t round_parity = (step / kStages) & 1;
+      for (PipelineState<kStages> st_state; st_state.count < n_steps; ++st_state) {
+        const int step = st_state.count, s = st_state.stage();
         const int m0 = (mt_begin + step) * kBlockM;
         const std::uint32_t sbase = opaque(base_c);
         const std::uint32_t sKw = sbase + L::kK + w * 64 * 128, sVw = sbase + L::kV + w * 64 * 128;
@@ -699,8 +708,8 @@ __global__ void __launch_bounds__(kThreads, 1)
         // 64-column box every 4 steps). Two commit groups, so the softmax part
         // of P^T can start while dP^T is still on the tensor cores.
         float st[kBlockM / 2], dpt[kBlockM / 2];
-        x::mbar_wait(q_full(s), round_parity);
-        x::mbar_wait(do_full(s), round_parity);
+        pipes.q.wait(st_state);
+        pipes.dO.wait(st_state);
         turn_wait();
         const std::uint64_t k_desc = x::desc_sw128(sKw, 16, 1024), q_desc = x::desc_sw128(sQ, 16, 1024);
         const std::uint64_t v_desc = x::desc_sw128(sVw, 16, 1024), do_desc = x::desc_sw128(sdO, 16, 1024);
@@ -796,7 +805,7 @@ __global__ void __launch_bounds__(kThreads, 1)
           x::wgmma_wait<0>();
           x::fence_operands(dv);
           x::fence_operands(dk);
-          x::mbar_arrive(empty(s));
+          pipes.q.release(st_state);
         } else if (step > 0 && my_dq(step - 1)) {
           // dV / dK, then dQ(step - 1): stage s is released as soon as dV /
           // dK are complete, while dQ is still on the tensor cores.
@@ -806,7 +815,7 @@ __global__ void __launch_bounds__(kThreads, 1)
           x::wgmma_wait<1>();
           x::fence_operands(dv);
           x::fence_operands(dk);
-          x::mbar_arrive(empty(s));
+          pipes.q.release(st_state);
           x::wgmma_wait<0>();
           dq_atomics(dq, step - 1);
         } else {
@@ -814,7 +823,7 @@ __global__ void __launch_bounds__(kThreads, 1)
           x::wgmma_wait<0>();
           x::fence_operands(dv);
           x::fence_operands(dk);
-          x::mbar_arrive(empty(s));
+          pipes.q.release(st_state);
         }
       }
       // dQ of the last tile. Consumer 0 takes two more turns: an empty one,

@@ -43,8 +43,7 @@
 // consumer learns after it has issued the S and dP of step j + 1
 // (wait_group 2: the two newest groups may still run), so the copy of
 // K_j+2 lands under those products and E1.
-// Stage s = step % kStages in its (step / kStages)-th use: full barriers
-// waited with parity (step / kStages) & 1, empty ones with the opposite.
+// K and V are rings walked with pipeline states (pipeline.h).
 #pragma once
 
 #include <cmath>
@@ -53,6 +52,7 @@
 #include "../ptx/ptx.cuh"
 #include "../ptx/sm90.cuh"
 #include "../key_tiles.cuh"
+#include "pipeline.h"
 #include "roles.h"  // the warpgroups and their registers (dQ 64, S and dP 16 each at the peak)
 
 namespace flashattn::detail::sm90 {
@@ -106,11 +106,11 @@ __global__ void __launch_bounds__(kThreads, 1)
   const std::uint32_t raw = x::smem_u32(smem_raw);
   const std::uint32_t base = (raw + 1023u) & ~1023u;  // TMA and wgmma agree on 1024-aligned tiles only
   unsigned char* smem = smem_raw + (base - raw);
+  // Barriers: q_full (Q, dO and the rows of the CTA, once), then the K and
+  // V rings.
   const std::uint32_t q_full = base + L::kBars;
-  auto k_full = [&](int s) { return base + L::kBars + 8 * (1 + s); };
-  auto v_full = [&](int s) { return base + L::kBars + 8 * (1 + kStages + s); };
-  auto k_empty = [&](int s) { return base + L::kBars + 8 * (1 + 2 * kStages + s); };
-  auto v_empty = [&](int s) { return base + L::kBars + 8 * (1 + 3 * kStages + s); };
+  const Ring<kStages, 8, 8 * (1 + 2 * kStages)> k_ring{base + L::kBars};
+  const Ring<kStages, 8 * (1 + kStages), 8 * (1 + 3 * kStages)> v_ring{base + L::kBars};
   float* lse_rows = reinterpret_cast<float*>(smem + L::kRows);  // LSE * log2(e)
   float* dsum_rows = lse_rows + kBlockM;
 
@@ -124,10 +124,10 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (tid == 0) {
     x::mbar_init(q_full, 32);
     for (int s = 0; s < kStages; ++s) {
-      x::mbar_init(k_full(s), 1);
-      x::mbar_init(v_full(s), 1);
-      x::mbar_init(k_empty(s), kConsumers * kWarpgroup);
-      x::mbar_init(v_empty(s), kConsumers * kWarpgroup);
+      x::mbar_init(k_ring.full_bar(s), 1);
+      x::mbar_init(v_ring.full_bar(s), 1);
+      x::mbar_init(k_ring.empty_bar(s), kConsumers * kWarpgroup);
+      x::mbar_init(v_ring.empty_bar(s), kConsumers * kWarpgroup);
     }
     x::fence_mbar_init();
   }
@@ -170,20 +170,19 @@ __global__ void __launch_bounds__(kThreads, 1)
       x::mbar_arrive(q_full);  // release: this lane's row stores
       if (lane == 0) {
 #pragma unroll 1
-        for (int step = 0; step < n_steps; ++step) {
-          const int s = step % kStages;
-          const std::uint32_t free_parity = ((step / kStages) & 1) ^ 1u;
-          const int n0 = tiles.at(step).n0;
-          x::mbar_wait(v_empty(s), free_parity);
-          x::mbar_arrive_expect_tx(v_full(s), L::kKV);
+        for (PipelineState<kStages> kv; kv.count < n_steps; ++kv) {
+          const int s = kv.stage();
+          const int n0 = tiles.at(kv.count).n0;
+          v_ring.acquire(kv);
+          x::mbar_arrive_expect_tx(v_ring.full(kv), L::kKV);
 #pragma unroll
           for (int c = 0; c < L::kChunks; ++c)
-            x::tma_load_4d(base + L::kV + s * L::kKV + c * kBlockN * 128, &tma_v, v_full(s), c * 64, n0, hk, b);
-          x::mbar_wait(k_empty(s), free_parity);
-          x::mbar_arrive_expect_tx(k_full(s), L::kKV);
+            x::tma_load_4d(base + L::kV + s * L::kKV + c * kBlockN * 128, &tma_v, v_ring.full(kv), c * 64, n0, hk, b);
+          k_ring.acquire(kv);
+          x::mbar_arrive_expect_tx(k_ring.full(kv), L::kKV);
 #pragma unroll
           for (int c = 0; c < L::kChunks; ++c)
-            x::tma_load_4d(base + L::kK + s * L::kKV + c * kBlockN * 128, &tma_k, k_full(s), c * 64, n0, hk, b);
+            x::tma_load_4d(base + L::kK + s * L::kKV + c * kBlockN * 128, &tma_k, k_ring.full(kv), c * 64, n0, hk, b);
         }
       }
     }
@@ -215,9 +214,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     const std::uint32_t sQ = base + L::kQ, sdO = base + L::kDO;
 
-    for (int step = 0; step < n_steps; ++step) {
-      const int s = step % kStages;
-      const std::uint32_t parity = (step / kStages) & 1;
+    for (PipelineState<kStages> kv; kv.count < n_steps; ++kv) {
+      const int step = kv.count, s = kv.stage();
       const KeyTile kt = tiles.at(step);
       const int key0 = kt.n0 + w * kKeys;  // this consumer's first key
       const std::uint32_t sK = base + L::kK + s * L::kKV, sV = base + L::kV + s * L::kKV;
@@ -234,17 +232,17 @@ __global__ void __launch_bounds__(kThreads, 1)
         }
         x::wgmma_commit();
       };
-      x::mbar_wait(k_full(s), parity);
+      k_ring.wait(kv);
       x::wgmma_fence();  // st / dpt were last read by ordinary instructions
       g1_gemm(st, x::desc_sw128(sQ, 16, 1024), x::desc_sw128(sK + w * kKeys * 128, 16, 1024));
-      x::mbar_wait(v_full(s), parity);
+      v_ring.wait(kv);
       x::wgmma_fence();  // after the wait loop too: otherwise ptxas injects one
       g1_gemm(dpt, x::desc_sw128(sdO, 16, 1024), x::desc_sw128(sV + w * kKeys * 128, 16, 1024));
       if (step > 0) {
         // The dQ of step - 1 (issued before these) has completed: its K
         // tile may be refilled.
         x::wgmma_wait<2>();
-        x::mbar_arrive(k_empty((step - 1) % kStages));
+        k_ring.release(kv + (-1));
       }
 
       // ---- E1. Element [4 tt + 2 half + e]: query row0 + 8 half, key
@@ -294,7 +292,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
       x::wgmma_wait<0>();
       x::fence_operands(dpt);
-      x::mbar_arrive(v_empty(s));  // V_j's only reader, dP, has completed
+      v_ring.release(kv);  // V_j's only reader, dP, has completed
       // dS = P (dP_d - D): with dropout dP is the gradient of the dropped
       // P_d = P Z / (1 - p), taken through the mask (D = rowsum(dO O) is
       // already that of the dropped P); P itself is not dropped here.

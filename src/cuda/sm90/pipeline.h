@@ -27,12 +27,13 @@ namespace flashattn::detail::sm90 {
 template <int kStages>
 struct PipelineState {
   static_assert(kStages > 0 && (kStages & (kStages - 1)) == 0, "stages must be a power of two");
-  int count = 0;
+  static constexpr int kLog2Stages = kStages == 1 ? 0 : kStages == 2 ? 1 : kStages == 4 ? 2 : 3;
+  int count = 0;  // never negative
 
   __device__ __forceinline__ int stage() const { return count & (kStages - 1); }
   // The phase of the full barrier this use waits for.
   __device__ __forceinline__ std::uint32_t phase() const {
-    return static_cast<std::uint32_t>(count / kStages) & 1u;
+    return static_cast<std::uint32_t>(count >> kLog2Stages) & 1u;
   }
   // The phase of the empty barrier the producer waits for before this use
   // (the first round's passes at once).
@@ -44,40 +45,26 @@ struct PipelineState {
   }
 };
 
-// kStages consecutive mbarriers (8 bytes each) in shared memory, indexed by
-// stage.
-struct BarrierArray {
-  std::uint32_t addr = 0;  // shared-memory address of stage 0's barrier
-  __device__ __forceinline__ std::uint32_t operator[](int stage) const {
-    return addr + 8u * static_cast<std::uint32_t>(stage);
-  }
-};
-
-// One ring: its full and empty barriers. The roles' verbs:
+// One ring: kStages full barriers at byte offset kFull of a kernel's
+// barrier block and kStages empty ones at kEmpty (8 bytes each). Only the
+// block's address is held, so that each barrier's address is that plus a
+// constant, as the kernel would write it by hand. The roles' verbs:
 //   producer: acquire(s)  wait until every consumer released stage s's
 //                         previous use; then copy into it, completing on
 //                         full(s) (expect_tx + TMA)
 //   consumer: wait(s)     until full(s)'s copy landed
 //             release(s)  this thread is done reading the stage
-template <int kStages>
+template <int kStages, int kFull, int kEmpty>
 struct Ring {
   using State = PipelineState<kStages>;
-  BarrierArray full_bars, empty_bars;
+  std::uint32_t bars;  // shared-memory address of the barrier block
 
-  __device__ __forceinline__ std::uint32_t full(State s) const { return full_bars[s.stage()]; }
-  __device__ __forceinline__ void acquire(State s) const {
-    ptx::sm90::mbar_wait(empty_bars[s.stage()], s.free_phase());
-  }
-  __device__ __forceinline__ void wait(State s) const { ptx::sm90::mbar_wait(full_bars[s.stage()], s.phase()); }
-  __device__ __forceinline__ void release(State s) const { ptx::sm90::mbar_arrive(empty_bars[s.stage()]); }
-  // Initialisation, one thread: full barriers complete on `full_arrivals`
-  // arrivals plus the transaction bytes, empty ones on `empty_arrivals`.
-  __device__ __forceinline__ void init(int full_arrivals, int empty_arrivals) const {
-    for (int s = 0; s < kStages; ++s) {
-      ptx::sm90::mbar_init(full_bars[s], full_arrivals);
-      ptx::sm90::mbar_init(empty_bars[s], empty_arrivals);
-    }
-  }
+  __device__ __forceinline__ std::uint32_t full_bar(int stage) const { return bars + kFull + 8 * stage; }
+  __device__ __forceinline__ std::uint32_t empty_bar(int stage) const { return bars + kEmpty + 8 * stage; }
+  __device__ __forceinline__ std::uint32_t full(State s) const { return full_bar(s.stage()); }
+  __device__ __forceinline__ void acquire(State s) const { ptx::sm90::mbar_wait(empty_bar(s.stage()), s.free_phase()); }
+  __device__ __forceinline__ void wait(State s) const { ptx::sm90::mbar_wait(full_bar(s.stage()), s.phase()); }
+  __device__ __forceinline__ void release(State s) const { ptx::sm90::mbar_arrive(empty_bar(s.stage())); }
 };
 
 }  // namespace flashattn::detail::sm90

@@ -1,0 +1,137 @@
+// The softmax and masking steps of every flash kernel, as operations on a
+// tile of scores held in registers: the forwards (sm80, sm90), the sm90
+// backward and the sm90 dQ pass write their loops in these words instead of
+// re-typing the index arithmetic of the register layout each time.
+//
+// The register layout (mma.sync.m16n8 accumulators and wgmma's alike): a
+// warp holds 16 rows x N columns of the tile; lane l holds rows l / 4
+// ("half" 0) and l / 4 + 8 (half 1), and in each 8-column group tt the two
+// columns 8 tt + 2 (l % 4) + e, e = 0, 1. A thread's N / 2 values are
+// indexed 4 tt + 2 half + e (acc_index). kN below is always the length of
+// a thread's array: N = 2 kN columns, kN / 4 groups. The four lanes of a quad hold the
+// same two rows, so a row reduction is the thread's own values, then two
+// shuffles.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "common.cuh"
+#include "ptx/ptx.cuh"
+
+namespace flashattn::detail::cuda::tile {
+
+__device__ __forceinline__ constexpr int acc_index(int tt, int half, int e) { return 4 * tt + 2 * half + e; }
+
+// This lane's first column within an 8-column group: 2 (lane % 4).
+__device__ __forceinline__ int lane_col(int lane) { return 2 * (lane % 4); }
+// This lane's row of `half` within its warp's 16 rows.
+__device__ __forceinline__ int lane_row(int lane, int half) { return lane / 4 + 8 * half; }
+
+__device__ __forceinline__ float quad_max(float v) {
+  v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+  return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+}
+__device__ __forceinline__ float quad_sum(float v) {
+  v += __shfl_xor_sync(0xffffffffu, v, 1);
+  return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+
+// s *= f, every element.
+template <int kN>
+__device__ __forceinline__ void scale(float (&s)[kN], float f) {
+#pragma unroll
+  for (int i = 0; i < kN; ++i) s[i] *= f;
+}
+
+// Row `half` of s: every column j = col0 + 8 tt + e outside [lo, hi] becomes
+// -inf (col0: the tile's first column plus lane_col). Masked scores are
+// then exactly those exp2 turns into 0.
+template <int kN>
+__device__ __forceinline__ void mask_outside(float (&s)[kN], int half, int col0, std::int64_t lo, std::int64_t hi) {
+#pragma unroll
+  for (int tt = 0; tt < kN / 4; ++tt)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int j = col0 + tt * 8 + e;
+      if (j < lo || j > hi) s[acc_index(tt, half, e)] = -INFINITY;
+    }
+}
+
+// The largest value of row `half` among this thread's columns.
+template <int kN>
+__device__ __forceinline__ float thread_row_max(const float (&s)[kN], int half) {
+  float mx = -INFINITY;
+#pragma unroll
+  for (int tt = 0; tt < kN / 4; ++tt) mx = fmaxf(mx, fmaxf(s[acc_index(tt, half, 0)], s[acc_index(tt, half, 1)]));
+  return mx;
+}
+
+// The running state of the online softmax for a thread's two rows, in the
+// exp2 domain: max_ of the scaled scores (log2 units), sum_ of
+// exp2(score - max_) over the columns this thread saw (the quad's partial
+// sums are added at the end: total_sum).
+struct OnlineSoftmax {
+  float max_[2] = {-INFINITY, -INFINITY};
+  float sum_[2] = {0.f, 0.f};
+
+  // One tile of scores s (raw or already scaled): s * post_scale is the tile in log2 units. Updates the
+  // state, leaves P = exp2(s * post_scale - max) in s and the factor the
+  // running O must be multiplied by in corr.
+  template <int kN>
+  __device__ __forceinline__ void update(float (&s)[kN], float post_scale, float (&corr)[2]) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      float mx = quad_max(thread_row_max(s, half)) * post_scale;
+      mx = fmaxf(mx, max_[half]);
+      // Nothing visible yet: subtract 0, so exp2(-inf) is 0, not NaN.
+      const float base = mx == -INFINITY ? 0.f : mx;
+      corr[half] = ptx::exp2_approx(max_[half] - base);
+      max_[half] = mx;
+      float sum = 0.f;
+#pragma unroll
+      for (int tt = 0; tt < kN / 4; ++tt)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          float& v = s[acc_index(tt, half, e)];
+          v = ptx::exp2_approx(fmaf(v, post_scale, -base));
+          sum += v;
+        }
+      sum_[half] = sum_[half] * corr[half] + sum;
+    }
+  }
+
+  // The row's sum over all its columns (the quad's four partial sums).
+  __device__ __forceinline__ float total_sum(int half) const { return quad_sum(sum_[half]); }
+  // ln(sum exp(scaled scores)) of the row, given its total sum; -inf for a
+  // row that saw nothing.
+  __device__ __forceinline__ float lse(int half, float total) const {
+    return total > 0.f ? max_[half] * 0.69314718055994531f + logf(total) : -INFINITY;
+  }
+};
+
+// o *= corr, row by row.
+template <int kN>
+__device__ __forceinline__ void rescale_rows(float (&o)[kN], const float (&corr)[2]) {
+#pragma unroll
+  for (int tt = 0; tt < kN / 4; ++tt)
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      o[acc_index(tt, half, 0)] *= corr[half];
+      o[acc_index(tt, half, 1)] *= corr[half];
+    }
+}
+
+// s (fp32) to 16-bit A fragments of the next product
+// (m16 x k16 slices kk: rows r and r + 8 of 8-column groups 2 kk and
+// 2 kk + 1): the accumulator layout of one product is the A layout of the
+// next, so this is a packing only.
+template <class T, int kN>
+__device__ __forceinline__ void pack_a(std::uint32_t (&a)[kN / 8][4], const float (&s)[kN]) {
+#pragma unroll
+  for (int kk = 0; kk < kN / 8; ++kk)
+#pragma unroll
+    for (int q = 0; q < 4; ++q) a[kk][q] = pack2<T>(s[8 * kk + 2 * q], s[8 * kk + 2 * q + 1]);
+}
+
+}  // namespace flashattn::detail::cuda::tile
