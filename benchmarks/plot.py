@@ -1,6 +1,6 @@
 """Plots and headline ratios from attention_bench.py JSON files.
 
-  python benchmarks/plot.py paper.json modern.json --out docs/results/gpu
+  python benchmarks/plot.py paper.json modern.json --out docs/results/suite/<date>-<gpu>-<commit>
 
 For a file of the paper setting: figure3-runtime.png (forward, backward and
 forward + backward runtime against sequence length, log-log, one line per

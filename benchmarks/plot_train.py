@@ -1,6 +1,6 @@
 """Plots and a summary table from fa-train JSON-lines logs (scripts/gpu-train-bench).
 
-  python benchmarks/plot_train.py RUNS_DIR [--hf hf.jsonl] --out docs/results/gpu-h200-train
+  python benchmarks/plot_train.py RUNS_DIR [--hf hf.jsonl] --out docs/results/train/<date>-<gpu>-<commit>
 
 Reads RUNS_DIR/<name>.jsonl (fa-train --log-json) and writes
 train-loss.png (training loss and held-out loss against step of the
