@@ -133,6 +133,19 @@ struct Options {
 // with exactly the same options and semantics.
 enum class Algorithm : int { flash = 0, standard = 1 };
 
+// Which family of CUDA flash kernels runs a call (Algorithm::flash on
+// Device::cuda). Both give the same results to the accuracy rule of the
+// tests; the choice is one of speed.
+//  - automatic: the Hopper kernels (sm_90a: TMA, wgmma) on a GPU of
+//    compute capability 9.0 for every problem they cover, the portable
+//    sm_80 kernels for the rest;
+//  - sm80: the portable kernels on every GPU;
+//  - sm90: the Hopper kernels, and an Error naming the reason for a
+//    problem (or GPU) they do not cover.
+// The environment variable FLASHATTN_CUDA_KERNELS ("sm80", "sm90"), when
+// set, overrides this field (for tests and benchmarks of a whole program).
+enum class CudaKernels : int { automatic = 0, sm80 = 1, sm90 = 2 };
+
 // Where and how a call runs.
 //  - device: where every pointer of the call lives.
 //  - stream: a cudaStream_t for CUDA calls (nullptr = legacy default
@@ -141,6 +154,7 @@ enum class Algorithm : int { flash = 0, standard = 1 };
 //    *_workspace_bytes() bytes. When null and the call needs scratch, the
 //    library allocates it (stream-ordered on CUDA) and frees it after use.
 //  - num_threads: CPU threads (0 = OpenMP's default).
+//  - cuda_kernels: the CUDA kernel family (CudaKernels above).
 struct Context {
   Device device = Device::cpu;
   void* stream = nullptr;
@@ -148,6 +162,7 @@ struct Context {
   std::size_t workspace_bytes = 0;
   int num_threads = 0;
   Algorithm algorithm = Algorithm::flash;
+  CudaKernels cuda_kernels = CudaKernels::automatic;
 };
 
 // ----------------------------------------------------------- the calls ---

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "cuda/dispatch.h"
 #include "flashattn/flashattn.h"
 #include "problem.h"
 
@@ -66,9 +67,9 @@ bool supports(Device device, Algorithm algorithm, DType dtype, std::int64_t head
     case Device::cuda: {
       if (dtype != DType::f16 && dtype != DType::bf16) return false;
       if (algorithm == Algorithm::standard) return head_dim >= 1 && head_dim <= 256 && head_dim % 8 == 0;
-      // The head dims the CUDA dispatch table instantiates.
-      return head_dim == 32 || head_dim == 64 || head_dim == 96 || head_dim == 128 ||
-             head_dim == 192 || head_dim == 256;
+      // The head dims the CUDA dispatch table instantiates (every GPU runs
+      // the portable family; the Hopper one covers a subset of them).
+      return detail::cuda::has_head_dim<detail::cuda::kSm80Tiles>(head_dim);
     }
   }
   return false;

@@ -93,32 +93,26 @@ Params make_params(const Problem& pr, const Tensor& q, const Tensor& k, const Te
 
 // ------------------------------------------------ kernel family choice ---
 // THE switch between the kernel families of the flash forward and
-// backward, in one place. Environment variable FLASHATTN_CUDA_KERNELS, read
-// at every call (kernel_choice()):
-//   unset or ""   automatic: the Hopper kernels (sm90/forward.cuh,
-//                 sm90/backward.cuh) on a compute 9.0 GPU for every problem
-//                 they cover, the portable sm_80 kernels for the rest. Both
-//                 pass the same accuracy tests against the float64
-//                 reference (docs/results/gpu-check-h200), so the choice is
-//                 one of speed, per direction and per problem.
-//   "sm80"        the portable kernels on every GPU
-//   "sm90"        the Hopper kernels; a problem one of them does not cover
-//                 is an Error naming the reason
-//   anything else an Error naming the variable.
-// Both families read and write O, LSE and the gradients in the same layout,
-// so a forward of one may be followed by a backward of the other.
+// backward, in one place: Context::cuda_kernels (flashattn.h), overridden
+// by the environment variable FLASHATTN_CUDA_KERNELS when it is set and
+// not empty ("sm80" or "sm90"; anything else is an Error naming it), read
+// at every call. Both families read and write O, LSE and the gradients in
+// the same layout, so a forward of one may be followed by a backward of
+// the other.
 enum class KernelFamily { sm80, sm90 };
-using ForwardPath = KernelFamily;
-using BackwardPath = KernelFamily;
-enum class KernelChoice { automatic, sm80, sm90 };
 
-KernelChoice kernel_choice() {
+CudaKernels kernel_choice(const Context& ctx) {
   const char* env = std::getenv("FLASHATTN_CUDA_KERNELS");
   const std::string choice = env == nullptr ? "" : env;
-  if (choice.empty()) return KernelChoice::automatic;
-  if (choice == "sm80") return KernelChoice::sm80;
-  if (choice != "sm90") fail("FLASHATTN_CUDA_KERNELS", "unset, \"sm80\" or \"sm90\"", "\"" + choice + "\"");
-  return KernelChoice::sm90;
+  if (choice == "sm80") return CudaKernels::sm80;
+  if (choice == "sm90") return CudaKernels::sm90;
+  if (!choice.empty()) fail("FLASHATTN_CUDA_KERNELS", "unset, \"sm80\" or \"sm90\"", "\"" + choice + "\"");
+  switch (ctx.cuda_kernels) {
+    case CudaKernels::automatic:
+    case CudaKernels::sm80:
+    case CudaKernels::sm90: return ctx.cuda_kernels;
+  }
+  fail("ctx.cuda_kernels", "automatic, sm80 or sm90", std::to_string(static_cast<int>(ctx.cuda_kernels)));
 }
 
 // Why the Hopper kernel of one direction cannot take a problem (empty: it
@@ -128,8 +122,9 @@ struct Refusal {
   explicit operator bool() const { return !arg.empty(); }
 };
 
-// What both Hopper kernels need: the GPU, the dtype, dense fixed-length
-// batches without a block mask, strides TMA can encode.
+// What both Hopper kernels need: the GPU, the dtype, a head_dim of their
+// table, no block mask (yet), strides and extents TMA can encode.
+template <const auto& kTable>
 Refusal sm90_common_refusal(const Problem& pr, std::initializer_list<const Tensor*> tma_tensors) {
   const auto [major, minor] = cuda::device_compute_capability();
   // sm_90a machine code runs on 9.0 only (not on later major versions).
@@ -137,15 +132,20 @@ Refusal sm90_common_refusal(const Problem& pr, std::initializer_list<const Tenso
     return {"ctx.device", "a GPU of compute capability 9.0",
             "compute capability " + std::to_string(major) + "." + std::to_string(minor)};
   if (pr.dtype != DType::f16 && pr.dtype != DType::bf16) return {"q.dtype", "f16 or bf16", to_string(pr.dtype)};
-  if (pr.is_varlen()) return {"options.varlen", "nullptr (varlen is not implemented there)", "a Varlen"};
+  if (!cuda::has_head_dim<kTable>(pr.head_dim))
+    return {"q.head_dim", cuda::head_dims_text<kTable>(), std::to_string(pr.head_dim)};
   if (pr.block_mask != nullptr)
     return {"options.block_mask", "nullptr (block-sparse is not implemented there)", "a BlockMask"};
   // TMA: strides below 2^40 bytes (validation already made them 16-byte
-  // multiples and the bases 16-byte aligned), extents below 2^31.
-  for (const Tensor* t : tma_tensors)
+  // multiples and the bases 16-byte aligned), row coordinates below 2^31
+  // (a packed varlen tensor is mapped as one sequence of all its rows).
+  for (const Tensor* t : tma_tensors) {
     for (std::int64_t st : {t->stride_seq, t->stride_head, t->stride_batch})
       if (st < 0 || st * 2 >= (std::int64_t{1} << 40))
         return {"tensor strides", "0 <= stride < 2^39 elements (TMA)", std::to_string(st)};
+    if (t->seqlen >= (std::int64_t{1} << 31))
+      return {"tensor rows", "fewer than 2^31 rows a tensor (TMA coordinates)", std::to_string(t->seqlen)};
+  }
   return {};
 }
 
@@ -153,80 +153,66 @@ Refusal sm90_common_refusal(const Problem& pr, std::initializer_list<const Tenso
 [[noreturn]] void sm90_unsupported(const char* what, const std::string& arg, const std::string& expected,
                                    const std::string& actual) {
   fail(arg,
-       expected + " for the sm90 " + what + " (FLASHATTN_CUDA_KERNELS=sm90; unset it for the automatic choice)",
+       expected + " for the sm90 " + what +
+           " (ctx.cuda_kernels or FLASHATTN_CUDA_KERNELS asks for sm90; automatic takes the portable kernels here)",
        actual);
 }
 
 // The family for one direction: sm80 when asked, sm90 when asked (or an
 // Error saying why it cannot), and automatically sm90 wherever it can.
-KernelFamily choose(const char* what, const Refusal& refusal) {
-  switch (kernel_choice()) {
-    case KernelChoice::sm80: return KernelFamily::sm80;
-    case KernelChoice::sm90:
+KernelFamily choose(CudaKernels choice, const char* what, const Refusal& refusal) {
+  switch (choice) {
+    case CudaKernels::sm80: return KernelFamily::sm80;
+    case CudaKernels::sm90:
       if (refusal) sm90_unsupported(what, refusal.arg, refusal.expected, refusal.actual);
       return KernelFamily::sm90;
-    case KernelChoice::automatic: break;
+    case CudaKernels::automatic: break;
   }
   return refusal ? KernelFamily::sm80 : KernelFamily::sm90;
 }
 
-ForwardPath forward_path(const Problem& pr, const ForwardArgs& a) {
-  if (kernel_choice() == KernelChoice::sm80) return ForwardPath::sm80;
-  Refusal r = sm90_common_refusal(pr, {&a.q, &a.k, &a.v, &a.o});
-  if (!r && cuda::sm90_fwd_tile(static_cast<int>(pr.head_dim)).head_dim == 0)
-    r = {"q.head_dim", "64, 128 or 256", std::to_string(pr.head_dim)};
-  return choose("forward", r);
+KernelFamily forward_path(const Problem& pr, const ForwardArgs& a, const Context& ctx) {
+  const CudaKernels choice = kernel_choice(ctx);
+  if (choice == CudaKernels::sm80) return KernelFamily::sm80;
+  return choose(choice, "forward", sm90_common_refusal<cuda::kSm90FwdTiles>(pr, {&a.q, &a.k, &a.v, &a.o}));
 }
 
-BackwardPath backward_path(const Problem& pr, const BackwardArgs& a) {
-  if (kernel_choice() == KernelChoice::sm80) return BackwardPath::sm80;
-  Refusal r = sm90_common_refusal(pr, {&a.q, &a.k, &a.v, &a.dout});
-  if (!r && cuda::sm90_bwd_tile(static_cast<int>(pr.head_dim)).head_dim == 0)
-    r = {"q.head_dim", "64, 128 or 256", std::to_string(pr.head_dim)};
+KernelFamily backward_path(const Problem& pr, const BackwardArgs& a, const Context& ctx) {
+  const CudaKernels choice = kernel_choice(ctx);
+  if (choice == CudaKernels::sm80) return KernelFamily::sm80;
+  Refusal r = sm90_common_refusal<cuda::kSm90BwdTiles>(pr, {&a.q, &a.k, &a.v, &a.dout});
   // The sm90 backward adds dQ with fp32 atomics (its order, hence the last
   // bits of dq, varies from run to run) except at the head dims with a dQ
   // pass (kSm90BwdTiles), which write each dq element once.
   if (!r && a.deterministic && !cuda::sm90_bwd_tile(static_cast<int>(pr.head_dim)).dq_pass)
     r = {"deterministic", "false (the deterministic dQ is not implemented there at this head_dim)", "true"};
-  return choose("backward", r);
+  return choose(choice, "backward", r);
 }
 
-// The sm90 kernels of both directions have the same head dims (the rows of
-// kSm90FwdTiles / kSm90BwdTiles); `what` is "forward" or "backward".
-template <class Launch>
-void dispatch_sm90(const char* what, DType dtype, std::int64_t head_dim, Launch&& launch) {
-  auto by_head_dim = [&](auto type_tag) {
-    using T = decltype(type_tag);
-    switch (head_dim) {
-      case 64: launch.template operator()<T, 64>(); return;
-      case 128: launch.template operator()<T, 128>(); return;
-      case 256: launch.template operator()<T, 256>(); return;
-    }
-    sm90_unsupported(what, "q.head_dim", "64, 128 or 256", std::to_string(head_dim));
-  };
-  if (dtype == DType::f16) by_head_dim(__half{});
-  else by_head_dim(__nv_bfloat16{});
-}
-
-bool empty(const Problem& pr) { return pr.batch == 0 || (pr.seqlen_q == 0 && pr.seqlen_k == 0); }
-
-template <class Launch>
+// Calls launch.template operator()<T, kD>() for the problem's dtype and the
+// row of kTable with its head_dim (the sm80 table, or a Hopper one).
+template <const auto& kTable, class Launch>
 void dispatch(DType dtype, std::int64_t head_dim, Launch&& launch) {
   auto by_head_dim = [&](auto type_tag) {
     using T = decltype(type_tag);
-    const bool found = cuda::with_head_dim(static_cast<int>(head_dim), [&](auto d) { launch.template operator()<T, decltype(d)::value>(); });
-    if (!found) fail("q.head_dim", "one of 32, 64, 96, 128, 192, 256 (the CUDA dispatch table)", std::to_string(head_dim));
+    const bool found = cuda::with_head_dim<kTable>(static_cast<int>(head_dim),
+                                                   [&](auto d) { launch.template operator()<T, decltype(d)::value>(); });
+    if (!found) fail("q.head_dim", "one of " + cuda::head_dims_text<kTable>() + " (the CUDA dispatch table)",
+                     std::to_string(head_dim));
   };
   if (dtype == DType::f16) by_head_dim(__half{});
   else if (dtype == DType::bf16) by_head_dim(__nv_bfloat16{});
   else fail("q.dtype", "f16 or bf16 on CUDA (flash)", to_string(dtype));
 }
 
+bool empty(const Problem& pr) { return pr.batch == 0 || (pr.seqlen_q == 0 && pr.seqlen_k == 0); }
+
 // Backward scratch, in this order, each part 256-byte aligned:
 //   dsum      float[rows_q]                 D = rowsum(dO * O)
 //   states    uint8[mask rows * nkb]        block-sparse only: BlockState of
 //                                           every (query block, key block)
-//   dq_accum  float[rows_q * d]             atomic (non-deterministic) mode only
+//   dq_accum  float[rows_q * d]             atomic (non-deterministic) mode only,
+//                                           and not where the sm90 dQ pass writes dq
 //   dk_accum, dv_accum float[rows_kv * d]   GQA/MQA only (per query head)
 // rows_q = batch * heads_q * seqlen_q (varlen: heads_q * total_q), rows_kv likewise.
 struct BwdLayout {
@@ -235,7 +221,13 @@ struct BwdLayout {
 
 std::size_t align256(std::size_t n) { return (n + 255) / 256 * 256; }
 
-BwdLayout bwd_layout(const Problem& pr, const BackwardArgs& a) {
+// Whether the backward of `path` adds dQ into the fp32 scratch.
+bool needs_dq_scratch(const Problem& pr, const BackwardArgs& a, KernelFamily path) {
+  if (a.deterministic) return false;
+  return !(path == KernelFamily::sm90 && cuda::sm90_bwd_tile(static_cast<int>(pr.head_dim)).dq_pass);
+}
+
+BwdLayout bwd_layout(const Problem& pr, const BackwardArgs& a, KernelFamily path) {
   const std::size_t rows_q = static_cast<std::size_t>(pr.heads_q) *
                              (pr.is_varlen() ? a.q.seqlen : pr.batch * pr.seqlen_q);
   const std::size_t rows_kv = static_cast<std::size_t>(pr.heads_q) *
@@ -248,7 +240,7 @@ BwdLayout bwd_layout(const Problem& pr, const BackwardArgs& a) {
     l.states = at;
     at += align256(static_cast<std::size_t>(m->batch * m->heads * m->num_q_blocks * m->num_k_blocks));
   }
-  if (!a.deterministic) {
+  if (needs_dq_scratch(pr, a, path)) {
     l.dq = at;
     at += align256(rows_q * d * sizeof(float));
   }
@@ -325,7 +317,8 @@ std::size_t cuda_forward_workspace_bytes(const Problem& p, const ForwardArgs& a,
 std::size_t cuda_backward_workspace_bytes(const Problem& p, const BackwardArgs& a, const Context& ctx) {
   if (ctx.algorithm == Algorithm::standard) return cuda_standard_backward_workspace_bytes(p, a, ctx);
   if (empty(p)) return 0;
-  return bwd_layout(p, a).total;
+  require_sm80();
+  return bwd_layout(p, a, backward_path(p, a, ctx)).total;
 }
 
 void cuda_forward(const Problem& pr, const ForwardArgs& a, const Context& ctx) {
@@ -336,18 +329,19 @@ void cuda_forward(const Problem& pr, const ForwardArgs& a, const Context& ctx) {
   p.out = a.o.data;
   p.lse = a.lse;
   const auto stream = static_cast<cudaStream_t>(ctx.stream);
-  if (forward_path(pr, a) == ForwardPath::sm90) {
-    dispatch_sm90("forward", pr.dtype, pr.head_dim, [&]<class T, int kD>() { sm90::launch_forward<T, kD>(p, stream); });
+  if (forward_path(pr, a, ctx) == KernelFamily::sm90) {
+    dispatch<cuda::kSm90FwdTiles>(pr.dtype, pr.head_dim,
+                                  [&]<class T, int kD>() { sm90::launch_forward<T, kD>(p, stream); });
     return;
   }
-  dispatch(pr.dtype, pr.head_dim, [&]<class T, int kD>() { sm80::launch_forward<T, kD>(p, stream); });
+  dispatch<cuda::kSm80Tiles>(pr.dtype, pr.head_dim, [&]<class T, int kD>() { sm80::launch_forward<T, kD>(p, stream); });
 }
 
 void cuda_backward(const Problem& pr, const BackwardArgs& a, const Context& ctx) {
   if (ctx.algorithm == Algorithm::standard) return cuda_standard_backward(pr, a, ctx);
   if (empty(pr)) return;
   require_sm80();
-  const BackwardPath path = backward_path(pr, a);  // before any work: a refusal leaves nothing behind
+  const KernelFamily path = backward_path(pr, a, ctx);  // before any work: a refusal leaves nothing behind
   Params p = make_params(pr, a.q, a.k, a.v, a.o);
   const bool vl = pr.is_varlen();
   p.dout = a.dout.data;
@@ -362,7 +356,7 @@ void cuda_backward(const Problem& pr, const BackwardArgs& a, const Context& ctx)
   p.dq_atomic = !a.deterministic;
 
   const auto stream = static_cast<cudaStream_t>(ctx.stream);
-  const BwdLayout l = bwd_layout(pr, a);
+  const BwdLayout l = bwd_layout(pr, a, path);
   Scratch scratch(ctx, l.total, stream);
   char* ws = scratch.bytes();
   p.dsum = reinterpret_cast<float*>(ws + l.dsum);
@@ -377,9 +371,7 @@ void cuda_backward(const Problem& pr, const BackwardArgs& a, const Context& ctx)
     }
     p.bm_states = states;
   }
-  // The sm90 dQ pass writes dq directly: no fp32 scratch to clear.
-  const bool dq_pass = path == BackwardPath::sm90 && cuda::sm90_bwd_tile(static_cast<int>(pr.head_dim)).dq_pass;
-  if (p.dq_atomic && !dq_pass) {
+  if (needs_dq_scratch(pr, a, path)) {
     p.dq_accum = reinterpret_cast<float*>(ws + l.dq);
     const std::size_t dq_end = pr.group() > 1 ? l.dk : l.total;
     check(cudaMemsetAsync(p.dq_accum, 0, dq_end - l.dq, stream), "cudaMemsetAsync(dq_accum)");
@@ -388,12 +380,13 @@ void cuda_backward(const Problem& pr, const BackwardArgs& a, const Context& ctx)
     p.dk_accum = reinterpret_cast<float*>(ws + l.dk);
     p.dv_accum = reinterpret_cast<float*>(ws + l.dv);
   }
-  if (path == BackwardPath::sm90) {
-    dispatch_sm90("backward", pr.dtype, pr.head_dim,
-                  [&]<class T, int kD>() { sm90::launch_backward<T, kD>(p, stream); });
+  if (path == KernelFamily::sm90) {
+    dispatch<cuda::kSm90BwdTiles>(pr.dtype, pr.head_dim,
+                                  [&]<class T, int kD>() { sm90::launch_backward<T, kD>(p, stream); });
     return;
   }
-  dispatch(pr.dtype, pr.head_dim, [&]<class T, int kD>() { sm80::launch_backward<T, kD>(p, stream); });
+  dispatch<cuda::kSm80Tiles>(pr.dtype, pr.head_dim,
+                             [&]<class T, int kD>() { sm80::launch_backward<T, kD>(p, stream); });
 }
 
 }  // namespace flashattn::detail

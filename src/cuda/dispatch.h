@@ -1,7 +1,9 @@
-// THE dispatch table of the CUDA flash kernels: (arch, dtype, head_dim) ->
-// tile configuration. Only the rows below are instantiated (see
-// sm80/forward_*.cu and sm80/backward_*.cu); supports() in
-// src/common/validate.cpp lists the same head dims.
+// THE dispatch tables of the CUDA flash kernels: (kernel family,
+// direction, head_dim) -> tile configuration, for fp16 and bf16 alike.
+// Only the rows below are instantiated (sm80/*_*.cu, sm90/*_*.cu); the
+// head-dim switches (with_head_dim), supports() (src/common/validate.cpp)
+// and the head-dim lists of error messages (head_dims_text) all derive
+// from them. Plain C++ (no CUDA header): the CPU-only build reads it too.
 //
 // Arch: every GPU of compute capability >= 8.0 (A100, H100, ...) runs the
 // portable sm_80 path (mma.sync + ldmatrix + cp.async). Dtype: fp16 and bf16
@@ -31,7 +33,11 @@
 //    (the dK + dV accumulators already fill the registers).
 #pragma once
 
+#include <cstddef>
+#include <iterator>
+#include <string>
 #include <type_traits>
+#include <utility>
 
 namespace flashattn::detail::cuda {
 
@@ -129,19 +135,43 @@ constexpr Sm90BwdTile sm90_bwd_tile(int head_dim) {
 inline constexpr int kSparseBlockQMultiple = 128;
 inline constexpr int kSparseBlockKMultiple = 128;
 
-// Calls f(std::integral_constant<int, D>{}) for the table row of head_dim;
-// false when the table has no such row.
-template <class F>
+// Calls f(std::integral_constant<int, D>{}) for the row of kTable (any of
+// the tables above) whose head_dim is D = head_dim; false when it has none.
+template <const auto& kTable, class F>
 bool with_head_dim(int head_dim, F&& f) {
-  switch (head_dim) {
-    case 32: f(std::integral_constant<int, 32>{}); return true;
-    case 64: f(std::integral_constant<int, 64>{}); return true;
-    case 96: f(std::integral_constant<int, 96>{}); return true;
-    case 128: f(std::integral_constant<int, 128>{}); return true;
-    case 192: f(std::integral_constant<int, 192>{}); return true;
-    case 256: f(std::integral_constant<int, 256>{}); return true;
-  }
+  return [&]<std::size_t... I>(std::index_sequence<I...>) {
+    return ((head_dim == kTable[I].head_dim ? (f(std::integral_constant<int, kTable[I].head_dim>{}), true) : false) ||
+            ...);
+  }(std::make_index_sequence<std::size(kTable)>{});
+}
+
+template <const auto& kTable>
+constexpr bool has_head_dim(long long head_dim) {
+  for (const auto& row : kTable)
+    if (row.head_dim == head_dim) return true;
   return false;
 }
+
+// "32, 64, 96, 128, 192 or 256": kTable's head dims, for error messages.
+template <const auto& kTable>
+std::string head_dims_text() {
+  std::string s;
+  const std::size_t n = std::size(kTable);
+  for (std::size_t i = 0; i < n; ++i) {
+    if (i > 0) s += i + 1 == n ? " or " : ", ";
+    s += std::to_string(kTable[i].head_dim);
+  }
+  return s;
+}
+
+// The two directions of the Hopper family have the same head dims (the
+// choice of family for a problem asks both).
+constexpr bool sm90_directions_agree() {
+  if (std::size(kSm90FwdTiles) != std::size(kSm90BwdTiles)) return false;
+  for (std::size_t i = 0; i < std::size(kSm90FwdTiles); ++i)
+    if (kSm90FwdTiles[i].head_dim != kSm90BwdTiles[i].head_dim) return false;
+  return true;
+}
+static_assert(sm90_directions_agree(), "kSm90FwdTiles and kSm90BwdTiles list the same head dims");
 
 }  // namespace flashattn::detail::cuda

@@ -33,6 +33,7 @@ namespace fa_gpu {
 
 using namespace fa_test;  // seeds, HostBuffer, errors, Dense/gather, varlen and block-mask builders
 using flashattn::BackwardArgs;
+using flashattn::CudaKernels;
 using flashattn::ForwardArgs;
 
 // --------------------------------------------------------------- device ---
@@ -416,11 +417,13 @@ class Runner {
   }
 
   // Forward (+ backward) on the GPU with poisoned outputs, results fetched.
-  Outputs run(Algorithm algo, cudaStream_t stream = nullptr, bool deterministic = false, bool own_workspace = false) {
+  Outputs run(Algorithm algo, cudaStream_t stream = nullptr, bool deterministic = false, bool own_workspace = false,
+              CudaKernels kernels = CudaKernels::automatic) {
     Context ctx;
     ctx.device = Device::cuda;
     ctx.algorithm = algo;
     ctx.stream = stream;
+    ctx.cuda_kernels = kernels;
     const ForwardArgs f = forward_args();
     DeviceBuffer ws;
     o_.poison_device();

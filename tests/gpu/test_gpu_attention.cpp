@@ -624,19 +624,12 @@ struct Refused {
   const char* arg;
 };
 
-// 100 x 90 cases with one feature neither sm90 kernel has: varlen, a
-// block mask.
+// 100 x 90 cases with one feature neither sm90 kernel has: a block mask.
 std::vector<Refused> sm90_unsupported_features() {
   Case base;
   base.sq = 100;
   base.sk = 90;
   std::vector<Refused> v;
-  {
-    Case c = base;
-    c.lens_q = {10, 20};
-    c.lens_k = {30, 5};
-    v.push_back({c, "varlen"});
-  }
   {
     Case c = base;
     c.block_q = 128;
@@ -774,6 +767,42 @@ TEST_F(Sm90Gpu, UnsupportedIsAnError) {
   for (const auto& [c, arg] : sm90_unsupported_features()) expect_refused(c, arg);
 }
 
+// The family comes from Context::cuda_kernels when the environment
+// variable is unset: sm90 asked for on a block-sparse case is an Error
+// naming block_mask, sm80 runs it; an out-of-range value is an Error naming
+// the field.
+TEST_F(GpuTest, ContextChoosesTheKernelFamily) {
+  int dev = 0, major = 0, minor = 0;
+  cuda_ok(cudaGetDevice(&dev), "cudaGetDevice");
+  cuda_ok(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev), "cudaDeviceGetAttribute");
+  cuda_ok(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev), "cudaDeviceGetAttribute");
+  if (major != 9 || minor != 0) GTEST_SKIP() << "needs compute capability 9.0, this GPU is " << major << "." << minor;
+  if (std::getenv("FLASHATTN_CUDA_KERNELS") != nullptr) GTEST_SKIP() << "FLASHATTN_CUDA_KERNELS is set";
+  Case c;
+  c.sq = 256;
+  c.sk = 256;
+  c.block_q = 128;
+  c.block_k = 128;
+  c.backward = false;
+  FA_SEEDED(seed);
+  Runner r(c);
+  r.randomize(seed);
+  try {
+    r.run(Algorithm::flash, nullptr, false, false, CudaKernels::sm90);
+    ADD_FAILURE() << "ctx.cuda_kernels = sm90 accepted a block mask";
+  } catch (const flashattn::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("block_mask"), std::string::npos) << e.what();
+  }
+  EXPECT_NO_THROW(r.run(Algorithm::flash, nullptr, false, false, CudaKernels::sm80));
+  try {
+    r.run(Algorithm::flash, nullptr, false, false, static_cast<CudaKernels>(7));
+    ADD_FAILURE() << "an out-of-range ctx.cuda_kernels was accepted";
+  } catch (const flashattn::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("ctx.cuda_kernels"), std::string::npos) << e.what();
+  }
+  cuda_ok(cudaDeviceSynchronize(), "after the refusals");
+}
+
 // Dropout on the sm90 kernels: the forward's keep mask equals
 // dropout_mask() bit for bit (one-hot V, see check_dropout_mask), and
 // forward and backward pass the accuracy rule against the float64
@@ -806,6 +835,59 @@ TEST_F(Sm90Gpu, DropoutForwardBackwardVsReference) {
       check_case(c);
     }
 }
+
+// ------------------------------------------------------- sm90 varlen ---
+// Packed variable-length batches on the Hopper kernels, forward and
+// backward (forced): empty and length-one sequences, sequences of several
+// tiles, query and key lengths that differ per sequence (causal and
+// windows are bottom-right aligned per sequence), GQA 7:1 and 2:1,
+// dropout. Outputs are poisoned and the rows past the last sequence must
+// stay untouched (the harness): a query tile that ends inside the packed
+// tensor must not write the next sequence's rows.
+class Sm90VarlenShapes : public Sm90Gpu, public ::testing::WithParamInterface<DTypeHeadDim> {};
+
+TEST_P(Sm90VarlenShapes, LengthsMasksGqaDropout) {
+  const DTypeHeadDim sp = GetParam();
+  Case c;
+  c.dtype = sp.dtype;
+  c.d = sp.d;
+  c.lens_q = {0, 1, 130, 17, 1, 0, 255, 400};
+  c.lens_k = {3, 1, 129, 0, 64, 0, 300, 390};
+  c.hq = 7;
+  c.hk = 1;
+  c.backward = sm90_backward_has(sp.d);
+  check_case(c);
+  c.causal = true;
+  check_case(c);
+  c.causal = false;
+  c.window_left = 20;
+  c.window_right = 5;
+  check_case(c);
+  c.window_left = c.window_right = -1;
+  c.hq = 4;
+  c.hk = 2;
+  c.causal = true;
+  c.dropout_p = 0.1f;
+  check_case(c);
+}
+
+INSTANTIATE_TEST_SUITE_P(DTypesHeadDims, Sm90VarlenShapes, ::testing::ValuesIn(dtype_head_dims(kSm90HeadDims)),
+                         dtype_head_dim_name);
+
+// Without host copies of cu_seqlens: the kernels read the offsets on the
+// device only.
+TEST_F(Sm90Gpu, VarlenDeviceOnlyOffsets) {
+  Case c;
+  c.d = 128;
+  c.lens_q = {5, 200, 0, 77};
+  c.lens_k = {9, 190, 11, 77};
+  c.varlen_host_copies = false;
+  c.causal = true;
+  check_case(c);
+}
+
+// The keep mask of a varlen call equals dropout_mask() bit for bit.
+TEST_F(Sm90Gpu, VarlenDropoutMaskMatchesCpuHelperBitForBit) { check_dropout_mask(Algorithm::flash, true); }
 
 // ------------------------------------------------------ sm90 backward ---
 
@@ -913,6 +995,24 @@ TEST_F(Sm90BackwardGpu, DqPassIsDeterministic) {
         EXPECT_EQ(max_abs_error(a.dv, b.dv), 0.0);
       }
     }
+  // Varlen, deterministic: bit-identical over repeats too.
+  Case v;
+  v.d = 256;
+  v.lens_q = {0, 1, 130, 300};
+  v.lens_k = {3, 1, 129, 250};
+  v.hq = 4;
+  v.hk = 2;
+  v.causal = true;
+  v.deterministic = true;
+  check_case(v);
+  FA_SEEDED(seed);
+  Runner r(v);
+  r.randomize(seed);
+  const Outputs a = r.run(Algorithm::flash, nullptr, true);
+  const Outputs b = r.run(Algorithm::flash, nullptr, true);
+  EXPECT_EQ(max_abs_error(a.dq, b.dq), 0.0);
+  EXPECT_EQ(max_abs_error(a.dk, b.dk), 0.0);
+  EXPECT_EQ(max_abs_error(a.dv, b.dv), 0.0);
 }
 
 // Forced sm90 on a backward it does not implement is an Error naming the

@@ -81,6 +81,7 @@
 #include "../ptx/sm90.cuh"
 #include "../backward_aux.cuh"  // dot_do_o, finish_dq, reduce_dkdv: the pre/post kernels of every backward
 #include "backward_dq.cuh"        // the dQ pass (dq_pass rows of kSm90BwdTiles)
+#include "maps.h"
 #include "pipeline.h"
 #include "roles.h"
 
@@ -336,10 +337,9 @@ __device__ __forceinline__ void store_dk_dv(const float (&dk)[kN], const float (
             make_float2(dv[4 * tt + 2 * half], dv[4 * tt + 2 * half + 1]);
       }
     } else {
-      T* gdK = static_cast<T*>(p.dk) + b * p.dk_sb + static_cast<std::int64_t>(j) * p.dk_ss + h * p.dk_sh +
-               col_first;
-      T* gdV = static_cast<T*>(p.dv) + b * p.dv_sb + static_cast<std::int64_t>(j) * p.dv_ss + h * p.dv_sh +
-               col_first;
+      const std::int64_t row = seq.k_start + j;
+      T* gdK = static_cast<T*>(p.dk) + b * p.dk_sb + row * p.dk_ss + h * p.dk_sh + col_first;
+      T* gdV = static_cast<T*>(p.dv) + b * p.dv_sb + row * p.dv_ss + h * p.dv_sh + col_first;
 #pragma unroll
       for (int tt = 0; tt < kN / 4; ++tt) {
         *reinterpret_cast<std::uint32_t*>(gdK + 8 * tt) =
@@ -510,7 +510,11 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int b = blockIdx.z, h = blockIdx.y, n0 = blockIdx.x * kBlockN;
   const int hk = h / p.group;
   const std::uint32_t bh = dropout_bh(p, b, h);
-  const SeqInfo seq = resolve_seq(p, b);  // dense only on this path: the lengths
+  const SeqInfo seq = resolve_seq(p, b);
+  // A varlen key tile past its sequence's end has no keys: nothing to do
+  // (the grid covers the longest sequence). The whole CTA leaves together.
+  if (n0 >= seq.sk) return;
+  const SeqCoords at = seq_coords(p, seq, b);
   int mt_begin, mt_end;
   query_tiles<kBlockN>(p, seq, n0, &mt_begin, &mt_end);
   const int n_steps = mt_end - mt_begin;
@@ -533,8 +537,10 @@ __global__ void __launch_bounds__(kThreads, 1)
         x::mbar_arrive_expect_tx(pipes.kv_full(), 2 * L::kKV);
 #pragma unroll
         for (int c = 0; c < L::kChunks; ++c) {
-          x::tma_load_4d(base + L::kK + c * kBlockN * 128, &tma_k, pipes.kv_full(), c * 64, n0, hk, b);
-          x::tma_load_4d(base + L::kV + c * kBlockN * 128, &tma_v, pipes.kv_full(), c * 64, n0, hk, b);
+          x::tma_load_4d(base + L::kK + c * kBlockN * 128, &tma_k, pipes.kv_full(), c * 64, at.k_row0 + n0, hk,
+                         at.batch);
+          x::tma_load_4d(base + L::kV + c * kBlockN * 128, &tma_v, pipes.kv_full(), c * 64, at.k_row0 + n0, hk,
+                         at.batch);
         }
       }
       for (PipelineState<kStages> st_state; st_state.count < n_steps; ++st_state) {
@@ -549,13 +555,13 @@ __global__ void __launch_bounds__(kThreads, 1)
           x::mbar_expect_tx(pipes.q.full(st_state), L::kQT);
 #pragma unroll
           for (int c = 0; c < L::kChunks; ++c)
-            x::tma_load_4d(base + L::kQ + s * L::kQT + c * kBlockM * 128, &tma_q, pipes.q.full(st_state), c * 64, m0,
-                           h, b);
+            x::tma_load_4d(base + L::kQ + s * L::kQT + c * kBlockM * 128, &tma_q, pipes.q.full(st_state), c * 64,
+                           at.q_row0 + m0, h, at.batch);
           x::mbar_expect_tx(pipes.dO.full(st_state), L::kQT);
 #pragma unroll
           for (int c = 0; c < L::kChunks; ++c)
             x::tma_load_4d(base + L::kDO + s * L::kQT + c * kBlockM * 128, &tma_do, pipes.dO.full(st_state), c * 64,
-                           m0, h, b);
+                           at.q_row0 + m0, h, at.batch);
         }
         // Rows past seqlen_q: LSE = +inf (P = 0) and D = 0. An empty row
         // (LSE = -inf, no visible key) must give P = 0 too, not exp(+inf).
@@ -864,34 +870,30 @@ void launch_backward(const Params& p, cudaStream_t stream) {
   constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
 
   launch_dot_do_o<T, kD>(p, stream);
-  if (p.seqlen_k > 0) {
-    // With no queries the Q/dO maps are never read (no query tile sees a
-    // key), but an empty tensor may come with a null pointer, which the
-    // encoder need not accept: map K's (non-null, 16-byte aligned) address.
-    const void* q_data = p.seqlen_q > 0 ? p.q : p.k;
-    const void* do_data = p.seqlen_q > 0 ? p.dout : p.k;
-    const CUtensorMap tq = x::make_tensor_map_bshd(q_data, kBf16, kD, p.seqlen_q, p.heads_q, p.batch, p.q_ss, p.q_sh,
-                                                   p.q_sb, c.block_m, "q");
-    const CUtensorMap tdo = x::make_tensor_map_bshd(do_data, kBf16, kD, p.seqlen_q, p.heads_q, p.batch, p.do_ss,
-                                                    p.do_sh, p.do_sb, c.block_m, "dout");
-    const CUtensorMap tk = x::make_tensor_map_bshd(p.k, kBf16, kD, p.seqlen_k, p.heads_k, p.batch, p.k_ss, p.k_sh,
-                                                   p.k_sb, c.block_n, "k");
-    const CUtensorMap tv = x::make_tensor_map_bshd(p.v, kBf16, kD, p.seqlen_k, p.heads_k, p.batch, p.v_ss, p.v_sh,
-                                                   p.v_sb, c.block_n, "v");
-    auto kernel = p.has_dropout ? backward_kernel<T, kD, true> : backward_kernel<T, kD, false>;
-    set_max_dynamic_smem(kernel, L::kAlloc, "cudaFuncSetAttribute(sm90 backward)");
-    const dim3 grid((p.seqlen_k + c.block_n - 1) / c.block_n, p.heads_q, p.batch);
-    kernel<<<grid, kThreads, L::kAlloc, stream>>>(p, tq, tk, tv, tdo);
-    check(cudaGetLastError(), "sm90 backward kernel launch");
-    if constexpr (c.dq_pass) launch_dq_pass<T, kD>(p, tq, tk, tv, tdo, stream);  // writes dq itself
-  } else if constexpr (c.dq_pass) {
-    // No keys: the pass writes dq = 0 (an output, not an accumulation). A
-    // tile without key tiles copies nothing, so Q's map stands in for all.
-    if (p.seqlen_q > 0) {
-      const CUtensorMap tq = x::make_tensor_map_bshd(p.q, kBf16, kD, p.seqlen_q, p.heads_q, p.batch, p.q_ss,
-                                                     p.q_sh, p.q_sb, c.block_m, "q");
-      launch_dq_pass<T, kD>(p, tq, tq, tq, tq, stream);
+  // With no queries the Q/dO maps are never read (no query tile sees a
+  // key), with no keys the K/V maps, but an empty tensor may come with a
+  // null pointer, which the encoder need not accept: a non-null, 16-byte
+  // aligned address of the other side stands in.
+  const void* any = p.seqlen_q > 0 ? p.q : p.k;
+  if (p.seqlen_k > 0 || (c.dq_pass && p.seqlen_q > 0)) {
+    const CUtensorMap tq =
+        make_operand_map<kD>(p, Side::q, p.q, any, kBf16, p.heads_q, p.q_ss, p.q_sh, p.q_sb, c.block_m, "q");
+    const CUtensorMap tdo = make_operand_map<kD>(p, Side::q, p.dout, any, kBf16, p.heads_q, p.do_ss, p.do_sh,
+                                                 p.do_sb, c.block_m, "dout");
+    const CUtensorMap tk =
+        make_operand_map<kD>(p, Side::k, p.k, any, kBf16, p.heads_k, p.k_ss, p.k_sh, p.k_sb, c.block_n, "k");
+    const CUtensorMap tv =
+        make_operand_map<kD>(p, Side::k, p.v, any, kBf16, p.heads_k, p.v_ss, p.v_sh, p.v_sb, c.block_n, "v");
+    if (p.seqlen_k > 0) {
+      auto kernel = p.has_dropout ? backward_kernel<T, kD, true> : backward_kernel<T, kD, false>;
+      set_max_dynamic_smem(kernel, L::kAlloc, "cudaFuncSetAttribute(sm90 backward)");
+      const dim3 grid((p.seqlen_k + c.block_n - 1) / c.block_n, p.heads_q, p.batch);
+      kernel<<<grid, kThreads, L::kAlloc, stream>>>(p, tq, tk, tv, tdo);
+      check(cudaGetLastError(), "sm90 backward kernel launch");
     }
+    // The dQ pass writes dq itself, zeros where a query sees no key (an
+    // output, not an accumulation): it runs without keys too.
+    if constexpr (c.dq_pass) launch_dq_pass<T, kD>(p, tq, tk, tv, tdo, stream);
   }
   if constexpr (!c.dq_pass) launch_finish_dq<T, kD>(p, stream);
   launch_reduce_dkdv<T, kD>(p, stream);

@@ -53,7 +53,8 @@
 #include "../ptx/sm90.cuh"
 #include "../key_tiles.cuh"
 #include "pipeline.h"
-#include "roles.h"  // the warpgroups and their registers (dQ 64, S and dP 16 each at the peak)
+#include "roles.h"
+#include "scheduler.h"  // the warpgroups and their registers (dQ 64, S and dP 16 each at the peak)
 
 namespace flashattn::detail::sm90 {
 
@@ -117,7 +118,11 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int tid = threadIdx.x;
   const int b = blockIdx.z, h = blockIdx.y, m0 = blockIdx.x * kBlockM;
   const int hk = h / p.group;
-  const SeqInfo seq = resolve_seq(p, b);  // dense only on this path
+  const SeqInfo seq = resolve_seq(p, b);
+  // A varlen query tile past its sequence's end has no rows (the grid
+  // covers the longest sequence). The whole CTA leaves together.
+  if (m0 >= seq.sq) return;
+  const SeqCoords at = seq_coords(p, seq, b);
   const KeyTiles<kBlockM, kBlockN> tiles(p, b, h, m0, seq);
   const int n_steps = tiles.count();
 
@@ -148,8 +153,8 @@ __global__ void __launch_bounds__(kThreads, 1)
         x::mbar_expect_tx(q_full, 2 * L::kQT);
 #pragma unroll
         for (int c = 0; c < L::kChunks; ++c) {
-          x::tma_load_4d(base + L::kQ + c * kBlockM * 128, &tma_q, q_full, c * 64, m0, h, b);
-          x::tma_load_4d(base + L::kDO + c * kBlockM * 128, &tma_do, q_full, c * 64, m0, h, b);
+          x::tma_load_4d(base + L::kQ + c * kBlockM * 128, &tma_q, q_full, c * 64, at.q_row0 + m0, h, at.batch);
+          x::tma_load_4d(base + L::kDO + c * kBlockM * 128, &tma_do, q_full, c * 64, at.q_row0 + m0, h, at.batch);
         }
       }
       // Rows past seqlen_q: LSE = +inf (P = 0) and D = 0; an empty row
@@ -177,12 +182,14 @@ __global__ void __launch_bounds__(kThreads, 1)
           x::mbar_arrive_expect_tx(v_ring.full(kv), L::kKV);
 #pragma unroll
           for (int c = 0; c < L::kChunks; ++c)
-            x::tma_load_4d(base + L::kV + s * L::kKV + c * kBlockN * 128, &tma_v, v_ring.full(kv), c * 64, n0, hk, b);
+            x::tma_load_4d(base + L::kV + s * L::kKV + c * kBlockN * 128, &tma_v, v_ring.full(kv), c * 64,
+                           at.k_row0 + n0, hk, at.batch);
           k_ring.acquire(kv);
           x::mbar_arrive_expect_tx(k_ring.full(kv), L::kKV);
 #pragma unroll
           for (int c = 0; c < L::kChunks; ++c)
-            x::tma_load_4d(base + L::kK + s * L::kKV + c * kBlockN * 128, &tma_k, k_ring.full(kv), c * 64, n0, hk, b);
+            x::tma_load_4d(base + L::kK + s * L::kKV + c * kBlockN * 128, &tma_k, k_ring.full(kv), c * 64,
+                           at.k_row0 + n0, hk, at.batch);
         }
       }
     }

@@ -47,6 +47,7 @@
 #include "../ptx/sm90.cuh"
 #include "../key_tiles.cuh"
 #include "../tile_ops.cuh"
+#include "maps.h"
 #include "pipeline.h"
 #include "roles.h"
 #include "scheduler.h"
@@ -131,9 +132,11 @@ __device__ __forceinline__ void fwd_producer(const Params& p, const Scheduler& s
   x::tma_prefetch_map(maps.o);
   PipelineState<1> q_state;
   PipelineState<2> kv_state;
-  for (int tile = sched.first(); tile < sched.count(); tile = sched.next(tile), ++q_state) {
+  for (int tile = sched.first(); tile < sched.count(); tile = sched.next(tile)) {
     const QueryTile qt = sched.tile(tile);
-    const SeqInfo seq = resolve_seq(p, qt.b);  // dense only on this path: the lengths, starts 0
+    const SeqInfo seq = resolve_seq(p, qt.b);
+    if (qt.m0 >= seq.sq) continue;  // a varlen tile past its sequence's end: no rows (the consumers skip it too)
+    const SeqCoords at = seq_coords(p, seq, qt.b);
     const KeyTiles<kBlockM, kBlockN> tiles(p, qt.b, qt.h, qt.m0, seq);
     const int n_steps = tiles.count();
     const int hk = qt.h / p.group;
@@ -150,7 +153,7 @@ __device__ __forceinline__ void fwd_producer(const Params& p, const Scheduler& s
 #pragma unroll
       for (int c = 0; c < L::kChunks; ++c)
         x::tma_load_4d(base + L::kQ + half * L::kQHalf + c * 64 * 128, maps.q, pipes.q.full(q_state), c * 64,
-                       qt.m0 + 64 * half, qt.h, qt.b);
+                       at.q_row0 + qt.m0 + 64 * half, qt.h, at.batch);
     for (int step = 0; step < n_steps; ++step, ++kv_state) {
       const int s = kv_state.stage();
       const int n0 = tiles.at(step).n0;
@@ -158,15 +161,16 @@ __device__ __forceinline__ void fwd_producer(const Params& p, const Scheduler& s
       x::mbar_arrive_expect_tx(pipes.k.full(kv_state), L::kKV);
 #pragma unroll
       for (int c = 0; c < L::kChunks; ++c)
-        x::tma_load_4d(base + L::kK + s * L::kKV + c * kBlockN * 128, maps.k, pipes.k.full(kv_state), c * 64, n0, hk,
-                       qt.b);
+        x::tma_load_4d(base + L::kK + s * L::kKV + c * kBlockN * 128, maps.k, pipes.k.full(kv_state), c * 64,
+                       at.k_row0 + n0, hk, at.batch);
       pipes.v.acquire(kv_state);
       x::mbar_arrive_expect_tx(pipes.v.full(kv_state), L::kKV);
 #pragma unroll
       for (int c = 0; c < L::kChunks; ++c)
-        x::tma_load_4d(base + L::kV + s * L::kKV + c * kBlockN * 128, maps.v, pipes.v.full(kv_state), c * 64, n0, hk,
-                       qt.b);
+        x::tma_load_4d(base + L::kV + s * L::kKV + c * kBlockN * 128, maps.v, pipes.v.full(kv_state), c * 64,
+                       at.k_row0 + n0, hk, at.batch);
     }
+    ++q_state;
   }
 }
 
@@ -290,6 +294,20 @@ struct FwdEpilogue {
     else x::named_barrier_sync<2>(kWarpgroup);
   }
 
+  // The rows m_first.. below seq.sq of the staging (as the O map's boxes)
+  // to out, 16 bytes a thread at a time.
+  __device__ __forceinline__ void copy_rows_out(const Params& p, const SeqInfo& seq, const QueryTile& qt, int m_first,
+                                                const unsigned char* stage) const {
+    constexpr int kRowChunks = kD / 8;  // 16-byte chunks a row
+    const int rows = seq.sq - m_first;
+    T* out = static_cast<T*>(p.out) + (seq.q_start + m_first) * p.o_ss + qt.h * p.o_sh;
+    for (int idx = t; idx < rows * kRowChunks; idx += kWarpgroup) {
+      const int r = idx / kRowChunks, k = idx % kRowChunks;
+      const uint4 v = *reinterpret_cast<const uint4*>(stage + (k / 8) * (64 * 128) + r * 128 + ((k % 8) ^ (r % 8)) * 16);
+      *reinterpret_cast<uint4*>(out + r * p.o_ss + k * 8) = v;
+    }
+  }
+
   // rnd: the CTA's query tiles before this one.
   __device__ __forceinline__ void store(const float (&o)[kD / 2], const tile::OnlineSoftmax& sm, const Params& p,
                                         const SeqInfo& seq, const QueryTile& qt, int rnd, const FwdPipes<L>& pipes,
@@ -320,10 +338,18 @@ struct FwdEpilogue {
     }
     x::fence_proxy_async_smem();  // ordinary stores, read next by the copy engine
     sync();
-    if (t == 0) {
+    // A box whose rows run past a varlen sequence's end would write the
+    // next sequence's rows (the map ends only at the last sequence's end):
+    // such a half-tile is copied row by row instead, the valid rows only.
+    const int m_first = qt.m0 + cw * 64;
+    if (p.is_varlen() && m_first + 64 > seq.sq) {
+      copy_rows_out(p, seq, qt, m_first, stage);
+    } else if (t == 0) {
+      const SeqCoords at = seq_coords(p, seq, qt.b);
 #pragma unroll
       for (int c = 0; c < L::kChunks; ++c)
-        x::tma_store_4d(maps_o, base + L::kO + cw * L::kQHalf + c * 64 * 128, c * 64, qt.m0 + cw * 64, qt.h, qt.b);
+        x::tma_store_4d(maps_o, base + L::kO + cw * L::kQHalf + c * 64 * 128, c * 64, at.q_row0 + m_first, qt.h,
+                        at.batch);
       x::bulk_commit();
     }
     // Without kPersistent, Q's buffer was the staging: released once the
@@ -388,13 +414,16 @@ __device__ __forceinline__ void fwd_consumer(const Params& p, const Scheduler& s
   // One query tile. A lambda so that a kernel without kPersistent runs it
   // once, without the loop: the loop's state as constants (d = 256 spilled
   // 52 bytes inside the loop).
+  // Returns false for a varlen tile past its sequence's end (no rows: the
+  // producer skips it too).
   auto consume_tile = [&](const int tile_idx) {
     const QueryTile qt = sched.tile(tile_idx);
+    const SeqInfo seq = resolve_seq(p, qt.b);
+    if (qt.m0 >= seq.sq) return false;
     const PipelineState<2> kv0 = kv_state;
     const PipelineState<1> qs = q_state;
     const int rnd = round;
     const std::uint32_t bh = dropout_bh(p, qt.b, qt.h);
-    const SeqInfo seq = resolve_seq(p, qt.b);
     const KeyTiles<kBlockM, kBlockN> tiles(p, qt.b, qt.h, qt.m0, seq);
     const int n_steps = tiles.count();
     const int row0 = qt.m0 + row_in_tile;
@@ -485,10 +514,15 @@ __device__ __forceinline__ void fwd_consumer(const Params& p, const Scheduler& s
     }
     kv_state = kv0 + n_steps;
     epilogue.store(o, sm, p, seq, qt, rnd, pipes, qs);
+    return true;
   };
   if constexpr (kPersistent) {
-    for (int tile_idx = sched.first(); tile_idx < sched.count(); tile_idx = sched.next(tile_idx), ++round, ++q_state)
-      consume_tile(tile_idx);
+    for (int tile_idx = sched.first(); tile_idx < sched.count(); tile_idx = sched.next(tile_idx)) {
+      if (consume_tile(tile_idx)) {
+        ++round;
+        ++q_state;
+      }
+    }
   } else if (sched.first() < sched.count()) {
     consume_tile(sched.first());
   }
@@ -538,26 +572,25 @@ void launch_forward(const Params& p, cudaStream_t stream) {
   static_assert(c.block_m == SmemLayout<kD, c.block_n, c.persistent>::kBlockM, "the layout's query tile is the table's");
   using L = SmemLayout<kD, c.block_n, c.persistent>;
   constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
-  // One CTA a query tile, or (persistent, problems without a mask: every
-  // tile the same length, so a static round-robin is balanced) one an SM.
+  // One CTA a query tile, or (persistent, problems without a mask and
+  // of fixed length: every tile the same length, so a static round-robin
+  // is balanced) one an SM.
   const std::int64_t tiles = static_cast<std::int64_t>((p.seqlen_q + c.block_m - 1) / c.block_m) * p.heads_q * p.batch;
   if (tiles > 0x7fffffff) throw Error("q: expected fewer than 2^31 query tiles of 128 rows (batch x heads x tiles)");
   std::int64_t ctas = tiles;
-  if (c.persistent && p.window.unbounded()) ctas = std::min<std::int64_t>(tiles, device_sm_count());
+  if (c.persistent && p.window.unbounded() && !p.is_varlen()) ctas = std::min<std::int64_t>(tiles, device_sm_count());
   if (ctas == 0) return;  // no query rows: nothing to map (q, out may be null)
-  const CUtensorMap tq = x::make_tensor_map_bshd(p.q, kBf16, kD, p.seqlen_q, p.heads_q, p.batch, p.q_ss, p.q_sh,
-                                                 p.q_sb, 64, "q");
   // With no keys the K/V maps are never read (every query tile has zero key
   // steps), but an empty tensor may come with a null pointer, which the
-  // encoder need not accept: map Q's (non-null, 16-byte aligned) address.
-  const void* k_data = p.seqlen_k > 0 ? p.k : p.q;
-  const void* v_data = p.seqlen_k > 0 ? p.v : p.q;
-  const CUtensorMap tk = x::make_tensor_map_bshd(k_data, kBf16, kD, p.seqlen_k, p.heads_k, p.batch, p.k_ss, p.k_sh,
-                                                 p.k_sb, c.block_n, "k");
-  const CUtensorMap tv = x::make_tensor_map_bshd(v_data, kBf16, kD, p.seqlen_k, p.heads_k, p.batch, p.v_ss, p.v_sh,
-                                                 p.v_sb, c.block_n, "v");
-  const CUtensorMap to = x::make_tensor_map_bshd(p.out, kBf16, kD, p.seqlen_q, p.heads_q, p.batch, p.o_ss, p.o_sh,
-                                                 p.o_sb, 64, "out");
+  // encoder need not accept: Q's (non-null, 16-byte aligned) address
+  // stands in.
+  const CUtensorMap tq = make_operand_map<kD>(p, Side::q, p.q, p.q, kBf16, p.heads_q, p.q_ss, p.q_sh, p.q_sb, 64, "q");
+  const CUtensorMap tk =
+      make_operand_map<kD>(p, Side::k, p.k, p.q, kBf16, p.heads_k, p.k_ss, p.k_sh, p.k_sb, c.block_n, "k");
+  const CUtensorMap tv =
+      make_operand_map<kD>(p, Side::k, p.v, p.q, kBf16, p.heads_k, p.v_ss, p.v_sh, p.v_sb, c.block_n, "v");
+  const CUtensorMap to =
+      make_operand_map<kD>(p, Side::q, p.out, p.out, kBf16, p.heads_q, p.o_ss, p.o_sh, p.o_sb, 64, "out");
   auto kernel = p.has_dropout ? forward_kernel<T, kD, c.block_n, c.persistent, true>
                                : forward_kernel<T, kD, c.block_n, c.persistent, false>;
   set_max_dynamic_smem(kernel, L::kAlloc, "cudaFuncSetAttribute(sm90 forward)");

@@ -47,4 +47,18 @@ struct FwdTileScheduler {
   }
 };
 
+// Where sequence b's rows are in the TMA maps (make_operand_map): a dense
+// tensor is mapped as (d, seqlen, heads, batch), so row i of sequence b is
+// at (i, b); a packed varlen one as (d, total rows, heads, 1), so row i is
+// at (start + i, 0). Rows past a varlen sequence's end are the next
+// sequence's: the kernels mask them out of every visible score and never
+// store them.
+struct SeqCoords {
+  int q_row0, k_row0, batch;
+};
+__device__ __forceinline__ SeqCoords seq_coords(const Params& p, const cuda::SeqInfo& s, int b) {
+  if (p.is_varlen()) return {static_cast<int>(s.q_start), static_cast<int>(s.k_start), 0};
+  return {0, 0, b};
+}
+
 }  // namespace flashattn::detail::sm90
