@@ -32,6 +32,15 @@ void compare_classes(const std::vector<double>& got, const std::vector<double>& 
   }
 }
 
+// Without a CUDA device every GPU test skips, and ctest listed each one as
+// "Skipped" with no reason (it prints no test output for skips). So the
+// binary's main (below) then lists (gtest_discover_tests runs
+// --gtest_list_tests at ctest time) and runs this test alone, whose name
+// and skip message say why.
+TEST(GpuDevice, Present) {
+  if (!gpu_available()) GTEST_SKIP() << "no CUDA device: every GPU test is skipped";
+}
+
 class NumericsGpu : public GpuTest {};
 
 // Windows up to INT64_MAX are unbounded on their side (they overflowed in
@@ -237,3 +246,12 @@ TEST_F(NumericsGpu, LargeLogitsBackward) {
 
 }  // namespace
 }  // namespace fa_gpu
+
+// The GPU tests' main: gtest's, except that without a CUDA device and
+// without an explicit filter (--gtest_filter or GTEST_FILTER) only
+// GpuDevice.Present is listed and run (see there).
+int main(int argc, char** argv) {
+  ::testing::InitGoogleTest(&argc, argv);
+  if (!fa_gpu::gpu_available() && ::testing::GTEST_FLAG(filter) == "*") ::testing::GTEST_FLAG(filter) = "GpuDevice.*";
+  return RUN_ALL_TESTS();
+}
