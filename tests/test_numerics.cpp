@@ -317,12 +317,12 @@ TEST(NumericsNaN, ReferenceFollowsTheRule) {
   std::printf("reference NaN-rule cases run: %d\n", cases);
 }
 
-// The cases of the issue, spelled out: a NaN query row is NaN (not O = 0,
+// Single cases spelled out: a NaN query row is NaN (not O = 0,
 // LSE = -inf) and its backward is NaN only on the keys it sees; a NaN key
 // makes exactly the rows that see it NaN; a NaN / inf value outside a
 // sliding window, or in an unlisted 64-key block sharing a 128-key tile
 // with a listed one, reaches no row.
-TEST(NumericsNaN, IssueCases) {
+TEST(NumericsNaN, SpelledOutCases) {
   for (DType dt : {DType::f32, DType::f16, DType::bf16}) {
     SCOPED_TRACE(flashattn::to_string(dt));
     FA_SEEDED(seed);
@@ -407,7 +407,7 @@ TEST(NumericsNaN, IssueCases) {
 
 // ----------------------------------------------------- large logits ---
 
-// q and k scaled by 1e2 / 1e3 / 1e4 (as in the issue): the flash backward
+// q and k scaled by 1e2 / 1e3 / 1e4: the flash backward
 // recomputes P from a recomputed S and the forward's LSE; its error must
 // stay within 3x the standard algorithm's own error (both against the
 // float64 reference), plus a floor of a few output ulps of the largest
@@ -455,8 +455,9 @@ TEST(Numerics, LargeLogitsBackward) {
         // lanes), a few times less exact than standard attention's at
         // logits ~1e4 (x100) in fp32. So up to 10x flash's own forward
         // error (relative, of O) times the gradient's size is allowed too;
-        // the recomputation error this test is about was 1e5-1e20 times
-        // larger (dV off by 0.45-2.2 at x1000, 2.8e14 at x10000, O exact).
+        // a recomputation inconsistent with the forward (P from the
+        // rounded float LSE) is 1e5-1e20 times further off (dV by 0.45-2.2
+        // at x1000, 2.8e14 at x10000, while O is exact).
         const double dsum = max_abs(p.dout.values()) * max_abs(p.v.values()) * std::sqrt(double(p.d));
         const double fwd_rel = max_abs_error(fl.o, ref.o) / std::max(1e-30, max_abs(ref.o));
         for (int t = 1; t < 4; ++t) {

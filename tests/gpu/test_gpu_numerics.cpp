@@ -132,11 +132,11 @@ TEST_F(NumericsGpu, NanInfProperty) {
   std::printf("GPU NaN/Inf property cases run: %d\n", cases);
 }
 
-// The issue's cases spelled out: a NaN query row is NaN (not O = 0,
+// Single cases spelled out: a NaN query row is NaN (not O = 0,
 // LSE = -inf) and its backward NaN only on the keys it sees; a NaN key
 // makes exactly the rows that see it NaN (forward and dQ); a NaN / inf
 // value outside a sliding window reaches no row.
-TEST_F(NumericsGpu, IssueCases) {
+TEST_F(NumericsGpu, SpelledOutCases) {
   if (!flash_enabled()) GTEST_SKIP() << "FLASHATTN_GPU_TESTS_NO_FLASH=1";
   for (DType t : {DType::f16, DType::bf16}) {
     Case c;
