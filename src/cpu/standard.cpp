@@ -283,19 +283,25 @@ void backward_impl(const Problem& p, const BackwardArgs& a, int num_threads) {
           if (p.has_dropout()) dropout_row(p, ds, t, i, drop.data());
           const Acc* Pi = P + i * sk;
           const std::uint8_t* vi = visible.data() + i * sk;
-          // D_i = rowsum(dO_i o O_i) with O_i = sum_j P_ij drop_j V_j, as
-          // the README's backward states it (and the flash backward
-          // computes it); equal in exact arithmetic to sum_j P_ij dP_ij,
-          // but not with infinities (-inf dO times values of both signs is
-          // one inf through O, NaN through the sum of dP).
-          Orow.assign(static_cast<std::size_t>(d), Acc(0));
+          Acc Di = 0;
           for (std::int64_t j = 0; j < sk; ++j) {
             // dP of the un-dropped probabilities: the dropout scale applies
             // to the gradient flowing back through P_dropped = P * drop.
             dP[j] = vi[j] ? dot(dO.data() + i * d, V.data() + j * d, d) * drop[j] : Acc(0);
-            if (vi[j]) axpy(Pi[j] * drop[j], V.data() + j * d, Orow.data(), d);
+            if (vi[j]) Di += Pi[j] * dP[j];
           }
-          const Acc Di = dot(dO.data() + i * d, Orow.data(), d);
+          if (!std::isfinite(Di)) {
+            // D_i = rowsum(dO_i o O_i) with O_i = sum_j P_ij drop_j V_j, as
+            // the README's backward states it (and the flash backward
+            // computes it): equal to sum_j P_ij dP_ij in exact arithmetic,
+            // but not with infinities (-inf in dO against values of both
+            // signs is one inf through O, NaN through the sum of dP). A
+            // finite sum means finite inputs, where both agree.
+            Orow.assign(static_cast<std::size_t>(d), Acc(0));
+            for (std::int64_t j = 0; j < sk; ++j)
+              if (vi[j]) axpy(Pi[j] * drop[j], V.data() + j * d, Orow.data(), d);
+            Di = dot(dO.data() + i * d, Orow.data(), d);
+          }
           for (std::int64_t j = 0; j < sk; ++j) {
             if (!vi[j]) {
               dS[i * sk + j] = 0;
