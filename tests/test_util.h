@@ -383,7 +383,8 @@ inline BlockMaskBuf make_block_mask(const BlockStates& st, bool with_full = true
 inline bool window_visible(std::int64_t i, std::int64_t j, std::int64_t sq, std::int64_t sk, std::int64_t left,
                            std::int64_t right) {
   if (j < 0 || j >= sk) return false;
-  const std::int64_t diag = i + sk - sq;
+  // 128-bit: windows up to INT64_MAX are legal (unbounded in effect).
+  const __int128 diag = static_cast<__int128>(i) + sk - sq;
   if (left >= 0 && j < diag - left) return false;
   if (right >= 0 && j > diag + right) return false;
   return true;

@@ -2,7 +2,8 @@
 //
 // One public header. Every backend (CPU, CUDA) takes the same argument
 // structs, is validated by the same code (src/common/validate.cpp) and
-// reports bad input through one exception type, flashattn::Error.
+// reports bad input through one exception type, flashattn::Error (device
+// failures are flashattn::RuntimeError; see below).
 //
 // Layout convention (as flash-attn): Q, K, V, O are (batch, seqlen, heads,
 // head_dim) with explicit element strides for batch, seq and head; the last
@@ -21,11 +22,37 @@ namespace flashattn {
 
 // ---------------------------------------------------------------- errors ---
 
-// The single error mechanism of the library. The message always names the
-// argument and gives the expected and the actual value.
-class Error : public std::invalid_argument {
+// Every exception the library throws derives from flashattn::Exception
+// (catch it to catch them all). Two kinds, never mixed:
+//  - Error (a std::invalid_argument): the arguments of the call are bad.
+//    The message always names the argument and gives the expected and the
+//    actual value ("arg: expected X, got Y"). Nothing was computed.
+//  - RuntimeError (a std::runtime_error): the arguments were accepted but
+//    the device failed (a CUDA or cuBLAS call, a kernel launch);
+//    OutOfMemory is the device allocation failure among them.
+// The Python binding raises ValueError, RuntimeError and
+// torch.OutOfMemoryError for them.
+class Exception {
+ public:
+  virtual ~Exception() = default;
+  virtual const char* what() const noexcept = 0;
+};
+
+class Error : public std::invalid_argument, public Exception {
  public:
   using std::invalid_argument::invalid_argument;
+  const char* what() const noexcept override { return std::invalid_argument::what(); }
+};
+
+class RuntimeError : public std::runtime_error, public Exception {
+ public:
+  using std::runtime_error::runtime_error;
+  const char* what() const noexcept override { return std::runtime_error::what(); }
+};
+
+class OutOfMemory : public RuntimeError {
+ public:
+  using RuntimeError::RuntimeError;
 };
 
 // ----------------------------------------------------------------- types ---
@@ -120,7 +147,7 @@ struct Options {
   std::int64_t window_left = -1, window_right = -1;
   // Dropout on the attention probabilities (forward and backward). The
   // mask is a pure function of (seed, offset, batch, head, row, col) through
-  // Philox4x32-10, identical on every backend; see dropout_mask().
+  // Philox4x32-7 (7 rounds), identical on every backend; see dropout_mask().
   float dropout_p = 0.0f;
   std::uint64_t seed = 0, offset = 0;
   const Varlen* varlen = nullptr;          // key padding / packed batches

@@ -20,16 +20,19 @@ struct WindowMask {
   FA_HOST_DEVICE bool unbounded() const { return left < 0 && right < 0; }
 
   // Inclusive key range [first, last] visible from row i, clipped to [0, sk).
-  // Empty when first > last.
+  // Empty when first > last. A window wider than the sequence is unbounded
+  // on that side: the comparisons run before any addition, so no window
+  // value (up to INT64_MAX) overflows. diag = i + sk - sq is within
+  // (-2^31, 2^31) for validated sizes.
   FA_HOST_DEVICE std::int64_t first_key(std::int64_t i, std::int64_t sq, std::int64_t sk) const {
-    if (left < 0) return 0;
-    const std::int64_t lo = i + (sk - sq) - left;
-    return lo < 0 ? 0 : lo;
+    const std::int64_t diag = i + (sk - sq);
+    if (left < 0 || left >= diag) return 0;
+    return diag - left;
   }
   FA_HOST_DEVICE std::int64_t last_key(std::int64_t i, std::int64_t sq, std::int64_t sk) const {
-    if (right < 0) return sk - 1;
-    const std::int64_t hi = i + (sk - sq) + right;
-    return hi > sk - 1 ? sk - 1 : hi;
+    const std::int64_t diag = i + (sk - sq);
+    if (right < 0 || right >= (sk - 1) - diag) return sk - 1;
+    return diag + right;
   }
   FA_HOST_DEVICE bool visible(std::int64_t i, std::int64_t j, std::int64_t sq, std::int64_t sk) const {
     return j >= first_key(i, sq, sk) && j <= last_key(i, sq, sk);

@@ -1,6 +1,8 @@
 // Parameter validation shared by every backend. Every message names the
 // argument and gives the expected and the actual value.
+#include <algorithm>
 #include <cmath>
+#include <iterator>
 #include <limits>
 #include <sstream>
 #include <string>
@@ -93,6 +95,7 @@ std::string shape_str(const Tensor& t) {
 }
 
 constexpr std::int64_t kMaxDim = std::numeric_limits<std::int32_t>::max();
+constexpr int kMaxThreads = 1024;
 
 // Emptiness from the sizes themselves: Tensor::numel() can wrap around for
 // sizes that are each legal, and a wrapped product must not pass for empty.
@@ -153,6 +156,29 @@ void check_tensor(const Tensor& t, const char* name, const Context& ctx) {
   }
 }
 
+// An output view must give every element its own address: otherwise two
+// threads (or two rows of one thread) write the same memory and the
+// result depends on the order of the writes. Sufficient rule: with the
+// dimensions of size > 1 ordered by stride, each stride is at least the
+// extent spanned by the smaller ones (head_dim, stride 1, included).
+void check_no_overlap(const Tensor& t, const char* name) {
+  if (is_empty(t)) return;
+  struct Dim { std::int64_t size, stride; };
+  Dim dims[3] = {{t.heads, t.stride_head}, {t.seqlen, t.stride_seq}, {t.batch, t.stride_batch}};
+  std::sort(std::begin(dims), std::end(dims), [](const Dim& a, const Dim& b) { return a.stride < b.stride; });
+  std::int64_t extent = t.head_dim;  // elements spanned so far (contiguous last dimension)
+  for (const Dim& d : dims) {
+    if (d.size == 1) continue;
+    if (d.stride < extent)
+      fail(std::string(name) + " strides",
+           "a non-overlapping output layout (each stride >= the extent of the smaller ones; here a stride >= " +
+               str(extent) + ")",
+           "shape " + shape_str(t) + " with strides (" + str(t.stride_batch) + ", " + str(t.stride_seq) + ", " +
+               str(t.stride_head) + ", 1)");
+    extent = (d.size - 1) * d.stride + extent;  // check_extent has ruled out overflow
+  }
+}
+
 void check_same_shape(const Tensor& a, const char* an, const Tensor& b, const char* bn) {
   if (a.batch != b.batch || a.seqlen != b.seqlen || a.heads != b.heads || a.head_dim != b.head_dim)
     fail(std::string(an) + " shape", std::string("the shape of ") + bn + " " + shape_str(b), shape_str(a));
@@ -164,7 +190,10 @@ void check_context(const Context& ctx) {
     fail("ctx.device", "cpu or cuda", "value " + str(static_cast<int>(ctx.device)));
   if (ctx.algorithm != Algorithm::flash && ctx.algorithm != Algorithm::standard)
     fail("ctx.algorithm", "flash or standard", "value " + str(static_cast<int>(ctx.algorithm)));
-  if (ctx.num_threads < 0) fail("ctx.num_threads", ">= 0", str(ctx.num_threads));
+  // libgomp aborts (or crashes) when asked for tens of thousands of
+  // threads; no machine this runs on has more than a few hundred cores.
+  if (ctx.num_threads < 0 || ctx.num_threads > kMaxThreads)
+    fail("ctx.num_threads", "a value in [0, " + str(kMaxThreads) + "] (0 = OpenMP's default)", str(ctx.num_threads));
   if (ctx.workspace == nullptr && ctx.workspace_bytes != 0)
     fail("ctx.workspace", "a non-null pointer when workspace_bytes = " + std::to_string(ctx.workspace_bytes), "nullptr");
 }
@@ -266,6 +295,7 @@ Problem check_common(const Tensor& q, const Tensor& k, const Tensor& v, const Te
   check_tensor(k, "k", ctx);
   check_tensor(v, "v", ctx);
   check_tensor(o, "o", ctx);
+  check_no_overlap(o, "o");
   if (k.dtype != q.dtype) fail("k.dtype", std::string("the dtype of q (") + to_string(q.dtype) + ")", to_string(k.dtype));
   if (v.dtype != q.dtype) fail("v.dtype", std::string("the dtype of q (") + to_string(q.dtype) + ")", to_string(v.dtype));
   check_same_shape(v, "v", k, "k");
@@ -294,8 +324,14 @@ Problem check_common(const Tensor& q, const Tensor& k, const Tensor& v, const Te
 
   if (opt.window_left < -1) fail("options.window_left", ">= -1 (-1 = unbounded)", str(opt.window_left));
   if (opt.window_right < -1) fail("options.window_right", ">= -1 (-1 = unbounded)", str(opt.window_right));
-  p.window.left = opt.window_left;
-  p.window.right = opt.window_right;
+  // A side wider than any sequence of the call is the unbounded side, and
+  // is stored as such (-1): every backend, and any kernel-side window
+  // arithmetic, then sees small values only. Sequences never exceed the
+  // tensors' row counts, so those bound every window that matters:
+  // left >= sk - 1 reaches key 0 from row 0, right >= sq - 1 reaches key
+  // sk - 1 from row 0.
+  p.window.left = opt.window_left >= k.seqlen ? -1 : opt.window_left;
+  p.window.right = opt.window_right >= q.seqlen ? -1 : opt.window_right;
   if (opt.causal) {
     if (opt.window_right > 0)
       fail("options.window_right", "-1 or 0 with causal = true (causal means window_right = 0)", str(opt.window_right));
@@ -342,6 +378,9 @@ Problem check_backward(const BackwardArgs& a, const Context& ctx) {
   check_tensor(a.dq, "dq", ctx);
   check_tensor(a.dk, "dk", ctx);
   check_tensor(a.dv, "dv", ctx);
+  check_no_overlap(a.dq, "dq");
+  check_no_overlap(a.dk, "dk");
+  check_no_overlap(a.dv, "dv");
   check_same_shape(a.dout, "dout", a.o, "o");
   check_same_shape(a.dq, "dq", a.q, "q");
   check_same_shape(a.dk, "dk", a.k, "k");

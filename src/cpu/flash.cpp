@@ -327,6 +327,56 @@ void transpose_tile(const float* src, i64 n, i64 d, i64 lds, float mul, float* d
   }
 }
 
+// ------------------------------------------------ non-finite inputs ---
+//
+// The NaN rule (README, Semantics): a masked or skipped key never
+// contributes to a row, not even as 0 x NaN. Inside a tile that is partly
+// masked, a GEMM whose B operand has a NaN or infinity in some row p
+// would add 0 x NaN = NaN to every output row, including those that must
+// not see p. Such rows are rare, so they are found per tile (only for
+// masked tiles) and taken out of the GEMM (gemm_guarded).
+
+// True when rows [0, n) x columns [0, d) of x (ld) hold a NaN or an inf.
+bool any_nonfinite(const float* x, i64 n, i64 d, i64 ld) {
+  for (i64 r = 0; r < n; ++r) {
+    const float* row = x + r * ld;
+    float acc = 0.0f;  // x * 0 is NaN exactly for NaN and +-inf
+#pragma omp simd reduction(+ : acc)
+    for (i64 c = 0; c < d; ++c) acc += row[c] * 0.0f;
+    if (acc != acc) return true;
+  }
+  return false;
+}
+
+// The rows of x (n x d, ld) that hold a NaN or an inf.
+void nonfinite_rows(const float* x, i64 n, i64 d, i64 ld, std::vector<i64>& out) {
+  out.clear();
+  for (i64 r = 0; r < n; ++r)
+    if (any_nonfinite(x + r * ld, 1, d, ld)) out.push_back(r);
+}
+
+// C (m x n, ldc) += op(A) B as kern.gemm(..., accumulate = true), except
+// that B's rows `bad` reach row r of C only where vis[r * vrs + p * vps]
+// is set: the GEMM runs on a copy of B (k x n, ldb) with those rows zeroed
+// and they are added apart, with IEEE arithmetic where visible (0 x NaN
+// stays NaN there, as the rule says). bclean: k x ldb floats of scratch.
+void gemm_guarded(const Kernels& kern, i64 m, i64 n, i64 k, const float* a, i64 lda, bool a_transposed,
+                  const float* b, i64 ldb, float* c, i64 ldc, const std::vector<i64>& bad, float* bclean,
+                  const std::uint8_t* vis, i64 vrs, i64 vps) {
+  std::memcpy(bclean, b, static_cast<std::size_t>(k * ldb) * sizeof(float));
+  for (const i64 p : bad) std::fill(bclean + p * ldb, bclean + p * ldb + n, 0.0f);
+  kern.gemm(int(m), int(n), int(k), a, int(lda), a_transposed, bclean, int(ldb), c, int(ldc), true);
+  for (const i64 p : bad) {
+    const float* bp = b + p * ldb;
+    for (i64 r = 0; r < m; ++r) {
+      if (!vis[r * vrs + p * vps]) continue;
+      const float w = a_transposed ? a[p * lda + r] : a[r * lda + p];
+      float* cr = c + r * ldc;
+      for (i64 col = 0; col < n; ++col) cr[col] += w * bp[col];
+    }
+  }
+}
+
 // Index of query row i (inside sequence b) in the LSE array.
 i64 lse_index(const Problem& p, const Tensor& q, i64 b, i64 h, const Seq& s, i64 i) {
   if (p.is_varlen()) return h * q.seqlen + s.r.q_start + i;
@@ -385,6 +435,30 @@ class Visibility {
     if (!any_full && (!any_partial || window_none)) return TileKind::skip;
     if (!any_skip && (!any_partial || window_all)) return TileKind::dense;
     return TileKind::masked;
+  }
+
+  // vis[i * ld + j] = whether row i0 + i sees column j0 + j, for i < qc,
+  // j < kc (the element rule of apply()).
+  void mask(i64 b, i64 h, const Seq& s, i64 i0, i64 qc, i64 j0, i64 kc, std::uint8_t* vis, i64 ld) const {
+    const i64 sq = s.r.seqlen_q, sk = s.r.seqlen_k;
+    for (i64 i = 0; i < qc; ++i) {
+      const i64 row = i0 + i;
+      const i64 lo = p_.window.first_key(row, sq, sk), hi = p_.window.last_key(row, sq, sk);
+      std::uint8_t* vi = vis + i * ld;
+      const std::uint8_t* st =
+          p_.block_mask ? states_.data() + hbm_.row(b, h, row / p_.block_mask->block_q) * p_.block_mask->num_k_blocks
+                        : nullptr;
+      for (i64 j = 0; j < kc; ++j) {
+        const i64 col = j0 + j;
+        const bool in_window = col >= lo && col <= hi;
+        if (!st) {
+          vi[j] = in_window;
+          continue;
+        }
+        const std::uint8_t state = st[col / p_.block_mask->block_k];
+        vi[j] = state == kBlockFull || (state == kBlockPartial && in_window);
+      }
+    }
   }
 
   // Sets the invisible elements of a masked tile to -inf: rows i0 .. i0+qc,
@@ -473,6 +547,54 @@ void backward_pass0_head(const Problem& p, const BackwardArgs& a, i64 b, i64 h, 
     float acc = 0.0f;
     for (i64 c = 0; c < p.head_dim; ++c) acc += o_row[c] * do_row[c];
     Dsum[idx] = acc;
+  }
+}
+
+// Rows whose log2-domain LSE is at least this large in magnitude get their
+// softmax statistics recomputed in the backward (recompute_row_stats):
+// the float LSE is rounded to a few ulps of its own size, and
+// P = 2^(S - lse) turns an error of d in the LSE into a factor 2^d on P
+// (at logits ~1e6 the ulp is 0.06: P off by 4%, dV by 0.5-2 against
+// values ~5). Below 2^8 the ulp is at most 2^-16 and no row is recomputed,
+// which is every row of ordinary training.
+constexpr float kRecomputeLse2 = 256.0f;
+
+// The forward's row statistics of query rows [i0, i0 + qc) of (sequence b,
+// query head h), recomputed with the forward's own arithmetic (Q scaled
+// by scale * log2(e) on load, K unscaled, the same GEMM, whose k-sum order
+// fixes every score bit for bit, the same online softmax): the row max m
+// is exactly the forward's, so P = 2^(S - m) / l is at most 1 and agrees
+// with the forward's P to float rounding at any logit scale, where
+// 2^(S - lse) does not. Rows flagged in need[] get lse2 = m and
+// pmul = 1 / l (grad_rows: P = 2^(S - lse2) * pmul).
+void recompute_row_stats(const Kernels& kern, const Problem& p, const Visibility& vis, const BackwardArgs& a, i64 b,
+                         i64 h, i64 i0, i64 qc, const std::uint8_t* need, float* lse2, float* pmul,
+                         std::vector<float>& scratch_buf) {
+  const Seq s = sequence(p, b);
+  const i64 d = p.head_dim, dp = round_up(d, kColPad), Bc = kFwdCols, sk = s.r.seqlen_k, hk = h / p.group();
+  scratch_buf.resize(static_cast<std::size_t>(qc * dp + 2 * Bc * dp + qc * Bc + 2 * qc));
+  float *Q = scratch_buf.data(), *K = Q + qc * dp, *Kt = K + Bc * dp, *S = Kt + Bc * dp, *m = S + qc * Bc,
+        *l = m + qc;
+  load_tile(a.q, s, s.r.q_start + i0, qc, h, p.scale * kLog2e, Q, dp);
+  std::fill(m, m + qc, -kInf);
+  std::fill(l, l + qc, 0.0f);
+  for (i64 j0 = 0; j0 < sk; j0 += Bc) {
+    const TileKind kind = vis.classify(b, h, s, i0, i0 + qc, j0, j0 + Bc);
+    if (kind == TileKind::skip) continue;
+    const i64 kc = std::min(Bc, sk - j0);
+    load_tile(a.k, s, s.r.k_start + j0, kc, hk, 1.0f, K, dp);
+    transpose_tile(K, kc, d, dp, 1.0f, Kt, Bc);
+    kern.gemm(int(qc), int(Bc), int(d), Q, int(dp), false, Kt, int(Bc), S, int(Bc), false);
+    if (kc < Bc)
+      for (i64 i = 0; i < qc; ++i) std::fill(S + i * Bc + kc, S + (i + 1) * Bc, -kInf);
+    if (kind == TileKind::masked) vis.apply(b, h, s, i0, qc, j0, kc, S, Bc);
+    kern.softmax_rows(int(qc), int(Bc), S, int(Bc), m, l, nullptr, 0, 0, nullptr, 0);
+  }
+  for (i64 i = 0; i < qc; ++i) {
+    if (!need[i] || !(l[i] > 0.0f) || !std::isfinite(m[i])) continue;
+    const i64 idx = lse_index(p, a.q, b, h, s, i0 + i);
+    lse2[idx] = m[i];
+    pmul[idx] = 1.0f / l[i];
   }
 }
 
@@ -972,12 +1094,56 @@ amx.begin();
 // fp32 kernel set's name.
 const char* cpu_flash_kernel_isa(bool bf16) { return bf16 && amx_kernels() ? "amx" : kernels().isa; }
 
+// The AMX path's tile kernels (flash_kernels_amx.cpp) do not implement
+// the NaN rule (masked keys never contribute) nor the backward's
+// recomputation of large-logit rows; calls that need either run on the
+// fp32 kernels instead. The checks are O(N d) against the O(N^2 d) of the
+// call: whether any bf16 element the call reads is NaN or inf, and
+// whether any LSE is NaN or large.
+bool bf16_all_finite(const Problem& p, const Tensor& t, bool key_side, i64 heads, int nthreads) {
+  const i64 n = p.batch * heads;
+  int bad = 0;
+#pragma omp parallel for num_threads(nthreads) schedule(static) reduction(| : bad)
+  for (i64 bh = 0; bh < n; ++bh) {
+    const i64 b = bh / heads, h = bh % heads;
+    const Seq s = sequence(p, b);
+    const i64 start = key_side ? s.r.k_start : s.r.q_start, len = key_side ? s.r.seqlen_k : s.r.seqlen_q;
+    for (i64 r = 0; r < len && !bad; ++r) {
+      const auto* row = static_cast<const u16*>(t.data) + offset_of(t, s.tb, start + r, h);
+      unsigned acc = 0;
+      for (i64 c = 0; c < t.head_dim; ++c) acc |= (row[c] & 0x7f80u) == 0x7f80u;
+      bad |= static_cast<int>(acc);
+    }
+  }
+  return !bad;
+}
+
+bool amx_forward_ok(const Problem& p, const ForwardArgs& a, int nthreads) {
+  return bf16_all_finite(p, a.q, false, p.heads_q, nthreads) && bf16_all_finite(p, a.k, true, p.heads_k, nthreads) &&
+         bf16_all_finite(p, a.v, true, p.heads_k, nthreads);
+}
+
+bool amx_backward_ok(const Problem& p, const BackwardArgs& a, int nthreads) {
+  for (i64 b = 0; b < p.batch; ++b) {  // only rows of a sequence: the others may hold anything
+    const Seq s = sequence(p, b);
+    for (i64 h = 0; h < p.heads_q; ++h)
+      for (i64 i = 0; i < s.r.seqlen_q; ++i) {
+        const float l = a.lse[lse_index(p, a.q, b, h, s, i)];
+        if (l != l || (l != -kInf && std::abs(l * kLog2e) >= kRecomputeLse2)) return false;
+      }
+  }
+  return bf16_all_finite(p, a.q, false, p.heads_q, nthreads) && bf16_all_finite(p, a.k, true, p.heads_k, nthreads) &&
+         bf16_all_finite(p, a.v, true, p.heads_k, nthreads) &&
+         bf16_all_finite(p, a.dout, false, p.heads_q, nthreads);
+}
+
 // ---------------------------------------------------------- forward ---
 
 void cpu_flash_forward(const Problem& p, const ForwardArgs& a, const Context& ctx) {
   const Kernels& kern = kernels();
   if (p.dtype == DType::bf16)
-    if (const AmxKernels* amx = amx_kernels()) return forward_amx(*amx, p, a, ctx);
+    if (const AmxKernels* amx = amx_kernels())
+      if (amx_forward_ok(p, a, thread_count(ctx))) return forward_amx(*amx, p, a, ctx);
   const Visibility vis(p);
   const Dropout drop(p);
   const i64 d = p.head_dim, dp = round_up(d, kColPad), group = p.group();
@@ -1006,6 +1172,9 @@ void cpu_flash_forward(const Problem& p, const ForwardArgs& a, const Context& ct
   const std::unique_ptr<std::atomic<std::uint8_t>[]> ready(
       new std::atomic<std::uint8_t>[static_cast<std::size_t>(std::max<i64>(ntiles, 1))]);
   for (i64 i = 0; i < ntiles; ++i) ready[static_cast<std::size_t>(i)].store(0, std::memory_order_relaxed);
+  // Whether a V tile holds a NaN or an inf, set with the tile (before it
+  // is published as ready).
+  std::vector<std::uint8_t> v_bad(static_cast<std::size_t>(std::max<i64>(ntiles, 1)), 0);
 
 #pragma omp parallel num_threads(thread_count(ctx))
   {
@@ -1013,6 +1182,10 @@ void cpu_flash_forward(const Problem& p, const ForwardArgs& a, const Context& ct
     float *Q = q_buf.get(), *S = s_buf.get(), *O = o_buf.get(), *Kt_local = kt_buf.get(), *KV_local = kv_buf.get();
     float* keep = keep_buf.get();
     std::vector<float> m_buf(static_cast<std::size_t>(Bt)), l_buf(static_cast<std::size_t>(Bt));
+    // Only for masked tiles with a non-finite V (gemm_guarded).
+    std::vector<float> v_clean;
+    std::vector<std::uint8_t> vis_buf;
+    std::vector<i64> bad_rows;
 
 #pragma omp for schedule(dynamic)
     for (i64 ti = 0; ti < ntasks; ++ti) {
@@ -1032,6 +1205,7 @@ void cpu_flash_forward(const Problem& p, const ForwardArgs& a, const Context& ct
         float* Kt = kt_all + ti * tile_elems;
         float* KV = v_all + ti * tile_elems;
         std::atomic<std::uint8_t>& state = ready[static_cast<std::size_t>(ti)];
+        bool vbad = false;
         if (state.load(std::memory_order_acquire) != 2) {
           std::uint8_t expected = 0;
           const bool mine = state.compare_exchange_strong(expected, 1, std::memory_order_acq_rel);
@@ -1043,8 +1217,16 @@ void cpu_flash_forward(const Problem& p, const ForwardArgs& a, const Context& ct
             load_tile(a.k, s, s.r.k_start + j0, kc, hk, 1.0f, KV, dp);
             transpose_tile(KV, kc, d, dp, 1.0f, Kt, Bc);
             load_tile(a.v, s, s.r.k_start + j0, kc, hk, 1.0f, KV, dp);
-            if (mine) state.store(2, std::memory_order_release);
+            vbad = any_nonfinite(KV, kc, d, dp);
+            if (mine) {
+              v_bad[static_cast<std::size_t>(ti)] = vbad;
+              state.store(2, std::memory_order_release);
+            }
+          } else {
+            vbad = v_bad[static_cast<std::size_t>(ti)];
           }
+        } else {
+          vbad = v_bad[static_cast<std::size_t>(ti)];
         }
 
         for (i64 r0 = 0; r0 < tc; r0 += Bs) {
@@ -1061,15 +1243,26 @@ void cpu_flash_forward(const Problem& p, const ForwardArgs& a, const Context& ct
             for (i64 i = 0; i < qc; ++i) drop.row(bh, i0 + i, j0, kc, Bc, 1.0f, keep + i * Bc);
           kern.softmax_rows(int(qc), int(Bc), S, int(Bc), m, l, Os, int(dp), int(dp), drop.on ? keep : nullptr,
                             int(Bc));
-          kern.gemm(int(qc), int(dp), int(kc), S, int(Bc), false, KV, int(dp), Os, int(dp), true);
+          if (kind == TileKind::masked && vbad) {
+            nonfinite_rows(KV, kc, d, dp, bad_rows);
+            v_clean.resize(static_cast<std::size_t>(Bc * dp));
+            vis_buf.resize(static_cast<std::size_t>(Bs * Bc));
+            vis.mask(t.b, t.h, s, i0, qc, j0, kc, vis_buf.data(), Bc);
+            gemm_guarded(kern, qc, dp, kc, S, Bc, false, KV, dp, Os, dp, bad_rows, v_clean.data(), vis_buf.data(),
+                         Bc, 1);
+          } else {
+            kern.gemm(int(qc), int(dp), int(kc), S, int(Bc), false, KV, int(dp), Os, int(dp), true);
+          }
         }
       }
 
       for (i64 i = 0; i < tc; ++i) {
         const float l = l_buf[static_cast<std::size_t>(i)], m = m_buf[static_cast<std::size_t>(i)];
+        // Empty rows (nothing visible, or every visible score -inf) give
+        // 0, times 0 so that a NaN / inf value they attend to (0 x NaN)
+        // still shows; a NaN row has l = NaN and stays NaN.
         const bool empty = l == 0.0f;
         const float mul = empty ? 0.0f : drop.kept_scale / l;
-        if (empty) std::fill(O + i * dp, O + (i + 1) * dp, 0.0f);  // 0 * NaN would stay NaN
         store_row(a.o, offset_of(a.o, s.tb, s.r.q_start + t0 + i, t.h), O + i * dp, mul);
         if (a.lse) a.lse[lse_index(p, a.q, t.b, t.h, s, t0 + i)] = empty ? -kInf : (m + std::log2(l)) * kLn2;
       }
@@ -1093,17 +1286,35 @@ void cpu_flash_backward(const Problem& p, const BackwardArgs& a, const Context& 
   std::vector<float> lse2(static_cast<std::size_t>(nrows), kInf), Dsum(static_cast<std::size_t>(nrows), 0.0f);
   if (p.dtype == DType::bf16)  // the AMX path runs pass 0 itself, merged with its packing of Q and dO
     if (const AmxKernels* amx = amx_kernels())
-      return backward_amx(*amx, p, a, ctx, lse2, Dsum,
-                          p.batch * p.heads_k >= 4 * static_cast<i64>(omp_get_num_procs()));
+      if (amx_backward_ok(p, a, nthreads))
+        return backward_amx(*amx, p, a, ctx, lse2, Dsum,
+                            p.batch * p.heads_k >= 4 * static_cast<i64>(omp_get_num_procs()));
+  // pmul: 1, or 1 / l for the rows recompute_row_stats handles.
+  std::vector<float> pmul(static_cast<std::size_t>(nrows), 1.0f);
   {
     const i64 nbh = p.batch * p.heads_q;
 #pragma omp parallel num_threads(nthreads)
     {
-      std::vector<float> o_row(static_cast<std::size_t>(d)), do_row(static_cast<std::size_t>(d));
-#pragma omp for schedule(static)
-      for (i64 bh = 0; bh < nbh; ++bh)
-        backward_pass0_head(p, a, bh / p.heads_q, bh % p.heads_q, lse2.data(), Dsum.data(), o_row.data(),
-                            do_row.data());
+      std::vector<float> o_row(static_cast<std::size_t>(d)), do_row(static_cast<std::size_t>(d)), stats_buf;
+      std::vector<std::uint8_t> need;
+#pragma omp for schedule(dynamic)
+      for (i64 bh = 0; bh < nbh; ++bh) {
+        const i64 b = bh / p.heads_q, h = bh % p.heads_q;
+        backward_pass0_head(p, a, b, h, lse2.data(), Dsum.data(), o_row.data(), do_row.data());
+        const Seq s = sequence(p, b);
+        for (i64 i0 = 0; i0 < s.r.seqlen_q; i0 += kFwdSubRows) {
+          const i64 qc = std::min(kFwdSubRows, s.r.seqlen_q - i0);
+          need.assign(static_cast<std::size_t>(qc), 0);
+          bool any = false;
+          for (i64 i = 0; i < qc; ++i) {
+            const float l2 = lse2[static_cast<std::size_t>(lse_index(p, a.q, b, h, s, i0 + i))];
+            need[static_cast<std::size_t>(i)] = std::abs(l2) >= kRecomputeLse2 && std::isfinite(l2);
+            any |= need[static_cast<std::size_t>(i)] != 0;
+          }
+          if (any)
+            recompute_row_stats(kern, p, vis, a, b, h, i0, qc, need.data(), lse2.data(), pmul.data(), stats_buf);
+        }
+      }
     }
   }
 
@@ -1143,6 +1354,11 @@ void cpu_flash_backward(const Problem& p, const BackwardArgs& a, const Context& 
       // ([head of the group][row][dp]) instead of once per key tile (16
       // times at seqlen 4096 with 256-key tiles).
       std::vector<float> q_all, do_all;
+      // Only for masked tiles whose Q, dO or K rows hold a NaN or an inf
+      // (gemm_guarded).
+      std::vector<float> clean;
+      std::vector<std::uint8_t> vis_buf;
+      std::vector<i64> bad_q, bad_do, bad_k;
 
 #pragma omp for schedule(dynamic)
       for (i64 ti = 0; ti < ntasks; ++ti) {
@@ -1155,17 +1371,20 @@ void cpu_flash_backward(const Problem& p, const BackwardArgs& a, const Context& 
           q_all.resize(static_cast<std::size_t>(group * sq * dp));
           do_all.resize(static_cast<std::size_t>(group * sq * dp));
           for (i64 g = 0; g < group; ++g) {
-            load_tile(a.q, s, s.r.q_start, sq, t.h * group + g, 1.0f, q_all.data() + g * sq * dp, dp);
+            load_tile(a.q, s, s.r.q_start, sq, t.h * group + g, q_mul, q_all.data() + g * sq * dp, dp);
             load_tile(a.dout, s, s.r.q_start, sq, t.h * group + g, 1.0f, do_all.data() + g * sq * dp, dp);
           }
         }
 
         for (i64 kt = kt_begin; kt < kt_end; ++kt) {
           const i64 j0 = kt * Bk, kc = std::min(Bk, sk - j0);
+          // S exactly as the forward computes it (Q scaled on load, K
+          // not): recompute_row_stats relies on the same bits.
           load_tile(a.k, s, s.r.k_start + j0, kc, t.h, 1.0f, K, dp);
-          transpose_tile(K, kc, d, dp, q_mul, Kt, Bk);
+          transpose_tile(K, kc, d, dp, 1.0f, Kt, Bk);
           load_tile(a.v, s, s.r.k_start + j0, kc, t.h, 1.0f, tmp, dp);
           transpose_tile(tmp, kc, d, dp, 1.0f, Vt, Bk);
+          const bool k_bad = fused && any_nonfinite(K, kc, d, dp);
           std::fill(dK, dK + kc * dp, 0.0f);
           std::fill(dV, dV + kc * dp, 0.0f);
 
@@ -1180,7 +1399,7 @@ void cpu_flash_backward(const Problem& p, const BackwardArgs& a, const Context& 
                 Qt = q_all.data() + (g * sq + i0) * dp;
                 dOt = do_all.data() + (g * sq + i0) * dp;
               } else {
-                load_tile(a.q, s, s.r.q_start + i0, qc, h, 1.0f, Q, dp);
+                load_tile(a.q, s, s.r.q_start + i0, qc, h, q_mul, Q, dp);
                 load_tile(a.dout, s, s.r.q_start + i0, qc, h, 1.0f, dO, dp);
                 if (i0 + Bq < sq) {
                   const i64 next = std::min(Bq, sq - i0 - Bq);
@@ -1196,18 +1415,39 @@ void cpu_flash_backward(const Problem& p, const BackwardArgs& a, const Context& 
               {
                 // The tile's rows are consecutive entries of the LSE and D arrays.
                 const auto idx = static_cast<std::size_t>(lse_index(p, a.q, t.b, h, s, i0));
-                kern.grad_rows(int(qc), int(Bk), S, dP, int(Bk), lse2.data() + idx, Dsum.data() + idx,
-                               drop.on ? keep : nullptr, int(Bk));
+                kern.grad_rows(int(qc), int(Bk), S, dP, int(Bk), lse2.data() + idx, pmul.data() + idx,
+                               Dsum.data() + idx, drop.on ? keep : nullptr, int(Bk));
               }
-              kern.gemm(int(kc), int(dp), int(qc), S, int(Bk), true, dOt, int(dp), dV, int(dp), true);
-              kern.gemm(int(kc), int(dp), int(qc), dP, int(Bk), true, Qt, int(dp), dK, int(dp), true);
-              if (fused)
-                kern.gemm(int(qc), int(dp), int(kc), dP, int(Bk), false, K, int(dp),
-                          dq_acc.data() + (g * sq + i0) * dp, int(dp), true);
+              float* dq_tile = fused ? dq_acc.data() + (g * sq + i0) * dp : nullptr;
+              const bool guard = kind == TileKind::masked &&
+                                 (k_bad || any_nonfinite(Qt, qc, d, dp) || any_nonfinite(dOt, qc, d, dp));
+              if (!guard) {
+                kern.gemm(int(kc), int(dp), int(qc), S, int(Bk), true, dOt, int(dp), dV, int(dp), true);
+                kern.gemm(int(kc), int(dp), int(qc), dP, int(Bk), true, Qt, int(dp), dK, int(dp), true);
+                if (fused) kern.gemm(int(qc), int(dp), int(kc), dP, int(Bk), false, K, int(dp), dq_tile, int(dp), true);
+              } else {
+                // vis_buf[i * Bk + j]: query row i sees key j. dV and dK
+                // have keys for rows (r = j, p = i); dQ queries (r = i, p = j).
+                vis_buf.resize(static_cast<std::size_t>(Bq * Bk));
+                vis.mask(t.b, h, s, i0, qc, j0, kc, vis_buf.data(), Bk);
+                clean.resize(static_cast<std::size_t>(std::max(Bq, Bk) * dp));
+                nonfinite_rows(dOt, qc, d, dp, bad_do);
+                nonfinite_rows(Qt, qc, d, dp, bad_q);
+                gemm_guarded(kern, kc, dp, qc, S, Bk, true, dOt, dp, dV, dp, bad_do, clean.data(), vis_buf.data(), 1,
+                             Bk);
+                gemm_guarded(kern, kc, dp, qc, dP, Bk, true, Qt, dp, dK, dp, bad_q, clean.data(), vis_buf.data(), 1,
+                             Bk);
+                if (fused) {
+                  nonfinite_rows(K, kc, d, dp, bad_k);
+                  gemm_guarded(kern, qc, dp, kc, dP, Bk, false, K, dp, dq_tile, dp, bad_k, clean.data(),
+                               vis_buf.data(), Bk, 1);
+                }
+              }
             }
           }
           for (i64 j = 0; j < kc; ++j) {
-            store_row(a.dk, offset_of(a.dk, s.tb, s.r.k_start + j0 + j, t.h), dK + j * dp, p.scale);
+            // dK = scale dS^T Q, computed from Q scaled by scale * log2(e).
+            store_row(a.dk, offset_of(a.dk, s.tb, s.r.k_start + j0 + j, t.h), dK + j * dp, kLn2);
             store_row(a.dv, offset_of(a.dv, s.tb, s.r.k_start + j0 + j, t.h), dV + j * dp, 1.0f);
           }
         }
@@ -1232,6 +1472,9 @@ void cpu_flash_backward(const Problem& p, const BackwardArgs& a, const Context& 
           vt_buf(dp * Bc), s_buf(Br * Bc), dp_buf(Br * Bc), dq_buf(Br * dp), keep_buf(Br * Bc);
       float *Q = q_buf.get(), *dO = do_buf.get(), *K = k_buf.get(), *Kt = kt_buf.get(), *tmp = tmp_buf.get();
       float *Vt = vt_buf.get(), *S = s_buf.get(), *dP = dp_buf.get(), *dQ = dq_buf.get(), *keep = keep_buf.get();
+      std::vector<float> clean;  // gemm_guarded, for masked tiles with non-finite K rows
+      std::vector<std::uint8_t> vis_buf;
+      std::vector<i64> bad_k;
 
 #pragma omp for schedule(dynamic)
       for (i64 ti = 0; ti < ntasks; ++ti) {
@@ -1263,10 +1506,18 @@ void cpu_flash_backward(const Problem& p, const BackwardArgs& a, const Context& 
             for (i64 i = 0; i < qc; ++i) drop.row(bh, i0 + i, j0, kc, Bc, drop.kept_scale, keep + i * Bc);
           {
             const auto idx = static_cast<std::size_t>(lse_index(p, a.q, t.b, t.h, s, i0));
-            kern.grad_rows(int(qc), int(Bc), S, dP, int(Bc), lse2.data() + idx, Dsum.data() + idx,
-                           drop.on ? keep : nullptr, int(Bc));
+            kern.grad_rows(int(qc), int(Bc), S, dP, int(Bc), lse2.data() + idx, pmul.data() + idx,
+                           Dsum.data() + idx, drop.on ? keep : nullptr, int(Bc));
           }
-          kern.gemm(int(qc), int(dp), int(kc), dP, int(Bc), false, K, int(dp), dQ, int(dp), true);
+          if (kind == TileKind::masked && any_nonfinite(K, kc, d, dp)) {
+            vis_buf.resize(static_cast<std::size_t>(Br * Bc));
+            vis.mask(t.b, t.h, s, i0, qc, j0, kc, vis_buf.data(), Bc);
+            clean.resize(static_cast<std::size_t>(Bc * dp));
+            nonfinite_rows(K, kc, d, dp, bad_k);
+            gemm_guarded(kern, qc, dp, kc, dP, Bc, false, K, dp, dQ, dp, bad_k, clean.data(), vis_buf.data(), Bc, 1);
+          } else {
+            kern.gemm(int(qc), int(dp), int(kc), dP, int(Bc), false, K, int(dp), dQ, int(dp), true);
+          }
         }
         for (i64 i = 0; i < qc; ++i)
           store_row(a.dq, offset_of(a.dq, s.tb, s.r.q_start + i0 + i, t.h), dQ + i * dp, p.scale);

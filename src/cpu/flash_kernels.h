@@ -40,10 +40,12 @@ struct Kernels {
                        const float* keep, int ldk);
   // The backward's elementwise step on rows x n tiles s (scores in the
   // log2 domain) and dp (ld; n a multiple of kColPad): per row i, with
-  // p = 2^(s - lse[i]) and k = keep[i * ldk + j] (1 when keep is null):
-  // dp = p * (dp * k - dsum[i]) (dS), s = p * k (P after dropout).
-  void (*grad_rows)(int rows, int n, float* s, float* dp, int ld, const float* lse, const float* dsum,
-                    const float* keep, int ldk);
+  // p = 2^(s - lse[i]) * pmul[i] (pmul null: 1) and k = keep[i * ldk + j]
+  // (1 when keep is null): dp = p * (dp * k - dsum[i]) (dS), s = p * k (P
+  // after dropout). Where s = -inf both are 0, whatever lse, dp and dsum
+  // hold (NaN included).
+  void (*grad_rows)(int rows, int n, float* s, float* dp, int ld, const float* lse, const float* pmul,
+                    const float* dsum, const float* keep, int ldk);
 };
 
 // The tile kernels of the bf16 path on CPUs with AMX-BF16

@@ -128,23 +128,40 @@ void dropout_row(const Problem& p, const DropoutStream& ds, const HeadTask& t, s
   ds.fill_row(bh, static_cast<std::uint32_t>(i), 0, t.r.seqlen_k, kept, scale_row);
 }
 
-// P (sq x sk, un-dropped) and the LSE of one head. Empty rows: P = 0,
-// lse = -inf.
+// P (sq x sk, un-dropped), the LSE and the visibility (vis_out, sq x sk:
+// the mask rule, 1 = attended) of one head, under the NaN rule (README,
+// Semantics):
+//  - a row with a NaN score, or a +inf one (overflow), is NaN: P = NaN at
+//    every attended key and lse = NaN;
+//  - a score of -inf (an attended key whose product overflowed) has P = 0,
+//    whatever the row;
+//  - empty rows (nothing attended, or every attended score -inf): P = 0,
+//    lse = -inf;
+//  - keys that are not attended have P = 0 and never enter any sum.
 template <typename Acc>
 void softmax_probs(const Problem& p, Visibility& vis, const HeadTask& t, const Acc* Q, const Acc* K, Acc* P,
-                   double* lse) {
+                   double* lse, std::uint8_t* vis_out) {
   const std::int64_t sq = t.r.seqlen_q, sk = t.r.seqlen_k, d = p.head_dim;
   const Acc scale = static_cast<Acc>(p.scale);
-  std::vector<std::uint8_t> visible(static_cast<std::size_t>(sk));
+  const Acc ninf = -std::numeric_limits<Acc>::infinity();
   for (std::int64_t i = 0; i < sq; ++i) {
     Acc* Pi = P + i * sk;
-    vis.row(t, i, visible.data());
-    Acc m = -std::numeric_limits<Acc>::infinity();
+    std::uint8_t* visible = vis_out + i * sk;
+    vis.row(t, i, visible);
+    Acc m = ninf;
+    bool nan = false;
     for (std::int64_t j = 0; j < sk; ++j) {
-      Pi[j] = visible[j] ? scale * dot(Q + i * d, K + j * d, d) : -std::numeric_limits<Acc>::infinity();
+      Pi[j] = visible[j] ? scale * dot(Q + i * d, K + j * d, d) : ninf;
+      nan |= std::isnan(Pi[j]);
       m = std::max(m, Pi[j]);
     }
-    if (m == -std::numeric_limits<Acc>::infinity()) {
+    if (nan || m == std::numeric_limits<Acc>::infinity()) {
+      for (std::int64_t j = 0; j < sk; ++j)
+        Pi[j] = visible[j] && Pi[j] != ninf ? std::numeric_limits<Acc>::quiet_NaN() : Acc(0);
+      lse[i] = std::numeric_limits<double>::quiet_NaN();
+      continue;
+    }
+    if (m == ninf) {
       std::fill(Pi, Pi + sk, Acc(0));
       lse[i] = -std::numeric_limits<double>::infinity();
       continue;
@@ -182,6 +199,7 @@ void forward_impl(const Problem& p, const ForwardArgs& a, int num_threads) {
     Visibility vis(p);
     std::vector<Acc> Q, K, V, O, drop;
     std::vector<double> lse;
+    std::vector<std::uint8_t> visible;
 #pragma omp for schedule(dynamic)
     for (std::int64_t ti = 0; ti < ntask; ++ti) {
       const HeadTask& t = L.tasks[ti];
@@ -197,13 +215,15 @@ void forward_impl(const Problem& p, const ForwardArgs& a, int num_threads) {
       load_rows(a.k, tb, t.r.k_start, sk, t.hk, K.data());
       load_rows(a.v, tb, t.r.k_start, sk, t.hk, V.data());
       Acc* P = P_all.data() + t.p_offset;
-      softmax_probs(p, vis, t, Q.data(), K.data(), P, lse.data());
+      visible.assign(static_cast<std::size_t>(sq * sk), 0);
+      softmax_probs(p, vis, t, Q.data(), K.data(), P, lse.data(), visible.data());
       for (std::int64_t i = 0; i < sq; ++i) {
         if (p.has_dropout()) dropout_row(p, ds, t, i, drop.data());
-        for (std::int64_t j = 0; j < sk; ++j) {
-          const Acc w = P[i * sk + j] * drop[j];
-          if (w != Acc(0)) axpy(w, V.data() + j * d, O.data() + i * d, d);
-        }
+        // Every attended key enters, even with weight 0 (underflow,
+        // dropout): 0 x NaN is NaN, and a NaN / inf value the row attends
+        // to must show. Keys not attended never enter.
+        for (std::int64_t j = 0; j < sk; ++j)
+          if (visible[i * sk + j]) axpy(P[i * sk + j] * drop[j], V.data() + j * d, O.data() + i * d, d);
       }
       store_rows(a.o, tb, t.r.q_start, sq, t.h, O.data());
       if (a.lse)
@@ -227,8 +247,9 @@ void backward_impl(const Problem& p, const BackwardArgs& a, int num_threads) {
 #pragma omp parallel num_threads(threads_for(num_threads))
   {
     Visibility vis(p);
-    std::vector<Acc> Q, K, V, dO, dQ, dK, dV, drop, dP;
+    std::vector<Acc> Q, K, V, dO, dQ, dK, dV, drop, dP, Orow;
     std::vector<double> lse;
+    std::vector<std::uint8_t> visible;
 #pragma omp for schedule(dynamic)
     for (std::int64_t kv = 0; kv < nkv; ++kv) {
       const std::int64_t b = kv / p.heads_k, hk = kv % p.heads_k;
@@ -253,27 +274,50 @@ void backward_impl(const Problem& p, const BackwardArgs& a, int num_threads) {
         load_rows(a.dout, tb, t.r.q_start, sq, t.h, dO.data());
         Acc* P = P_all.data() + t.p_offset;
         Acc* dS = dS_all.data() + t.p_offset;
-        softmax_probs(p, vis, t, Q.data(), K.data(), P, lse.data());
+        visible.assign(static_cast<std::size_t>(sq * sk), 0);
+        softmax_probs(p, vis, t, Q.data(), K.data(), P, lse.data(), visible.data());
+        // The same dependency as the forward: every attended pair enters
+        // each sum (0 x NaN stays NaN), pairs not attended never do, and a
+        // score of -inf has dS = 0 (as P = 0 there, whatever the row).
         for (std::int64_t i = 0; i < sq; ++i) {
           if (p.has_dropout()) dropout_row(p, ds, t, i, drop.data());
           const Acc* Pi = P + i * sk;
+          const std::uint8_t* vi = visible.data() + i * sk;
           Acc Di = 0;
           for (std::int64_t j = 0; j < sk; ++j) {
             // dP of the un-dropped probabilities: the dropout scale applies
             // to the gradient flowing back through P_dropped = P * drop.
-            dP[j] = Pi[j] != Acc(0) ? dot(dO.data() + i * d, V.data() + j * d, d) * drop[j] : Acc(0);
-            Di += Pi[j] * dP[j];
+            dP[j] = vi[j] ? dot(dO.data() + i * d, V.data() + j * d, d) * drop[j] : Acc(0);
+            if (vi[j]) Di += Pi[j] * dP[j];
+          }
+          if (!std::isfinite(Di)) {
+            // D_i = rowsum(dO_i o O_i) with O_i = sum_j P_ij drop_j V_j, as
+            // the README's backward states it (and the flash backward
+            // computes it): equal to sum_j P_ij dP_ij in exact arithmetic,
+            // but not with infinities (-inf in dO against values of both
+            // signs is one inf through O, NaN through the sum of dP). A
+            // finite sum means finite inputs, where both agree.
+            Orow.assign(static_cast<std::size_t>(d), Acc(0));
+            for (std::int64_t j = 0; j < sk; ++j)
+              if (vi[j]) axpy(Pi[j] * drop[j], V.data() + j * d, Orow.data(), d);
+            Di = dot(dO.data() + i * d, Orow.data(), d);
           }
           for (std::int64_t j = 0; j < sk; ++j) {
-            dS[i * sk + j] = Pi[j] * (dP[j] - Di);
-            if (dS[i * sk + j] != Acc(0)) axpy(scale * dS[i * sk + j], K.data() + j * d, dQ.data() + i * d, d);
-            const Acc pd = Pi[j] * drop[j];
-            if (pd != Acc(0)) axpy(pd, dO.data() + i * d, dV.data() + j * d, d);
+            if (!vi[j]) {
+              dS[i * sk + j] = 0;
+              continue;
+            }
+            const bool minus_inf = Pi[j] == Acc(0) &&
+                                   scale * dot(Q.data() + i * d, K.data() + j * d, d) ==
+                                       -std::numeric_limits<Acc>::infinity();
+            dS[i * sk + j] = minus_inf ? Acc(0) : Pi[j] * (dP[j] - Di);
+            axpy(scale * dS[i * sk + j], K.data() + j * d, dQ.data() + i * d, d);
+            axpy(Pi[j] * drop[j], dO.data() + i * d, dV.data() + j * d, d);
           }
         }
         for (std::int64_t i = 0; i < sq; ++i)
           for (std::int64_t j = 0; j < sk; ++j)
-            if (dS[i * sk + j] != Acc(0)) axpy(scale * dS[i * sk + j], Q.data() + i * d, dK.data() + j * d, d);
+            if (visible[i * sk + j]) axpy(scale * dS[i * sk + j], Q.data() + i * d, dK.data() + j * d, d);
         store_rows(a.dq, tb, t.r.q_start, sq, t.h, dQ.data());
       }
       store_rows(a.dk, tb, first.r.k_start, sk, hk, dK.data());

@@ -50,16 +50,24 @@ namespace {
 
 // ------------------------------------------------------------- errors ---
 
+// Device failures are runtime errors, not argument errors (flashattn.h):
+// the Python binding raises RuntimeError, or torch.OutOfMemoryError for an
+// allocation failure.
 void check_cuda(cudaError_t e, const char* what) {
-  if (e != cudaSuccess)
-    throw Error(std::string("CUDA (standard attention, ") + what + "): expected cudaSuccess, got " +
-                cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ")");
+  if (e == cudaSuccess) return;
+  const std::string msg = std::string("CUDA (standard attention, ") + what + "): expected cudaSuccess, got " +
+                          cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ")";
+  if (e == cudaErrorMemoryAllocation) throw OutOfMemory(msg);
+  throw RuntimeError(msg);
 }
 
 void check_cublas(cublasStatus_t s, const char* what) {
-  if (s != CUBLAS_STATUS_SUCCESS)
-    throw Error(std::string("cuBLAS (standard attention, ") + what + "): expected CUBLAS_STATUS_SUCCESS, got " +
-                cublasGetStatusName(s) + " (" + cublasGetStatusString(s) + ")");
+  if (s == CUBLAS_STATUS_SUCCESS) return;
+  const std::string msg = std::string("cuBLAS (standard attention, ") + what +
+                          "): expected CUBLAS_STATUS_SUCCESS, got " + cublasGetStatusName(s) + " (" +
+                          cublasGetStatusString(s) + ")";
+  if (s == CUBLAS_STATUS_ALLOC_FAILED) throw OutOfMemory(msg);
+  throw RuntimeError(msg);
 }
 
 void check_launch(const char* kernel) { check_cuda(cudaGetLastError(), kernel); }

@@ -336,6 +336,7 @@ class Runner {
   TensorSet& q() { return q_; }
   TensorSet& k() { return k_; }
   TensorSet& v() { return v_; }
+  TensorSet& dout() { return do_; }
   TensorSet& o() { return o_; }
   TensorSet& dq() { return dq_; }
   TensorSet& dk() { return dk_; }

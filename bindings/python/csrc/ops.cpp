@@ -79,14 +79,21 @@ template <class... Args>
     if (!(cond)) value_error(__VA_ARGS__); \
   } while (0)
 
-// Library errors become Python ValueErrors (c10::ValueError), with the
-// library's message (argument, expected, actual) unchanged.
+// Library errors keep their kind in Python, with the library's message
+// (argument, expected, actual) unchanged: argument errors become
+// ValueError (c10::ValueError), device allocation failures
+// torch.OutOfMemoryError (c10::OutOfMemoryError), other device failures
+// RuntimeError (c10::Error).
 template <class F>
 void surface_errors(F&& f) {
   try {
     f();
   } catch (const flashattn::Error& e) {
     value_error("flashattn: ", e.what());
+  } catch (const flashattn::OutOfMemory& e) {
+    TORCH_CHECK_WITH(OutOfMemoryError, false, "flashattn: ", e.what());
+  } catch (const flashattn::RuntimeError& e) {
+    TORCH_CHECK(false, "flashattn: ", e.what());
   }
 }
 

@@ -8,6 +8,7 @@ aligned to the bottom-right corner when seqlen_q != seqlen_k, window_size =
 q. Extensions, all keyword-only: `seed` and `generator` (dropout RNG, see
 _rng_state) and `algorithm` ("flash" or "standard").
 """
+import operator
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
@@ -92,7 +93,31 @@ def _window(window_size: Sequence[int]) -> Tuple[int, int]:
         return -1, -1
     if len(window_size) != 2:
         raise ValueError(f"flashattn: window_size: expected (left, right), got {window_size!r}")
-    return int(window_size[0]), int(window_size[1])
+    return _window_side(window_size[0]), _window_side(window_size[1])
+
+
+def _window_side(x) -> int:
+    # Integers only (operator.index: no silent float truncation, no strings),
+    # in int64 as the library takes them; -1 = unbounded, and any value at
+    # least the sequence length is unbounded too.
+    try:
+        i = operator.index(x)
+    except TypeError:
+        raise TypeError(f"flashattn: window_size: expected (left, right) integers, got {type(x).__name__} {x!r}") \
+            from None
+    if not -2 ** 63 <= i < 2 ** 63:
+        raise ValueError(f"flashattn: window_size: expected values in [-1, 2^63 - 1] (-1 = unbounded), got {i}")
+    return i
+
+
+def _real(x, name: str) -> float:
+    # float() would also parse strings ("0.1"): only numbers are accepted.
+    if isinstance(x, (str, bytes, bytearray)):
+        raise TypeError(f"flashattn: {name}: expected a number, got {type(x).__name__} {x!r}")
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        raise TypeError(f"flashattn: {name}: expected a number, got {type(x).__name__} {x!r}") from None
 
 
 def _algorithm(algorithm: str) -> int:
@@ -124,7 +149,8 @@ def _attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, 
     if not boxed:
         _check_inputs(q, k, v, 4 if cu_seqlens_q is None else 3)
     window_left, window_right = _window(window_size)
-    dropout_p = float(dropout_p)
+    if type(dropout_p) is not float:
+        dropout_p = _real(dropout_p, "dropout_p")
     if dropout_p == 0.0:
         rng_state = None
     else:
@@ -146,7 +172,7 @@ def _attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, 
     if deterministic is not True and deterministic is not False:
         deterministic = bool(deterministic)
     if softmax_scale is not None and type(softmax_scale) is not float:
-        softmax_scale = float(softmax_scale)
+        softmax_scale = _real(softmax_scale, "softmax_scale")
     # is_contiguous() first: it costs a third of stride(-1) (callgrind).
     q = q if q.is_contiguous() else _last_dim_contiguous(q)
     k = k if k.is_contiguous() else _last_dim_contiguous(k)
