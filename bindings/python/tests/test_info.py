@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import torch
+
 import flashattn
 
 CPU_ISAS = {"generic", "avx2", "avx512"}
@@ -28,6 +30,7 @@ def test_build_info_consistent():
     assert info["cpu_isa"] in CPU_ISAS
     assert info["cpu_isa_bf16"] in CPU_ISAS | {"amx"}
     assert info["torch_compiled"].split(".")[:2] == info["torch"].split("+")[0].split(".")[:2]
+    assert (info["gpu"] is not None) == torch.cuda.is_available()
 
 
 def test_info_module_prints_the_build(tmp_path):
