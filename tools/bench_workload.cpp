@@ -5,11 +5,24 @@
 #include <cstdlib>
 #include <random>
 
-#include "common/mask.h"     // the library's visibility rule: blocks are classified by it
-#include "common/numeric.h"  // float -> f16 / bf16 storage
+#include "half_convert.h"  // float -> f16 / bf16 storage
 
 namespace bench {
 namespace {
+
+// The element visibility rule of flashattn::Options (causal, window;
+// flashattn.h), bottom-right aligned: query row i of a sequence of lengths
+// (sq, sk) sees key j iff first_key(i) <= j <= last_key(i) (-1: unbounded
+// side). Blocks of the sparse masks are classified by it.
+struct WindowMask {
+  std::int64_t left = -1, right = -1;
+  std::int64_t first_key(std::int64_t i, std::int64_t sq, std::int64_t sk) const {
+    return left < 0 ? 0 : std::max<std::int64_t>(0, i + (sk - sq) - left);
+  }
+  std::int64_t last_key(std::int64_t i, std::int64_t sq, std::int64_t sk) const {
+    return right < 0 ? sk - 1 : std::min<std::int64_t>(sk - 1, i + (sk - sq) + right);
+  }
+};
 
 void fill_normal(std::vector<unsigned char>& out, std::int64_t n, flashattn::DType dtype, std::mt19937_64& rng) {
   using flashattn::DType;
@@ -19,8 +32,8 @@ void fill_normal(std::vector<unsigned char>& out, std::int64_t n, flashattn::DTy
     const float x = normal(rng);
     switch (dtype) {
       case DType::f32: reinterpret_cast<float*>(out.data())[i] = x; break;
-      case DType::f16: reinterpret_cast<std::uint16_t*>(out.data())[i] = flashattn::detail::float_to_f16(x); break;
-      case DType::bf16: reinterpret_cast<std::uint16_t*>(out.data())[i] = flashattn::detail::float_to_bf16(x); break;
+      case DType::f16: reinterpret_cast<std::uint16_t*>(out.data())[i] = tools::float_to_f16(x); break;
+      case DType::bf16: reinterpret_cast<std::uint16_t*>(out.data())[i] = tools::float_to_bf16(x); break;
       case DType::f64: reinterpret_cast<double*>(out.data())[i] = x; break;
     }
   }
@@ -37,7 +50,7 @@ void fill_normal(std::vector<unsigned char>& out, std::int64_t n, flashattn::DTy
 // list.
 void make_block_mask(const Config& cfg, Workload& w, std::mt19937_64& rng) {
   const std::int64_t sq = w.seqlen, sk = w.seqlen, bs = cfg.block_size;
-  const flashattn::detail::WindowMask window{-1, cfg.causal ? 0 : -1};
+  const WindowMask window{-1, cfg.causal ? 0 : -1};
   flashattn::BlockMask& m = w.mask;
   m.block_q = m.block_k = bs;
   m.batch = m.heads = 1;

@@ -24,8 +24,8 @@
 #include <cuda_runtime.h>
 #endif
 
-#include "common/numeric.h"
 #include "flashattn/flashattn.h"
+#include "half_convert.h"  // float -> f16 / bf16 storage
 
 namespace {
 
@@ -88,8 +88,8 @@ std::vector<unsigned char> random_tensor(std::int64_t n, flashattn::DType dtype,
     x ^= x << 5;
     const float f = static_cast<float>(x & 0xFFFF) / 32768.0f - 1.0f;
     if (dtype == flashattn::DType::f32) reinterpret_cast<float*>(out.data())[i] = f;
-    else if (dtype == flashattn::DType::f16) reinterpret_cast<std::uint16_t*>(out.data())[i] = flashattn::detail::float_to_f16(f);
-    else reinterpret_cast<std::uint16_t*>(out.data())[i] = flashattn::detail::float_to_bf16(f);
+    else if (dtype == flashattn::DType::f16) reinterpret_cast<std::uint16_t*>(out.data())[i] = tools::float_to_f16(f);
+    else reinterpret_cast<std::uint16_t*>(out.data())[i] = tools::float_to_bf16(f);
   }
   return out;
 }

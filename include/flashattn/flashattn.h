@@ -241,4 +241,23 @@ bool supports(Device device, Algorithm algorithm, DType dtype, std::int64_t head
 // Library version string.
 const char* version();
 
+// How this copy of the library was built, and which CPU kernels it uses on
+// this machine. Every string is static. The CPU entries are the choice the
+// CPU backend makes at run time (the best instruction set the CPU has,
+// capped by the environment variable FLASHATTN_CPU_ISA=generic|avx2|avx512|amx);
+// asking makes that choice if no call has yet.
+struct BuildInfo {
+  const char* version = "";             // version()
+  const char* commit = "";              // the git commit compiled ("unknown" outside a checkout)
+  bool commit_modified = false;         // tracked files differed from it at build time
+  bool cuda = false;                    // the CUDA backend is compiled in
+  const char* cuda_architectures = "";  // its CMAKE_CUDA_ARCHITECTURES, e.g. "80-real;90a-real"
+  const char* cuda_compiler = "";       // the nvcc version that compiled it
+  const char* cpu_isa = "";             // CPU flash kernels for f32 / f16: generic, avx2 or avx512
+  const char* cpu_isa_bf16 = "";        // for bf16: the same, or amx (AMX tiles)
+  const char* build_type = "";          // CMAKE_BUILD_TYPE
+  const char* compiler = "";            // the C++ compiler, id and version
+};
+BuildInfo build_info();
+
 }  // namespace flashattn

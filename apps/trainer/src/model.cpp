@@ -17,8 +17,8 @@ namespace fatrain {
 namespace {
 
 // ------------------------------------------------------------ flashattn ---
-// The library is reached through the torch.library operators of the Python
-// binding (bindings/python/csrc/ops.cpp, compiled into this program), so the
+// The library is reached through the torch.library operators of
+// bindings/torch (flashattn::torch, linked into this program), so the
 // trainer and the Python package share one conversion layer: the same
 // checks, the CUDA stream / device guard / caching-allocator workspace on
 // CUDA, and torch's thread count on the CPU.

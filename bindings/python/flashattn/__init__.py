@@ -7,6 +7,7 @@ torch.compile(fullgraph=True)) and exposes flash-attn compatible functions.
 See docs/python.md.
 """
 from ._ops import ops
+from ._info import build_info
 from .interface import (
     block_mask_args,
     built_with_cuda,
@@ -25,5 +26,5 @@ library_version = ops.version
 __all__ = [
     "block_mask_args", "built_with_cuda", "dropout_mask", "flash_attn_block_sparse_func", "flash_attn_func",
     "flash_attn_kvpacked_func", "flash_attn_qkvpacked_func", "flash_attn_varlen_func", "supported",
-    "library_version",
+    "library_version", "build_info",
 ]

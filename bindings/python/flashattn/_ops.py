@@ -1,8 +1,8 @@
 """Loads the operator library and registers what PyTorch needs besides the
-C++ kernels and their C++ autograd formula (csrc/ops.cpp): fake (meta)
-kernels for tracing.
+C++ kernels and their C++ autograd formula (bindings/torch/ops.cpp): fake
+(meta) kernels for tracing.
 
-The operators (schemas in csrc/ops.cpp):
+The operators (schemas in bindings/torch/ops.cpp):
   torch.ops.flashattn.fwd(q, k, v, *options) -> (out, lse)
   torch.ops.flashattn.bwd(dout, q, k, v, out, lse, *options) -> (dq, dk, dv)
 with options = pack_options(...) = (option_tensors, option_ints, dropout_p,
@@ -28,7 +28,7 @@ torch.ops.load_library(_libs[0])
 ops = torch.ops.flashattn
 
 # The packed options' order, that of FLASHATTN_TENSOR_OPTIONS /
-# FLASHATTN_INT_OPTIONS in csrc/ops.cpp (checked at import, below).
+# FLASHATTN_INT_OPTIONS in bindings/torch/ops.cpp (checked at import, below).
 TENSOR_OPTIONS = ("cu_seqlens_q", "cu_seqlens_k", "rng_state", "kv_num_blocks", "kv_indices", "full_kv_num_blocks",
                   "full_kv_indices")
 INT_OPTIONS = ("max_seqlen_q", "max_seqlen_k", "causal", "window_left", "window_right", "block_q", "block_k",

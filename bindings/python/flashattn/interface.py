@@ -137,11 +137,12 @@ def _attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, 
     # would search them for __torch_function__ overrides and find none, as
     # the other arguments are Python ints, floats, bools and None, built
     # below. Those calls reach the kernels, which check what _check_inputs
-    # does (dims, dtypes, devices: csrc/ops.cpp and the library, with their
-    # messages; the fake kernel for meta tensors), so it is skipped there
-    # (7k instructions a call, callgrind). Everything else, torch.compile's
-    # tracing included (_is_compiling() is a constant there, and Dynamo
-    # traces the OpOverload), is checked here and calls the operator as such.
+    # does (dims, dtypes, devices: bindings/torch/ops.cpp and the library,
+    # with their messages; the fake kernel for meta tensors), so it is
+    # skipped there (7k instructions a call, callgrind). Everything else,
+    # torch.compile's tracing included (_is_compiling() is a constant there,
+    # and Dynamo traces the OpOverload), is checked here and calls the
+    # operator as such.
     boxed = (not _is_compiling() and _call_boxed is not None and type(q) is _Tensor and type(k) is _Tensor
              and type(v) is _Tensor and not _torch_function_mode()
              and (cu_seqlens_q is None or _plain_tensors((cu_seqlens_q, cu_seqlens_k)))

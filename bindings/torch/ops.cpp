@@ -1,5 +1,6 @@
-// The torch.library operators of the flashattn Python package. This file
-// only converts between at::Tensor and flashattn::Tensor and picks the
+// The flashattn torch.library operators, shared by the Python package
+// (bindings/python) and the C++ trainer (apps/trainer). This file only
+// converts between at::Tensor and flashattn::Tensor and picks the
 // Context (device, stream, workspace, threads); every kernel and every check
 // on the problem itself lives in libflashattn, linked from this repository's
 // CMake. The autograd formula is here too (FwdWithGrad); the fake (meta)
@@ -19,7 +20,7 @@
 #include "flashattn/flashattn.h"
 #include "op_options.h"
 
-#ifdef FLASHATTN_PY_CUDA
+#ifdef FLASHATTN_TORCH_CUDA
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #endif
@@ -311,12 +312,12 @@ CallOptions make_options(const Tensor& q, const OptionTensors& option_tensors, a
 // The device guard and, on CUDA, the current stream; both must outlive the
 // library call.
 struct DeviceScope {
-#ifdef FLASHATTN_PY_CUDA
+#ifdef FLASHATTN_TORCH_CUDA
   std::optional<c10::cuda::CUDAGuard> guard;
 #endif
   DeviceScope(const Tensor& q, flashattn::Context& ctx) {
     if (!q.device().is_cuda()) return;
-#ifdef FLASHATTN_PY_CUDA
+#ifdef FLASHATTN_TORCH_CUDA
     guard.emplace(q.device());
     ctx.stream = at::cuda::getCurrentCUDAStream(q.device().index()).stream();
 #else
@@ -521,7 +522,7 @@ Tensor dropout_mask(int64_t seed, int64_t offset, double dropout_p, int64_t batc
 }
 
 bool built_with_cuda() {
-#ifdef FLASHATTN_PY_CUDA
+#ifdef FLASHATTN_TORCH_CUDA
   return true;
 #else
   return false;
@@ -584,7 +585,7 @@ TORCH_LIBRARY_IMPL(flashattn, CPU, m) {
   m.impl("bwd", &bwd);
 }
 
-#ifdef FLASHATTN_PY_CUDA
+#ifdef FLASHATTN_TORCH_CUDA
 TORCH_LIBRARY_IMPL(flashattn, CUDA, m) {
   m.impl("fwd", &fwd);
   m.impl("bwd", &bwd);

@@ -1,5 +1,5 @@
 // The flashattn torch operators' packed options (the schemas of
-// bindings/python/csrc/ops.cpp): the order of option_tensors and
+// bindings/torch/ops.cpp): the order of option_tensors and
 // option_ints, defined once for ops.cpp and for C++ callers of the
 // operators (apps/trainer).
 #pragma once
