@@ -20,11 +20,14 @@
 
 namespace flashattn::detail::cuda {
 
-// A CUDA failure becomes the library's one error type, with CUDA's text.
+// A CUDA failure becomes the library's runtime error (OutOfMemory for an
+// allocation that failed), with CUDA's text: not an argument Error.
 inline void check(cudaError_t e, const char* what) {
-  if (e != cudaSuccess)
-    throw Error(std::string(what) + ": expected cudaSuccess, got " + cudaGetErrorName(e) + " (" +
-                cudaGetErrorString(e) + ")");
+  if (e == cudaSuccess) return;
+  const std::string msg = std::string(what) + ": expected cudaSuccess, got " + cudaGetErrorName(e) + " (" +
+                          cudaGetErrorString(e) + ")";
+  if (e == cudaErrorMemoryAllocation) throw OutOfMemory(msg);
+  throw RuntimeError(msg);
 }
 
 // Host-side queries that every call made and that never change for a

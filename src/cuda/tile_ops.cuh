@@ -104,9 +104,9 @@ struct OnlineSoftmax {
   // The row's sum over all its columns (the quad's four partial sums).
   __device__ __forceinline__ float total_sum(int half) const { return quad_sum(sum_[half]); }
   // ln(sum exp(scaled scores)) of the row, given its total sum; -inf for a
-  // row that saw nothing.
+  // row that saw nothing (a NaN sum stays NaN).
   __device__ __forceinline__ float lse(int half, float total) const {
-    return total > 0.f ? max_[half] * 0.69314718055994531f + logf(total) : -INFINITY;
+    return total == 0.f ? -INFINITY : max_[half] * 0.69314718055994531f + logf(total);
   }
 };
 

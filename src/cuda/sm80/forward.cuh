@@ -260,11 +260,13 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) forward_kernel(const 
       float l = row_sum[mi][half];
       l += __shfl_xor_sync(0xffffffffu, l, 1);
       l += __shfl_xor_sync(0xffffffffu, l, 2);
-      const float inv = l > 0.f ? p.keep_scale / l : 0.f;
+      // l == 0: no visible key (O = 0, LSE = -inf). A NaN l (a NaN score
+      // the row attends to) stays NaN in O and LSE.
+      const float inv = l == 0.f ? 0.f : p.keep_scale / l;
       const int r = row_of(mi, half);
       if (p.lse != nullptr && (lane & 3) == 0 && r < rows_valid)
         p.lse[q_row(p, seq, b, h, m0 + r)] =
-            l > 0.f ? row_max[mi][half] * 0.69314718055994531f + logf(l) : -INFINITY;
+            l == 0.f ? -INFINITY : row_max[mi][half] * 0.69314718055994531f + logf(l);
 #pragma unroll
       for (int t = 0; t < kON; ++t)
         *reinterpret_cast<std::uint32_t*>(sQ + r * kLd + t * 8 + col_in_tile) =

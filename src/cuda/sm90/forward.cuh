@@ -325,7 +325,9 @@ struct FwdEpilogue {
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       const float l = sm.total_sum(half);
-      const float inv = l > 0.f ? p.keep_scale / l : 0.f;  // keep_scale = 1 / (1 - p), 1 without dropout
+      // keep_scale = 1 / (1 - p), 1 without dropout. l == 0: no visible key
+      // (O = 0); a NaN l stays NaN.
+      const float inv = l == 0.f ? 0.f : p.keep_scale / l;
       const int r = warp * 16 + tile::lane_row(ln, half), r_tile = cw * 64 + r;
       if (p.lse != nullptr && ln % 4 == 0 && qt.m0 + r_tile < seq.sq)
         p.lse[q_row(p, seq, qt.b, qt.h, qt.m0 + r_tile)] = sm.lse(half, l);
