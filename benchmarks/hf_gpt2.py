@@ -1,5 +1,5 @@
 """HuggingFace GPT-2 small training throughput, the peer of fa-train's
-GPT-2 measurements (issue 7): random init, bf16 autocast, fused AdamW,
+GPT-2 measurements: random init, bf16 autocast, fused AdamW,
 random tokens, one JSON line per attention implementation.
 
   python benchmarks/hf_gpt2.py --attn eager,sdpa --batch 16 --context 1024 --steps 30

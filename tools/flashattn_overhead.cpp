@@ -7,7 +7,7 @@
 // with a caller-provided workspace and synchronised once at the end, so a
 // call's own cost is what limits the loop; bindings/python/bench_overhead.py
 // runs the same loop through the PyTorch operator and reports the
-// difference (issue 6: under 10 us a call).
+// difference (the target: under 10 us a call).
 //
 //   flashattn-overhead [--device cpu|cuda] [--dtype f32|f16|bf16] [--seqlen N] [--head-dim D]
 //                      [--threads N] [--calls N]

@@ -9,7 +9,7 @@ a warm-up. The C++ side is tools/flashattn-overhead (flashattn::forward
 with a caller-provided workspace); this script times
 flashattn.flash_attn_func and torch.ops.flashattn.fwd on tensors of the
 same shape, with the same thread count on the CPU. Prints one JSON object:
-microseconds per call of each and the differences (issue 6 asks for under
+microseconds per call of each and the differences (the target: under
 10 us a call on a GPU).
 """
 import argparse

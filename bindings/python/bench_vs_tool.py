@@ -2,8 +2,8 @@
 
   python bindings/python/bench_vs_tool.py --tool build/tools/flashattn-bench --device cuda
 
-Issue 6 asks that the binding's end-to-end numbers match the C++ tool's
-within noise. For each shape (batch, seqlen, heads, head_dim, causal) this
+The binding's end-to-end numbers should match the C++ tool's within
+noise. For each shape (batch, seqlen, heads, head_dim, causal) this
 runs tools/flashattn-bench (flash only) and then times, in this process,
 flashattn.flash_attn_func forward under no_grad and the backward of a
 training-style call, each the median of --repeats after a warm-up (CUDA

@@ -33,7 +33,7 @@ inline void check(cudaError_t e, const char* what) {
 // Host-side queries that every call made and that never change for a
 // device, done once: the torch profiler put the two attribute queries and
 // the cudaFuncSetAttribute of each launch at about 3 us of host time a call
-// (issue 6: the binding's overhead over the raw call). The caches assume
+// (most of the binding's overhead over the raw call). The caches assume
 // the device's context lives as long as the process: after a
 // cudaDeviceReset the kernels' shared-memory attribute would have to be set
 // again (flashattn never resets a device).

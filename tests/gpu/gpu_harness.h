@@ -507,7 +507,7 @@ class Runner {
 // Norm-wise relative error the standard (cuBLAS, 16-bit) path must meet
 // against float64: bf16 keeps 8 significant bits, f16 11, and S, P, dP, dS
 // are each rounded once to the dtype. Measured on an H100 over two runs of
-// the whole suite (2026-11-24): at most 8.8e-3 (bf16, a single-row case)
+// the whole suite: at most 8.8e-3 (bf16, a single-row case)
 // and 6.2e-4 (f16), gradients included. The bounds leave a factor 3 to 8:
 // they only need to catch a broken baseline (a wrong mask, a missed row or
 // a wrong GEMM gives errors of order 1), the fine rule is the flash one.

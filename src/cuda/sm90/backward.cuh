@@ -233,7 +233,7 @@ __device__ __forceinline__ void probs_and_grads(float (&st)[kCols / 2], float (&
   // (The other 4 words of each call are those of the lane with key
   // j ^ 1. A version that shared the calls through __shfl_xor_sync,
   // halving them, ran the gpu-check racecheck case at d 64 in 200 s
-  // instead of 2.5 s, cause not isolated: not kept; see docs/NOTES.md.)
+  // instead of 2.5 s, cause not isolated: not kept; docs/journal has it.)
   std::uint32_t keep_bits = ~0u;
   if constexpr (kDropout) {
     keep_bits = 0;
