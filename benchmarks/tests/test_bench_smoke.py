@@ -431,3 +431,23 @@ def test_hopper_markdown_ratios_and_bars():
             "| 0.86x (bar met) | 0.88x |") in md
     assert "| bfloat16, d 128, causal, 1024 | 400 / 200 / 250 | 500 / 250 / 300 | - | 0.80x (bar missed) " \
            "| 0.80x (bar missed) | 0.83x |" in md
+
+
+def test_commits_table_takes_the_median_over_rounds(tmp_path):
+    import commits_table
+    rounds = tmp_path / "rounds"
+    rounds.mkdir()
+    for name, ms in (("aaa", [2.0, 1.0, 3.0]), ("tree", [1.0, 1.0, 1.0])):
+        for i, t in enumerate(ms, 1):
+            r = dict(method="flashattn", dtype="bfloat16", head_dim=128, causal=False, seqlen=8192, status="ok",
+                     fwd_ms=t, bwd_ms=2 * t, fwd_bwd_ms=3 * t, fwd_tflops=100 / t, bwd_tflops=250 / (2 * t),
+                     fwd_bwd_tflops=350 / (3 * t))
+            (rounds / f"{name}-r{i}.json").write_text(json.dumps(dict(environment=dict(gpu="G"), results=[r])))
+    out_json, out_md = tmp_path / "c.json", tmp_path / "c.md"
+    assert commits_table.main([str(out_json), str(out_md), str(rounds / "aaa"), str(rounds / "tree")]) == 0
+    rows = {r["commit"]: r for r in json.loads(out_json.read_text())["results"]}
+    assert rows["aaa"]["fwd_ms"] == 2.0 and rows["aaa"]["rounds"] == 3 and rows["aaa"]["fwd_ms_rounds"] == [2.0, 1.0, 3.0]
+    assert "| bfloat16, d 128, non-causal, 8192 | 50 / 62 / 58 | 100 / 125 / 117 (2.000 / 2.000 / 2.000) |" \
+        in out_md.read_text()
+    # a commit without rounds, or a failed round, is an error
+    assert commits_table.main([str(out_json), str(out_md), str(rounds / "aaa"), str(rounds / "nope")]) == 1
