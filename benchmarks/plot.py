@@ -32,6 +32,8 @@ STYLE = {  # method -> (colour, line style); ours solid, peers dashed, approxima
     "flashattn": ("C3", "-"), "flashattn-sparse": ("C1", "-"), "flashattn-standard": ("C7", "-"),
     "pytorch-standard": ("k", "--"), "sdpa-math": ("C5", "--"), "sdpa-flash": ("C0", "--"),
     "sdpa-efficient": ("C8", "--"), "sdpa-cudnn": ("C2", "--"), "flex": ("C4", "--"), "flex-sparse": ("C6", "--"),
+    "sdpa-flash-njt": ("C0", "-."), "sdpa-efficient-njt": ("C8", "-."), "sdpa-cudnn-njt": ("C2", "-."),
+    "sdpa-math-njt": ("C5", "-."), "flashattn-sm80": ("C1", "-."), "flashattn-sm90": ("C3", "-."),
     "linformer": ("C9", ":"), "performer": ("C5", ":"), "linear": ("C8", ":"), "local": ("C0", ":"),
 }
 APPROXIMATE = ("linformer", "performer", "linear", "local")
