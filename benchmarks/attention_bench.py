@@ -786,6 +786,9 @@ def run_method(method, p, args):
     except Unsupported as e:
         rec.update(status="unsupported", reason=str(e))
         return rec
+    except Exception as e:  # noqa: BLE001 (a torch without an API the builder uses, ...): said, not fatal
+        rec.update(status="error", reason=f"building the method failed: {type(e).__name__}: {str(e)[:300]}")
+        return rec
     rec.update(case.notes)
     if method.startswith("flashattn"):
         rec["kernels"] = case.env.get("FLASHATTN_CUDA_KERNELS", os.environ.get("FLASHATTN_CUDA_KERNELS") or "auto")
@@ -821,6 +824,9 @@ def run_method(method, p, args):
             rec.update(status="oom")
         else:
             rec.update(status="unsupported", reason=f"{type(e).__name__}: {msg}")
+        return rec
+    except Exception as e:  # noqa: BLE001 (e.g. a compiler's AssertionError): said, the run goes on
+        rec.update(status="error", reason=f"{type(e).__name__}: {str(e)[:300]}")
         return rec
     finally:
         for k, v in saved_env.items():
