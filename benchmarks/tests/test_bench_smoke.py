@@ -451,3 +451,23 @@ def test_commits_table_takes_the_median_over_rounds(tmp_path):
         in out_md.read_text()
     # a commit without rounds, or a failed round, is an error
     assert commits_table.main([str(out_json), str(out_md), str(rounds / "aaa"), str(rounds / "nope")]) == 1
+
+
+def test_bench_hopper_script_off_a_gpu(tmp_path):
+    """scripts/bench-hopper end to end on the CPU (FLASHATTN_BENCH_DEVICE):
+    hopper.json, hopper.md, table.md; exit 1 when flashattn-sm90 (CUDA
+    only) did not run, 0 when the required methods ran."""
+    import subprocess
+    repo = os.path.dirname(os.path.dirname(HERE))
+    script = os.path.join(repo, "scripts", "bench-hopper")
+    env = dict(os.environ, PYTHON=sys.executable, FLASHATTN_BENCH_DEVICE="cpu", FLASHATTN_BENCH_REPEATS="2",
+               FLASHATTN_BENCH_ROWS="32,64,0,fp32", FLASHATTN_BENCH_BUILD=str(tmp_path / "no-build"))
+    run = subprocess.run([script, str(tmp_path / "a")], env=env, capture_output=True, text=True)
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "| float32, d 32, non-causal, 64 | n/a |" in (tmp_path / "a" / "table.md").read_text()
+    env["FLASHATTN_BENCH_METHODS"] = "flashattn,sdpa-math"
+    run = subprocess.run([script, str(tmp_path / "b")], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    data = json.loads((tmp_path / "b" / "hopper.json").read_text())
+    assert {r["method"] for r in data["results"] if r["status"] == "ok"} == {"flashattn", "sdpa-math"}
+    assert (tmp_path / "b" / "bench-hopper.log").stat().st_size > 0
