@@ -32,6 +32,8 @@ STYLE = {  # method -> (colour, line style); ours solid, peers dashed, approxima
     "flashattn": ("C3", "-"), "flashattn-sparse": ("C1", "-"), "flashattn-standard": ("C7", "-"),
     "pytorch-standard": ("k", "--"), "sdpa-math": ("C5", "--"), "sdpa-flash": ("C0", "--"),
     "sdpa-efficient": ("C8", "--"), "sdpa-cudnn": ("C2", "--"), "flex": ("C4", "--"), "flex-sparse": ("C6", "--"),
+    "sdpa-flash-njt": ("C0", "-."), "sdpa-efficient-njt": ("C8", "-."), "sdpa-cudnn-njt": ("C2", "-."),
+    "sdpa-math-njt": ("C5", "-."), "flashattn-sm80": ("C1", "-."), "flashattn-sm90": ("C3", "-."),
     "linformer": ("C9", ":"), "performer": ("C5", ":"), "linear": ("C8", ":"), "local": ("C0", ":"),
 }
 APPROXIMATE = ("linformer", "performer", "linear", "local")
@@ -161,23 +163,28 @@ def ratios(data, name, out):
 
 def sparse_figure(data, out):
     res, env = data["results"], data["environment"]
-    dense = {r["seqlen"]: r for r in res if r["method"] == "flashattn" and r["status"] == "ok"}
+    dense = {(r["head_dim"], r["seqlen"]): r for r in res if r["method"] == "flashattn" and r["status"] == "ok"}
     fig, ax = plt.subplots(figsize=(7, 4.8))
-    for i, s in enumerate(sorted({r["seqlen"] for r in res})):
-        for method, ls in (("flashattn-sparse", "-"), ("flex-sparse", "--")):
-            pts = sorted((r["density"], r["fwd_bwd_ms"]) for r in res
-                         if r["method"] == method and r["seqlen"] == s and r["status"] == "ok")
-            if method == "flashattn-sparse" and s in dense:
-                pts.append((1.0, dense[s]["fwd_bwd_ms"]))
-            if pts:
-                ax.plot([d for d, _ in pts], [t for _, t in pts], ls, color=f"C{i}", marker="o", ms=3,
-                        label=f"{method} s={s}" + (" (density 1: dense)" if method == "flashattn-sparse" else ""))
+    shapes = sorted({(r["head_dim"], r["seqlen"]) for r in res})
+    patterns = sorted({r.get("pattern", "random") for r in res if r["method"] in ("flashattn-sparse", "flex-sparse")})
+    for i, (d, s) in enumerate(shapes):
+        for j, pat in enumerate(patterns):
+            for method, ls in (("flashattn-sparse", "-"), ("flex-sparse", "--")):
+                pts = sorted((r["density"], r["fwd_bwd_ms"]) for r in res
+                             if r["method"] == method and (r["head_dim"], r["seqlen"]) == (d, s)
+                             and r.get("pattern", "random") == pat and r["status"] == "ok")
+                if method == "flashattn-sparse" and (d, s) in dense and pts:
+                    pts.append((1.0, dense[(d, s)]["fwd_bwd_ms"]))
+                if pts:
+                    ax.plot([x for x, _ in pts], [t for _, t in pts], ls, color=f"C{i}", marker="os^v"[j % 4], ms=3,
+                            label=f"{method} d={d} s={s} {pat}"
+                            + (" (density 1: dense)" if method == "flashattn-sparse" else ""))
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("density (share of key blocks kept)")
     ax.set_ylabel("forward + backward runtime (ms)")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=6)
     ax.set_title("Block-sparse runtime against density\n" + title_of(env), fontsize=9)
     fig.tight_layout()
     path = os.path.join(out, "sparse-density.png")
@@ -188,23 +195,25 @@ def sparse_figure(data, out):
 
 def sparse_ratios(data, name, out):
     res = data["results"]
-    dense = {r["seqlen"]: r for r in res if r["method"] == "flashattn" and r["status"] == "ok"}
-    flex = {(r["seqlen"], r["density"]): r for r in res if r["method"] == "flex-sparse" and r["status"] == "ok"}
+    dense = {(r["head_dim"], r["seqlen"]): r for r in res if r["method"] == "flashattn" and r["status"] == "ok"}
+    flex = {(r["head_dim"], r["seqlen"], r.get("pattern", "random"), r["density"]): r for r in res
+            if r["method"] == "flex-sparse" and r["status"] == "ok"}
     lines = [f"# Block-sparse against density: {name}", "", title_of(data["environment"]), "",
              "sparse / dense: block-sparse flashattn's time divided by dense flashattn's, forward / backward / "
              "forward+backward (runtime in proportion to density would give the density itself); flex-sparse / "
              "ours: FlexAttention's time with the same block mask divided by ours (> 1: ours faster).", "",
-             "| seqlen | density | sparse ms (fwd / bwd / fwd+bwd) | sparse / dense | flex-sparse / ours |",
-             "| --- | --- | --- | --- | --- |"]
+             "| head_dim | seqlen | pattern | density | sparse ms (fwd / bwd / fwd+bwd) | sparse / dense "
+             "| flex-sparse / ours |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     keys = ("fwd_ms", "bwd_ms", "fwd_bwd_ms")
     for r in sorted((r for r in res if r["method"] == "flashattn-sparse" and r["status"] == "ok"),
-                    key=lambda r: (r["seqlen"], r["density"])):
-        s, d = r["seqlen"], r["density"]
+                    key=lambda r: (r["head_dim"], r["seqlen"], r.get("pattern", "random"), r["density"])):
+        d, s, pat, den = r["head_dim"], r["seqlen"], r.get("pattern", "random"), r["density"]
         ms = " / ".join(f"{r[k]:.3f}" for k in keys)
-        vs_dense = " / ".join(f"{r[k] / dense[s][k]:.3f}" for k in keys) if s in dense else "-"
-        f = flex.get((s, d))
+        vs_dense = " / ".join(f"{r[k] / dense[(d, s)][k]:.3f}" for k in keys) if (d, s) in dense else "-"
+        f = flex.get((d, s, pat, den))
         vs_flex = " / ".join(f"{f[k] / r[k]:.2f}" for k in keys) if f else "-"
-        lines.append(f"| {s} | {d:g} | {ms} | {vs_dense} | {vs_flex} |")
+        lines.append(f"| {d} | {s} | {pat} | {den:g} | {ms} | {vs_dense} | {vs_flex} |")
     path = os.path.join(out, f"{name}-ratios.md")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -222,6 +231,8 @@ def main(argv=None):
         with open(path) as f:
             data = json.load(f)
         name = os.path.splitext(os.path.basename(path))[0]
+        if data.get("setting") == "hopper":  # a table only: attention_bench.py writes hopper.md
+            continue
         if data.get("setting") == "modern":
             written += tflops_figure(data, name, args.out)
         elif data.get("setting") == "sparse":

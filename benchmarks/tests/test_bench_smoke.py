@@ -93,26 +93,37 @@ def test_modern_setting_and_its_plot(tmp_path):
     for r in ours:
         assert r["batch"] == 256 // r["seqlen"] and r["heads"] == 2048 // r["head_dim"]
         full = r["batch"] * r["seqlen"] ** 2
-        assert r["attended_pairs"] == (full if not r["causal"] else r["batch"] * r["seqlen"] * (r["seqlen"] + 1) / 2)
+        assert r["attended_pairs"] == (full if not r["causal"] else full / 2)  # the standard formula's half
     assert plot.main([str(path), "--out", str(tmp_path)]) == 0
     assert (tmp_path / "modern-tflops.png").stat().st_size > 0
 
 
-def test_sparse_setting_runs_each_density_and_plots(tmp_path):
+def test_sparse_setting_runs_each_density_and_pattern_and_plots(tmp_path):
     path = tmp_path / "sparse.json"
-    rc = attention_bench.main(["--device", "cpu", "--setting", "sparse", "--seqlens", "128", "--batch", "1",
-                               "--heads", "2", "--block", "32", "--density", "0.25,0.5", "--repeats", "5",
-                               "--warmup", "2", "--max-seconds", "1e-9", "--json", str(path)])
+    rc = attention_bench.main(["--device", "cpu", "--setting", "sparse", "--seqlens", "256", "--head-dims", "32",
+                               "--heads", "2", "--block", "32", "--density", "0.25,0.5", "--dtype", "float32",
+                               "--repeats", "5", "--warmup", "2", "--max-seconds", "1e-9", "--json", str(path)])
     assert rc == 0
     data = json.loads(path.read_text())
     sparse = records(data, "flashattn-sparse")
-    assert [r["density"] for r in sparse] == [0.25, 0.5]
-    assert sparse[0]["attended_pairs"] < sparse[1]["attended_pairs"] < records(data, "flashattn")[0]["attended_pairs"]
+    assert [(r["pattern"], r["density"]) for r in sparse] == [("random", 0.25), ("butterfly", 0.25),
+                                                             ("random", 0.5), ("butterfly", 0.5)]
+    assert all(r["status"] == "ok" for r in sparse)
+    dense = records(data, "flashattn")[0]
+    for r in sparse:
+        # kept share = density exactly (8 key blocks), and pairs follow
+        assert r["kept_share"] == r["density"]
+        assert r["attended_pairs"] == pytest.approx(r["density"] * dense["attended_pairs"])
     # --max-seconds stops each loop after the minimum of three samples.
     assert all(r["samples"] == 3 for r in sparse)
+    # CUDA-only methods say so on the CPU, they are not run on something else.
+    for m in ("flashattn-sm80", "flex-sparse"):
+        assert all(r["status"] == "unsupported" and r["reason"] for r in records(data, m)), m
+    table = (tmp_path / "sparse.md").read_text()
+    assert "| butterfly | 0.25 | 0.250 |" in table and "| random | 0.5 | 0.500 |" in table
     assert plot.main([str(path), "--out", str(tmp_path)]) == 0
-    table = (tmp_path / "sparse-ratios.md").read_text()
-    assert "| 128 | 0.25 |" in table and "| 128 | 0.5 |" in table
+    ratios = (tmp_path / "sparse-ratios.md").read_text()
+    assert "| 32 | 256 | butterfly | 0.25 |" in ratios and "| 32 | 256 | random | 0.5 |" in ratios
     assert (tmp_path / "sparse-density.png").stat().st_size > 0
 
 
@@ -181,3 +192,282 @@ def test_hopper_table_ratios_and_bars(tmp_path, capsys):
     assert "| 128, non-causal, 1024 | 400 / 300 | - | 500 / 300 | - | 0.80x (bar missed) | 1.00x (bar met) |" in out
     # Rows without measurements say so instead of inventing a ratio.
     assert "| 64, non-causal, 8192 | - | - | - | - | - | - |" in out
+
+
+# ------------------------------------------------ the timing discipline ---
+
+def problem(seqlen=128, head_dim=32, causal=False, padding=0, dropout=0.0, batch=2, heads=2, density=0.25,
+            pattern="random", block=32, dtype="float32"):
+    import argparse
+    import torch
+    args = argparse.Namespace(batch=batch, tokens=0, heads=heads, dropout=dropout, padding=padding, density=[density],
+                              patterns=[pattern], block=block, seed=0)
+    return attention_bench.Problem(args, seqlen, head_dim, causal, dtype, torch.device("cpu"),
+                                   torch.Generator().manual_seed(0))
+
+
+def test_padded_batch_is_packed_once_and_every_form_computes_the_same_attention():
+    """flashattn's varlen op on the packed batch, SDPA on nested jagged
+    tensors of the same packed batch and SDPA with a key mask on the padded
+    batch compute the same attention on the real tokens."""
+    import torch
+    p = problem(seqlen=96, padding=20, batch=3)
+    lens = p.lens.tolist()
+    assert p.packed[0].shape == (sum(lens), p.heads, p.head_dim)
+    assert p.cu_seqlens.dtype == torch.int32 and p.cu_seqlens.tolist()[-1] == sum(lens)
+    assert p.max_len == max(lens) and isinstance(p.max_len, int)
+    ours = attention_bench.build("flashattn", p)
+    njt = attention_bench.build("sdpa-math-njt", p)
+    masked = attention_bench.build("sdpa-math", p)
+    assert all(a is b for a, b in zip(ours.inputs, njt.inputs))  # the same packed tensors, made once
+    assert ours.pairs == njt.pairs == masked.pairs == sum(n * n for n in lens)
+    a = ours.fn(*ours.inputs)
+    b = njt.fn(*njt.inputs)
+    full = masked.fn(p.q, p.k, p.v)
+    valid = torch.arange(p.seqlen)[None, :] < p.lens[:, None]
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(a, full[valid], atol=1e-5, rtol=1e-5)
+
+
+def fake_args(**kw):
+    import argparse
+    base = dict(warmup=2, repeats=4, max_seconds=0.0, queue_ahead_ms=5.0)
+    base.update(kw)
+    return argparse.Namespace(**base)
+
+
+def counting_case():
+    import torch
+    calls = dict(fwd=0)
+
+    def fn(q, k, v):
+        calls["fwd"] += 1
+        return q * k + v
+    x = [torch.randn(2, 3, requires_grad=True) for _ in range(3)]
+    return fn, x, torch.ones(2, 3), calls
+
+
+def test_backward_returns_gradients_and_never_accumulates(monkeypatch):
+    import torch
+    monkeypatch.setattr(attention_bench, "WARM_SECONDS", 0.0)
+    for mode in ("call", "separate"):
+        fn, inputs, dout, calls = counting_case()
+        seen = []
+        real = torch.autograd.grad
+
+        def spy(*a, **kw):
+            seen.append(kw.get("retain_graph", False))
+            return real(*a, **kw)
+        torch.autograd.grad = spy
+        try:
+            times, samples, short, syncs, _ = attention_bench.time_method(fn, inputs, dout, mode, fake_args(),
+                                                                          torch.device("cpu"))
+        finally:
+            torch.autograd.grad = real
+        assert all(x.grad is None for x in inputs), mode  # nothing accumulated
+        assert len(times) == 3 and all(t > 0 for t in times)
+        if mode == "call":
+            # warm-up + samples, each one forward and one backward
+            assert calls["fwd"] == 2 + 4 and seen == [False] * 6 and samples == dict(fwd=4, bwd=4, fwd_bwd=4)
+        else:
+            # forward loop, one forward for the backward loop's graph, forward + backward loop
+            assert calls["fwd"] == 6 + 1 + 6
+            assert seen == [True] * 6 + [False] * 6  # backward loop on one graph (retain_graph), then fwd + bwd
+            assert samples == dict(fwd=4, bwd=4, fwd_bwd=4)
+        assert syncs == 0 and short == 0
+
+
+def test_host_synchronisations_in_timed_calls_are_counted(monkeypatch):
+    """On a GPU the timed calls run under set_sync_debug_mode("warn"); here
+    the mode is mocked and the method warns as torch would."""
+    import warnings
+    import torch
+    modes = []
+    monkeypatch.setattr(attention_bench, "WARM_SECONDS", 0.0)
+    monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", lambda m: modes.append(m))
+    monkeypatch.setattr(attention_bench.SyncWatch, "__init__", lambda self, device: setattr(self, "cuda", True))
+    fn, inputs, dout, calls = counting_case()
+
+    def syncing(*x):
+        if modes and modes[-1] == "warn":
+            warnings.warn(attention_bench.SYNC_WARNING)  # e.g. a .item() inside the call
+        return fn(*x)
+    _, _, _, syncs, _ = attention_bench.time_method(syncing, inputs, dout, "call", fake_args(), torch.device("cpu"))
+    assert syncs == 4  # the 4 timed calls, not the warm-up
+    assert modes[-1] == 0 and modes.count("warn") == 6
+    _, _, _, syncs, _ = attention_bench.time_method(syncing, inputs, dout, "separate", fake_args(), torch.device("cpu"))
+    assert syncs == 4 + 4  # forward loop and forward + backward loop (the backward loop does not call fn timed)
+
+
+def test_kernel_choice_is_set_around_the_whole_method(monkeypatch):
+    """flashattn-sm80 / -sm90 set FLASHATTN_CUDA_KERNELS for the method's
+    forward and backward (here on a mocked case) and restore it after."""
+    import os
+    import torch
+    seen = []
+
+    class Probe(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            seen.append(("fwd", os.environ.get("FLASHATTN_CUDA_KERNELS")))
+            return x * 2
+
+        @staticmethod
+        def backward(ctx, g):
+            seen.append(("bwd", os.environ.get("FLASHATTN_CUDA_KERNELS")))
+            return g * 2
+
+    def fake_build(method, p):
+        return attention_bench.Case(lambda q, k, v: Probe.apply(q) + k + v, 1.0, env={"FLASHATTN_CUDA_KERNELS": "sm80"})
+    monkeypatch.setattr(attention_bench, "build", fake_build)
+    monkeypatch.delenv("FLASHATTN_CUDA_KERNELS", raising=False)
+    rec = attention_bench.run_method("flashattn-sm80", problem(seqlen=32), fake_args(timing="separate"))
+    assert rec["status"] == "ok" and rec["kernels"] == "sm80" and rec["timing"] == "separate"
+    assert seen and all(v == "sm80" for _, v in seen) and {"fwd", "bwd"} <= {k for k, _ in seen}
+    assert "FLASHATTN_CUDA_KERNELS" not in os.environ
+
+
+def test_cuda_kernel_methods_are_unsupported_on_the_cpu():
+    for m in ("flashattn-sm80", "flashattn-sm90"):
+        rec = attention_bench.run_method(m, problem(seqlen=32), fake_args(timing="call"))
+        assert rec["status"] == "unsupported" and "CUDA" in rec["reason"], rec
+
+
+def test_butterfly_pattern():
+    import torch
+    n = 128
+    for density, width in ((1 / 16, 1), (1 / 8, 4), (1 / 4, 8), (1 / 2, 16)):
+        keep = attention_bench.block_pattern("butterfly", n, density, False, seed=0)
+        assert keep.sum() == density * n * n
+        assert torch.equal(keep, keep.T) and keep.diagonal().all()
+        assert (keep.sum(1) == density * n).all()  # the same count in every row
+    plain = attention_bench.block_pattern("butterfly", n, 1 / 16, False, seed=0)
+    assert sorted(plain[0].nonzero().flatten().tolist()) == [0, 1, 2, 4, 8, 16, 32, 64]  # strides 2^k
+    causal = attention_bench.block_pattern("butterfly", 8, 0.5, True, seed=0)
+    assert torch.equal(causal, causal.tril()) and causal.diagonal().all()
+    with pytest.raises(attention_bench.Unsupported):
+        attention_bench.block_pattern("butterfly", 12, 0.25, False, seed=0)
+    rnd = attention_bench.block_pattern("random", 16, 0.25, False, seed=3)
+    assert rnd.diagonal().all() and (rnd.sum(1) == 4).all()
+
+
+@pytest.mark.parametrize("pattern", ["random", "butterfly"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_flex_and_flashattn_get_the_same_blocks_and_compute_the_same_attention(pattern, causal):
+    """The BlockMask FlexAttention gets (flex_block_mask) holds exactly the
+    block lists of flashattn-sparse, and both compute the masked attention
+    (FlexAttention eagerly here: compiled it needs CUDA in this harness)."""
+    import torch
+    import torch.nn.functional as F
+    flex_attention = pytest.importorskip("torch.nn.attention.flex_attention").flex_attention
+    p = problem(seqlen=256, batch=1, causal=causal, pattern=pattern)
+    pc, pi, fc, fi, keep = p.block_lists()
+    assert p.block_lists()[0] is pc  # built once
+    bm = attention_bench.flex_block_mask(p)
+    assert torch.equal(bm.to_dense()[0, 0].bool(), keep)
+    elem = keep.repeat_interleave(32, 0).repeat_interleave(32, 1)
+    if causal:
+        elem &= torch.ones(256, 256, dtype=torch.bool).tril()
+    q, k, v = (x.transpose(1, 2) for x in (p.q, p.k, p.v))
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=elem).transpose(1, 2)
+    ours = attention_bench.build("flashattn-sparse", p)
+    torch.testing.assert_close(ours.fn(p.q, p.k, p.v), ref, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        flex = flex_attention(q, k, v, block_mask=bm).transpose(1, 2)
+    torch.testing.assert_close(flex, ref, atol=1e-5, rtol=1e-5)
+    # causal: the diagonal's pairs count half, the standard formula's convention (s^2 / 2, not s (s + 1) / 2)
+    assert ours.pairs == pytest.approx(float(elem.sum()) - (256 / 2 if causal else 0))
+
+
+def test_hopper_setting_rows_separate_timing_and_require(tmp_path):
+    out = tmp_path / "hopper"
+    argv = ["--device", "cpu", "--setting", "hopper", "--rows", "32,64,0;32,64,1;32,128,0,fp32", "--dtype", "float32",
+            "--tokens", "128", "--methods", "flashattn-sm90,flashattn,sdpa-math,sdpa-cudnn", "--repeats", "2",
+            "--warmup", "1", "--out", str(out)]
+    assert attention_bench.main(argv) == 0
+    data = json.loads((out / "hopper.json").read_text())
+    assert data["config"]["timing"] == "separate"
+    ours = records(data, "flashattn")
+    assert [(r["head_dim"], r["causal"], r["seqlen"], r["dtype"]) for r in ours] == [
+        (32, False, 64, "float32"), (32, True, 64, "float32"), (32, False, 128, "float32")]
+    for r in ours:
+        assert r["status"] == "ok" and r["samples_by_pass"] == dict(fwd=2, bwd=2, fwd_bwd=2)
+        assert r["batch"] == 128 // r["seqlen"] and r["heads"] == 2048 // 32
+        assert r["bwd_tflops"] == pytest.approx(2.5 * r["fwd_tflops"] * r["fwd_ms"] / r["bwd_ms"])
+    table = (out / "hopper.md").read_text()
+    assert "| float32, d 32, causal, 64 | n/a |" in table
+    # flashattn-sm90 cannot run on the CPU: --require makes that an error.
+    assert attention_bench.main(argv + ["--require", "flashattn-sm90"]) == 1
+    assert attention_bench.main(argv + ["--require", "flashattn"]) == 0
+
+
+def test_rows_flag_is_checked():
+    for bad in ("64,1024", "64,1024,2", "64,1024,0,int8", ""):
+        with pytest.raises(SystemExit):
+            attention_bench.main(["--device", "cpu", "--setting", "hopper", "--rows", bad, "--json", os.devnull])
+    with pytest.raises(SystemExit):  # --require names a method that does not run
+        attention_bench.main(["--device", "cpu", "--setting", "hopper", "--methods", "flashattn", "--require",
+                              "sdpa-cudnn", "--json", os.devnull])
+
+
+def test_hopper_markdown_ratios_and_bars():
+    import tables
+
+    def rec(method, d, causal, s, f, b, fb, dtype="bfloat16", status="ok"):
+        r = dict(method=method, head_dim=d, causal=causal, seqlen=s, dtype=dtype, status=status)
+        if status == "ok":
+            r.update(fwd_ms=1 / f, bwd_ms=1 / b, fwd_bwd_ms=1 / fb, fwd_tflops=f * 100, bwd_tflops=b * 100,
+                     fwd_bwd_tflops=fb * 100)
+        return r
+    data = dict(setting="hopper", environment=dict(gpu="G"), config=dict(timing="separate", repeats=20, warmup=3),
+                results=[rec("flashattn-sm90", 128, False, 8192, 6.0, 5.0, 5.3),
+                         rec("sdpa-cudnn", 128, False, 8192, 6.5, 5.8, 6.0),
+                         rec("sdpa-flash", 128, False, 8192, 0, 0, 0, status="unsupported"),
+                         rec("flashattn-sm90", 128, True, 1024, 4.0, 2.0, 2.5),
+                         rec("sdpa-cudnn", 128, True, 1024, 5.0, 2.5, 3.0)])
+    md = tables.markdown(data)
+    # 6.0 / 6.5 = 0.92 meets the forward bar, 5.0 / 5.8 = 0.86 the backward's.
+    assert ("| bfloat16, d 128, non-causal, 8192 | 600 / 500 / 530 | 650 / 580 / 600 | n/a | 0.92x (bar met) "
+            "| 0.86x (bar met) | 0.88x |") in md
+    assert "| bfloat16, d 128, causal, 1024 | 400 / 200 / 250 | 500 / 250 / 300 | - | 0.80x (bar missed) " \
+           "| 0.80x (bar missed) | 0.83x |" in md
+
+
+def test_commits_table_takes_the_median_over_rounds(tmp_path):
+    import commits_table
+    rounds = tmp_path / "rounds"
+    rounds.mkdir()
+    for name, ms in (("aaa", [2.0, 1.0, 3.0]), ("tree", [1.0, 1.0, 1.0])):
+        for i, t in enumerate(ms, 1):
+            r = dict(method="flashattn", dtype="bfloat16", head_dim=128, causal=False, seqlen=8192, status="ok",
+                     fwd_ms=t, bwd_ms=2 * t, fwd_bwd_ms=3 * t, fwd_tflops=100 / t, bwd_tflops=250 / (2 * t),
+                     fwd_bwd_tflops=350 / (3 * t))
+            (rounds / f"{name}-r{i}.json").write_text(json.dumps(dict(environment=dict(gpu="G"), results=[r])))
+    out_json, out_md = tmp_path / "c.json", tmp_path / "c.md"
+    assert commits_table.main([str(out_json), str(out_md), str(rounds / "aaa"), str(rounds / "tree")]) == 0
+    rows = {r["commit"]: r for r in json.loads(out_json.read_text())["results"]}
+    assert rows["aaa"]["fwd_ms"] == 2.0 and rows["aaa"]["rounds"] == 3 and rows["aaa"]["fwd_ms_rounds"] == [2.0, 1.0, 3.0]
+    assert "| bfloat16, d 128, non-causal, 8192 | 50 / 62 / 58 | 100 / 125 / 117 (2.000 / 2.000 / 2.000) |" \
+        in out_md.read_text()
+    # a commit without rounds, or a failed round, is an error
+    assert commits_table.main([str(out_json), str(out_md), str(rounds / "aaa"), str(rounds / "nope")]) == 1
+
+
+def test_bench_hopper_script_off_a_gpu(tmp_path):
+    """scripts/bench-hopper end to end on the CPU (FLASHATTN_BENCH_DEVICE):
+    hopper.json, hopper.md, table.md; exit 1 when flashattn-sm90 (CUDA
+    only) did not run, 0 when the required methods ran."""
+    import subprocess
+    repo = os.path.dirname(os.path.dirname(HERE))
+    script = os.path.join(repo, "scripts", "bench-hopper")
+    env = dict(os.environ, PYTHON=sys.executable, FLASHATTN_BENCH_DEVICE="cpu", FLASHATTN_BENCH_REPEATS="2",
+               FLASHATTN_BENCH_ROWS="32,64,0,fp32", FLASHATTN_BENCH_BUILD=str(tmp_path / "no-build"))
+    run = subprocess.run([script, str(tmp_path / "a")], env=env, capture_output=True, text=True)
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "| float32, d 32, non-causal, 64 | n/a |" in (tmp_path / "a" / "table.md").read_text()
+    env["FLASHATTN_BENCH_METHODS"] = "flashattn,sdpa-math"
+    run = subprocess.run([script, str(tmp_path / "b")], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    data = json.loads((tmp_path / "b" / "hopper.json").read_text())
+    assert {r["method"] for r in data["results"] if r["status"] == "ok"} == {"flashattn", "sdpa-math"}
+    assert (tmp_path / "b" / "bench-hopper.log").stat().st_size > 0

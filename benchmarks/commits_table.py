@@ -1,0 +1,106 @@
+"""scripts/bench-commits' summary of its python path: the per-round JSON of
+benchmarks/attention_bench.py (one file per snapshot and round) merged
+into one record per (commit, shape), the median over the rounds.
+
+  python benchmarks/commits_table.py OUT.json OUT.md PREFIX...
+
+PREFIX is OUTDIR/rounds/<commit>; its rounds are PREFIX-r<N>.json. The
+commits keep the order given; the markdown table gives each commit's TFLOPS
+forward / backward / forward + backward and its time ratio to the first
+commit's (> 1: faster than the first). Exit status 1 when a commit has no
+round file or a shape failed in some round.
+"""
+import glob
+import json
+import os
+import statistics
+import sys
+
+PASSES = ("fwd", "bwd", "fwd_bwd")
+
+
+def merge(prefixes):
+    rows, env, problems = [], None, []
+    for prefix in prefixes:
+        name = os.path.basename(prefix)
+        files = sorted(glob.glob(glob.escape(prefix) + "-r*.json"))
+        if not files:
+            problems.append(f"{name}: no round file ({prefix}-r*.json)")
+            continue
+        by = {}
+        for path in files:
+            with open(path) as f:
+                data = json.load(f)
+            env = env or data.get("environment")
+            for r in data["results"]:
+                key = (r.get("dtype"), r["head_dim"], r["causal"], r["seqlen"])
+                by.setdefault(key, []).append(r)
+        for (dtype, d, causal, s), recs in by.items():
+            ok = [r for r in recs if r["status"] == "ok"]
+            row = dict(commit=name, path="python", method=recs[0]["method"], kernels=recs[0].get("kernels"),
+                       dtype=dtype, head_dim=d, causal=causal, seqlen=s, rounds=len(recs), rounds_ok=len(ok),
+                       status="ok" if len(ok) == len(recs) else "failed",
+                       host_syncs=sum(r.get("host_syncs") or 0 for r in ok))
+            if len(ok) != len(recs):
+                problems.append(f"{name} d {d} causal {int(causal)} s {s}: "
+                                + "; ".join(f"{r['status']} {r.get('reason', '')}" for r in recs if r["status"] != "ok"))
+            for p in PASSES:
+                if ok:
+                    row[f"{p}_ms"] = statistics.median(r[f"{p}_ms"] for r in ok)
+                    row[f"{p}_ms_rounds"] = [r[f"{p}_ms"] for r in ok]
+                    if ok[0].get(f"{p}_tflops") is not None:
+                        row[f"{p}_tflops"] = statistics.median(r[f"{p}_tflops"] for r in ok)
+            rows.append(row)
+    return rows, env or {}, problems
+
+
+def markdown(rows, env, order):
+    shapes = list(dict.fromkeys((r["dtype"], r["head_dim"], r["causal"], r["seqlen"]) for r in rows))
+    at = {(r["commit"], r["dtype"], r["head_dim"], r["causal"], r["seqlen"]): r for r in rows}
+    first = order[0] if order else None
+    lines = ["# bench-commits (python path)", "",
+             f"{env.get('gpu') or env.get('cpu')}; torch {env.get('torch')}; {env.get('date', '')}. Each cell: TFLOPS "
+             "forward / backward / forward + backward, the median over the rounds (each round one process per "
+             "commit, its package on PYTHONPATH, attention_bench.py --setting hopper --methods flashattn); "
+             f"in brackets the first commit's ({first}) time over this one's (> 1: faster).", "",
+             "| dtype, head_dim, mask, seqlen | " + " | ".join(order) + " |",
+             "| --- | " + " | ".join("---:" for _ in order) + " |"]
+    for key in shapes:
+        dtype, d, causal, s = key
+        cells = []
+        base = at.get((first, *key))
+        for name in order:
+            r = at.get((name, *key))
+            if r is None or r["status"] != "ok" or "fwd_tflops" not in r:
+                cells.append("-" if r is None else r["status"])
+                continue
+            cell = " / ".join(f"{r[f'{p}_tflops']:.0f}" if r[f"{p}_tflops"] >= 10 else f"{r[f'{p}_tflops']:.3g}"
+                              for p in PASSES)
+            if base is not None and base["status"] == "ok" and name != first:
+                cell += " (" + " / ".join(f"{base[f'{p}_ms'] / r[f'{p}_ms']:.3f}" for p in PASSES) + ")"
+            cells.append(cell)
+        label = f"{dtype}, d {d}, {'causal' if causal else 'non-causal'}, {s}"
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv):
+    if len(argv) < 3:
+        print(__doc__, file=sys.stderr)
+        return 2
+    out_json, out_md, prefixes = argv[0], argv[1], argv[2:]
+    rows, env, problems = merge(prefixes)
+    order = [os.path.basename(p) for p in prefixes]
+    with open(out_json, "w") as f:
+        json.dump(dict(tool="scripts/bench-commits", path="python", environment=env, commits=order, results=rows,
+                       problems=problems), f, indent=1)
+    with open(out_md, "w") as f:
+        f.write(markdown(rows, env, order))
+    print(f"wrote {out_json} ({len(rows)} records) and {out_md}")
+    for p in problems:
+        print("bench-commits:", p, file=sys.stderr)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
