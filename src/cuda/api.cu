@@ -123,7 +123,7 @@ struct Refusal {
 };
 
 // What both Hopper kernels need: the GPU, the dtype, a head_dim of their
-// table, no block mask (yet), strides and extents TMA can encode.
+// table, strides and extents TMA can encode.
 template <const auto& kTable>
 Refusal sm90_common_refusal(const Problem& pr, std::initializer_list<const Tensor*> tma_tensors) {
   const auto [major, minor] = cuda::device_compute_capability();
@@ -134,8 +134,6 @@ Refusal sm90_common_refusal(const Problem& pr, std::initializer_list<const Tenso
   if (pr.dtype != DType::f16 && pr.dtype != DType::bf16) return {"q.dtype", "f16 or bf16", to_string(pr.dtype)};
   if (!cuda::has_head_dim<kTable>(pr.head_dim))
     return {"q.head_dim", cuda::head_dims_text<kTable>(), std::to_string(pr.head_dim)};
-  if (pr.block_mask != nullptr)
-    return {"options.block_mask", "nullptr (block-sparse is not implemented there)", "a BlockMask"};
   // TMA: strides below 2^40 bytes (validation already made them 16-byte
   // multiples and the bases 16-byte aligned), row coordinates below 2^31
   // (a packed varlen tensor is mapped as one sequence of all its rows).
@@ -211,12 +209,14 @@ bool empty(const Problem& pr) { return pr.batch == 0 || (pr.seqlen_q == 0 && pr.
 //   dsum      float[rows_q]                 D = rowsum(dO * O)
 //   states    uint8[mask rows * nkb]        block-sparse only: BlockState of
 //                                           every (query block, key block)
+//   t_count   int32[mask bh * nkb]          block-sparse only: the transposed
+//   t_idx     int32[mask bh * nkb * nqb]    lists (Params::bm_t_count)
 //   dq_accum  float[rows_q * d]             atomic (non-deterministic) mode only,
 //                                           and not where the sm90 dQ pass writes dq
 //   dk_accum, dv_accum float[rows_kv * d]   GQA/MQA only (per query head)
 // rows_q = batch * heads_q * seqlen_q (varlen: heads_q * total_q), rows_kv likewise.
 struct BwdLayout {
-  std::size_t dsum = 0, states = 0, dq = 0, dk = 0, dv = 0, total = 0;
+  std::size_t dsum = 0, states = 0, t_count = 0, t_idx = 0, dq = 0, dk = 0, dv = 0, total = 0;
 };
 
 std::size_t align256(std::size_t n) { return (n + 255) / 256 * 256; }
@@ -237,8 +237,14 @@ BwdLayout bwd_layout(const Problem& pr, const BackwardArgs& a, KernelFamily path
   l.dsum = 0;
   std::size_t at = align256(rows_q * sizeof(float));
   if (const BlockMask* m = pr.block_mask) {
+    const auto bh = static_cast<std::size_t>(m->batch * m->heads);
+    const auto nqb = static_cast<std::size_t>(m->num_q_blocks), nkb = static_cast<std::size_t>(m->num_k_blocks);
     l.states = at;
-    at += align256(static_cast<std::size_t>(m->batch * m->heads * m->num_q_blocks * m->num_k_blocks));
+    at += align256(bh * nqb * nkb);
+    l.t_count = at;
+    at += align256(bh * nkb * sizeof(std::int32_t));
+    l.t_idx = at;
+    at += align256(bh * nkb * nqb * sizeof(std::int32_t));
   }
   if (needs_dq_scratch(pr, a, path)) {
     l.dq = at;
@@ -307,6 +313,30 @@ __global__ void fill_block_states(const Params p, std::uint8_t* states) {
   }
 }
 
+// The transposed lists from the state table: one warp a (mask (batch,
+// head), key block), walking the query blocks 32 at a time in increasing
+// order and compacting the listed ones with a ballot. The backward's dK/dV
+// sweeps read them (QueryTiles) instead of scanning the table, so their
+// cost falls with the density.
+__global__ void transpose_block_lists(const Params p, const std::uint8_t* states, std::int32_t* t_count,
+                                      std::int32_t* t_idx) {
+  const std::int64_t warp = (static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  const int lane = static_cast<int>(threadIdx.x % 32);
+  const std::int64_t bh = warp / p.bm_nkb;
+  const int kb = static_cast<int>(warp % p.bm_nkb);
+  if (bh >= static_cast<std::int64_t>(p.bm_batch) * p.bm_heads) return;
+  std::int32_t* out = t_idx + (bh * p.bm_nkb + kb) * p.bm_nqb;
+  int n = 0;
+  for (int q0 = 0; q0 < p.bm_nqb; q0 += 32) {
+    const int qb = q0 + lane;
+    const int st = qb < p.bm_nqb ? states[(bh * p.bm_nqb + qb) * p.bm_nkb + kb] : cuda::kSkip;
+    const unsigned listed = __ballot_sync(0xffffffffu, st != cuda::kSkip);
+    if (st != cuda::kSkip) out[n + __popc(listed & ((1u << lane) - 1u))] = 2 * qb + (st == cuda::kFull ? 1 : 0);
+    n += __popc(listed);
+  }
+  if (lane == 0) t_count[bh * p.bm_nkb + kb] = n;
+}
+
 }  // namespace
 
 std::size_t cuda_forward_workspace_bytes(const Problem& p, const ForwardArgs& a, const Context& ctx) {
@@ -365,11 +395,20 @@ void cuda_backward(const Problem& pr, const BackwardArgs& a, const Context& ctx)
     const std::int64_t rows = static_cast<std::int64_t>(p.bm_batch) * p.bm_heads * p.bm_nqb;
     check(cudaMemsetAsync(states, cuda::kSkip, static_cast<std::size_t>(rows * p.bm_nkb), stream),
           "cudaMemsetAsync(block states)");
+    auto* t_count = reinterpret_cast<std::int32_t*>(ws + l.t_count);
+    auto* t_idx = reinterpret_cast<std::int32_t*>(ws + l.t_idx);
     if (rows > 0) {
       fill_block_states<<<static_cast<unsigned>(rows), 128, 0, stream>>>(p, states);
       check(cudaGetLastError(), "fill_block_states");
+      const std::int64_t warps = static_cast<std::int64_t>(p.bm_batch) * p.bm_heads * p.bm_nkb;
+      if (warps > 0) {
+        transpose_block_lists<<<static_cast<unsigned>((warps + 3) / 4), 128, 0, stream>>>(p, states, t_count, t_idx);
+        check(cudaGetLastError(), "transpose_block_lists");
+      }
     }
     p.bm_states = states;
+    p.bm_t_count = t_count;
+    p.bm_t_idx = t_idx;
   }
   if (needs_dq_scratch(pr, a, path)) {
     p.dq_accum = reinterpret_cast<float*>(ws + l.dq);

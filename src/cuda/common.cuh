@@ -115,8 +115,12 @@ struct Params {
   const std::int32_t *bm_count = nullptr, *bm_idx = nullptr, *bm_fcount = nullptr, *bm_fidx = nullptr;
   int bm_batch = 1, bm_heads = 1, bm_nqb = 0, bm_nkb = 0, block_q = 0, block_k = 0;
   // Backward only: the lists above as a dense BlockState table, one byte per
-  // (mask row, key block), filled by api.cu before the kernel runs.
+  // (mask row, key block), and transposed: for each (batch, head) of the
+  // mask and key block kb, the query blocks that list it, in increasing
+  // order, as 2 qb + (1 if full), bm_t_count[(bh) nkb + kb] of them at
+  // bm_t_idx + ((bh) nkb + kb) nqb. Filled by api.cu before the kernels run.
   const std::uint8_t* bm_states = nullptr;
+  const std::int32_t *bm_t_count = nullptr, *bm_t_idx = nullptr;
   // forward output / backward input, [batch, heads_q, seqlen_q] or [heads_q, total_q]
   float* lse = nullptr;
   // backward scratch (see api.cu for the layout)
@@ -207,12 +211,6 @@ __device__ __forceinline__ std::int64_t mask_row(const Params& p, int b, int h, 
 }
 
 __device__ __forceinline__ int clamp_count(int c, int n) { return c < 0 ? 0 : (c > n ? n : c); }
-
-// State of key block kb for query block qb (backward: bm_states is set).
-__device__ __forceinline__ int block_state(const Params& p, int b, int h, int qb, int kb) {
-  if (qb >= p.bm_nqb || kb >= p.bm_nkb) return kSkip;
-  return p.bm_states[mask_row(p, b, h, qb) * p.bm_nkb + kb];
-}
 
 // True when every (i, j) of rows [m0, m_last] x cols [n0, n_last] passes the
 // window rule: first_key grows with i and last_key too, so the corners decide.

@@ -209,6 +209,7 @@ struct Case {
   std::int64_t varlen_tail = 3;              // rows past the last sequence (must stay untouched)
   std::int64_t block_q = 0, block_k = 0;     // block-sparse when > 0
   bool block_full_lists = true, block_broadcast = false;
+  double block_skip = 0.3;                   // chance that a (query block, key block) is skipped
   bool padded = false;
   bool backward = true;
   bool deterministic = false;  // BackwardArgs::deterministic
@@ -300,7 +301,8 @@ class Runner {
     if (c.block_q > 0) {
       const std::int64_t msq = c.varlen() ? vl_.vl.max_seqlen_q : c.sq, msk = c.varlen() ? vl_.vl.max_seqlen_k : c.sk;
       states_ = random_block_states(fresh_seed(), c.block_broadcast ? 1 : nseq, c.block_broadcast ? 1 : c.hq, msq, msk,
-                                    c.block_q, c.block_k, 0.3, c.block_full_lists ? 0.35 : 0.7);
+                                    c.block_q, c.block_k, c.block_skip,
+                                    c.block_full_lists ? (1.0 - c.block_skip) / 2 : 1.0 - c.block_skip);
       bm_ = make_block_mask(states_, c.block_full_lists, fresh_seed());
       dcount_ = to_device(bm_.count);
       dindices_ = to_device(bm_.indices);

@@ -624,20 +624,10 @@ struct Refused {
   const char* arg;
 };
 
-// 100 x 90 cases with one feature neither sm90 kernel has: a block mask.
-std::vector<Refused> sm90_unsupported_features() {
-  Case base;
-  base.sq = 100;
-  base.sk = 90;
-  std::vector<Refused> v;
-  {
-    Case c = base;
-    c.block_q = 128;
-    c.block_k = 128;
-    v.push_back({c, "block_mask"});
-  }
-  return v;
-}
+// 100 x 90 cases with one feature neither sm90 kernel has (none at the
+// moment beyond the head dims, which the tests check on their own: every
+// option of Options runs there).
+std::vector<Refused> sm90_unsupported_features() { return {}; }
 
 class Sm90Shapes : public Sm90Gpu, public ::testing::WithParamInterface<DTypeHeadDim> {};
 
@@ -768,9 +758,9 @@ TEST_F(Sm90Gpu, UnsupportedIsAnError) {
 }
 
 // The family comes from Context::cuda_kernels when the environment
-// variable is unset: sm90 asked for on a block-sparse case is an Error
-// naming block_mask, sm80 runs it; an out-of-range value is an Error naming
-// the field.
+// variable is unset: sm90 asked for at a head_dim it lacks (96) is an Error
+// naming it, sm80 runs it; an out-of-range value is an Error naming the
+// field.
 TEST_F(GpuTest, ContextChoosesTheKernelFamily) {
   int dev = 0, major = 0, minor = 0;
   cuda_ok(cudaGetDevice(&dev), "cudaGetDevice");
@@ -781,17 +771,16 @@ TEST_F(GpuTest, ContextChoosesTheKernelFamily) {
   Case c;
   c.sq = 256;
   c.sk = 256;
-  c.block_q = 128;
-  c.block_k = 128;
+  c.d = 96;
   c.backward = false;
   FA_SEEDED(seed);
   Runner r(c);
   r.randomize(seed);
   try {
     r.run(Algorithm::flash, nullptr, false, false, CudaKernels::sm90);
-    ADD_FAILURE() << "ctx.cuda_kernels = sm90 accepted a block mask";
+    ADD_FAILURE() << "ctx.cuda_kernels = sm90 accepted head_dim 96";
   } catch (const flashattn::Error& e) {
-    EXPECT_NE(std::string(e.what()).find("block_mask"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("head_dim"), std::string::npos) << e.what();
   }
   EXPECT_NO_THROW(r.run(Algorithm::flash, nullptr, false, false, CudaKernels::sm80));
   try {
@@ -888,6 +877,60 @@ TEST_F(Sm90Gpu, VarlenDeviceOnlyOffsets) {
 
 // The keep mask of a varlen call equals dropout_mask() bit for bit.
 TEST_F(Sm90Gpu, VarlenDropoutMaskMatchesCpuHelperBitForBit) { check_dropout_mask(Algorithm::flash, true); }
+
+// ------------------------------------------------- sm90 block-sparse ---
+// Block-sparse on the Hopper kernels, forward and backward (forced): the
+// key-tile lists (forward, dQ pass) and the transposed lists (dK/dV
+// sweep), partial blocks with the causal / window rule inside them, full
+// blocks without it, blocks of two query or two key tiles, lengths off
+// every tile, lists empty for whole query blocks (O = 0, LSE = -inf, no
+// NaN), broadcast over batch and heads, varlen.
+class Sm90BlockSparse : public Sm90Gpu, public ::testing::WithParamInterface<DTypeHeadDim> {};
+
+TEST_P(Sm90BlockSparse, ListsBlocksAndMasks) {
+  const DTypeHeadDim sp = GetParam();
+  const std::int64_t blocks[][2] = {{128, 128}, {256, 128}, {128, 256}};
+  for (const auto& bl : blocks)
+    for (bool full : {true, false}) {
+      Case c;
+      c.dtype = sp.dtype;
+      c.d = sp.d;
+      c.sq = 300;
+      c.sk = 333;
+      c.hq = 2;
+      c.hk = 1;
+      c.block_q = bl[0];
+      c.block_k = bl[1];
+      c.block_full_lists = full;
+      c.causal = full;  // partial blocks also apply the element rule
+      check_case(c);
+    }
+  Case e;
+  e.dtype = sp.dtype;
+  e.d = sp.d;
+  e.sq = 1024;
+  e.sk = 300;
+  e.block_q = 128;
+  e.block_k = 128;
+  e.block_skip = 0.75;
+  check_case(e);
+  Case v;
+  v.dtype = sp.dtype;
+  v.d = sp.d;
+  v.hq = 4;
+  v.hk = 2;
+  v.block_q = 128;
+  v.block_k = 128;
+  v.block_broadcast = true;
+  v.lens_q = {100, 0, 257};
+  v.lens_k = {130, 9, 256};
+  v.window_left = 70;
+  v.window_right = 10;
+  check_case(v);
+}
+
+INSTANTIATE_TEST_SUITE_P(DTypesHeadDims, Sm90BlockSparse, ::testing::ValuesIn(dtype_head_dims(kSm90HeadDims)),
+                         dtype_head_dim_name);
 
 // ------------------------------------------------------ sm90 backward ---
 

@@ -202,17 +202,10 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) dkdv_kernel(const __g
   load_tile<kBlockN, kD, kThreads>(sV, gV, p.v_ss, sk - n0, tid);
   ptx::cp_async_commit();
 
-  // Query tiles that can see this key tile (dense): rows i with
-  // first_key(i) <= n_last and last_key(i) >= n0.
-  const int n_last = min(n0 + kBlockN, sk) - 1;
-  std::int64_t i_lo = 0, i_hi = sq - 1;
-  const std::int64_t shift = static_cast<std::int64_t>(sk) - sq;
-  if (!p.is_sparse()) {
-    if (p.window.right >= 0) i_lo = max(i_lo, static_cast<std::int64_t>(n0) - shift - p.window.right);
-    if (p.window.left >= 0) i_hi = min(i_hi, static_cast<std::int64_t>(n_last) - shift + p.window.left);
-  }
-  const int mt_begin = static_cast<int>(i_lo / kBlockM);
-  const int mt_end = i_hi < i_lo ? mt_begin : static_cast<int>(i_hi / kBlockM) + 1;
+  // The query tiles that see this key tile (the dense window range or the
+  // transposed block lists: ../key_tiles.cuh).
+  const QueryTiles<kBlockM, kBlockN> tiles(p, b, h, n0, seq);
+  const int n_steps = tiles.count();
 
   const int rg = warp % W::kRowGroups, cg = warp / W::kRowGroups;
   const int key0 = rg * 16 * kMT;  // first key (in the tile) of this warp
@@ -220,25 +213,13 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) dkdv_kernel(const __g
   zero(dk);
   zero(dv);
 
-  // The first attended query tile at or after mt (block-sparse masks skip
-  // whole tiles; dense ranges attend every tile in [mt_begin, mt_end)).
-  auto next_tile = [&](int mt, int* state) {
-    *state = kPartial;
-    if (!p.is_sparse()) return mt;
-    for (; mt < mt_end; ++mt)
-      if ((*state = block_state(p, b, h, mt * kBlockM / p.block_q, n0 / p.block_k)) != kSkip) break;
-    return mt;
-  };
-  int state = kPartial;
-  int mt = next_tile(mt_begin, &state);
-  if (mt < mt_end) load_query_tile<T, kD, kBlockM, kThreads>(p, seq, b, h, mt * kBlockM, gQ, gdO, sQ, sdO, sLse, sDsum, tid);
+  if (n_steps > 0)
+    load_query_tile<T, kD, kBlockM, kThreads>(p, seq, b, h, tiles.at(0).m0, gQ, gdO, sQ, sdO, sLse, sDsum, tid);
 
-  while (mt < mt_end) {
-    const int m0 = mt * kBlockM;
-    const bool window = !p.window.unbounded() && state == kPartial;
-    const int m_last = min(m0 + kBlockM, sq) - 1;
-    const bool need_mask = m0 + kBlockM > sq || n0 + kBlockN > sk ||
-                           (window && !window_covers(p.window, m0, m_last, n0, n_last, sq, sk));
+  for (int step = 0; step < n_steps; ++step) {
+    const QueryTile qt = tiles.at(step);
+    const int m0 = qt.m0;
+    const bool window = qt.window, need_mask = qt.need_mask;
 
     ptx::cp_async_wait<0>();
     __syncthreads();  // Q, dO (and at first K, V) landed; the last dQ product is done with sdSt
@@ -248,11 +229,10 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) dkdv_kernel(const __g
     // dV += P^T dO, dK += dS^T Q (this warp: 16 kMT keys x kDC columns).
     warp_gemm<T, kMT, kDC, kBlockM, false, true>(dv, sPt + key0 * S::kLdS, S::kLdS, sdO + cg * kDC, S::kLd, lane);
     warp_gemm<T, kMT, kDC, kBlockM, false, true>(dk, sdSt + key0 * S::kLdS, S::kLdS, sQ + cg * kDC, S::kLd, lane);
-    int next_state;
-    const int next = next_tile(mt + 1, &next_state);
     __syncthreads();  // every warp is done with sQ, sdO, sLse, sDsum: prefetch the next tile under the dQ product
-    if (next < mt_end)
-      load_query_tile<T, kD, kBlockM, kThreads>(p, seq, b, h, next * kBlockM, gQ, gdO, sQ, sdO, sLse, sDsum, tid);
+    if (step + 1 < n_steps)
+      load_query_tile<T, kD, kBlockM, kThreads>(p, seq, b, h, tiles.at(step + 1).m0, gQ, gdO, sQ, sdO, sLse, sDsum,
+                                                tid);
     if (p.dq_atomic) {
       // dQ_tile += dS K: A = dS (queries x keys) is dS^T read transposed.
       const int qrg = warp % W::kQRowGroups, qcg = warp / W::kQRowGroups;
@@ -280,8 +260,6 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) dkdv_kernel(const __g
         }
       }
     }
-    mt = next;
-    state = next_state;
   }
   ptx::cp_async_wait<0>();  // no copy may outlive the CTA (tile range can be empty)
 

@@ -13,8 +13,8 @@
 // backward_kernel: a CTA owns 128 keys (kBlockN; 64 at d = 256, whose
 // consumers split head_dim instead of the keys: consume_split_dims below)
 // of one (batch, query head) and sweeps the 64-row query tiles (kBlockM)
-// that can see any of them (dense window range; fully masked tiles are never
-// visited). Three warpgroups (as described here for d = 64 and 128):
+// that can see any of them (QueryTiles: the dense window range or the
+// block-sparse lists; fully masked tiles are never visited). Three warpgroups (as described here for d = 64 and 128):
 //  - warpgroup 0, the producer. Warp 0 only: lane 0 issues every TMA copy
 //    (K and V once, then Q_i and dO_i of each query tile into a ring of
 //    kStages stages, kSm90BwdTiles); the 32 lanes load the tile's LSE and D rows with ordinary
@@ -131,21 +131,6 @@ struct Smem {
   static_assert(kAlloc <= 227 * 1024, "over the shared memory of one CTA");
 };
 
-// The query tiles [*begin, *end) (of kBlockM rows) that can see a key of
-// [n0, n0 + kBlockN) under the window rule (src/common/mask.h), dense
-// problems only: the rows i with first_key(i) <= n_last and last_key(i) >= n0.
-// The same arithmetic as the sm80 dkdv kernel (sm80/backward.cuh).
-template <int kBlockN>
-__device__ __forceinline__ void query_tiles(const Params& p, const SeqInfo& seq, int n0, int* begin, int* end) {
-  const int n_last = min(n0 + kBlockN, seq.sk) - 1;
-  std::int64_t i_lo = 0, i_hi = seq.sq - 1;
-  const std::int64_t shift = static_cast<std::int64_t>(seq.sk) - seq.sq;
-  if (p.window.right >= 0) i_lo = max(i_lo, static_cast<std::int64_t>(n0) - shift - p.window.right);
-  if (p.window.left >= 0) i_hi = min(i_hi, static_cast<std::int64_t>(n_last) - shift + p.window.left);
-  *begin = static_cast<int>(i_lo / kBlockM);
-  *end = i_hi < i_lo ? *begin : static_cast<int>(i_hi / kBlockM) + 1;
-}
-
 // v, opaque to the compiler: addresses derived from it inside the loop are
 // recomputed there (an add or two each) instead of being hoisted out as
 // loop invariants -- 16 k-steps x 2 operands of 64-bit descriptors would
@@ -184,18 +169,6 @@ struct BwdPipes {
 }  // namespace bwd
 
 namespace bwd {
-
-// Whether the tile of queries m0.. and keys n0.. (n_last its last key
-// below seqlen_k) has an element the mask hides: a tail of either length,
-// or a window that does not cover the whole tile. Unmasked tiles take
-// probs_and_grads' branch-free path.
-template <int kBlockN>
-__device__ __forceinline__ bool tile_needs_mask(const Params& p, const SeqInfo& seq, int m0, int n0, int n_last,
-                                                bool window) {
-  const int m_last = min(m0 + kBlockM, seq.sq) - 1;
-  return m0 + kBlockM > seq.sq || n0 + kBlockN > seq.sk ||
-         (window && !window_covers(p.window, m0, m_last, n0, n_last, seq.sq, seq.sk));
-}
 
 // dQ = dS K of one query tile, the same for both consumer layouts: K = the
 // CTA's kBlockN keys in steps of 16 rows (2048 bytes in both operands),
@@ -376,8 +349,8 @@ __device__ __forceinline__ void store_dk_dv(const float (&dk)[kN], const float (
 // the GEMMs are 4x longer than at d = 64 for the same E1.
 template <class T, int kD, bool kDropout, class L>
 __device__ __forceinline__ void consume_split_dims(const Params& p, const SeqInfo& seq, unsigned char* smem,
-                                                   std::uint32_t base, int b, int h, int n0, int mt_begin,
-                                                   int n_steps, std::uint32_t bh) {
+                                                   std::uint32_t base, int b, int h, int n0,
+                                                   const QueryTiles<bwd::kBlockM, L::kBlockN>& tiles, std::uint32_t bh) {
   using namespace bwd;
   constexpr int kBlockN = L::kBlockN, kStages = L::kNumStages;
   constexpr int kHalfD = kD / 2;       // dK, dV columns a consumer (wgmma N of G2)
@@ -387,8 +360,7 @@ __device__ __forceinline__ void consume_split_dims(const Params& p, const SeqInf
   const int t = static_cast<int>(threadIdx.x) % kWarpgroup, warp = t / 32, lane = t % 32;
   const int col_in_tile = 2 * (lane % 4);
   const int key_row0 = 16 * warp + lane / 4;  // and + 8: this thread's keys within the 64
-  const bool window = !p.window.unbounded();
-  const int n_last = min(n0 + kBlockN, seq.sk) - 1;
+  const int n_steps = tiles.count();
   const float* lse_rows = reinterpret_cast<const float*>(smem + L::kRows);
   const float* dsum_rows = lse_rows + kStages * kBlockM;
   const BwdPipes<kStages> pipes(base + L::kBars);
@@ -401,11 +373,12 @@ __device__ __forceinline__ void consume_split_dims(const Params& p, const SeqInf
 
   for (PipelineState<kStages> st_state; st_state.count < n_steps; ++st_state) {
     const int step = st_state.count, s = st_state.stage();
-    const int m0 = (mt_begin + step) * kBlockM;
+    const QueryTile qt = tiles.at(step);
+    const int m0 = qt.m0;
+    const bool need_mask = qt.need_mask, window = qt.window;
     const std::uint32_t sbase = opaque(base_c);
     const std::uint32_t sK = sbase + L::kK, sV = sbase + L::kV;
     const std::uint32_t sQ = sbase + L::kQ + s * L::kQT, sdO = sbase + L::kDO + s * L::kQT;
-    const bool need_mask = tile_needs_mask<kBlockN>(p, seq, m0, n0, n_last, window);
 
     // ---- G1: K = head_dim in steps of 16 (a new 64-column box every 4).
     // Q_w / dO_w: rows 32w.. of every box (4096 w bytes: whole swizzle atoms).
@@ -515,9 +488,9 @@ __global__ void __launch_bounds__(kThreads, 1)
   // (the grid covers the longest sequence). The whole CTA leaves together.
   if (n0 >= seq.sk) return;
   const SeqCoords at = seq_coords(p, seq, b);
-  int mt_begin, mt_end;
-  query_tiles<kBlockN>(p, seq, n0, &mt_begin, &mt_end);
-  const int n_steps = mt_end - mt_begin;
+  // The query tiles that see this key tile (../key_tiles.cuh).
+  const QueryTiles<kBlockM, kBlockN> tiles(p, b, h, n0, seq);
+  const int n_steps = tiles.count();
 
   if (tid == 0) pipes.init();
   __syncthreads();
@@ -545,7 +518,11 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
       for (PipelineState<kStages> st_state; st_state.count < n_steps; ++st_state) {
         const int step = st_state.count, s = st_state.stage();
-        const int m0 = (mt_begin + step) * kBlockM;
+        const int m0 = tiles.at(step).m0;
+        // A block-sparse tile past seqlen_q (the last block of a short
+        // sequence) copies the sequence's first rows instead: its rows are
+        // all masked, and no box lies wholly outside the tensor.
+        const int m_copy = m0 < seq.sq ? m0 : 0;
         // Every lane waits: each of them overwrites its LSE / D rows of stage s.
         pipes.q.acquire(st_state);
         if (lane == 0) {
@@ -556,12 +533,12 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
           for (int c = 0; c < L::kChunks; ++c)
             x::tma_load_4d(base + L::kQ + s * L::kQT + c * kBlockM * 128, &tma_q, pipes.q.full(st_state), c * 64,
-                           at.q_row0 + m0, h, at.batch);
+                           at.q_row0 + m_copy, h, at.batch);
           x::mbar_expect_tx(pipes.dO.full(st_state), L::kQT);
 #pragma unroll
           for (int c = 0; c < L::kChunks; ++c)
             x::tma_load_4d(base + L::kDO + s * L::kQT + c * kBlockM * 128, &tma_do, pipes.dO.full(st_state), c * 64,
-                           at.q_row0 + m0, h, at.batch);
+                           at.q_row0 + m_copy, h, at.batch);
         }
         // Rows past seqlen_q: LSE = +inf (P = 0) and D = 0. An empty row
         // (LSE = -inf, no visible key) must give P = 0 too, not exp(+inf).
@@ -594,7 +571,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     if constexpr (L::kSplitDims) {
       // dK, dV; dQ in the dQ pass after this kernel.
       static_assert(sm90_bwd_tile(kD).dq_pass, "the split-head_dim layout leaves dQ to the dQ pass");
-      consume_split_dims<T, kD, kDropout, L>(p, seq, smem, base, b, h, n0, mt_begin, n_steps, bh);
+      consume_split_dims<T, kD, kDropout, L>(p, seq, smem, base, b, h, n0, tiles, bh);
     } else {
       // Which 64 keys of the tile. Broadcast from lane 0 so that the compiler
       // knows it is warp-uniform: the d = 64 dQ branch below depends on it,
@@ -605,8 +582,6 @@ __global__ void __launch_bounds__(kThreads, 1)
       // This thread's two key rows (accumulator layout: 16 warp + lane / 4,
       // + 8) within the 128-key tile.
       const int key_row0 = 64 * w + 16 * warp + lane / 4;
-      const bool window = !p.window.unbounded();
-      const int n_last = min(n0 + kBlockN, seq.sk) - 1;
 
       float dk[kD / 2], dv[kD / 2];
 #pragma unroll
@@ -655,7 +630,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       constexpr bool kDqFirst = kD == 128;
       auto dq_atomics = [&](float (&dq)[32], int j) {
         x::fence_operands(dq);
-        const int m0 = (mt_begin + j) * kBlockM;
+        const int m0 = tiles.at(j).m0;
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
           const int i = m0 + 16 * warp + lane / 4 + 8 * half;
@@ -701,13 +676,14 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
       for (PipelineState<kStages> st_state; st_state.count < n_steps; ++st_state) {
         const int step = st_state.count, s = st_state.stage();
-        const int m0 = (mt_begin + step) * kBlockM;
+        const QueryTile qt = tiles.at(step);
+        const int m0 = qt.m0;
+        const bool need_mask = qt.need_mask, window = qt.window;
         const std::uint32_t sbase = opaque(base_c);
         const std::uint32_t sKw = sbase + L::kK + w * 64 * 128, sVw = sbase + L::kV + w * 64 * 128;
         const std::uint32_t sQ = sbase + L::kQ + s * L::kQT, sdO = sbase + L::kDO + s * L::kQT;
         // (sKw, sVw: consumer w's 64 keys, rows 64w.. of every box: 8192 B,
         // whole swizzle atoms.)
-        const bool need_mask = tile_needs_mask<kBlockN>(p, seq, m0, n0, n_last, window);
 
         // ---- turn G1: S^T = K_w Q^T and dP^T = V_w dO^T. K = head_dim in
         // steps of 16 (32 bytes inside a 128-byte swizzled row; a new

@@ -177,7 +177,9 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll 1
         for (PipelineState<kStages> kv; kv.count < n_steps; ++kv) {
           const int s = kv.stage();
-          const int n0 = tiles.at(kv.count).n0;
+          // A listed key tile wholly past seqlen_k copies the sequence's first
+          // keys instead (all masked there; no box wholly outside the tensor).
+          const int n0 = tiles.at(kv.count).n0 < seq.sk ? tiles.at(kv.count).n0 : 0;
           v_ring.acquire(kv);
           x::mbar_arrive_expect_tx(v_ring.full(kv), L::kKV);
 #pragma unroll

@@ -133,7 +133,7 @@ __device__ __forceinline__ void fwd_producer(const Params& p, const Scheduler& s
   PipelineState<1> q_state;
   PipelineState<2> kv_state;
   for (int tile = sched.first(); tile < sched.count(); tile = sched.next(tile)) {
-    const QueryTile qt = sched.tile(tile);
+    const WorkTile qt = sched.tile(tile);
     const SeqInfo seq = resolve_seq(p, qt.b);
     if (qt.m0 >= seq.sq) continue;  // a varlen tile past its sequence's end: no rows (the consumers skip it too)
     const SeqCoords at = seq_coords(p, seq, qt.b);
@@ -156,7 +156,11 @@ __device__ __forceinline__ void fwd_producer(const Params& p, const Scheduler& s
                        at.q_row0 + qt.m0 + 64 * half, qt.h, at.batch);
     for (int step = 0; step < n_steps; ++step, ++kv_state) {
       const int s = kv_state.stage();
-      const int n0 = tiles.at(step).n0;
+      // A listed key tile wholly past seqlen_k (an index out of range, or a
+      // block past a short varlen sequence's end) copies the sequence's
+      // first keys instead: they are all masked there (the tile's keys are
+      // >= seqlen_k), and no box lies wholly outside the tensor.
+      const int n0 = tiles.at(step).n0 < seq.sk ? tiles.at(step).n0 : 0;
       pipes.k.acquire(kv_state);
       x::mbar_arrive_expect_tx(pipes.k.full(kv_state), L::kKV);
 #pragma unroll
@@ -296,7 +300,7 @@ struct FwdEpilogue {
 
   // The rows m_first.. below seq.sq of the staging (as the O map's boxes)
   // to out, 16 bytes a thread at a time.
-  __device__ __forceinline__ void copy_rows_out(const Params& p, const SeqInfo& seq, const QueryTile& qt, int m_first,
+  __device__ __forceinline__ void copy_rows_out(const Params& p, const SeqInfo& seq, const WorkTile& qt, int m_first,
                                                 const unsigned char* stage) const {
     constexpr int kRowChunks = kD / 8;  // 16-byte chunks a row
     const int rows = seq.sq - m_first;
@@ -310,7 +314,7 @@ struct FwdEpilogue {
 
   // rnd: the CTA's query tiles before this one.
   __device__ __forceinline__ void store(const float (&o)[kD / 2], const tile::OnlineSoftmax& sm, const Params& p,
-                                        const SeqInfo& seq, const QueryTile& qt, int rnd, const FwdPipes<L>& pipes,
+                                        const SeqInfo& seq, const WorkTile& qt, int rnd, const FwdPipes<L>& pipes,
                                         PipelineState<1> q_state) const {
     unsigned char* stage = smem + L::kO + cw * L::kQHalf;
     if (kPersistent && rnd > 0) {
@@ -419,7 +423,7 @@ __device__ __forceinline__ void fwd_consumer(const Params& p, const Scheduler& s
   // Returns false for a varlen tile past its sequence's end (no rows: the
   // producer skips it too).
   auto consume_tile = [&](const int tile_idx) {
-    const QueryTile qt = sched.tile(tile_idx);
+    const WorkTile qt = sched.tile(tile_idx);
     const SeqInfo seq = resolve_seq(p, qt.b);
     if (qt.m0 >= seq.sq) return false;
     const PipelineState<2> kv0 = kv_state;
@@ -432,7 +436,7 @@ __device__ __forceinline__ void fwd_consumer(const Params& p, const Scheduler& s
     // Whether consumer 1's last pass of this tile opens a next one.
     bool pass_on = false;
     if (kPersistent && cw == 1 && sched.next(tile_idx) < sched.count()) {
-      const QueryTile nt = sched.tile(sched.next(tile_idx));
+      const WorkTile nt = sched.tile(sched.next(tile_idx));
       pass_on = KeyTiles<kBlockM, kBlockN>(p, nt.b, nt.h, nt.m0, resolve_seq(p, nt.b)).count() > 0;
     }
 
@@ -574,13 +578,14 @@ void launch_forward(const Params& p, cudaStream_t stream) {
   static_assert(c.block_m == SmemLayout<kD, c.block_n, c.persistent>::kBlockM, "the layout's query tile is the table's");
   using L = SmemLayout<kD, c.block_n, c.persistent>;
   constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
-  // One CTA a query tile, or (persistent, problems without a mask and
-  // of fixed length: every tile the same length, so a static round-robin
-  // is balanced) one an SM.
+  // One CTA a query tile, or (persistent, problems without a mask, of
+  // fixed length and dense: every tile the same length, so a static
+  // round-robin is balanced) one an SM.
   const std::int64_t tiles = static_cast<std::int64_t>((p.seqlen_q + c.block_m - 1) / c.block_m) * p.heads_q * p.batch;
   if (tiles > 0x7fffffff) throw Error("q: expected fewer than 2^31 query tiles of 128 rows (batch x heads x tiles)");
   std::int64_t ctas = tiles;
-  if (c.persistent && p.window.unbounded() && !p.is_varlen()) ctas = std::min<std::int64_t>(tiles, device_sm_count());
+  if (c.persistent && p.window.unbounded() && !p.is_varlen() && !p.is_sparse())
+    ctas = std::min<std::int64_t>(tiles, device_sm_count());
   if (ctas == 0) return;  // no query rows: nothing to map (q, out may be null)
   // With no keys the K/V maps are never read (every query tile has zero key
   // steps), but an empty tensor may come with a null pointer, which the

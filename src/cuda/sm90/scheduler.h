@@ -9,8 +9,9 @@ namespace flashattn::detail::sm90 {
 
 using cuda::Params;
 
-// One query tile of the forward: rows m0.. of query head h of sequence b.
-struct QueryTile {
+// One unit of the forward's work: query rows m0.. of query head h of
+// sequence b.
+struct WorkTile {
   int m0, h, b;
 };
 
@@ -40,7 +41,7 @@ struct FwdTileScheduler {
   // One CTA a tile (grid = count()) or persistent (grid = one CTA an SM):
   // either way the CTA's next tile is gridDim.x further.
   __device__ __forceinline__ int next(int t) const { return t + static_cast<int>(gridDim.x); }
-  __device__ __forceinline__ QueryTile tile(int t) const {
+  __device__ __forceinline__ WorkTile tile(int t) const {
     const int nm = tiles_per_head();
     const int hb = t / nm;
     return {(nm - 1 - t % nm) * kBlockM, hb % p.heads_q, hb / p.heads_q};
