@@ -98,11 +98,11 @@ struct QueryTiles {
   const std::int32_t* idx = nullptr;  // sparse
   int per_block = 1;
 
-  __device__ QueryTiles(const Params& params, int b, int h, int n0_, const SeqInfo& s)
+  __device__ __forceinline__ QueryTiles(const Params& params, int b, int h, int n0_, const SeqInfo& s)
       : p(&params), sq(s.sq), sk(s.sk), n0(n0_) {
     n_last = min(n0 + kBlockN, sk) - 1;
     if (sq <= 0 || n_last < n0) return;
-    if (p->is_sparse()) {
+    if (sparse()) {
       const int bb = p->bm_batch == 1 ? 0 : b, hh = p->bm_heads == 1 ? 0 : h;
       const std::int64_t row = (static_cast<std::int64_t>(bb) * p->bm_heads + hh) * p->bm_nkb + n0 / p->block_k;
       idx = p->bm_t_idx + row * p->bm_nqb;
@@ -119,11 +119,12 @@ struct QueryTiles {
     count_ = static_cast<int>(i_hi / kBlockM) - first + 1;
   }
 
-  __device__ int count() const { return count_; }
+  __device__ __forceinline__ bool sparse() const { return p->is_sparse(); }
+  __device__ __forceinline__ int count() const { return count_; }
 
-  __device__ QueryTile at(int step) const {
+  __device__ __forceinline__ QueryTile at(int step) const {
     QueryTile t;
-    if (p->is_sparse()) {
+    if (sparse()) {
       const int v = idx[step / per_block];
       t.m0 = ((v >> 1) * per_block + step % per_block) * kBlockM;
       t.window = (v & 1) == 0;  // partial

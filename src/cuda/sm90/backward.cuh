@@ -131,6 +131,46 @@ struct Smem {
   static_assert(kAlloc <= 227 * 1024, "over the shared memory of one CTA");
 };
 
+// The dense schedule of a key tile: the query tiles [begin, begin + count)
+// (of kBlockM rows) that can see a key of [n0, n0 + kBlockN) under the
+// window rule (src/common/mask.h): the rows i with first_key(i) <= n_last
+// and last_key(i) >= n0, as QueryTiles' dense range (../key_tiles.cuh).
+// The dense kernels use it instead of QueryTiles, and test each tile's
+// mask with tile_needs_mask: with QueryTiles' per-tile window flag and its
+// sparse path compiled out, ptxas still made the dense sweep 19% longer
+// (per-element branches in the masked tiles).
+template <int kBlockN>
+__device__ __forceinline__ void query_tiles(const Params& p, const SeqInfo& seq, int n0, int* begin, int* end) {
+  const int n_last = min(n0 + kBlockN, seq.sk) - 1;
+  std::int64_t i_lo = 0, i_hi = seq.sq - 1;
+  const std::int64_t shift = static_cast<std::int64_t>(seq.sk) - seq.sq;
+  if (p.window.right >= 0) i_lo = max(i_lo, static_cast<std::int64_t>(n0) - shift - p.window.right);
+  if (p.window.left >= 0) i_hi = min(i_hi, static_cast<std::int64_t>(n_last) - shift + p.window.left);
+  *begin = static_cast<int>(i_lo / kBlockM);
+  *end = i_hi < i_lo ? *begin : static_cast<int>(i_hi / kBlockM) + 1;
+}
+
+template <int kBlockN>
+struct DenseQueryRange {
+  static constexpr bool kSparse = false;
+  int begin = 0, count_ = 0;
+  __device__ __forceinline__ DenseQueryRange(const Params& p, int, int, int n0, const SeqInfo& seq) {
+    int end;
+    query_tiles<kBlockN>(p, seq, n0, &begin, &end);
+    count_ = end - begin;
+  }
+  __device__ __forceinline__ int count() const { return count_; }
+  __device__ __forceinline__ int m0(int step) const { return (begin + step) * kBlockM; }
+};
+
+// The block-sparse schedule of a key tile (QueryTiles with its lists).
+template <int kBlockN>
+struct SparseQueryTiles : QueryTiles<kBlockM, kBlockN> {
+  static constexpr bool kSparse = true;
+  using QueryTiles<kBlockM, kBlockN>::QueryTiles;
+  __device__ __forceinline__ int m0(int step) const { return this->at(step).m0; }
+};
+
 // v, opaque to the compiler: addresses derived from it inside the loop are
 // recomputed there (an add or two each) instead of being hoisted out as
 // loop invariants -- 16 k-steps x 2 operands of 64-bit descriptors would
@@ -169,6 +209,34 @@ struct BwdPipes {
 }  // namespace bwd
 
 namespace bwd {
+
+// Whether the tile of queries m0.. and keys n0.. (n_last its last key
+// below seqlen_k) has an element the mask hides: a tail of either length,
+// or a window that does not cover the whole tile. Unmasked tiles take
+// probs_and_grads' branch-free path.
+template <int kBlockN>
+__device__ __forceinline__ bool tile_needs_mask(const Params& p, const SeqInfo& seq, int m0, int n0, int n_last,
+                                                bool window) {
+  const int m_last = min(m0 + kBlockM, seq.sq) - 1;
+  return m0 + kBlockM > seq.sq || n0 + kBlockN > seq.sk ||
+         (window && !window_covers(p.window, m0, m_last, n0, n_last, seq.sq, seq.sk));
+}
+
+// The mask flags of tile `step` of a schedule: from the lists (sparse:
+// partial blocks apply the window rule, full ones do not), or from the
+// kernel-wide window flag and tile_needs_mask (dense).
+template <int kBlockN, class Tiles>
+__device__ __forceinline__ void tile_flags(const Tiles& tiles, int step, const Params& p, const SeqInfo& seq, int m0,
+                                           int n0, int n_last, bool window_all, bool* need_mask, bool* window) {
+  if constexpr (Tiles::kSparse) {
+    const QueryTile qt = tiles.at(step);
+    *need_mask = qt.need_mask;
+    *window = qt.window;
+  } else {
+    *window = window_all;
+    *need_mask = tile_needs_mask<kBlockN>(p, seq, m0, n0, n_last, window_all);
+  }
+}
 
 // dQ = dS K of one query tile, the same for both consumer layouts: K = the
 // CTA's kBlockN keys in steps of 16 rows (2048 bytes in both operands),
@@ -347,10 +415,10 @@ __device__ __forceinline__ void store_dk_dv(const float (&dk)[kN], const float (
 // The two consumers run in lockstep (one barrier a tile), so E1 is not
 // hidden under the other's GEMMs as in the split-keys layout: at d = 256
 // the GEMMs are 4x longer than at d = 64 for the same E1.
-template <class T, int kD, bool kDropout, class L>
+template <class T, int kD, bool kDropout, class L, class Tiles>
 __device__ __forceinline__ void consume_split_dims(const Params& p, const SeqInfo& seq, unsigned char* smem,
-                                                   std::uint32_t base, int b, int h, int n0,
-                                                   const QueryTiles<bwd::kBlockM, L::kBlockN>& tiles, std::uint32_t bh) {
+                                                   std::uint32_t base, int b, int h, int n0, const Tiles& tiles,
+                                                   std::uint32_t bh) {
   using namespace bwd;
   constexpr int kBlockN = L::kBlockN, kStages = L::kNumStages;
   constexpr int kHalfD = kD / 2;       // dK, dV columns a consumer (wgmma N of G2)
@@ -361,6 +429,8 @@ __device__ __forceinline__ void consume_split_dims(const Params& p, const SeqInf
   const int col_in_tile = 2 * (lane % 4);
   const int key_row0 = 16 * warp + lane / 4;  // and + 8: this thread's keys within the 64
   const int n_steps = tiles.count();
+  const bool window_all = !p.window.unbounded();
+  const int n_last = min(n0 + kBlockN, seq.sk) - 1;
   const float* lse_rows = reinterpret_cast<const float*>(smem + L::kRows);
   const float* dsum_rows = lse_rows + kStages * kBlockM;
   const BwdPipes<kStages> pipes(base + L::kBars);
@@ -373,9 +443,9 @@ __device__ __forceinline__ void consume_split_dims(const Params& p, const SeqInf
 
   for (PipelineState<kStages> st_state; st_state.count < n_steps; ++st_state) {
     const int step = st_state.count, s = st_state.stage();
-    const QueryTile qt = tiles.at(step);
-    const int m0 = qt.m0;
-    const bool need_mask = qt.need_mask, window = qt.window;
+    const int m0 = tiles.m0(step);
+    bool need_mask, window;
+    tile_flags<kBlockN>(tiles, step, p, seq, m0, n0, n_last, window_all, &need_mask, &window);
     const std::uint32_t sbase = opaque(base_c);
     const std::uint32_t sK = sbase + L::kK, sV = sbase + L::kV;
     const std::uint32_t sQ = sbase + L::kQ + s * L::kQT, sdO = sbase + L::kDO + s * L::kQT;
@@ -457,8 +527,9 @@ __device__ __forceinline__ void consume_split_dims(const Params& p, const SeqInf
 
 // kDropout is a template parameter, not a run-time test of p.has_dropout:
 // the dropout code (keep bits, its Philox state) then costs nothing in the
-// kernel without dropout, whose consumers have no registers to spare.
-template <class T, int kD, bool kDropout>
+// kernel without dropout, whose consumers have no registers to spare. So is
+// kSparse (block-sparse lists or the dense range: QueryTiles).
+template <class T, int kD, bool kDropout, bool kSparse>
 __global__ void __launch_bounds__(kThreads, 1)
     backward_kernel(const __grid_constant__ Params p, const __grid_constant__ CUtensorMap tma_q,
                     const __grid_constant__ CUtensorMap tma_k, const __grid_constant__ CUtensorMap tma_v,
@@ -489,7 +560,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (n0 >= seq.sk) return;
   const SeqCoords at = seq_coords(p, seq, b);
   // The query tiles that see this key tile (../key_tiles.cuh).
-  const QueryTiles<kBlockM, kBlockN> tiles(p, b, h, n0, seq);
+  using Tiles = std::conditional_t<kSparse, SparseQueryTiles<kBlockN>, DenseQueryRange<kBlockN>>;
+  const Tiles tiles(p, b, h, n0, seq);
   const int n_steps = tiles.count();
 
   if (tid == 0) pipes.init();
@@ -518,7 +590,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
       for (PipelineState<kStages> st_state; st_state.count < n_steps; ++st_state) {
         const int step = st_state.count, s = st_state.stage();
-        const int m0 = tiles.at(step).m0;
+        const int m0 = tiles.m0(step);
         // A block-sparse tile past seqlen_q (the last block of a short
         // sequence) copies the sequence's first rows instead: its rows are
         // all masked, and no box lies wholly outside the tensor.
@@ -582,6 +654,8 @@ __global__ void __launch_bounds__(kThreads, 1)
       // This thread's two key rows (accumulator layout: 16 warp + lane / 4,
       // + 8) within the 128-key tile.
       const int key_row0 = 64 * w + 16 * warp + lane / 4;
+      const bool window_all = !p.window.unbounded();
+      const int n_last = min(n0 + kBlockN, seq.sk) - 1;
 
       float dk[kD / 2], dv[kD / 2];
 #pragma unroll
@@ -630,7 +704,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       constexpr bool kDqFirst = kD == 128;
       auto dq_atomics = [&](float (&dq)[32], int j) {
         x::fence_operands(dq);
-        const int m0 = tiles.at(j).m0;
+        const int m0 = tiles.m0(j);
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
           const int i = m0 + 16 * warp + lane / 4 + 8 * half;
@@ -676,9 +750,9 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
       for (PipelineState<kStages> st_state; st_state.count < n_steps; ++st_state) {
         const int step = st_state.count, s = st_state.stage();
-        const QueryTile qt = tiles.at(step);
-        const int m0 = qt.m0;
-        const bool need_mask = qt.need_mask, window = qt.window;
+        const int m0 = tiles.m0(step);
+        bool need_mask, window;
+        tile_flags<kBlockN>(tiles, step, p, seq, m0, n0, n_last, window_all, &need_mask, &window);
         const std::uint32_t sbase = opaque(base_c);
         const std::uint32_t sKw = sbase + L::kK + w * 64 * 128, sVw = sbase + L::kV + w * 64 * 128;
         const std::uint32_t sQ = sbase + L::kQ + s * L::kQT, sdO = sbase + L::kDO + s * L::kQT;
@@ -861,7 +935,9 @@ void launch_backward(const Params& p, cudaStream_t stream) {
     const CUtensorMap tv =
         make_operand_map<kD>(p, Side::k, p.v, any, kBf16, p.heads_k, p.v_ss, p.v_sh, p.v_sb, c.block_n, "v");
     if (p.seqlen_k > 0) {
-      auto kernel = p.has_dropout ? backward_kernel<T, kD, true> : backward_kernel<T, kD, false>;
+      auto kernel = p.is_sparse() ? (p.has_dropout ? backward_kernel<T, kD, true, true> : backward_kernel<T, kD, false, true>)
+                                  : (p.has_dropout ? backward_kernel<T, kD, true, false>
+                                                   : backward_kernel<T, kD, false, false>);
       set_max_dynamic_smem(kernel, L::kAlloc, "cudaFuncSetAttribute(sm90 backward)");
       const dim3 grid((p.seqlen_k + c.block_n - 1) / c.block_n, p.heads_q, p.batch);
       kernel<<<grid, kThreads, L::kAlloc, stream>>>(p, tq, tk, tv, tdo);

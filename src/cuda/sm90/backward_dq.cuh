@@ -179,7 +179,8 @@ __global__ void __launch_bounds__(kThreads, 1)
           const int s = kv.stage();
           // A listed key tile wholly past seqlen_k copies the sequence's first
           // keys instead (all masked there; no box wholly outside the tensor).
-          const int n0 = tiles.at(kv.count).n0 < seq.sk ? tiles.at(kv.count).n0 : 0;
+          const int n_first = tiles.at(kv.count).n0;
+          const int n0 = n_first < seq.sk ? n_first : 0;
           v_ring.acquire(kv);
           x::mbar_arrive_expect_tx(v_ring.full(kv), L::kKV);
 #pragma unroll
@@ -203,7 +204,6 @@ __global__ void __launch_bounds__(kThreads, 1)
     const int t = tid % kWarpgroup, warp = t / 32, lane = t % 32;
     const int col_in_tile = 2 * (lane % 4);
     const int row0 = 16 * warp + lane / 4;  // this thread's query rows: row0, row0 + 8
-    const bool window = !p.window.unbounded();
     const std::uint32_t bh = dropout_bh(p, b, h);
 
     // dQ starts with the first step's product (scale-d 0), not from zeros:
@@ -295,7 +295,10 @@ __global__ void __launch_bounds__(kThreads, 1)
               float& v = st[4 * tt + 2 * half + e];
               const float pe = ptx::exp2_approx(v * p.scale_log2 - lse2[half]);
               const int i = m0 + row0 + 8 * half, j = key0 + 8 * tt + col_in_tile + e;
-              const bool visible = i < seq.sq && j < seq.sk && (!window || p.window.visible(i, j, seq.sq, seq.sk));
+              // kt.window: the rule applies (dense, or a partial block; a
+              // full block shows every element of the sequence).
+              const bool visible =
+                  i < seq.sq && j < seq.sk && (!kt.window || p.window.visible(i, j, seq.sq, seq.sk));
               v = visible ? pe : 0.f;
             }
       }

@@ -160,7 +160,8 @@ __device__ __forceinline__ void fwd_producer(const Params& p, const Scheduler& s
       // block past a short varlen sequence's end) copies the sequence's
       // first keys instead: they are all masked there (the tile's keys are
       // >= seqlen_k), and no box lies wholly outside the tensor.
-      const int n0 = tiles.at(step).n0 < seq.sk ? tiles.at(step).n0 : 0;
+      const int n_first = tiles.at(step).n0;
+      const int n0 = n_first < seq.sk ? n_first : 0;
       pipes.k.acquire(kv_state);
       x::mbar_arrive_expect_tx(pipes.k.full(kv_state), L::kKV);
 #pragma unroll
