@@ -38,8 +38,8 @@ Settings:
           (Pixelfly's flat block butterfly, see block_pattern). flashattn
           block-sparse and FlexAttention get exactly the same block lists
           (built once, outside the timed region); dense flashattn (automatic
-          kernels: Hopper on an H100) and dense flashattn-sm80 (the kernel
-          family the block-sparse path runs on) are the references.
+          kernels: Hopper on an H100, which block-sparse takes too) and dense
+          flashattn-sm80 (the portable family) are the references.
 --rows "d,seqlen,causal[,dtype];..." replaces the head_dims x causal x
 seqlens product with those rows. Any flag given on the command line
 overrides the setting's value.

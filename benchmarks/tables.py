@@ -126,8 +126,8 @@ def sparse_md(data):
     lines = ["# Block-sparse attention against density", "", header(data), "",
              "Milliseconds forward / backward / forward + backward. flashattn-sparse and flex-sparse get the same "
              "block lists (built once); sparse / dense: block-sparse flashattn's time over dense flashattn's "
-             "(automatic kernels: Hopper on an H100) and over dense flashattn-sm80's (the kernel family the "
-             "block-sparse path runs on); time in proportion to density would equal the kept share. "
+             "(automatic kernels: Hopper on an H100, which block-sparse takes too) and over dense "
+             "flashattn-sm80's (the portable family); time in proportion to density would equal the kept share. "
              "flex / ours: FlexAttention's time over block-sparse flashattn's (> 1: ours faster)."]
     for (dtype, d, causal, s), m in index(results).items():
         dense, dense80 = m.get(("flashattn", None, None)), m.get(("flashattn-sm80", None, None))
