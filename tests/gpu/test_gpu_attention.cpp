@@ -16,6 +16,7 @@
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
+#include <array>
 #include <cstdlib>
 #include <cstring>
 #include <optional>
@@ -352,16 +353,17 @@ TEST_F(DropoutGpu, ForwardBackwardVsReference) {
 
 class BlockSparseGpu : public GpuTest {};
 
-TEST_F(BlockSparseGpu, PartialAndFullLists) {
-  // Multiples of 128 x 128 (the API's default block) every algorithm must
-  // take; the others only the standard path must (flash may refuse sizes
-  // off its tiles with an Error).
-  const std::int64_t blocks[][2] = {{128, 128}, {256, 128}, {128, 256}, {128, 64}, {64, 32}, {37, 50}, {16, 128}};
+// 300 x 333, GQA 2:1, each block shape with partial + full lists (and a
+// causal rule inside the partial blocks) and with partial lists alone.
+// Shapes off 128 x 128 only the standard path must take (flash may refuse
+// sizes off its tiles with an Error).
+void check_block_lists(DType t, std::int64_t d, std::initializer_list<std::array<std::int64_t, 2>> blocks) {
   for (const auto& bl : blocks)
     for (bool full : {true, false}) {
       Case c;
+      c.dtype = t;
       c.flash_may_refuse = bl[0] % 128 != 0 || bl[1] % 128 != 0;
-      c.d = 64;
+      c.d = d;
       c.sq = 300;
       c.sk = 333;
       c.hq = 2;
@@ -374,9 +376,12 @@ TEST_F(BlockSparseGpu, PartialAndFullLists) {
     }
 }
 
-TEST_F(BlockSparseGpu, BroadcastVarlenWindow) {
+// One block mask broadcast over batch and heads, on a varlen batch with
+// an empty sequence, a window inside the partial blocks, GQA 2:1.
+Case broadcast_varlen_window_case(DType t, std::int64_t d) {
   Case c;
-  c.d = 128;
+  c.dtype = t;
+  c.d = d;
   c.hq = 4;
   c.hk = 2;
   c.block_q = 128;
@@ -386,6 +391,15 @@ TEST_F(BlockSparseGpu, BroadcastVarlenWindow) {
   c.lens_k = {130, 9, 256};
   c.window_left = 70;
   c.window_right = 10;
+  return c;
+}
+
+TEST_F(BlockSparseGpu, PartialAndFullLists) {
+  check_block_lists(DType::bf16, 64, {{128, 128}, {256, 128}, {128, 256}, {128, 64}, {64, 32}, {37, 50}, {16, 128}});
+}
+
+TEST_F(BlockSparseGpu, BroadcastVarlenWindow) {
+  Case c = broadcast_varlen_window_case(DType::bf16, 128);
   check_case(c);
   c.block_broadcast = false;
   c.varlen_host_copies = false;
@@ -889,22 +903,7 @@ class Sm90BlockSparse : public Sm90Gpu, public ::testing::WithParamInterface<DTy
 
 TEST_P(Sm90BlockSparse, ListsBlocksAndMasks) {
   const DTypeHeadDim sp = GetParam();
-  const std::int64_t blocks[][2] = {{128, 128}, {256, 128}, {128, 256}};
-  for (const auto& bl : blocks)
-    for (bool full : {true, false}) {
-      Case c;
-      c.dtype = sp.dtype;
-      c.d = sp.d;
-      c.sq = 300;
-      c.sk = 333;
-      c.hq = 2;
-      c.hk = 1;
-      c.block_q = bl[0];
-      c.block_k = bl[1];
-      c.block_full_lists = full;
-      c.causal = full;  // partial blocks also apply the element rule
-      check_case(c);
-    }
+  check_block_lists(sp.dtype, sp.d, {{128, 128}, {256, 128}, {128, 256}});
   Case e;
   e.dtype = sp.dtype;
   e.d = sp.d;
@@ -914,19 +913,7 @@ TEST_P(Sm90BlockSparse, ListsBlocksAndMasks) {
   e.block_k = 128;
   e.block_skip = 0.75;
   check_case(e);
-  Case v;
-  v.dtype = sp.dtype;
-  v.d = sp.d;
-  v.hq = 4;
-  v.hk = 2;
-  v.block_q = 128;
-  v.block_k = 128;
-  v.block_broadcast = true;
-  v.lens_q = {100, 0, 257};
-  v.lens_k = {130, 9, 256};
-  v.window_left = 70;
-  v.window_right = 10;
-  check_case(v);
+  check_case(broadcast_varlen_window_case(sp.dtype, sp.d));
 }
 
 INSTANTIATE_TEST_SUITE_P(DTypesHeadDims, Sm90BlockSparse, ::testing::ValuesIn(dtype_head_dims(kSm90HeadDims)),
