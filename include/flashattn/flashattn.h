@@ -17,6 +17,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace flashattn {
 
@@ -130,6 +131,49 @@ struct BlockMask {
   const std::int32_t* kv_indices_host = nullptr;        // optional (CUDA)
   const std::int32_t* full_kv_count_host = nullptr;     // optional (CUDA)
   const std::int32_t* full_kv_indices_host = nullptr;   // optional (CUDA)
+};
+
+// Block-sparse patterns of the FlashAttention paper (Section 3.3) and the
+// long-range literature, built on the host as the lists of a BlockMask for
+// one (batch, head) (batch = heads = 1: broadcast over both). Query block
+// qb's diagonal is the key block of its last row under the bottom-right
+// alignment (row i sees key i + seqlen_k - seqlen_q). With causal = true a
+// block the causal rule hides wholly is dropped, one it cuts goes to the
+// partial list (the element rule applies inside: pass causal = true in the
+// Options too) and one it leaves whole to the full list; without, every
+// kept block is full.
+//  - local_global: the `local` key blocks ending at the diagonal (local 1:
+//    the diagonal alone), plus the first `global` key blocks (global
+//    tokens every query sees);
+//  - butterfly: the flat block butterfly (Pixelfly, Chen et al. 2021):
+//    block (qb, kb) kept iff (qb / width) xor (kb / width) is 0 or a power
+//    of two below 2^factors (identity plus butterfly factors of strides 1
+//    .. 2^(factors - 1) over super-blocks of `width` blocks); density
+//    width (factors + 1) / num_k_blocks for a square power-of-two grid;
+//  - strided (Sparse Transformer, Child et al. 2019): the `local` key
+//    blocks ending at the diagonal, plus every `stride`-th block before
+//    them counted back from the diagonal.
+// mask() points a BlockMask at the lists for a CPU call; for CUDA, copy the
+// four vectors to the device and pass their device addresses to
+// device_mask(), which also sets the host copies (so that the call checks
+// the lists). The pattern must outlive every mask made from it.
+class BlockPattern {
+ public:
+  static BlockPattern local_global(std::int64_t seqlen_q, std::int64_t seqlen_k, std::int64_t block_q,
+                                   std::int64_t block_k, std::int64_t local, std::int64_t global, bool causal);
+  static BlockPattern butterfly(std::int64_t seqlen_q, std::int64_t seqlen_k, std::int64_t block_q,
+                                std::int64_t block_k, std::int64_t factors, std::int64_t width, bool causal);
+  static BlockPattern strided(std::int64_t seqlen_q, std::int64_t seqlen_k, std::int64_t block_q,
+                              std::int64_t block_k, std::int64_t local, std::int64_t stride, bool causal);
+
+  BlockMask mask() const;
+  BlockMask device_mask(const std::int32_t* kv_count, const std::int32_t* kv_indices,
+                        const std::int32_t* full_kv_count, const std::int32_t* full_kv_indices) const;
+  // Kept share of the (query block, key block) grid.
+  double density() const;
+
+  std::vector<std::int32_t> kv_count, kv_indices, full_kv_count, full_kv_indices;
+  std::int64_t block_q = 0, block_k = 0, num_q_blocks = 0, num_k_blocks = 0;
 };
 
 // Options shared by forward and backward. Backward must be called with the
