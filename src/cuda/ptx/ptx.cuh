@@ -11,6 +11,17 @@
 
 namespace flashattn::detail::ptx {
 
+// v, opaque to the compiler (an empty asm it cannot see through): what
+// derives from it is computed where it is used instead of being hoisted out
+// of a loop as an invariant and held in registers through the loop, where
+// the kernels with the fullest register files have none to spare.
+template <class T>
+__device__ __forceinline__ T opaque(T v) {
+  static_assert(sizeof(T) == 4, "a 32-bit register");
+  asm volatile("" : "+r"(v));
+  return v;
+}
+
 __device__ __forceinline__ std::uint32_t smem_addr(const void* p) {
   return static_cast<std::uint32_t>(__cvta_generic_to_shared(p));
 }

@@ -171,14 +171,6 @@ struct SparseQueryTiles : QueryTiles<kBlockM, kBlockN> {
   __device__ __forceinline__ int m0(int step) const { return this->at(step).m0; }
 };
 
-// v, opaque to the compiler: addresses derived from it inside the loop are
-// recomputed there (an add or two each) instead of being hoisted out as
-// loop invariants -- 16 k-steps x 2 operands of 64-bit descriptors would
-// take the registers dK and dV need (ptxas spilled at d = 128 without it).
-__device__ __forceinline__ std::uint32_t opaque(std::uint32_t v) {
-  asm volatile("" : "+r"(v));
-  return v;
-}
 
 // The backward's barriers (block at Smem::kBars): kv_full (K and V of
 // the CTA, once), then the rings of the query tiles' stages: q_full[s] (Q
@@ -438,7 +430,7 @@ __device__ __forceinline__ void consume_split_dims(const Params& p, const SeqInf
   float dk[kHalfD / 2], dv[kHalfD / 2];
 #pragma unroll
   for (int i = 0; i < kHalfD / 2; ++i) dk[i] = dv[i] = 0.f;
-  const std::uint32_t base_c = opaque(base);  // see the split-keys consumer
+  const std::uint32_t base_c = ptx::opaque(base);  // see the split-keys consumer
   if (n_steps > 0) x::mbar_wait(pipes.kv_full(), 0);
 
   for (PipelineState<kStages> st_state; st_state.count < n_steps; ++st_state) {
@@ -446,7 +438,7 @@ __device__ __forceinline__ void consume_split_dims(const Params& p, const SeqInf
     const int m0 = tiles.m0(step);
     bool need_mask, window;
     tile_flags<kBlockN>(tiles, step, p, seq, m0, n0, n_last, window_all, &need_mask, &window);
-    const std::uint32_t sbase = opaque(base_c);
+    const std::uint32_t sbase = ptx::opaque(base_c);
     const std::uint32_t sK = sbase + L::kK, sV = sbase + L::kV;
     const std::uint32_t sQ = sbase + L::kQ + s * L::kQT, sdO = sbase + L::kDO + s * L::kQT;
 
@@ -663,7 +655,11 @@ __global__ void __launch_bounds__(kThreads, 1)
       // The shared-memory base once, as an opaque value: a plain `base` was
       // rematerialised every tile from SR_CgaCtaId (S2UR, whose latency was
       // the consumers' largest single stall: 13% of the samples under ncu).
-      const std::uint32_t base_c = opaque(base);
+      // And opaque again where each tile uses it (sbase): otherwise the
+      // 16 k-steps x 2 operands of 64-bit descriptors derived from it are
+      // hoisted out of the loop, taking the registers dK and dV need
+      // (ptxas spilled at d = 128).
+      const std::uint32_t base_c = ptx::opaque(base);
 
       // Turns at the tensor cores (see "Turns" at the top of this file):
       // consumer 0 waits on named barrier 1, consumer 1 on 2; each turn ends
@@ -688,7 +684,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       const int qbox = kSplit ? w : 0;
       auto my_dq = [&](int j) { return kSplit || (j & 1) == w; };
       auto dq_issue = [&](float (&dq)[32], int j) {
-        const std::uint32_t sbase = opaque(base_c);
+        const std::uint32_t sbase = ptx::opaque(base_c);
         const std::uint64_t ds_desc = x::desc_sw128(sbase + L::kDSt + (j % kDsBufs) * L::kDS, 1024, 1024);
         const std::uint64_t k_desc = x::desc_sw128(sbase + L::kK + qbox * kBlockN * 128, 1024, 1024);
         x::wgmma_fence();  // dq was last read by the atomics of the tile before
@@ -753,7 +749,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         const int m0 = tiles.m0(step);
         bool need_mask, window;
         tile_flags<kBlockN>(tiles, step, p, seq, m0, n0, n_last, window_all, &need_mask, &window);
-        const std::uint32_t sbase = opaque(base_c);
+        const std::uint32_t sbase = ptx::opaque(base_c);
         const std::uint32_t sKw = sbase + L::kK + w * 64 * 128, sVw = sbase + L::kV + w * 64 * 128;
         const std::uint32_t sQ = sbase + L::kQ + s * L::kQT, sdO = sbase + L::kDO + s * L::kQT;
         // (sKw, sVw: consumer w's 64 keys, rows 64w.. of every box: 8192 B,

@@ -179,13 +179,6 @@ __device__ __forceinline__ void fwd_producer(const Params& p, const Scheduler& s
   }
 }
 
-// v, opaque to the compiler: what derives from it is computed where it is
-// used instead of being hoisted out of a loop as an invariant (and held in
-// registers through the loop, where the consumers have none to spare).
-__device__ __forceinline__ int opaque_int(int v) {
-  asm volatile("" : "+r"(v));
-  return v;
-}
 
 // ---------------------------------------------------------- mainloop ---
 // The consumer's two products with K_j and V_j of one ring use, each one
@@ -325,7 +318,7 @@ struct FwdEpilogue {
     // The staging addresses depend on the thread only: the compiler would
     // compute all 2 x kD / 8 of them once, before the tile loop, and keep
     // them through it (at d = 128, spilled). Opaque: per-tile arithmetic.
-    const int ln = opaque_int(lane);
+    const int ln = ptx::opaque(lane);
     const int col_in_tile = tile::lane_col(ln);
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
