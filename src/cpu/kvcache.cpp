@@ -182,6 +182,7 @@ void kvcache_impl(const KvProblem& kp, const KvCacheArgs& a, int num_threads, in
           for (std::int64_t j = lo; j <= hi; ++j) {
             const Acc* kr = kb.data() + (j - j0) * d;
             Acc dot = 0;
+#pragma omp simd reduction(+ : dot)
             for (std::int64_t c = 0; c < d; ++c) dot += x[c] * kr[c];
             sc[j - j0] = dot * scale;
             mx = std::max(mx, sc[j - j0]);
@@ -190,11 +191,13 @@ void kvcache_impl(const KvProblem& kp, const KvCacheArgs& a, int num_threads, in
           const Acc corr = m[r] == neg_inf ? Acc(0) : std::exp(m[r] - m_new);
           Acc* o = acc.data() + r * d;
           Acc sum = l[r] * corr;
+#pragma omp simd
           for (std::int64_t c = 0; c < d; ++c) o[c] *= corr;
           for (std::int64_t j = lo; j <= hi; ++j) {
             const Acc pj = std::exp(sc[j - j0] - m_new);
             sum += pj;
             const Acc* vr = vb.data() + (j - j0) * d;
+#pragma omp simd
             for (std::int64_t c = 0; c < d; ++c) o[c] += pj * vr[c];
           }
           l[r] = sum;
