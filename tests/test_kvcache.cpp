@@ -241,9 +241,9 @@ KvExpected expected(const KvRun& r) {
   return e;
 }
 
-void expect_matches(KvRun& r, const KvExpected& e, bool reference = false) {
-  if (reference) flashattn::reference::forward_kvcache(r.args(), 2);
-  else flashattn::forward_kvcache(r.args(), Context{.num_threads = 2});
+void expect_matches(KvRun& r, const KvExpected& e, bool reference = false, int threads = 2) {
+  if (reference) flashattn::reference::forward_kvcache(r.args(), threads);
+  else flashattn::forward_kvcache(r.args(), Context{.num_threads = threads});
   const DType dt = reference ? DType::f64 : r.c.dtype;
   EXPECT_LT(max_abs_error(gather(r.kc.t).x, e.k_cache.x), cache_tolerance(r.c.dtype)) << "k_cache";
   EXPECT_EQ(max_abs_error(gather(r.vc.t).x, e.v_cache.x), 0.0) << "v_cache";
@@ -251,11 +251,11 @@ void expect_matches(KvRun& r, const KvExpected& e, bool reference = false) {
   EXPECT_LT(max_abs_error(to_double(r.lse), e.attn.lse), reference ? 1e-6 : 2e-4) << "lse";
 }
 
-void check(const KvCase& c) {
+void check(const KvCase& c, int threads = 2) {
   FA_SEEDED(seed);
   KvRun r(c, seed);
   const KvExpected e = expected(r);
-  expect_matches(r, e);
+  expect_matches(r, e, false, threads);
 }
 
 TEST(KvCache, DecodeGqaContiguous) {
@@ -311,6 +311,21 @@ TEST(KvCache, PagedDecodeLongWithSplits) {
   c.num_splits = 0;
   c.lens = {599 - 15, 300};
   check(c);
+}
+
+// One (sequence, KV head) and 8 threads: num_splits = 0 picks
+// min(8, ceil(1000 / 256)) = 4 splits.
+TEST(KvCache, HeuristicSplitsFillThreads) {
+  ASSERT_EQ(flashattn::kvcache_num_splits(1, 1000, 8), 4);
+  KvCase c;
+  c.batch = 1;
+  c.heads_q = 8;
+  c.heads_k = 1;
+  c.page_size = 16;
+  c.capacity = 1008;
+  c.lens = {999};
+  c.num_splits = 0;
+  check(c, 8);
 }
 
 TEST(KvCache, RotaryInterleavedAndNot) {
