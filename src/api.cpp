@@ -5,6 +5,7 @@
 #include "flashattn/reference.h"
 
 #include "backends.h"
+#include "common/kvcache.h"
 #include "common/philox.h"
 
 namespace flashattn {
@@ -37,6 +38,16 @@ void backward(const BackwardArgs& args, const Context& ctx) {
   if (ctx.algorithm == Algorithm::standard)
     return detail::cpu_standard_backward(p, args, ctx.num_threads, args.q.dtype == DType::f64);
   detail::cpu_flash_backward(p, args, ctx);
+}
+
+void forward_kvcache(const KvCacheArgs& args, const Context& ctx) {
+  const detail::KvProblem p = detail::check_kvcache(args, ctx);
+  if (ctx.device == Device::cuda) return detail::cuda_forward_kvcache(p, args, ctx);
+  detail::cpu_forward_kvcache(p, args, ctx);
+}
+
+int kvcache_num_splits(std::int64_t batch_heads_k, std::int64_t max_seqlen_k, int num_workers) {
+  return detail::kv_num_splits_heuristic(batch_heads_k, max_seqlen_k, num_workers);
 }
 
 void dropout_mask(std::uint64_t seed, std::uint64_t offset, float dropout_p, std::int64_t batch,
@@ -76,6 +87,13 @@ void backward(const BackwardArgs& args, int num_threads) {
   ctx.num_threads = num_threads;
   const Problem p = detail::check_backward(args, ctx);
   detail::cpu_standard_backward(p, args, num_threads, /*float64=*/true);
+}
+
+void forward_kvcache(const KvCacheArgs& args, int num_threads) {
+  Context ctx;
+  ctx.num_threads = num_threads;
+  const detail::KvProblem p = detail::check_kvcache(args, ctx);
+  detail::cpu_reference_kvcache(p, args, num_threads);
 }
 
 }  // namespace reference

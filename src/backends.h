@@ -17,10 +17,16 @@ void cpu_flash_backward(const Problem& p, const BackwardArgs& a, const Context& 
 void cpu_standard_forward(const Problem& p, const ForwardArgs& a, int num_threads, bool float64);
 void cpu_standard_backward(const Problem& p, const BackwardArgs& a, int num_threads, bool float64);
 
+// CPU: attention over a KV cache (src/cpu/kvcache.cpp), in float, and in
+// double with one split for the reference.
+void cpu_forward_kvcache(const KvProblem& p, const KvCacheArgs& a, const Context& ctx);
+void cpu_reference_kvcache(const KvProblem& p, const KvCacheArgs& a, int num_threads);
+
 // CUDA (src/cuda/api.cu). Without CUDA in the build these throw Error.
 std::size_t cuda_forward_workspace_bytes(const Problem& p, const ForwardArgs& a, const Context& ctx);
 std::size_t cuda_backward_workspace_bytes(const Problem& p, const BackwardArgs& a, const Context& ctx);
 void cuda_forward(const Problem& p, const ForwardArgs& a, const Context& ctx);
 void cuda_backward(const Problem& p, const BackwardArgs& a, const Context& ctx);
+void cuda_forward_kvcache(const KvProblem& p, const KvCacheArgs& a, const Context& ctx);
 
 }  // namespace flashattn::detail

@@ -423,6 +423,81 @@ std::tuple<Tensor, Tensor, Tensor> bwd(const Tensor& dout, const Tensor& q, cons
   return {dq, dk, dv};
 }
 
+// Attention over a KV cache (flashattn::forward_kvcache): k_cache and v_cache
+// are written in place at the appended rows (declared in the schema).
+// Shapes the library cannot see through its pointers (the index tensors'
+// lengths) are checked here.
+std::tuple<Tensor, Tensor> fwd_kvcache(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                                       const std::optional<Tensor>& k, const std::optional<Tensor>& v,
+                                       const Tensor& cache_seqlens, const std::optional<Tensor>& block_table,
+                                       const std::optional<Tensor>& cache_batch_idx,
+                                       const std::optional<Tensor>& rotary_cos, const std::optional<Tensor>& rotary_sin,
+                                       bool rotary_interleaved, std::optional<double> softmax_scale, bool causal,
+                                       int64_t window_left, int64_t window_right, int64_t num_splits) {
+  FLASHATTN_CHECK(q.device().is_cpu() || q.device().is_cuda(), "flashattn: q.device: expected cpu or cuda, got ",
+                  q.device());
+  flashattn::Context ctx;
+  ctx.device = q.device().is_cuda() ? flashattn::Device::cuda : flashattn::Device::cpu;
+  if (ctx.device == flashattn::Device::cpu) ctx.num_threads = at::get_num_threads();
+  flashattn::KvCacheArgs a;
+  a.q = view(q, "q", false);
+  a.k_cache = view(k_cache, "k_cache", false);
+  check_like_q(k_cache, q, "k_cache");
+  a.v_cache = view(v_cache, "v_cache", false);
+  check_like_q(v_cache, q, "v_cache");
+  const int64_t batch = q.size(0);
+  FLASHATTN_CHECK(k.has_value() == v.has_value(), "flashattn: k / v: expected both or neither, got only one");
+  if (k) {
+    a.k_new = view(*k, "k", false);
+    check_like_q(*k, q, "k");
+    a.v_new = view(*v, "v", false);
+    check_like_q(*v, q, "v");
+  }
+  const auto index = [&](const std::optional<Tensor>& t, const char* name, int64_t dim) -> const int32_t* {
+    if (!t) return nullptr;
+    FLASHATTN_CHECK(t->dim() == dim && t->size(0) == batch, "flashattn: ", name, ": expected a ", dim,
+                    "-D tensor with batch = ", batch, " rows, got shape ", shape_str(*t));
+    return int32_data(t, q, name);
+  };
+  a.cache_seqlens = index(cache_seqlens, "cache_seqlens", 1);
+  a.block_table = index(block_table, "block_table", 2);
+  if (block_table) a.max_blocks_per_seq = block_table->size(1);
+  a.cache_batch_idx = index(cache_batch_idx, "cache_batch_idx", 1);
+  FLASHATTN_CHECK(rotary_cos.has_value() == rotary_sin.has_value(),
+                  "flashattn: rotary_cos / rotary_sin: expected both or neither, got only one");
+  if (rotary_cos) {
+    for (auto [t, name] : {std::pair{&*rotary_cos, "rotary_cos"}, {&*rotary_sin, "rotary_sin"}}) {
+      FLASHATTN_CHECK(t->dim() == 2 && t->sizes() == rotary_cos->sizes() && t->is_contiguous(), "flashattn: ", name,
+                      ": expected a contiguous (seqlen_ro, rotary_dim / 2) tensor like rotary_cos ",
+                      shape_str(*rotary_cos), ", got ", shape_str(*t));
+      FLASHATTN_CHECK(t->scalar_type() == rotary_cos->scalar_type(), "flashattn: ", name,
+                      ".dtype: expected the dtype of rotary_cos (", rotary_cos->scalar_type(), "), got ",
+                      t->scalar_type());
+      check_same_device(*t, q, name);
+    }
+    a.rotary_cos = rotary_cos->data_ptr();
+    a.rotary_sin = rotary_sin->data_ptr();
+    a.rotary_dtype = to_dtype(*rotary_cos, "rotary_cos");
+    a.rotary_seqlen = rotary_cos->size(0);
+    a.rotary_dim = 2 * rotary_cos->size(1);
+    a.rotary_interleaved = rotary_interleaved;
+  }
+  if (softmax_scale) a.options.softmax_scale = static_cast<float>(*softmax_scale);
+  a.options.causal = causal;
+  a.options.window_left = window_left;
+  a.options.window_right = window_right;
+  FLASHATTN_CHECK(num_splits >= 0 && num_splits <= 128, "flashattn: num_splits: expected 0 (heuristic) to 128, got ",
+                  num_splits);
+  a.num_splits = static_cast<int>(num_splits);
+  DeviceScope scope(q, ctx);
+  Tensor out = at::empty(q.sizes(), q.options());
+  Tensor lse = at::empty(lse_shape(q, false), q.options().dtype(at::kFloat));
+  a.o = view(out, "out", false);
+  a.lse = lse.data_ptr<float>();
+  surface_errors([&] { flashattn::forward_kvcache(a, ctx); });
+  return {out, lse};
+}
+
 // The operators' dispatcher handles, looked up once. Calls through them
 // below the Autograd key reach the device kernels (or, under torch.compile,
 // the fake ones).
@@ -572,6 +647,10 @@ TORCH_LIBRARY(flashattn, m) {
       "dropout_mask(int seed, int offset, float dropout_p, int batch, int heads_q, int head, int rows, int cols) "
       "-> Tensor",
       &dropout_mask);
+  m.def(
+      "fwd_kvcache(Tensor q, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor? k, Tensor? v, Tensor cache_seqlens, "
+      "Tensor? block_table, Tensor? cache_batch_idx, Tensor? rotary_cos, Tensor? rotary_sin, bool rotary_interleaved, "
+      "float? softmax_scale, bool causal, int window_left, int window_right, int num_splits) -> (Tensor out, Tensor lse)");
   m.def("supports(str device, ScalarType dtype, int head_dim, int algorithm) -> bool", &supports);
   m.def("built_with_cuda() -> bool", &built_with_cuda);
   m.def("version() -> str", &library_version);
@@ -583,11 +662,13 @@ TORCH_LIBRARY_IMPL(flashattn, Autograd, m) { m.impl("fwd", &fwd_autograd); }
 TORCH_LIBRARY_IMPL(flashattn, CPU, m) {
   m.impl("fwd", &fwd);
   m.impl("bwd", &bwd);
+  m.impl("fwd_kvcache", &fwd_kvcache);
 }
 
 #ifdef FLASHATTN_TORCH_CUDA
 TORCH_LIBRARY_IMPL(flashattn, CUDA, m) {
   m.impl("fwd", &fwd);
   m.impl("bwd", &bwd);
+  m.impl("fwd_kvcache", &fwd_kvcache);
 }
 #endif

@@ -262,6 +262,84 @@ struct BackwardArgs {
   bool deterministic = false;
 };
 
+// ------------------------------------------------------------ KV cache ---
+
+// Inference over a KV cache (flash-attn's flash_attn_with_kvcache): append
+// the new keys/values of each sequence into the cache in place, then attend
+// q over the updated cache. For sequence b with L0 = cache_seqlens[b] (the
+// length BEFORE the call) and n = k_new.seqlen (0 without new keys):
+//  1. append: new row t (0 <= t < n) is written at cache position L0 + t,
+//     k with rotary applied at position L0 + t when rotary is given, v as
+//     is. Rows past L0 + n are neither read nor written. The caller keeps
+//     its own lengths: after the call sequence b holds L = L0 + n entries.
+//  2. attention: q (batch, seqlen_q, heads_q, head_dim) over the L cache
+//     entries, with options.causal / window bottom-right aligned per
+//     sequence (query i sees key j iff j <= L - seqlen_q + i when causal).
+//     With rotary, q is rotated first: at positions L0 + i when causal or a
+//     window is set, otherwise every query row at position L0 (flash-attn's
+//     rule: a non-causal q block is taken as one position). Rotated q is
+//     rounded to its dtype, as flash-attn does.
+// o has q's shape; lse (optional, float32) is [batch, heads_q, seqlen_q];
+// rows with no visible key give o = 0 and lse = -inf.
+//
+// Cache layouts (k_cache and v_cache of equal shape and q's dtype):
+//  - contiguous: (batch_cache, seqlen_cache, heads_k, head_dim); sequence b
+//    uses cache row cache_batch_idx[b] (or b when cache_batch_idx is null,
+//    and then batch_cache must equal the batch); capacity seqlen_cache.
+//  - paged (block_table non-null): (num_blocks, page_size, heads_k,
+//    head_dim); position s of sequence b lives in page
+//    block_table[b * max_blocks_per_seq + s / page_size] at row
+//    s % page_size; capacity max_blocks_per_seq * page_size; page_size
+//    (= k_cache.seqlen) is a multiple of 16 in [16, 256]. Only the pages
+//    that hold positions < L are read, so the table's other entries may be
+//    anything. cache_batch_idx is not allowed with a block table.
+// Rotary: rotary_cos / rotary_sin are dense (rotary_seqlen, rotary_dim / 2)
+// of dtype f32 or q's dtype; the first rotary_dim (even, <= head_dim)
+// channels are rotated, as pairs (2i, 2i+1) when rotary_interleaved (GPT-J)
+// or (i, i + rotary_dim/2) otherwise (GPT-NeoX), with cos/sin row = position.
+// Rotary needs new keys (the cached keys are already rotated).
+// GQA/MQA: heads_q a multiple of heads_k; the query heads of one KV head are
+// computed from one pass over its keys.
+// Split-KV (flash-decoding): the keys of each (sequence, KV head) are cut
+// into num_splits chunks whose partial results are merged through their
+// LSEs; num_splits = 0 picks a count (kvcache_num_splits below), >= 1 forces
+// one (at most 128). The split only changes rounding.
+// The index arrays live on the device of the call; as for Varlen, a CUDA
+// call checks their contents only when the host copies are given. The CPU
+// checks them always: cache lengths (>= 0, L0 + n <= capacity), block table
+// entries of the pages used (in [0, num_blocks)), cache_batch_idx (in
+// [0, batch_cache), distinct when appending), rotary positions (below
+// rotary_seqlen).
+struct KvCacheArgs {
+  Tensor q;
+  Tensor k_cache, v_cache;            // read, and written at the appended rows
+  Tensor k_new, v_new;                // optional: both null (data) or both set
+  const std::int32_t* cache_seqlens = nullptr;     // [batch], lengths before the append
+  const std::int32_t* block_table = nullptr;       // optional: [batch, max_blocks_per_seq], dense
+  std::int64_t max_blocks_per_seq = 0;
+  const std::int32_t* cache_batch_idx = nullptr;   // optional: [batch]
+  const void* rotary_cos = nullptr;                // optional: [rotary_seqlen, rotary_dim / 2]
+  const void* rotary_sin = nullptr;
+  DType rotary_dtype = DType::f32;
+  std::int64_t rotary_seqlen = 0, rotary_dim = 0;
+  bool rotary_interleaved = true;
+  Tensor o;
+  float* lse = nullptr;
+  Options options;   // softmax_scale, causal, window; no dropout, varlen or block mask
+  int num_splits = 0;  // 0: heuristic
+  const std::int32_t* cache_seqlens_host = nullptr;    // optional (CUDA)
+  const std::int32_t* block_table_host = nullptr;      // optional (CUDA)
+  const std::int32_t* cache_batch_idx_host = nullptr;  // optional (CUDA)
+};
+
+void forward_kvcache(const KvCacheArgs& args, const Context& ctx = {});
+
+// The split count that num_splits = 0 gives: 1 when batch * heads_k work
+// items already fill the workers (CPU threads or GPU SMs), else enough
+// splits to fill them, capped by one split per 256 keys of the longest
+// sequence and by 128.
+int kvcache_num_splits(std::int64_t batch_heads_k, std::int64_t max_seqlen_k, int num_workers);
+
 std::size_t forward_workspace_bytes(const ForwardArgs& args, const Context& ctx);
 std::size_t backward_workspace_bytes(const BackwardArgs& args, const Context& ctx);
 

@@ -12,5 +12,9 @@ namespace flashattn::reference {
 
 void forward(const ForwardArgs& args, int num_threads = 0);
 void backward(const BackwardArgs& args, int num_threads = 0);
+// The KV-cache call (flashattn::forward_kvcache) in double: appends into the
+// cache like it (the cache is written), then attends with one split
+// (args.num_splits is ignored).
+void forward_kvcache(const KvCacheArgs& args, int num_threads = 0);
 
 }  // namespace flashattn::reference

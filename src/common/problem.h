@@ -43,6 +43,20 @@ inline SeqRange seq_range(const Problem& p, const std::int32_t* cu_q, const std:
   return SeqRange{cu_q[b], cu_q[b + 1] - cu_q[b], cu_k[b], cu_k[b + 1] - cu_k[b]};
 }
 
+// A validated KV-cache call (check_kvcache). base.seqlen_k is the cache
+// capacity; the per-sequence key count is cache_seqlens[b] + seqlen_new.
+struct KvProblem {
+  Problem base;
+  std::int64_t seqlen_new = 0;   // rows appended per sequence (0 without k_new)
+  std::int64_t capacity = 0;     // positions per sequence the cache can hold
+  std::int64_t page_size = 0;    // 0: contiguous cache
+  std::int64_t rotary_dim = 0;   // 0: no rotary
+  bool has_new() const { return seqlen_new > 0; }
+  bool paged() const { return page_size > 0; }
+};
+
+KvProblem check_kvcache(const KvCacheArgs& args, const Context& ctx);
+
 Problem check_forward(const ForwardArgs& args, const Context& ctx);
 Problem check_backward(const BackwardArgs& args, const Context& ctx);
 

@@ -10,6 +10,7 @@
 
 #include "cuda/dispatch.h"
 #include "flashattn/flashattn.h"
+#include "kvcache.h"
 #include "problem.h"
 
 namespace flashattn {
@@ -288,6 +289,31 @@ void check_block_mask(const BlockMask& m, const Problem& p, const Context& ctx) 
   }
 }
 
+// Scale and window of a call whose sequences have at most rows_q query and
+// rows_k key rows.
+void resolve_scale_window(const Options& opt, std::int64_t head_dim, std::int64_t rows_q, std::int64_t rows_k,
+                          Problem& p) {
+  if (opt.softmax_scale && !std::isfinite(*opt.softmax_scale))
+    fail("options.softmax_scale", "a finite value", std::to_string(*opt.softmax_scale));
+  p.scale = opt.softmax_scale ? *opt.softmax_scale : static_cast<float>(1.0 / std::sqrt(static_cast<double>(head_dim)));
+
+  if (opt.window_left < -1) fail("options.window_left", ">= -1 (-1 = unbounded)", str(opt.window_left));
+  if (opt.window_right < -1) fail("options.window_right", ">= -1 (-1 = unbounded)", str(opt.window_right));
+  // A side wider than any sequence of the call is the unbounded side, and
+  // is stored as such (-1): every backend, and any kernel-side window
+  // arithmetic, then sees small values only. Sequences never exceed the
+  // tensors' row counts, so those bound every window that matters:
+  // left >= sk - 1 reaches key 0 from row 0, right >= sq - 1 reaches key
+  // sk - 1 from row 0.
+  p.window.left = opt.window_left >= rows_k ? -1 : opt.window_left;
+  p.window.right = opt.window_right >= rows_q ? -1 : opt.window_right;
+  if (opt.causal) {
+    if (opt.window_right > 0)
+      fail("options.window_right", "-1 or 0 with causal = true (causal means window_right = 0)", str(opt.window_right));
+    p.window.right = 0;
+  }
+}
+
 Problem check_common(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o,
                      const Options& opt, const Context& ctx) {
   check_context(ctx);
@@ -318,25 +344,7 @@ Problem check_common(const Tensor& q, const Tensor& k, const Tensor& v, const Te
   p.heads_k = k.heads;
   p.head_dim = q.head_dim;
 
-  if (opt.softmax_scale && !std::isfinite(*opt.softmax_scale))
-    fail("options.softmax_scale", "a finite value", std::to_string(*opt.softmax_scale));
-  p.scale = opt.softmax_scale ? *opt.softmax_scale : static_cast<float>(1.0 / std::sqrt(static_cast<double>(q.head_dim)));
-
-  if (opt.window_left < -1) fail("options.window_left", ">= -1 (-1 = unbounded)", str(opt.window_left));
-  if (opt.window_right < -1) fail("options.window_right", ">= -1 (-1 = unbounded)", str(opt.window_right));
-  // A side wider than any sequence of the call is the unbounded side, and
-  // is stored as such (-1): every backend, and any kernel-side window
-  // arithmetic, then sees small values only. Sequences never exceed the
-  // tensors' row counts, so those bound every window that matters:
-  // left >= sk - 1 reaches key 0 from row 0, right >= sq - 1 reaches key
-  // sk - 1 from row 0.
-  p.window.left = opt.window_left >= k.seqlen ? -1 : opt.window_left;
-  p.window.right = opt.window_right >= q.seqlen ? -1 : opt.window_right;
-  if (opt.causal) {
-    if (opt.window_right > 0)
-      fail("options.window_right", "-1 or 0 with causal = true (causal means window_right = 0)", str(opt.window_right));
-    p.window.right = 0;
-  }
+  resolve_scale_window(opt, q.head_dim, q.seqlen, k.seqlen, p);
 
   if (!(opt.dropout_p >= 0.0f && opt.dropout_p < 1.0f))
     fail("options.dropout_p", "a value in [0, 1)", std::to_string(opt.dropout_p));
@@ -388,6 +396,152 @@ Problem check_backward(const BackwardArgs& a, const Context& ctx) {
   if (!is_empty(a.q) && a.lse == nullptr) fail("lse", "the forward's log-sum-exp (non-null)", "nullptr");
   if (reinterpret_cast<std::uintptr_t>(a.lse) % alignof(float) != 0) fail("lse", "4-byte alignment", "a misaligned pointer");
   return p;
+}
+
+KvProblem check_kvcache(const KvCacheArgs& a, const Context& ctx) {
+  check_context(ctx);
+  const Tensor& q = a.q;
+  check_tensor(q, "q", ctx);
+  check_tensor(a.k_cache, "k_cache", ctx);
+  check_tensor(a.v_cache, "v_cache", ctx);
+  check_tensor(a.o, "o", ctx);
+  check_no_overlap(a.o, "o");
+  const bool has_new = a.k_new.data != nullptr || a.v_new.data != nullptr;
+  if (a.k_new.data != nullptr && a.v_new.data == nullptr) fail("v_new.data", "a tensor (k_new is given)", "nullptr");
+  if (a.v_new.data != nullptr && a.k_new.data == nullptr) fail("k_new.data", "a tensor (v_new is given)", "nullptr");
+  // The appended rows are written: the caches must not overlap themselves.
+  if (has_new) {
+    check_no_overlap(a.k_cache, "k_cache");
+    check_no_overlap(a.v_cache, "v_cache");
+  }
+  const auto same_dtype = [&](const Tensor& t, const char* name) {
+    if (t.dtype != q.dtype)
+      fail(std::string(name) + ".dtype", std::string("the dtype of q (") + to_string(q.dtype) + ")", to_string(t.dtype));
+  };
+  same_dtype(a.k_cache, "k_cache");
+  check_same_shape(a.v_cache, "v_cache", a.k_cache, "k_cache");
+  check_same_shape(a.o, "o", q, "q");
+  const Tensor& kc = a.k_cache;
+  if (kc.head_dim != q.head_dim) fail("k_cache.head_dim", "q.head_dim = " + str(q.head_dim), str(kc.head_dim));
+  if (q.heads % kc.heads != 0)
+    fail("q.heads", "a multiple of k_cache.heads = " + str(kc.heads) + " (GQA/MQA)", str(q.heads));
+  const bool dtype_ok = ctx.device == Device::cpu
+                            ? q.head_dim <= 256
+                            : supports(Device::cuda, Algorithm::flash, q.dtype, q.head_dim);
+  if (!dtype_ok)
+    fail("q.dtype / head_dim", std::string("a combination supported by forward_kvcache on ") + to_string(ctx.device),
+         std::string(to_string(q.dtype)) + " / " + str(q.head_dim));
+
+  const Options& opt = a.options;
+  if (opt.dropout_p != 0.0f) fail("options.dropout_p", "0 (forward_kvcache has no dropout)", std::to_string(opt.dropout_p));
+  if (opt.varlen) fail("options.varlen", "nullptr (forward_kvcache takes cache_seqlens)", "a Varlen");
+  if (opt.block_mask) fail("options.block_mask", "nullptr (not supported by forward_kvcache)", "a BlockMask");
+
+  KvProblem kp;
+  Problem& p = kp.base;
+  p.device = ctx.device;
+  p.algorithm = Algorithm::flash;
+  p.dtype = q.dtype;
+  p.batch = q.batch;
+  p.seqlen_q = q.seqlen;
+  p.heads_q = q.heads;
+  p.heads_k = kc.heads;
+  p.head_dim = q.head_dim;
+
+  if (has_new) {
+    check_tensor(a.k_new, "k_new", ctx);
+    check_tensor(a.v_new, "v_new", ctx);
+    same_dtype(a.k_new, "k_new");
+    check_same_shape(a.v_new, "v_new", a.k_new, "k_new");
+    if (a.k_new.batch != q.batch) fail("k_new.batch", "q.batch = " + str(q.batch), str(a.k_new.batch));
+    if (a.k_new.heads != kc.heads) fail("k_new.heads", "k_cache.heads = " + str(kc.heads), str(a.k_new.heads));
+    if (a.k_new.head_dim != q.head_dim) fail("k_new.head_dim", "q.head_dim = " + str(q.head_dim), str(a.k_new.head_dim));
+    kp.seqlen_new = a.k_new.seqlen;
+  }
+
+  const bool cpu = ctx.device == Device::cpu;
+  const std::int32_t* bt = cpu ? a.block_table : a.block_table_host;
+  const std::int32_t* cbi = cpu ? a.cache_batch_idx : a.cache_batch_idx_host;
+  const std::int32_t* lens = cpu ? a.cache_seqlens : a.cache_seqlens_host;
+  if (a.block_table) {
+    if (a.cache_batch_idx) fail("cache_batch_idx", "nullptr with a block table (paged caches)", "an array");
+    if (kc.seqlen < 16 || kc.seqlen > 256 || kc.seqlen % 16 != 0)
+      fail("k_cache.seqlen (page_size)", "a multiple of 16 in [16, 256]", str(kc.seqlen));
+    if (a.max_blocks_per_seq < 1 || a.max_blocks_per_seq > kMaxDim)
+      fail("max_blocks_per_seq", "in [1, 2^31-1]", str(a.max_blocks_per_seq));
+    kp.page_size = kc.seqlen;
+    kp.capacity = a.max_blocks_per_seq * kc.seqlen;
+  } else {
+    if (a.max_blocks_per_seq != 0)
+      fail("block_table", "a non-null pointer when max_blocks_per_seq = " + str(a.max_blocks_per_seq), "nullptr");
+    if (!a.cache_batch_idx && kc.batch != q.batch)
+      fail("k_cache.batch", "q.batch = " + str(q.batch) + " (or a cache_batch_idx)", str(kc.batch));
+    kp.capacity = kc.seqlen;
+  }
+  p.seqlen_k = kp.capacity;
+  if (p.batch > 0 && a.cache_seqlens == nullptr) fail("cache_seqlens", "a non-null pointer", "nullptr");
+
+  const bool has_rotary = a.rotary_cos != nullptr || a.rotary_sin != nullptr;
+  if (has_rotary) {
+    if (!a.rotary_cos) fail("rotary_cos", "a pointer (rotary_sin is given)", "nullptr");
+    if (!a.rotary_sin) fail("rotary_sin", "a pointer (rotary_cos is given)", "nullptr");
+    if (!has_new) fail("k_new", "new keys with rotary (the cached keys are already rotated)", "none");
+    if (a.rotary_dim < 2 || a.rotary_dim % 2 != 0 || a.rotary_dim > q.head_dim)
+      fail("rotary_dim", "even, in [2, head_dim = " + str(q.head_dim) + "]", str(a.rotary_dim));
+    if (a.rotary_dtype != DType::f32 && a.rotary_dtype != q.dtype)
+      fail("rotary_dtype", std::string("f32 or the dtype of q (") + to_string(q.dtype) + ")", to_string(a.rotary_dtype));
+    if (a.rotary_seqlen < 0 || a.rotary_seqlen > kMaxDim) fail("rotary_seqlen", "in [0, 2^31-1]", str(a.rotary_seqlen));
+    kp.rotary_dim = a.rotary_dim;
+  }
+  if (a.num_splits < 0 || a.num_splits > kKvMaxSplits)
+    fail("num_splits", "in [0, " + str(kKvMaxSplits) + "] (0 = heuristic)", str(a.num_splits));
+  if (reinterpret_cast<std::uintptr_t>(a.lse) % alignof(float) != 0) fail("lse", "4-byte alignment", "a misaligned pointer");
+
+  // Windows are bounded by the capacity (no sequence holds more keys).
+  resolve_scale_window(opt, q.head_dim, q.seqlen, kp.capacity, p);
+
+  // Contents, where host-readable.
+  if (cbi) {
+    for (std::int64_t b = 0; b < p.batch; ++b)
+      if (cbi[b] < 0 || cbi[b] >= kc.batch)
+        fail("cache_batch_idx[" + str(b) + "]", "in [0, k_cache.batch = " + str(kc.batch) + ")", str(cbi[b]));
+    if (has_new && kp.seqlen_new > 0) {
+      std::vector<std::uint8_t> seen(static_cast<std::size_t>(kc.batch));
+      for (std::int64_t b = 0; b < p.batch; ++b) {
+        if (seen[cbi[b]])
+          fail("cache_batch_idx[" + str(b) + "]", "distinct cache rows when appending", "row " + str(cbi[b]) + " repeated");
+        seen[cbi[b]] = 1;
+      }
+    }
+  }
+  if (lens) {
+    for (std::int64_t b = 0; b < p.batch; ++b) {
+      const std::int64_t l0 = lens[b], l = l0 + kp.seqlen_new;
+      if (l0 < 0) fail("cache_seqlens[" + str(b) + "]", ">= 0", str(l0));
+      if (l > kp.capacity)
+        fail("cache_seqlens[" + str(b) + "]",
+             "cache_seqlens + seqlen_new (" + str(kp.seqlen_new) + ") <= the cache capacity " + str(kp.capacity),
+             str(l0) + " (" + str(l) + " after the append)");
+      if (has_rotary) {
+        // Positions rotated: L0 + t for the new keys, L0 + i for q when
+        // causal / windowed (else L0).
+        const bool per_row = opt.causal || opt.window_left >= 0 || opt.window_right >= 0;
+        const std::int64_t last = l0 + std::max<std::int64_t>(kp.seqlen_new, per_row ? q.seqlen : 1) - 1;
+        if (last >= a.rotary_seqlen)
+          fail("rotary_seqlen", "> the largest rotated position " + str(last) + " (sequence " + str(b) + ")",
+               str(a.rotary_seqlen));
+      }
+      if (bt) {
+        const std::int64_t pages = (l + kp.page_size - 1) / kp.page_size;
+        for (std::int64_t i = 0; i < pages; ++i) {
+          const std::int32_t e = bt[b * a.max_blocks_per_seq + i];
+          if (e < 0 || e >= kc.batch)
+            fail("block_table[" + str(b) + ", " + str(i) + "]", "in [0, num_blocks = " + str(kc.batch) + ")", str(e));
+        }
+      }
+    }
+  }
+  return kp;
 }
 
 }  // namespace detail

@@ -428,4 +428,10 @@ void cuda_backward(const Problem& pr, const BackwardArgs& a, const Context& ctx)
                              [&]<class T, int kD>() { sm80::launch_backward<T, kD>(p, stream); });
 }
 
+// The KV-cache kernels (paged loads, split-KV and its combine) are not
+// written yet: the call is validated, then refused with the library's error.
+void cuda_forward_kvcache(const KvProblem&, const KvCacheArgs&, const Context&) {
+  throw Error("ctx.device: expected cpu (forward_kvcache is not implemented on CUDA yet), got cuda");
+}
+
 }  // namespace flashattn::detail

@@ -13,5 +13,6 @@ std::size_t cuda_forward_workspace_bytes(const Problem&, const ForwardArgs&, con
 std::size_t cuda_backward_workspace_bytes(const Problem&, const BackwardArgs&, const Context&) { no_cuda(); }
 void cuda_forward(const Problem&, const ForwardArgs&, const Context&) { no_cuda(); }
 void cuda_backward(const Problem&, const BackwardArgs&, const Context&) { no_cuda(); }
+void cuda_forward_kvcache(const KvProblem&, const KvCacheArgs&, const Context&) { no_cuda(); }
 
 }  // namespace flashattn::detail

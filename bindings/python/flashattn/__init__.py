@@ -17,6 +17,7 @@ from .interface import (
     flash_attn_kvpacked_func,
     flash_attn_qkvpacked_func,
     flash_attn_varlen_func,
+    flash_attn_with_kvcache,
     supported,
 )
 
@@ -25,6 +26,6 @@ library_version = ops.version
 
 __all__ = [
     "block_mask_args", "built_with_cuda", "dropout_mask", "flash_attn_block_sparse_func", "flash_attn_func",
-    "flash_attn_kvpacked_func", "flash_attn_qkvpacked_func", "flash_attn_varlen_func", "supported",
+    "flash_attn_kvpacked_func", "flash_attn_qkvpacked_func", "flash_attn_varlen_func", "flash_attn_with_kvcache", "supported",
     "library_version", "build_info",
 ]

@@ -153,3 +153,12 @@ def _bwd_fake(dout, q, k, v, out, lse, option_tensors, option_ints, dropout_p, s
     return (torch.empty_like(q, memory_format=torch.contiguous_format),
             torch.empty_like(k, memory_format=torch.contiguous_format),
             torch.empty_like(v, memory_format=torch.contiguous_format))
+
+
+@torch.library.register_fake("flashattn::fwd_kvcache")
+def _fwd_kvcache_fake(q, k_cache, v_cache, k, v, cache_seqlens, block_table, cache_batch_idx, rotary_cos, rotary_sin,
+                      rotary_interleaved, softmax_scale, causal, window_left, window_right, num_splits):
+    _check_inputs(q, k_cache, v_cache, 4)
+    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    lse = q.new_empty(_lse_shape(q, False), dtype=torch.float32)
+    return out, lse

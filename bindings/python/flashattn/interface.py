@@ -242,7 +242,8 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     sequence b uses batch index b and positions inside the sequence."""
     _unsupported(softcap, alibi_slopes)
     if block_table is not None:
-        raise NotImplementedError("flashattn: block_table: expected None (paged KV cache is not supported), got a value")
+        raise NotImplementedError("flashattn: block_table: expected None (paged KV caches are read by "
+                                  "flash_attn_with_kvcache only), got a value")
     for name, t in (("cu_seqlens_q", cu_seqlens_q), ("cu_seqlens_k", cu_seqlens_k)):
         if not isinstance(t, torch.Tensor) or t.dtype != torch.int32 or t.dim() != 1:
             got = f"{t.dtype} {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
@@ -296,6 +297,80 @@ def block_mask_args(block_mask) -> dict:
                 full_kv_indices=None if block_mask.full_kv_indices is None
                 else block_mask.full_kv_indices.to(torch.int32),
                 block_size=tuple(block_mask.BLOCK_SIZE))
+
+
+def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None, rotary_sin=None,
+                            cache_seqlens: Optional[Union[int, torch.Tensor]] = None, cache_batch_idx=None,
+                            cache_leftpad=None, block_table=None, softmax_scale=None, causal=False,
+                            window_size=_NO_WINDOW, softcap=0.0, rotary_interleaved=True, alibi_slopes=None,
+                            num_splits=0, return_softmax_lse=False):
+    """Attention over a KV cache, as flash-attn's flash_attn_with_kvcache
+    (inference: decode, speculative and chunked prefill). No gradient.
+
+    q: (batch, seqlen_q, heads, head_dim). The cache is contiguous
+    (batch_cache, seqlen_cache, heads_k, head_dim), or paged
+    (num_blocks, page_size, heads_k, head_dim) with block_table int32
+    (batch, max_blocks_per_seq) giving each sequence's pages in order
+    (page_size a multiple of 16 in [16, 256]).
+    cache_seqlens (int32 (batch,) or an int): each sequence's cache length
+    BEFORE this call; None means the whole cache (then k, v cannot be
+    appended). k, v (batch, seqlen_new, heads_k, head_dim), when given, are
+    written into k_cache / v_cache IN PLACE at positions cache_seqlens ..
+    cache_seqlens + seqlen_new - 1 (the caller advances its own lengths).
+    q then attends to the cache_seqlens + seqlen_new entries of its
+    sequence; causal / window_size are aligned to the bottom-right corner
+    (query row i sees key j <= cache_seqlens + seqlen_new - seqlen_q + i).
+    rotary_cos / rotary_sin (seqlen_ro, rotary_dim / 2), float32 or q's
+    dtype: k is rotated at positions cache_seqlens + t before it is stored;
+    q at cache_seqlens + i when causal or windowed, else at cache_seqlens
+    for every row. rotary_interleaved: pairs (0, 1), (2, 3) ... (GPT-J)
+    rather than the two halves (GPT-NeoX). cache_batch_idx (int32 (batch,))
+    picks the cache row of each sequence (contiguous caches only).
+    num_splits: split-KV pieces per (sequence, KV head), 0 = heuristic.
+    Returns out, or (out, softmax_lse [batch, heads, seqlen_q] float32).
+    CPU only for now: CUDA tensors raise NotImplementedError.
+    """
+    _unsupported(softcap, alibi_slopes)
+    if cache_leftpad is not None:
+        raise NotImplementedError("flashattn: cache_leftpad: expected None (left padding is not supported), got a value")
+    if isinstance(q, _Tensor) and q.is_cuda:
+        # Refused before the operator: its CUDA kernels are not written, and
+        # NotImplementedError (rather than the library's ValueError) lets a
+        # caller fall back to another implementation.
+        raise NotImplementedError("flashattn: flash_attn_with_kvcache: expected CPU tensors (the CUDA kernels of the "
+                                  "KV-cache op are not implemented yet), got q on " + str(q.device))
+    _check_inputs(q, k_cache, v_cache, 4)
+    for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
+        if t.stride(-1) != 1:
+            raise ValueError(f"flashattn: {name}: expected a contiguous last dimension (it is written in place), "
+                             f"got stride {t.stride(-1)}")
+    batch = q.shape[0]
+    if cache_seqlens is None:
+        capacity = k_cache.shape[1] * (block_table.shape[1] if block_table is not None else 1)
+        cache_seqlens = capacity
+    if not isinstance(cache_seqlens, _Tensor):
+        cache_seqlens = torch.full((batch,), operator.index(cache_seqlens), dtype=torch.int32, device=q.device)
+
+    def int32(t, name):
+        if t is None:
+            return None
+        if not isinstance(t, _Tensor) or t.dtype not in (torch.int32, torch.int64):
+            got = t.dtype if isinstance(t, _Tensor) else type(t).__name__
+            raise ValueError(f"flashattn: {name}: expected an int32 tensor, got {got}")
+        return t.to(torch.int32).contiguous()
+
+    if (k is None) != (v is None):
+        raise ValueError("flashattn: k / v: expected both or neither, got only one")
+    if rotary_cos is not None:
+        rotary_cos, rotary_sin = rotary_cos.contiguous(), rotary_sin.contiguous()
+    window_left, window_right = _window(window_size)
+    out, lse = ops.fwd_kvcache.default(
+        _last_dim_contiguous(q), k_cache, v_cache, None if k is None else _last_dim_contiguous(k),
+        None if v is None else _last_dim_contiguous(v), int32(cache_seqlens, "cache_seqlens"),
+        int32(block_table, "block_table"), int32(cache_batch_idx, "cache_batch_idx"), rotary_cos, rotary_sin,
+        bool(rotary_interleaved), None if softmax_scale is None else _real(softmax_scale, "softmax_scale"),
+        bool(causal), window_left, window_right, operator.index(num_splits))
+    return (out, lse) if return_softmax_lse else out
 
 
 def dropout_mask(seed: int, offset: int, dropout_p: float, batch: int, heads_q: int, head: int, rows: int,

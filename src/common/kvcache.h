@@ -1,0 +1,80 @@
+// KV-cache pieces shared by the backends (host and device code): where a
+// cache position lives, the split-KV schedule and its heuristic, and the
+// rotary rotation of one row.
+#pragma once
+
+#include <cstdint>
+
+#include "philox.h"  // FA_HOST_DEVICE
+
+namespace flashattn::detail {
+
+// The most splits one (sequence, KV head) is cut into.
+constexpr int kKvMaxSplits = 128;
+// Keys per split below which splitting further costs more (the combine and
+// the extra partial rows) than the parallelism it buys.
+constexpr std::int64_t kKvMinKeysPerSplit = 256;
+
+// num_splits = 0's choice: 1 when the batch * heads_k work items fill the
+// workers, else enough splits to fill them, at most one per
+// kKvMinKeysPerSplit keys of the longest sequence and kKvMaxSplits.
+FA_HOST_DEVICE int kv_num_splits_heuristic(std::int64_t batch_heads_k, std::int64_t max_seqlen_k,
+                                                  int num_workers) {
+  if (batch_heads_k <= 0 || max_seqlen_k <= 0 || num_workers <= 1 || batch_heads_k >= num_workers) return 1;
+  std::int64_t s = (num_workers + batch_heads_k - 1) / batch_heads_k;
+  const std::int64_t by_len = (max_seqlen_k + kKvMinKeysPerSplit - 1) / kKvMinKeysPerSplit;
+  if (s > by_len) s = by_len;
+  if (s > kKvMaxSplits) s = kKvMaxSplits;
+  return s < 1 ? 1 : static_cast<int>(s);
+}
+
+// Split `split` of `splits` over the key range [first, last] (inclusive;
+// empty when first > last): equal chunks in key order, the last ones
+// possibly empty. Returns [begin, end).
+struct KeyChunk {
+  std::int64_t begin = 0, end = 0;
+};
+FA_HOST_DEVICE KeyChunk kv_split_chunk(std::int64_t first, std::int64_t last, int split, int splits) {
+  const std::int64_t n = last >= first ? last - first + 1 : 0;
+  const std::int64_t per = (n + splits - 1) / splits;
+  std::int64_t b = first + per * split, e = b + per;
+  if (e > first + n) e = first + n;
+  if (b > e) b = e;
+  return KeyChunk{b, e};
+}
+
+// Element offset of (position pos, head h, channel 0) of sequence b's cache.
+// Paged: page = table[b * max_blocks + pos / page_size]; contiguous: cache
+// row = batch_idx ? batch_idx[b] : b.
+struct KvCacheLayout {
+  std::int64_t stride_batch = 0, stride_seq = 0, stride_head = 0;  // of the cache tensor
+  std::int64_t page_size = 0;                                      // 0: contiguous
+  std::int64_t max_blocks = 0;
+  const std::int32_t* block_table = nullptr;
+  const std::int32_t* batch_idx = nullptr;
+
+  FA_HOST_DEVICE std::int64_t offset(std::int64_t b, std::int64_t pos, std::int64_t h) const {
+    if (page_size > 0) {
+      const std::int64_t page = block_table[b * max_blocks + pos / page_size];
+      return page * stride_batch + (pos % page_size) * stride_seq + h * stride_head;
+    }
+    const std::int64_t row = batch_idx ? batch_idx[b] : b;
+    return row * stride_batch + pos * stride_seq + h * stride_head;
+  }
+};
+
+// Rotates the first rotary_dim channels of x in place with the cos / sin
+// row of its position (rotary_dim / 2 entries each): pairs (2i, 2i+1) when
+// interleaved, (i, i + rotary_dim / 2) otherwise.
+template <class T>
+FA_HOST_DEVICE void rotate_row(T* x, const T* cos, const T* sin, std::int64_t rotary_dim, bool interleaved) {
+  const std::int64_t half = rotary_dim / 2;
+  for (std::int64_t i = 0; i < half; ++i) {
+    const std::int64_t a = interleaved ? 2 * i : i, b = interleaved ? 2 * i + 1 : i + half;
+    const T x0 = x[a], x1 = x[b];
+    x[a] = x0 * cos[i] - x1 * sin[i];
+    x[b] = x0 * sin[i] + x1 * cos[i];
+  }
+}
+
+}  // namespace flashattn::detail
