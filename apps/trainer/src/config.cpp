@@ -52,7 +52,7 @@ const std::vector<Flag>& flags() {
        [](TrainConfig& c, const std::string& v) { c.device = one_of("--device", v, {"cpu", "cuda"}); }},
       {"--precision", "fp32 | bf16 (autocast, fp32 master weights); default bf16 on cuda, fp32 on cpu",
        [](TrainConfig& c, const std::string& v) { c.precision = one_of("--precision", v, {"fp32", "bf16"}); }},
-      {"--data", "folder with train.tok / val.tok from fa-data prepare (scripts/setup-data)",
+      {"--data", "folder with train.tok / val.tok from fa-data prepare (scripts/setup-data), or lra:DIR with train.bin / val.bin from fa-lra gen (--task classify)",
        [](TrainConfig& c, const std::string& v) { c.data = v; }},
       {"--layers", "transformer blocks (overrides the preset)",
        [](TrainConfig& c, const std::string& v) { c.model.layers = to_int("--layers", v); }},

@@ -14,6 +14,7 @@
 #include <random>
 #include <sstream>
 
+#include "lra_data.h"
 #include "model.h"
 #include "safetensors.h"
 #include "shards.h"
@@ -42,6 +43,24 @@ struct Data {
 };
 
 Data load_data(const TrainConfig& c) {
+  if (is_lra_data(c.data)) {
+    // fa-lra's files: classification data only (no MLM or LM stream).
+    const std::string dir = c.data.substr(std::string(kLraPrefix).size());
+    if (c.effective_task() != "classify")
+      throw ConfigError("--data: " + c.data + " is fa-lra classification data; it trains --task classify, not " +
+                        c.effective_task());
+    for (const char* f : {"train.bin", "val.bin"})
+      if (!fs::exists(fs::path(dir) / f))
+        throw ConfigError("--data: '" + dir + "' has no " + f + " (make it with fa-lra gen, docs/lra.md)");
+    Data d;
+    try {
+      d.train = lra_shard((fs::path(dir) / "train.bin").string());
+      d.val = lra_shard((fs::path(dir) / "val.bin").string());
+    } catch (const std::runtime_error& e) {
+      throw ConfigError(std::string("--data: ") + e.what());
+    }
+    return d;
+  }
   if (!fs::is_directory(c.data))
     throw ConfigError("--data: '" + c.data + "' is not a folder (make one with fa-data prepare or scripts/setup-data)");
   for (const char* f : {"train.tok", "val.tok"})
