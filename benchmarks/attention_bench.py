@@ -29,8 +29,10 @@ Settings:
           2048 / head_dim: d 64 8K, d 128 8K, d 128 causal 8K, d 256 8K,
           d 128 1K, d 128 causal 1K, and fp16 d 128 8K): flashattn's Hopper
           and sm80 kernels (FLASHATTN_CUDA_KERNELS set around the method),
-          PyTorch's cuDNN and FlashAttention-2 SDPA backends; --timing
-          separate (below).
+          PyTorch's cuDNN and FlashAttention-2 SDPA backends, and
+          FlashAttention-4 (method fa4, flash-attn-4's flash_attn.cute,
+          when --methods names it: scripts/bench-hopper adds it when it is
+          importable); --timing separate (below).
   sparse  block-sparse against density: bf16, batch 1, heads = 2048 /
           head_dim, head_dim 64 and 128, seqlens 16384 and 65536, densities
           1/2 .. 1/16, two block patterns (--patterns): random key blocks
@@ -582,7 +584,68 @@ def build_local(p):
     return fn, None
 
 
+# FlashAttention-4 (the PyPI package flash-attn-4: CuTe-DSL kernels for
+# Hopper and Blackwell; scripts/fetch-peer-wheels and install-peer-wheels
+# bring it to the GPU machine). Its public API is flash_attn.cute's
+# flash_attn_func(q, k, v, softmax_scale=None, causal=False, ...) on
+# (b, s, h, d) fp16 / bf16 CUDA tensors (head_dim 8 .. 256, a multiple of
+# 8, on sm90; 8 .. 128 or (192, 128) / 256 on sm100), returning (out, lse)
+# as an autograd Function (backward included); no dropout. Imported once,
+# when the method is first built: the import loads the CuTe DSL compiler
+# (seconds), and every problem's kernels are compiled in the first,
+# untimed call.
+_FA4 = {}
+
+
+def fa4_api():
+    """(flash_attn_func, version) of FlashAttention-4, or Unsupported with
+    the reason it is not importable."""
+    if not _FA4:
+        try:
+            from flash_attn.cute import flash_attn_func
+        except Exception as e:  # noqa: BLE001 (ImportError, or the DSL's own RuntimeError on a bad install)
+            _FA4.update(fn=None, error=f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}")
+        else:
+            try:
+                from importlib.metadata import version
+                ver = version("flash-attn-4")
+            except Exception:  # noqa: BLE001 (importable from a source tree, no metadata)
+                ver = "unknown"
+            _FA4.update(fn=flash_attn_func, version=ver, error="")
+    if _FA4["fn"] is None:
+        raise Unsupported("FlashAttention-4 is not importable (flash-attn-4's flash_attn.cute; "
+                          "scripts/fetch-peer-wheels, scripts/install-peer-wheels): " + _FA4["error"])
+    return _FA4["fn"], _FA4["version"]
+
+
+def build_fa4(p):
+    flash_attn_func, version = fa4_api()
+    if p.q.device.type != "cuda":
+        raise Unsupported(f"FlashAttention-4 runs on CUDA only; this run is on {p.q.device.type}")
+    if p.dtype not in (torch.float16, torch.bfloat16):
+        raise Unsupported(f"FlashAttention-4 takes fp16 / bf16, not {str(p.dtype).replace('torch.', '')}")
+    if p.dropout > 0:
+        raise Unsupported("FlashAttention-4 has no dropout")
+    if p.lens is not None:
+        raise Unsupported("key padding: FlashAttention-4's varlen API is not wired in this harness")
+    major = torch.cuda.get_device_capability(p.q.device)[0]
+    if major == 9 and not (8 <= p.head_dim <= 256 and p.head_dim % 8 == 0):
+        raise Unsupported(f"FlashAttention-4 on sm90 takes head_dim 8 .. 256, a multiple of 8, not {p.head_dim}")
+    causal = p.causal
+
+    def fn(q, k, v):
+        try:
+            out = flash_attn_func(q, k, v, causal=causal)
+        except AssertionError as e:  # FA4 says "not supported" with asserts: a reason, not a crash
+            raise NotImplementedError(f"FlashAttention-4: {e}") from e
+        return out[0] if isinstance(out, tuple) else out  # (out, lse)
+    return Case(fn, p.pairs(), notes=dict(fa4_version=version, fa4_api="flash_attn.cute.flash_attn_func",
+                                          fa4_arch=f"sm{major}x"))
+
+
 def build(method, p):
+    if method == "fa4":
+        return build_fa4(p)
     if method == "flashattn":
         return build_flashattn(p)
     if method in FLASHATTN_KERNELS:
@@ -902,7 +965,7 @@ def row_list(s):
 
 
 KNOWN_METHODS = {"flashattn", "flashattn-standard", "flashattn-sparse", *FLASHATTN_KERNELS, "pytorch-standard", "flex",
-                 "flex-sparse", *SDPA_BACKENDS, *SDPA_NJT, *APPROXIMATE}
+                 "flex-sparse", "fa4", *SDPA_BACKENDS, *SDPA_NJT, *APPROXIMATE}
 
 
 def main(argv=None):

@@ -4,7 +4,8 @@ every JSON it saves; benchmarks/hopper_table.py prints the hopper one).
   markdown(data) -> str: the table(s) of one run, chosen by its setting:
     hopper  one row per problem: TFLOPS forward / backward / forward +
             backward of each method, and ours / cuDNN for each pass against
-            issue 4's bars (forward >= 0.9x, backward >= 0.85x);
+            issue 4's bars (forward >= 0.9x, backward >= 0.85x), and ours /
+            FA4 (FlashAttention-4, method fa4) when it is in the run;
     sparse  per (head_dim, seqlen): dense flashattn (automatic kernels and
             sm80), then block-sparse flashattn and FlexAttention with the
             same block lists at each (pattern, density), with the sparse /
@@ -80,27 +81,62 @@ def ours_method(results):
     return None
 
 
+# Column names of methods that have a shorter one.
+DISPLAY = {"fa4": "FA4"}
+
+
+def speedups(a, c, bars=(None, None, None)):
+    """c's time over a's for each pass ('1.10x': a is 1.1 times as fast),
+    against the bars where given; '-' unless both ran."""
+    if not (a and c and a["status"] == "ok" and c["status"] == "ok"):
+        return ["-", "-", "-"]
+    out = []
+    for p, bar in zip(PASSES, bars):
+        x = c[f"{p}_ms"] / a[f"{p}_ms"]
+        out.append(f"{x:.2f}x" + ("" if bar is None else " (bar met)" if x >= bar else " (bar missed)"))
+    return out
+
+
 def hopper_md(data):
     results = data["results"]
     methods = list(OrderedDict.fromkeys(r["method"] for r in results))
     ours = ours_method(results)
-    lines = ["# Dense attention: flashattn against PyTorch's SDPA backends", "", header(data), "",
+    fa4 = "fa4" in methods
+    what = f"{ours}'s over sdpa-cudnn's, against the bars (forward >= {FWD_BAR}x, backward >= {BWD_BAR}x)"
+    if fa4:
+        what += f"; then {ours}'s over FlashAttention-4's (FA4: flash-attn-4's flash_attn.cute)"
+    title = "flashattn against PyTorch's SDPA backends" + (" and FlashAttention-4" if fa4 else "")
+    head = f" | {ours} / cuDNN fwd | bwd | fwd+bwd |" + (f" {ours} / FA4 fwd | bwd | fwd+bwd |" if fa4 else "")
+    lines = [f"# Dense attention: {title}", "", header(data) + fa4_versions(results), "",
              "TFLOPS forward / backward / forward + backward (4 b h s^2 d forward, halved when causal, 2.5x "
-             "backward); the last three columns: "
-             f"{ours}'s over sdpa-cudnn's, against the bars (forward >= {FWD_BAR}x, backward >= {BWD_BAR}x).", "",
-             "| dtype, head_dim, mask, seqlen | " + " | ".join(methods) + f" | {ours} / cuDNN fwd | bwd | fwd+bwd |",
-             "| --- | " + " | ".join("---:" for _ in methods) + " | ---: | ---: | ---: |"]
+             f"backward); the ratio columns (time of the other over time of ours, > 1: ours faster): {what}.", "",
+             "| dtype, head_dim, mask, seqlen | " + " | ".join(DISPLAY.get(x, x) for x in methods) + head,
+             "| --- | " + " | ".join("---:" for _ in methods) + " | ---: | ---: | ---: |" + (" ---: | ---: | ---: |"
+                                                                                      if fa4 else "")]
     for (dtype, d, causal, s), m in index(results).items():
         cells = [triple(m.get((x, None, None)), "tflops") for x in methods]
-        a, c = m.get((ours, None, None)), m.get(("sdpa-cudnn", None, None))
-        ratio = ["-", "-", "-"]
-        if a and c and a["status"] == "ok" and c["status"] == "ok":
-            for i, (p, bar) in enumerate(zip(PASSES, (FWD_BAR, BWD_BAR, None))):
-                x = c[f"{p}_ms"] / a[f"{p}_ms"]
-                ratio[i] = f"{x:.2f}x" + ("" if bar is None else " (bar met)" if x >= bar else " (bar missed)")
+        a = m.get((ours, None, None))
+        ratio = speedups(a, m.get(("sdpa-cudnn", None, None)), (FWD_BAR, BWD_BAR, None))
+        if fa4:
+            ratio += speedups(a, m.get(("fa4", None, None)))
         lines.append(f"| {label(dtype, d, causal, s)} | " + " | ".join(cells) + " | " + " | ".join(ratio) + " |")
-    notes = sync_notes(results)
+    notes = sync_notes(results) + fa4_notes(results)
     return "\n".join(lines + notes) + "\n"
+
+
+def fa4_versions(results):
+    versions = sorted({r["fa4_version"] for r in results if r.get("fa4_version")})
+    return f" FlashAttention-4 {', '.join(versions)}." if versions else ""
+
+
+def fa4_notes(results):
+    """Why FA4 did not run where it did not (its import, an unsupported row)."""
+    why = OrderedDict()
+    for r in results:
+        if r["method"] == "fa4" and r["status"] != "ok":
+            why.setdefault(r.get("reason") or r["status"], []).append(
+                label(r.get("dtype"), r["head_dim"], r["causal"], r["seqlen"]))
+    return (["", "FA4 did not run:"] + [f"- {', '.join(rows)}: {reason}" for reason, rows in why.items()]) if why else []
 
 
 def sync_notes(results):

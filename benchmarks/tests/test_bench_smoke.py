@@ -471,3 +471,157 @@ def test_bench_hopper_script_off_a_gpu(tmp_path):
     data = json.loads((tmp_path / "b" / "hopper.json").read_text())
     assert {r["method"] for r in data["results"] if r["status"] == "ok"} == {"flashattn", "sdpa-math"}
     assert (tmp_path / "b" / "bench-hopper.log").stat().st_size > 0
+
+
+# ------------------------------------------------- FlashAttention-4 (fa4) ---
+
+def fake_fa4(monkeypatch, tmp_path=None, fn=None):
+    """A stand-in flash_attn.cute (flash-attn-4's package) in sys.modules:
+    flash_attn_func records its calls and returns (out, lse) as FA4 does."""
+    import types
+    calls = []
+
+    def flash_attn_func(q, k, v, softmax_scale=None, causal=False, **kw):
+        calls.append(dict(causal=causal, softmax_scale=softmax_scale, **kw))
+        if fn is not None:
+            return fn(q, k, v)
+        return q + k + v, None
+    pkg, cute = types.ModuleType("flash_attn"), types.ModuleType("flash_attn.cute")
+    cute.flash_attn_func = flash_attn_func
+    pkg.cute = cute
+    monkeypatch.setitem(sys.modules, "flash_attn", pkg)
+    monkeypatch.setitem(sys.modules, "flash_attn.cute", cute)
+    monkeypatch.setattr(attention_bench, "_FA4", {})
+    return calls
+
+
+def cuda_problem(head_dim=128, causal=True, dtype="bfloat16", dropout=0.0, lens=None):
+    """What build_fa4 reads of a problem, on a pretend CUDA device."""
+    import types
+    import torch
+    q = types.SimpleNamespace(device=torch.device("cuda"))
+    return types.SimpleNamespace(q=q, dtype=getattr(torch, dtype), dropout=dropout, lens=lens, head_dim=head_dim,
+                                 causal=causal, pairs=lambda: 123.0)
+
+
+def test_fa4_is_a_method_and_not_importable_is_na(monkeypatch):
+    assert "fa4" in attention_bench.KNOWN_METHODS
+    monkeypatch.setattr(attention_bench, "_FA4", {})
+    monkeypatch.setitem(sys.modules, "flash_attn", None)  # import flash_attn... raises ImportError
+    monkeypatch.setitem(sys.modules, "flash_attn.cute", None)
+    rec = attention_bench.run_method("fa4", problem(seqlen=32, dtype="bfloat16"), fake_args(timing="separate"))
+    assert rec["status"] == "unsupported" and "FlashAttention-4 is not importable" in rec["reason"], rec
+    assert "ImportError" in rec["reason"] or "ModuleNotFoundError" in rec["reason"]
+    # A whole hopper run with fa4 goes on: its rows say n/a with the reason, the others are measured.
+    monkeypatch.setattr(attention_bench, "_FA4", {})
+    assert attention_bench.main(["--device", "cpu", "--setting", "hopper", "--rows", "32,64,0", "--dtype", "float32",
+                                 "--tokens", "128", "--methods", "flashattn,fa4", "--repeats", "1", "--warmup", "0",
+                                 "--json", os.devnull]) == 0
+
+
+def test_fa4_importable_but_no_cuda_is_na(monkeypatch):
+    calls = fake_fa4(monkeypatch)
+    rec = attention_bench.run_method("fa4", problem(seqlen=32, dtype="bfloat16"), fake_args(timing="separate"))
+    assert rec["status"] == "unsupported" and "CUDA only" in rec["reason"], rec
+    assert calls == []
+
+
+def test_fa4_case_calls_the_public_api_and_says_what_it_cannot_run(monkeypatch):
+    import torch
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    calls = fake_fa4(monkeypatch)
+    case = attention_bench.build("fa4", cuda_problem(causal=True))
+    assert case.pairs == 123.0 and case.notes["fa4_api"] == "flash_attn.cute.flash_attn_func"
+    q, k, v = (torch.ones(1, 4, 2, 8) for _ in range(3))
+    out = case.fn(q, k, v)
+    assert torch.equal(out, 3 * q)  # out of (out, lse)
+    assert calls == [dict(causal=True, softmax_scale=None)]  # its default scale, 1 / sqrt(d), as every method
+    for p, why in ((cuda_problem(dtype="float32"), "fp16 / bf16"), (cuda_problem(dropout=0.1), "dropout"),
+                   (cuda_problem(head_dim=512), "head_dim"), (cuda_problem(head_dim=36), "head_dim"),
+                   (cuda_problem(lens=[1]), "padding")):
+        with pytest.raises(attention_bench.Unsupported, match=why):
+            attention_bench.build("fa4", p)
+
+    def refuses(q, k, v):
+        raise AssertionError("(head_dim, head_dim_v)=(8, 8) is not supported on SM90.")
+    fake_fa4(monkeypatch, fn=refuses)
+    case = attention_bench.build("fa4", cuda_problem())
+    # FA4 says "not supported" with asserts: run_method records NotImplementedError as unsupported, with the reason.
+    with pytest.raises(NotImplementedError, match="not supported on SM90"):
+        case.fn(q, k, v)
+
+
+def test_fa4_timed_by_the_same_function(monkeypatch):
+    """A mocked FA4 Case goes through run_method and time_method like every
+    method (forward, backward on one graph, forward + backward)."""
+    seen = []
+    real = attention_bench.time_method
+
+    def spy(fn, inputs, dout, mode, args, device):
+        seen.append(mode)
+        return real(fn, inputs, dout, mode, args, device)
+    monkeypatch.setattr(attention_bench, "time_method", spy)
+    monkeypatch.setattr(attention_bench, "WARM_SECONDS", 0.0)
+    calls = fake_fa4(monkeypatch, fn=lambda q, k, v: (q * k + v, None))
+    monkeypatch.setattr(attention_bench, "build_fa4", lambda p: attention_bench.Case(
+        lambda q, k, v: sys.modules["flash_attn.cute"].flash_attn_func(q, k, v, causal=p.causal)[0], p.pairs(),
+        notes=dict(fa4_version="4.0.0b40")))
+    rec = attention_bench.run_method("fa4", problem(seqlen=32), fake_args(timing="separate"))
+    assert rec["status"] == "ok" and seen == ["separate"] and rec["fa4_version"] == "4.0.0b40", rec
+    assert rec["samples_by_pass"] == dict(fwd=4, bwd=4, fwd_bwd=4) and len(calls) > 12
+
+
+def test_hopper_markdown_has_fa4_column_and_ratio():
+    import tables
+
+    def rec(method, f, b, fb, status="ok", **kw):
+        r = dict(method=method, head_dim=128, causal=False, seqlen=8192, dtype="bfloat16", status=status, **kw)
+        if status == "ok":
+            r.update(fwd_ms=1 / f, bwd_ms=1 / b, fwd_bwd_ms=1 / fb, fwd_tflops=f * 100, bwd_tflops=b * 100,
+                     fwd_bwd_tflops=fb * 100)
+        return r
+    data = dict(setting="hopper", environment=dict(gpu="G"), config=dict(timing="separate", repeats=20, warmup=3),
+                results=[rec("flashattn-sm90", 6.0, 5.0, 5.3), rec("sdpa-cudnn", 6.5, 5.8, 6.0),
+                         rec("fa4", 6.6, 5.5, 5.3, fa4_version="4.0.0b40")])
+    md = tables.markdown(data)
+    assert "| flashattn-sm90 | sdpa-cudnn | FA4 | flashattn-sm90 / cuDNN fwd | bwd | fwd+bwd | " \
+           "flashattn-sm90 / FA4 fwd | bwd | fwd+bwd |" in md
+    # FA4's time over ours: 6.0 / 6.6 = 0.91, 5.0 / 5.5 = 0.91, 5.3 / 5.3 = 1.00
+    assert "| 660 / 550 / 530 | 0.92x (bar met) | 0.86x (bar met) | 0.88x | 0.91x | 0.91x | 1.00x |" in md
+    assert "FlashAttention-4 4.0.0b40." in md
+    data["results"][2] = rec("fa4", 0, 0, 0, status="unsupported", reason="FlashAttention-4 is not importable: X")
+    md = tables.markdown(data)
+    assert "| n/a | 0.92x (bar met) | 0.86x (bar met) | 0.88x | - | - | - |" in md
+    assert "- bfloat16, d 128, non-causal, 8192: FlashAttention-4 is not importable: X" in md
+    data["results"].pop()  # no fa4 in the run: no FA4 columns
+    assert "FA4" not in tables.markdown(data)
+
+
+def test_bench_hopper_adds_fa4_when_importable(tmp_path):
+    """scripts/bench-hopper off a GPU with a stand-in flash-attn-4 on
+    PYTHONPATH: fa4 joins the default methods (n/a on the CPU, with the
+    reason), and without it the run goes on and says why."""
+    import subprocess
+    repo = os.path.dirname(os.path.dirname(HERE))
+    script = os.path.join(repo, "scripts", "bench-hopper")
+    site = tmp_path / "site"
+    (site / "flash_attn" / "cute").mkdir(parents=True)
+    (site / "flash_attn" / "cute" / "__init__.py").write_text("def flash_attn_func(q, k, v, **kw):\n    raise RuntimeError\n")
+    (site / "flash_attn_4-4.0.0b40.dist-info").mkdir()
+    (site / "flash_attn_4-4.0.0b40.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: flash-attn-4\nVersion: 4.0.0b40\n")
+    env = dict(os.environ, PYTHON=sys.executable, FLASHATTN_BENCH_DEVICE="cpu", FLASHATTN_BENCH_REPEATS="1",
+               FLASHATTN_BENCH_ROWS="32,64,0,fp32", FLASHATTN_BENCH_BUILD=str(tmp_path / "no-build"))
+    env.pop("FLASHATTN_BENCH_METHODS", None)
+    run = subprocess.run([script, str(tmp_path / "a")], env=dict(env, PYTHONPATH=str(site)), capture_output=True,
+                         text=True)
+    assert "FlashAttention-4 4.0.0b40" in run.stdout and "method fa4 added" in run.stdout, run.stdout + run.stderr
+    data = json.loads((tmp_path / "a" / "hopper.json").read_text())
+    fa4 = [r for r in data["results"] if r["method"] == "fa4"]
+    assert len(fa4) == 1 and fa4[0]["status"] == "unsupported" and "CUDA only" in fa4[0]["reason"]
+    assert "| FA4 |" in (tmp_path / "a" / "table.md").read_text()
+    run = subprocess.run([script, str(tmp_path / "b")], env=dict(env, PYTHONPATH=str(tmp_path / "nothing")),
+                         capture_output=True, text=True)
+    assert "FlashAttention-4 is not importable, no fa4 column" in run.stdout, run.stdout + run.stderr
+    data = json.loads((tmp_path / "b" / "hopper.json").read_text())
+    assert "fa4" not in {r["method"] for r in data["results"]}
