@@ -72,6 +72,8 @@ const std::vector<Flag>& flags() {
        [](TrainConfig& c, const std::string& v) { c.model.attn_dropout = to_double("--attn-dropout", v); }},
       {"--num-classes", "classes of the classification head (default: from the labels)",
        [](TrainConfig& c, const std::string& v) { c.model.num_classes = to_int("--num-classes", v); }},
+      {"--pool", "classification pooling: cls (the [CLS] position, default) | mean (over non-padding positions)",
+       [](TrainConfig& c, const std::string& v) { c.model.pool = one_of("--pool", v, {"cls", "mean"}); }},
       {"--batch", "sequences per micro-batch per process",
        [](TrainConfig& c, const std::string& v) { c.batch = to_int("--batch", v); }},
       {"--accum", "micro-batches per optimizer step (gradient accumulation)",
@@ -261,6 +263,8 @@ void validate(const TrainConfig& c) {
     throw ConfigError("--mask-prob: expected in (0, 1), got " + std::to_string(c.mask_prob));
   if (c.min_seq_frac <= 0 || c.min_seq_frac > 1)
     throw ConfigError("--min-seq-frac: expected in (0, 1], got " + std::to_string(c.min_seq_frac));
+  if (m.pool != "cls" && task != "classify")
+    throw ConfigError("--pool: pools for the classification head; needs --task classify, got " + task);
   if (task == "classify" && m.num_classes == 1)
     throw ConfigError("--num-classes: expected >= 2, got 1");
 }
@@ -271,7 +275,7 @@ std::string to_json(const TrainConfig& c) {
   o << "{\"preset\":\"" << esc(c.preset) << "\",\"arch\":\"" << m.arch << "\",\"layers\":" << m.layers
     << ",\"heads\":" << m.heads << ",\"width\":" << m.width << ",\"positions\":" << m.positions
     << ",\"vocab\":" << m.vocab << ",\"mlp_ratio\":" << m.mlp_ratio << ",\"dropout\":" << m.dropout
-    << ",\"attn_dropout\":" << m.attn_dropout << ",\"num_classes\":" << m.num_classes << ",\"task\":\""
+    << ",\"attn_dropout\":" << m.attn_dropout << ",\"num_classes\":" << m.num_classes << ",\"pool\":\"" << m.pool << "\",\"task\":\""
     << c.effective_task() << "\",\"attention\":\"" << c.attention << "\",\"device\":\"" << c.device
     << "\",\"precision\":\"" << c.effective_precision() << "\",\"data\":\"" << esc(c.data)
     << "\",\"context\":" << c.effective_context() << ",\"batch\":" << c.batch << ",\"accum\":" << c.accum

@@ -26,6 +26,7 @@ struct ModelConfig {
   double dropout = 0.0;          // embeddings and residual branches
   double attn_dropout = 0.0;     // on the attention probabilities
   std::int64_t num_classes = 0;  // encoder classification head (task classify)
+  std::string pool = "cls";      // classification pooling: cls (position 0) | mean (over the tokens)
 };
 
 struct TrainConfig {

@@ -376,10 +376,26 @@ torch::Tensor TransformerImpl::mlm_logits(const torch::Tensor& x) {
   return torch::matmul(mlm_ln(torch::gelu(mlm_dense(x), "tanh")), wte->weight.t()) + mlm_bias;
 }
 
-torch::Tensor TransformerImpl::cls_logits(const torch::Tensor& x) {
+torch::Tensor TransformerImpl::cls_logits(const torch::Tensor& x, const Padding* padding) {
   TORCH_CHECK(classifier, "model: the classification head needs the encoder and num_classes > 0");
-  // BERT's pooler: tanh(dense(hidden of the first token, [CLS] = bos)).
-  return classifier(torch::tanh(pooler(x.select(1, 0))));
+  torch::Tensor pooled;
+  if (cfg.pool == "mean") {
+    // Padding rows are excluded: their hidden states are not zero for every
+    // attention switch (only flashattn's varlen path leaves them zero), and
+    // their number varies per row, so a plain mean would depend on the batch.
+    if (padding) {
+      auto keep = padding->key_mask.view({x.size(0), x.size(1), 1}).to(x.scalar_type());
+      auto n = torch::tensor(std::vector<float>(padding->lengths.begin(), padding->lengths.end()),
+                             torch::TensorOptions().device(x.device())).to(x.scalar_type()).view({-1, 1});
+      pooled = (x * keep).sum(1) / n;
+    } else {
+      pooled = x.mean(1);
+    }
+  } else {
+    pooled = x.select(1, 0);  // [CLS] = bos
+  }
+  // BERT's pooler: tanh(dense(pooled)), then the classifier.
+  return classifier(torch::tanh(pooler(pooled)));
 }
 
 std::int64_t TransformerImpl::num_params(bool non_embedding) const {

@@ -78,7 +78,10 @@ struct TransformerImpl : torch::nn::Module {
   torch::Tensor hidden(const torch::Tensor& tokens, const Padding* padding);
   torch::Tensor lm_logits(const torch::Tensor& h);    // [.., V], tied to wte
   torch::Tensor mlm_logits(const torch::Tensor& h);   // encoder MLM head, decoder tied to wte
-  torch::Tensor cls_logits(const torch::Tensor& h);   // encoder: pooled position 0 -> [B, C]
+  // Encoder classification: pooled (cfg.pool: position 0, or the mean over
+  // the positions below each sequence's length, all when padding is null)
+  // -> BERT's pooler -> [B, C].
+  torch::Tensor cls_logits(const torch::Tensor& h, const Padding* padding = nullptr);
   std::int64_t num_params(bool non_embedding) const;
 
   ModelConfig cfg;

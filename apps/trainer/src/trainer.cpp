@@ -246,7 +246,7 @@ std::pair<torch::Tensor, torch::Tensor> loss_of(Transformer& model, const Batch&
     return {torch::nn::functional::cross_entropy(logits.to(torch::kFloat), flat.index_select(0, sel)),
             torch::Tensor()};
   }
-  auto logits = model->cls_logits(h).to(torch::kFloat);
+  auto logits = model->cls_logits(h, padp).to(torch::kFloat);
   auto correct = (logits.argmax(-1) == labels).sum();
   return {torch::nn::functional::cross_entropy(logits, labels), correct};
 }
@@ -315,6 +315,8 @@ std::string model_signature(const ModelConfig& m) {
   o << "arch=" << m.arch << " layers=" << m.layers << " heads=" << m.heads << " width=" << m.width
     << " positions=" << m.positions << " vocab=" << m.vocab << " mlp_ratio=" << m.mlp_ratio
     << " num_classes=" << m.num_classes;
+  // Only what differs from the defaults, so that older checkpoints still resume.
+  if (m.pool != "cls") o << " pool=" << m.pool;
   return o.str();
 }
 

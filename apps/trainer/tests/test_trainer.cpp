@@ -39,6 +39,8 @@ TrainConfig tiny(const std::string& preset, std::vector<std::string> extra) {
   return parse_args(a);
 }
 
+std::string config_error(const std::vector<std::string>& args, bool run = false);
+
 double mean_last(const TrainResult& r, std::size_t n) {
   double s = 0;
   for (std::size_t i = r.train_loss.size() - n; i < r.train_loss.size(); ++i) s += r.train_loss[i].second;
@@ -89,6 +91,41 @@ TEST(Training, EncoderClassificationHeadLearns) {
   EXPECT_NEAR(r.train_loss.front().second, std::log(2.0), 0.3);
   EXPECT_LT(mean_last(r, 5), 0.3);
   EXPECT_GE(r.evals.back().accuracy, 0.9);
+}
+
+// --pool mean: the mean over each row's tokens only (padding rows excluded,
+// whatever they hold), through the same pooler and classifier as cls.
+TEST(Model, MeanPoolingSkipsPadding) {
+  ModelConfig m = preset("encoder-tiny");
+  m.vocab = 20;
+  m.num_classes = 3;
+  m.pool = "mean";
+  torch::manual_seed(2);
+  Transformer t(m, AttnOptions{});
+  torch::NoGradGuard ng;
+  const std::vector<std::int32_t> lengths = {5, 2, 8};
+  auto pad = make_padding(lengths, 8, torch::kCPU);
+  auto h = torch::randn({3, 8, m.width});
+  auto got = t->cls_logits(h, &pad);
+  for (int b = 0; b < 3; ++b) {
+    auto want = t->classifier(torch::tanh(t->pooler(h[b].narrow(0, 0, lengths[b]).mean(0))));
+    EXPECT_TRUE(torch::allclose(got[b], want, 1e-5, 1e-6)) << "row " << b;
+  }
+  auto h2 = h.clone();
+  h2[1].narrow(0, 2, 6).fill_(1e3);  // padding rows changed
+  EXPECT_TRUE(torch::allclose(t->cls_logits(h2, &pad), got));
+  // cls reads position 0 only.
+  t->cfg.pool = "cls";
+  EXPECT_TRUE(torch::allclose(t->cls_logits(h, &pad)[0], t->classifier(torch::tanh(t->pooler(h[0][0])))));
+}
+
+TEST(Training, MeanPoolingClassifierLearns) {
+  auto r = train(tiny("encoder-tiny", {"--task", "classify", "--pool", "mean", "--steps", "30", "--batch", "16"}));
+  EXPECT_LT(mean_last(r, 5), 0.3);
+  EXPECT_GE(r.evals.back().accuracy, 0.9);
+  EXPECT_EQ(config_error({"--data", FATRAIN_TEST_DATA, "--model", "encoder-tiny", "--pool", "mean"}),
+            "--pool: pools for the classification head; needs --task classify, got mlm");
+  EXPECT_EQ(config_error({"--data", FATRAIN_TEST_DATA, "--pool", "max"}).rfind("--pool: expected one of", 0), 0u);
 }
 
 // ------------------------------------------- flashattn == standard attention ---
@@ -245,7 +282,7 @@ TEST(Checkpoint, ResumeIsBitIdenticalEncoder) { resume_case("encoder-tiny"); }
 
 // ---------------------------------------------------------- bad configs ---
 
-std::string config_error(const std::vector<std::string>& args, bool run = false) {
+std::string config_error(const std::vector<std::string>& args, bool run) {
   try {
     auto c = parse_args(args);
     validate(c);
