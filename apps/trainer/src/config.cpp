@@ -72,6 +72,12 @@ const std::vector<Flag>& flags() {
        [](TrainConfig& c, const std::string& v) { c.model.attn_dropout = to_double("--attn-dropout", v); }},
       {"--num-classes", "classes of the classification head (default: from the labels)",
        [](TrainConfig& c, const std::string& v) { c.model.num_classes = to_int("--num-classes", v); }},
+      {"--pos-2d", "2-D positions for square images: H (side) or auto (fa-lra's image size); learned row + column embeddings, [CLS] its own; sets --positions to H*H+1",
+       [](TrainConfig& c, const std::string& v) {
+         c.model.pos_2d = v == "auto" ? -1 : to_int("--pos-2d", v);
+         if (c.model.pos_2d == 0 || c.model.pos_2d < -1)
+           throw ConfigError("--pos-2d: expected an image side >= 1 or auto, got '" + v + "'");
+       }},
       {"--pool", "classification pooling: cls (the [CLS] position, default) | mean (over non-padding positions)",
        [](TrainConfig& c, const std::string& v) { c.model.pool = one_of("--pool", v, {"cls", "mean"}); }},
       {"--batch", "sequences per micro-batch per process",
@@ -106,6 +112,8 @@ const std::vector<Flag>& flags() {
        [](TrainConfig& c, const std::string& v) { c.save_every = to_int("--save-every", v); }},
       {"--resume", "continue from a checkpoint file",
        [](TrainConfig& c, const std::string& v) { c.resume = v; }},
+      {"--init-from", "start from a checkpoint's weights (step 0, fresh optimizer); 2-D position grids are interpolated to --pos-2d",
+       [](TrainConfig& c, const std::string& v) { c.init_from = v; }},
       {"--stop-after", "stop after N steps of this invocation (the schedule still spans --steps; resume later)",
        [](TrainConfig& c, const std::string& v) { c.stop_after = to_int("--stop-after", v); }},
       {"--threads", "CPU threads (0 = torch's default)",
@@ -214,6 +222,7 @@ TrainConfig parse_args(const std::vector<std::string>& args, bool* help) {
   for (const auto& [k, v] : kv)
     for (const auto& f : flags())
       if (k == f.name) f.set(c, v);
+  if (c.model.pos_2d > 0) c.model.positions = c.model.pos_2d * c.model.pos_2d + 1;
   return c;
 }
 
@@ -236,7 +245,14 @@ void validate(const TrainConfig& c) {
     throw ConfigError("--heads: " + std::to_string(m.heads) + " heads do not divide --width " +
                       std::to_string(m.width) + " (head_dim = width / heads must be an integer)");
   if (c.context < 0) throw ConfigError("--context: expected >= 1, got " + std::to_string(c.context));
-  if (c.effective_context() > m.positions)
+  if (m.pos_2d != 0 && m.arch != "encoder")
+    throw ConfigError("--pos-2d: 2-D positions are for the encoder (image classification), not " + m.arch);
+  if (m.pos_2d > 0 && m.positions != m.pos_2d * m.pos_2d + 1)
+    throw ConfigError("--pos-2d: " + std::to_string(m.pos_2d) + " means " + std::to_string(m.pos_2d * m.pos_2d + 1) +
+                      " positions ([CLS] + the image), not " + std::to_string(m.positions));
+  if (!c.init_from.empty() && !c.resume.empty())
+    throw ConfigError("--init-from: starts a new run from weights; --resume continues one; give one of them");
+  if (m.pos_2d >= 0 && c.effective_context() > m.positions)
     throw ConfigError("--context: " + std::to_string(c.effective_context()) + " is longer than --positions " +
                       std::to_string(m.positions) + " (the model has one learned position embedding per position)");
   if (c.effective_context() < 2) throw ConfigError("--context: expected >= 2, got " + std::to_string(c.effective_context()));
@@ -275,7 +291,7 @@ std::string to_json(const TrainConfig& c) {
   o << "{\"preset\":\"" << esc(c.preset) << "\",\"arch\":\"" << m.arch << "\",\"layers\":" << m.layers
     << ",\"heads\":" << m.heads << ",\"width\":" << m.width << ",\"positions\":" << m.positions
     << ",\"vocab\":" << m.vocab << ",\"mlp_ratio\":" << m.mlp_ratio << ",\"dropout\":" << m.dropout
-    << ",\"attn_dropout\":" << m.attn_dropout << ",\"num_classes\":" << m.num_classes << ",\"pool\":\"" << m.pool << "\",\"task\":\""
+    << ",\"attn_dropout\":" << m.attn_dropout << ",\"num_classes\":" << m.num_classes << ",\"pos_2d\":" << m.pos_2d << ",\"pool\":\"" << m.pool << "\",\"task\":\""
     << c.effective_task() << "\",\"attention\":\"" << c.attention << "\",\"device\":\"" << c.device
     << "\",\"precision\":\"" << c.effective_precision() << "\",\"data\":\"" << esc(c.data)
     << "\",\"context\":" << c.effective_context() << ",\"batch\":" << c.batch << ",\"accum\":" << c.accum
@@ -283,6 +299,7 @@ std::string to_json(const TrainConfig& c) {
     << ",\"weight_decay\":" << c.weight_decay << ",\"beta1\":" << c.beta1 << ",\"beta2\":" << c.beta2
     << ",\"clip\":" << c.clip << ",\"seed\":" << c.seed << ",\"mask_prob\":" << c.mask_prob
     << ",\"min_seq_frac\":" << c.min_seq_frac << ",\"deterministic\":" << (c.deterministic ? "true" : "false")
+    << ",\"init_from\":\"" << esc(c.init_from) << "\""
     << ",\"time_attention\":" << (c.time_attention ? "true" : "false")
     << "}";
   return o.str();

@@ -26,6 +26,10 @@ struct ModelConfig {
   double dropout = 0.0;          // embeddings and residual branches
   double attn_dropout = 0.0;     // on the attention probabilities
   std::int64_t num_classes = 0;  // encoder classification head (task classify)
+  // 2-D positions for square images of side pos_2d (token 1 + r * pos_2d + c
+  // is pixel (r, c), token 0 is [CLS]): row + column embeddings instead of
+  // the 1-D table. 0 = off; -1 = the side of fa-lra's image (--pos-2d auto).
+  std::int64_t pos_2d = 0;
   std::string pool = "cls";      // classification pooling: cls (position 0) | mean (over the tokens)
 };
 
@@ -52,6 +56,7 @@ struct TrainConfig {
   std::string save_dir;                 // checkpoints go here ("" = none)
   std::int64_t save_every = 0;          // 0: only at the end (when --save is given)
   std::string resume;                   // checkpoint file to continue from
+  std::string init_from;                // checkpoint whose weights start a new run (2-D positions interpolated)
   std::int64_t stop_after = 0;          // stop after N steps of this run (chunked runs); 0 = run to --steps
   std::int64_t threads = 0;             // CPU threads (0 = torch's default)
   double peak_tflops = 0;               // for MFU; 0: known GPUs only

@@ -1,6 +1,7 @@
 #include "model.h"
 
 #include "op_options.h"
+#include "safetensors.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
 #ifdef FATRAIN_CUDA
@@ -8,10 +9,12 @@
 #endif
 
 #include <chrono>
+#include <cstring>
 #include <cmath>
 #include <cstdio>
 #include <limits>
 #include <mutex>
+#include <sstream>
 
 namespace fatrain {
 namespace {
@@ -327,7 +330,16 @@ torch::Tensor BlockImpl::forward(torch::Tensor x, const Padding* padding) {
 TransformerImpl::TransformerImpl(const ModelConfig& m, const AttnOptions& a) : cfg(m) {
   TORCH_CHECK(m.vocab > 0, "model: vocab not set");
   wte = register_module("wte", torch::nn::Embedding(m.vocab, m.width));
-  wpe = register_module("wpe", torch::nn::Embedding(m.positions, m.width));
+  if (m.pos_2d > 0) {
+    TORCH_CHECK(m.positions == m.pos_2d * m.pos_2d + 1, "model: pos_2d ", m.pos_2d, " needs ",
+                m.pos_2d * m.pos_2d + 1, " positions, got ", m.positions);
+    wpe_cls = register_module("wpe_cls", torch::nn::Embedding(1, m.width));
+    wpe_row = register_module("wpe_row", torch::nn::Embedding(m.pos_2d, m.width));
+    wpe_col = register_module("wpe_col", torch::nn::Embedding(m.pos_2d, m.width));
+  } else {
+    TORCH_CHECK(m.pos_2d == 0, "model: pos_2d not resolved (auto needs the data's image size)");
+    wpe = register_module("wpe", torch::nn::Embedding(m.positions, m.width));
+  }
   drop = register_module("drop", torch::nn::Dropout(m.dropout));
   h = register_module("h", torch::nn::ModuleList());
   for (int64_t i = 0; i < m.layers; ++i) h->push_back(Block(m, a));
@@ -363,10 +375,18 @@ TransformerImpl::TransformerImpl(const ModelConfig& m, const AttnOptions& a) : c
 torch::Tensor TransformerImpl::hidden(const torch::Tensor& tokens, const Padding* padding) {
   const int64_t S = tokens.size(1);
   TORCH_CHECK(S <= cfg.positions, "model: sequence of ", S, " tokens exceeds ", cfg.positions, " positions");
-  auto pos = torch::arange(S, torch::TensorOptions().dtype(torch::kLong).device(tokens.device()));
-  auto x = drop(wte(tokens) + wpe(pos));
+  auto x = drop(wte(tokens) + positions(S, tokens.device()));
   for (auto& m : *h) x = m->as<BlockImpl>()->forward(x, padding);
   return ln_f(x);
+}
+
+torch::Tensor TransformerImpl::positions(std::int64_t S, const torch::Device& device) {
+  auto pos = torch::arange(S, torch::TensorOptions().dtype(torch::kLong).device(device));
+  if (!wpe_row) return wpe(pos);
+  // Position p >= 1 is pixel p - 1 of the row-major image.
+  auto pixel = pos.narrow(0, 0, S - 1);
+  auto grid = wpe_row(pixel.div(cfg.pos_2d, "floor")) + wpe_col(pixel.remainder(cfg.pos_2d));
+  return torch::cat({wpe_cls->weight, grid}, 0);
 }
 
 torch::Tensor TransformerImpl::lm_logits(const torch::Tensor& x) { return torch::matmul(x, wte->weight.t()); }
@@ -401,8 +421,58 @@ torch::Tensor TransformerImpl::cls_logits(const torch::Tensor& x, const Padding*
 std::int64_t TransformerImpl::num_params(bool non_embedding) const {
   std::int64_t n = 0;
   for (const auto& p : parameters()) n += p.numel();
-  if (non_embedding) n -= wpe->weight.numel() + wte->weight.numel();
+  if (non_embedding) n -= num_position_params() + wte->weight.numel();
   return n;
+}
+
+std::int64_t TransformerImpl::num_position_params() const {
+  if (wpe) return wpe->weight.numel();
+  return wpe_cls->weight.numel() + wpe_row->weight.numel() + wpe_col->weight.numel();
+}
+
+torch::Tensor interpolate_positions(const torch::Tensor& table, std::int64_t n) {
+  TORCH_CHECK(table.dim() == 2 && table.size(0) >= 2 && n >= 2, "interpolate_positions: expected [H >= 2, W] to n >= 2");
+  if (table.size(0) == n) return table.clone();
+  namespace F = torch::nn::functional;
+  auto t = table.t().unsqueeze(0);  // [1, W, H]: interpolate's (N, C, L)
+  auto r = F::interpolate(t, F::InterpolateFuncOptions().size(std::vector<int64_t>{n}).mode(torch::kLinear).align_corners(true));
+  return r.squeeze(0).t().contiguous();
+}
+
+void init_from_checkpoint(const std::string& path, Transformer& model) {
+  safetensors::File f;
+  try {
+    f = safetensors::read(path);
+  } catch (const std::runtime_error& e) {
+    throw ConfigError(std::string("--init-from: ") + e.what());
+  }
+  auto fmt = f.metadata.find("format");
+  if (fmt == f.metadata.end() || fmt->second != "fa-train-checkpoint-1")
+    throw ConfigError("--init-from: " + path + " is not an fa-train checkpoint");
+  torch::NoGradGuard ng;
+  for (const auto& p : model->named_parameters()) {
+    const std::string name = "model." + p.key();
+    auto it = f.tensors.find(name);
+    if (it == f.tensors.end())
+      throw ConfigError("--init-from: " + path + " has no " + name + " (a checkpoint of another model kind?)");
+    const auto& e = it->second;
+    if (e.dtype != "F32") throw ConfigError("--init-from: " + name + " is " + e.dtype + ", expected F32");
+    auto src = torch::empty(e.shape, torch::kFloat);
+    if (static_cast<std::size_t>(src.numel() * 4) != e.end - e.begin)
+      throw ConfigError("--init-from: " + name + ": size does not match its shape");
+    std::memcpy(src.data_ptr(), f.data.data() + e.begin, e.end - e.begin);
+    auto param = p.value();
+    const bool grid = p.key() == "wpe_row.weight" || p.key() == "wpe_col.weight";
+    if (grid && src.dim() == 2 && src.size(1) == param.size(1) && src.size(0) != param.size(0))
+      src = interpolate_positions(src, param.size(0));
+    if (!src.sizes().equals(param.sizes())) {
+      std::ostringstream o;
+      o << "--init-from: " << name << " has shape " << src.sizes() << " in " << path << ", the flags' model "
+        << param.sizes();
+      throw ConfigError(o.str());
+    }
+    param.copy_(src);
+  }
 }
 
 }  // namespace fatrain

@@ -83,9 +83,15 @@ struct TransformerImpl : torch::nn::Module {
   // -> BERT's pooler -> [B, C].
   torch::Tensor cls_logits(const torch::Tensor& h, const Padding* padding = nullptr);
   std::int64_t num_params(bool non_embedding) const;
+  std::int64_t num_position_params() const;
+  // [S, W]: the position embeddings of positions 0 .. S-1.
+  torch::Tensor positions(std::int64_t S, const torch::Device& device);
 
   ModelConfig cfg;
   torch::nn::Embedding wte{nullptr}, wpe{nullptr};
+  // 2-D positions (cfg.pos_2d > 0) instead of wpe: [CLS]'s own embedding,
+  // and pixel (r, c) gets wpe_row[r] + wpe_col[c].
+  torch::nn::Embedding wpe_cls{nullptr}, wpe_row{nullptr}, wpe_col{nullptr};
   torch::nn::Dropout drop{nullptr};
   torch::nn::ModuleList h;
   torch::nn::LayerNorm ln_f{nullptr};
@@ -95,5 +101,18 @@ struct TransformerImpl : torch::nn::Module {
   torch::Tensor mlm_bias;
 };
 TORCH_MODULE(Transformer);
+
+// A [H, W] table of per-row (or per-column) embeddings resampled to [n, W]
+// by linear interpolation with align_corners = true: output row j reads the
+// source at j * (H - 1) / (n - 1), so the first and last rows are copied
+// exactly and the grid's corners keep their embeddings (pos = row + col).
+torch::Tensor interpolate_positions(const torch::Tensor& table, std::int64_t n);
+
+// Loads the model.* tensors of an fa-train checkpoint into `model` (no
+// optimizer state, no step): every parameter must be there with its shape,
+// except wpe_row / wpe_col, which are interpolated to the model's image side
+// when the checkpoint was trained at another one. Throws ConfigError naming
+// --init-from.
+void init_from_checkpoint(const std::string& path, Transformer& model);
 
 }  // namespace fatrain

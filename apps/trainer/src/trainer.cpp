@@ -256,7 +256,7 @@ std::pair<torch::Tensor, torch::Tensor> loss_of(Transformer& model, const Batch&
 // plus 12 L W S for the attention scores and PV (PaLM, Chowdhery et al.
 // 2022, appendix B; counted non-causal, like nanoGPT's estimate).
 double flops_per_token(Transformer& m, std::int64_t S) {
-  const double n = static_cast<double>(m->num_params(false) - m->wpe->weight.numel());
+  const double n = static_cast<double>(m->num_params(false) - m->num_position_params());
   return 6.0 * n + 12.0 * m->cfg.layers * m->cfg.width * S;
 }
 
@@ -316,6 +316,7 @@ std::string model_signature(const ModelConfig& m) {
     << " positions=" << m.positions << " vocab=" << m.vocab << " mlp_ratio=" << m.mlp_ratio
     << " num_classes=" << m.num_classes;
   // Only what differs from the defaults, so that older checkpoints still resume.
+  if (m.pos_2d != 0) o << " pos_2d=" << m.pos_2d;
   if (m.pool != "cls") o << " pool=" << m.pool;
   return o.str();
 }
@@ -511,6 +512,23 @@ TrainResult train(const TrainConfig& cfg_in) {
     throw ConfigError("--device: this fa-train was built without CUDA (CPU torch or no nvcc); rebuild with CUDA");
 #endif
   Data data = load_data(cfg);
+  if (cfg.model.pos_2d != 0) {
+    // The image's side: fa-lra's header says it; a given side must agree.
+    std::uint32_t side = 0;
+    if (is_lra_data(cfg.data)) {
+      const std::string dir = cfg.data.substr(std::string(kLraPrefix).size());
+      side = lra_image_size((fs::path(dir) / "train.bin").string());
+    }
+    if (cfg.model.pos_2d < 0) {
+      if (side == 0) throw ConfigError("--pos-2d: auto needs fa-lra image data (--data lra:DIR of Pathfinder)");
+      cfg.model.pos_2d = side;
+      cfg.model.positions = cfg.model.pos_2d * cfg.model.pos_2d + 1;
+      validate(cfg);
+    } else if (side != 0 && side != cfg.model.pos_2d) {
+      throw ConfigError("--pos-2d: " + std::to_string(cfg.model.pos_2d) + " but the images of --data are " +
+                        std::to_string(side) + " x " + std::to_string(side));
+    }
+  }
   const std::int64_t S = cfg.effective_context();
   if (cfg.model.vocab == 0) cfg.model.vocab = static_cast<std::int64_t>(data.train.vocab_size);
   if (cfg.model.vocab < static_cast<std::int64_t>(data.train.vocab_size))
@@ -579,6 +597,7 @@ TrainResult train(const TrainConfig& cfg_in) {
 
   std::int64_t step = 0;
   if (!cfg.resume.empty()) step = load_checkpoint(cfg.resume, model, opt, dev);
+  if (!cfg.init_from.empty()) init_from_checkpoint(cfg.init_from, model);
   result.first_step = step;
 
   Batcher train_batches(cfg, data.train, task), val_batches(cfg, data.val, task);
