@@ -44,10 +44,22 @@ const std::vector<Flag>& flags() {
        [](TrainConfig&, const std::string&) {}},
       {"--task", "lm (gpt2), mlm or classify (encoder); default lm / mlm",
        [](TrainConfig& c, const std::string& v) { c.task = one_of("--task", v, {"lm", "mlm", "classify"}); }},
-      {"--attention", "flashattn | standard | sdpa-flash | sdpa-cudnn (default flashattn)",
+      {"--attention", "flashattn | flashattn-sparse | standard | sdpa-flash | sdpa-cudnn (default flashattn)",
        [](TrainConfig& c, const std::string& v) {
-         c.attention = one_of("--attention", v, {"flashattn", "standard", "sdpa-flash", "sdpa-cudnn"});
+         c.attention = one_of("--attention", v, {"flashattn", "flashattn-sparse", "standard", "sdpa-flash", "sdpa-cudnn"});
        }},
+      {"--sparse-pattern", "flashattn-sparse: local_global (default) | butterfly",
+       [](TrainConfig& c, const std::string& v) { c.sparse_pattern = one_of("--sparse-pattern", v, {"local_global", "butterfly"}); }},
+      {"--sparse-block", "flashattn-sparse: block size, queries and keys (default 128)",
+       [](TrainConfig& c, const std::string& v) { c.sparse_block = to_int("--sparse-block", v); }},
+      {"--sparse-local", "local_global: key blocks up to the diagonal, counting it (default 3)",
+       [](TrainConfig& c, const std::string& v) { c.sparse_local = to_int("--sparse-local", v); }},
+      {"--sparse-global", "local_global: leading key blocks every query sees (default 1)",
+       [](TrainConfig& c, const std::string& v) { c.sparse_global = to_int("--sparse-global", v); }},
+      {"--sparse-factors", "butterfly: factors; key super-blocks at XOR distance 2^i, i < factors (default 3)",
+       [](TrainConfig& c, const std::string& v) { c.sparse_factors = to_int("--sparse-factors", v); }},
+      {"--sparse-width", "butterfly: blocks per super-block (default 1)",
+       [](TrainConfig& c, const std::string& v) { c.sparse_width = to_int("--sparse-width", v); }},
       {"--device", "cpu | cuda (default cpu)",
        [](TrainConfig& c, const std::string& v) { c.device = one_of("--device", v, {"cpu", "cuda"}); }},
       {"--precision", "fp32 | bf16 (autocast, fp32 master weights); default bf16 on cuda, fp32 on cpu",
@@ -273,7 +285,15 @@ void validate(const TrainConfig& c) {
   if (c.save_every > 0 && c.save_dir.empty()) throw ConfigError("--save-every: needs --save DIR");
   if (c.stop_after < 0) throw ConfigError("--stop-after: expected >= 0, got " + std::to_string(c.stop_after));
   if (c.threads < 0) throw ConfigError("--threads: expected >= 0, got " + std::to_string(c.threads));
-  if (c.time_attention && c.attention != "flashattn")
+  if (c.sparse_block < 1) throw ConfigError("--sparse-block: expected >= 1, got " + std::to_string(c.sparse_block));
+  if (c.sparse_local < 0) throw ConfigError("--sparse-local: expected >= 0, got " + std::to_string(c.sparse_local));
+  if (c.sparse_global < 0) throw ConfigError("--sparse-global: expected >= 0, got " + std::to_string(c.sparse_global));
+  if (c.sparse_factors < 0 || c.sparse_factors > 30)
+    throw ConfigError("--sparse-factors: expected 0 to 30, got " + std::to_string(c.sparse_factors));
+  if (c.sparse_width < 1) throw ConfigError("--sparse-width: expected >= 1, got " + std::to_string(c.sparse_width));
+  if (c.sparse_pattern == "local_global" && c.sparse_local + c.sparse_global == 0)
+    throw ConfigError("--sparse-local: with --sparse-global 0 too, no query would see any key");
+  if (c.time_attention && c.attention != "flashattn" && c.attention != "flashattn-sparse")
     throw ConfigError("--time-attention: times the flashattn operators only; got --attention " + c.attention);
   if (c.mask_prob <= 0 || c.mask_prob >= 1)
     throw ConfigError("--mask-prob: expected in (0, 1), got " + std::to_string(c.mask_prob));
@@ -292,7 +312,10 @@ std::string to_json(const TrainConfig& c) {
     << ",\"heads\":" << m.heads << ",\"width\":" << m.width << ",\"positions\":" << m.positions
     << ",\"vocab\":" << m.vocab << ",\"mlp_ratio\":" << m.mlp_ratio << ",\"dropout\":" << m.dropout
     << ",\"attn_dropout\":" << m.attn_dropout << ",\"num_classes\":" << m.num_classes << ",\"pos_2d\":" << m.pos_2d << ",\"pool\":\"" << m.pool << "\",\"task\":\""
-    << c.effective_task() << "\",\"attention\":\"" << c.attention << "\",\"device\":\"" << c.device
+    << c.effective_task() << "\",\"attention\":\"" << c.attention << "\",\"sparse_pattern\":\"" << c.sparse_pattern
+    << "\",\"sparse_block\":" << c.sparse_block << ",\"sparse_local\":" << c.sparse_local
+    << ",\"sparse_global\":" << c.sparse_global << ",\"sparse_factors\":" << c.sparse_factors
+    << ",\"sparse_width\":" << c.sparse_width << ",\"device\":\"" << c.device
     << "\",\"precision\":\"" << c.effective_precision() << "\",\"data\":\"" << esc(c.data)
     << "\",\"context\":" << c.effective_context() << ",\"batch\":" << c.batch << ",\"accum\":" << c.accum
     << ",\"steps\":" << c.steps << ",\"lr\":" << c.lr << ",\"min_lr\":" << c.min_lr << ",\"warmup\":" << c.warmup

@@ -37,7 +37,12 @@ struct TrainConfig {
   std::string preset = "gpt2-tiny";
   ModelConfig model;
   std::string task;           // lm (gpt2) | mlm | classify (encoder); empty: the arch's default
-  std::string attention = "flashattn";  // flashattn | standard | sdpa-flash | sdpa-cudnn
+  std::string attention = "flashattn";  // flashattn | flashattn-sparse | standard | sdpa-flash | sdpa-cudnn
+  // flashattn-sparse: a fixed block pattern (flashattn::BlockPattern).
+  std::string sparse_pattern = "local_global";  // local_global | butterfly
+  std::int64_t sparse_block = 128;              // query and key block size
+  std::int64_t sparse_local = 3, sparse_global = 1;   // local_global
+  std::int64_t sparse_factors = 3, sparse_width = 1;  // butterfly
   std::string device = "cpu";           // cpu | cuda
   std::string precision;                // fp32 | bf16; empty: bf16 on cuda, fp32 on cpu
   std::string data;                     // folder with train.tok / val.tok (fa-data prepare)

@@ -4,6 +4,7 @@
 #include "safetensors.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <flashattn/flashattn.h>
 #ifdef FATRAIN_CUDA
 #include <ATen/cuda/CUDAEvent.h>
 #endif
@@ -13,7 +14,9 @@
 #include <cmath>
 #include <cstdio>
 #include <limits>
+#include <map>
 #include <mutex>
+#include <tuple>
 #include <sstream>
 
 namespace fatrain {
@@ -107,21 +110,34 @@ torch::Tensor none() { return torch::empty({0}, torch::kInt); }
 // The trainer's options in the operators' packed form: dense or varlen
 // (cu_seqlens shared by queries and keys), causal or not, dropout state,
 // 128 x 128 blocks (unused: no block mask), the flash algorithm.
-OptionTensors option_tensors(const torch::Tensor& cu_seqlens, const torch::Tensor& rng) {
+// The block-sparse lists of flashattn_sparse as the operators take them:
+// int32 [1, 1, q blocks] counts and [1, 1, q blocks, k blocks] indices
+// (batch and heads broadcast), partial then full.
+struct SparseLists {
+  torch::Tensor count, indices, full_count, full_indices;
+};
+
+OptionTensors option_tensors(const torch::Tensor& cu_seqlens, const torch::Tensor& rng, const SparseLists* sp) {
   OptionTensors t;
   t.reserve(topt::count);
   for (std::size_t i = 0; i < topt::count; ++i) t.push_back(std::nullopt);
   t.set(topt::cu_seqlens_q, opt(cu_seqlens));
   t.set(topt::cu_seqlens_k, opt(cu_seqlens));
   t.set(topt::rng_state, opt(rng));
+  if (sp) {
+    t.set(topt::kv_num_blocks, sp->count);
+    t.set(topt::kv_indices, sp->indices);
+    t.set(topt::full_kv_num_blocks, sp->full_count);
+    t.set(topt::full_kv_indices, sp->full_indices);
+  }
   return t;
 }
-std::vector<int64_t> option_ints(int64_t max_seqlen, bool causal, bool deterministic) {
+std::vector<int64_t> option_ints(int64_t max_seqlen, bool causal, bool deterministic, int64_t block = 128) {
   std::vector<int64_t> v(iopt::count, 0);
   v[iopt::max_seqlen_q] = v[iopt::max_seqlen_k] = max_seqlen;
   v[iopt::causal] = causal ? 1 : 0;
   v[iopt::window_left] = v[iopt::window_right] = -1;
-  v[iopt::block_q] = v[iopt::block_k] = 128;
+  v[iopt::block_q] = v[iopt::block_k] = block;
   v[iopt::algorithm] = 0;  // flash
   v[iopt::deterministic] = deterministic ? 1 : 0;
   return v;
@@ -131,19 +147,25 @@ std::vector<int64_t> option_ints(int64_t max_seqlen, bool causal, bool determini
 // flashattn::backward from (q, k, v, out, lse), the same options, and the
 // same (seed, offset), so the backward applies the forward's dropout mask.
 struct FlashAttnFunction : torch::autograd::Function<FlashAttnFunction> {
+  // sp_*: the block-sparse lists (empty tensors: dense), sp_block their block size.
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, torch::Tensor q, torch::Tensor k,
                                torch::Tensor v, torch::Tensor cu_seqlens, int64_t max_seqlen, bool causal,
-                               double dropout_p, bool deterministic) {
+                               double dropout_p, bool deterministic, torch::Tensor sp_count, torch::Tensor sp_indices,
+                               torch::Tensor sp_full_count, torch::Tensor sp_full_indices, int64_t sp_block) {
     torch::Tensor rng = none();
     if (dropout_p > 0) {
       // Drawn from torch's default CPU generator: torch::manual_seed makes it
       // repeatable and the checkpoint saves that generator's state.
       rng = torch::randint(std::numeric_limits<int64_t>::max(), {2}, torch::TensorOptions().dtype(torch::kLong));
     }
+    const SparseLists sp{sp_count, sp_indices, sp_full_count, sp_full_indices};
+    const bool sparse = sp_count.numel() > 0;
     Timed timed(q);
-    auto [out, lse] = fwd_op().call(q, k, v, option_tensors(cu_seqlens, rng),
-                                    option_ints(max_seqlen, causal, deterministic), dropout_p, std::nullopt);
-    ctx->save_for_backward({q, k, v, out, lse, cu_seqlens, rng});
+    auto [out, lse] = fwd_op().call(q, k, v, option_tensors(cu_seqlens, rng, sparse ? &sp : nullptr),
+                                    option_ints(max_seqlen, causal, deterministic, sparse ? sp_block : 128),
+                                    dropout_p, std::nullopt);
+    ctx->save_for_backward({q, k, v, out, lse, cu_seqlens, rng, sp_count, sp_indices, sp_full_count, sp_full_indices});
+    ctx->saved_data["sp_block"] = sp_block;
     ctx->saved_data["max_seqlen"] = max_seqlen;
     ctx->saved_data["causal"] = causal;
     ctx->saved_data["dropout_p"] = dropout_p;
@@ -156,24 +178,65 @@ struct FlashAttnFunction : torch::autograd::Function<FlashAttnFunction> {
     torch::Tensor dout = grads[0];
     if (dout.stride(-1) != 1) dout = dout.contiguous();
     const int64_t max_seqlen = ctx->saved_data["max_seqlen"].toInt();
+    const SparseLists sp{s[7], s[8], s[9], s[10]};
+    const bool sparse = sp.count.numel() > 0;
     Timed timed(dout);
     auto [dq, dk, dv] = bwd_op().call(
-        dout, s[0], s[1], s[2], s[3], s[4], option_tensors(s[5], s[6]),
-        option_ints(max_seqlen, ctx->saved_data["causal"].toBool(), ctx->saved_data["deterministic"].toBool()),
+        dout, s[0], s[1], s[2], s[3], s[4], option_tensors(s[5], s[6], sparse ? &sp : nullptr),
+        option_ints(max_seqlen, ctx->saved_data["causal"].toBool(), ctx->saved_data["deterministic"].toBool(),
+                    sparse ? ctx->saved_data["sp_block"].toInt() : 128),
         ctx->saved_data["dropout_p"].toDouble(), std::nullopt);
-    return {dq, dk, dv, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    torch::autograd::variable_list g(14);
+    g[0] = dq, g[1] = dk, g[2] = dv;
+    return g;
   }
 };
 
+// The lists of a pattern for one sequence length, built on the host by
+// flashattn::BlockPattern and copied to the device once: cached per
+// (pattern, length, causal, device) for the life of the process (a run sees
+// few distinct lengths: the context, or each batch's longest sequence).
+const SparseLists& sparse_lists(const SparseOptions& s, int64_t seqlen, bool causal, const torch::Device& device) {
+  using Key = std::tuple<std::string, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, bool, std::string>;
+  static std::mutex mu;
+  static std::map<Key, SparseLists> cache;
+  const Key key{s.pattern, s.block, s.local, s.global, s.factors, s.width, seqlen, causal, device.str()};
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = cache.find(key);
+  if (it != cache.end()) return it->second;
+  const flashattn::BlockPattern bp =
+      s.pattern == "butterfly"
+          ? flashattn::BlockPattern::butterfly(seqlen, seqlen, s.block, s.block, s.factors, s.width, causal)
+          : flashattn::BlockPattern::local_global(seqlen, seqlen, s.block, s.block, s.local, s.global, causal);
+  auto to_tensor = [&](const std::vector<std::int32_t>& v, std::vector<int64_t> shape) {
+    return torch::tensor(v, torch::kInt).view(shape).to(device);
+  };
+  const int64_t nq = bp.num_q_blocks, nk = bp.num_k_blocks;
+  SparseLists l{to_tensor(bp.kv_count, {1, 1, nq}), to_tensor(bp.kv_indices, {1, 1, nq, nk}),
+                to_tensor(bp.full_kv_count, {1, 1, nq}), to_tensor(bp.full_kv_indices, {1, 1, nq, nk})};
+  return cache.emplace(key, std::move(l)).first->second;
+}
+
 torch::Tensor flash(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const AttnOptions& o,
                     double p, const Padding* pad) {
-  if (!pad) return FlashAttnFunction::apply(q, k, v, none(), 0, o.causal, p, o.deterministic);
+  const bool sparse = o.kind == AttnKind::flashattn_sparse;
+  // With key padding the pattern is laid over each sequence from its first
+  // token, for the batch's longest length (the varlen path's max_seqlen).
+  const SparseLists* sp = sparse ? &sparse_lists(o.sparse, pad ? pad->max_len : q.size(1), o.causal, q.device()) : nullptr;
+  auto sp_t = [&](int i) {
+    if (!sp) return none();
+    return i == 0 ? sp->count : i == 1 ? sp->indices : i == 2 ? sp->full_count : sp->full_indices;
+  };
+  if (!pad)
+    return FlashAttnFunction::apply(q, k, v, none(), 0, o.causal, p, o.deterministic, sp_t(0), sp_t(1), sp_t(2),
+                                    sp_t(3), o.sparse.block);
   // Key padding through the varlen path: pack the tokens of every sequence
   // into (total, H, D), run, and scatter back (padding rows stay zero).
   const int64_t B = q.size(0), S = q.size(1), H = q.size(2), D = q.size(3);
   auto pack = [&](const torch::Tensor& t) { return t.reshape({B * S, H, D}).index_select(0, pad->token_index); };
   torch::Tensor o_packed = FlashAttnFunction::apply(pack(q), pack(k), pack(v), pad->cu_seqlens, pad->max_len,
-                                                    o.causal, p, o.deterministic);
+                                                    o.causal, p, o.deterministic, sp_t(0), sp_t(1), sp_t(2), sp_t(3),
+                                                    o.sparse.block);
   return torch::zeros({B * S, H, D}, o_packed.options()).index_copy(0, pad->token_index, o_packed).view({B, S, H, D});
 }
 
@@ -247,10 +310,11 @@ torch::Tensor sdpa(const torch::Tensor& q, const torch::Tensor& k, const torch::
 
 AttnKind parse_attention(const std::string& n) {
   if (n == "flashattn") return AttnKind::flashattn;
+  if (n == "flashattn-sparse") return AttnKind::flashattn_sparse;
   if (n == "standard") return AttnKind::standard;
   if (n == "sdpa-flash") return AttnKind::sdpa_flash;
   if (n == "sdpa-cudnn") return AttnKind::sdpa_cudnn;
-  throw ConfigError("--attention: expected flashattn, standard, sdpa-flash or sdpa-cudnn, got '" + n + "'");
+  throw ConfigError("--attention: expected flashattn, flashattn-sparse, standard, sdpa-flash or sdpa-cudnn, got '" + n + "'");
 }
 
 std::string configure_sdpa(AttnKind kind, const torch::Device& device) {
@@ -295,7 +359,8 @@ torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const to
                         const AttnOptions& opt, bool training, const Padding* padding) {
   const double p = training ? opt.dropout_p : 0.0;
   switch (opt.kind) {
-    case AttnKind::flashattn: return flash(q, k, v, opt, p, padding);
+    case AttnKind::flashattn:
+    case AttnKind::flashattn_sparse: return flash(q, k, v, opt, p, padding);
     case AttnKind::standard: return standard(q, k, v, opt, p, padding);
     default: return sdpa(q, k, v, opt, p, padding);
   }

@@ -12,7 +12,7 @@
 
 namespace fatrain {
 
-enum class AttnKind { flashattn, standard, sdpa_flash, sdpa_cudnn };
+enum class AttnKind { flashattn, flashattn_sparse, standard, sdpa_flash, sdpa_cudnn };
 AttnKind parse_attention(const std::string& name);  // throws ConfigError naming --attention
 
 // Key padding of an encoder batch: sequence b holds tokens [0, lengths[b])
@@ -26,8 +26,21 @@ struct Padding {
 };
 Padding make_padding(const std::vector<std::int32_t>& lengths, std::int64_t seqlen, const torch::Device& device);
 
+// flashattn_sparse's fixed pattern, built by flashattn::BlockPattern over
+// block x block tiles of (query, key) positions:
+//   local_global: query block i sees key blocks i - local + 1 .. i (its
+//     diagonal and the blocks before it) and the first `global` blocks;
+//   butterfly: with super-blocks of `width` blocks, query super-block a sees
+//     key super-block b when a XOR b is 0 or 2^j for j < factors.
+// Causal models keep the causal rule inside the kept blocks.
+struct SparseOptions {
+  std::string pattern = "local_global";
+  std::int64_t block = 128, local = 3, global = 1, factors = 3, width = 1;
+};
+
 struct AttnOptions {
   AttnKind kind = AttnKind::flashattn;
+  SparseOptions sparse;
   bool causal = false;
   double dropout_p = 0.0;  // applied only in training mode
   bool deterministic = false;

@@ -568,6 +568,14 @@ TrainResult train(const TrainConfig& cfg_in) {
   TrainResult result;
   result.attention_note = configure_sdpa(kind, dev);
   if (kind == AttnKind::flashattn) result.attention_note = "flashattn (this repository's kernels, " + dev.str() + ")";
+  if (kind == AttnKind::flashattn_sparse) {
+    std::ostringstream n;
+    n << "flashattn block-sparse (" << cfg.sparse_pattern << ", block " << cfg.sparse_block;
+    if (cfg.sparse_pattern == "butterfly") n << ", factors " << cfg.sparse_factors << ", width " << cfg.sparse_width;
+    else n << ", local " << cfg.sparse_local << ", global " << cfg.sparse_global;
+    n << ", " << dev.str() << ")";
+    result.attention_note = n.str();
+  }
   if (kind == AttnKind::standard) result.attention_note = "standard (materialised QK^T, softmax, dropout, PV)";
 
   // Deterministic seeding: parameters from torch's generator, the data from
@@ -579,6 +587,8 @@ TrainResult train(const TrainConfig& cfg_in) {
   ao.causal = cfg.model.arch == "gpt2";
   ao.dropout_p = cfg.model.attn_dropout;
   ao.deterministic = cfg.deterministic;
+  ao.sparse = {cfg.sparse_pattern, cfg.sparse_block, cfg.sparse_local, cfg.sparse_global, cfg.sparse_factors,
+               cfg.sparse_width};
   Transformer model(cfg.model, ao);
   model->to(dev);
 

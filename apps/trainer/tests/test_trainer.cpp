@@ -145,10 +145,12 @@ struct Grads {
 // The loss of one fixed batch and the gradient of every parameter, for a
 // model built from `seed` with the given attention.
 Grads run_batch(const ModelConfig& m, AttnKind kind, bool causal, const torch::Tensor& tokens,
-                const torch::Tensor& labels, const std::vector<std::int32_t>& lengths) {
+                const torch::Tensor& labels, const std::vector<std::int32_t>& lengths,
+                const SparseOptions& sparse = {}) {
   torch::manual_seed(11);
   AttnOptions a;
   a.kind = kind;
+  a.sparse = sparse;
   a.causal = causal;
   Transformer model(m, a);
   model->train();  // dropout is 0 in these presets; train mode runs the training path
@@ -229,6 +231,63 @@ TEST(Attention, FlashattnVarlenMatchesStandardMaskEncoder) {
   // ... while the same change inside a sequence does.
   tokens2[2][3] = tokens[2][3].item<std::int64_t>() == 42 ? 43 : 42;
   EXPECT_GT(std::abs(run_batch(m, AttnKind::flashattn, false, tokens2, labels, lengths).loss - f.loss), 1e-6);
+}
+
+// flashattn-sparse: a pattern that keeps every block gives dense flashattn's
+// loss and gradients (causal, and encoder with key padding through varlen);
+// a real pattern gives another loss.
+TEST(Attention, SparseKeepingEveryBlockMatchesDense) {
+  SparseOptions all;
+  all.block = 8;
+  all.local = 1;
+  all.global = 100;  // local_global's local blocks end at the diagonal: global covers the rest
+  SparseOptions fly = all;
+  fly.pattern = "butterfly";
+  fly.width = 8;  // one super-block holds all 48 / 8 = 6 blocks
+  SparseOptions real = all;
+  real.global = 0;
+  real.local = 2;
+  {
+    const auto m = small_model("gpt2-tiny");
+    torch::manual_seed(3);
+    auto tokens = torch::randint(m.vocab, {3, 48}, torch::kLong);
+    auto labels = torch::randint(m.vocab, {3, 48}, torch::kLong);
+    auto d = run_batch(m, AttnKind::flashattn, true, tokens, labels, {});
+    expect_same(run_batch(m, AttnKind::flashattn_sparse, true, tokens, labels, {}, all), d, "local_global all (causal)");
+    expect_same(run_batch(m, AttnKind::flashattn_sparse, true, tokens, labels, {}, fly), d, "butterfly all (causal)");
+    EXPECT_GT(std::abs(run_batch(m, AttnKind::flashattn_sparse, true, tokens, labels, {}, real).loss - d.loss), 1e-4);
+  }
+  {
+    const auto m = small_model("encoder-tiny");
+    const std::vector<std::int32_t> lengths = {40, 23, 7, 1};
+    torch::manual_seed(5);
+    auto tokens = torch::randint(5, m.vocab, {4, 40}, torch::kLong);
+    auto labels = torch::full({4, 40}, -100, torch::kLong);
+    for (int b = 0; b < 4; ++b) {
+      tokens[b].narrow(0, lengths[b], 40 - lengths[b]).fill_(3);
+      for (int t = 0; t < lengths[b]; t += 3) labels[b][t] = (b * 7 + t) % m.vocab;
+    }
+    auto d = run_batch(m, AttnKind::flashattn, false, tokens, labels, lengths);
+    expect_same(run_batch(m, AttnKind::flashattn_sparse, false, tokens, labels, lengths, all), d, "all, varlen");
+    expect_same(run_batch(m, AttnKind::flashattn_sparse, false, tokens, labels, lengths, fly), d, "butterfly all, varlen");
+    EXPECT_GT(std::abs(run_batch(m, AttnKind::flashattn_sparse, false, tokens, labels, lengths, real).loss - d.loss), 1e-4);
+  }
+}
+
+TEST(Training, SparseAttentionTrains) {
+  for (const char* pattern : {"local_global", "butterfly"}) {
+    SCOPED_TRACE(pattern);
+    auto r = train(tiny("encoder-tiny", {"--task", "classify", "--steps", "4", "--attention", "flashattn-sparse",
+                                         "--sparse-pattern", pattern, "--sparse-block", "8", "--sparse-local", "1",
+                                         "--sparse-global", "1", "--sparse-factors", "1"}));
+    ASSERT_EQ(r.train_loss.size(), 4u);
+    for (const auto& [s, l] : r.train_loss) EXPECT_TRUE(std::isfinite(l)) << "step " << s;
+    EXPECT_NE(r.attention_note.find(pattern), std::string::npos) << r.attention_note;
+  }
+  auto g = train(tiny("gpt2-tiny", {"--steps", "3", "--attention", "flashattn-sparse", "--sparse-block", "8"}));
+  for (const auto& [s, l] : g.train_loss) EXPECT_TRUE(std::isfinite(l)) << "step " << s;
+  EXPECT_EQ(config_error({"--data", FATRAIN_TEST_DATA, "--sparse-block", "0"}), "--sparse-block: expected >= 1, got 0");
+  EXPECT_EQ(config_error({"--data", FATRAIN_TEST_DATA, "--sparse-pattern", "random"}).rfind("--sparse-pattern: expected one of", 0), 0u);
 }
 
 // --------------------------------------------------------------- resume ---
