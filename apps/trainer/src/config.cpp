@@ -194,7 +194,7 @@ ModelConfig preset(const std::string& name) {
 
 std::string usage() {
   std::ostringstream o;
-  o << "usage: fa-train --data DIR [--model PRESET] [--attention flashattn|standard|sdpa-flash|sdpa-cudnn] [flags]\n";
+  o << "usage: fa-train --data DIR [--model PRESET] [--attention flashattn|flashattn-sparse|standard|sdpa-flash|sdpa-cudnn] [flags]\n";
   for (const auto& f : flags()) {
     std::string n = std::string(f.name) + (f.is_switch ? "" : " V");
     o << "  " << n << std::string(n.size() < 20 ? 20 - n.size() : 1, ' ') << f.help << "\n";
