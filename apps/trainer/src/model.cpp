@@ -199,7 +199,9 @@ struct FlashAttnFunction : torch::autograd::Function<FlashAttnFunction> {
 const SparseLists& sparse_lists(const SparseOptions& s, int64_t seqlen, bool causal, const torch::Device& device) {
   using Key = std::tuple<std::string, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, bool, std::string>;
   static std::mutex mu;
-  static std::map<Key, SparseLists> cache;
+  // Never destroyed: freeing CUDA tensors from a static destructor can run
+  // after the CUDA allocator has been torn down at exit.
+  static auto& cache = *new std::map<Key, SparseLists>();
   const Key key{s.pattern, s.block, s.local, s.global, s.factors, s.width, seqlen, causal, device.str()};
   std::lock_guard<std::mutex> lock(mu);
   auto it = cache.find(key);
