@@ -186,7 +186,7 @@ struct FlashAttnFunction : torch::autograd::Function<FlashAttnFunction> {
         option_ints(max_seqlen, ctx->saved_data["causal"].toBool(), ctx->saved_data["deterministic"].toBool(),
                     sparse ? ctx->saved_data["sp_block"].toInt() : 128),
         ctx->saved_data["dropout_p"].toDouble(), std::nullopt);
-    torch::autograd::variable_list g(14);
+    torch::autograd::variable_list g(13);  // one per forward input; only q, k, v have gradients
     g[0] = dq, g[1] = dk, g[2] = dv;
     return g;
   }
