@@ -44,10 +44,22 @@ const std::vector<Flag>& flags() {
        [](TrainConfig&, const std::string&) {}},
       {"--task", "lm (gpt2), mlm or classify (encoder); default lm / mlm",
        [](TrainConfig& c, const std::string& v) { c.task = one_of("--task", v, {"lm", "mlm", "classify"}); }},
-      {"--attention", "flashattn | standard | sdpa-flash | sdpa-cudnn (default flashattn)",
+      {"--attention", "flashattn | flashattn-sparse | standard | sdpa-flash | sdpa-cudnn (default flashattn)",
        [](TrainConfig& c, const std::string& v) {
-         c.attention = one_of("--attention", v, {"flashattn", "standard", "sdpa-flash", "sdpa-cudnn"});
+         c.attention = one_of("--attention", v, {"flashattn", "flashattn-sparse", "standard", "sdpa-flash", "sdpa-cudnn"});
        }},
+      {"--sparse-pattern", "flashattn-sparse: local_global (default) | butterfly",
+       [](TrainConfig& c, const std::string& v) { c.sparse_pattern = one_of("--sparse-pattern", v, {"local_global", "butterfly"}); }},
+      {"--sparse-block", "flashattn-sparse: block size, queries and keys (default 128)",
+       [](TrainConfig& c, const std::string& v) { c.sparse_block = to_int("--sparse-block", v); }},
+      {"--sparse-local", "local_global: key blocks up to the diagonal, counting it (default 3)",
+       [](TrainConfig& c, const std::string& v) { c.sparse_local = to_int("--sparse-local", v); }},
+      {"--sparse-global", "local_global: leading key blocks every query sees (default 1)",
+       [](TrainConfig& c, const std::string& v) { c.sparse_global = to_int("--sparse-global", v); }},
+      {"--sparse-factors", "butterfly: factors; key super-blocks at XOR distance 2^i, i < factors (default 3)",
+       [](TrainConfig& c, const std::string& v) { c.sparse_factors = to_int("--sparse-factors", v); }},
+      {"--sparse-width", "butterfly: blocks per super-block (default 1)",
+       [](TrainConfig& c, const std::string& v) { c.sparse_width = to_int("--sparse-width", v); }},
       {"--device", "cpu | cuda (default cpu)",
        [](TrainConfig& c, const std::string& v) { c.device = one_of("--device", v, {"cpu", "cuda"}); }},
       {"--precision", "fp32 | bf16 (autocast, fp32 master weights); default bf16 on cuda, fp32 on cpu",
@@ -72,6 +84,14 @@ const std::vector<Flag>& flags() {
        [](TrainConfig& c, const std::string& v) { c.model.attn_dropout = to_double("--attn-dropout", v); }},
       {"--num-classes", "classes of the classification head (default: from the labels)",
        [](TrainConfig& c, const std::string& v) { c.model.num_classes = to_int("--num-classes", v); }},
+      {"--pos-2d", "2-D positions for square images: H (side) or auto (fa-lra's image size); learned row + column embeddings, [CLS] its own; sets --positions to H*H+1",
+       [](TrainConfig& c, const std::string& v) {
+         c.model.pos_2d = v == "auto" ? -1 : to_int("--pos-2d", v);
+         if (c.model.pos_2d == 0 || c.model.pos_2d < -1)
+           throw ConfigError("--pos-2d: expected an image side >= 1 or auto, got '" + v + "'");
+       }},
+      {"--pool", "classification pooling: cls (the [CLS] position, default) | mean (over non-padding positions)",
+       [](TrainConfig& c, const std::string& v) { c.model.pool = one_of("--pool", v, {"cls", "mean"}); }},
       {"--batch", "sequences per micro-batch per process",
        [](TrainConfig& c, const std::string& v) { c.batch = to_int("--batch", v); }},
       {"--accum", "micro-batches per optimizer step (gradient accumulation)",
@@ -104,6 +124,8 @@ const std::vector<Flag>& flags() {
        [](TrainConfig& c, const std::string& v) { c.save_every = to_int("--save-every", v); }},
       {"--resume", "continue from a checkpoint file",
        [](TrainConfig& c, const std::string& v) { c.resume = v; }},
+      {"--init-from", "start from a checkpoint's weights (step 0, fresh optimizer); 2-D position grids are interpolated to --pos-2d",
+       [](TrainConfig& c, const std::string& v) { c.init_from = v; }},
       {"--stop-after", "stop after N steps of this invocation (the schedule still spans --steps; resume later)",
        [](TrainConfig& c, const std::string& v) { c.stop_after = to_int("--stop-after", v); }},
       {"--threads", "CPU threads (0 = torch's default)",
@@ -172,7 +194,7 @@ ModelConfig preset(const std::string& name) {
 
 std::string usage() {
   std::ostringstream o;
-  o << "usage: fa-train --data DIR [--model PRESET] [--attention flashattn|standard|sdpa-flash|sdpa-cudnn] [flags]\n";
+  o << "usage: fa-train --data DIR [--model PRESET] [--attention flashattn|flashattn-sparse|standard|sdpa-flash|sdpa-cudnn] [flags]\n";
   for (const auto& f : flags()) {
     std::string n = std::string(f.name) + (f.is_switch ? "" : " V");
     o << "  " << n << std::string(n.size() < 20 ? 20 - n.size() : 1, ' ') << f.help << "\n";
@@ -212,6 +234,7 @@ TrainConfig parse_args(const std::vector<std::string>& args, bool* help) {
   for (const auto& [k, v] : kv)
     for (const auto& f : flags())
       if (k == f.name) f.set(c, v);
+  if (c.model.pos_2d > 0) c.model.positions = c.model.pos_2d * c.model.pos_2d + 1;
   return c;
 }
 
@@ -234,7 +257,14 @@ void validate(const TrainConfig& c) {
     throw ConfigError("--heads: " + std::to_string(m.heads) + " heads do not divide --width " +
                       std::to_string(m.width) + " (head_dim = width / heads must be an integer)");
   if (c.context < 0) throw ConfigError("--context: expected >= 1, got " + std::to_string(c.context));
-  if (c.effective_context() > m.positions)
+  if (m.pos_2d != 0 && m.arch != "encoder")
+    throw ConfigError("--pos-2d: 2-D positions are for the encoder (image classification), not " + m.arch);
+  if (m.pos_2d > 0 && m.positions != m.pos_2d * m.pos_2d + 1)
+    throw ConfigError("--pos-2d: " + std::to_string(m.pos_2d) + " means " + std::to_string(m.pos_2d * m.pos_2d + 1) +
+                      " positions ([CLS] + the image), not " + std::to_string(m.positions));
+  if (!c.init_from.empty() && !c.resume.empty())
+    throw ConfigError("--init-from: starts a new run from weights; --resume continues one; give one of them");
+  if (m.pos_2d >= 0 && c.effective_context() > m.positions)
     throw ConfigError("--context: " + std::to_string(c.effective_context()) + " is longer than --positions " +
                       std::to_string(m.positions) + " (the model has one learned position embedding per position)");
   if (c.effective_context() < 2) throw ConfigError("--context: expected >= 2, got " + std::to_string(c.effective_context()));
@@ -255,12 +285,22 @@ void validate(const TrainConfig& c) {
   if (c.save_every > 0 && c.save_dir.empty()) throw ConfigError("--save-every: needs --save DIR");
   if (c.stop_after < 0) throw ConfigError("--stop-after: expected >= 0, got " + std::to_string(c.stop_after));
   if (c.threads < 0) throw ConfigError("--threads: expected >= 0, got " + std::to_string(c.threads));
-  if (c.time_attention && c.attention != "flashattn")
+  if (c.sparse_block < 1) throw ConfigError("--sparse-block: expected >= 1, got " + std::to_string(c.sparse_block));
+  if (c.sparse_local < 0) throw ConfigError("--sparse-local: expected >= 0, got " + std::to_string(c.sparse_local));
+  if (c.sparse_global < 0) throw ConfigError("--sparse-global: expected >= 0, got " + std::to_string(c.sparse_global));
+  if (c.sparse_factors < 0 || c.sparse_factors > 30)
+    throw ConfigError("--sparse-factors: expected 0 to 30, got " + std::to_string(c.sparse_factors));
+  if (c.sparse_width < 1) throw ConfigError("--sparse-width: expected >= 1, got " + std::to_string(c.sparse_width));
+  if (c.sparse_pattern == "local_global" && c.sparse_local + c.sparse_global == 0)
+    throw ConfigError("--sparse-local: with --sparse-global 0 too, no query would see any key");
+  if (c.time_attention && c.attention != "flashattn" && c.attention != "flashattn-sparse")
     throw ConfigError("--time-attention: times the flashattn operators only; got --attention " + c.attention);
   if (c.mask_prob <= 0 || c.mask_prob >= 1)
     throw ConfigError("--mask-prob: expected in (0, 1), got " + std::to_string(c.mask_prob));
   if (c.min_seq_frac <= 0 || c.min_seq_frac > 1)
     throw ConfigError("--min-seq-frac: expected in (0, 1], got " + std::to_string(c.min_seq_frac));
+  if (m.pool != "cls" && task != "classify")
+    throw ConfigError("--pool: pools for the classification head; needs --task classify, got " + task);
   if (task == "classify" && m.num_classes == 1)
     throw ConfigError("--num-classes: expected >= 2, got 1");
 }
@@ -271,14 +311,18 @@ std::string to_json(const TrainConfig& c) {
   o << "{\"preset\":\"" << esc(c.preset) << "\",\"arch\":\"" << m.arch << "\",\"layers\":" << m.layers
     << ",\"heads\":" << m.heads << ",\"width\":" << m.width << ",\"positions\":" << m.positions
     << ",\"vocab\":" << m.vocab << ",\"mlp_ratio\":" << m.mlp_ratio << ",\"dropout\":" << m.dropout
-    << ",\"attn_dropout\":" << m.attn_dropout << ",\"num_classes\":" << m.num_classes << ",\"task\":\""
-    << c.effective_task() << "\",\"attention\":\"" << c.attention << "\",\"device\":\"" << c.device
+    << ",\"attn_dropout\":" << m.attn_dropout << ",\"num_classes\":" << m.num_classes << ",\"pos_2d\":" << m.pos_2d << ",\"pool\":\"" << m.pool << "\",\"task\":\""
+    << c.effective_task() << "\",\"attention\":\"" << c.attention << "\",\"sparse_pattern\":\"" << c.sparse_pattern
+    << "\",\"sparse_block\":" << c.sparse_block << ",\"sparse_local\":" << c.sparse_local
+    << ",\"sparse_global\":" << c.sparse_global << ",\"sparse_factors\":" << c.sparse_factors
+    << ",\"sparse_width\":" << c.sparse_width << ",\"device\":\"" << c.device
     << "\",\"precision\":\"" << c.effective_precision() << "\",\"data\":\"" << esc(c.data)
     << "\",\"context\":" << c.effective_context() << ",\"batch\":" << c.batch << ",\"accum\":" << c.accum
     << ",\"steps\":" << c.steps << ",\"lr\":" << c.lr << ",\"min_lr\":" << c.min_lr << ",\"warmup\":" << c.warmup
     << ",\"weight_decay\":" << c.weight_decay << ",\"beta1\":" << c.beta1 << ",\"beta2\":" << c.beta2
     << ",\"clip\":" << c.clip << ",\"seed\":" << c.seed << ",\"mask_prob\":" << c.mask_prob
     << ",\"min_seq_frac\":" << c.min_seq_frac << ",\"deterministic\":" << (c.deterministic ? "true" : "false")
+    << ",\"init_from\":\"" << esc(c.init_from) << "\""
     << ",\"time_attention\":" << (c.time_attention ? "true" : "false")
     << "}";
   return o.str();

@@ -26,13 +26,23 @@ struct ModelConfig {
   double dropout = 0.0;          // embeddings and residual branches
   double attn_dropout = 0.0;     // on the attention probabilities
   std::int64_t num_classes = 0;  // encoder classification head (task classify)
+  // 2-D positions for square images of side pos_2d (token 1 + r * pos_2d + c
+  // is pixel (r, c), token 0 is [CLS]): row + column embeddings instead of
+  // the 1-D table. 0 = off; -1 = the side of fa-lra's image (--pos-2d auto).
+  std::int64_t pos_2d = 0;
+  std::string pool = "cls";      // classification pooling: cls (position 0) | mean (over the tokens)
 };
 
 struct TrainConfig {
   std::string preset = "gpt2-tiny";
   ModelConfig model;
   std::string task;           // lm (gpt2) | mlm | classify (encoder); empty: the arch's default
-  std::string attention = "flashattn";  // flashattn | standard | sdpa-flash | sdpa-cudnn
+  std::string attention = "flashattn";  // flashattn | flashattn-sparse | standard | sdpa-flash | sdpa-cudnn
+  // flashattn-sparse: a fixed block pattern (flashattn::BlockPattern).
+  std::string sparse_pattern = "local_global";  // local_global | butterfly
+  std::int64_t sparse_block = 128;              // query and key block size
+  std::int64_t sparse_local = 3, sparse_global = 1;   // local_global
+  std::int64_t sparse_factors = 3, sparse_width = 1;  // butterfly
   std::string device = "cpu";           // cpu | cuda
   std::string precision;                // fp32 | bf16; empty: bf16 on cuda, fp32 on cpu
   std::string data;                     // folder with train.tok / val.tok (fa-data prepare)
@@ -51,6 +61,7 @@ struct TrainConfig {
   std::string save_dir;                 // checkpoints go here ("" = none)
   std::int64_t save_every = 0;          // 0: only at the end (when --save is given)
   std::string resume;                   // checkpoint file to continue from
+  std::string init_from;                // checkpoint whose weights start a new run (2-D positions interpolated)
   std::int64_t stop_after = 0;          // stop after N steps of this run (chunked runs); 0 = run to --steps
   std::int64_t threads = 0;             // CPU threads (0 = torch's default)
   double peak_tflops = 0;               // for MFU; 0: known GPUs only

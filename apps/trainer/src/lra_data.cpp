@@ -7,6 +7,8 @@
 
 namespace fatrain {
 
+std::uint32_t lra_image_size(const std::string& path) { return lra::Reader(path).header().image_size; }
+
 bool is_lra_data(const std::string& data) { return data.rfind(kLraPrefix, 0) == 0; }
 
 Shard lra_shard(const std::string& path) {

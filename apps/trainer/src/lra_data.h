@@ -21,4 +21,7 @@ bool is_lra_data(const std::string& data);
 // std::runtime_error naming the file.
 Shard lra_shard(const std::string& path);
 
+// The image side in an fa-lra file's header (0: not an image task).
+std::uint32_t lra_image_size(const std::string& path);
+
 }  // namespace fatrain

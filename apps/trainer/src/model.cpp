@@ -1,17 +1,23 @@
 #include "model.h"
 
 #include "op_options.h"
+#include "safetensors.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <flashattn/flashattn.h>
 #ifdef FATRAIN_CUDA
 #include <ATen/cuda/CUDAEvent.h>
 #endif
 
 #include <chrono>
+#include <cstring>
 #include <cmath>
 #include <cstdio>
 #include <limits>
+#include <map>
 #include <mutex>
+#include <tuple>
+#include <sstream>
 
 namespace fatrain {
 namespace {
@@ -104,21 +110,34 @@ torch::Tensor none() { return torch::empty({0}, torch::kInt); }
 // The trainer's options in the operators' packed form: dense or varlen
 // (cu_seqlens shared by queries and keys), causal or not, dropout state,
 // 128 x 128 blocks (unused: no block mask), the flash algorithm.
-OptionTensors option_tensors(const torch::Tensor& cu_seqlens, const torch::Tensor& rng) {
+// The block-sparse lists of flashattn_sparse as the operators take them:
+// int32 [1, 1, q blocks] counts and [1, 1, q blocks, k blocks] indices
+// (batch and heads broadcast), partial then full.
+struct SparseLists {
+  torch::Tensor count, indices, full_count, full_indices;
+};
+
+OptionTensors option_tensors(const torch::Tensor& cu_seqlens, const torch::Tensor& rng, const SparseLists* sp) {
   OptionTensors t;
   t.reserve(topt::count);
   for (std::size_t i = 0; i < topt::count; ++i) t.push_back(std::nullopt);
   t.set(topt::cu_seqlens_q, opt(cu_seqlens));
   t.set(topt::cu_seqlens_k, opt(cu_seqlens));
   t.set(topt::rng_state, opt(rng));
+  if (sp) {
+    t.set(topt::kv_num_blocks, sp->count);
+    t.set(topt::kv_indices, sp->indices);
+    t.set(topt::full_kv_num_blocks, sp->full_count);
+    t.set(topt::full_kv_indices, sp->full_indices);
+  }
   return t;
 }
-std::vector<int64_t> option_ints(int64_t max_seqlen, bool causal, bool deterministic) {
+std::vector<int64_t> option_ints(int64_t max_seqlen, bool causal, bool deterministic, int64_t block = 128) {
   std::vector<int64_t> v(iopt::count, 0);
   v[iopt::max_seqlen_q] = v[iopt::max_seqlen_k] = max_seqlen;
   v[iopt::causal] = causal ? 1 : 0;
   v[iopt::window_left] = v[iopt::window_right] = -1;
-  v[iopt::block_q] = v[iopt::block_k] = 128;
+  v[iopt::block_q] = v[iopt::block_k] = block;
   v[iopt::algorithm] = 0;  // flash
   v[iopt::deterministic] = deterministic ? 1 : 0;
   return v;
@@ -128,19 +147,25 @@ std::vector<int64_t> option_ints(int64_t max_seqlen, bool causal, bool determini
 // flashattn::backward from (q, k, v, out, lse), the same options, and the
 // same (seed, offset), so the backward applies the forward's dropout mask.
 struct FlashAttnFunction : torch::autograd::Function<FlashAttnFunction> {
+  // sp_*: the block-sparse lists (empty tensors: dense), sp_block their block size.
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, torch::Tensor q, torch::Tensor k,
                                torch::Tensor v, torch::Tensor cu_seqlens, int64_t max_seqlen, bool causal,
-                               double dropout_p, bool deterministic) {
+                               double dropout_p, bool deterministic, torch::Tensor sp_count, torch::Tensor sp_indices,
+                               torch::Tensor sp_full_count, torch::Tensor sp_full_indices, int64_t sp_block) {
     torch::Tensor rng = none();
     if (dropout_p > 0) {
       // Drawn from torch's default CPU generator: torch::manual_seed makes it
       // repeatable and the checkpoint saves that generator's state.
       rng = torch::randint(std::numeric_limits<int64_t>::max(), {2}, torch::TensorOptions().dtype(torch::kLong));
     }
+    const SparseLists sp{sp_count, sp_indices, sp_full_count, sp_full_indices};
+    const bool sparse = sp_count.numel() > 0;
     Timed timed(q);
-    auto [out, lse] = fwd_op().call(q, k, v, option_tensors(cu_seqlens, rng),
-                                    option_ints(max_seqlen, causal, deterministic), dropout_p, std::nullopt);
-    ctx->save_for_backward({q, k, v, out, lse, cu_seqlens, rng});
+    auto [out, lse] = fwd_op().call(q, k, v, option_tensors(cu_seqlens, rng, sparse ? &sp : nullptr),
+                                    option_ints(max_seqlen, causal, deterministic, sparse ? sp_block : 128),
+                                    dropout_p, std::nullopt);
+    ctx->save_for_backward({q, k, v, out, lse, cu_seqlens, rng, sp_count, sp_indices, sp_full_count, sp_full_indices});
+    ctx->saved_data["sp_block"] = sp_block;
     ctx->saved_data["max_seqlen"] = max_seqlen;
     ctx->saved_data["causal"] = causal;
     ctx->saved_data["dropout_p"] = dropout_p;
@@ -153,24 +178,67 @@ struct FlashAttnFunction : torch::autograd::Function<FlashAttnFunction> {
     torch::Tensor dout = grads[0];
     if (dout.stride(-1) != 1) dout = dout.contiguous();
     const int64_t max_seqlen = ctx->saved_data["max_seqlen"].toInt();
+    const SparseLists sp{s[7], s[8], s[9], s[10]};
+    const bool sparse = sp.count.numel() > 0;
     Timed timed(dout);
     auto [dq, dk, dv] = bwd_op().call(
-        dout, s[0], s[1], s[2], s[3], s[4], option_tensors(s[5], s[6]),
-        option_ints(max_seqlen, ctx->saved_data["causal"].toBool(), ctx->saved_data["deterministic"].toBool()),
+        dout, s[0], s[1], s[2], s[3], s[4], option_tensors(s[5], s[6], sparse ? &sp : nullptr),
+        option_ints(max_seqlen, ctx->saved_data["causal"].toBool(), ctx->saved_data["deterministic"].toBool(),
+                    sparse ? ctx->saved_data["sp_block"].toInt() : 128),
         ctx->saved_data["dropout_p"].toDouble(), std::nullopt);
-    return {dq, dk, dv, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    torch::autograd::variable_list g(13);  // one per forward input; only q, k, v have gradients
+    g[0] = dq, g[1] = dk, g[2] = dv;
+    return g;
   }
 };
 
+// The lists of a pattern for one sequence length, built on the host by
+// flashattn::BlockPattern and copied to the device once: cached per
+// (pattern, length, causal, device) for the life of the process (a run sees
+// few distinct lengths: the context, or each batch's longest sequence).
+const SparseLists& sparse_lists(const SparseOptions& s, int64_t seqlen, bool causal, const torch::Device& device) {
+  using Key = std::tuple<std::string, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, bool, std::string>;
+  static std::mutex mu;
+  // Never destroyed: freeing CUDA tensors from a static destructor can run
+  // after the CUDA allocator has been torn down at exit.
+  static auto& cache = *new std::map<Key, SparseLists>();
+  const Key key{s.pattern, s.block, s.local, s.global, s.factors, s.width, seqlen, causal, device.str()};
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = cache.find(key);
+  if (it != cache.end()) return it->second;
+  const flashattn::BlockPattern bp =
+      s.pattern == "butterfly"
+          ? flashattn::BlockPattern::butterfly(seqlen, seqlen, s.block, s.block, s.factors, s.width, causal)
+          : flashattn::BlockPattern::local_global(seqlen, seqlen, s.block, s.block, s.local, s.global, causal);
+  auto to_tensor = [&](const std::vector<std::int32_t>& v, std::vector<int64_t> shape) {
+    return torch::tensor(v, torch::kInt).view(shape).to(device);
+  };
+  const int64_t nq = bp.num_q_blocks, nk = bp.num_k_blocks;
+  SparseLists l{to_tensor(bp.kv_count, {1, 1, nq}), to_tensor(bp.kv_indices, {1, 1, nq, nk}),
+                to_tensor(bp.full_kv_count, {1, 1, nq}), to_tensor(bp.full_kv_indices, {1, 1, nq, nk})};
+  return cache.emplace(key, std::move(l)).first->second;
+}
+
 torch::Tensor flash(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const AttnOptions& o,
                     double p, const Padding* pad) {
-  if (!pad) return FlashAttnFunction::apply(q, k, v, none(), 0, o.causal, p, o.deterministic);
+  const bool sparse = o.kind == AttnKind::flashattn_sparse;
+  // With key padding the pattern is laid over each sequence from its first
+  // token, for the batch's longest length (the varlen path's max_seqlen).
+  const SparseLists* sp = sparse ? &sparse_lists(o.sparse, pad ? pad->max_len : q.size(1), o.causal, q.device()) : nullptr;
+  auto sp_t = [&](int i) {
+    if (!sp) return none();
+    return i == 0 ? sp->count : i == 1 ? sp->indices : i == 2 ? sp->full_count : sp->full_indices;
+  };
+  if (!pad)
+    return FlashAttnFunction::apply(q, k, v, none(), 0, o.causal, p, o.deterministic, sp_t(0), sp_t(1), sp_t(2),
+                                    sp_t(3), o.sparse.block);
   // Key padding through the varlen path: pack the tokens of every sequence
   // into (total, H, D), run, and scatter back (padding rows stay zero).
   const int64_t B = q.size(0), S = q.size(1), H = q.size(2), D = q.size(3);
   auto pack = [&](const torch::Tensor& t) { return t.reshape({B * S, H, D}).index_select(0, pad->token_index); };
   torch::Tensor o_packed = FlashAttnFunction::apply(pack(q), pack(k), pack(v), pad->cu_seqlens, pad->max_len,
-                                                    o.causal, p, o.deterministic);
+                                                    o.causal, p, o.deterministic, sp_t(0), sp_t(1), sp_t(2), sp_t(3),
+                                                    o.sparse.block);
   return torch::zeros({B * S, H, D}, o_packed.options()).index_copy(0, pad->token_index, o_packed).view({B, S, H, D});
 }
 
@@ -244,10 +312,11 @@ torch::Tensor sdpa(const torch::Tensor& q, const torch::Tensor& k, const torch::
 
 AttnKind parse_attention(const std::string& n) {
   if (n == "flashattn") return AttnKind::flashattn;
+  if (n == "flashattn-sparse") return AttnKind::flashattn_sparse;
   if (n == "standard") return AttnKind::standard;
   if (n == "sdpa-flash") return AttnKind::sdpa_flash;
   if (n == "sdpa-cudnn") return AttnKind::sdpa_cudnn;
-  throw ConfigError("--attention: expected flashattn, standard, sdpa-flash or sdpa-cudnn, got '" + n + "'");
+  throw ConfigError("--attention: expected flashattn, flashattn-sparse, standard, sdpa-flash or sdpa-cudnn, got '" + n + "'");
 }
 
 std::string configure_sdpa(AttnKind kind, const torch::Device& device) {
@@ -292,7 +361,8 @@ torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const to
                         const AttnOptions& opt, bool training, const Padding* padding) {
   const double p = training ? opt.dropout_p : 0.0;
   switch (opt.kind) {
-    case AttnKind::flashattn: return flash(q, k, v, opt, p, padding);
+    case AttnKind::flashattn:
+    case AttnKind::flashattn_sparse: return flash(q, k, v, opt, p, padding);
     case AttnKind::standard: return standard(q, k, v, opt, p, padding);
     default: return sdpa(q, k, v, opt, p, padding);
   }
@@ -327,7 +397,16 @@ torch::Tensor BlockImpl::forward(torch::Tensor x, const Padding* padding) {
 TransformerImpl::TransformerImpl(const ModelConfig& m, const AttnOptions& a) : cfg(m) {
   TORCH_CHECK(m.vocab > 0, "model: vocab not set");
   wte = register_module("wte", torch::nn::Embedding(m.vocab, m.width));
-  wpe = register_module("wpe", torch::nn::Embedding(m.positions, m.width));
+  if (m.pos_2d > 0) {
+    TORCH_CHECK(m.positions == m.pos_2d * m.pos_2d + 1, "model: pos_2d ", m.pos_2d, " needs ",
+                m.pos_2d * m.pos_2d + 1, " positions, got ", m.positions);
+    wpe_cls = register_module("wpe_cls", torch::nn::Embedding(1, m.width));
+    wpe_row = register_module("wpe_row", torch::nn::Embedding(m.pos_2d, m.width));
+    wpe_col = register_module("wpe_col", torch::nn::Embedding(m.pos_2d, m.width));
+  } else {
+    TORCH_CHECK(m.pos_2d == 0, "model: pos_2d not resolved (auto needs the data's image size)");
+    wpe = register_module("wpe", torch::nn::Embedding(m.positions, m.width));
+  }
   drop = register_module("drop", torch::nn::Dropout(m.dropout));
   h = register_module("h", torch::nn::ModuleList());
   for (int64_t i = 0; i < m.layers; ++i) h->push_back(Block(m, a));
@@ -363,10 +442,18 @@ TransformerImpl::TransformerImpl(const ModelConfig& m, const AttnOptions& a) : c
 torch::Tensor TransformerImpl::hidden(const torch::Tensor& tokens, const Padding* padding) {
   const int64_t S = tokens.size(1);
   TORCH_CHECK(S <= cfg.positions, "model: sequence of ", S, " tokens exceeds ", cfg.positions, " positions");
-  auto pos = torch::arange(S, torch::TensorOptions().dtype(torch::kLong).device(tokens.device()));
-  auto x = drop(wte(tokens) + wpe(pos));
+  auto x = drop(wte(tokens) + positions(S, tokens.device()));
   for (auto& m : *h) x = m->as<BlockImpl>()->forward(x, padding);
   return ln_f(x);
+}
+
+torch::Tensor TransformerImpl::positions(std::int64_t S, const torch::Device& device) {
+  auto pos = torch::arange(S, torch::TensorOptions().dtype(torch::kLong).device(device));
+  if (!wpe_row) return wpe(pos);
+  // Position p >= 1 is pixel p - 1 of the row-major image.
+  auto pixel = pos.narrow(0, 0, S - 1);
+  auto grid = wpe_row(pixel.div(cfg.pos_2d, "floor")) + wpe_col(pixel.remainder(cfg.pos_2d));
+  return torch::cat({wpe_cls->weight, grid}, 0);
 }
 
 torch::Tensor TransformerImpl::lm_logits(const torch::Tensor& x) { return torch::matmul(x, wte->weight.t()); }
@@ -376,17 +463,83 @@ torch::Tensor TransformerImpl::mlm_logits(const torch::Tensor& x) {
   return torch::matmul(mlm_ln(torch::gelu(mlm_dense(x), "tanh")), wte->weight.t()) + mlm_bias;
 }
 
-torch::Tensor TransformerImpl::cls_logits(const torch::Tensor& x) {
+torch::Tensor TransformerImpl::cls_logits(const torch::Tensor& x, const Padding* padding) {
   TORCH_CHECK(classifier, "model: the classification head needs the encoder and num_classes > 0");
-  // BERT's pooler: tanh(dense(hidden of the first token, [CLS] = bos)).
-  return classifier(torch::tanh(pooler(x.select(1, 0))));
+  torch::Tensor pooled;
+  if (cfg.pool == "mean") {
+    // Padding rows are excluded: their hidden states are not zero for every
+    // attention switch (only flashattn's varlen path leaves them zero), and
+    // their number varies per row, so a plain mean would depend on the batch.
+    if (padding) {
+      auto keep = padding->key_mask.view({x.size(0), x.size(1), 1}).to(x.scalar_type());
+      auto n = torch::tensor(std::vector<float>(padding->lengths.begin(), padding->lengths.end()),
+                             torch::TensorOptions().device(x.device())).to(x.scalar_type()).view({-1, 1});
+      pooled = (x * keep).sum(1) / n;
+    } else {
+      pooled = x.mean(1);
+    }
+  } else {
+    pooled = x.select(1, 0);  // [CLS] = bos
+  }
+  // BERT's pooler: tanh(dense(pooled)), then the classifier.
+  return classifier(torch::tanh(pooler(pooled)));
 }
 
 std::int64_t TransformerImpl::num_params(bool non_embedding) const {
   std::int64_t n = 0;
   for (const auto& p : parameters()) n += p.numel();
-  if (non_embedding) n -= wpe->weight.numel() + wte->weight.numel();
+  if (non_embedding) n -= num_position_params() + wte->weight.numel();
   return n;
+}
+
+std::int64_t TransformerImpl::num_position_params() const {
+  if (wpe) return wpe->weight.numel();
+  return wpe_cls->weight.numel() + wpe_row->weight.numel() + wpe_col->weight.numel();
+}
+
+torch::Tensor interpolate_positions(const torch::Tensor& table, std::int64_t n) {
+  TORCH_CHECK(table.dim() == 2 && table.size(0) >= 2 && n >= 2, "interpolate_positions: expected [H >= 2, W] to n >= 2");
+  if (table.size(0) == n) return table.clone();
+  namespace F = torch::nn::functional;
+  auto t = table.t().unsqueeze(0);  // [1, W, H]: interpolate's (N, C, L)
+  auto r = F::interpolate(t, F::InterpolateFuncOptions().size(std::vector<int64_t>{n}).mode(torch::kLinear).align_corners(true));
+  return r.squeeze(0).t().contiguous();
+}
+
+void init_from_checkpoint(const std::string& path, Transformer& model) {
+  safetensors::File f;
+  try {
+    f = safetensors::read(path);
+  } catch (const std::runtime_error& e) {
+    throw ConfigError(std::string("--init-from: ") + e.what());
+  }
+  auto fmt = f.metadata.find("format");
+  if (fmt == f.metadata.end() || fmt->second != "fa-train-checkpoint-1")
+    throw ConfigError("--init-from: " + path + " is not an fa-train checkpoint");
+  torch::NoGradGuard ng;
+  for (const auto& p : model->named_parameters()) {
+    const std::string name = "model." + p.key();
+    auto it = f.tensors.find(name);
+    if (it == f.tensors.end())
+      throw ConfigError("--init-from: " + path + " has no " + name + " (a checkpoint of another model kind?)");
+    const auto& e = it->second;
+    if (e.dtype != "F32") throw ConfigError("--init-from: " + name + " is " + e.dtype + ", expected F32");
+    auto src = torch::empty(e.shape, torch::kFloat);
+    if (static_cast<std::size_t>(src.numel() * 4) != e.end - e.begin)
+      throw ConfigError("--init-from: " + name + ": size does not match its shape");
+    std::memcpy(src.data_ptr(), f.data.data() + e.begin, e.end - e.begin);
+    auto param = p.value();
+    const bool grid = p.key() == "wpe_row.weight" || p.key() == "wpe_col.weight";
+    if (grid && src.dim() == 2 && src.size(1) == param.size(1) && src.size(0) != param.size(0))
+      src = interpolate_positions(src, param.size(0));
+    if (!src.sizes().equals(param.sizes())) {
+      std::ostringstream o;
+      o << "--init-from: " << name << " has shape " << src.sizes() << " in " << path << ", the flags' model "
+        << param.sizes();
+      throw ConfigError(o.str());
+    }
+    param.copy_(src);
+  }
 }
 
 }  // namespace fatrain

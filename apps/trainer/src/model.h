@@ -12,7 +12,7 @@
 
 namespace fatrain {
 
-enum class AttnKind { flashattn, standard, sdpa_flash, sdpa_cudnn };
+enum class AttnKind { flashattn, flashattn_sparse, standard, sdpa_flash, sdpa_cudnn };
 AttnKind parse_attention(const std::string& name);  // throws ConfigError naming --attention
 
 // Key padding of an encoder batch: sequence b holds tokens [0, lengths[b])
@@ -26,8 +26,21 @@ struct Padding {
 };
 Padding make_padding(const std::vector<std::int32_t>& lengths, std::int64_t seqlen, const torch::Device& device);
 
+// flashattn_sparse's fixed pattern, built by flashattn::BlockPattern over
+// block x block tiles of (query, key) positions:
+//   local_global: query block i sees key blocks i - local + 1 .. i (its
+//     diagonal and the blocks before it) and the first `global` blocks;
+//   butterfly: with super-blocks of `width` blocks, query super-block a sees
+//     key super-block b when a XOR b is 0 or 2^j for j < factors.
+// Causal models keep the causal rule inside the kept blocks.
+struct SparseOptions {
+  std::string pattern = "local_global";
+  std::int64_t block = 128, local = 3, global = 1, factors = 3, width = 1;
+};
+
 struct AttnOptions {
   AttnKind kind = AttnKind::flashattn;
+  SparseOptions sparse;
   bool causal = false;
   double dropout_p = 0.0;  // applied only in training mode
   bool deterministic = false;
@@ -78,11 +91,20 @@ struct TransformerImpl : torch::nn::Module {
   torch::Tensor hidden(const torch::Tensor& tokens, const Padding* padding);
   torch::Tensor lm_logits(const torch::Tensor& h);    // [.., V], tied to wte
   torch::Tensor mlm_logits(const torch::Tensor& h);   // encoder MLM head, decoder tied to wte
-  torch::Tensor cls_logits(const torch::Tensor& h);   // encoder: pooled position 0 -> [B, C]
+  // Encoder classification: pooled (cfg.pool: position 0, or the mean over
+  // the positions below each sequence's length, all when padding is null)
+  // -> BERT's pooler -> [B, C].
+  torch::Tensor cls_logits(const torch::Tensor& h, const Padding* padding = nullptr);
   std::int64_t num_params(bool non_embedding) const;
+  std::int64_t num_position_params() const;
+  // [S, W]: the position embeddings of positions 0 .. S-1.
+  torch::Tensor positions(std::int64_t S, const torch::Device& device);
 
   ModelConfig cfg;
   torch::nn::Embedding wte{nullptr}, wpe{nullptr};
+  // 2-D positions (cfg.pos_2d > 0) instead of wpe: [CLS]'s own embedding,
+  // and pixel (r, c) gets wpe_row[r] + wpe_col[c].
+  torch::nn::Embedding wpe_cls{nullptr}, wpe_row{nullptr}, wpe_col{nullptr};
   torch::nn::Dropout drop{nullptr};
   torch::nn::ModuleList h;
   torch::nn::LayerNorm ln_f{nullptr};
@@ -92,5 +114,18 @@ struct TransformerImpl : torch::nn::Module {
   torch::Tensor mlm_bias;
 };
 TORCH_MODULE(Transformer);
+
+// A [H, W] table of per-row (or per-column) embeddings resampled to [n, W]
+// by linear interpolation with align_corners = true: output row j reads the
+// source at j * (H - 1) / (n - 1), so the first and last rows are copied
+// exactly and the grid's corners keep their embeddings (pos = row + col).
+torch::Tensor interpolate_positions(const torch::Tensor& table, std::int64_t n);
+
+// Loads the model.* tensors of an fa-train checkpoint into `model` (no
+// optimizer state, no step): every parameter must be there with its shape,
+// except wpe_row / wpe_col, which are interpolated to the model's image side
+// when the checkpoint was trained at another one. Throws ConfigError naming
+// --init-from.
+void init_from_checkpoint(const std::string& path, Transformer& model);
 
 }  // namespace fatrain

@@ -246,7 +246,7 @@ std::pair<torch::Tensor, torch::Tensor> loss_of(Transformer& model, const Batch&
     return {torch::nn::functional::cross_entropy(logits.to(torch::kFloat), flat.index_select(0, sel)),
             torch::Tensor()};
   }
-  auto logits = model->cls_logits(h).to(torch::kFloat);
+  auto logits = model->cls_logits(h, padp).to(torch::kFloat);
   auto correct = (logits.argmax(-1) == labels).sum();
   return {torch::nn::functional::cross_entropy(logits, labels), correct};
 }
@@ -256,7 +256,7 @@ std::pair<torch::Tensor, torch::Tensor> loss_of(Transformer& model, const Batch&
 // plus 12 L W S for the attention scores and PV (PaLM, Chowdhery et al.
 // 2022, appendix B; counted non-causal, like nanoGPT's estimate).
 double flops_per_token(Transformer& m, std::int64_t S) {
-  const double n = static_cast<double>(m->num_params(false) - m->wpe->weight.numel());
+  const double n = static_cast<double>(m->num_params(false) - m->num_position_params());
   return 6.0 * n + 12.0 * m->cfg.layers * m->cfg.width * S;
 }
 
@@ -315,6 +315,9 @@ std::string model_signature(const ModelConfig& m) {
   o << "arch=" << m.arch << " layers=" << m.layers << " heads=" << m.heads << " width=" << m.width
     << " positions=" << m.positions << " vocab=" << m.vocab << " mlp_ratio=" << m.mlp_ratio
     << " num_classes=" << m.num_classes;
+  // Only what differs from the defaults, so that older checkpoints still resume.
+  if (m.pos_2d != 0) o << " pos_2d=" << m.pos_2d;
+  if (m.pool != "cls") o << " pool=" << m.pool;
   return o.str();
 }
 
@@ -509,6 +512,23 @@ TrainResult train(const TrainConfig& cfg_in) {
     throw ConfigError("--device: this fa-train was built without CUDA (CPU torch or no nvcc); rebuild with CUDA");
 #endif
   Data data = load_data(cfg);
+  if (cfg.model.pos_2d != 0) {
+    // The image's side: fa-lra's header says it; a given side must agree.
+    std::uint32_t side = 0;
+    if (is_lra_data(cfg.data)) {
+      const std::string dir = cfg.data.substr(std::string(kLraPrefix).size());
+      side = lra_image_size((fs::path(dir) / "train.bin").string());
+    }
+    if (cfg.model.pos_2d < 0) {
+      if (side == 0) throw ConfigError("--pos-2d: auto needs fa-lra image data (--data lra:DIR of Pathfinder)");
+      cfg.model.pos_2d = side;
+      cfg.model.positions = cfg.model.pos_2d * cfg.model.pos_2d + 1;
+      validate(cfg);
+    } else if (side != 0 && side != cfg.model.pos_2d) {
+      throw ConfigError("--pos-2d: " + std::to_string(cfg.model.pos_2d) + " but the images of --data are " +
+                        std::to_string(side) + " x " + std::to_string(side));
+    }
+  }
   const std::int64_t S = cfg.effective_context();
   if (cfg.model.vocab == 0) cfg.model.vocab = static_cast<std::int64_t>(data.train.vocab_size);
   if (cfg.model.vocab < static_cast<std::int64_t>(data.train.vocab_size))
@@ -548,6 +568,14 @@ TrainResult train(const TrainConfig& cfg_in) {
   TrainResult result;
   result.attention_note = configure_sdpa(kind, dev);
   if (kind == AttnKind::flashattn) result.attention_note = "flashattn (this repository's kernels, " + dev.str() + ")";
+  if (kind == AttnKind::flashattn_sparse) {
+    std::ostringstream n;
+    n << "flashattn block-sparse (" << cfg.sparse_pattern << ", block " << cfg.sparse_block;
+    if (cfg.sparse_pattern == "butterfly") n << ", factors " << cfg.sparse_factors << ", width " << cfg.sparse_width;
+    else n << ", local " << cfg.sparse_local << ", global " << cfg.sparse_global;
+    n << ", " << dev.str() << ")";
+    result.attention_note = n.str();
+  }
   if (kind == AttnKind::standard) result.attention_note = "standard (materialised QK^T, softmax, dropout, PV)";
 
   // Deterministic seeding: parameters from torch's generator, the data from
@@ -559,6 +587,8 @@ TrainResult train(const TrainConfig& cfg_in) {
   ao.causal = cfg.model.arch == "gpt2";
   ao.dropout_p = cfg.model.attn_dropout;
   ao.deterministic = cfg.deterministic;
+  ao.sparse = {cfg.sparse_pattern, cfg.sparse_block, cfg.sparse_local, cfg.sparse_global, cfg.sparse_factors,
+               cfg.sparse_width};
   Transformer model(cfg.model, ao);
   model->to(dev);
 
@@ -577,6 +607,7 @@ TrainResult train(const TrainConfig& cfg_in) {
 
   std::int64_t step = 0;
   if (!cfg.resume.empty()) step = load_checkpoint(cfg.resume, model, opt, dev);
+  if (!cfg.init_from.empty()) init_from_checkpoint(cfg.init_from, model);
   result.first_step = step;
 
   Batcher train_batches(cfg, data.train, task), val_batches(cfg, data.val, task);

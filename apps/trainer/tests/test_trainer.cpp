@@ -39,6 +39,8 @@ TrainConfig tiny(const std::string& preset, std::vector<std::string> extra) {
   return parse_args(a);
 }
 
+std::string config_error(const std::vector<std::string>& args, bool run = false);
+
 double mean_last(const TrainResult& r, std::size_t n) {
   double s = 0;
   for (std::size_t i = r.train_loss.size() - n; i < r.train_loss.size(); ++i) s += r.train_loss[i].second;
@@ -91,6 +93,41 @@ TEST(Training, EncoderClassificationHeadLearns) {
   EXPECT_GE(r.evals.back().accuracy, 0.9);
 }
 
+// --pool mean: the mean over each row's tokens only (padding rows excluded,
+// whatever they hold), through the same pooler and classifier as cls.
+TEST(Model, MeanPoolingSkipsPadding) {
+  ModelConfig m = preset("encoder-tiny");
+  m.vocab = 20;
+  m.num_classes = 3;
+  m.pool = "mean";
+  torch::manual_seed(2);
+  Transformer t(m, AttnOptions{});
+  torch::NoGradGuard ng;
+  const std::vector<std::int32_t> lengths = {5, 2, 8};
+  auto pad = make_padding(lengths, 8, torch::kCPU);
+  auto h = torch::randn({3, 8, m.width});
+  auto got = t->cls_logits(h, &pad);
+  for (int b = 0; b < 3; ++b) {
+    auto want = t->classifier(torch::tanh(t->pooler(h[b].narrow(0, 0, lengths[b]).mean(0))));
+    EXPECT_TRUE(torch::allclose(got[b], want, 1e-5, 1e-6)) << "row " << b;
+  }
+  auto h2 = h.clone();
+  h2[1].narrow(0, 2, 6).fill_(1e3);  // padding rows changed
+  EXPECT_TRUE(torch::allclose(t->cls_logits(h2, &pad), got));
+  // cls reads position 0 only.
+  t->cfg.pool = "cls";
+  EXPECT_TRUE(torch::allclose(t->cls_logits(h, &pad)[0], t->classifier(torch::tanh(t->pooler(h[0][0])))));
+}
+
+TEST(Training, MeanPoolingClassifierLearns) {
+  auto r = train(tiny("encoder-tiny", {"--task", "classify", "--pool", "mean", "--steps", "30", "--batch", "16"}));
+  EXPECT_LT(mean_last(r, 5), 0.3);
+  EXPECT_GE(r.evals.back().accuracy, 0.9);
+  EXPECT_EQ(config_error({"--data", FATRAIN_TEST_DATA, "--model", "encoder-tiny", "--pool", "mean"}),
+            "--pool: pools for the classification head; needs --task classify, got mlm");
+  EXPECT_EQ(config_error({"--data", FATRAIN_TEST_DATA, "--pool", "max"}).rfind("--pool: expected one of", 0), 0u);
+}
+
 // ------------------------------------------- flashattn == standard attention ---
 
 ModelConfig small_model(const std::string& preset) {
@@ -108,10 +145,12 @@ struct Grads {
 // The loss of one fixed batch and the gradient of every parameter, for a
 // model built from `seed` with the given attention.
 Grads run_batch(const ModelConfig& m, AttnKind kind, bool causal, const torch::Tensor& tokens,
-                const torch::Tensor& labels, const std::vector<std::int32_t>& lengths) {
+                const torch::Tensor& labels, const std::vector<std::int32_t>& lengths,
+                const SparseOptions& sparse = {}) {
   torch::manual_seed(11);
   AttnOptions a;
   a.kind = kind;
+  a.sparse = sparse;
   a.causal = causal;
   Transformer model(m, a);
   model->train();  // dropout is 0 in these presets; train mode runs the training path
@@ -194,6 +233,63 @@ TEST(Attention, FlashattnVarlenMatchesStandardMaskEncoder) {
   EXPECT_GT(std::abs(run_batch(m, AttnKind::flashattn, false, tokens2, labels, lengths).loss - f.loss), 1e-6);
 }
 
+// flashattn-sparse: a pattern that keeps every block gives dense flashattn's
+// loss and gradients (causal, and encoder with key padding through varlen);
+// a real pattern gives another loss.
+TEST(Attention, SparseKeepingEveryBlockMatchesDense) {
+  SparseOptions all;
+  all.block = 8;
+  all.local = 1;
+  all.global = 100;  // local_global's local blocks end at the diagonal: global covers the rest
+  SparseOptions fly = all;
+  fly.pattern = "butterfly";
+  fly.width = 8;  // one super-block holds all 48 / 8 = 6 blocks
+  SparseOptions real = all;
+  real.global = 0;
+  real.local = 2;
+  {
+    const auto m = small_model("gpt2-tiny");
+    torch::manual_seed(3);
+    auto tokens = torch::randint(m.vocab, {3, 48}, torch::kLong);
+    auto labels = torch::randint(m.vocab, {3, 48}, torch::kLong);
+    auto d = run_batch(m, AttnKind::flashattn, true, tokens, labels, {});
+    expect_same(run_batch(m, AttnKind::flashattn_sparse, true, tokens, labels, {}, all), d, "local_global all (causal)");
+    expect_same(run_batch(m, AttnKind::flashattn_sparse, true, tokens, labels, {}, fly), d, "butterfly all (causal)");
+    EXPECT_GT(std::abs(run_batch(m, AttnKind::flashattn_sparse, true, tokens, labels, {}, real).loss - d.loss), 1e-4);
+  }
+  {
+    const auto m = small_model("encoder-tiny");
+    const std::vector<std::int32_t> lengths = {40, 23, 7, 1};
+    torch::manual_seed(5);
+    auto tokens = torch::randint(5, m.vocab, {4, 40}, torch::kLong);
+    auto labels = torch::full({4, 40}, -100, torch::kLong);
+    for (int b = 0; b < 4; ++b) {
+      tokens[b].narrow(0, lengths[b], 40 - lengths[b]).fill_(3);
+      for (int t = 0; t < lengths[b]; t += 3) labels[b][t] = (b * 7 + t) % m.vocab;
+    }
+    auto d = run_batch(m, AttnKind::flashattn, false, tokens, labels, lengths);
+    expect_same(run_batch(m, AttnKind::flashattn_sparse, false, tokens, labels, lengths, all), d, "all, varlen");
+    expect_same(run_batch(m, AttnKind::flashattn_sparse, false, tokens, labels, lengths, fly), d, "butterfly all, varlen");
+    EXPECT_GT(std::abs(run_batch(m, AttnKind::flashattn_sparse, false, tokens, labels, lengths, real).loss - d.loss), 1e-4);
+  }
+}
+
+TEST(Training, SparseAttentionTrains) {
+  for (const char* pattern : {"local_global", "butterfly"}) {
+    SCOPED_TRACE(pattern);
+    auto r = train(tiny("encoder-tiny", {"--task", "classify", "--steps", "4", "--attention", "flashattn-sparse",
+                                         "--sparse-pattern", pattern, "--sparse-block", "8", "--sparse-local", "1",
+                                         "--sparse-global", "1", "--sparse-factors", "1"}));
+    ASSERT_EQ(r.train_loss.size(), 4u);
+    for (const auto& [s, l] : r.train_loss) EXPECT_TRUE(std::isfinite(l)) << "step " << s;
+    EXPECT_NE(r.attention_note.find(pattern), std::string::npos) << r.attention_note;
+  }
+  auto g = train(tiny("gpt2-tiny", {"--steps", "3", "--attention", "flashattn-sparse", "--sparse-block", "8"}));
+  for (const auto& [s, l] : g.train_loss) EXPECT_TRUE(std::isfinite(l)) << "step " << s;
+  EXPECT_EQ(config_error({"--data", FATRAIN_TEST_DATA, "--sparse-block", "0"}), "--sparse-block: expected >= 1, got 0");
+  EXPECT_EQ(config_error({"--data", FATRAIN_TEST_DATA, "--sparse-pattern", "random"}).rfind("--sparse-pattern: expected one of", 0), 0u);
+}
+
 // --------------------------------------------------------------- resume ---
 
 void expect_identical_checkpoints(const std::string& a, const std::string& b) {
@@ -245,7 +341,7 @@ TEST(Checkpoint, ResumeIsBitIdenticalEncoder) { resume_case("encoder-tiny"); }
 
 // ---------------------------------------------------------- bad configs ---
 
-std::string config_error(const std::vector<std::string>& args, bool run = false) {
+std::string config_error(const std::vector<std::string>& args, bool run) {
   try {
     auto c = parse_args(args);
     validate(c);
@@ -446,6 +542,150 @@ TEST(Training, LraDataTrainsTheClassifier) {
   } catch (const ConfigError& e) {
     EXPECT_NE(std::string(e.what()).find("--data: lra:"), std::string::npos) << e.what();
   }
+}
+
+// ---------------------------------------------------------- 2-D positions ---
+
+// An image task on a side x side grid (tokens 1..10, one marker pixel 11 in
+// the positives), in fa-lra's Pathfinder layout: never padded, image size
+// in the header.
+void write_image_task(const std::string& path, std::uint32_t side, int count, std::uint64_t seed) {
+  lra::Header h;
+  h.task = lra::Task::pathfinder;
+  h.seq_len = side * side;
+  h.image_size = side;
+  h.vocab_size = 16;
+  h.num_classes = 2;
+  lra::Writer w(path, h);
+  std::mt19937_64 rng(seed);
+  std::vector<std::uint8_t> t(h.seq_len);
+  for (int i = 0; i < count; ++i) {
+    for (auto& x : t) x = static_cast<std::uint8_t>(1 + rng() % 10);
+    if (i % 2) t[rng() % t.size()] = 11;
+    w.add(i % 2, h.seq_len, t.data());
+  }
+  w.close();
+}
+
+std::string image_data(std::uint32_t side) {
+  const std::string dir = out_dir("image-" + std::to_string(side));
+  write_image_task(dir + "/train.bin", side, 64, 1);
+  write_image_task(dir + "/val.bin", side, 32, 2);
+  return "lra:" + dir;
+}
+
+TEST(Model, Positions2dAreRowPlusColumn) {
+  ModelConfig m = preset("encoder-tiny");
+  m.vocab = 20;
+  m.pos_2d = 4;
+  m.positions = 17;
+  torch::manual_seed(1);
+  Transformer t(m, AttnOptions{});
+  auto names = t->named_parameters();
+  EXPECT_TRUE(names.contains("wpe_row.weight") && names.contains("wpe_col.weight") && names.contains("wpe_cls.weight"));
+  EXPECT_FALSE(names.contains("wpe.weight"));
+  torch::NoGradGuard ng;
+  auto pos = t->positions(17, torch::kCPU);
+  ASSERT_EQ(pos.size(0), 17);
+  EXPECT_TRUE(torch::equal(pos[0], t->wpe_cls->weight[0]));
+  // Token 1 + 4 r + c is pixel (r, c).
+  EXPECT_TRUE(torch::allclose(pos[1 + 4 * 2 + 3], t->wpe_row->weight[2] + t->wpe_col->weight[3]));
+  EXPECT_EQ(t->num_position_params(), (1 + 4 + 4) * m.width);
+}
+
+TEST(Training, Positions2dTrainAndCheckTheData) {
+  const std::string d8 = image_data(8);
+  auto base = [&](std::vector<std::string> more) {
+    std::vector<std::string> a = {"--model", "encoder-tiny", "--task", "classify", "--data", d8, "--batch", "4",
+                                  "--steps", "3", "--threads", "1", "--quiet", "--eval-batches", "2", "--eval-every", "0",
+                                  "--log-every", "1"};
+    a.insert(a.end(), more.begin(), more.end());
+    return parse_args(a);
+  };
+  auto c = base({"--pos-2d", "auto", "--pool", "mean"});
+  auto r = train(c);
+  ASSERT_EQ(r.train_loss.size(), 3u);
+  for (const auto& [s, l] : r.train_loss) EXPECT_TRUE(std::isfinite(l));
+  EXPECT_EQ(parse_args({"--model", "encoder-tiny", "--pos-2d", "8"}).model.positions, 65);
+  try {
+    train(base({"--pos-2d", "16"}));
+    ADD_FAILURE() << "a side other than the data's was accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_EQ(std::string(e.what()), "--pos-2d: 16 but the images of --data are 8 x 8");
+  }
+  EXPECT_EQ(config_error({"--data", d8, "--pos-2d", "4"}).rfind("--pos-2d: 2-D positions are for the encoder", 0), 0u);
+  EXPECT_EQ(config_error({"--data", d8, "--pos-2d", "0"}).rfind("--pos-2d: expected an image side", 0), 0u);
+}
+
+TEST(Model, InterpolatePositionsAlignsCorners) {
+  auto t = torch::tensor({0.0f, 10.0f, 1.0f, 11.0f, 3.0f, 13.0f}).view({3, 2});  // H = 3, W = 2
+  auto r = interpolate_positions(t, 5);
+  ASSERT_EQ(r.sizes().vec(), (std::vector<std::int64_t>{5, 2}));
+  // Source coordinate of output j: j * (3 - 1) / (5 - 1) = j / 2.
+  auto want = torch::tensor({0.0f, 10.0f, 0.5f, 10.5f, 1.0f, 11.0f, 2.0f, 12.0f, 3.0f, 13.0f}).view({5, 2});
+  EXPECT_TRUE(torch::allclose(r, want)) << r;
+}
+
+// Transfer as the Path-X recipe: train at 8 x 8, start 16 x 16 from it with
+// the position grid interpolated and every other weight copied.
+TEST(Training, InitFromInterpolatesThePositionGrid) {
+  const std::string d8 = image_data(8), d16 = image_data(16), dir = out_dir("init-from");
+  auto base = [&](const std::string& data, std::vector<std::string> more) {
+    std::vector<std::string> a = {"--model", "encoder-tiny", "--task", "classify", "--data", data, "--batch", "4",
+                                  "--pos-2d", "auto", "--threads", "1", "--quiet", "--eval-batches", "1",
+                                  "--eval-every", "0"};
+    a.insert(a.end(), more.begin(), more.end());
+    return parse_args(a);
+  };
+  train(base(d8, {"--steps", "3", "--save", dir}));
+  const std::string ckpt = dir + "/last.safetensors";
+  ModelConfig m = preset("encoder-tiny");
+  m.vocab = 20;
+  m.num_classes = 2;
+  m.pos_2d = 16;
+  m.positions = 257;
+  torch::manual_seed(9);
+  Transformer t(m, AttnOptions{});
+  init_from_checkpoint(ckpt, t);
+  const auto f = safetensors::read(ckpt);
+  auto saved = [&](const std::string& name) {
+    const auto& e = f.at("model." + name);
+    auto x = torch::empty(e.shape, torch::kFloat);
+    std::memcpy(x.data_ptr(), f.data.data() + e.begin, e.end - e.begin);
+    return x;
+  };
+  for (const auto& p : t->named_parameters()) {
+    if (p.key() == "wpe_row.weight" || p.key() == "wpe_col.weight") {
+      ASSERT_EQ(p.value().sizes().vec(), (std::vector<std::int64_t>{16, m.width})) << p.key();
+      auto src = saved(p.key());
+      ASSERT_EQ(src.size(0), 8);
+      EXPECT_TRUE(torch::allclose(p.value()[0], src[0], 0, 1e-6)) << p.key();
+      EXPECT_TRUE(torch::allclose(p.value()[15], src[7], 0, 1e-6)) << p.key();
+      EXPECT_TRUE(torch::allclose(p.value(), interpolate_positions(src, 16))) << p.key();
+    } else {
+      EXPECT_TRUE(torch::equal(p.value(), saved(p.key()))) << p.key();
+    }
+  }
+  // The four corners of the 16 x 16 grid carry the 8 x 8 grid's corners.
+  auto big = t->positions(257, torch::kCPU).detach();
+  const std::int64_t corners16[] = {1, 16, 241, 256}, corners8[] = {0, 7, 56, 63};
+  auto row8 = saved("wpe_row.weight"), col8 = saved("wpe_col.weight");
+  for (int i = 0; i < 4; ++i) {
+    const std::int64_t p = corners8[i];
+    EXPECT_TRUE(torch::allclose(big[corners16[i]], row8[p / 8] + col8[p % 8], 0, 1e-5)) << "corner " << i;
+  }
+  // Through the flags: two steps at 16 x 16 from the 8 x 8 checkpoint.
+  auto r = train(base(d16, {"--steps", "2", "--init-from", ckpt}));
+  EXPECT_EQ(r.first_step, 0);
+  for (const auto& [s, l] : r.train_loss) EXPECT_TRUE(std::isfinite(l));
+  // A checkpoint of another width is refused, naming the flag and the tensor.
+  try {
+    train(base(d16, {"--steps", "1", "--width", "32", "--init-from", ckpt}));
+    ADD_FAILURE() << "another width was accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_EQ(std::string(e.what()).rfind("--init-from: model.", 0), 0u) << e.what();
+  }
+  EXPECT_EQ(config_error({"--data", d16, "--init-from", ckpt, "--resume", ckpt}).rfind("--init-from: starts", 0), 0u);
 }
 
 }  // namespace
