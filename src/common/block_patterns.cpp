@@ -3,14 +3,13 @@
 #include <algorithm>
 #include <string>
 
+#include "common/fail.h"
 #include "flashattn/flashattn.h"
 
 namespace flashattn {
 namespace {
 
-[[noreturn]] void fail(const std::string& arg, const std::string& expected, const std::string& actual) {
-  throw Error(arg + ": expected " + expected + ", got " + actual);
-}
+using detail::fail;
 
 std::int64_t ceil_div(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; }
 

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "common/fail.h"
 #include "cuda/dispatch.h"
 #include "flashattn/flashattn.h"
 #include "kvcache.h"
@@ -82,10 +83,6 @@ const char* version() { return "0.1.0"; }
 
 namespace detail {
 namespace {
-
-[[noreturn]] void fail(const std::string& arg, const std::string& expected, const std::string& actual) {
-  throw Error(arg + ": expected " + expected + ", got " + actual);
-}
 
 std::string str(std::int64_t v) { return std::to_string(v); }
 

@@ -10,6 +10,7 @@
 #include <string>
 
 #include "backends.h"
+#include "common/fail.h"
 #include "common.cuh"
 #include "dispatch.h"
 #include "sm80/launch.h"
@@ -21,10 +22,6 @@ namespace {
 
 using cuda::check;
 using cuda::Params;
-
-[[noreturn]] void fail(const std::string& arg, const std::string& expected, const std::string& actual) {
-  throw Error(arg + ": expected " + expected + ", got " + actual);
-}
 
 void require_sm80() {
   const auto [major, minor] = cuda::device_compute_capability();
