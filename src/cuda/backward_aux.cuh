@@ -1,12 +1,14 @@
 // The O(N d) kernels around the main sweep of every flash backward (the
 // sm80 and sm90 families alike), one warp per row, 8 rows a CTA:
 //   dot_do_o     D = rowsum(dO * O) in fp32 (the softmax-gradient term)
-//   finish_dq    dq = scale * dq_accum (the fp32 atomic scratch)
+//   finish_dq    dq = scale * dq_accum (the fp32 atomic scratch); a row
+//                that is not finite is recomputed (exact_rows.cuh)
 //   reduce_dkdv  GQA/MQA: dk, dv = sums of the per-query-head fp32 dK / dV
 //                of each kv head's group, in a fixed order
 #pragma once
 
 #include "common.cuh"
+#include "exact_rows.cuh"
 
 namespace flashattn::detail::cuda {
 
@@ -31,7 +33,21 @@ __global__ void __launch_bounds__(256) finish_dq_kernel(const __grid_constant__ 
   if (i >= seq.sq) return;
   const float* src = p.dq_accum + q_row(p, seq, b, h, i) * kD;
   T* dst = static_cast<T*>(p.dq) + b * p.dq_sb + (seq.q_start + i) * p.dq_ss + h * p.dq_sh;
-  for (int c = lane; c < kD; c += 32) dst[c] = from_float<T>(src[c] * p.scale);
+  bool bad = false;
+  for (int c = lane; c < kD; c += 32) {
+    const float v = src[c] * p.scale;
+    bad |= exact::not_finite(v);
+    dst[c] = from_float<T>(v);
+  }
+  // The NaN rule's slow path (exact_rows.cuh): a row the atomics left not
+  // finite is recomputed from the inputs.
+  if (__any_sync(0xffffffffu, bad)) {
+    float dq[exact::kCols<kD>];
+    exact::dq_row<T, kD>(p, seq, b, h, i, lane, dq);
+#pragma unroll
+    for (int u = 0; u < exact::kCols<kD>; ++u)
+      if (lane + 32 * u < kD) dst[lane + 32 * u] = from_float<T>(dq[u]);
+  }
 }
 
 // blockIdx.y is the kv head; its group's query heads are summed in order.

@@ -152,6 +152,12 @@ __device__ __forceinline__ void tma_prefetch_map(const CUtensorMap* map) {
 __device__ __forceinline__ void fence_proxy_async_smem() {
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 }
+// Orders this thread's completed bulk copies to global memory (async
+// proxy) before its later ordinary accesses there and, through a barrier,
+// other threads'.
+__device__ __forceinline__ void fence_proxy_async_global() {
+  asm volatile("fence.proxy.async.global;\n" ::: "memory");
+}
 
 // ----------------------------------------------------- named barriers ---
 // bar.sync over a subset of the CTA (one warpgroup): id 0 is __syncthreads'.

@@ -122,7 +122,10 @@ __device__ __forceinline__ void bwd_scores(const Params& p, const SeqInfo& seq, 
           const int i = m0 + q_local;
           bool visible = true;
           if (need_mask) visible = i < seq.sq && j < seq.sk && (!window || p.window.visible(i, j, seq.sq, seq.sk));
-          const float pe = visible ? ptx::exp2_approx(s[mi][t][2 * half + e] * p.scale_log2 - sLse[q_local]) : 0.f;
+          // P <= 1, as the true value is: the saved LSE is rounded, and at
+          // logits of 1e6 and more its rounding alone would make P huge.
+          const float pe =
+              visible ? ptx::exp2_approx(fminf(s[mi][t][2 * half + e] * p.scale_log2 - sLse[q_local], 0.f)) : 0.f;
           const bool keep = (keep_bits >> ((mi * (kQC / 8) + t) * 4 + 2 * half + e)) & 1u;
           pv[e] = keep ? pe * ks : 0.f;
           dsv[e] = pe * ((keep ? dp[mi][t][2 * half + e] * ks : 0.f) - sDsum[q_local]);
@@ -265,10 +268,16 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) dkdv_kernel(const __g
 
   // dK carries the softmax scale (S = scale Q K^T).
 #pragma unroll
-  for (int mi = 0; mi < kMT; ++mi)
+  for (int mi = 0; mi < kMT; ++mi) {
+    bool bad[2];
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       const int j = n0 + key0 + mi * 16 + (lane >> 2) + 8 * half;
+      float sum = 0.f;
+#pragma unroll
+      for (int t = 0; t < kDC / 8; ++t) sum += dk[mi][t][2 * half] + dk[mi][t][2 * half + 1] + dv[mi][t][2 * half] +
+                                               dv[mi][t][2 * half + 1];
+      bad[half] = j < sk && exact::not_finite(sum);
       if (j >= sk) continue;
       const int col = cg * kDC + 2 * (lane & 3);
       if (p.group > 1) {
@@ -290,6 +299,15 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) dkdv_kernel(const __g
         }
       }
     }
+    // The NaN rule's slow path (../exact_rows.cuh): a key row that is not
+    // finite is recomputed (this warp's kDC columns).
+    exact::for_flagged_rows(bad, [&](int rw) {
+      const int j = n0 + key0 + mi * 16 + rw;
+      float rk[exact::kCols<kD>], rv[exact::kCols<kD>];
+      exact::dkdv_row<T, kD>(p, seq, b, h, j, lane, rk, rv);
+      exact::store_dkdv_row<T, kD>(p, seq, b, h, j, lane, rk, rv, cg * kDC, cg * kDC + kDC);
+    });
+  }
 }
 
 // Deterministic dQ: one CTA per query tile sweeps its key tiles in a fixed
@@ -346,10 +364,15 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) dq_kernel(const __gri
   ptx::cp_async_wait<0>();
 
 #pragma unroll
-  for (int mi = 0; mi < kQMT; ++mi)
+  for (int mi = 0; mi < kQMT; ++mi) {
+    bool bad[2];
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       const int i = m0 + (qrg * kQMT + mi) * 16 + (lane >> 2) + 8 * half;
+      float sum = 0.f;
+#pragma unroll
+      for (int t = 0; t < kQDC / 8; ++t) sum += dq[mi][t][2 * half] + dq[mi][t][2 * half + 1];
+      bad[half] = i < seq.sq && exact::not_finite(sum);
       if (i >= seq.sq) continue;
       T* dst = static_cast<T*>(p.dq) + b * p.dq_sb + (seq.q_start + i) * p.dq_ss + h * p.dq_sh + qcg * kQDC +
                2 * (lane & 3);
@@ -358,6 +381,20 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) dq_kernel(const __gri
         *reinterpret_cast<std::uint32_t*>(dst + t * 8) =
             pack2<T>(dq[mi][t][2 * half] * p.scale, dq[mi][t][2 * half + 1] * p.scale);
     }
+    // The NaN rule's slow path (../exact_rows.cuh): a row that is not
+    // finite is recomputed (this warp's kQDC columns).
+    exact::for_flagged_rows(bad, [&](int rw) {
+      const int i = m0 + (qrg * kQMT + mi) * 16 + rw;
+      float rq[exact::kCols<kD>];
+      exact::dq_row<T, kD>(p, seq, b, h, i, lane, rq);
+      T* dst = static_cast<T*>(p.dq) + b * p.dq_sb + (seq.q_start + i) * p.dq_ss + h * p.dq_sh;
+#pragma unroll
+      for (int u = 0; u < exact::kCols<kD>; ++u) {
+        const int c = lane + 32 * u;
+        if (c >= qcg * kQDC && c < qcg * kQDC + kQDC && c < kD) dst[c] = from_float<T>(rq[u]);
+      }
+    });
+  }
 }
 
 template <class T, int kD>

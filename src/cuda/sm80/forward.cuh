@@ -13,6 +13,7 @@
 #include <cmath>
 
 #include "../dispatch.h"
+#include "../exact_rows.cuh"
 #include "tile.cuh"
 
 namespace flashattn::detail::sm80 {
@@ -254,7 +255,8 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) forward_kernel(const 
   // them), then stored in 16-byte chunks so that the global writes coalesce.
   __syncwarp();
 #pragma unroll
-  for (int mi = 0; mi < kMT; ++mi)
+  for (int mi = 0; mi < kMT; ++mi) {
+    bool bad[2];
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       float l = row_sum[mi][half];
@@ -267,11 +269,27 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) forward_kernel(const 
       if (p.lse != nullptr && (lane & 3) == 0 && r < rows_valid)
         p.lse[q_row(p, seq, b, h, m0 + r)] =
             l == 0.f ? -INFINITY : row_max[mi][half] * 0.69314718055994531f + logf(l);
+      float sum = 0.f;
 #pragma unroll
-      for (int t = 0; t < kON; ++t)
-        *reinterpret_cast<std::uint32_t*>(sQ + r * kLd + t * 8 + col_in_tile) =
-            pack2<T>(o[mi][t][2 * half] * inv, o[mi][t][2 * half + 1] * inv);
+      for (int t = 0; t < kON; ++t) {
+        const float o0 = o[mi][t][2 * half] * inv, o1 = o[mi][t][2 * half + 1] * inv;
+        sum += o0 + o1;
+        *reinterpret_cast<std::uint32_t*>(sQ + r * kLd + t * 8 + col_in_tile) = pack2<T>(o0, o1);
+      }
+      bad[half] = r < rows_valid && exact::not_finite(sum);
     }
+    // The NaN rule's slow path (../exact_rows.cuh): a row that is not
+    // finite is recomputed into the staging before it is stored.
+    exact::for_flagged_rows(bad, [&](int rw) {
+      const int r = warp_row + mi * 16 + rw;
+      float ov[exact::kCols<kD>], lse;
+      exact::forward_row<T, kD>(p, seq, b, h, m0 + r, lane, ov, lse);
+#pragma unroll
+      for (int u = 0; u < exact::kCols<kD>; ++u)
+        if (lane + 32 * u < kD) sQ[r * kLd + lane + 32 * u] = from_float<T>(ov[u]);
+      if (p.lse != nullptr && lane == 0) p.lse[q_row(p, seq, b, h, m0 + r)] = lse;
+    });
+  }
   __syncthreads();
   constexpr int kChunks = kD / 8;
   for (int c = tid; c < kBlockM * kChunks; c += kThreads) {

@@ -289,11 +289,22 @@ __device__ __forceinline__ void probs_and_grads(float (&st)[kCols / 2], float (&
 #pragma unroll
   for (int tt = 0; tt < kCols / 8; ++tt)
     lse_c[tt] = *reinterpret_cast<const float2*>(lse_s + 8 * tt + col_in_tile);
+  // P <= 1 (the true value is): the saved LSE is rounded, to a few ulps
+  // of its own size, and at logits of 1e6 and more that rounding alone
+  // makes 2^(S - LSE) far larger than 1. The clamp costs an instruction an
+  // element, so the unmasked tiles take it only where some row's LSE is
+  // that large (|LSE log2 e| >= 2^8, where an ulp is 2^-15; never in
+  // ordinary training).
+  bool large = false;
+#pragma unroll
+  for (int tt = 0; tt < kCols / 8; ++tt)
+    large |= (fabsf(lse_c[tt].x) >= 256.f && lse_c[tt].x != INFINITY) ||
+             (fabsf(lse_c[tt].y) >= 256.f && lse_c[tt].y != INFINITY);
   x::wgmma_wait<1>();
   x::fence_operands(st);
   // Two loops, not one with the mask test inside: ptxas kept a branch
   // and a select per element in the unmasked tiles (4 issue slots each).
-  if (!need_mask) {
+  if (!need_mask && !large) {
 #pragma unroll
     for (int tt = 0; tt < kCols / 8; ++tt) {
       const float2 l2 = lse_c[tt];
@@ -310,9 +321,10 @@ __device__ __forceinline__ void probs_and_grads(float (&st)[kCols / 2], float (&
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
           float& v = st[4 * tt + 2 * half + e];
-          const float pe = ptx::exp2_approx(v * p.scale_log2 - (e ? l2.y : l2.x));
+          const float pe = ptx::exp2_approx(fminf(v * p.scale_log2 - (e ? l2.y : l2.x), 0.f));
           const int i = m_first + 8 * tt + col_in_tile + e, j = j_first + 8 * half;
-          const bool visible = i < seq.sq && j < seq.sk && (!window || p.window.visible(i, j, seq.sq, seq.sk));
+          const bool visible =
+              !need_mask || (i < seq.sq && j < seq.sk && (!window || p.window.visible(i, j, seq.sq, seq.sk)));
           v = visible ? pe : 0.f;
         }
     }
@@ -356,9 +368,16 @@ __device__ __forceinline__ void probs_and_grads(float (&st)[kCols / 2], float (&
 template <class T, int kD, int kN>
 __device__ __forceinline__ void store_dk_dv(const float (&dk)[kN], const float (&dv)[kN], const Params& p,
                                             const SeqInfo& seq, int b, int h, int j_first, int col_first) {
+  const int lane = threadIdx.x & 31;
+  bool bad[2];
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
     const int j = j_first + 8 * half;
+    float sum = 0.f;
+#pragma unroll
+    for (int tt = 0; tt < kN / 4; ++tt)
+      sum += dk[4 * tt + 2 * half] + dk[4 * tt + 2 * half + 1] + dv[4 * tt + 2 * half] + dv[4 * tt + 2 * half + 1];
+    bad[half] = j < seq.sk && exact::not_finite(sum);
     if (j >= seq.sk) continue;
     if (p.group > 1) {
       const std::int64_t row = kv_row(p, seq, b, h, j) * kD + col_first;
@@ -381,6 +400,15 @@ __device__ __forceinline__ void store_dk_dv(const float (&dk)[kN], const float (
       }
     }
   }
+  // The NaN rule's slow path (../exact_rows.cuh): a key row that is not
+  // finite is recomputed (this thread's quad holds the whole row's columns
+  // of this consumer: 2 kN from the quad's first column).
+  const int c_lo = col_first - 2 * (lane % 4), j0 = j_first - lane / 4;
+  exact::for_flagged_rows(bad, [&](int rw) {
+    float rk[exact::kCols<kD>], rv[exact::kCols<kD>];
+    exact::dkdv_row<T, kD>(p, seq, b, h, j0 + rw, lane, rk, rv);
+    exact::store_dkdv_row<T, kD>(p, seq, b, h, j0 + rw, lane, rk, rv, c_lo, c_lo + 2 * kN);
+  });
 }
 }  // namespace bwd
 

@@ -51,6 +51,7 @@
 #include "../dispatch.h"
 #include "../ptx/ptx.cuh"
 #include "../ptx/sm90.cuh"
+#include "../exact_rows.cuh"
 #include "../key_tiles.cuh"
 #include "pipeline.h"
 #include "roles.h"
@@ -221,6 +222,11 @@ __global__ void __launch_bounds__(kThreads, 1)
         dsum[half] = dsum_rows[row0 + 8 * half];
       }
     }
+    // P <= 1 (as in the one-sweep kernel's probs_and_grads): clamped in
+    // the unmasked tiles only where a row's LSE is large.
+    bool large = false;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) large |= fabsf(lse2[half]) >= 256.f && lse2[half] != INFINITY;
     const std::uint32_t sQ = base + L::kQ, sdO = base + L::kDO;
 
     for (PipelineState<kStages> kv; kv.count < n_steps; ++kv) {
@@ -281,7 +287,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
       x::wgmma_wait<1>();
       x::fence_operands(st);
-      if (!kt.need_mask) {
+      if (!kt.need_mask && !large) {
 #pragma unroll
         for (int i = 0; i < kKeys / 2; ++i)
           st[i] = ptx::exp2_approx(st[i] * p.scale_log2 - lse2[(i >> 1) & 1]);
@@ -293,12 +299,12 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
             for (int e = 0; e < 2; ++e) {
               float& v = st[4 * tt + 2 * half + e];
-              const float pe = ptx::exp2_approx(v * p.scale_log2 - lse2[half]);
+              const float pe = ptx::exp2_approx(fminf(v * p.scale_log2 - lse2[half], 0.f));
               const int i = m0 + row0 + 8 * half, j = key0 + 8 * tt + col_in_tile + e;
               // kt.window: the rule applies (dense, or a partial block; a
               // full block shows every element of the sequence).
-              const bool visible =
-                  i < seq.sq && j < seq.sk && (!kt.window || p.window.visible(i, j, seq.sq, seq.sk));
+              const bool visible = !kt.need_mask || (i < seq.sq && j < seq.sk &&
+                                                     (!kt.window || p.window.visible(i, j, seq.sq, seq.sk)));
               v = visible ? pe : 0.f;
             }
       }
@@ -351,9 +357,14 @@ __global__ void __launch_bounds__(kThreads, 1)
 
     // dq = scale * dQ (S = scale Q K^T), rows below seqlen_q; zeros for a
     // tile that sees no key (dq is an output, not an accumulation).
+    bool bad[2];
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       const int i = m0 + row0 + 8 * half;
+      float sum = 0.f;
+#pragma unroll
+      for (int tt = 0; tt < kHalfD / 8; ++tt) sum += dq[4 * tt + 2 * half] + dq[4 * tt + 2 * half + 1];
+      bad[half] = n_steps > 0 && i < seq.sq && exact::not_finite(sum);
       if (i >= seq.sq) continue;
       T* dst = static_cast<T*>(p.dq) + b * p.dq_sb + static_cast<std::int64_t>(seq.q_start + i) * p.dq_ss +
                h * p.dq_sh + w * kHalfD + col_in_tile;
@@ -363,6 +374,19 @@ __global__ void __launch_bounds__(kThreads, 1)
             n_steps > 0 ? pack2<T>(dq[4 * tt + 2 * half] * p.scale, dq[4 * tt + 2 * half + 1] * p.scale)
                         : pack2<T>(0.f, 0.f);
     }
+    // The NaN rule's slow path (../exact_rows.cuh): a row that is not
+    // finite is recomputed (this consumer's kHalfD columns).
+    exact::for_flagged_rows(bad, [&](int rw) {
+      const int i = m0 + row0 - lane / 4 + rw;
+      float rq[exact::kCols<kD>];
+      exact::dq_row<T, kD>(p, seq, b, h, i, lane, rq);
+      T* dst = static_cast<T*>(p.dq) + b * p.dq_sb + static_cast<std::int64_t>(seq.q_start + i) * p.dq_ss + h * p.dq_sh;
+#pragma unroll
+      for (int u = 0; u < exact::kCols<kD>; ++u) {
+        const int c = lane + 32 * u;
+        if (c >= w * kHalfD && c < w * kHalfD + kHalfD) dst[c] = from_float<T>(rq[u]);
+      }
+    });
   }
 #else
   __trap();  // built for another architecture: the dispatch never launches this

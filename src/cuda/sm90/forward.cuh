@@ -45,6 +45,7 @@
 #include "../dispatch.h"
 #include "../ptx/ptx.cuh"
 #include "../ptx/sm90.cuh"
+#include "../exact_rows.cuh"
 #include "../key_tiles.cuh"
 #include "../tile_ops.cuh"
 #include "maps.h"
@@ -307,7 +308,8 @@ struct FwdEpilogue {
   }
 
   // rnd: the CTA's query tiles before this one.
-  __device__ __forceinline__ void store(const float (&o)[kD / 2], const tile::OnlineSoftmax& sm, const Params& p,
+  // Returns whether this warp's rows of the tile hold a NaN or inf.
+  __device__ __forceinline__ bool store(const float (&o)[kD / 2], const tile::OnlineSoftmax& sm, const Params& p,
                                         const SeqInfo& seq, const WorkTile& qt, int rnd, const FwdPipes<L>& pipes,
                                         PipelineState<1> q_state) const {
     unsigned char* stage = smem + L::kO + cw * L::kQHalf;
@@ -336,6 +338,16 @@ struct FwdEpilogue {
             pack2<T>(o[tile::acc_index(tt, half, 0)] * inv, o[tile::acc_index(tt, half, 1)] * inv);
       }
     }
+    // The NaN rule (../exact_rows.cuh): whether this warp's rows of the
+    // staging hold a NaN or inf. Only the check runs here; the rows are
+    // recomputed after the tile loop (fwd_consumer), where the slow path
+    // takes no registers from the loop (here it made ptxas spill in it).
+    __syncwarp();
+    const int row0 = qt.m0 + cw * 64 + warp * 16;  // the sequence row of this warp's slice
+    unsigned bad = exact::nonfinite_rows16<T, kD>(lane, [&](int r, int k) {
+      return stage + (k / 8) * (64 * 128) + (warp * 16 + r) * 128 + ((k % 8) ^ (r % 8)) * 16;
+    });
+    if (row0 + 16 > seq.sq) bad &= row0 >= seq.sq ? 0u : (1u << (seq.sq - row0)) - 1u;
     x::fence_proxy_async_smem();  // ordinary stores, read next by the copy engine
     sync();
     // A box whose rows run past a varlen sequence's end would write the
@@ -360,6 +372,30 @@ struct FwdEpilogue {
       sync();
       pipes.q.release(q_state);
     }
+    return bad != 0u;
+  }
+
+  // The NaN rule's slow path, once every store of the CTA has landed: the
+  // rows of this warp's slice of tile qt whose stored O holds a NaN or inf
+  // are recomputed from the inputs (../exact_rows.cuh) and stored again,
+  // with their LSE.
+  __device__ __forceinline__ void fix_rows(const Params& p, const WorkTile& qt) const {
+    const SeqInfo seq = resolve_seq(p, qt.b);
+    const int row0 = qt.m0 + cw * 64 + warp * 16;
+    if (row0 >= seq.sq) return;
+    T* out = static_cast<T*>(p.out) + qt.b * p.o_sb + (seq.q_start + row0) * p.o_ss + qt.h * p.o_sh;
+    unsigned bad = exact::nonfinite_rows16<T, kD>(lane, [&](int r, int k) {
+      return reinterpret_cast<const unsigned char*>(out + min(r, seq.sq - 1 - row0) * p.o_ss + 8 * k);
+    });
+    if (row0 + 16 > seq.sq) bad &= (1u << (seq.sq - row0)) - 1u;
+    exact::for_rows(bad, [&](int r) {
+      float ov[exact::kCols<kD>], lse;
+      exact::forward_row<T, kD>(p, seq, qt.b, qt.h, row0 + r, lane, ov, lse);
+#pragma unroll
+      for (int u = 0; u < exact::kCols<kD>; ++u)
+        if (lane + 32 * u < kD) out[r * p.o_ss + lane + 32 * u] = from_float<T>(ov[u]);
+      if (p.lse != nullptr && lane == 0) p.lse[q_row(p, seq, qt.b, qt.h, row0 + r)] = lse;
+    });
   }
 };
 
@@ -407,6 +443,7 @@ __device__ __forceinline__ void fwd_consumer(const Params& p, const Scheduler& s
     else if (!skip) x::named_barrier_arrive<3>(2 * kWarpgroup);
   };
   bool c1_passed = false;
+  bool any_bad = false;       // some tile's rows of this warp hold a NaN or inf
   PipelineState<2> kv_state;  // K/V ring uses so far, as the producer's
   PipelineState<1> q_state;   // query tiles done so far
   int round = 0;
@@ -513,7 +550,7 @@ __device__ __forceinline__ void fwd_consumer(const Params& p, const Scheduler& s
       pipes.v.release(kv0 + (n_steps - 1));
     }
     kv_state = kv0 + n_steps;
-    epilogue.store(o, sm, p, seq, qt, rnd, pipes, qs);
+    any_bad |= epilogue.store(o, sm, p, seq, qt, rnd, pipes, qs);
     return true;
   };
   if constexpr (kPersistent) {
@@ -526,8 +563,19 @@ __device__ __forceinline__ void fwd_consumer(const Params& p, const Scheduler& s
   } else if (sched.first() < sched.count()) {
     consume_tile(sched.first());
   }
-  // The shared memory the last stores read stays the CTA's until they are done.
-  if (t == 0) x::bulk_wait_all();
+  // The shared memory the last stores read stays the CTA's until they are
+  // done; the NaN rule's slow path then reads what they wrote.
+  if (t == 0) {
+    x::bulk_wait_all();
+    x::fence_proxy_async_global();
+  }
+  epilogue.sync();
+  if (any_bad) {
+    for (int tile_idx = sched.first(); tile_idx < sched.count(); tile_idx = sched.next(tile_idx)) {
+      epilogue.fix_rows(p, sched.tile(tile_idx));
+      if (!kPersistent) break;
+    }
+  }
 }
 
 // kDropout: a template parameter for the reason given at the backward kernel.
