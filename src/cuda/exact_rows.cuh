@@ -28,6 +28,7 @@
 #include <type_traits>
 
 #include "common.cuh"
+#include "ptx/ptx.cuh"
 
 namespace flashattn::detail::cuda::exact {
 
@@ -132,7 +133,7 @@ __device__ __forceinline__ void for_rows_of_key(const Params& p, const SeqInfo& 
 // saved LSE (times log2 e; +inf for an empty row): at most 1, as the true
 // value is (the saved LSE is rounded, and at logits of 1e6 and more its
 // rounding alone would make P far larger than 1).
-__device__ __forceinline__ float backward_prob(float s2, float lse2) { return exp2f(fminf(s2 - lse2, 0.f)); }
+__device__ __forceinline__ float backward_prob(float s2, float lse2) { return exp2f(ptx::min_nan(s2 - lse2, 0.f)); }
 
 __device__ __forceinline__ float saved_lse2(const Params& p, std::int64_t row) {
   const float l = p.lse[row];

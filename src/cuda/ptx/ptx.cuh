@@ -82,6 +82,14 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(n) : "memory");
 }
 
+// min(x, y), NaN when either is NaN (fminf returns the other operand, so
+// fminf(NaN, 0) would turn a NaN score into probability 1).
+__device__ __forceinline__ float min_nan(float x, float y) {
+  float r;
+  asm("min.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(x), "f"(y));
+  return r;
+}
+
 // 2^x on the special-function unit (one MUFU.EX2; exp2f adds range fixups
 // the softmax does not need). ex2(-inf) = +0, which masking relies on.
 __device__ __forceinline__ float exp2_approx(float x) {

@@ -125,7 +125,7 @@ __device__ __forceinline__ void bwd_scores(const Params& p, const SeqInfo& seq, 
           // P <= 1, as the true value is: the saved LSE is rounded, and at
           // logits of 1e6 and more its rounding alone would make P huge.
           const float pe =
-              visible ? ptx::exp2_approx(fminf(s[mi][t][2 * half + e] * p.scale_log2 - sLse[q_local], 0.f)) : 0.f;
+              visible ? ptx::exp2_approx(ptx::min_nan(s[mi][t][2 * half + e] * p.scale_log2 - sLse[q_local], 0.f)) : 0.f;
           const bool keep = (keep_bits >> ((mi * (kQC / 8) + t) * 4 + 2 * half + e)) & 1u;
           pv[e] = keep ? pe * ks : 0.f;
           dsv[e] = pe * ((keep ? dp[mi][t][2 * half + e] * ks : 0.f) - sDsum[q_local]);

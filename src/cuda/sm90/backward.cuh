@@ -321,7 +321,7 @@ __device__ __forceinline__ void probs_and_grads(float (&st)[kCols / 2], float (&
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
           float& v = st[4 * tt + 2 * half + e];
-          const float pe = ptx::exp2_approx(fminf(v * p.scale_log2 - (e ? l2.y : l2.x), 0.f));
+          const float pe = ptx::exp2_approx(ptx::min_nan(v * p.scale_log2 - (e ? l2.y : l2.x), 0.f));
           const int i = m_first + 8 * tt + col_in_tile + e, j = j_first + 8 * half;
           const bool visible =
               !need_mask || (i < seq.sq && j < seq.sk && (!window || p.window.visible(i, j, seq.sq, seq.sk)));

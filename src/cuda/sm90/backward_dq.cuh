@@ -299,7 +299,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
             for (int e = 0; e < 2; ++e) {
               float& v = st[4 * tt + 2 * half + e];
-              const float pe = ptx::exp2_approx(fminf(v * p.scale_log2 - lse2[half], 0.f));
+              const float pe = ptx::exp2_approx(ptx::min_nan(v * p.scale_log2 - lse2[half], 0.f));
               const int i = m0 + row0 + 8 * half, j = key0 + 8 * tt + col_in_tile + e;
               // kt.window: the rule applies (dense, or a partial block; a
               // full block shows every element of the sequence).
