@@ -304,8 +304,14 @@ struct BackwardArgs {
 // into num_splits chunks whose partial results are merged through their
 // LSEs; num_splits = 0 picks a count (kvcache_num_splits below), >= 1 forces
 // one (at most 128). The split only changes rounding.
+// CUDA: f16 / bf16, head_dim 64, 128 or 256 (an Error naming q.head_dim
+// otherwise); scratch (rotated q, split partials) from ctx.workspace or
+// stream-ordered allocation; num_splits = 0 takes the longest length from
+// cache_seqlens_host, else the capacity.
 // The index arrays live on the device of the call; as for Varlen, a CUDA
-// call checks their contents only when the host copies are given. The CPU
+// call checks their contents only when the host copies are given (without
+// them, bad contents are clamped into the cache: undefined results, no
+// memory outside the tensors touched). The CPU
 // checks them always: cache lengths (>= 0, L0 + n <= capacity), block table
 // entries of the pages used (in [0, num_blocks)), cache_batch_idx (in
 // [0, batch_cache), distinct when appending), rotary positions (below

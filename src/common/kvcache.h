@@ -45,35 +45,52 @@ FA_HOST_DEVICE KeyChunk kv_split_chunk(std::int64_t first, std::int64_t last, in
 
 // Element offset of (position pos, head h, channel 0) of sequence b's cache.
 // Paged: page = table[b * max_blocks + pos / page_size]; contiguous: cache
-// row = batch_idx ? batch_idx[b] : b.
+// row = batch_idx ? batch_idx[b] : b. With num_rows > 0 (the CUDA backend)
+// the page or row read from the device arrays is clamped into [0,
+// num_rows): a call without host copies cannot check those contents, and a
+// bad entry must not reach memory outside the cache.
 struct KvCacheLayout {
   std::int64_t stride_batch = 0, stride_seq = 0, stride_head = 0;  // of the cache tensor
   std::int64_t page_size = 0;                                      // 0: contiguous
   std::int64_t max_blocks = 0;
   const std::int32_t* block_table = nullptr;
   const std::int32_t* batch_idx = nullptr;
+  std::int64_t num_rows = 0;  // the cache tensor's batch (pages or rows); 0: no clamp
 
+  FA_HOST_DEVICE std::int64_t clamp_row(std::int64_t row) const {
+    if (num_rows <= 0) return row;
+    return row < 0 ? 0 : (row >= num_rows ? num_rows - 1 : row);
+  }
   FA_HOST_DEVICE std::int64_t offset(std::int64_t b, std::int64_t pos, std::int64_t h) const {
     if (page_size > 0) {
-      const std::int64_t page = block_table[b * max_blocks + pos / page_size];
+      const std::int64_t page = clamp_row(block_table[b * max_blocks + pos / page_size]);
       return page * stride_batch + (pos % page_size) * stride_seq + h * stride_head;
     }
-    const std::int64_t row = batch_idx ? batch_idx[b] : b;
+    const std::int64_t row = clamp_row(batch_idx ? batch_idx[b] : b);
     return row * stride_batch + pos * stride_seq + h * stride_head;
   }
 };
+
+// The two channels that cos / sin entry i (of rotary_dim / 2) rotates
+// together: (2i, 2i+1) when interleaved (GPT-J), (i, i + rotary_dim / 2)
+// otherwise (GPT-NeoX).
+struct RotaryPair {
+  std::int64_t a = 0, b = 0;
+};
+FA_HOST_DEVICE RotaryPair rotary_pair(std::int64_t i, std::int64_t rotary_dim, bool interleaved) {
+  return interleaved ? RotaryPair{2 * i, 2 * i + 1} : RotaryPair{i, i + rotary_dim / 2};
+}
 
 // Rotates the first rotary_dim channels of x in place with the cos / sin
 // row of its position (rotary_dim / 2 entries each): pairs (2i, 2i+1) when
 // interleaved, (i, i + rotary_dim / 2) otherwise.
 template <class T>
 FA_HOST_DEVICE void rotate_row(T* x, const T* cos, const T* sin, std::int64_t rotary_dim, bool interleaved) {
-  const std::int64_t half = rotary_dim / 2;
-  for (std::int64_t i = 0; i < half; ++i) {
-    const std::int64_t a = interleaved ? 2 * i : i, b = interleaved ? 2 * i + 1 : i + half;
-    const T x0 = x[a], x1 = x[b];
-    x[a] = x0 * cos[i] - x1 * sin[i];
-    x[b] = x0 * sin[i] + x1 * cos[i];
+  for (std::int64_t i = 0; i < rotary_dim / 2; ++i) {
+    const RotaryPair r = rotary_pair(i, rotary_dim, interleaved);
+    const T x0 = x[r.a], x1 = x[r.b];
+    x[r.a] = x0 * cos[i] - x1 * sin[i];
+    x[r.b] = x0 * sin[i] + x1 * cos[i];
   }
 }
 

@@ -3,6 +3,8 @@
 // launches on the caller's stream. Nothing here synchronises; scratch memory
 // comes from the caller's workspace or, when none was given, from
 // stream-ordered cudaMallocAsync / cudaFreeAsync.
+#include <algorithm>
+#include <climits>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -13,6 +15,8 @@
 #include "common/fail.h"
 #include "common.cuh"
 #include "dispatch.h"
+#include "common/kvcache.h"
+#include "sm80/kvcache.h"
 #include "sm80/launch.h"
 #include "sm90/launch.h"
 #include "standard.h"
@@ -258,14 +262,16 @@ BwdLayout bwd_layout(const Problem& pr, const BackwardArgs& a, KernelFamily path
 }
 
 // The caller's workspace, or a stream-ordered allocation freed (stream-
-// ordered too) when the call returns or throws.
+// ordered too) when the call returns or throws. `sizing` tells the caller
+// where the size comes from (the error of a too small workspace).
 class Scratch {
  public:
-  Scratch(const Context& ctx, std::size_t bytes, cudaStream_t stream) : stream_(stream) {
+  Scratch(const Context& ctx, std::size_t bytes, cudaStream_t stream, const char* sizing = "see backward_workspace_bytes")
+      : stream_(stream) {
     if (bytes == 0) return;
     if (ctx.workspace != nullptr) {
       if (ctx.workspace_bytes < bytes)
-        fail("ctx.workspace_bytes", ">= " + std::to_string(bytes) + " (see backward_workspace_bytes)",
+        fail("ctx.workspace_bytes", ">= " + std::to_string(bytes) + " (" + sizing + ")",
              std::to_string(ctx.workspace_bytes));
       ptr_ = ctx.workspace;
       return;
@@ -425,10 +431,119 @@ void cuda_backward(const Problem& pr, const BackwardArgs& a, const Context& ctx)
                              [&]<class T, int kD>() { sm80::launch_backward<T, kD>(p, stream); });
 }
 
-// The KV-cache kernels (paged loads, split-KV and its combine) are not
-// written yet: the call is validated, then refused with the library's error.
-void cuda_forward_kvcache(const KvProblem&, const KvCacheArgs&, const Context&) {
-  throw Error("ctx.device: expected cpu (forward_kvcache is not implemented on CUDA yet), got cuda");
+// KV cache (sm80/kvcache.cuh). Scratch, each part 256-byte aligned:
+//   q_rot     T[batch * seqlen_q * heads_q * head_dim]   rotary only: rotated q
+//   part_o    float[batch * heads_k * splits * rows * head_dim]  splits > 1 only
+//   part_lse  float[batch * heads_k * splits * rows]
+// rows = (heads_q / heads_k) * seqlen_q.
+void cuda_forward_kvcache(const KvProblem& kp, const KvCacheArgs& a, const Context& ctx) {
+  const Problem& pr = kp.base;
+  if (pr.batch == 0) return;
+  // Refusals first, so that a refused call leaves the cache untouched.
+  if (!cuda::has_head_dim<cuda::kKvTiles>(pr.head_dim))
+    fail("q.head_dim", cuda::head_dims_text<cuda::kKvTiles>() + " for forward_kvcache on CUDA (its kernel table)",
+         std::to_string(pr.head_dim));
+  if (pr.dtype != DType::f16 && pr.dtype != DType::bf16) fail("q.dtype", "f16 or bf16 on CUDA", to_string(pr.dtype));
+  if (pr.batch > 65535) fail("batch", "<= 65535 on CUDA (grid dimension)", std::to_string(pr.batch));
+  if (kp.capacity > INT32_MAX)
+    fail("k_cache capacity", "< 2^31 positions a sequence on CUDA (32-bit key positions)", std::to_string(kp.capacity));
+  if (kp.seqlen_new > kp.capacity)
+    fail("k_new.seqlen", "<= the cache capacity " + std::to_string(kp.capacity), std::to_string(kp.seqlen_new));
+  if (kp.rotary_dim > 0 && a.rotary_seqlen < 1) fail("rotary_seqlen", ">= 1 with rotary", std::to_string(a.rotary_seqlen));
+  require_sm80();
+
+  const std::int64_t sq = pr.seqlen_q, n = kp.seqlen_new, rows = pr.group() * sq;
+  int splits = a.num_splits;
+  if (splits == 0) {
+    // Without the host lengths, the capacity stands for the longest sequence.
+    std::int64_t max_len = kp.capacity;
+    if (a.cache_seqlens_host != nullptr) {
+      max_len = 0;
+      for (std::int64_t b = 0; b < pr.batch; ++b)
+        max_len = std::max<std::int64_t>(max_len, a.cache_seqlens_host[b] + n);
+    }
+    splits = kv_num_splits_heuristic(pr.batch * pr.heads_k, max_len, cuda::device_sm_count());
+  }
+  // Grid x: KV heads x 16-row tiles (at most) x splits.
+  if (pr.heads_k * ((rows + 15) / 16) * splits > INT32_MAX)
+    fail("q.heads * q.seqlen", "fewer than 2^31 CTAs of KV heads x 16-row tiles x splits on CUDA (grid dimension)",
+         std::to_string(pr.heads_q * sq));
+
+  sm80::KvParams p;
+  p.q = a.q.data;
+  p.q_sb = a.q.stride_batch;
+  p.q_ss = a.q.stride_seq;
+  p.q_sh = a.q.stride_head;
+  p.k_cache = a.k_cache.data;
+  p.v_cache = a.v_cache.data;
+  p.kl = KvCacheLayout{a.k_cache.stride_batch, a.k_cache.stride_seq, a.k_cache.stride_head, kp.page_size,
+                       a.max_blocks_per_seq,   a.block_table,        a.cache_batch_idx,    a.k_cache.batch};
+  p.vl = KvCacheLayout{a.v_cache.stride_batch, a.v_cache.stride_seq, a.v_cache.stride_head, kp.page_size,
+                       a.max_blocks_per_seq,   a.block_table,        a.cache_batch_idx,    a.v_cache.batch};
+  if (n > 0) {
+    p.k_new = a.k_new.data;
+    p.v_new = a.v_new.data;
+    p.kn_sb = a.k_new.stride_batch;
+    p.kn_ss = a.k_new.stride_seq;
+    p.kn_sh = a.k_new.stride_head;
+    p.vn_sb = a.v_new.stride_batch;
+    p.vn_ss = a.v_new.stride_seq;
+    p.vn_sh = a.v_new.stride_head;
+  }
+  p.o = a.o.data;
+  p.o_sb = a.o.stride_batch;
+  p.o_ss = a.o.stride_seq;
+  p.o_sh = a.o.stride_head;
+  p.lse = a.lse;
+  p.cache_seqlens = a.cache_seqlens;
+  p.batch = static_cast<int>(pr.batch);
+  p.heads_q = static_cast<int>(pr.heads_q);
+  p.heads_k = static_cast<int>(pr.heads_k);
+  p.group = static_cast<int>(pr.group());
+  p.seqlen_q = static_cast<int>(sq);
+  p.seqlen_new = static_cast<int>(n);
+  p.head_dim = static_cast<int>(pr.head_dim);
+  p.capacity = static_cast<int>(kp.capacity);
+  p.rows = static_cast<int>(rows);
+  p.splits = splits;
+  p.scale_log2 = static_cast<float>(static_cast<double>(pr.scale) * 1.4426950408889634);
+  p.window = pr.window;
+  if (kp.rotary_dim > 0) {
+    p.rot_cos = a.rotary_cos;
+    p.rot_sin = a.rotary_sin;
+    p.rot_f32 = a.rotary_dtype == DType::f32;
+    p.rot_interleaved = a.rotary_interleaved;
+    p.q_per_row = a.options.causal || a.options.window_left >= 0 || a.options.window_right >= 0;
+    p.rotary_dim = static_cast<int>(kp.rotary_dim);
+    p.rotary_seqlen = static_cast<int>(a.rotary_seqlen);
+  }
+
+  const std::size_t es = dtype_size(pr.dtype), d = static_cast<std::size_t>(pr.head_dim);
+  const std::size_t q_rot_bytes =
+      kp.rotary_dim > 0 ? align256(static_cast<std::size_t>(pr.batch * sq * pr.heads_q) * d * es) : 0;
+  const std::size_t part_rows = splits > 1 ? static_cast<std::size_t>(pr.batch * pr.heads_k * rows) * splits : 0;
+  const std::size_t part_o_bytes = align256(part_rows * d * sizeof(float));
+  const std::size_t total = q_rot_bytes + part_o_bytes + align256(part_rows * sizeof(float));
+  const auto stream = static_cast<cudaStream_t>(ctx.stream);
+  Scratch scratch(ctx, total, stream, "the KV-cache scratch: rotated q and split-KV partials");
+  if (kp.rotary_dim > 0) {
+    // The attention reads the rotated, dtype-rounded copy.
+    p.q_in = a.q.data;
+    p.qi_sb = a.q.stride_batch;
+    p.qi_ss = a.q.stride_seq;
+    p.qi_sh = a.q.stride_head;
+    p.q_rot = scratch.bytes();
+    p.q = p.q_rot;
+    p.q_sh = pr.head_dim;
+    p.q_ss = pr.heads_q * pr.head_dim;
+    p.q_sb = sq * p.q_ss;
+  }
+  if (splits > 1) {
+    p.part_o = reinterpret_cast<float*>(scratch.bytes() + q_rot_bytes);
+    p.part_lse = reinterpret_cast<float*>(scratch.bytes() + q_rot_bytes + part_o_bytes);
+  }
+  const auto launch = [&]<class T, int kD>() { sm80::launch_kvcache<T, kD>(p, stream); };
+  dispatch<cuda::kKvTiles>(pr.dtype, pr.head_dim, launch);
 }
 
 }  // namespace flashattn::detail

@@ -130,6 +130,33 @@ constexpr Sm90BwdTile sm90_bwd_tile(int head_dim) {
   return Sm90BwdTile{0, 0, 0, 0, false};
 }
 
+// KV cache (forward_kvcache, sm80/kvcache.cuh; sm_80+, also what runs on
+// Hopper). Decode is bound by reading K and V once, so a CTA takes all the
+// query rows of one KV head's group (query heads x tokens) and never
+// re-reads a key tile. Two forms of 4 warps:
+//  - up to 16 rows (decode: 8 heads x 1 token): one 16-row mma tile, the 4
+//    warps split each 64-key tile (16 keys a warp) and merge their softmax
+//    states at the end; rows past the group would otherwise be wasted
+//    tensor-core work of the same order as the tile's memory time;
+//  - more rows: 64-row tiles (a warp 16 rows, each the whole key tile).
+// block_n is the 64-row form's key tile. K and V tiles are double-buffered
+// (4 block_n (d + 8) 16-bit values: 69.6 KB at d = 128, 2 CTAs an SM);
+// d = 256 takes 32 keys, since 64 plus the 64 Q rows would pass the A100's
+// 163 KB of shared memory. Only these head dims are instantiated.
+struct KvTile {
+  int head_dim, block_n;
+};
+//                                 head_dim  N
+inline constexpr KvTile kKvTiles[] = {{64,  64},
+                                      {128, 64},
+                                      {256, 32}};
+
+constexpr KvTile kv_tile(int head_dim) {
+  for (const KvTile& c : kKvTiles)
+    if (c.head_dim == head_dim) return c;
+  return KvTile{0, 0};
+}
+
 // Block-sparse masks must align with every tile above: a query block may
 // not straddle two forward query tiles, a key block two key tiles.
 inline constexpr int kSparseBlockQMultiple = 128;

@@ -7,6 +7,8 @@ target_sources(flashattn PRIVATE
   ${CMAKE_CURRENT_LIST_DIR}/sm80/forward_bf16.cu
   ${CMAKE_CURRENT_LIST_DIR}/sm80/backward_f16.cu
   ${CMAKE_CURRENT_LIST_DIR}/sm80/backward_bf16.cu
+  ${CMAKE_CURRENT_LIST_DIR}/sm80/kvcache_f16.cu
+  ${CMAKE_CURRENT_LIST_DIR}/sm80/kvcache_bf16.cu
   ${CMAKE_CURRENT_LIST_DIR}/sm90/forward_f16.cu
   ${CMAKE_CURRENT_LIST_DIR}/sm90/forward_bf16.cu
   ${CMAKE_CURRENT_LIST_DIR}/sm90/backward_f16.cu

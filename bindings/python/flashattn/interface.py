@@ -328,17 +328,11 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
     picks the cache row of each sequence (contiguous caches only).
     num_splits: split-KV pieces per (sequence, KV head), 0 = heuristic.
     Returns out, or (out, softmax_lse [batch, heads, seqlen_q] float32).
-    CPU only for now: CUDA tensors raise NotImplementedError.
+    CPU and CUDA tensors (CUDA: f16 / bf16, head_dim 64, 128 or 256).
     """
     _unsupported(softcap, alibi_slopes)
     if cache_leftpad is not None:
         raise NotImplementedError("flashattn: cache_leftpad: expected None (left padding is not supported), got a value")
-    if isinstance(q, _Tensor) and q.is_cuda:
-        # Refused before the operator: its CUDA kernels are not written, and
-        # NotImplementedError (rather than the library's ValueError) lets a
-        # caller fall back to another implementation.
-        raise NotImplementedError("flashattn: flash_attn_with_kvcache: expected CPU tensors (the CUDA kernels of the "
-                                  "KV-cache op are not implemented yet), got q on " + str(q.device))
     _check_inputs(q, k_cache, v_cache, 4)
     for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
         if t.stride(-1) != 1:

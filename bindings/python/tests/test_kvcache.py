@@ -230,10 +230,60 @@ def test_argument_errors():
         flashattn.flash_attn_with_kvcache(**{**case, "k_cache": strided})
 
 
-@pytest.mark.skipif(not torch.cuda.is_available() or not flashattn.built_with_cuda(), reason="needs CUDA")
-def test_cuda_not_implemented():
-    case = {k: v.cuda() for k, v in make_case(2, 1, 1, 2, 1, 64, torch.bfloat16, capacity=32).items()}
-    with pytest.raises(NotImplementedError, match="CUDA"):
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available() or not flashattn.built_with_cuda(),
+                                reason="this build has no CUDA operators, or no GPU is present")
+
+
+def cuda_vs_cpu(case, dtype_key, **opts):
+    """The CUDA op against the CPU op on copies of the same inputs: out, lse
+    and the caches it leaves (the CPU op is itself checked against float64
+    above; both round once to the dtype, so they agree to twice its atol)."""
+    _, atol, atol_cache = DTYPES[dtype_key]
+    cpu = {k: v.clone() for k, v in case.items()}
+    gpu = {k: v.cuda() for k, v in case.items()}
+    out_c, lse_c = flashattn.flash_attn_with_kvcache(**cpu, return_softmax_lse=True, **opts)
+    out_g, lse_g = flashattn.flash_attn_with_kvcache(**gpu, return_softmax_lse=True, **opts)
+    assert out_g.is_cuda and out_g.dtype == out_c.dtype and out_g.shape == out_c.shape
+    torch.testing.assert_close(out_g.cpu().double(), out_c.double(), atol=2 * atol, rtol=0)
+    finite = torch.isfinite(lse_c)
+    assert torch.equal(torch.isfinite(lse_g.cpu()), finite)
+    torch.testing.assert_close(lse_g.cpu()[finite], lse_c[finite], atol=1e-3, rtol=0)
+    torch.testing.assert_close(gpu["k_cache"].cpu().double(), cpu["k_cache"].double(), atol=atol_cache, rtol=0)
+    assert torch.equal(gpu["v_cache"].cpu(), cpu["v_cache"])
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", ["f16", "bf16"])
+@pytest.mark.parametrize("paged", [False, True])
+@pytest.mark.parametrize("num_splits", [1, 0, 5])
+def test_cuda_decode_matches_cpu(dtype, paged, num_splits):
+    case = make_case(4, 1, 1, 32, 4, 128, DTYPES[dtype][0], capacity=512, page_size=64 if paged else None,
+                     lens=[0, 1, 300, 511], seed=10)
+    cuda_vs_cpu(case, dtype, causal=True, num_splits=num_splits)
+
+
+@needs_cuda
+@pytest.mark.parametrize("interleaved", [True, False])
+@pytest.mark.parametrize("causal", [True, False])
+def test_cuda_rotary_window_matches_cpu(interleaved, causal):
+    case = make_case(3, 4, 4, 8, 2, 64, torch.bfloat16, capacity=96, page_size=16, seed=11, rotary_dim=32)
+    cuda_vs_cpu(case, "bf16", causal=causal, rotary_interleaved=interleaved, window_size=(20, -1), num_splits=2)
+
+
+@needs_cuda
+@pytest.mark.parametrize("d", [64, 256])
+def test_cuda_chunk_batch_idx_matches_cpu(d):
+    case = make_case(2, 64, 64, 8, 1, d, torch.float16, capacity=200, batch_idx=True, seed=12)
+    cuda_vs_cpu(case, "f16", causal=True, num_splits=3)
+
+
+@needs_cuda
+def test_cuda_refusals():
+    case = {k: v.cuda() for k, v in make_case(2, 1, 1, 2, 1, 32, torch.bfloat16, capacity=32).items()}
+    with pytest.raises(ValueError, match="q.head_dim"):
+        flashattn.flash_attn_with_kvcache(**case)
+    case = {k: v.cuda() for k, v in make_case(2, 1, 1, 2, 1, 64, torch.float32, capacity=32).items()}
+    with pytest.raises(ValueError, match="dtype"):
         flashattn.flash_attn_with_kvcache(**case)
 
 

@@ -33,6 +33,23 @@ __device__ __forceinline__ void load_tile(T* smem, const T* gmem, std::int64_t l
   }
 }
 
+// As load_tile, for rows at arbitrary addresses (a paged cache looks up
+// each row's page): row(r) is row r's first element, or nullptr for a row
+// that becomes zeros and is not read (`base` is then handed to cp.async as
+// an address that is never dereferenced). A thread's chunks all sit in the
+// same column, so it asks row() once per row it copies.
+template <int kRows, int kCols, int kThreads, class T, class RowFn>
+__device__ __forceinline__ void load_rows(T* smem, RowFn&& row, const T* base, int tid) {
+  constexpr int kChunks = kCols / 8;
+  constexpr int kLd = kCols + kPad;
+#pragma unroll
+  for (int c = tid; c < kRows * kChunks; c += kThreads) {
+    const int r = c / kChunks, ch = c % kChunks;
+    const T* src = row(r);
+    ptx::cp_async_16(ptx::smem_addr(smem + r * kLd + ch * 8), src != nullptr ? src + ch * 8 : base, src != nullptr);
+  }
+}
+
 // ---- mma.m16n8k16 operand fragments from shared memory (pitch ld) ----
 // A (16 x 16) stored row-major [m][k]; s points at (m0, k0).
 template <class T>

@@ -1,0 +1,416 @@
+// Attention over a KV cache (forward_kvcache) on tensor cores, sm_80+ (the
+// same code runs on Hopper). Three kernels on the caller's stream:
+//  1. append (only when there are new keys or a rotary): writes k_new /
+//     v_new at cache positions L0 + t (k rotated) and the rotated copy of q;
+//  2. attention: one CTA per (sequence, KV head, split, 16- or 64-row tile
+//     of the group's query rows). Every query row of the KV head's group
+//     (heads_q / heads_k heads x seqlen_q tokens) shares the CTA, so each
+//     K / V row is read from memory once per group: decode is bound by
+//     those bytes, not by math. Key tiles are copied with cp.async from the
+//     cache rows (paged: each row's page looked up), double-buffered so the
+//     next tile's loads overlap this tile's math;
+//  3. combine (split-KV only): merges the splits' fp32 partials by LSE.
+#pragma once
+
+#include <cmath>
+
+#include "../dispatch.h"
+#include "../tile_ops.cuh"
+#include "kvcache.h"
+#include "tile.cuh"
+
+namespace flashattn::detail::sm80 {
+
+// L0 of sequence b read from the device array, clamped so that L0 + n fits
+// the cache (contents are unchecked without host copies; a bad length must
+// not write outside the cache).
+__device__ __forceinline__ int kv_len0(const KvParams& p, int b) {
+  const int l = p.cache_seqlens[b], hi = p.capacity - p.seqlen_new;
+  return l < 0 ? 0 : (l > hi ? hi : l);
+}
+
+template <class T>
+__device__ __forceinline__ float rotary_entry(const KvParams& p, const void* table, int pos, int i) {
+  // A position past the table (unchecked lengths) reads its last row instead.
+  pos = pos < p.rotary_seqlen ? pos : p.rotary_seqlen - 1;
+  const std::int64_t at = static_cast<std::int64_t>(pos) * (p.rotary_dim / 2) + i;
+  return p.rot_f32 ? static_cast<const float*>(table)[at] : to_float(static_cast<const T*>(table)[at]);
+}
+
+// dst = src with its rotary pairs rotated to position pos (fp32 math, one
+// rounding to T, as the CPU backend), the other channels copied. One
+// thread per rotary pair or copied channel.
+template <class T>
+__device__ __forceinline__ void rotate_or_copy(const KvParams& p, T* dst, const T* src, int pos) {
+  const int half = p.rotary_dim / 2, items = half + p.head_dim - p.rotary_dim;
+  for (int t = threadIdx.x; t < items; t += blockDim.x) {
+    if (t < half) {
+      const RotaryPair pr = rotary_pair(t, p.rotary_dim, p.rot_interleaved);
+      const float c = rotary_entry<T>(p, p.rot_cos, pos, t), s = rotary_entry<T>(p, p.rot_sin, pos, t);
+      const float x0 = to_float(src[pr.a]), x1 = to_float(src[pr.b]);
+      dst[pr.a] = from_float<T>(x0 * c - x1 * s);
+      dst[pr.b] = from_float<T>(x0 * s + x1 * c);
+    } else {
+      const int ch = p.rotary_dim + t - half;
+      dst[ch] = src[ch];
+    }
+  }
+}
+
+// One block per appended (sequence, token, KV head) row, then, with rotary,
+// one per (sequence, token, query head) row of q.
+template <class T>
+__global__ void kv_append_kernel(const __grid_constant__ KvParams p) {
+  const std::int64_t item = blockIdx.x;
+  const std::int64_t kv_items = p.k_new != nullptr ? static_cast<std::int64_t>(p.batch) * p.seqlen_new * p.heads_k : 0;
+  if (item < kv_items) {
+    const int h = static_cast<int>(item % p.heads_k);
+    const std::int64_t bt = item / p.heads_k;
+    const int t = static_cast<int>(bt % p.seqlen_new), b = static_cast<int>(bt / p.seqlen_new);
+    const int pos = kv_len0(p, b) + t;
+    const T* kn = static_cast<const T*>(p.k_new) + b * p.kn_sb + t * p.kn_ss + h * p.kn_sh;
+    const T* vn = static_cast<const T*>(p.v_new) + b * p.vn_sb + t * p.vn_ss + h * p.vn_sh;
+    T* kc = static_cast<T*>(p.k_cache) + p.kl.offset(b, pos, h);
+    T* vc = static_cast<T*>(p.v_cache) + p.vl.offset(b, pos, h);
+    rotate_or_copy(p, kc, kn, pos);  // rotary_dim 0: a copy
+    for (int c = threadIdx.x; c < p.head_dim; c += blockDim.x) vc[c] = vn[c];
+    return;
+  }
+  const std::int64_t qi = item - kv_items;
+  const int hq = static_cast<int>(qi % p.heads_q);
+  const std::int64_t bi = qi / p.heads_q;
+  const int i = static_cast<int>(bi % p.seqlen_q), b = static_cast<int>(bi / p.seqlen_q);
+  const int l0 = kv_len0(p, b);
+  const T* src = static_cast<const T*>(p.q_in) + b * p.qi_sb + i * p.qi_ss + hq * p.qi_sh;
+  T* dst = static_cast<T*>(p.q_rot) + ((static_cast<std::int64_t>(b) * p.seqlen_q + i) * p.heads_q + hq) * p.head_dim;
+  rotate_or_copy(p, dst, src, p.q_per_row ? l0 + i : l0);
+}
+
+// The attention of one (sequence b, KV head h, split, row tile). Warps are
+// kWarpsN (key slices of a tile) x kWarpsM (16-row slices of the rows): 4 x
+// 1 for the decode form, 1 x 4 for the 64-row form (dispatch.h, KvTile).
+// Each warp runs its own online softmax over its keys; the warps' states
+// are merged through shared memory at the end.
+template <class T, int kD, int kBlockN, int kWarpsN>
+__global__ void __launch_bounds__(128, kD <= 128 ? 2 : 1) kv_attention_kernel(const __grid_constant__ KvParams p) {
+  constexpr int kWarps = 4, kThreads = kWarps * 32;
+  constexpr int kWarpsM = kWarps / kWarpsN;
+  constexpr int kBlockM = 16 * kWarpsM;
+  constexpr int kKW = kBlockN / kWarpsN;  // keys a warp takes of each tile
+  static_assert(kKW % 16 == 0, "a warp's keys are whole k16 steps of P V");
+  constexpr int kLd = kD + kPad;
+  constexpr bool kQInRegs = kD <= 128;  // at d = 256 the O accumulator (128 registers) leaves no room
+  constexpr int kSN = kKW / 2;          // S values a thread holds (16 rows x kKW keys)
+  constexpr int kON = kD / 2;           // O values a thread holds (16 rows x kD)
+
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* sQ = reinterpret_cast<T*>(smem_raw);
+  T* sK = sQ + kBlockM * kLd;        // K_j in sK + (j % 2) kBlockN kLd
+  T* sV = sK + 2 * kBlockN * kLd;    // V_j likewise
+  float* sStat = reinterpret_cast<float*>(sV + 2 * kBlockN * kLd);  // [kWarpsN][kBlockM][max, sum]
+  // After the sweep the K / V buffers hold each warp's scaled O rows.
+  float* sO = reinterpret_cast<float*>(sK);  // [kWarpsN][kBlockM][kD]
+  static_assert(kWarpsN * kBlockM * kD * 4 <= 4 * kBlockN * kLd * static_cast<int>(sizeof(T)),
+                "the O merge buffer fits in the K / V buffers");
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int wm = warp / kWarpsN, wn = warp % kWarpsN;
+  const int m_tiles = (p.rows + kBlockM - 1) / kBlockM;
+  int x = blockIdx.x;
+  const int split = x % p.splits;
+  x /= p.splits;
+  const int mt = x % m_tiles, h = x / m_tiles, b = blockIdx.y;
+  const int m0 = mt * kBlockM;
+
+  const int len = kv_len0(p, b) + p.seqlen_new;
+  const int sq = p.seqlen_q;
+  // The split's keys: the same cut as the CPU backend, over the keys some
+  // query row sees.
+  const KeyChunk chunk = kv_split_chunk(p.window.first_key(0, sq, len), p.window.last_key(sq - 1, sq, len), split,
+                                        p.splits);
+  const int k_begin = static_cast<int>(chunk.begin), k_end = static_cast<int>(chunk.end);
+  const int n_tiles = (k_end - k_begin + kBlockN - 1) / kBlockN;
+
+  // Row r of the group is query head h group + r / sq, token r % sq.
+  auto q_row = [&](int r) -> const T* {
+    const int g = r / sq, i = r % sq;
+    return static_cast<const T*>(p.q) + b * p.q_sb + i * p.q_ss + (static_cast<std::int64_t>(h) * p.group + g) * p.q_sh;
+  };
+  // Keys outside [k_begin, k_end) (past L, before or after the split) are
+  // zero rows never read: cache rows past L may hold anything, NaN
+  // included, and a masked key must not contribute even as 0 x NaN.
+  const T* k_base = static_cast<const T*>(p.k_cache);
+  const T* v_base = static_cast<const T*>(p.v_cache);
+  auto load_kv = [&](int n0, int buf) {
+    load_rows<kBlockN, kD, kThreads>(
+        sK + buf * kBlockN * kLd,
+        [&](int r) -> const T* { return n0 + r < k_end ? k_base + p.kl.offset(b, n0 + r, h) : nullptr; }, k_base, tid);
+    load_rows<kBlockN, kD, kThreads>(
+        sV + buf * kBlockN * kLd,
+        [&](int r) -> const T* { return n0 + r < k_end ? v_base + p.vl.offset(b, n0 + r, h) : nullptr; }, v_base, tid);
+  };
+
+  // This thread's two rows (halves) and the keys each sees in this split.
+  int lo[2], hi[2];
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int r = m0 + wm * 16 + tile::lane_row(lane, half);
+    lo[half] = 0;
+    hi[half] = -1;
+    if (r < p.rows) {
+      const int i = r % sq;
+      lo[half] = max(static_cast<int>(p.window.first_key(i, sq, len)), k_begin);
+      hi[half] = min(static_cast<int>(p.window.last_key(i, sq, len)), k_end - 1);
+    }
+  }
+
+  float o[kON];
+#pragma unroll
+  for (int c = 0; c < kON; ++c) o[c] = 0.f;
+  tile::OnlineSoftmax sm;
+  // With a positive scale the max of the raw scores is that of the scaled
+  // ones, so the scale goes into the exponent's FFMA; a negative or zero
+  // scale would flip the order, and then the scores are scaled first.
+  const bool prescale = !(p.scale_log2 > 0.f);
+  const float post_scale = prescale ? 1.f : p.scale_log2;
+
+  if (n_tiles > 0) {
+    const int rows_here = min(kBlockM, p.rows - m0);
+    load_rows<kBlockM, kD, kThreads>(sQ, [&](int r) -> const T* { return r < rows_here ? q_row(m0 + r) : nullptr; },
+                                     static_cast<const T*>(p.q), tid);
+    load_kv(k_begin, 0);
+    ptx::cp_async_commit();
+  }
+  std::uint32_t qf[kQInRegs ? kD / 16 : 1][4];
+  const T* sQw = sQ + wm * 16 * kLd;  // this warp's 16 rows
+
+  for (int step = 0; step < n_tiles; ++step) {
+    const int n0 = k_begin + step * kBlockN;
+    if (step + 1 < n_tiles) {
+      // Buffer (step + 1) % 2 was last read at step - 1, behind the barrier
+      // that ended it.
+      load_kv(n0 + kBlockN, (step + 1) & 1);
+      ptx::cp_async_commit();
+      ptx::cp_async_wait<1>();
+    } else {
+      ptx::cp_async_wait<0>();
+    }
+    __syncthreads();  // tile `step` (and Q) landed for every thread
+    const T* sKj = sK + (step & 1) * kBlockN * kLd + wn * kKW * kLd;
+    const T* sVj = sV + (step & 1) * kBlockN * kLd + wn * kKW * kLd;
+    if constexpr (kQInRegs) {
+      if (step == 0) {
+#pragma unroll
+        for (int kk = 0; kk < kD / 16; ++kk) lds_a(qf[kk], sQw + kk * 16, kLd, lane);
+      }
+    }
+
+    // S = Q K^T over this warp's kKW keys.
+    float s[kSN];
+#pragma unroll
+    for (int c = 0; c < kSN; ++c) s[c] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < kD / 16; ++kk) {
+      std::uint32_t a[4];
+      if constexpr (kQInRegs) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) a[i] = qf[kk][i];
+      } else {
+        lds_a(a, sQw + kk * 16, kLd, lane);
+      }
+#pragma unroll
+      for (int j = 0; j < kKW / 16; ++j) {
+        std::uint32_t bk[4];
+        lds_b(bk, sKj + j * 16 * kLd + kk * 16, kLd, lane);
+        ptx::mma_16816<T>(*reinterpret_cast<float(*)[4]>(&s[8 * j]), a, bk[0], bk[1]);
+        ptx::mma_16816<T>(*reinterpret_cast<float(*)[4]>(&s[8 * j + 4]), a, bk[2], bk[3]);
+      }
+    }
+
+    if (prescale) tile::scale(s, p.scale_log2);
+    const int col0 = n0 + wn * kKW + tile::lane_col(lane);
+#pragma unroll
+    for (int half = 0; half < 2; ++half) tile::mask_outside(s, half, col0, lo[half], hi[half]);
+    float corr[2];
+    sm.update(s, post_scale, corr);
+    tile::rescale_rows(o, corr);
+
+    // O += P V over the same keys: P's accumulator layout is the A layout.
+    std::uint32_t pa[kSN / 8][4];
+    tile::pack_a<T>(pa, s);
+#pragma unroll
+    for (int kk = 0; kk < kKW / 16; ++kk)
+#pragma unroll
+      for (int j = 0; j < kD / 16; ++j) {
+        std::uint32_t bv[4];
+        lds_b_trans(bv, sVj + kk * 16 * kLd + j * 16, kLd, lane);
+        ptx::mma_16816<T>(*reinterpret_cast<float(*)[4]>(&o[8 * j]), pa[kk], bv[0], bv[1]);
+        ptx::mma_16816<T>(*reinterpret_cast<float(*)[4]>(&o[8 * j + 4]), pa[kk], bv[2], bv[3]);
+      }
+    __syncthreads();  // every warp is done with this buffer before it is refilled
+  }
+
+  // Merge the warps' states of each row: M = max of the maxima (log2 units),
+  // sum = sum_w l_w 2^(m_w - M); warp w's O is scaled by 2^(m_w - M) / sum.
+  float total[2];
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    total[half] = sm.total_sum(half);
+    const int lr = wm * 16 + tile::lane_row(lane, half);
+    if ((lane & 3) == 0) {
+      sStat[(wn * kBlockM + lr) * 2] = sm.max_[half];
+      sStat[(wn * kBlockM + lr) * 2 + 1] = total[half];
+    }
+  }
+  __syncthreads();
+  // Merged max and sum of local row lr; sum 0: no visible key.
+  auto merged = [&](int lr, float& mx, float& sum) {
+    mx = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kWarpsN; ++w) mx = fmaxf(mx, sStat[(w * kBlockM + lr) * 2]);
+    sum = 0.f;
+    if (mx == -INFINITY) return;
+#pragma unroll
+    for (int w = 0; w < kWarpsN; ++w) {
+      const float mw = sStat[(w * kBlockM + lr) * 2];
+      if (mw != -INFINITY) sum += sStat[(w * kBlockM + lr) * 2 + 1] * ptx::exp2_approx(mw - mx);
+    }
+  };
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int lr = wm * 16 + tile::lane_row(lane, half);
+    float mx, sum;
+    merged(lr, mx, sum);
+    // A NaN sum stays NaN in O (a NaN the row attends to).
+    const float f = (sm.max_[half] == -INFINITY || sum == 0.f) ? 0.f : ptx::exp2_approx(sm.max_[half] - mx) / sum;
+    float* row = sO + (wn * kBlockM + lr) * kD + tile::lane_col(lane);
+#pragma unroll
+    for (int tt = 0; tt < kD / 8; ++tt)
+      *reinterpret_cast<float2*>(row + 8 * tt) =
+          make_float2(o[tile::acc_index(tt, half, 0)] * f, o[tile::acc_index(tt, half, 1)] * f);
+  }
+  __syncthreads();
+
+  // Sum the warps' rows and store 8 channels a thread: o (T) with one
+  // split, else the fp32 partial of this split.
+  constexpr int kChunks = kD / 8;
+  for (int c = tid; c < kBlockM * kChunks; c += kThreads) {
+    const int lr = c / kChunks, ch = c % kChunks, r = m0 + lr;
+    if (r >= p.rows) continue;
+    float v[8];
+#pragma unroll
+    for (int e = 0; e < 8; ++e) v[e] = 0.f;
+#pragma unroll
+    for (int w = 0; w < kWarpsN; ++w) {
+      const float* src = sO + (w * kBlockM + lr) * kD + ch * 8;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) v[e] += src[e];
+    }
+    float lse = 0.f;
+    if (ch == 0) {
+      float mx, sum;
+      merged(lr, mx, sum);
+      lse = sum == 0.f ? -INFINITY : mx * 0.69314718055994531f + logf(sum);
+    }
+    const int g = r / sq, i = r % sq, head = h * p.group + g;
+    if (p.splits == 1) {
+      uint4 packed;
+      packed.x = pack2<T>(v[0], v[1]);
+      packed.y = pack2<T>(v[2], v[3]);
+      packed.z = pack2<T>(v[4], v[5]);
+      packed.w = pack2<T>(v[6], v[7]);
+      *reinterpret_cast<uint4*>(static_cast<T*>(p.o) + b * p.o_sb + i * p.o_ss + head * p.o_sh + ch * 8) = packed;
+      if (ch == 0 && p.lse != nullptr) p.lse[(static_cast<std::int64_t>(b) * p.heads_q + head) * sq + i] = lse;
+    } else {
+      const std::int64_t prow = ((static_cast<std::int64_t>(b) * p.heads_k + h) * p.splits + split) * p.rows + r;
+      float4* dst = reinterpret_cast<float4*>(p.part_o + prow * kD + ch * 8);
+      dst[0] = make_float4(v[0], v[1], v[2], v[3]);
+      dst[1] = make_float4(v[4], v[5], v[6], v[7]);
+      if (ch == 0) p.part_lse[prow] = lse;
+    }
+  }
+}
+
+// o = sum_s w_s O_s / sum_s w_s, w_s = exp(lse_s - max lse), one warp per
+// output row. Splits with no key (lse -inf) weigh nothing; a row no split
+// saw gets O = 0, LSE = -inf.
+template <class T, int kD>
+__global__ void kv_combine_kernel(const __grid_constant__ KvParams p) {
+  constexpr int kPerLane = kD / 32;
+  static_assert(kPerLane * 32 == kD, "head_dim a multiple of 32");
+  const std::int64_t idx = (static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  const int lane = threadIdx.x & 31;
+  const int sq = p.seqlen_q;
+  if (idx >= static_cast<std::int64_t>(p.batch) * p.heads_q * sq) return;
+  const int i = static_cast<int>(idx % sq), head = static_cast<int>((idx / sq) % p.heads_q);
+  const int b = static_cast<int>(idx / (static_cast<std::int64_t>(sq) * p.heads_q));
+  const int h = head / p.group, r = (head % p.group) * sq + i;
+  const std::int64_t row0 = (static_cast<std::int64_t>(b) * p.heads_k + h) * p.splits * p.rows + r;
+  auto lse_of = [&](int s) { return p.part_lse[row0 + static_cast<std::int64_t>(s) * p.rows]; };
+
+  float mx = -INFINITY;
+  for (int s = lane; s < p.splits; s += 32) mx = fmaxf(mx, lse_of(s));
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+  float sum = 0.f;
+  if (mx != -INFINITY)
+    for (int s = lane; s < p.splits; s += 32) {
+      const float ls = lse_of(s);
+      if (ls != -INFINITY) sum += expf(ls - mx);
+    }
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+
+  float acc[kPerLane];
+#pragma unroll
+  for (int k = 0; k < kPerLane; ++k) acc[k] = 0.f;
+  if (mx != -INFINITY) {
+    for (int s = 0; s < p.splits; ++s) {
+      const float ls = lse_of(s);
+      if (ls == -INFINITY) continue;
+      const float w = expf(ls - mx) / sum;
+      const float* po = p.part_o + (row0 + static_cast<std::int64_t>(s) * p.rows) * kD;
+#pragma unroll
+      for (int k = 0; k < kPerLane; ++k) acc[k] += w * po[lane + 32 * k];
+    }
+  }
+  T* out = static_cast<T*>(p.o) + b * p.o_sb + i * p.o_ss + head * p.o_sh;
+#pragma unroll
+  for (int k = 0; k < kPerLane; ++k) out[lane + 32 * k] = from_float<T>(acc[k]);
+  if (lane == 0 && p.lse != nullptr) p.lse[idx] = mx == -INFINITY ? -INFINITY : mx + logf(sum);
+}
+
+template <class T, int kD, int kBlockN, int kWarpsN>
+void launch_kv_attention(const KvParams& p, cudaStream_t stream) {
+  constexpr int kBlockM = 16 * (4 / kWarpsN);
+  auto kernel = kv_attention_kernel<T, kD, kBlockN, kWarpsN>;
+  const int smem = (kBlockM + 4 * kBlockN) * (kD + kPad) * static_cast<int>(sizeof(T)) +
+                   kWarpsN * kBlockM * 2 * static_cast<int>(sizeof(float));
+  set_max_dynamic_smem(kernel, smem, "cudaFuncSetAttribute(kvcache attention)");
+  const int m_tiles = (p.rows + kBlockM - 1) / kBlockM;
+  const dim3 grid(static_cast<unsigned>(p.heads_k * m_tiles * p.splits), static_cast<unsigned>(p.batch));
+  kernel<<<grid, 128, smem, stream>>>(p);
+  check(cudaGetLastError(), "kvcache attention kernel launch");
+}
+
+template <class T, int kD>
+void launch_kvcache(const KvParams& p, cudaStream_t stream) {
+  static_assert(kv_tile(kD).head_dim == kD, "head_dim missing from kKvTiles");
+  if (p.batch == 0) return;
+  const std::int64_t kv_items = p.k_new != nullptr ? static_cast<std::int64_t>(p.batch) * p.seqlen_new * p.heads_k : 0;
+  const std::int64_t q_items = p.rotary_dim > 0 ? static_cast<std::int64_t>(p.batch) * p.seqlen_q * p.heads_q : 0;
+  if (kv_items + q_items > 0) {
+    kv_append_kernel<T><<<static_cast<unsigned>(kv_items + q_items), kD / 2, 0, stream>>>(p);
+    check(cudaGetLastError(), "kvcache append kernel launch");
+  }
+  if (p.seqlen_q == 0) return;
+  if (p.rows <= 16) launch_kv_attention<T, kD, 64, 4>(p, stream);
+  else launch_kv_attention<T, kD, kv_tile(kD).block_n, 1>(p, stream);
+  if (p.splits > 1) {
+    const std::int64_t warps = static_cast<std::int64_t>(p.batch) * p.heads_q * p.seqlen_q;
+    kv_combine_kernel<T, kD><<<static_cast<unsigned>((warps + 3) / 4), 128, 0, stream>>>(p);
+    check(cudaGetLastError(), "kvcache combine kernel launch");
+  }
+}
+
+}  // namespace flashattn::detail::sm80
