@@ -75,6 +75,7 @@
 #pragma once
 
 #include <cmath>
+#include <type_traits>
 
 #include "../dispatch.h"
 #include "../ptx/ptx.cuh"
@@ -124,7 +125,9 @@ struct Smem {
   static constexpr int kDSt = kDO + kStages * kQT;  // dS^T buffer b at kDSt + b kDS
   static constexpr int kPt = kDSt + kDsBufs * kDS;   // P^T buffer b at kPt + b kDS (split dims)
   static constexpr int kRows = kPt + kPtBufs * kDS;  // float lse2[kStages][64], then dsum[kStages][64]
-  static constexpr int kBars = kRows + 2 * kStages * kBlockM * 4;
+  // int large[kStages]: some row of the stage has |LSE log2 e| >= 2^8 (probs_and_grads)
+  static constexpr int kFlags = kRows + 2 * kStages * kBlockM * 4;
+  static constexpr int kBars = kFlags + (kStages * 4 + 7) / 8 * 8;
   static constexpr int kBytes = kBars + (1 + 3 * kStages) * 8;  // kv_full, q_full[], do_full[], empty[]
   static constexpr int kAlloc = kBytes + 1024;   // slack to align the base
   static_assert(kKV % 1024 == 0 && kQT % 1024 == 0 && kDS % 1024 == 0, "tiles must be whole swizzle atoms");
@@ -255,7 +258,7 @@ template <int kCols, bool kDropout>
 __device__ __forceinline__ void probs_and_grads(float (&st)[kCols / 2], float (&dpt)[kCols / 2], const Params& p,
                                                 const SeqInfo& seq, const float* lse_s, const float* dsum_s,
                                                 int m_first, int j_first, int col_in_tile, bool need_mask,
-                                                bool window, std::uint32_t bh) {
+                                                bool window, std::uint32_t bh, bool large) {
   // Dropout keep bits (bit 4 tt + 2 half + e, as st), while S^T and
   // dP^T are on the tensor cores (they depend only on indices). One
   // Philox call covers 4 of this thread's elements: query rows i, i + 8
@@ -289,22 +292,18 @@ __device__ __forceinline__ void probs_and_grads(float (&st)[kCols / 2], float (&
 #pragma unroll
   for (int tt = 0; tt < kCols / 8; ++tt)
     lse_c[tt] = *reinterpret_cast<const float2*>(lse_s + 8 * tt + col_in_tile);
-  // P <= 1 (the true value is): the saved LSE is rounded, to a few ulps
-  // of its own size, and at logits of 1e6 and more that rounding alone
-  // makes 2^(S - LSE) far larger than 1. The clamp costs an instruction an
-  // element, so the unmasked tiles take it only where some row's LSE is
-  // that large (|LSE log2 e| >= 2^8, where an ulp is 2^-15; never in
-  // ordinary training).
-  bool large = false;
-#pragma unroll
-  for (int tt = 0; tt < kCols / 8; ++tt)
-    large |= (fabsf(lse_c[tt].x) >= 256.f && lse_c[tt].x != INFINITY) ||
-             (fabsf(lse_c[tt].y) >= 256.f && lse_c[tt].y != INFINITY);
   x::wgmma_wait<1>();
   x::fence_operands(st);
   // Two loops, not one with the mask test inside: ptxas kept a branch
   // and a select per element in the unmasked tiles (4 issue slots each).
-  if (!need_mask && !large) {
+  // P <= 1, as the true value is: the saved LSE is rounded to a few ulps
+  // of its own size, and at logits of 1e6 and more that rounding alone
+  // makes 2^(S - LSE) far larger than 1. The bound costs an instruction an
+  // element, so only the tiles of a stage the producer flagged as large
+  // (some row's |LSE log2 e| >= 2^8, where an ulp is 2^-15; never in
+  // ordinary training) take it, through the masked loop (the callers
+  // pass need_mask for them). min_nan: a NaN stays NaN.
+  if (!need_mask) {
 #pragma unroll
     for (int tt = 0; tt < kCols / 8; ++tt) {
       const float2 l2 = lse_c[tt];
@@ -313,21 +312,26 @@ __device__ __forceinline__ void probs_and_grads(float (&st)[kCols / 2], float (&
         st[4 * tt + q] = ptx::exp2_approx(st[4 * tt + q] * p.scale_log2 - ((q & 1) ? l2.y : l2.x));
     }
   } else {
+    auto masked = [&](auto bounded) {
 #pragma unroll
-    for (int tt = 0; tt < kCols / 8; ++tt) {
-      const float2 l2 = lse_c[tt];
+      for (int tt = 0; tt < kCols / 8; ++tt) {
+        const float2 l2 = lse_c[tt];
 #pragma unroll
-      for (int half = 0; half < 2; ++half)
+        for (int half = 0; half < 2; ++half)
 #pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          float& v = st[4 * tt + 2 * half + e];
-          const float pe = ptx::exp2_approx(ptx::min_nan(v * p.scale_log2 - (e ? l2.y : l2.x), 0.f));
-          const int i = m_first + 8 * tt + col_in_tile + e, j = j_first + 8 * half;
-          const bool visible =
-              !need_mask || (i < seq.sq && j < seq.sk && (!window || p.window.visible(i, j, seq.sq, seq.sk)));
-          v = visible ? pe : 0.f;
-        }
-    }
+          for (int e = 0; e < 2; ++e) {
+            float& v = st[4 * tt + 2 * half + e];
+            float x = v * p.scale_log2 - (e ? l2.y : l2.x);
+            if constexpr (decltype(bounded)::value) x = ptx::min_nan(x, 0.f);
+            const float pe = ptx::exp2_approx(x);
+            const int i = m_first + 8 * tt + col_in_tile + e, j = j_first + 8 * half;
+            const bool visible = i < seq.sq && j < seq.sk && (!window || p.window.visible(i, j, seq.sq, seq.sk));
+            v = visible ? pe : 0.f;
+          }
+      }
+    };
+    if (large) masked(std::true_type{});
+    else masked(std::false_type{});
   }
   // dS^T = P^T (dP^T - D), in place in dpt. With dropout, dP^T is the
   // gradient of the dropped P_d = P Z / (1 - p), so dP^T is first taken
@@ -453,6 +457,7 @@ __device__ __forceinline__ void consume_split_dims(const Params& p, const SeqInf
   const int n_last = min(n0 + kBlockN, seq.sk) - 1;
   const float* lse_rows = reinterpret_cast<const float*>(smem + L::kRows);
   const float* dsum_rows = lse_rows + kStages * kBlockM;
+  const int* large_rows = reinterpret_cast<const int*>(smem + L::kFlags);
   const BwdPipes<kStages> pipes(base + L::kBars);
 
   float dk[kHalfD / 2], dv[kHalfD / 2];
@@ -497,9 +502,10 @@ __device__ __forceinline__ void consume_split_dims(const Params& p, const SeqInf
     // (4w + tt) ^ (row % 8) -- the 128B swizzle the descriptors undo. A
     // warp's store of one (tt, half) covers 8 rows in 8 distinct chunks:
     // all 32 banks.
+    const bool large = large_rows[s] != 0;
     probs_and_grads<kQCols, kDropout>(st, dpt, p, seq, lse_rows + s * kBlockM + w * kQCols,
                                       dsum_rows + s * kBlockM + w * kQCols, m0 + w * kQCols, n0 + key_row0,
-                                      col_in_tile, need_mask, window, bh);
+                                      col_in_tile, need_mask || large, window, bh, large);
     const int buf = step % L::kDsBufs;
     unsigned char* pt_s = smem + L::kPt + buf * L::kDS;
     unsigned char* ds_s = smem + L::kDSt + buf * L::kDS;
@@ -569,6 +575,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   const BwdPipes<kStages> pipes(base + L::kBars);
   float* lse_rows = reinterpret_cast<float*>(smem + L::kRows);        // [stage][64], LSE * log2(e)
   float* dsum_rows = lse_rows + kStages * kBlockM;                          // [stage][64], D
+  int* large_rows = reinterpret_cast<int*>(smem + L::kFlags);               // [stage]: a row's |LSE log2 e| >= 2^8
 
   const int tid = threadIdx.x;
   const int b = blockIdx.z, h = blockIdx.y, n0 = blockIdx.x * kBlockN;
@@ -651,6 +658,9 @@ __global__ void __launch_bounds__(kThreads, 1)
         // .release.cta); the consumers' try_wait acquires them.
         lse_rows[s * kBlockM + lane] = lse2[0];
         lse_rows[s * kBlockM + lane + 32] = lse2[1];
+        const bool large = __any_sync(0xffffffffu, (fabsf(lse2[0]) >= 256.f && lse2[0] != INFINITY) ||
+                                                       (fabsf(lse2[1]) >= 256.f && lse2[1] != INFINITY));
+        if (lane == 0) large_rows[s] = large ? 1 : 0;
         x::mbar_arrive(pipes.q.full(st_state));
         dsum_rows[s * kBlockM + lane] = dd[0];
         dsum_rows[s * kBlockM + lane + 32] = dd[1];
@@ -812,8 +822,9 @@ __global__ void __launch_bounds__(kThreads, 1)
         turn_pass();
 
         // ---- E1, while the other consumer's G2 is on the tensor cores.
+        const bool large = large_rows[s] != 0;
         probs_and_grads<kBlockM, kDropout>(st, dpt, p, seq, lse_rows + s * kBlockM, dsum_rows + s * kBlockM, m0,
-                                           n0 + key_row0, col_in_tile, need_mask, window, bh);
+                                           n0 + key_row0, col_in_tile, need_mask || large, window, bh, large);
 
         // P^T (P_d^T with dropout) and dS^T to 16 bits, already in the A-fragment layout of the
         // k16 slice kk (queries 16 kk..16 kk + 15): a[0] rows r, a[1] rows

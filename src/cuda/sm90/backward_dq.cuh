@@ -47,6 +47,7 @@
 #pragma once
 
 #include <cmath>
+#include <type_traits>
 
 #include "../dispatch.h"
 #include "../ptx/ptx.cuh"
@@ -222,11 +223,12 @@ __global__ void __launch_bounds__(kThreads, 1)
         dsum[half] = dsum_rows[row0 + 8 * half];
       }
     }
-    // P <= 1 (as in the one-sweep kernel's probs_and_grads): clamped in
-    // the unmasked tiles only where a row's LSE is large.
+    // P <= 1 (as in the one-sweep kernel's probs_and_grads), through the
+    // masked loop, where some row of the warp has |LSE log2 e| >= 2^8.
     bool large = false;
 #pragma unroll
     for (int half = 0; half < 2; ++half) large |= fabsf(lse2[half]) >= 256.f && lse2[half] != INFINITY;
+    large = __any_sync(0xffffffffu, large);
     const std::uint32_t sQ = base + L::kQ, sdO = base + L::kDO;
 
     for (PipelineState<kStages> kv; kv.count < n_steps; ++kv) {
@@ -292,21 +294,27 @@ __global__ void __launch_bounds__(kThreads, 1)
         for (int i = 0; i < kKeys / 2; ++i)
           st[i] = ptx::exp2_approx(st[i] * p.scale_log2 - lse2[(i >> 1) & 1]);
       } else {
+        auto masked = [&](auto bounded) {
 #pragma unroll
-        for (int tt = 0; tt < kKeys / 8; ++tt)
+          for (int tt = 0; tt < kKeys / 8; ++tt)
 #pragma unroll
-          for (int half = 0; half < 2; ++half)
+            for (int half = 0; half < 2; ++half)
 #pragma unroll
-            for (int e = 0; e < 2; ++e) {
-              float& v = st[4 * tt + 2 * half + e];
-              const float pe = ptx::exp2_approx(ptx::min_nan(v * p.scale_log2 - lse2[half], 0.f));
-              const int i = m0 + row0 + 8 * half, j = key0 + 8 * tt + col_in_tile + e;
-              // kt.window: the rule applies (dense, or a partial block; a
-              // full block shows every element of the sequence).
-              const bool visible = !kt.need_mask || (i < seq.sq && j < seq.sk &&
-                                                     (!kt.window || p.window.visible(i, j, seq.sq, seq.sk)));
-              v = visible ? pe : 0.f;
-            }
+              for (int e = 0; e < 2; ++e) {
+                float& v = st[4 * tt + 2 * half + e];
+                float x = v * p.scale_log2 - lse2[half];
+                if constexpr (decltype(bounded)::value) x = ptx::min_nan(x, 0.f);
+                const float pe = ptx::exp2_approx(x);
+                const int i = m0 + row0 + 8 * half, j = key0 + 8 * tt + col_in_tile + e;
+                // kt.window: the rule applies (dense, or a partial block; a
+                // full block shows every element of the sequence).
+                const bool visible =
+                    i < seq.sq && j < seq.sk && (!kt.window || p.window.visible(i, j, seq.sq, seq.sk));
+                v = visible ? pe : 0.f;
+              }
+        };
+        if (large) masked(std::true_type{});
+        else masked(std::false_type{});
       }
       x::wgmma_wait<0>();
       x::fence_operands(dpt);
