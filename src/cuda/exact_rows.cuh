@@ -166,7 +166,7 @@ __device__ __noinline__ void forward_row(const Params& p, const SeqInfo& s, int 
     m = mx;
     l = l * corr + pe;
     // A dropped probability still multiplies its value: 0 x NaN is NaN.
-    const float pk = (!p.has_dropout || p.dropout.keep(bh, i, j)) ? pe : 0.f;
+    const float pk = pe * ((!p.has_dropout || p.dropout.keep(bh, i, j)) ? 1.f : 0.f);
 #pragma unroll
     for (int u = 0; u < kCols<kD>; ++u) o[u] = o[u] * corr + pk * v[u];
   });
@@ -197,7 +197,7 @@ __device__ __noinline__ void dq_row(const Params& p, const SeqInfo& s, int b, in
     const float sc = warp_sum(dot_cols<kD>(q, k)), dp = warp_sum(dot_cols<kD>(d_o, v));
     const float pe = backward_prob(sc * p.scale_log2, lse2);
     const bool kept = !p.has_dropout || p.dropout.keep(bh, i, j);
-    const float ds = pe * ((kept ? dp * p.keep_scale : 0.f) - dd);
+    const float ds = pe * (dp * (kept ? p.keep_scale : 0.f) - dd);
 #pragma unroll
     for (int u = 0; u < kCols<kD>; ++u) dq[u] = fmaf(ds, k[u], dq[u]);
   });
@@ -226,8 +226,8 @@ __device__ __noinline__ void dkdv_row(const Params& p, const SeqInfo& s, int b, 
     const float sc = warp_sum(dot_cols<kD>(q, k)), dp = warp_sum(dot_cols<kD>(d_o, v));
     const float pe = backward_prob(sc * p.scale_log2, saved_lse2(p, r));
     const bool kept = !p.has_dropout || p.dropout.keep(bh, i, j);
-    const float pk = kept ? pe * p.keep_scale : 0.f;
-    const float ds = pe * ((kept ? dp * p.keep_scale : 0.f) - p.dsum[r]);
+    const float pk = pe * (kept ? p.keep_scale : 0.f);
+    const float ds = pe * (dp * (kept ? p.keep_scale : 0.f) - p.dsum[r]);
 #pragma unroll
     for (int u = 0; u < kCols<kD>; ++u) {
       dv[u] = fmaf(pk, d_o[u], dv[u]);

@@ -127,8 +127,8 @@ __device__ __forceinline__ void bwd_scores(const Params& p, const SeqInfo& seq, 
           const float pe =
               visible ? ptx::exp2_approx(ptx::min_nan(s[mi][t][2 * half + e] * p.scale_log2 - sLse[q_local], 0.f)) : 0.f;
           const bool keep = (keep_bits >> ((mi * (kQC / 8) + t) * 4 + 2 * half + e)) & 1u;
-          pv[e] = keep ? pe * ks : 0.f;
-          dsv[e] = pe * ((keep ? dp[mi][t][2 * half + e] * ks : 0.f) - sDsum[q_local]);
+          pv[e] = pe * (keep ? ks : 0.f);  // times 0, not 0: a NaN P stays NaN
+          dsv[e] = pe * (dp[mi][t][2 * half + e] * (keep ? ks : 0.f) - sDsum[q_local]);
         }
         const int off = key_local * S::kLdS + cg * kQC + t * 8 + 2 * (lane & 3);
         *reinterpret_cast<std::uint32_t*>(sPt + off) = pack2<T>(pv[0], pv[1]);

@@ -344,7 +344,7 @@ __device__ __forceinline__ void probs_and_grads(float (&st)[kCols / 2], float (&
   x::fence_operands(dpt);
   if constexpr (kDropout) {
 #pragma unroll
-    for (int i = 0; i < kCols / 2; ++i) dpt[i] = ((keep_bits >> i) & 1u) ? dpt[i] * p.keep_scale : 0.f;
+    for (int i = 0; i < kCols / 2; ++i) dpt[i] *= ((keep_bits >> i) & 1u) ? p.keep_scale : 0.f;
   }
 #pragma unroll
   for (int tt = 0; tt < kCols / 8; ++tt) {
@@ -358,7 +358,7 @@ __device__ __forceinline__ void probs_and_grads(float (&st)[kCols / 2], float (&
 
   if constexpr (kDropout) {
 #pragma unroll
-    for (int i = 0; i < kCols / 2; ++i) st[i] = ((keep_bits >> i) & 1u) ? st[i] * p.keep_scale : 0.f;
+    for (int i = 0; i < kCols / 2; ++i) st[i] *= ((keep_bits >> i) & 1u) ? p.keep_scale : 0.f;
   }
 }
 

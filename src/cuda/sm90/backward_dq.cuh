@@ -325,7 +325,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
       for (int i = 0; i < kKeys / 2; ++i) {
         float g = dpt[i];
-        if constexpr (kDropout) g = ((keep_bits >> i) & 1u) ? g * p.keep_scale : 0.f;
+        if constexpr (kDropout) g *= ((keep_bits >> i) & 1u) ? p.keep_scale : 0.f;
         dpt[i] = st[i] * (g - dsum[(i >> 1) & 1]);
       }
       // dS to buffer step % 2: row = query (128 bytes of 64 keys), this
