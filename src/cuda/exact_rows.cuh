@@ -129,6 +129,11 @@ __device__ __forceinline__ void for_rows_of_key(const Params& p, const SeqInfo& 
   }
 }
 
+// In the backward below, a score of -inf (an attended product that
+// overflowed) has P = 0 and dS = 0 by selection, whatever its row (as the
+// float64 reference defines it: 0 x (dP - D) would be NaN when dP or D
+// is); P and dS then still multiply dO, Q and K (0 x inf is NaN there).
+
 // The backward's probability of a score in log2 units against the row's
 // saved LSE (times log2 e; +inf for an empty row): at most 1, as the true
 // value is (the saved LSE is rounded, and at logits of 1e6 and more its
@@ -197,7 +202,7 @@ __device__ __noinline__ void dq_row(const Params& p, const SeqInfo& s, int b, in
     const float sc = warp_sum(dot_cols<kD>(q, k)), dp = warp_sum(dot_cols<kD>(d_o, v));
     const float pe = backward_prob(sc * p.scale_log2, lse2);
     const bool kept = !p.has_dropout || p.dropout.keep(bh, i, j);
-    const float ds = pe * (dp * (kept ? p.keep_scale : 0.f) - dd);
+    const float ds = sc == -INFINITY ? 0.f : pe * (dp * (kept ? p.keep_scale : 0.f) - dd);
 #pragma unroll
     for (int u = 0; u < kCols<kD>; ++u) dq[u] = fmaf(ds, k[u], dq[u]);
   });
@@ -227,7 +232,7 @@ __device__ __noinline__ void dkdv_row(const Params& p, const SeqInfo& s, int b, 
     const float pe = backward_prob(sc * p.scale_log2, saved_lse2(p, r));
     const bool kept = !p.has_dropout || p.dropout.keep(bh, i, j);
     const float pk = pe * (kept ? p.keep_scale : 0.f);
-    const float ds = pe * (dp * (kept ? p.keep_scale : 0.f) - p.dsum[r]);
+    const float ds = sc == -INFINITY ? 0.f : pe * (dp * (kept ? p.keep_scale : 0.f) - p.dsum[r]);
 #pragma unroll
     for (int u = 0; u < kCols<kD>; ++u) {
       dv[u] = fmaf(pk, d_o[u], dv[u]);
