@@ -205,12 +205,12 @@ __device__ __forceinline__ std::uint32_t dropout_bh(const Params& p, int b, int 
 
 enum BlockState : int { kSkip = 0, kPartial = 1, kFull = 2 };
 
-__device__ __forceinline__ std::int64_t mask_row(const Params& p, int b, int h, int qb) {
+__host__ __device__ __forceinline__ std::int64_t mask_row(const Params& p, int b, int h, int qb) {
   const int bb = p.bm_batch == 1 ? 0 : b, hh = p.bm_heads == 1 ? 0 : h;
   return (static_cast<std::int64_t>(bb) * p.bm_heads + hh) * p.bm_nqb + qb;
 }
 
-__device__ __forceinline__ int clamp_count(int c, int n) { return c < 0 ? 0 : (c > n ? n : c); }
+__host__ __device__ __forceinline__ int clamp_count(int c, int n) { return c < 0 ? 0 : (c > n ? n : c); }
 
 // True when every (i, j) of rows [m0, m_last] x cols [n0, n_last] passes the
 // window rule: first_key grows with i and last_key too, so the corners decide.

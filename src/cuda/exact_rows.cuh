@@ -73,8 +73,11 @@ __device__ __forceinline__ const T* row_ptr(const void* base, std::int64_t sb, s
 // blocks (the window applying inside partial blocks only), clipped to the
 // sequence. An index outside [0, num_k_blocks) is skipped, as the fast
 // kernels treat it as a tile past the sequence.
+// (Host callable too: tests/cuda_host checks both enumerations against the
+// mask rule element by element, without a GPU.)
 template <class F>
-__device__ __forceinline__ void for_keys_of_row(const Params& p, const SeqInfo& s, int b, int h, int i, F&& f) {
+__host__ __device__ __forceinline__ void for_keys_of_row(const Params& p, const SeqInfo& s, int b, int h, int i,
+                                                         F&& f) {
   const std::int64_t lo = p.window.first_key(i, s.sq, s.sk), hi = p.window.last_key(i, s.sq, s.sk);
   if (!p.is_sparse()) {
     for (std::int64_t j = lo; j <= hi; ++j) f(static_cast<int>(j));
@@ -105,7 +108,8 @@ __device__ __forceinline__ void for_keys_of_row(const Params& p, const SeqInfo& 
 // lists hold j's block (the transposed lists), the window applying inside
 // partial blocks only.
 template <class F>
-__device__ __forceinline__ void for_rows_of_key(const Params& p, const SeqInfo& s, int b, int h, int j, F&& f) {
+__host__ __device__ __forceinline__ void for_rows_of_key(const Params& p, const SeqInfo& s, int b, int h, int j,
+                                                         F&& f) {
   const std::int64_t shift = static_cast<std::int64_t>(s.sk) - s.sq;
   std::int64_t lo = 0, hi = s.sq - 1;  // rows whose window holds j
   if (p.window.right >= 0 && j - shift - p.window.right > lo) lo = j - shift - p.window.right;
