@@ -148,14 +148,14 @@ __device__ __forceinline__ std::uint32_t pack2<__nv_bfloat16>(float lo, float hi
   return *reinterpret_cast<std::uint32_t*>(&h);
 }
 
-__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+__host__ __device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
+__host__ __device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
 template <class T>
-__device__ __forceinline__ T from_float(float x);
+__host__ __device__ __forceinline__ T from_float(float x);
 template <>
-__device__ __forceinline__ __half from_float<__half>(float x) { return __float2half_rn(x); }
+__host__ __device__ __forceinline__ __half from_float<__half>(float x) { return __float2half_rn(x); }
 template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+__host__ __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
 
 // Rows of sequence b inside the tensors. Varlen offsets are read from the
 // device arrays and clamped to the tensors, so bad values (unchecked when
@@ -186,20 +186,20 @@ __device__ __forceinline__ SeqInfo resolve_seq(const Params& p, int b) {
 }
 
 // Index of query row i of (b, h) in lse / dsum (and, times head_dim, in dq_accum).
-__device__ __forceinline__ std::int64_t q_row(const Params& p, const SeqInfo& s, int b, int h, int i) {
+__host__ __device__ __forceinline__ std::int64_t q_row(const Params& p, const SeqInfo& s, int b, int h, int i) {
   return p.is_varlen() ? static_cast<std::int64_t>(h) * p.total_q + s.q_start + i
                        : (static_cast<std::int64_t>(b) * p.heads_q + h) * p.seqlen_q + i;
 }
 
 // Index of key row j of (b, query head h) in dk_accum / dv_accum (times head_dim).
-__device__ __forceinline__ std::int64_t kv_row(const Params& p, const SeqInfo& s, int b, int h, int j) {
+__host__ __device__ __forceinline__ std::int64_t kv_row(const Params& p, const SeqInfo& s, int b, int h, int j) {
   return p.is_varlen() ? static_cast<std::int64_t>(h) * p.total_k + s.k_start + j
                        : (static_cast<std::int64_t>(b) * p.heads_q + h) * p.seqlen_k + j;
 }
 
 // The dropout stream's (batch, head) word: batch * heads_q + head in 32-bit
 // unsigned arithmetic (validation keeps it below 2^32 when dropout is on).
-__device__ __forceinline__ std::uint32_t dropout_bh(const Params& p, int b, int h) {
+__host__ __device__ __forceinline__ std::uint32_t dropout_bh(const Params& p, int b, int h) {
   return static_cast<std::uint32_t>(b) * static_cast<std::uint32_t>(p.heads_q) + static_cast<std::uint32_t>(h);
 }
 

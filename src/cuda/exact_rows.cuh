@@ -35,35 +35,41 @@ namespace flashattn::detail::cuda::exact {
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.69314718055994531f;
 
-template <int kD>
-constexpr int kCols = (kD + 31) / 32;
+// kLanes: the lanes that split head_dim, 32 (a warp) in the kernels and 1
+// in the host tests (tests/cuda_host), where one thread plays the warp.
+template <int kD, int kLanes = 32>
+constexpr int kCols = (kD + kLanes - 1) / kLanes;
 
-__device__ __forceinline__ float warp_sum(float v) {
+template <int kLanes>
+__host__ __device__ __forceinline__ float warp_sum(float v) {
+  if constexpr (kLanes > 1) {
 #pragma unroll
-  for (int m = 16; m > 0; m >>= 1) v += __shfl_xor_sync(0xffffffffu, v, m);
+    for (int m = kLanes / 2; m > 0; m >>= 1) v += __shfl_xor_sync(0xffffffffu, v, m);
+  }
   return v;
 }
 
 // This lane's columns of a row of a 16-bit tensor, as floats (0 past kD).
-template <class T, int kD>
-__device__ __forceinline__ void load_cols(float (&x)[kCols<kD>], const T* row, int lane) {
+template <class T, int kD, int kLanes>
+__host__ __device__ __forceinline__ void load_cols(float (&x)[kCols<kD, kLanes>], const T* row, int lane) {
 #pragma unroll
-  for (int u = 0; u < kCols<kD>; ++u) {
-    const int c = lane + 32 * u;
+  for (int u = 0; u < kCols<kD, kLanes>; ++u) {
+    const int c = lane + kLanes * u;
     x[u] = c < kD ? to_float(row[c]) : 0.f;
   }
 }
 
-template <int kD>
-__device__ __forceinline__ float dot_cols(const float (&a)[kCols<kD>], const float (&b)[kCols<kD>]) {
+template <int kD, int kLanes>
+__host__ __device__ __forceinline__ float dot_cols(const float (&a)[kCols<kD, kLanes>],
+                                                   const float (&b)[kCols<kD, kLanes>]) {
   float s = 0.f;
 #pragma unroll
-  for (int u = 0; u < kCols<kD>; ++u) s = fmaf(a[u], b[u], s);
+  for (int u = 0; u < kCols<kD, kLanes>; ++u) s = fmaf(a[u], b[u], s);
   return s;
 }
 
 template <class T>
-__device__ __forceinline__ const T* row_ptr(const void* base, std::int64_t sb, std::int64_t ss, std::int64_t sh,
+__host__ __device__ __forceinline__ const T* row_ptr(const void* base, std::int64_t sb, std::int64_t ss, std::int64_t sh,
                                             int b, std::int64_t row, int h) {
   return static_cast<const T*>(base) + b * sb + row * ss + h * sh;
 }
@@ -135,40 +141,41 @@ __host__ __device__ __forceinline__ void for_rows_of_key(const Params& p, const 
 
 // In the backward below, a score of -inf (an attended product that
 // overflowed) has P = 0 and dS = 0 by selection, whatever its row (as the
-// float64 reference defines it: 0 x (dP - D) would be NaN when dP or D
-// is); P and dS then still multiply dO, Q and K (0 x inf is NaN there).
+// float64 reference defines it: 2^(-inf - LSE) is NaN when the row's LSE
+// is, and 0 x (dP - D) when dP or D is); P and dS then still multiply dO,
+// Q and K (0 x inf is NaN there).
 
 // The backward's probability of a score in log2 units against the row's
 // saved LSE (times log2 e; +inf for an empty row): at most 1, as the true
 // value is (the saved LSE is rounded, and at logits of 1e6 and more its
 // rounding alone would make P far larger than 1).
-__device__ __forceinline__ float backward_prob(float s2, float lse2) { return exp2f(ptx::min_nan(s2 - lse2, 0.f)); }
+__host__ __device__ __forceinline__ float backward_prob(float s2, float lse2) { return exp2f(ptx::min_nan(s2 - lse2, 0.f)); }
 
-__device__ __forceinline__ float saved_lse2(const Params& p, std::int64_t row) {
+__host__ __device__ __forceinline__ float saved_lse2(const Params& p, std::int64_t row) {
   const float l = p.lse[row];
   return l == -INFINITY ? INFINITY : l * kLog2e;
 }
 
 // Query row i of (b, query head h): o (this lane's columns, divided by the
 // row sum and times 1 / (1 - p)) and the LSE, as the forward defines them.
-template <class T, int kD>
-__device__ __noinline__ void forward_row(const Params& p, const SeqInfo& s, int b, int h, int i, int lane,
-                                         float (&o)[kCols<kD>], float& lse) {
+template <class T, int kD, int kLanes = 32>
+__host__ __device__ __noinline__ void forward_row(const Params& p, const SeqInfo& s, int b, int h, int i, int lane,
+                                                  float (&o)[kCols<kD, kLanes>], float& lse) {
   const int hk = h / p.group;
-  float q[kCols<kD>];
-  load_cols<T, kD>(q, row_ptr<T>(p.q, p.q_sb, p.q_ss, p.q_sh, b, s.q_start + i, h), lane);
+  float q[kCols<kD, kLanes>];
+  load_cols<T, kD, kLanes>(q, row_ptr<T>(p.q, p.q_sb, p.q_ss, p.q_sh, b, s.q_start + i, h), lane);
 #pragma unroll
-  for (int u = 0; u < kCols<kD>; ++u) {
+  for (int u = 0; u < kCols<kD, kLanes>; ++u) {
     q[u] *= p.scale_log2;
     o[u] = 0.f;
   }
   const std::uint32_t bh = dropout_bh(p, b, h);
   float m = -INFINITY, l = 0.f;
   for_keys_of_row(p, s, b, h, i, [&](int j) {
-    float k[kCols<kD>], v[kCols<kD>];
-    load_cols<T, kD>(k, row_ptr<T>(p.k, p.k_sb, p.k_ss, p.k_sh, b, s.k_start + j, hk), lane);
-    load_cols<T, kD>(v, row_ptr<T>(p.v, p.v_sb, p.v_ss, p.v_sh, b, s.k_start + j, hk), lane);
-    const float sc = warp_sum(dot_cols<kD>(q, k));
+    float k[kCols<kD, kLanes>], v[kCols<kD, kLanes>];
+    load_cols<T, kD, kLanes>(k, row_ptr<T>(p.k, p.k_sb, p.k_ss, p.k_sh, b, s.k_start + j, hk), lane);
+    load_cols<T, kD, kLanes>(v, row_ptr<T>(p.v, p.v_sb, p.v_ss, p.v_sh, b, s.k_start + j, hk), lane);
+    const float sc = warp_sum<kLanes>(dot_cols<kD, kLanes>(q, k));
     const float mx = fmaxf(m, sc);
     const float base = mx == -INFINITY ? 0.f : mx;  // nothing visible yet: exp2(-inf) is 0, not NaN
     const float corr = exp2f(m - base), pe = exp2f(sc - base);
@@ -177,74 +184,74 @@ __device__ __noinline__ void forward_row(const Params& p, const SeqInfo& s, int 
     // A dropped probability still multiplies its value: 0 x NaN is NaN.
     const float pk = pe * ((!p.has_dropout || p.dropout.keep(bh, i, j)) ? 1.f : 0.f);
 #pragma unroll
-    for (int u = 0; u < kCols<kD>; ++u) o[u] = o[u] * corr + pk * v[u];
+    for (int u = 0; u < kCols<kD, kLanes>; ++u) o[u] = o[u] * corr + pk * v[u];
   });
   const float inv = l == 0.f ? 0.f : p.keep_scale / l;
 #pragma unroll
-  for (int u = 0; u < kCols<kD>; ++u) o[u] *= inv;
+  for (int u = 0; u < kCols<kD, kLanes>; ++u) o[u] *= inv;
   lse = l == 0.f ? -INFINITY : m * kLn2 + logf(l);
 }
 
 // dQ of query row i of (b, query head h), this lane's columns, times the
 // softmax scale.
-template <class T, int kD>
-__device__ __noinline__ void dq_row(const Params& p, const SeqInfo& s, int b, int h, int i, int lane,
-                                    float (&dq)[kCols<kD>]) {
+template <class T, int kD, int kLanes = 32>
+__host__ __device__ __noinline__ void dq_row(const Params& p, const SeqInfo& s, int b, int h, int i, int lane,
+                                             float (&dq)[kCols<kD, kLanes>]) {
   const int hk = h / p.group;
   const std::int64_t r = q_row(p, s, b, h, i);
-  float q[kCols<kD>], d_o[kCols<kD>];
-  load_cols<T, kD>(q, row_ptr<T>(p.q, p.q_sb, p.q_ss, p.q_sh, b, s.q_start + i, h), lane);
-  load_cols<T, kD>(d_o, row_ptr<T>(p.dout, p.do_sb, p.do_ss, p.do_sh, b, s.q_start + i, h), lane);
+  float q[kCols<kD, kLanes>], d_o[kCols<kD, kLanes>];
+  load_cols<T, kD, kLanes>(q, row_ptr<T>(p.q, p.q_sb, p.q_ss, p.q_sh, b, s.q_start + i, h), lane);
+  load_cols<T, kD, kLanes>(d_o, row_ptr<T>(p.dout, p.do_sb, p.do_ss, p.do_sh, b, s.q_start + i, h), lane);
 #pragma unroll
-  for (int u = 0; u < kCols<kD>; ++u) dq[u] = 0.f;
+  for (int u = 0; u < kCols<kD, kLanes>; ++u) dq[u] = 0.f;
   const float lse2 = saved_lse2(p, r), dd = p.dsum[r];
   const std::uint32_t bh = dropout_bh(p, b, h);
   for_keys_of_row(p, s, b, h, i, [&](int j) {
-    float k[kCols<kD>], v[kCols<kD>];
-    load_cols<T, kD>(k, row_ptr<T>(p.k, p.k_sb, p.k_ss, p.k_sh, b, s.k_start + j, hk), lane);
-    load_cols<T, kD>(v, row_ptr<T>(p.v, p.v_sb, p.v_ss, p.v_sh, b, s.k_start + j, hk), lane);
-    const float sc = warp_sum(dot_cols<kD>(q, k)), dp = warp_sum(dot_cols<kD>(d_o, v));
-    const float pe = backward_prob(sc * p.scale_log2, lse2);
+    float k[kCols<kD, kLanes>], v[kCols<kD, kLanes>];
+    load_cols<T, kD, kLanes>(k, row_ptr<T>(p.k, p.k_sb, p.k_ss, p.k_sh, b, s.k_start + j, hk), lane);
+    load_cols<T, kD, kLanes>(v, row_ptr<T>(p.v, p.v_sb, p.v_ss, p.v_sh, b, s.k_start + j, hk), lane);
+    const float sc = warp_sum<kLanes>(dot_cols<kD, kLanes>(q, k)), dp = warp_sum<kLanes>(dot_cols<kD, kLanes>(d_o, v));
+    const float pe = sc == -INFINITY ? 0.f : backward_prob(sc * p.scale_log2, lse2);
     const bool kept = !p.has_dropout || p.dropout.keep(bh, i, j);
     const float ds = sc == -INFINITY ? 0.f : pe * (dp * (kept ? p.keep_scale : 0.f) - dd);
 #pragma unroll
-    for (int u = 0; u < kCols<kD>; ++u) dq[u] = fmaf(ds, k[u], dq[u]);
+    for (int u = 0; u < kCols<kD, kLanes>; ++u) dq[u] = fmaf(ds, k[u], dq[u]);
   });
 #pragma unroll
-  for (int u = 0; u < kCols<kD>; ++u) dq[u] *= p.scale;
+  for (int u = 0; u < kCols<kD, kLanes>; ++u) dq[u] *= p.scale;
 }
 
 // dK (times the softmax scale) and dV of key j from the rows of query head
 // h alone (under GQA the per-query-head parts that reduce_dkdv sums), this
 // lane's columns.
-template <class T, int kD>
-__device__ __noinline__ void dkdv_row(const Params& p, const SeqInfo& s, int b, int h, int j, int lane,
-                                      float (&dk)[kCols<kD>], float (&dv)[kCols<kD>]) {
+template <class T, int kD, int kLanes = 32>
+__host__ __device__ __noinline__ void dkdv_row(const Params& p, const SeqInfo& s, int b, int h, int j, int lane,
+                                               float (&dk)[kCols<kD, kLanes>], float (&dv)[kCols<kD, kLanes>]) {
   const int hk = h / p.group;
-  float k[kCols<kD>], v[kCols<kD>];
-  load_cols<T, kD>(k, row_ptr<T>(p.k, p.k_sb, p.k_ss, p.k_sh, b, s.k_start + j, hk), lane);
-  load_cols<T, kD>(v, row_ptr<T>(p.v, p.v_sb, p.v_ss, p.v_sh, b, s.k_start + j, hk), lane);
+  float k[kCols<kD, kLanes>], v[kCols<kD, kLanes>];
+  load_cols<T, kD, kLanes>(k, row_ptr<T>(p.k, p.k_sb, p.k_ss, p.k_sh, b, s.k_start + j, hk), lane);
+  load_cols<T, kD, kLanes>(v, row_ptr<T>(p.v, p.v_sb, p.v_ss, p.v_sh, b, s.k_start + j, hk), lane);
 #pragma unroll
-  for (int u = 0; u < kCols<kD>; ++u) dk[u] = dv[u] = 0.f;
+  for (int u = 0; u < kCols<kD, kLanes>; ++u) dk[u] = dv[u] = 0.f;
   const std::uint32_t bh = dropout_bh(p, b, h);
   for_rows_of_key(p, s, b, h, j, [&](int i) {
     const std::int64_t r = q_row(p, s, b, h, i);
-    float q[kCols<kD>], d_o[kCols<kD>];
-    load_cols<T, kD>(q, row_ptr<T>(p.q, p.q_sb, p.q_ss, p.q_sh, b, s.q_start + i, h), lane);
-    load_cols<T, kD>(d_o, row_ptr<T>(p.dout, p.do_sb, p.do_ss, p.do_sh, b, s.q_start + i, h), lane);
-    const float sc = warp_sum(dot_cols<kD>(q, k)), dp = warp_sum(dot_cols<kD>(d_o, v));
-    const float pe = backward_prob(sc * p.scale_log2, saved_lse2(p, r));
+    float q[kCols<kD, kLanes>], d_o[kCols<kD, kLanes>];
+    load_cols<T, kD, kLanes>(q, row_ptr<T>(p.q, p.q_sb, p.q_ss, p.q_sh, b, s.q_start + i, h), lane);
+    load_cols<T, kD, kLanes>(d_o, row_ptr<T>(p.dout, p.do_sb, p.do_ss, p.do_sh, b, s.q_start + i, h), lane);
+    const float sc = warp_sum<kLanes>(dot_cols<kD, kLanes>(q, k)), dp = warp_sum<kLanes>(dot_cols<kD, kLanes>(d_o, v));
+    const float pe = sc == -INFINITY ? 0.f : backward_prob(sc * p.scale_log2, saved_lse2(p, r));
     const bool kept = !p.has_dropout || p.dropout.keep(bh, i, j);
     const float pk = pe * (kept ? p.keep_scale : 0.f);
     const float ds = sc == -INFINITY ? 0.f : pe * (dp * (kept ? p.keep_scale : 0.f) - p.dsum[r]);
 #pragma unroll
-    for (int u = 0; u < kCols<kD>; ++u) {
+    for (int u = 0; u < kCols<kD, kLanes>; ++u) {
       dv[u] = fmaf(pk, d_o[u], dv[u]);
       dk[u] = fmaf(ds, q[u], dk[u]);
     }
   });
 #pragma unroll
-  for (int u = 0; u < kCols<kD>; ++u) dk[u] *= p.scale;
+  for (int u = 0; u < kCols<kD, kLanes>; ++u) dk[u] *= p.scale;
 }
 
 // Stores dK, dV of key j (query head h; columns [c_lo, c_hi) of this

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "cuda/exact_rows.cuh"
+#include "test_util.h"
 
 namespace {
 
@@ -134,6 +135,170 @@ TEST(ExactRowsHost, SparseEnumerationsMatchTheBlockLists) {
     p.bm_nkb = l.nkb;
     check(p, &l, sq, sk);
   }
+}
+
+// The slow path itself, one thread playing the warp (kLanes = 1): on
+// random problems with NaN / +-inf injected into Q, K, V and dO, every
+// row of O and LSE (forward_row), dQ (dq_row) and dK / dV (dkdv_row,
+// summed over the group as reduce_dkdv does) must have the float64
+// reference's class (finite, NaN, +inf, -inf) element by element, and
+// finite values close to it. The GPU kernels call these functions for the
+// rows their fast paths leave non-finite; the GPU check covers that part.
+int cls(double x) { return std::isnan(x) ? 1 : x == INFINITY ? 2 : x == -INFINITY ? 3 : 0; }
+
+int compare_classes(const std::vector<double>& got, const std::vector<double>& want, const char* name, double tol) {
+  int bad = 0;
+  for (std::size_t i = 0; i < got.size(); ++i) {
+    const int cg = cls(got[i]), cw = cls(want[i]);
+    const bool ok = cg == cw && (cg != 0 || std::abs(got[i] - want[i]) <= tol * (1 + std::abs(want[i])));
+    if (!ok && ++bad <= 3) ADD_FAILURE() << name << "[" << i << "]: got " << got[i] << ", want " << want[i];
+  }
+  return bad;
+}
+
+TEST(ExactRowsHost, SlowPathFollowsTheNaNRule) {
+  using T = __nv_bfloat16;
+  constexpr int kD = 64;
+  FA_SEEDED(seed);
+  std::mt19937_64 g(seed);
+  auto uni = [&](std::int64_t lo, std::int64_t hi) { return std::uniform_int_distribution<std::int64_t>(lo, hi)(g); };
+  const double nan = std::numeric_limits<double>::quiet_NaN(), inf = std::numeric_limits<double>::infinity();
+  int cases = 0;
+  for (int n = 0; n < 40; ++n) {
+    const int sq = static_cast<int>(uni(1, 80)), sk = static_cast<int>(uni(1, 80));
+    const int heads[][2] = {{2, 2}, {4, 2}, {4, 1}};
+    const int hq = heads[uni(0, 2)][0], hk = heads[n % 3][1] <= hq ? heads[n % 3][1] : 1;
+    const int group = hq % hk == 0 ? hq / hk : 1;
+    const int hkk = hq / group;
+    flashattn::Options opt;
+    const int kind = static_cast<int>(uni(0, 2));
+    if (kind == 1) opt.causal = true;
+    if (kind == 2) {
+      opt.window_left = uni(0, 40);
+      opt.window_right = uni(0, 40);
+    }
+    if (n % 3 == 2) {
+      opt.dropout_p = 0.2f;
+      opt.seed = static_cast<std::uint64_t>(uni(0, 1000));
+    }
+    SCOPED_TRACE(::testing::Message() << "sq " << sq << " sk " << sk << " hq " << hq << " hk " << hkk << " kind "
+                                      << kind << " dropout " << opt.dropout_p);
+    fa_test::HostTensor q(flashattn::DType::bf16, 1, sq, hq, kD), k(flashattn::DType::bf16, 1, sk, hkk, kD), v(flashattn::DType::bf16, 1, sk, hkk, kD),
+        dout(flashattn::DType::bf16, 1, sq, hq, kD);
+    q.buf.fill_uniform(seed + 4 * n);
+    k.buf.fill_uniform(seed + 4 * n + 1);
+    v.buf.fill_uniform(seed + 4 * n + 2);
+    dout.buf.fill_uniform(seed + 4 * n + 3);
+    fa_test::HostTensor* ts[4] = {&q, &k, &v, &dout};
+    std::ostringstream inj;
+    for (int m = static_cast<int>(uni(1, 3)); m > 0; --m) {
+      const int t = static_cast<int>(uni(0, 3));
+      const std::int64_t i = uni(0, ts[t]->buf.size() - 1);
+      const double val = uni(0, 2) == 0 ? nan : uni(0, 1) ? inf : -inf;
+      ts[t]->buf.set(i, val);
+      inj << " " << "qkvd"[t] << "[" << i << "]=" << val;
+    }
+    SCOPED_TRACE(inj.str());
+
+    // The float64 reference, on the same (bf16-rounded) values.
+    auto widen = [](const fa_test::HostTensor& x) {
+      fa_test::HostTensor w(flashattn::DType::f64, x.t.batch, x.t.seqlen, x.t.heads, x.t.head_dim);
+      for (std::int64_t i = 0; i < x.buf.size(); ++i) w.buf.set(i, x.buf.get(i));
+      return w;
+    };
+    fa_test::HostTensor q64 = widen(q), k64 = widen(k), v64 = widen(v), do64 = widen(dout);
+    fa_test::HostTensor o64(flashattn::DType::f64, 1, sq, hq, kD), dq64(flashattn::DType::f64, 1, sq, hq, kD),
+        dk64(flashattn::DType::f64, 1, sk, hkk, kD), dv64(flashattn::DType::f64, 1, sk, hkk, kD);
+    std::vector<float> lse_ref(static_cast<std::size_t>(hq) * sq);
+    flashattn::ForwardArgs fa;
+    fa.q = q64.t;
+    fa.k = k64.t;
+    fa.v = v64.t;
+    fa.o = o64.t;
+    fa.lse = lse_ref.data();
+    fa.options = opt;
+    flashattn::reference::forward(fa);
+    flashattn::BackwardArgs ba;
+    ba.q = q64.t;
+    ba.k = k64.t;
+    ba.v = v64.t;
+    ba.o = o64.t;
+    ba.dout = do64.t;
+    ba.lse = lse_ref.data();
+    ba.dq = dq64.t;
+    ba.dk = dk64.t;
+    ba.dv = dv64.t;
+    ba.options = opt;
+    flashattn::reference::backward(ba);
+
+    // The slow path, every row.
+    Params p;
+    p.q = q.buf.data();
+    p.k = k.buf.data();
+    p.v = v.buf.data();
+    p.dout = dout.buf.data();
+    p.q_ss = q.t.stride_seq, p.q_sh = q.t.stride_head;
+    p.k_ss = k.t.stride_seq, p.k_sh = k.t.stride_head;
+    p.v_ss = v.t.stride_seq, p.v_sh = v.t.stride_head;
+    p.do_ss = dout.t.stride_seq, p.do_sh = dout.t.stride_head;
+    p.batch = 1, p.heads_q = hq, p.heads_k = hkk, p.group = group, p.seqlen_q = sq, p.seqlen_k = sk;
+    p.scale = static_cast<float>(1.0 / std::sqrt(double(kD)));
+    p.scale_log2 = static_cast<float>(static_cast<double>(p.scale) * 1.4426950408889634);
+    if (opt.causal) p.window.right = 0;
+    if (kind == 2) p.window.left = opt.window_left, p.window.right = opt.window_right;
+    p.has_dropout = opt.dropout_p > 0.f;
+    p.keep_scale = static_cast<float>(1.0 / (1.0 - static_cast<double>(opt.dropout_p)));
+    p.dropout = flashattn::detail::DropoutStream::make(opt.seed, opt.offset, opt.dropout_p);
+    std::vector<float> lse(static_cast<std::size_t>(hq) * sq), dsum(lse.size());
+    p.lse = lse.data();
+    p.dsum = dsum.data();
+    SeqInfo s;
+    s.sq = sq;
+    s.sk = sk;
+    std::vector<double> o(static_cast<std::size_t>(sq) * hq * kD), dq(o.size()),
+        dk(static_cast<std::size_t>(sk) * hkk * kD, 0.0), dv(dk.size(), 0.0);
+    for (int h = 0; h < hq; ++h)
+      for (int i = 0; i < sq; ++i) {
+        float row[kD], l;
+        exact::forward_row<T, kD, 1>(p, s, 0, h, i, 0, row, l);
+        const std::int64_t r = flashattn::detail::cuda::q_row(p, s, 0, h, i);
+        lse[r] = l;
+        float dd = 0.f;  // D = rowsum(dO O), O rounded to the output dtype as the kernels store it
+        for (int c = 0; c < kD; ++c) {
+          const float oc = __bfloat162float(__float2bfloat16_rn(row[c]));
+          o[(static_cast<std::size_t>(i) * hq + h) * kD + c] = oc;
+          dd += oc * static_cast<float>(dout.buf.get((static_cast<std::int64_t>(i) * hq + h) * kD + c));
+        }
+        dsum[r] = dd;
+      }
+    for (int h = 0; h < hq; ++h)
+      for (int i = 0; i < sq; ++i) {
+        float row[kD];
+        exact::dq_row<T, kD, 1>(p, s, 0, h, i, 0, row);
+        for (int c = 0; c < kD; ++c) dq[(static_cast<std::size_t>(i) * hq + h) * kD + c] = row[c];
+      }
+    for (int hh = 0; hh < hkk; ++hh)
+      for (int j = 0; j < sk; ++j) {
+        float sk_[kD] = {}, sv_[kD] = {};
+        for (int gg = 0; gg < group; ++gg) {  // the group's query heads, in order (reduce_dkdv)
+          float rk[kD], rv[kD];
+          exact::dkdv_row<T, kD, 1>(p, s, 0, hh * group + gg, j, 0, rk, rv);
+          for (int c = 0; c < kD; ++c) sk_[c] += rk[c], sv_[c] += rv[c];
+        }
+        for (int c = 0; c < kD; ++c) {
+          dk[(static_cast<std::size_t>(j) * hkk + hh) * kD + c] = sk_[c];
+          dv[(static_cast<std::size_t>(j) * hkk + hh) * kD + c] = sv_[c];
+        }
+      }
+    compare_classes(o, o64.buf.to_double(), "o", 3e-2);
+    compare_classes(std::vector<double>(lse.begin(), lse.end()), std::vector<double>(lse_ref.begin(), lse_ref.end()),
+                    "lse", 1e-3);
+    compare_classes(dq, dq64.buf.to_double(), "dq", 5e-2);
+    compare_classes(dk, dk64.buf.to_double(), "dk", 5e-2);
+    compare_classes(dv, dv64.buf.to_double(), "dv", 5e-2);
+    ++cases;
+  }
+  std::printf("slow-path NaN/inf cases run: %d\n", cases);
 }
 
 }  // namespace

@@ -147,10 +147,11 @@ TEST_F(NumericsGpu, NanInfProperty) { nan_inf_property(false); }
 // backward's dK / dV then differ in class from the reference's (NaN where
 // it has a finite value or inf, and a finite value where it has NaN: 4 of
 // 48 cases on an H100 with the Hopper kernels, none with the sm80 ones);
-// the CPU backend agrees with the reference. The failures read like the
-// two slow-path cases fixed after that run (dS = 0 for a -inf score, whose
-// row's D is NaN; dropout multiplying a NaN P by 0): enable once a GPU
-// check at or after those fixes passes it.
+// the CPU backend agrees with the reference. Those were slow-path cases
+// (P and dS of a -inf score in a NaN row; dropout selecting 0 for a NaN
+// P), fixed since and checked against the reference on the CPU
+// (tests/cuda_host, ExactRowsHost.SlowPathFollowsTheNaNRule, inf in Q
+// included): enable once a GPU check passes it.
 TEST_F(NumericsGpu, DISABLED_InfQueryProperty) { nan_inf_property(true); }
 
 // Single cases spelled out: a NaN query row is NaN (not O = 0,

@@ -83,11 +83,16 @@ __device__ __forceinline__ void cp_async_wait() {
 }
 
 // min(x, y), NaN when either is NaN (fminf returns the other operand, so
-// fminf(NaN, 0) would turn a NaN score into probability 1).
-__device__ __forceinline__ float min_nan(float x, float y) {
+// fminf(NaN, 0) would turn a NaN score into probability 1). Host callable
+// for the host tests of the slow path (tests/cuda_host).
+__host__ __device__ __forceinline__ float min_nan(float x, float y) {
+#if defined(__CUDA_ARCH__)
   float r;
   asm("min.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(x), "f"(y));
   return r;
+#else
+  return x != x || y != y ? x + y : (x < y ? x : y);
+#endif
 }
 
 // 2^x on the special-function unit (one MUFU.EX2; exp2f adds range fixups
