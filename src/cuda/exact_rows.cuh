@@ -302,7 +302,7 @@ __device__ __forceinline__ void for_flagged_rows(const bool (&bad)[2], Fix&& fix
 // k-th 16-byte chunk (8 columns) of row r. Lane l reads row l / 2, every
 // other chunk.
 template <class T>
-__device__ __forceinline__ bool nonfinite2(std::uint32_t v) {
+__host__ __device__ __forceinline__ bool nonfinite2(std::uint32_t v) {
   constexpr std::uint32_t lo = std::is_same_v<T, __half> ? 0x7c00u : 0x7f80u, hi = lo << 16;
   return (v & lo) == lo || (v & hi) == hi;  // exponent all ones: inf or NaN
 }

@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstring>
 #include <random>
 #include <set>
 #include <vector>
@@ -135,6 +136,26 @@ TEST(ExactRowsHost, SparseEnumerationsMatchTheBlockLists) {
     p.bm_nkb = l.nkb;
     check(p, &l, sq, sk);
   }
+}
+
+// The forward's staging check: a pair of 16-bit values is flagged exactly
+// when one of them is NaN or inf, for every bit pattern of each half.
+template <class T>
+void check_nonfinite2() {
+  for (std::uint32_t a = 0; a < 65536; ++a) {
+    T x;
+    const auto bits = static_cast<std::uint16_t>(a);
+    std::memcpy(&x, &bits, 2);
+    const bool bad = !std::isfinite(flashattn::detail::cuda::to_float(x));
+    const std::uint32_t finite_other = 0x3c00u;  // 1.0 in f16, 1.0078 in bf16: finite either way
+    ASSERT_EQ(exact::nonfinite2<T>(a | finite_other << 16), bad) << std::hex << a << " low";
+    ASSERT_EQ(exact::nonfinite2<T>(a << 16 | finite_other), bad) << std::hex << a << " high";
+  }
+}
+
+TEST(ExactRowsHost, StagingCheckFlagsExactlyNanAndInf) {
+  check_nonfinite2<__half>();
+  check_nonfinite2<__nv_bfloat16>();
 }
 
 // The slow path itself, one thread playing the warp (kLanes = 1): on
