@@ -77,7 +77,7 @@ void forward(const ForwardArgs& args, int num_threads) {
   Context ctx;
   ctx.algorithm = Algorithm::standard;
   ctx.num_threads = num_threads;
-  const Problem p = detail::check_forward(args, ctx);
+  const Problem p = detail::check_forward(args, ctx, /*reference=*/true);
   detail::cpu_standard_forward(p, args, num_threads, /*float64=*/true);
 }
 

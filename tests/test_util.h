@@ -732,4 +732,174 @@ inline void expect_packed_qkv_flash_matches_reference(DType dtype, std::int64_t 
   EXPECT_LT(rel_error(p.dv.values(), want.dv), tol);
 }
 
+// ---------------------------------------------------------------- fp8 ---
+
+// Sequence of each row of a tensor: b for dense batches (rows of batch
+// index b), or the varlen sequence owning the row (-1: no sequence).
+inline std::int64_t fp8_sequence(std::int64_t tb, std::int64_t row, const std::vector<std::int32_t>* cu) {
+  if (!cu) return tb;
+  for (std::size_t b = 0; b + 1 < cu->size(); ++b)
+    if (row >= (*cu)[b] && row < (*cu)[b + 1]) return static_cast<std::int64_t>(b);
+  return -1;
+}
+
+// Quantises real values x into the e4m3 tensor t (same shape) as a user of
+// the FP8 API would: one descale per (sequence, KV head) (heads_k KV heads;
+// head h of x belongs to KV head h / (x.heads / heads_k)), mapping that
+// slice's largest magnitude to 448 / u with u random in [1, 2), so that
+// codes use most of the range but not always its top. Returns the
+// descales, [nseq, heads_k]. Rows of no sequence get the code of 0.
+inline std::vector<float> quantise_e4m3(const Dense& x, const Tensor& t, std::int64_t nseq, std::int64_t heads_k,
+                                        const std::vector<std::int32_t>* cu, std::uint64_t seed) {
+  const std::int64_t group = x.heads / heads_k;
+  std::vector<double> amax(static_cast<std::size_t>(nseq * heads_k), 0.0);
+  for (std::int64_t b = 0; b < x.batch; ++b)
+    for (std::int64_t s = 0; s < x.seqlen; ++s) {
+      const std::int64_t seq = fp8_sequence(b, s, cu);
+      if (seq < 0) continue;
+      for (std::int64_t h = 0; h < x.heads; ++h)
+        for (std::int64_t c = 0; c < x.head_dim; ++c) {
+          double& m = amax[static_cast<std::size_t>(seq * heads_k + h / group)];
+          m = std::max(m, std::abs(x.at(b, s, h, c)));
+        }
+    }
+  std::mt19937_64 gen(seed);
+  std::uniform_real_distribution<double> u(1.0, 2.0);
+  std::vector<float> descale(amax.size());
+  for (std::size_t i = 0; i < amax.size(); ++i)
+    descale[i] = amax[i] > 0 ? static_cast<float>(amax[i] * u(gen) / 448.0) : 1.0f;
+  auto* codes = static_cast<std::uint8_t*>(t.data);
+  for (std::int64_t b = 0; b < x.batch; ++b)
+    for (std::int64_t s = 0; s < x.seqlen; ++s) {
+      const std::int64_t seq = fp8_sequence(b, s, cu);
+      for (std::int64_t h = 0; h < x.heads; ++h)
+        for (std::int64_t c = 0; c < x.head_dim; ++c) {
+          const float ds = seq < 0 ? 1.0f : descale[static_cast<std::size_t>(seq * heads_k + h / group)];
+          codes[flashattn::detail::offset_of(t, b, s, h) + c] =
+              seq < 0 ? 0 : flashattn::to_e4m3(static_cast<float>(x.at(b, s, h, c) / ds));
+        }
+    }
+  return descale;
+}
+
+// The real values of an e4m3 tensor under the API's rule (flashattn.h,
+// ForwardArgs): code * descale[sequence, h / (heads / heads_k)] in double
+// (exact), null descale = 1; rows of no sequence read 0. The code is
+// decoded from the format's definition here, independently of the library.
+inline double e4m3_value(std::uint8_t code) {
+  const int e = (code >> 3) & 15, m = code & 7;
+  if (e == 15 && m == 7) return std::numeric_limits<double>::quiet_NaN();
+  const double mag = e == 0 ? std::ldexp(m, -9) : std::ldexp(8 + m, e - 10);
+  return (code & 0x80) ? -mag : mag;
+}
+
+inline Dense dequantise_e4m3(const Tensor& t, const float* descale, std::int64_t heads_k,
+                             const std::vector<std::int32_t>* cu = nullptr) {
+  Dense out(t.batch, t.seqlen, t.heads, t.head_dim);
+  const std::int64_t group = t.heads / heads_k;
+  const auto* codes = static_cast<const std::uint8_t*>(t.data);
+  for (std::int64_t b = 0; b < t.batch; ++b)
+    for (std::int64_t s = 0; s < t.seqlen; ++s) {
+      const std::int64_t seq = fp8_sequence(b, s, cu);
+      if (seq < 0) continue;
+      for (std::int64_t h = 0; h < t.heads; ++h) {
+        const double ds = descale ? descale[seq * heads_k + h / group] : 1.0;
+        for (std::int64_t c = 0; c < t.head_dim; ++c)
+          out.at(b, s, h, c) = e4m3_value(codes[flashattn::detail::offset_of(t, b, s, h) + c]) * ds;
+      }
+    }
+  return out;
+}
+
+// Uniform values in [-amp, amp) of the given shape.
+inline Dense uniform_dense(std::uint64_t seed, std::int64_t b, std::int64_t s, std::int64_t h, std::int64_t d,
+                           double amp) {
+  Dense x(b, s, h, d);
+  std::mt19937_64 gen(seed);
+  std::uniform_real_distribution<double> dist(-amp, amp);
+  for (double& v : x.x) v = dist(gen);
+  return x;
+}
+
+// An FP8 forward problem: e4m3 Q, K, V quantised from uniform real values
+// (per-(sequence, KV head) descales), a bf16 O and a float32 LSE, both
+// poisoned by poison(). With lens_q / lens_k the batch is varlen (tensors
+// of batch 1 holding the packed sequences).
+struct Fp8Problem {
+  std::int64_t batch = 1, sq = 1, sk = 1, hq = 1, hk = 1, d = 1;
+  std::optional<VarlenBuf> varlen;
+  HostTensor q, k, v, o;
+  std::vector<float> lse, q_descale, k_descale, v_descale;
+  flashattn::Options options;
+
+  Fp8Problem(std::int64_t b, std::int64_t sq_, std::int64_t sk_, std::int64_t hq_, std::int64_t hk_, std::int64_t d_)
+      : batch(b), sq(sq_), sk(sk_), hq(hq_), hk(hk_), d(d_) {
+    allocate(b, sq_, sk_);
+  }
+  // Varlen: sequences of the given lengths packed into batch-1 tensors with
+  // `tail` unused rows after the last sequence.
+  Fp8Problem(const std::vector<std::int64_t>& lens_q, const std::vector<std::int64_t>& lens_k, std::int64_t hq_,
+             std::int64_t hk_, std::int64_t d_, std::int64_t tail)
+      : batch(static_cast<std::int64_t>(lens_q.size())), hq(hq_), hk(hk_), d(d_) {
+    varlen = make_varlen(lens_q, lens_k);
+    sq = varlen->vl.max_seqlen_q;
+    sk = varlen->vl.max_seqlen_k;
+    allocate(1, varlen->total_q + tail, varlen->total_k + tail);
+  }
+  void allocate(std::int64_t tb, std::int64_t rows_q, std::int64_t rows_k) {
+    q = HostTensor(DType::e4m3, tb, rows_q, hq, d);
+    k = HostTensor(DType::e4m3, tb, rows_k, hk, d);
+    v = HostTensor(DType::e4m3, tb, rows_k, hk, d);
+    o = HostTensor(DType::bf16, tb, rows_q, hq, d);
+    lse = poisoned_lse(tb * hq * rows_q);
+  }
+  const std::vector<std::int32_t>* cu_q() const { return varlen ? &varlen->cu_q : nullptr; }
+  const std::vector<std::int32_t>* cu_k() const { return varlen ? &varlen->cu_k : nullptr; }
+  // Real values uniform in [-amp, amp), quantised.
+  void randomize(std::uint64_t seed, double amp = 2.0) {
+    q_descale = quantise_e4m3(uniform_dense(seed * 8 + 1, q.t.batch, q.t.seqlen, hq, d, amp), q.t, batch, hk,
+                              cu_q(), seed * 8 + 2);
+    k_descale = quantise_e4m3(uniform_dense(seed * 8 + 3, k.t.batch, k.t.seqlen, hk, d, amp), k.t, batch, hk,
+                              cu_k(), seed * 8 + 4);
+    v_descale = quantise_e4m3(uniform_dense(seed * 8 + 5, v.t.batch, v.t.seqlen, hk, d, amp), v.t, batch, hk,
+                              cu_k(), seed * 8 + 6);
+  }
+  void poison() {
+    o.buf.poison();
+    std::fill(lse.begin(), lse.end(), std::numeric_limits<float>::quiet_NaN());
+  }
+  flashattn::ForwardArgs forward_args() {
+    flashattn::ForwardArgs a;
+    a.q = q.t;
+    a.k = k.t;
+    a.v = v.t;
+    a.o = o.t;
+    a.lse = lse.data();
+    a.options = options;
+    if (varlen) a.options.varlen = varlen->get();
+    a.q_descale = q_descale.data();
+    a.k_descale = k_descale.data();
+    a.v_descale = v_descale.data();
+    return a;
+  }
+  double scale() const {
+    return options.softmax_scale ? *options.softmax_scale : static_cast<float>(1.0 / std::sqrt(static_cast<double>(d)));
+  }
+};
+
+// O (as double) and LSE of the float64 reference on p's e4m3 inputs, with
+// an f64 output: the oracle every FP8 test is judged against.
+inline Outputs fp8_reference(Fp8Problem& p) {
+  HostTensor o64(DType::f64, p.o.t.batch, p.o.t.seqlen, p.hq, p.d);
+  std::vector<float> lse = poisoned_lse(static_cast<std::int64_t>(p.lse.size()));
+  flashattn::ForwardArgs a = p.forward_args();
+  a.o = o64.t;
+  a.lse = lse.data();
+  flashattn::reference::forward(a);
+  Outputs out;
+  out.o = o64.values();
+  out.lse = to_double(lse);
+  return out;
+}
+
 }  // namespace fa_test

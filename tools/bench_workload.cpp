@@ -35,6 +35,7 @@ void fill_normal(std::vector<unsigned char>& out, std::int64_t n, flashattn::DTy
       case DType::f16: reinterpret_cast<std::uint16_t*>(out.data())[i] = tools::float_to_f16(x); break;
       case DType::bf16: reinterpret_cast<std::uint16_t*>(out.data())[i] = tools::float_to_bf16(x); break;
       case DType::f64: reinterpret_cast<double*>(out.data())[i] = x; break;
+      case DType::e4m3: reinterpret_cast<std::uint8_t*>(out.data())[i] = flashattn::to_e4m3(x); break;
     }
   }
 }

@@ -48,6 +48,7 @@ std::string piece(at::ScalarType t) {
     case at::kDouble: return "torch.float64";
     case at::kHalf: return "torch.float16";
     case at::kBFloat16: return "torch.bfloat16";
+    case at::kFloat8_e4m3fn: return "torch.float8_e4m3fn";
     case at::kByte: return "torch.uint8";
     case at::kChar: return "torch.int8";
     case at::kShort: return "torch.int16";
@@ -108,8 +109,11 @@ flashattn::DType to_dtype(const Tensor& t, const char* name) {
       return flashattn::DType::bf16;
     case at::kDouble:
       return flashattn::DType::f64;
+    case at::kFloat8_e4m3fn:
+      return flashattn::DType::e4m3;
     default:
-      value_error("flashattn: ", name, ".dtype: expected float32, float16, bfloat16 or float64, got ", t.scalar_type());
+      value_error("flashattn: ", name, ".dtype: expected float32, float16, bfloat16, float64 or float8_e4m3fn, got ",
+                  t.scalar_type());
   }
 }
 
@@ -356,12 +360,33 @@ LseShape lse_shape(const Tensor& q, bool varlen) {
 // Varlen rows past cu_seqlens[batch] belong to no sequence and are never
 // written by the library, so their outputs start at zero; dense outputs are
 // written everywhere.
-Tensor new_output(const Tensor& like, bool varlen) {
-  return varlen ? at::zeros(like.sizes(), like.options()) : at::empty(like.sizes(), like.options());
+Tensor new_output(const Tensor& like, bool varlen, std::optional<at::ScalarType> dtype = std::nullopt) {
+  const at::TensorOptions opt = dtype ? like.options().dtype(*dtype) : like.options();
+  return varlen ? at::zeros(like.sizes(), opt) : at::empty(like.sizes(), opt);
 }
 
-std::tuple<Tensor, Tensor> fwd(const Tensor& q, const Tensor& k, const Tensor& v, const OptionTensors& option_tensors,
-                               at::IntArrayRef option_ints, double dropout_p, std::optional<double> softmax_scale) {
+// The FP8 descale factors of fwd_fp8: float32 (batch, heads_k) on the
+// device of q, contiguous (flashattn.h, ForwardArgs); batch is the number
+// of sequences for varlen. None: all 1.
+const float* descale_data(const std::optional<Tensor>& t, const Tensor& q, const Tensor& k, const CallOptions& c,
+                          const char* name) {
+  if (!t) return nullptr;
+  const int64_t batch = c.is_varlen ? c.varlen.batch : q.size(0), heads_k = k.size(c.is_varlen ? 1 : 2);
+  FLASHATTN_CHECK(t->scalar_type() == at::kFloat, "flashattn: ", name, ".dtype: expected float32, got ",
+                  t->scalar_type());
+  check_same_device(*t, q, name);
+  FLASHATTN_CHECK(t->dim() == 2 && t->size(0) == batch && t->size(1) == heads_k && t->is_contiguous(),
+                  "flashattn: ", name, ": expected a contiguous float32 tensor of shape (batch, heads_k) = [", batch,
+                  ", ", heads_k, "], got shape ", shape_str(*t));
+  return t->data_ptr<float>();
+}
+
+// fwd and fwd_fp8. The output has q's dtype, bf16 for e4m3 inputs.
+std::tuple<Tensor, Tensor> forward_call(const Tensor& q, const Tensor& k, const Tensor& v,
+                                        const std::optional<Tensor>& q_descale, const std::optional<Tensor>& k_descale,
+                                        const std::optional<Tensor>& v_descale, const OptionTensors& option_tensors,
+                                        at::IntArrayRef option_ints, double dropout_p,
+                                        std::optional<double> softmax_scale) {
   CallOptions c = make_options(q, option_tensors, option_ints, dropout_p, softmax_scale);
   // The inputs' checks before the allocations, so that the shape of q is
   // known to be right when the outputs' shapes are taken from it.
@@ -371,8 +396,12 @@ std::tuple<Tensor, Tensor> fwd(const Tensor& q, const Tensor& k, const Tensor& v
   check_like_q(k, q, "k");
   a.v = view(v, "v", c.is_varlen);
   check_like_q(v, q, "v");
+  a.q_descale = descale_data(q_descale, q, k, c, "q_descale");
+  a.k_descale = descale_data(k_descale, q, k, c, "k_descale");
+  a.v_descale = descale_data(v_descale, q, k, c, "v_descale");
   DeviceScope scope(q, c.ctx);
-  Tensor out = new_output(q, c.is_varlen);
+  Tensor out = q.scalar_type() == at::kFloat8_e4m3fn ? new_output(q, c.is_varlen, at::kBFloat16)
+                                                     : new_output(q, c.is_varlen);
   // Every row of a dense batch gets its LSE (-inf where no key is visible:
   // flashattn.h), so no fill there; varlen rows past cu_seqlens_q[batch]
   // belong to no sequence, are never written, and read -inf. (The fill is
@@ -388,6 +417,22 @@ std::tuple<Tensor, Tensor> fwd(const Tensor& q, const Tensor& k, const Tensor& v
     flashattn::forward(a, c.ctx);
   });
   return {out, lse};
+}
+
+std::tuple<Tensor, Tensor> fwd(const Tensor& q, const Tensor& k, const Tensor& v, const OptionTensors& option_tensors,
+                               at::IntArrayRef option_ints, double dropout_p, std::optional<double> softmax_scale) {
+  return forward_call(q, k, v, std::nullopt, std::nullopt, std::nullopt, option_tensors, option_ints, dropout_p,
+                      softmax_scale);
+}
+
+// The FP8 forward with its descale factors (forward only: no autograd
+// formula, as the library has no e4m3 backward).
+std::tuple<Tensor, Tensor> fwd_fp8(const Tensor& q, const Tensor& k, const Tensor& v,
+                                   const std::optional<Tensor>& q_descale, const std::optional<Tensor>& k_descale,
+                                   const std::optional<Tensor>& v_descale, const OptionTensors& option_tensors,
+                                   at::IntArrayRef option_ints, double dropout_p, std::optional<double> softmax_scale) {
+  return forward_call(q, k, v, q_descale, k_descale, v_descale, option_tensors, option_ints, dropout_p,
+                      softmax_scale);
 }
 
 std::tuple<Tensor, Tensor, Tensor> bwd(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
@@ -619,6 +664,9 @@ bool supports(const std::string& device, at::ScalarType dtype, int64_t head_dim,
     case at::kDouble:
       dt = flashattn::DType::f64;
       break;
+    case at::kFloat8_e4m3fn:
+      dt = flashattn::DType::e4m3;
+      break;
     default:
       return false;
   }
@@ -642,6 +690,8 @@ TORCH_LIBRARY(flashattn, m) {
   m.def("fwd(Tensor q, Tensor k, Tensor v, " FLASHATTN_OPTIONS_SCHEMA ") -> (Tensor out, Tensor lse)");
   m.def("bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, " FLASHATTN_OPTIONS_SCHEMA
         ") -> (Tensor dq, Tensor dk, Tensor dv)");
+  m.def("fwd_fp8(Tensor q, Tensor k, Tensor v, Tensor? q_descale, Tensor? k_descale, Tensor? v_descale, "
+        FLASHATTN_OPTIONS_SCHEMA ") -> (Tensor out, Tensor lse)");
   // Helpers without tensor inputs: one kernel for every dispatch key.
   m.def(
       "dropout_mask(int seed, int offset, float dropout_p, int batch, int heads_q, int head, int rows, int cols) "
@@ -661,6 +711,7 @@ TORCH_LIBRARY_IMPL(flashattn, Autograd, m) { m.impl("fwd", &fwd_autograd); }
 
 TORCH_LIBRARY_IMPL(flashattn, CPU, m) {
   m.impl("fwd", &fwd);
+  m.impl("fwd_fp8", &fwd_fp8);
   m.impl("bwd", &bwd);
   m.impl("fwd_kvcache", &fwd_kvcache);
 }
@@ -668,6 +719,7 @@ TORCH_LIBRARY_IMPL(flashattn, CPU, m) {
 #ifdef FLASHATTN_TORCH_CUDA
 TORCH_LIBRARY_IMPL(flashattn, CUDA, m) {
   m.impl("fwd", &fwd);
+  m.impl("fwd_fp8", &fwd_fp8);
   m.impl("bwd", &bwd);
   m.impl("fwd_kvcache", &fwd_kvcache);
 }

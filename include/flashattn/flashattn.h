@@ -58,12 +58,24 @@ class OutOfMemory : public RuntimeError {
 
 // ----------------------------------------------------------------- types ---
 
-enum class DType : int { f32 = 0, f16 = 1, bf16 = 2, f64 = 3 };
+// e4m3 is OCP FP8 E4M3FN (torch.float8_e4m3fn): 1 sign bit, 4 exponent
+// bits of bias 7, 3 mantissa bits; no infinities, NaN = S.1111.111, largest
+// finite 448, smallest subnormal 2^-9. It is an input dtype of the forward
+// only (see ForwardArgs, "FP8").
+enum class DType : int { f32 = 0, f16 = 1, bf16 = 2, f64 = 3, e4m3 = 4 };
 enum class Device : int { cpu = 0, cuda = 1 };
 
 const char* to_string(DType dtype);
 const char* to_string(Device device);
 std::size_t dtype_size(DType dtype);
+
+// e4m3 codes and floats. from_e4m3 is exact (every code is a float).
+// to_e4m3 rounds to nearest, ties to even, as torch's
+// x.to(torch.float8_e4m3fn) does: magnitudes above 464 (the midpoint
+// between 448 and the NaN code), infinities and NaN give NaN (sign kept);
+// no saturation, so scale inputs into [-448, 448] first.
+float from_e4m3(std::uint8_t code);
+std::uint8_t to_e4m3(float x);
 
 // A strided 4-D view (batch, seqlen, heads, head_dim). Strides are in
 // elements; the head_dim stride is 1 by construction. Sizes and strides are
@@ -244,11 +256,38 @@ struct Context {
 // [heads_q, total_q]). Rows whose keys are all masked give O = 0 and
 // lse = -inf. GQA/MQA: heads_q must be a multiple of heads_k; query head h
 // reads key/value head h / (heads_q / heads_k).
+//
+// FP8 (FlashAttention-3's API): q, k and v of dtype e4m3 (all three) hold
+// quantised values with descale factors q_descale, k_descale, v_descale,
+// each a dense float32 [batch, heads_k] array on the device of the call
+// (varlen: batch = the number of sequences), null meaning 1 everywhere.
+// The real value of an element of sequence b is
+//   q[b, s, h, c]  * q_descale[b, h / (heads_q / heads_k)]
+//   k[b, s, hk, c] * k_descale[b, hk]   (v likewise with v_descale),
+// i.e. a query head takes the factor of its KV head, as in FlashAttention-3
+// (one factor per KV head group: the q descale then folds into the score
+// scale of the group's shared K tile). The attention above is computed on
+// those real values, softmax_scale applied on top; o must be bf16, lse is
+// as above. Causal, windows, varlen and block masks apply as for the other
+// dtypes; dropout_p must be 0 (FP8 is an inference forward). e4m3 is
+// forward only: backward and forward_kvcache reject it, as they reject
+// descales, which are an Error with any other dtype. A NaN code, or a
+// descale that is not finite, follows the NaN rule like any non-finite
+// input. Numerics: the CPU dequantises exactly (code to float, times the
+// descale, one float32 rounding) and runs its float32 path, P included (no
+// FP8 rounding of P); the CUDA backend has no e4m3 kernel (an Error
+// naming q.dtype). A kernel that quantises P to e4m3 for the PV product,
+// as FlashAttention-3 does, is judged against the float64 reference of the
+// dequantised inputs, with an FP8 emulation of standard attention as the
+// yardstick (tests/gpu/test_gpu_fp8.cpp).
 struct ForwardArgs {
   Tensor q, k, v;
   Tensor o;
   float* lse = nullptr;
   Options options;
+  const float* q_descale = nullptr;  // e4m3 only: [batch, heads_k]
+  const float* k_descale = nullptr;
+  const float* v_descale = nullptr;
 };
 
 // Gradients of the forward above. lse is the forward's output (required).
@@ -363,7 +402,8 @@ void dropout_mask(std::uint64_t seed, std::uint64_t offset, float dropout_p,
                   std::int64_t batch, std::int64_t heads_q, std::int64_t head,
                   std::int64_t rows, std::int64_t cols, std::uint8_t* keep);
 
-// What a backend supports, for callers that want to ask before calling.
+// What a backend supports, for callers that want to ask before calling
+// (for e4m3: the forward).
 bool supports(Device device, Algorithm algorithm, DType dtype, std::int64_t head_dim);
 
 // Library version string.

@@ -2,7 +2,9 @@
 // P = softmax(S)) computed in double precision on the CPU, with every option
 // of the public API and the same semantics. Every test, CPU and GPU, judges
 // the kernels against it. Pointers are host pointers; inputs and outputs may
-// be of any dtype (f64 keeps the oracle's full precision). The backward
+// be of any dtype (f64 keeps the oracle's full precision); with e4m3 inputs
+// the descales apply as in flashattn::forward, each element dequantised
+// exactly in double, and o may be bf16, f32 or f64. The backward
 // recomputes P from Q and K and ignores args.o and args.lse.
 #pragma once
 

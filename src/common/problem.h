@@ -23,8 +23,12 @@ struct Problem {
   std::uint64_t seed = 0, offset = 0;
   const Varlen* varlen = nullptr;
   const BlockMask* block_mask = nullptr;
+  // e4m3 inputs: the [batch, heads_k] descale factors (null = 1).
+  const float *q_descale = nullptr, *k_descale = nullptr, *v_descale = nullptr;
 
   bool is_varlen() const { return varlen != nullptr; }
+  // The factor of sequence b, KV head hk, from one of the arrays above.
+  float descale(const float* d, std::int64_t b, std::int64_t hk) const { return d ? d[b * heads_k + hk] : 1.0f; }
   bool has_dropout() const { return dropout_p > 0.0f; }
   std::int64_t group() const { return heads_q / heads_k; }  // query heads per kv head
 };
@@ -57,7 +61,9 @@ struct KvProblem {
 
 KvProblem check_kvcache(const KvCacheArgs& args, const Context& ctx);
 
-Problem check_forward(const ForwardArgs& args, const Context& ctx);
+// reference: the float64 oracle's call, whose o may be f32 or f64 where
+// the library's must be bf16 (e4m3 inputs).
+Problem check_forward(const ForwardArgs& args, const Context& ctx, bool reference = false);
 Problem check_backward(const BackwardArgs& args, const Context& ctx);
 
 // Block-mask lookups on host-readable arrays.

@@ -6,12 +6,14 @@
 #include <limits>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/fail.h"
 #include "cuda/dispatch.h"
 #include "flashattn/flashattn.h"
 #include "kvcache.h"
+#include "numeric.h"
 #include "problem.h"
 
 namespace flashattn {
@@ -22,6 +24,7 @@ const char* to_string(DType dtype) {
     case DType::f16: return "f16";
     case DType::bf16: return "bf16";
     case DType::f64: return "f64";
+    case DType::e4m3: return "e4m3";
   }
   return "unknown-dtype";
 }
@@ -40,10 +43,14 @@ std::size_t dtype_size(DType dtype) {
     case DType::f16:
     case DType::bf16: return 2;
     case DType::f64: return 8;
+    case DType::e4m3: return 1;
   }
-  throw Error("dtype: expected one of f32, f16, bf16, f64, got value " +
+  throw Error("dtype: expected one of f32, f16, bf16, f64, e4m3, got value " +
               std::to_string(static_cast<int>(dtype)));
 }
+
+float from_e4m3(std::uint8_t code) { return detail::e4m3_to_float(code); }
+std::uint8_t to_e4m3(float x) { return detail::float_to_e4m3(x); }
 
 Tensor Tensor::contiguous(void* data, DType dtype, std::int64_t batch, std::int64_t seqlen,
                           std::int64_t heads, std::int64_t head_dim) {
@@ -67,8 +74,11 @@ bool supports(Device device, Algorithm algorithm, DType dtype, std::int64_t head
       // runs through the standard (materialising) path only.
       if (head_dim < 1 || head_dim > 256) return false;
       if (dtype == DType::f64) return algorithm == Algorithm::standard;
-      return dtype == DType::f32 || dtype == DType::f16 || dtype == DType::bf16;
+      return dtype == DType::f32 || dtype == DType::f16 || dtype == DType::bf16 || dtype == DType::e4m3;
     case Device::cuda: {
+      if (dtype == DType::e4m3)
+        return detail::cuda::kSm90Fp8Forward && algorithm == Algorithm::flash &&
+               detail::cuda::has_head_dim<detail::cuda::kSm90FwdTiles>(head_dim);
       if (dtype != DType::f16 && dtype != DType::bf16) return false;
       if (algorithm == Algorithm::standard) return head_dim >= 1 && head_dim <= 256 && head_dim % 8 == 0;
       // The head dims the CUDA dispatch table instantiates (every GPU runs
@@ -119,8 +129,8 @@ void check_extent(const Tensor& t, const char* name) {
 
 void check_tensor(const Tensor& t, const char* name, const Context& ctx) {
   const std::string n(name);
-  if (static_cast<int>(t.dtype) < 0 || static_cast<int>(t.dtype) > 3)
-    fail(n + ".dtype", "one of f32, f16, bf16, f64", "value " + str(static_cast<int>(t.dtype)));
+  if (static_cast<int>(t.dtype) < 0 || static_cast<int>(t.dtype) > 4)
+    fail(n + ".dtype", "one of f32, f16, bf16, f64, e4m3", "value " + str(static_cast<int>(t.dtype)));
   if (t.batch < 0 || t.seqlen < 0 || t.heads < 0 || t.head_dim < 0)
     fail(n + " shape", "non-negative sizes", shape_str(t));
   if (t.heads == 0) fail(n + ".heads", ">= 1", "0");
@@ -177,10 +187,10 @@ void check_no_overlap(const Tensor& t, const char* name) {
   }
 }
 
-void check_same_shape(const Tensor& a, const char* an, const Tensor& b, const char* bn) {
+void check_same_shape(const Tensor& a, const char* an, const Tensor& b, const char* bn, bool same_dtype = true) {
   if (a.batch != b.batch || a.seqlen != b.seqlen || a.heads != b.heads || a.head_dim != b.head_dim)
     fail(std::string(an) + " shape", std::string("the shape of ") + bn + " " + shape_str(b), shape_str(a));
-  if (a.dtype != b.dtype) fail(std::string(an) + ".dtype", std::string("the dtype of ") + bn + " (" + to_string(b.dtype) + ")", to_string(a.dtype));
+  if (same_dtype && a.dtype != b.dtype) fail(std::string(an) + ".dtype", std::string("the dtype of ") + bn + " (" + to_string(b.dtype) + ")", to_string(a.dtype));
 }
 
 void check_context(const Context& ctx) {
@@ -311,8 +321,16 @@ void resolve_scale_window(const Options& opt, std::int64_t head_dim, std::int64_
   }
 }
 
+// The output dtype of e4m3 inputs: bf16, or for the float64 oracle
+// (reference) also f32 / f64.
+void check_fp8_output(const Tensor& o, bool reference) {
+  if (o.dtype == DType::bf16 || (reference && (o.dtype == DType::f32 || o.dtype == DType::f64))) return;
+  fail("o.dtype", reference ? "bf16, f32 or f64 with e4m3 inputs (the reference)" : "bf16 with e4m3 inputs",
+       to_string(o.dtype));
+}
+
 Problem check_common(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o,
-                     const Options& opt, const Context& ctx) {
+                     const Options& opt, const Context& ctx, bool reference = false) {
   check_context(ctx);
   check_tensor(q, "q", ctx);
   check_tensor(k, "k", ctx);
@@ -322,11 +340,17 @@ Problem check_common(const Tensor& q, const Tensor& k, const Tensor& v, const Te
   if (k.dtype != q.dtype) fail("k.dtype", std::string("the dtype of q (") + to_string(q.dtype) + ")", to_string(k.dtype));
   if (v.dtype != q.dtype) fail("v.dtype", std::string("the dtype of q (") + to_string(q.dtype) + ")", to_string(v.dtype));
   check_same_shape(v, "v", k, "k");
-  check_same_shape(o, "o", q, "q");
+  const bool fp8 = q.dtype == DType::e4m3;
+  check_same_shape(o, "o", q, "q", /*same_dtype=*/!fp8);
+  if (fp8) check_fp8_output(o, reference);
   if (k.batch != q.batch) fail("k.batch", "q.batch = " + str(q.batch), str(k.batch));
   if (k.head_dim != q.head_dim) fail("k.head_dim", "q.head_dim = " + str(q.head_dim), str(k.head_dim));
   if (q.heads % k.heads != 0)
     fail("q.heads", "a multiple of k.heads = " + str(k.heads) + " (GQA/MQA)", str(q.heads));
+  if (fp8 && ctx.device == Device::cuda && !supports(ctx.device, ctx.algorithm, q.dtype, q.head_dim))
+    fail("q.dtype",
+         std::string("f16 or bf16 on cuda (the e4m3 forward is not implemented on CUDA yet; Device::cpu runs it)"),
+         "e4m3");
   if (!supports(ctx.device, ctx.algorithm, q.dtype, q.head_dim))
     fail("q.dtype / head_dim", std::string("a combination supported on ") + to_string(ctx.device) +
                                    (ctx.algorithm == Algorithm::flash ? " (flash)" : " (standard)") +
@@ -371,13 +395,32 @@ Problem check_common(const Tensor& q, const Tensor& k, const Tensor& v, const Te
 
 }  // namespace
 
-Problem check_forward(const ForwardArgs& a, const Context& ctx) {
-  Problem p = check_common(a.q, a.k, a.v, a.o, a.options, ctx);
+Problem check_forward(const ForwardArgs& a, const Context& ctx, bool reference) {
+  Problem p = check_common(a.q, a.k, a.v, a.o, a.options, ctx, reference);
   if (reinterpret_cast<std::uintptr_t>(a.lse) % alignof(float) != 0) fail("lse", "4-byte alignment", "a misaligned pointer");
+  const bool fp8 = a.q.dtype == DType::e4m3;
+  const std::pair<const float*, const char*> descales[] = {
+      {a.q_descale, "q_descale"}, {a.k_descale, "k_descale"}, {a.v_descale, "v_descale"}};
+  for (const auto& [ptr, name] : descales) {
+    if (ptr && !fp8)
+      fail(name, std::string("nullptr (descale factors belong to e4m3 inputs; q.dtype is ") + to_string(a.q.dtype) + ")",
+           "a pointer");
+    if (reinterpret_cast<std::uintptr_t>(ptr) % alignof(float) != 0) fail(name, "4-byte alignment", "a misaligned pointer");
+  }
+  if (fp8) {
+    if (p.dropout_p != 0.0f)
+      fail("options.dropout_p", "0 with e4m3 inputs (the FP8 forward has no dropout)", std::to_string(p.dropout_p));
+    p.q_descale = a.q_descale;
+    p.k_descale = a.k_descale;
+    p.v_descale = a.v_descale;
+  }
   return p;
 }
 
 Problem check_backward(const BackwardArgs& a, const Context& ctx) {
+  // Ahead of the shape and dtype checks, whose messages would not say why.
+  if (a.q.dtype == DType::e4m3)
+    fail("q.dtype", "f32, f16, bf16 or f64 for backward (e4m3 is a forward-only dtype)", "e4m3");
   Problem p = check_common(a.q, a.k, a.v, a.o, a.options, ctx);
   check_tensor(a.dout, "dout", ctx);
   check_tensor(a.dq, "dq", ctx);
@@ -398,6 +441,8 @@ Problem check_backward(const BackwardArgs& a, const Context& ctx) {
 KvProblem check_kvcache(const KvCacheArgs& a, const Context& ctx) {
   check_context(ctx);
   const Tensor& q = a.q;
+  if (q.dtype == DType::e4m3)
+    fail("q.dtype", "f32, f16, bf16 or f64 for forward_kvcache (e4m3 is an input of flashattn::forward only)", "e4m3");
   check_tensor(q, "q", ctx);
   check_tensor(a.k_cache, "k_cache", ctx);
   check_tensor(a.v_cache, "v_cache", ctx);

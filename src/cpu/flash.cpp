@@ -237,7 +237,9 @@ class Buffer {
 // ------------------------------------------------------- tensor I/O ---
 
 // dst[c] = mul * t[off + c] for c < head_dim, converting from the storage
-// dtype (fp32 compute for every dtype).
+// dtype (fp32 compute for every dtype). e4m3 codes decode exactly, so with
+// mul = descale (times the score scale for Q) the only rounding of the
+// dequantisation is that of the product.
 void load_row(const Tensor& t, i64 off, float mul, float* dst) {
   const i64 d = t.head_dim;
   switch (t.dtype) {
@@ -254,6 +256,11 @@ void load_row(const Tensor& t, i64 off, float mul, float* dst) {
     case DType::bf16: {
       const auto* s = static_cast<const std::uint16_t*>(t.data) + off;
       for (i64 c = 0; c < d; ++c) dst[c] = bf16_to_float(s[c]) * mul;
+      break;
+    }
+    case DType::e4m3: {
+      const auto* s = static_cast<const std::uint8_t*>(t.data) + off;
+      for (i64 c = 0; c < d; ++c) dst[c] = e4m3_to_float(s[c]) * mul;
       break;
     }
     case DType::f64: break;  // not a flash dtype: rejected by validation
@@ -278,6 +285,7 @@ void store_row(const Tensor& t, i64 off, const float* src, float mul) {
       for (i64 c = 0; c < d; ++c) s[c] = float_to_bf16(src[c] * mul);
       break;
     }
+    case DType::e4m3:  // an input dtype only (o is bf16): rejected by validation
     case DType::f64: break;
   }
 }
@@ -1193,7 +1201,7 @@ void cpu_flash_forward(const Problem& p, const ForwardArgs& a, const Context& ct
       const Seq s = sequence(p, t.b);
       const i64 t0 = t.tile * Bt, tc = std::min(Bt, s.r.seqlen_q - t0), sk = s.r.seqlen_k;
       const i64 hk = t.h / group, bh = t.b * p.heads_q + t.h;
-      load_tile(a.q, s, s.r.q_start + t0, tc, t.h, q_mul, Q, dp);
+      load_tile(a.q, s, s.r.q_start + t0, tc, t.h, q_mul * p.descale(p.q_descale, t.b, hk), Q, dp);
       std::fill(O, O + tc * dp, 0.0f);
       std::fill(m_buf.begin(), m_buf.end(), -kInf);
       std::fill(l_buf.begin(), l_buf.end(), 0.0f);
@@ -1214,9 +1222,9 @@ void cpu_flash_forward(const Problem& p, const ForwardArgs& a, const Context& ct
               Kt = Kt_local;
               KV = KV_local;
             }
-            load_tile(a.k, s, s.r.k_start + j0, kc, hk, 1.0f, KV, dp);
+            load_tile(a.k, s, s.r.k_start + j0, kc, hk, p.descale(p.k_descale, t.b, hk), KV, dp);
             transpose_tile(KV, kc, d, dp, 1.0f, Kt, Bc);
-            load_tile(a.v, s, s.r.k_start + j0, kc, hk, 1.0f, KV, dp);
+            load_tile(a.v, s, s.r.k_start + j0, kc, hk, p.descale(p.v_descale, t.b, hk), KV, dp);
             vbad = any_nonfinite(KV, kc, d, dp);
             if (mine) {
               v_bad[static_cast<std::size_t>(ti)] = vbad;

@@ -45,6 +45,7 @@ void load_row(const void* base, DType t, std::int64_t off, std::int64_t n, Acc* 
       for (std::int64_t i = 0; i < n; ++i) out[i] = static_cast<Acc>(bf16_to_float(p[i]));
       break;
     }
+    case DType::e4m3: break;  // not a KV-cache dtype: rejected by check_kvcache
   }
 }
 

@@ -21,14 +21,16 @@ namespace flashattn::detail {
 namespace {
 
 // Copy rows [start, start + n) of head h (tensor batch tb) into a dense
-// n x d matrix of Acc, and back.
+// n x d matrix of Acc, times mul (an e4m3 descale, else 1), and back. The
+// product is exact in double (a 4-bit e4m3 significand times a float), so
+// the oracle sees the dequantised values exactly; Acc = float rounds once.
 template <typename Acc>
 void load_rows(const Tensor& t, std::int64_t tb, std::int64_t start, std::int64_t n, std::int64_t h,
-               Acc* out) {
+               Acc* out, double mul = 1.0) {
   for (std::int64_t i = 0; i < n; ++i) {
     const std::int64_t off = offset_of(t, tb, start + i, h);
     for (std::int64_t c = 0; c < t.head_dim; ++c)
-      out[i * t.head_dim + c] = static_cast<Acc>(load_as_double(t.data, t.dtype, off + c));
+      out[i * t.head_dim + c] = static_cast<Acc>(load_as_double(t.data, t.dtype, off + c) * mul);
   }
 }
 
@@ -211,9 +213,9 @@ void forward_impl(const Problem& p, const ForwardArgs& a, int num_threads) {
       O.assign(sq * d, 0);
       lse.assign(sq, 0);
       drop.assign(sk, Acc(1));
-      load_rows(a.q, tb, t.r.q_start, sq, t.h, Q.data());
-      load_rows(a.k, tb, t.r.k_start, sk, t.hk, K.data());
-      load_rows(a.v, tb, t.r.k_start, sk, t.hk, V.data());
+      load_rows(a.q, tb, t.r.q_start, sq, t.h, Q.data(), p.descale(p.q_descale, t.b, t.hk));
+      load_rows(a.k, tb, t.r.k_start, sk, t.hk, K.data(), p.descale(p.k_descale, t.b, t.hk));
+      load_rows(a.v, tb, t.r.k_start, sk, t.hk, V.data(), p.descale(p.v_descale, t.b, t.hk));
       Acc* P = P_all.data() + t.p_offset;
       visible.assign(static_cast<std::size_t>(sq * sk), 0);
       softmax_probs(p, vis, t, Q.data(), K.data(), P, lse.data(), visible.data());

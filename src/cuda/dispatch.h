@@ -130,6 +130,12 @@ constexpr Sm90BwdTile sm90_bwd_tile(int head_dim) {
   return Sm90BwdTile{0, 0, 0, 0, false};
 }
 
+// FP8 (e4m3) forward: no kernel is instantiated, so supports() answers no
+// for e4m3 on CUDA and validation refuses it with an Error naming q.dtype
+// (validate.cpp). An FP8 kernel (Hopper: wgmma takes e4m3 operands) sets
+// this, with its tile table beside kSm90FwdTiles.
+inline constexpr bool kSm90Fp8Forward = false;
+
 // KV cache (forward_kvcache, sm80/kvcache.cuh; sm_80+, also what runs on
 // Hopper). Decode is bound by reading K and V once, so a CTA takes all the
 // query rows of one KV head's group (query heads x tokens) and never

@@ -5,6 +5,7 @@ C++ kernels and their C++ autograd formula (bindings/torch/ops.cpp): fake
 The operators (schemas in bindings/torch/ops.cpp):
   torch.ops.flashattn.fwd(q, k, v, *options) -> (out, lse)
   torch.ops.flashattn.bwd(dout, q, k, v, out, lse, *options) -> (dq, dk, dv)
+  torch.ops.flashattn.fwd_fp8(q, k, v, q_descale, k_descale, v_descale, *options) -> (out, lse)
 with options = pack_options(...) = (option_tensors, option_ints, dropout_p,
 softmax_scale): the 18 options packed into four arguments (a Python call
 into a custom op pays per argument), in the order of TENSOR_OPTIONS and
@@ -96,7 +97,8 @@ _check_packing()
 
 
 _Tensor = torch.Tensor
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+_FP8 = torch.float8_e4m3fn
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64, _FP8)
 
 
 def _check_inputs(q, k, v, ndim: int):
@@ -122,7 +124,8 @@ def _input_error(q, k, v, ndim: int):
             layout = "(total, heads, head_dim)" if ndim == 3 else "(batch, seqlen, heads, head_dim)"
             raise ValueError(f"flashattn: {name}: expected a {ndim}-D tensor {layout}, got shape {list(t.shape)}")
         if t.dtype not in _DTYPES:
-            raise ValueError(f"flashattn: {name}.dtype: expected float32, float16, bfloat16 or float64, got {t.dtype}")
+            raise ValueError(f"flashattn: {name}.dtype: expected float32, float16, bfloat16, float64 or float8_e4m3fn, "
+                             f"got {t.dtype}")
         if t.dtype != q.dtype:
             raise ValueError(f"flashattn: {name}.dtype: expected the dtype of q ({q.dtype}), got {t.dtype}")
         if t.device != q.device:
@@ -143,9 +146,16 @@ def _fwd_fake(q, k, v, option_tensors, option_ints, dropout_p, softmax_scale):
     # The real kernels check these (and more); here so that meta tensors, or
     # a q and a k on different devices, do not pass unchecked.
     _check_inputs(q, k, v, 3 if varlen else 4)
-    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    # e4m3 inputs give a bf16 output (flashattn.h, ForwardArgs).
+    out = torch.empty_like(q, memory_format=torch.contiguous_format,
+                           dtype=torch.bfloat16 if q.dtype == _FP8 else q.dtype)
     lse = q.new_empty(_lse_shape(q, varlen), dtype=torch.float32)
     return out, lse
+
+
+@torch.library.register_fake("flashattn::fwd_fp8")
+def _fwd_fp8_fake(q, k, v, q_descale, k_descale, v_descale, option_tensors, option_ints, dropout_p, softmax_scale):
+    return _fwd_fake(q, k, v, option_tensors, option_ints, dropout_p, softmax_scale)
 
 
 @torch.library.register_fake("flashattn::bwd")

@@ -7,6 +7,11 @@ aligned to the bottom-right corner when seqlen_q != seqlen_k, window_size =
 (left, right) with -1 for unbounded, GQA/MQA when k/v have fewer heads than
 q. Extensions, all keyword-only: `seed` and `generator` (dropout RNG, see
 _rng_state) and `algorithm` ("flash" or "standard").
+
+FP8 (flash-attn 3's API): q, k, v of dtype torch.float8_e4m3fn with the
+keyword-only q_descale, k_descale, v_descale (float32 (batch, heads_k),
+or anything that broadcasts to it; None = 1), output bfloat16, forward
+only; see _descale and docs/python.md.
 """
 import operator
 from typing import Optional, Sequence, Tuple, Union
@@ -194,16 +199,73 @@ def _attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, 
     return out
 
 
+def _descale(x, name: str, batch: int, heads_k: int, q):
+    """An FP8 descale argument as the operator takes it: None, or a float32
+    tensor on q's device broadcast to (batch, heads_k) and made contiguous
+    (a scalar tensor is one factor for all; (batch, 1) one a sequence). The
+    real value of an element is its e4m3 value times the factor of its
+    sequence and KV head; a query head uses its KV head's factor, as in
+    flash-attn 3."""
+    if x is None:
+        return None
+    if not isinstance(x, _Tensor):
+        raise TypeError(f"flashattn: {name}: expected a float32 tensor or None, got {type(x).__name__}")
+    if x.dtype != torch.float32:
+        raise ValueError(f"flashattn: {name}.dtype: expected float32, got {x.dtype}")
+    if x.device != q.device:
+        raise ValueError(f"flashattn: {name}.device: expected the device of q ({q.device}), got {x.device}")
+    try:
+        return torch.broadcast_to(x, (batch, heads_k)).contiguous()
+    except RuntimeError:
+        raise ValueError(f"flashattn: {name}: expected a shape that broadcasts to (batch, heads_k) = "
+                         f"({batch}, {heads_k}), got {list(x.shape)}") from None
+
+
+def _attention_fp8(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale, causal,
+                   window_size, return_attn_probs, algorithm, q_descale, k_descale, v_descale):
+    """The FP8 forward (fwd_fp8): no autograd formula and no dropout (no RNG
+    state is drawn, so dropout_p is checked here). The library checks the
+    rest (descales with other dtypes, o's dtype, CUDA) with its messages."""
+    varlen = cu_seqlens_q is not None
+    _check_inputs(q, k, v, 3 if varlen else 4)
+    batch = cu_seqlens_q.shape[0] - 1 if varlen else q.shape[0]
+    heads_k = k.shape[-2]
+    descales = [_descale(x, n, batch, heads_k, q) for x, n in ((q_descale, "q_descale"), (k_descale, "k_descale"),
+                                                               (v_descale, "v_descale"))]
+    window_left, window_right = _window(window_size)
+    dropout_p = _real(dropout_p, "dropout_p")
+    if dropout_p != 0.0:
+        raise ValueError(f"flashattn: dropout_p: expected 0 with float8_e4m3fn inputs (the FP8 forward has no "
+                         f"dropout), got {dropout_p}")
+    options = _pack(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, 0.0,
+                    None if softmax_scale is None else _real(softmax_scale, "softmax_scale"), bool(causal),
+                    window_left, window_right, None, None, None, None, None, 128, 128, _algorithm(algorithm), False)
+    out, lse = ops.fwd_fp8.default(_last_dim_contiguous(q), _last_dim_contiguous(k), _last_dim_contiguous(v),
+                                   *descales, *options)
+    if return_attn_probs:
+        return out, lse, None
+    return out
+
+
 def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=_NO_WINDOW,
                     softcap=0.0, alibi_slopes=None, deterministic=False, return_attn_probs=False, *,
-                    seed=None, generator=None, algorithm="flash"):
+                    seed=None, generator=None, algorithm="flash", q_descale=None, k_descale=None, v_descale=None):
     """Attention over (batch, seqlen, heads, head_dim) tensors.
 
     Returns out (the shape of q), or (out, softmax_lse [batch, heads, seqlen_q]
     float32, rng_state) with return_attn_probs=True.
+
+    FP8: q, k, v of dtype torch.float8_e4m3fn give a bfloat16 out, with the
+    descales (flash-attn 3's q_descale, k_descale, v_descale; see
+    _descale). Forward only; dropout_p must be 0. CPU tensors run (the CPU
+    computes in float32 from the exactly dequantised inputs); CUDA
+    tensors raise ValueError naming q.dtype (no FP8 CUDA kernel is built).
     """
     if softcap != 0.0 or alibi_slopes is not None:
         _unsupported(softcap, alibi_slopes)
+    if q_descale is not None or k_descale is not None or v_descale is not None:
+        return _attention_fp8(q, k, v, None, None, 0, 0, dropout_p, softmax_scale, causal, window_size,
+                              return_attn_probs, algorithm, q_descale, k_descale, v_descale)
     return _attention(q, k, v, None, None, 0, 0, dropout_p, softmax_scale, causal, window_size, deterministic,
                       return_attn_probs, seed, generator, algorithm, None, None)
 
@@ -234,12 +296,14 @@ def flash_attn_kvpacked_func(q, kv, dropout_p=0.0, softmax_scale=None, causal=Fa
 def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
                            softmax_scale=None, causal=False, window_size=_NO_WINDOW, softcap=0.0,
                            alibi_slopes=None, deterministic=False, return_attn_probs=False, block_table=None, *,
-                           seed=None, generator=None, algorithm="flash"):
+                           seed=None, generator=None, algorithm="flash", q_descale=None, k_descale=None,
+                           v_descale=None):
     """Packed variable-length batch: q (total_q, heads, head_dim), k/v
     (total_k, heads_k, head_dim); sequence b owns rows
     [cu_seqlens_q[b], cu_seqlens_q[b+1]) of q. cu_seqlens_* are int32 on the
     device of q. softmax_lse is [heads, total_q]. The dropout mask of
-    sequence b uses batch index b and positions inside the sequence."""
+    sequence b uses batch index b and positions inside the sequence. FP8
+    as flash_attn_func, the descales (num_sequences, heads_k)."""
     _unsupported(softcap, alibi_slopes)
     if block_table is not None:
         raise NotImplementedError("flashattn: block_table: expected None (paged KV caches are read by "
@@ -248,6 +312,10 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
         if not isinstance(t, torch.Tensor) or t.dtype != torch.int32 or t.dim() != 1:
             got = f"{t.dtype} {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
             raise ValueError(f"flashattn: {name}: expected a 1-D int32 tensor, got {got}")
+    if q_descale is not None or k_descale is not None or v_descale is not None:
+        return _attention_fp8(q, k, v, cu_seqlens_q.contiguous(), cu_seqlens_k.contiguous(), int(max_seqlen_q),
+                              int(max_seqlen_k), dropout_p, softmax_scale, causal, window_size, return_attn_probs,
+                              algorithm, q_descale, k_descale, v_descale)
     return _attention(q, k, v, cu_seqlens_q.contiguous(), cu_seqlens_k.contiguous(), int(max_seqlen_q),
                       int(max_seqlen_k), dropout_p, softmax_scale, causal, window_size, deterministic,
                       return_attn_probs, seed, generator, algorithm, None, None)
