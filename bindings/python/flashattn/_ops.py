@@ -101,7 +101,7 @@ _FP8 = torch.float8_e4m3fn
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64, _FP8)
 
 
-def _check_inputs(q, k, v, ndim: int):
+def _check_inputs(q, k, v, ndim: int, names=("q", "k", "v")):
     """What flash_attn_func and friends check of q, k, v before a call the
     kernels do not see first (tracing) and what the fake kernel checks (meta
     tensors, where no C++ kernel runs). The common case with as few tensor
@@ -113,11 +113,11 @@ def _check_inputs(q, k, v, ndim: int):
         if (q.dim() == ndim and k.dim() == ndim and v.dim() == ndim and dtype in _DTYPES and k.dtype == dtype
                 and v.dtype == dtype and k.device == device and v.device == device):
             return
-    _input_error(q, k, v, ndim)
+    _input_error(q, k, v, ndim, names)
 
 
-def _input_error(q, k, v, ndim: int):
-    for name, t in (("q", q), ("k", k), ("v", v)):
+def _input_error(q, k, v, ndim: int, names=("q", "k", "v")):
+    for name, t in zip(names, (q, k, v)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"flashattn: {name}: expected a torch.Tensor, got {type(t).__name__}")
         if t.dim() != ndim:
@@ -168,7 +168,7 @@ def _bwd_fake(dout, q, k, v, out, lse, option_tensors, option_ints, dropout_p, s
 @torch.library.register_fake("flashattn::fwd_kvcache")
 def _fwd_kvcache_fake(q, k_cache, v_cache, k, v, cache_seqlens, block_table, cache_batch_idx, rotary_cos, rotary_sin,
                       rotary_interleaved, softmax_scale, causal, window_left, window_right, num_splits):
-    _check_inputs(q, k_cache, v_cache, 4)
+    _check_inputs(q, k_cache, v_cache, 4, ("q", "k_cache", "v_cache"))
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     lse = q.new_empty(_lse_shape(q, False), dtype=torch.float32)
     return out, lse

@@ -401,13 +401,24 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
     _unsupported(softcap, alibi_slopes)
     if cache_leftpad is not None:
         raise NotImplementedError("flashattn: cache_leftpad: expected None (left padding is not supported), got a value")
-    _check_inputs(q, k_cache, v_cache, 4)
+    _check_inputs(q, k_cache, v_cache, 4, ("q", "k_cache", "v_cache"))
+    # The op has no backward: a result that autograd would record would
+    # silently give no gradient (PyTorch only warns at backward time).
+    if torch.is_grad_enabled():
+        for name, t in (("q", q), ("k", k), ("v", v), ("k_cache", k_cache), ("v_cache", v_cache)):
+            if isinstance(t, _Tensor) and t.requires_grad:
+                raise ValueError(f"flashattn: {name}: flash_attn_with_kvcache has no backward; expected a tensor that "
+                                 f"does not require grad (call it under torch.no_grad() or torch.inference_mode(), "
+                                 f"or detach it), got requires_grad=True")
     for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
         if t.stride(-1) != 1:
             raise ValueError(f"flashattn: {name}: expected a contiguous last dimension (it is written in place), "
                              f"got stride {t.stride(-1)}")
     batch = q.shape[0]
     if cache_seqlens is None:
+        if k is not None:
+            raise ValueError("flashattn: cache_seqlens: expected the cache lengths before the append (k and v are "
+                             "appended at those positions), got None")
         capacity = k_cache.shape[1] * (block_table.shape[1] if block_table is not None else 1)
         cache_seqlens = capacity
     if not isinstance(cache_seqlens, _Tensor):
@@ -432,6 +443,12 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
         int32(block_table, "block_table"), int32(cache_batch_idx, "cache_batch_idx"), rotary_cos, rotary_sin,
         bool(rotary_interleaved), None if softmax_scale is None else _real(softmax_scale, "softmax_scale"),
         bool(causal), window_left, window_right, operator.index(num_splits))
+    if k is not None and not k_cache.is_inference():
+        # The caches were written in place: tell autograd's version counters,
+        # so that a graph that saved them before notices (inference tensors
+        # have none).
+        torch.autograd.graph.increment_version(k_cache)
+        torch.autograd.graph.increment_version(v_cache)
     return (out, lse) if return_softmax_lse else out
 
 

@@ -228,6 +228,28 @@ def test_argument_errors():
     strided = case["k_cache"].transpose(1, 3).contiguous().transpose(1, 3)
     with pytest.raises(ValueError, match="k_cache: expected a contiguous last dimension"):
         flashattn.flash_attn_with_kvcache(**{**case, "k_cache": strided})
+    with pytest.raises(ValueError, match=r"k_cache\.dtype: expected the dtype of q"):
+        flashattn.flash_attn_with_kvcache(**{**case, "k_cache": case["k_cache"].float(),
+                                             "v_cache": case["v_cache"].float()})
+    with pytest.raises(ValueError, match="cache_seqlens: expected the cache lengths before the append"):
+        flashattn.flash_attn_with_kvcache(**{**case, "cache_seqlens": None})
+    with pytest.raises(ValueError, match="q: flash_attn_with_kvcache has no backward"):
+        flashattn.flash_attn_with_kvcache(**{**case, "q": case["q"].clone().requires_grad_()})
+    with torch.no_grad():  # the same call without a graph is fine
+        flashattn.flash_attn_with_kvcache(**{**case, "q": case["q"].clone().requires_grad_()})
+
+
+def test_append_bumps_the_cache_version():
+    # Autograd's version counters must see the in-place append, so that a
+    # graph that saved a cache before it notices.
+    case = make_case(2, 1, 1, 2, 1, 64, torch.float32, capacity=32)
+    kv0, vv0 = case["k_cache"]._version, case["v_cache"]._version
+    flashattn.flash_attn_with_kvcache(**case)
+    assert case["k_cache"]._version > kv0 and case["v_cache"]._version > vv0
+    no_append = {**case, "k": None, "v": None}
+    kv1 = case["k_cache"]._version
+    flashattn.flash_attn_with_kvcache(**no_append)
+    assert case["k_cache"]._version == kv1
 
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available() or not flashattn.built_with_cuda(),
