@@ -72,7 +72,7 @@ TEST_F(NumericsGpu, WindowAtInt64Limits) {
 // flash kernels' fast paths do the same inside a tile; their epilogues
 // recompute the rows that come out non-finite (src/cuda/exact_rows.cuh),
 // which this test checks. inf_in_q: +-inf may also go into Q (else Q gets
-// NaN only), see InfQueryProperty.
+// NaN only), InfQueryProperty lets +-inf in too.
 void NumericsGpu::nan_inf_property(bool inf_in_q) {
   if (!flash_enabled()) GTEST_SKIP() << "FLASHATTN_GPU_TESTS_NO_FLASH=1";
   std::mt19937_64 g(fresh_seed());
@@ -142,17 +142,11 @@ void NumericsGpu::nan_inf_property(bool inf_in_q) {
 
 TEST_F(NumericsGpu, NanInfProperty) { nan_inf_property(false); }
 
-// The same with +-inf in Q as well. Disabled: an infinite query element
-// makes scores of +inf (and inf - inf), and in some cases the CUDA
-// backward's dK / dV then differ in class from the reference's (NaN where
-// it has a finite value or inf, and a finite value where it has NaN: 4 of
-// 48 cases on an H100 with the Hopper kernels, none with the sm80 ones);
-// the CPU backend agrees with the reference. Those were slow-path cases
-// (P and dS of a -inf score in a NaN row; dropout selecting 0 for a NaN
-// P), fixed since and checked against the reference on the CPU
-// (tests/cuda_host, ExactRowsHost.SlowPathFollowsTheNaNRule, inf in Q
-// included): enable once a GPU check passes it.
-TEST_F(NumericsGpu, DISABLED_InfQueryProperty) { nan_inf_property(true); }
+// The same with +-inf in Q as well: an infinite query element makes
+// scores of +inf (and inf - inf), which the epilogues' exact slow path
+// (src/cuda/exact_rows.cuh) must classify as the reference does, P and dS
+// of a -inf score in a NaN row and dropout of a NaN P included.
+TEST_F(NumericsGpu, InfQueryProperty) { nan_inf_property(true); }
 
 // Single cases spelled out: a NaN query row is NaN (not O = 0,
 // LSE = -inf) and its backward NaN only on the keys it sees; a NaN key
