@@ -379,10 +379,12 @@ struct KvCacheArgs {
 
 void forward_kvcache(const KvCacheArgs& args, const Context& ctx = {});
 
-// The split count that num_splits = 0 gives: 1 when batch * heads_k work
-// items already fill the workers (CPU threads or GPU SMs), else enough
-// splits to fill them, capped by one split per 256 keys of the longest
-// sequence and by 128.
+// The split count that num_splits = 0 gives. The batch * heads_k work
+// items, each cut into that many splits, run in waves of num_workers (CPU
+// threads; on CUDA, SMs x the attention CTAs an SM holds): the smallest
+// count whose wave efficiency, (items / workers) / ceil(items / workers),
+// is within 0.9 of the best, among counts up to one per 256 keys of the
+// longest sequence and 128 (that most when it does not fill the workers).
 int kvcache_num_splits(std::int64_t batch_heads_k, std::int64_t max_seqlen_k, int num_workers);
 
 std::size_t forward_workspace_bytes(const ForwardArgs& args, const Context& ctx);

@@ -15,17 +15,31 @@ constexpr int kKvMaxSplits = 128;
 // the extra partial rows) than the parallelism it buys.
 constexpr std::int64_t kKvMinKeysPerSplit = 256;
 
-// num_splits = 0's choice: 1 when the batch * heads_k work items fill the
-// workers, else enough splits to fill them, at most one per
-// kKvMinKeysPerSplit keys of the longest sequence and kKvMaxSplits.
+// num_splits = 0's choice. The batch * heads_k work items, each cut into s
+// splits, run in waves of num_workers (CPU threads; on CUDA, SMs x the
+// attention CTAs an SM holds); a last wave only partly full leaves workers
+// idle, so s is chosen by wave efficiency, (items / num_workers) /
+// ceil(items / num_workers): the smallest s within 0.9 of the best over
+// 1 .. `most` (one split per kKvMinKeysPerSplit keys of the longest
+// sequence, at most kKvMaxSplits); `most` itself when even that leaves
+// workers idle.
 FA_HOST_DEVICE int kv_num_splits_heuristic(std::int64_t batch_heads_k, std::int64_t max_seqlen_k,
                                                   int num_workers) {
-  if (batch_heads_k <= 0 || max_seqlen_k <= 0 || num_workers <= 1 || batch_heads_k >= num_workers) return 1;
-  std::int64_t s = (num_workers + batch_heads_k - 1) / batch_heads_k;
-  const std::int64_t by_len = (max_seqlen_k + kKvMinKeysPerSplit - 1) / kKvMinKeysPerSplit;
-  if (s > by_len) s = by_len;
-  if (s > kKvMaxSplits) s = kKvMaxSplits;
-  return s < 1 ? 1 : static_cast<int>(s);
+  if (batch_heads_k <= 0 || max_seqlen_k <= 0 || num_workers <= 1) return 1;
+  std::int64_t most = (max_seqlen_k + kKvMinKeysPerSplit - 1) / kKvMinKeysPerSplit;
+  if (most > kKvMaxSplits) most = kKvMaxSplits;
+  if (batch_heads_k * most <= num_workers) return static_cast<int>(most);  // not one full wave: all the splits
+  auto efficiency = [&](std::int64_t s) {
+    const std::int64_t items = batch_heads_k * s;
+    const std::int64_t waves = (items + num_workers - 1) / num_workers;
+    return static_cast<double>(items) / static_cast<double>(waves * num_workers);
+  };
+  double best = 0.0;
+  for (std::int64_t s = 1; s <= most; ++s)
+    if (efficiency(s) > best) best = efficiency(s);
+  for (std::int64_t s = 1; s <= most; ++s)
+    if (efficiency(s) >= 0.9 * best) return static_cast<int>(s);
+  return 1;
 }
 
 // Split `split` of `splits` over the key range [first, last] (inclusive;
@@ -61,13 +75,22 @@ struct KvCacheLayout {
     if (num_rows <= 0) return row;
     return row < 0 ? 0 : (row >= num_rows ? num_rows - 1 : row);
   }
+  // Paged: the page holding position pos of sequence b.
+  FA_HOST_DEVICE std::int64_t page_of(std::int64_t b, std::int64_t pos) const {
+    return clamp_row(block_table[b * max_blocks + pos / page_size]);
+  }
+  // Paged: offset of (pos, h) given its page (page_of).
+  FA_HOST_DEVICE std::int64_t paged_offset(std::int64_t page, std::int64_t pos, std::int64_t h) const {
+    return page * stride_batch + (pos % page_size) * stride_seq + h * stride_head;
+  }
+  // Contiguous: offset of (position 0, h) of sequence b; position pos is
+  // pos * stride_seq further.
+  FA_HOST_DEVICE std::int64_t row_offset(std::int64_t b, std::int64_t h) const {
+    return clamp_row(batch_idx ? batch_idx[b] : b) * stride_batch + h * stride_head;
+  }
   FA_HOST_DEVICE std::int64_t offset(std::int64_t b, std::int64_t pos, std::int64_t h) const {
-    if (page_size > 0) {
-      const std::int64_t page = clamp_row(block_table[b * max_blocks + pos / page_size]);
-      return page * stride_batch + (pos % page_size) * stride_seq + h * stride_head;
-    }
-    const std::int64_t row = clamp_row(batch_idx ? batch_idx[b] : b);
-    return row * stride_batch + pos * stride_seq + h * stride_head;
+    if (page_size > 0) return paged_offset(page_of(b, pos), pos, h);
+    return row_offset(b, h) + pos * stride_seq;
   }
 };
 

@@ -462,7 +462,12 @@ void cuda_forward_kvcache(const KvProblem& kp, const KvCacheArgs& a, const Conte
       for (std::int64_t b = 0; b < pr.batch; ++b)
         max_len = std::max<std::int64_t>(max_len, a.cache_seqlens_host[b] + n);
     }
-    splits = kv_num_splits_heuristic(pr.batch * pr.heads_k, max_len, cuda::device_sm_count());
+    // Workers: the attention CTAs the GPU holds at once.
+    int per_sm = 1;
+    dispatch<cuda::kKvTiles>(pr.dtype, pr.head_dim, [&]<class T, int kD>() {
+      per_sm = sm80::kvcache_ctas_per_sm<T, kD>(static_cast<int>(rows));
+    });
+    splits = kv_num_splits_heuristic(pr.batch * pr.heads_k, max_len, cuda::device_sm_count() * per_sm);
   }
   // Grid x: KV heads x 16-row tiles (at most) x splits.
   if (pr.heads_k * ((rows + 15) / 16) * splits > INT32_MAX)

@@ -143,24 +143,30 @@ inline constexpr bool kSm90Fp8Forward = false;
 //  - up to 16 rows (decode: 8 heads x 1 token): one 16-row mma tile, the 4
 //    warps split each 64-key tile (16 keys a warp) and merge their softmax
 //    states at the end; rows past the group would otherwise be wasted
-//    tensor-core work of the same order as the tile's memory time;
-//  - more rows: 64-row tiles (a warp 16 rows, each the whole key tile).
-// block_n is the 64-row form's key tile. K and V tiles are double-buffered
-// (4 block_n (d + 8) 16-bit values: 69.6 KB at d = 128, 2 CTAs an SM);
-// d = 256 takes 32 keys, since 64 plus the 64 Q rows would pass the A100's
-// 163 KB of shared memory. Only these head dims are instantiated.
+//    tensor-core work of the same order as the tile's memory time. Its key
+//    tiles rotate through decode_stages buffers, so decode_stages - 1 tiles
+//    (K and V: 2 x 64 (d + 8) 16-bit values each) are in flight while one
+//    is computed on; an SM needs some 40 KB or more in flight to cover the
+//    memory latency at full bandwidth. d 64: 4 stages (76 KB), d 128: 3
+//    (109 KB, 2 CTAs on an H100's 228 KB), d 256: 2 (144 KB: 3 would pass
+//    the A100's 163 KB);
+//  - more rows: 64-row tiles (a warp 16 rows, each the whole key tile of
+//    block_n keys), double-buffered (4 block_n (d + 8) 16-bit values: 69.6
+//    KB at d = 128, 2 CTAs an SM); d = 256 takes 32 keys, since 64 plus
+//    the 64 Q rows would pass the A100's 163 KB of shared memory.
+// Only these head dims are instantiated.
 struct KvTile {
-  int head_dim, block_n;
+  int head_dim, block_n, decode_stages;
 };
-//                                 head_dim  N
-inline constexpr KvTile kKvTiles[] = {{64,  64},
-                                      {128, 64},
-                                      {256, 32}};
+//                                 head_dim  N  decode stages
+inline constexpr KvTile kKvTiles[] = {{64,  64, 4},
+                                      {128, 64, 3},
+                                      {256, 32, 2}};
 
 constexpr KvTile kv_tile(int head_dim) {
   for (const KvTile& c : kKvTiles)
     if (c.head_dim == head_dim) return c;
-  return KvTile{0, 0};
+  return KvTile{0, 0, 0};
 }
 
 // Block-sparse masks must align with every tile above: a query block may

@@ -7,8 +7,9 @@
 //     (heads_q / heads_k heads x seqlen_q tokens) shares the CTA, so each
 //     K / V row is read from memory once per group: decode is bound by
 //     those bytes, not by math. Key tiles are copied with cp.async from the
-//     cache rows (paged: each row's page looked up), double-buffered so the
-//     next tile's loads overlap this tile's math;
+//     cache rows (paged: each row's page looked up one tile ahead) into a
+//     ring of kStages buffers, so that kStages - 1 tiles are in flight
+//     while one is computed on;
 //  3. combine (split-KV only): merges the splits' fp32 partials by LSE.
 #pragma once
 
@@ -86,12 +87,77 @@ __global__ void kv_append_kernel(const __grid_constant__ KvParams p) {
   rotate_or_copy(p, dst, src, p.q_per_row ? l0 + i : l0);
 }
 
+// Copies key tiles [n0, n0 + kBlockN) of one (sequence, KV head) from the
+// cache into shared memory (row pitch kD + kPad), K and V alike; keys at or
+// past k_end become zero rows that are never read (cache rows past the
+// length may hold anything, NaN included). Thread tid copies 16-byte chunk
+// tid % kChunks of rows tid / kChunks + i kRowStep, so a warp's copies of
+// a row coalesce. A paged cache's page of each of those rows is read from
+// the block table one tile ahead (fetch_pages), into registers: the copies
+// then wait on no global load when they are issued, which would otherwise
+// stall the warp for a memory latency every tile.
+template <class T, int kD, int kBlockN, int kThreads>
+struct KvTileLoader {
+  static constexpr int kChunks = kD / 8;
+  static constexpr int kRowStep = kThreads / kChunks;
+  static constexpr int kRows = kBlockN / kRowStep;  // rows a thread copies of each tile
+  static constexpr int kLd = kD + kPad;
+  static_assert(kThreads % kChunks == 0 && kBlockN % kRowStep == 0, "whole rows per thread");
+
+  const KvParams& p;
+  const T *k, *v;  // contiguous: (b's row, position 0, head h); paged: the cache base
+  int b, h, row0, ch, k_end;
+  int pages[kRows];  // paged: the pages of this thread's rows of the next tile
+
+  __device__ KvTileLoader(const KvParams& p_, int b_, int h_, int k_end_, int tid)
+      : p(p_), b(b_), h(h_), row0(tid / kChunks), ch(tid % kChunks), k_end(k_end_) {
+    k = static_cast<const T*>(p.k_cache);
+    v = static_cast<const T*>(p.v_cache);
+    if (p.kl.page_size == 0) {
+      k += p.kl.row_offset(b, h);
+      v += p.vl.row_offset(b, h);
+    }
+  }
+  __device__ bool paged() const { return p.kl.page_size > 0; }
+
+  // K and V share the block table: one lookup serves both.
+  __device__ void fetch_pages(int n0) {
+    if (!paged()) return;
+#pragma unroll
+    for (int i = 0; i < kRows; ++i) {
+      const int pos = n0 + row0 + i * kRowStep;
+      pages[i] = pos < k_end ? static_cast<int>(p.kl.page_of(b, pos)) : 0;
+    }
+  }
+
+  __device__ void issue(int n0, T* sK, T* sV) const {
+#pragma unroll
+    for (int i = 0; i < kRows; ++i) {
+      const int r = row0 + i * kRowStep, pos = n0 + r;
+      const bool ok = pos < k_end;
+      std::int64_t ko = 0, vo = 0;
+      if (ok) {
+        if (paged()) {
+          ko = p.kl.paged_offset(pages[i], pos, h);
+          vo = p.vl.paged_offset(pages[i], pos, h);
+        } else {
+          ko = pos * p.kl.stride_seq;
+          vo = pos * p.vl.stride_seq;
+        }
+      }
+      ptx::cp_async_16(ptx::smem_addr(sK + r * kLd + ch * 8), k + ko + ch * 8, ok);
+      ptx::cp_async_16(ptx::smem_addr(sV + r * kLd + ch * 8), v + vo + ch * 8, ok);
+    }
+  }
+};
+
 // The attention of one (sequence b, KV head h, split, row tile). Warps are
 // kWarpsN (key slices of a tile) x kWarpsM (16-row slices of the rows): 4 x
 // 1 for the decode form, 1 x 4 for the 64-row form (dispatch.h, KvTile).
 // Each warp runs its own online softmax over its keys; the warps' states
-// are merged through shared memory at the end.
-template <class T, int kD, int kBlockN, int kWarpsN>
+// are merged through shared memory at the end. Key tiles rotate through
+// kStages shared buffers.
+template <class T, int kD, int kBlockN, int kWarpsN, int kStages>
 __global__ void __launch_bounds__(128, kD <= 128 ? 2 : 1) kv_attention_kernel(const __grid_constant__ KvParams p) {
   constexpr int kWarps = 4, kThreads = kWarps * 32;
   constexpr int kWarpsM = kWarps / kWarpsN;
@@ -105,12 +171,13 @@ __global__ void __launch_bounds__(128, kD <= 128 ? 2 : 1) kv_attention_kernel(co
 
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sQ = reinterpret_cast<T*>(smem_raw);
-  T* sK = sQ + kBlockM * kLd;        // K_j in sK + (j % 2) kBlockN kLd
-  T* sV = sK + 2 * kBlockN * kLd;    // V_j likewise
-  float* sStat = reinterpret_cast<float*>(sV + 2 * kBlockN * kLd);  // [kWarpsN][kBlockM][max, sum]
+  T* sK = sQ + kBlockM * kLd;              // K_j in sK + (j % kStages) kBlockN kLd
+  T* sV = sK + kStages * kBlockN * kLd;    // V_j likewise
+  float* sStat = reinterpret_cast<float*>(sV + kStages * kBlockN * kLd);  // [kWarpsN][kBlockM][max, sum]
   // After the sweep the K / V buffers hold each warp's scaled O rows.
   float* sO = reinterpret_cast<float*>(sK);  // [kWarpsN][kBlockM][kD]
-  static_assert(kWarpsN * kBlockM * kD * 4 <= 4 * kBlockN * kLd * static_cast<int>(sizeof(T)),
+  static_assert(kStages >= 2, "one tile computed on while the next lands");
+  static_assert(kWarpsN * kBlockM * kD * 4 <= 2 * kStages * kBlockN * kLd * static_cast<int>(sizeof(T)),
                 "the O merge buffer fits in the K / V buffers");
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -137,17 +204,13 @@ __global__ void __launch_bounds__(128, kD <= 128 ? 2 : 1) kv_attention_kernel(co
     return static_cast<const T*>(p.q) + b * p.q_sb + i * p.q_ss + (static_cast<std::int64_t>(h) * p.group + g) * p.q_sh;
   };
   // Keys outside [k_begin, k_end) (past L, before or after the split) are
-  // zero rows never read: cache rows past L may hold anything, NaN
-  // included, and a masked key must not contribute even as 0 x NaN.
-  const T* k_base = static_cast<const T*>(p.k_cache);
-  const T* v_base = static_cast<const T*>(p.v_cache);
-  auto load_kv = [&](int n0, int buf) {
-    load_rows<kBlockN, kD, kThreads>(
-        sK + buf * kBlockN * kLd,
-        [&](int r) -> const T* { return n0 + r < k_end ? k_base + p.kl.offset(b, n0 + r, h) : nullptr; }, k_base, tid);
-    load_rows<kBlockN, kD, kThreads>(
-        sV + buf * kBlockN * kLd,
-        [&](int r) -> const T* { return n0 + r < k_end ? v_base + p.vl.offset(b, n0 + r, h) : nullptr; }, v_base, tid);
+  // zero rows never read (KvTileLoader): a masked key must not contribute
+  // even as 0 x NaN.
+  KvTileLoader<T, kD, kBlockN, kThreads> loader(p, b, h, k_end, tid);
+  auto issue_tile = [&](int t) {
+    const int buf = t % kStages;
+    loader.issue(k_begin + t * kBlockN, sK + buf * kBlockN * kLd, sV + buf * kBlockN * kLd);
+    loader.fetch_pages(k_begin + (t + 1) * kBlockN);
   };
 
   // This thread's two rows (halves) and the keys each sees in this split.
@@ -174,30 +237,35 @@ __global__ void __launch_bounds__(128, kD <= 128 ? 2 : 1) kv_attention_kernel(co
   const bool prescale = !(p.scale_log2 > 0.f);
   const float post_scale = prescale ? 1.f : p.scale_log2;
 
+  // Prologue: Q with tile 0, then tiles 1 .. kStages - 2, one commit group
+  // each (empty past the last tile, so that group g is always tile g).
   if (n_tiles > 0) {
     const int rows_here = min(kBlockM, p.rows - m0);
     load_rows<kBlockM, kD, kThreads>(sQ, [&](int r) -> const T* { return r < rows_here ? q_row(m0 + r) : nullptr; },
                                      static_cast<const T*>(p.q), tid);
-    load_kv(k_begin, 0);
-    ptx::cp_async_commit();
+    loader.fetch_pages(k_begin);
+#pragma unroll
+    for (int t = 0; t < kStages - 1; ++t) {
+      if (t < n_tiles) issue_tile(t);
+      ptx::cp_async_commit();
+    }
   }
   std::uint32_t qf[kQInRegs ? kD / 16 : 1][4];
   const T* sQw = sQ + wm * 16 * kLd;  // this warp's 16 rows
 
   for (int step = 0; step < n_tiles; ++step) {
     const int n0 = k_begin + step * kBlockN;
-    if (step + 1 < n_tiles) {
-      // Buffer (step + 1) % 2 was last read at step - 1, behind the barrier
-      // that ended it.
-      load_kv(n0 + kBlockN, (step + 1) & 1);
-      ptx::cp_async_commit();
-      ptx::cp_async_wait<1>();
-    } else {
-      ptx::cp_async_wait<0>();
-    }
-    __syncthreads();  // tile `step` (and Q) landed for every thread
-    const T* sKj = sK + (step & 1) * kBlockN * kLd + wn * kKW * kLd;
-    const T* sVj = sV + (step & 1) * kBlockN * kLd + wn * kKW * kLd;
+    // Groups 0 .. step + kStages - 2 are committed: at most kStages - 2
+    // pending means tile `step` (and Q) landed for this thread.
+    ptx::cp_async_wait<kStages - 2>();
+    // Every thread's copies of tile `step` are visible, and every warp is
+    // done with tile step - 1, whose buffer the next copies refill.
+    __syncthreads();
+    if (step + kStages - 1 < n_tiles) issue_tile(step + kStages - 1);
+    ptx::cp_async_commit();
+    const int buf = step % kStages;
+    const T* sKj = sK + buf * kBlockN * kLd + wn * kKW * kLd;
+    const T* sVj = sV + buf * kBlockN * kLd + wn * kKW * kLd;
     if constexpr (kQInRegs) {
       if (step == 0) {
 #pragma unroll
@@ -247,8 +315,9 @@ __global__ void __launch_bounds__(128, kD <= 128 ? 2 : 1) kv_attention_kernel(co
         ptx::mma_16816<T>(*reinterpret_cast<float(*)[4]>(&o[8 * j]), pa[kk], bv[0], bv[1]);
         ptx::mma_16816<T>(*reinterpret_cast<float(*)[4]>(&o[8 * j + 4]), pa[kk], bv[2], bv[3]);
       }
-    __syncthreads();  // every warp is done with this buffer before it is refilled
   }
+  // The groups committed past the last tile are empty: nothing is still
+  // copied into the buffers that sO reuses below.
 
   // Merge the warps' states of each row: M = max of the maxima (log2 units),
   // sum = sum_w l_w 2^(m_w - M); warp w's O is scaled by 2^(m_w - M) / sum.
@@ -380,12 +449,25 @@ __global__ void kv_combine_kernel(const __grid_constant__ KvParams p) {
   if (lane == 0 && p.lse != nullptr) p.lse[idx] = mx == -INFINITY ? -INFINITY : mx + logf(sum);
 }
 
-template <class T, int kD, int kBlockN, int kWarpsN>
+// The attention kernel of a problem's form (decode: rows <= 16) and its
+// shared memory.
+template <class T, int kD, bool kDecode>
+struct KvForm {
+  static constexpr int kWarpsN = kDecode ? 4 : 1;
+  static constexpr int kBlockN = kDecode ? 64 : kv_tile(kD).block_n;
+  static constexpr int kStages = kDecode ? kv_tile(kD).decode_stages : 2;
+  static constexpr int kBlockM = 16 * (4 / kWarpsN);
+  static constexpr int kSmem = (kBlockM + 2 * kStages * kBlockN) * (kD + kPad) * static_cast<int>(sizeof(T)) +
+                               kWarpsN * kBlockM * 2 * static_cast<int>(sizeof(float));
+  static auto kernel() { return kv_attention_kernel<T, kD, kBlockN, kWarpsN, kStages>; }
+};
+
+template <class T, int kD, bool kDecode>
 void launch_kv_attention(const KvParams& p, cudaStream_t stream) {
-  constexpr int kBlockM = 16 * (4 / kWarpsN);
-  auto kernel = kv_attention_kernel<T, kD, kBlockN, kWarpsN>;
-  const int smem = (kBlockM + 4 * kBlockN) * (kD + kPad) * static_cast<int>(sizeof(T)) +
-                   kWarpsN * kBlockM * 2 * static_cast<int>(sizeof(float));
+  using F = KvForm<T, kD, kDecode>;
+  constexpr int kBlockM = F::kBlockM;
+  auto kernel = F::kernel();
+  const int smem = F::kSmem;
   set_max_dynamic_smem(kernel, smem, "cudaFuncSetAttribute(kvcache attention)");
   const int m_tiles = (p.rows + kBlockM - 1) / kBlockM;
   const dim3 grid(static_cast<unsigned>(p.heads_k * m_tiles * p.splits), static_cast<unsigned>(p.batch));
@@ -404,13 +486,26 @@ void launch_kvcache(const KvParams& p, cudaStream_t stream) {
     check(cudaGetLastError(), "kvcache append kernel launch");
   }
   if (p.seqlen_q == 0) return;
-  if (p.rows <= 16) launch_kv_attention<T, kD, 64, 4>(p, stream);
-  else launch_kv_attention<T, kD, kv_tile(kD).block_n, 1>(p, stream);
+  if (p.rows <= 16) launch_kv_attention<T, kD, true>(p, stream);
+  else launch_kv_attention<T, kD, false>(p, stream);
   if (p.splits > 1) {
     const std::int64_t warps = static_cast<std::int64_t>(p.batch) * p.heads_q * p.seqlen_q;
     kv_combine_kernel<T, kD><<<static_cast<unsigned>((warps + 3) / 4), 128, 0, stream>>>(p);
     check(cudaGetLastError(), "kvcache combine kernel launch");
   }
+}
+
+template <class T, int kD>
+int kvcache_ctas_per_sm(int rows) {
+  const auto resident = [](auto kernel, int smem) {
+    set_max_dynamic_smem(kernel, smem, "cudaFuncSetAttribute(kvcache attention)");
+    int n = 0;
+    check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, 128, smem),
+          "cudaOccupancyMaxActiveBlocksPerMultiprocessor(kvcache attention)");
+    return n < 1 ? 1 : n;
+  };
+  if (rows <= 16) return resident(KvForm<T, kD, true>::kernel(), KvForm<T, kD, true>::kSmem);
+  return resident(KvForm<T, kD, false>::kernel(), KvForm<T, kD, false>::kSmem);
 }
 
 }  // namespace flashattn::detail::sm80

@@ -51,4 +51,10 @@ struct KvParams {
 template <class T, int kD>
 void launch_kvcache(const KvParams& p, cudaStream_t stream);
 
+// CTAs of the attention kernel that one SM holds at once for a problem of
+// `rows` query rows a KV head: with the SM count, the workers among which
+// the split-KV heuristic spreads the work.
+template <class T, int kD>
+int kvcache_ctas_per_sm(int rows);
+
 }  // namespace flashattn::detail::sm80
