@@ -75,21 +75,16 @@ struct KvCacheLayout {
     if (num_rows <= 0) return row;
     return row < 0 ? 0 : (row >= num_rows ? num_rows - 1 : row);
   }
-  // Paged: the page holding position pos of sequence b.
-  FA_HOST_DEVICE std::int64_t page_of(std::int64_t b, std::int64_t pos) const {
-    return clamp_row(block_table[b * max_blocks + pos / page_size]);
-  }
-  // Paged: offset of (pos, h) given its page (page_of).
-  FA_HOST_DEVICE std::int64_t paged_offset(std::int64_t page, std::int64_t pos, std::int64_t h) const {
-    return page * stride_batch + (pos % page_size) * stride_seq + h * stride_head;
-  }
   // Contiguous: offset of (position 0, h) of sequence b; position pos is
   // pos * stride_seq further.
   FA_HOST_DEVICE std::int64_t row_offset(std::int64_t b, std::int64_t h) const {
     return clamp_row(batch_idx ? batch_idx[b] : b) * stride_batch + h * stride_head;
   }
   FA_HOST_DEVICE std::int64_t offset(std::int64_t b, std::int64_t pos, std::int64_t h) const {
-    if (page_size > 0) return paged_offset(page_of(b, pos), pos, h);
+    if (page_size > 0) {
+      const std::int64_t page = clamp_row(block_table[b * max_blocks + pos / page_size]);
+      return page * stride_batch + (pos % page_size) * stride_seq + h * stride_head;
+    }
     return row_offset(b, h) + pos * stride_seq;
   }
 };

@@ -95,7 +95,9 @@ __global__ void kv_append_kernel(const __grid_constant__ KvParams p) {
 // a row coalesce. A paged cache's page of each of those rows is read from
 // the block table one tile ahead (fetch_pages), into registers: the copies
 // then wait on no global load when they are issued, which would otherwise
-// stall the warp for a memory latency every tile.
+// stall the warp for a memory latency every tile. Positions and pages are
+// 32-bit (capacity < 2^31, checked on the host): 64-bit division would
+// cost more issue slots than the tile's math.
 template <class T, int kD, int kBlockN, int kThreads>
 struct KvTileLoader {
   static constexpr int kChunks = kD / 8;
@@ -105,28 +107,39 @@ struct KvTileLoader {
   static_assert(kThreads % kChunks == 0 && kBlockN % kRowStep == 0, "whole rows per thread");
 
   const KvParams& p;
-  const T *k, *v;  // contiguous: (b's row, position 0, head h); paged: the cache base
-  int b, h, row0, ch, k_end;
-  int pages[kRows];  // paged: the pages of this thread's rows of the next tile
+  // Contiguous: (b's row, position 0, head h); paged: head h of page 0.
+  const T *k, *v;
+  const std::int32_t* table = nullptr;  // paged: sequence b's row of the block table
+  int page_size, row0, ch, k_end;
+  int pages[kRows], slots[kRows];  // paged: page and position in it of this thread's rows of the next tile
 
-  __device__ KvTileLoader(const KvParams& p_, int b_, int h_, int k_end_, int tid)
-      : p(p_), b(b_), h(h_), row0(tid / kChunks), ch(tid % kChunks), k_end(k_end_) {
+  __device__ KvTileLoader(const KvParams& p_, int b, int h, int k_end_, int tid)
+      : p(p_), page_size(static_cast<int>(p_.kl.page_size)), row0(tid / kChunks), ch(tid % kChunks), k_end(k_end_) {
     k = static_cast<const T*>(p.k_cache);
     v = static_cast<const T*>(p.v_cache);
-    if (p.kl.page_size == 0) {
+    if (page_size > 0) {
+      k += h * p.kl.stride_head;
+      v += h * p.vl.stride_head;
+      table = p.kl.block_table + static_cast<std::int64_t>(b) * p.kl.max_blocks;
+    } else {
       k += p.kl.row_offset(b, h);
       v += p.vl.row_offset(b, h);
     }
   }
-  __device__ bool paged() const { return p.kl.page_size > 0; }
 
   // K and V share the block table: one lookup serves both.
   __device__ void fetch_pages(int n0) {
-    if (!paged()) return;
+    if (page_size == 0) return;
 #pragma unroll
     for (int i = 0; i < kRows; ++i) {
       const int pos = n0 + row0 + i * kRowStep;
-      pages[i] = pos < k_end ? static_cast<int>(p.kl.page_of(b, pos)) : 0;
+      pages[i] = 0;
+      slots[i] = 0;
+      if (pos < k_end) {
+        const int pg = pos / page_size;
+        pages[i] = static_cast<int>(p.kl.clamp_row(table[pg]));
+        slots[i] = pos - pg * page_size;
+      }
     }
   }
 
@@ -137,9 +150,9 @@ struct KvTileLoader {
       const bool ok = pos < k_end;
       std::int64_t ko = 0, vo = 0;
       if (ok) {
-        if (paged()) {
-          ko = p.kl.paged_offset(pages[i], pos, h);
-          vo = p.vl.paged_offset(pages[i], pos, h);
+        if (page_size > 0) {
+          ko = pages[i] * p.kl.stride_batch + slots[i] * p.kl.stride_seq;
+          vo = pages[i] * p.vl.stride_batch + slots[i] * p.vl.stride_seq;
         } else {
           ko = pos * p.kl.stride_seq;
           vo = pos * p.vl.stride_seq;
