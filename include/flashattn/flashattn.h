@@ -383,7 +383,7 @@ void forward_kvcache(const KvCacheArgs& args, const Context& ctx = {});
 // items, each cut into that many splits, run in waves of num_workers (CPU
 // threads; on CUDA, SMs x the attention CTAs an SM holds): the smallest
 // count whose wave efficiency, (items / workers) / ceil(items / workers),
-// is within 0.9 of the best, among counts up to one per 256 keys of the
+// is within 0.95 of the best, among counts up to one per 256 keys of the
 // longest sequence and 128 (that most when it does not fill the workers).
 int kvcache_num_splits(std::int64_t batch_heads_k, std::int64_t max_seqlen_k, int num_workers);
 

@@ -19,7 +19,7 @@ constexpr std::int64_t kKvMinKeysPerSplit = 256;
 // splits, run in waves of num_workers (CPU threads; on CUDA, SMs x the
 // attention CTAs an SM holds); a last wave only partly full leaves workers
 // idle, so s is chosen by wave efficiency, (items / num_workers) /
-// ceil(items / num_workers): the smallest s within 0.9 of the best over
+// ceil(items / num_workers): the smallest s within 0.95 of the best over
 // 1 .. `most` (one split per kKvMinKeysPerSplit keys of the longest
 // sequence, at most kKvMaxSplits); `most` itself when even that leaves
 // workers idle.
@@ -38,7 +38,7 @@ FA_HOST_DEVICE int kv_num_splits_heuristic(std::int64_t batch_heads_k, std::int6
   for (std::int64_t s = 1; s <= most; ++s)
     if (efficiency(s) > best) best = efficiency(s);
   for (std::int64_t s = 1; s <= most; ++s)
-    if (efficiency(s) >= 0.9 * best) return static_cast<int>(s);
+    if (efficiency(s) >= 0.95 * best) return static_cast<int>(s);
   return 1;
 }
 
