@@ -1,0 +1,161 @@
+"""Tables and plots of scripts/gpu-lra's runs (fa-train JSON-lines logs).
+
+  python benchmarks/lra_table.py RUN_DIR [RUN_DIR ...] --out docs/results/lra/<date>-<gpu>-<commit>
+
+Reads every probe-<task>-<attention>.jsonl / .out and
+run-<task>-<attention>.jsonl / .out in the folders given and writes
+lra.md: the throughput probes (median step time and tokens/s of the logged
+intervals after the first, which holds start-up; peak memory; "out of
+memory" where the .out says so) with the speed-up over standard attention,
+and the training runs (steps done, accuracy at each evaluation, the last
+accuracy, median step time, speed-up). With matplotlib: lra-<task>.png,
+accuracy and loss against step for each attention.
+"""
+import argparse
+import glob
+import json
+import os
+import re
+import statistics
+
+TASK_NAMES = {"listops": "ListOps (2,001 tokens)", "pf32": "Pathfinder 32 (1,025)", "pf64": "Pathfinder 64 (4,097)",
+              "pf128": "Path-X, 128 (16,385)", "pf256": "Path-256 (65,537)"}
+TASK_ORDER = list(TASK_NAMES)
+ATT_ORDER = ["standard", "flashattn", "flashattn-sparse"]
+
+
+def load(jsonl):
+    cfg, train, evals = None, [], []
+    if os.path.exists(jsonl):
+        with open(jsonl) as f:
+            for line in f:
+                r = json.loads(line)
+                if r["event"] == "config":
+                    cfg = r
+                elif r["event"] == "train":
+                    train.append(r)
+                elif r["event"] == "eval":
+                    evals.append(r)
+    return cfg, train, evals
+
+
+def failure(out_path):
+    if not os.path.exists(out_path):
+        return "no log"
+    text = open(out_path, errors="replace").read()
+    if "out of memory" in text:
+        m = re.search(r"Tried to allocate ([0-9.]+ [GM]iB)", text)
+        return "out of memory" + (f" (allocating {m.group(1)})" if m else "")
+    return None
+
+
+def collect(dirs, kind):
+    runs = {}
+    for d in dirs:
+        for path in glob.glob(os.path.join(d, f"{kind}-*.jsonl")) + glob.glob(os.path.join(d, f"{kind}-*.out")):
+            name = os.path.basename(path).rsplit(".", 1)[0]
+            _, task, att = name.split("-", 2)
+            runs[(task, att)] = os.path.join(d, name)
+    return runs
+
+
+def key(item):
+    (task, att), _ = item
+    return (TASK_ORDER.index(task) if task in TASK_ORDER else 99, ATT_ORDER.index(att) if att in ATT_ORDER else 99)
+
+
+def median_after_first(train, field):
+    vals = [t[field] for t in train[1:]] or [t[field] for t in train]
+    return statistics.median(vals) if vals else None
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("dirs", nargs="+")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    lines = []
+
+    probes = collect(args.dirs, "probe")
+    if probes:
+        lines += ["## Throughput probes", "",
+                  "Median over the logged intervals after the first; the same tokens per step for every attention "
+                  "(64K positions: batch x context); tokens/s counts real tokens (ListOps pads to 2,001).", "",
+                  "| task | attention | ms / step | tokens/s | peak GB | vs standard |", "| --- | --- | ---: | ---: | ---: | ---: |"]
+        std_ms = {}
+        for (task, att), base in sorted(probes.items(), key=key):
+            cfg, train, _ = load(base + ".jsonl")
+            if train:
+                ms = median_after_first(train, "step_ms")
+                if att == "standard":
+                    std_ms[task] = ms
+                ratio = f"{std_ms[task] / ms:.2f}x" if task in std_ms and att != "standard" else \
+                    ("1.00x" if att == "standard" else "standard: out of memory")
+                lines.append(f"| {TASK_NAMES.get(task, task)} | {att} | {ms:.1f} | "
+                             f"{median_after_first(train, 'tokens_per_s'):,.0f} | "
+                             f"{max(t['peak_mem_bytes'] for t in train) / 1e9:.1f} | {ratio} |")
+            else:
+                lines.append(f"| {TASK_NAMES.get(task, task)} | {att} | {failure(base + '.out') or 'failed'} | | | |")
+        lines.append("")
+
+    runs = collect(args.dirs, "run")
+    curves = {}
+    if runs:
+        lines += ["## Training runs", "",
+                  "| task | attention | steps | ms / step | vs standard | accuracy at evaluations (step: accuracy) | last accuracy |",
+                  "| --- | --- | ---: | ---: | ---: | --- | ---: |"]
+        std_ms = {}
+        for (task, att), base in sorted(runs.items(), key=key):
+            cfg, train, evals = load(base + ".jsonl")
+            if not train:
+                lines.append(f"| {TASK_NAMES.get(task, task)} | {att} | {failure(base + '.out') or 'failed'} | | | | |")
+                continue
+            curves.setdefault(task, {})[att] = (train, evals)
+            ms = median_after_first(train, "step_ms")
+            if att == "standard":
+                std_ms[task] = ms
+            ratio = f"{std_ms[task] / ms:.2f}x" if task in std_ms else "no standard run"
+            total = cfg["config"]["steps"] if cfg else "?"
+            accs = ", ".join(f"{e['step']}: {e['accuracy']:.3f}" for e in evals if "accuracy" in e)
+            last = f"{evals[-1]['accuracy']:.3f}" if evals and "accuracy" in evals[-1] else ""
+            lines.append(f"| {TASK_NAMES.get(task, task)} | {att} | {train[-1]['step']} of {total} | {ms:.1f} | "
+                         f"{ratio} | {accs} | {last} |")
+        lines.append("")
+
+    with open(os.path.join(args.out, "lra.md"), "w") as f:
+        f.write("\n".join(lines))
+    print("\n".join(lines))
+
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("lra_table: no matplotlib, no plots")
+        return 0
+    for task, by_att in curves.items():
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
+        for att in sorted(by_att, key=lambda a: ATT_ORDER.index(a) if a in ATT_ORDER else 99):
+            train, evals = by_att[att]
+            a1.plot([e["step"] for e in evals], [e["accuracy"] for e in evals], marker="o", label=att)
+            a2.plot([t["step"] for t in train], [t["loss"] for t in train], label=f"{att} (train)", alpha=0.8)
+            a2.plot([e["step"] for e in evals], [e["loss"] for e in evals], linestyle="--", marker=".",
+                    label=f"{att} (held out)")
+        a1.set_xlabel("step")
+        a1.set_ylabel("held-out accuracy")
+        a1.legend()
+        a1.grid(alpha=0.3)
+        a2.set_xlabel("step")
+        a2.set_ylabel("loss")
+        a2.legend(fontsize=7)
+        a2.grid(alpha=0.3)
+        fig.suptitle(TASK_NAMES.get(task, task))
+        fig.tight_layout()
+        fig.savefig(os.path.join(args.out, f"lra-{task}.png"), dpi=110)
+        plt.close(fig)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
