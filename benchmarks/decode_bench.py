@@ -16,8 +16,9 @@ Decode reads every K and V byte once and does little math, so the figure of
 merit is bandwidth: bytes of K and V read / time, against the
 device-to-device copy bandwidth measured in the same process (a 1 GiB
 tensor copied: read + write bytes / time). Timing: CUDA events around each
-call, median after a warm-up; nothing in the timed loop reads from the GPU
-(one synchronisation after the loop).
+call, each queued behind a 2 ms GPU busy-wait (so that host dispatch is not
+timed), median after a warm-up; nothing in the timed loop reads from the
+GPU (one synchronisation after the loop).
 """
 import argparse
 import json
@@ -30,6 +31,9 @@ import time
 import torch
 import torch.nn.functional as F
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gpu_queue import QueueAhead  # noqa: E402
+
 D = 128
 DTYPE = torch.bfloat16
 HEADS = [(32, 8), (64, 8)]
@@ -39,8 +43,18 @@ LAYOUTS = ["contiguous", "paged16", "paged64"]
 QUICK = dict(heads=[(32, 8)], batches=[1, 64], caches=[8192, 32768], layouts=["contiguous", "paged16"])
 
 
+_QUEUE = None
+
+
 def time_calls(fn, warmup=3, iters=20, budget_s=0.15):
-    """Median milliseconds of fn() over CUDA events, after a warm-up."""
+    """Median milliseconds of fn() over CUDA events, after a warm-up. Each
+    timed call is queued behind a 2 ms GPU busy-wait (gpu_queue.QueueAhead,
+    as attention_bench.py), so that the events time the GPU's work and not
+    the host's launch latency; a call is tens of microseconds at the small
+    points, about what its host dispatch costs."""
+    global _QUEUE
+    if _QUEUE is None:
+        _QUEUE = QueueAhead(torch.device("cuda"), 2.0)
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
@@ -52,9 +66,11 @@ def time_calls(fn, warmup=3, iters=20, budget_s=0.15):
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
     for i in range(n):
+        _QUEUE.hold()
         starts[i].record()
         fn()
         ends[i].record()
+        _QUEUE.done()
     torch.cuda.synchronize()
     return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends))
 
