@@ -1,7 +1,9 @@
 """Decode benchmark: one new token per sequence attending to a KV cache
 (flashattn.flash_attn_with_kvcache, its PyTorch op) against PyTorch SDPA
 (enable_gqa; cuDNN, FLASH and EFFICIENT backends, contiguous caches only)
-and FlashInfer's paged decode when it is importable.
+and FlashInfer's paged decode when it is importable (on the offline GPU
+machine: scripts/flashinfer-pack here, carry .whl/flashinfer, then
+scripts/flashinfer-pack --install and its PYTHONPATH there).
 
   python benchmarks/decode_bench.py --out OUT            # OUT/decode.json, OUT/decode.md
   python benchmarks/decode_bench.py --quick --out OUT    # a small subset
