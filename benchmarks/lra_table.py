@@ -13,30 +13,16 @@ accuracy and loss against step for each attention.
 """
 import argparse
 import glob
-import json
 import os
 import re
 import statistics
+
+import train_log
 
 TASK_NAMES = {"listops": "ListOps (2,001 tokens)", "pf32": "Pathfinder 32 (1,025)", "pf64": "Pathfinder 64 (4,097)",
               "pf128": "Path-X, 128 (16,385)", "pf256": "Path-256 (65,537)"}
 TASK_ORDER = list(TASK_NAMES)
 ATT_ORDER = ["standard", "flashattn", "flashattn-sparse"]
-
-
-def load(jsonl):
-    cfg, train, evals = None, [], []
-    if os.path.exists(jsonl):
-        with open(jsonl) as f:
-            for line in f:
-                r = json.loads(line)
-                if r["event"] == "config":
-                    cfg = r
-                elif r["event"] == "train":
-                    train.append(r)
-                elif r["event"] == "eval":
-                    evals.append(r)
-    return cfg, train, evals
 
 
 def failure(out_path):
@@ -64,9 +50,8 @@ def key(item):
     return (TASK_ORDER.index(task) if task in TASK_ORDER else 99, ATT_ORDER.index(att) if att in ATT_ORDER else 99)
 
 
-def median_after_first(train, field):
-    vals = [t[field] for t in train[1:]] or [t[field] for t in train]
-    return statistics.median(vals) if vals else None
+def median_steady(train, field):
+    return statistics.median(t[field] for t in train_log.steady(train))
 
 
 def main(argv=None):
@@ -85,15 +70,15 @@ def main(argv=None):
                   "| task | attention | ms / step | tokens/s | peak GB | vs standard |", "| --- | --- | ---: | ---: | ---: | ---: |"]
         std_ms = {}
         for (task, att), base in sorted(probes.items(), key=key):
-            cfg, train, _ = load(base + ".jsonl")
+            cfg, train, _ = train_log.load(base + ".jsonl")
             if train:
-                ms = median_after_first(train, "step_ms")
+                ms = median_steady(train, "step_ms")
                 if att == "standard":
                     std_ms[task] = ms
                 ratio = f"{std_ms[task] / ms:.2f}x" if task in std_ms and att != "standard" else \
                     ("1.00x" if att == "standard" else "standard: out of memory")
                 lines.append(f"| {TASK_NAMES.get(task, task)} | {att} | {ms:.1f} | "
-                             f"{median_after_first(train, 'tokens_per_s'):,.0f} | "
+                             f"{median_steady(train, 'tokens_per_s'):,.0f} | "
                              f"{max(t['peak_mem_bytes'] for t in train) / 1e9:.1f} | {ratio} |")
             else:
                 lines.append(f"| {TASK_NAMES.get(task, task)} | {att} | {failure(base + '.out') or 'failed'} | | | |")
@@ -107,12 +92,12 @@ def main(argv=None):
                   "| --- | --- | ---: | ---: | ---: | --- | ---: |"]
         std_ms = {}
         for (task, att), base in sorted(runs.items(), key=key):
-            cfg, train, evals = load(base + ".jsonl")
+            cfg, train, evals = train_log.load(base + ".jsonl")
             if not train:
                 lines.append(f"| {TASK_NAMES.get(task, task)} | {att} | {failure(base + '.out') or 'failed'} | | | | |")
                 continue
             curves.setdefault(task, {})[att] = (train, evals)
-            ms = median_after_first(train, "step_ms")
+            ms = median_steady(train, "step_ms")
             if att == "standard":
                 std_ms[task] = ms
             ratio = f"{std_ms[task] / ms:.2f}x" if task in std_ms else "no standard run"

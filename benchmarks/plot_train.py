@@ -20,24 +20,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-
-def load(path):
-    cfg, train, evals = None, [], []
-    with open(path) as f:
-        for line in f:
-            r = json.loads(line)
-            if r["event"] == "config":
-                cfg = r
-            elif r["event"] == "train":
-                train.append(r)
-            elif r["event"] == "eval":
-                evals.append(r)
-    return cfg, train, evals
+import train_log  # noqa: E402
 
 
 def summarise(name, cfg, train, evals):
     c = cfg["config"]
-    steady = train[1:] or train
+    steady = train_log.steady(train)
     ran = train[-1]["step"]  # below c["steps"] when the run used --stop-after (the schedule spans c["steps"])
     steps = str(ran) if ran == c["steps"] else f"{ran} of {c['steps']}"
     return dict(run=name, preset=c.get("preset", "?"), attention=c["attention"], context=c["context"],
@@ -58,7 +46,7 @@ def main(argv=None):
     ap.add_argument("--title", default="")
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
-    runs = {os.path.splitext(os.path.basename(p))[0]: load(p) for p in sorted(glob.glob(os.path.join(args.runs, "*.jsonl")))}
+    runs = {os.path.splitext(os.path.basename(p))[0]: train_log.load(p) for p in sorted(glob.glob(os.path.join(args.runs, "*.jsonl")))}
     if not runs:
         ap.error(f"no *.jsonl in {args.runs}")
     rows = [summarise(n, *r) for n, r in runs.items() if r[0] and r[1]]
