@@ -1,7 +1,9 @@
 """Decode benchmark: one new token per sequence attending to a KV cache
 (flashattn.flash_attn_with_kvcache, its PyTorch op) against PyTorch SDPA
 (enable_gqa; cuDNN, FLASH and EFFICIENT backends, contiguous caches only)
-and FlashInfer's paged decode when it is importable (on the offline GPU
+and FlashInfer's batch decode (its CUDA-core kernel, and with
+use_tensor_cores; a contiguous cache as one page a sequence) when it is
+importable (on the offline GPU
 machine: scripts/flashinfer-pack here, carry .whl/flashinfer, then
 scripts/flashinfer-pack --install and its PYTHONPATH there).
 
@@ -91,9 +93,7 @@ def methods_for(layout):
     ms = ["flashattn"]
     if layout == "contiguous":
         ms += ["sdpa-cudnn", "sdpa-flash", "sdpa-efficient"]
-    else:
-        ms += ["flashinfer"]
-    return ms
+    return ms + ["flashinfer", "flashinfer-tc"]
 
 
 def sdpa_fn(backend, q, k, v):
@@ -107,16 +107,21 @@ def sdpa_fn(backend, q, k, v):
     return fn
 
 
-def flashinfer_fn(q, k_pages, v_pages, table, L, page):
+def flashinfer_fn(q, k_pages, v_pages, table, L, page, layout="NHD", tensor_cores=False):
+    """FlashInfer's batch decode over pages. A contiguous cache is one page of
+    L keys a sequence in FlashInfer's HND layout ((b, hk, L, d): SDPA's
+    storage, no copy). tensor_cores: its prefill-style kernel, which
+    FlashInfer advises for grouped heads; without: its CUDA-core decode
+    kernel."""
     import flashinfer  # noqa: F401 (ImportError: reported as not available)
     b, hq = q.shape[0], q.shape[2]
-    hk = k_pages.shape[2]
+    hk = k_pages.shape[2] if layout == "NHD" else k_pages.shape[1]
     pages_per_seq = table.shape[1]
     indptr = torch.arange(0, b + 1, dtype=torch.int32, device="cuda") * pages_per_seq
     indices = table.reshape(-1).contiguous()
     last = torch.full((b,), L - (pages_per_seq - 1) * page, dtype=torch.int32, device="cuda")
     ws = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
-    w = flashinfer.BatchDecodeWithPagedKVCacheWrapper(ws, kv_layout="NHD")
+    w = flashinfer.BatchDecodeWithPagedKVCacheWrapper(ws, kv_layout=layout, use_tensor_cores=tensor_cores)
     w.plan(indptr, indices, last, hq, hk, D, page, q_data_type=DTYPE, kv_data_type=DTYPE)
     q3 = q.reshape(b, hq, D)
     return lambda: w.run(q3, (k_pages, v_pages))
@@ -153,8 +158,11 @@ def run_point(flashattn, hq, hk, b, L, layout, copy_gbs):
                                                                block_table=table, causal=True)
             elif m.startswith("sdpa"):
                 fn = sdpa_fn(m, q.transpose(1, 2), k_store, v_store)
+            elif layout == "contiguous":
+                one_page = torch.arange(b, dtype=torch.int32, device=dev).reshape(b, 1)
+                fn = flashinfer_fn(q, k_store, v_store, one_page, L, L, "HND", m == "flashinfer-tc")
             else:
-                fn = flashinfer_fn(q, k_cache, v_cache, table, L, page)
+                fn = flashinfer_fn(q, k_cache, v_cache, table, L, page, "NHD", m == "flashinfer-tc")
             ms = time_calls(fn)
             rec.update(ms=ms, gbs=kv_bytes / (ms * 1e-3) / 1e9)
             rec["of_copy"] = rec["gbs"] / copy_gbs
