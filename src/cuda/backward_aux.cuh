@@ -1,5 +1,5 @@
 // The O(N d) kernels around the main sweep of every flash backward (the
-// sm80 and sm90 families alike), one warp per row, 8 rows a CTA:
+// sm80 and sm90 families alike), 16-byte chunks of rows (RowChunks):
 //   dot_do_o     D = rowsum(dO * O) in fp32 (the softmax-gradient term)
 //   finish_dq    dq = scale * dq_accum (the fp32 atomic scratch); a row
 //                that is not finite is recomputed (exact_rows.cuh)
@@ -12,38 +12,110 @@
 
 namespace flashattn::detail::cuda {
 
+// These kernels are pure streams (a few flops a byte), so they run at the
+// memory bandwidth only with wide accesses: a thread moves 16-byte chunks
+// (8 values of T, two float4 of fp32); with one scalar a lane a warp's
+// access moves 64-128 bytes and the stream reaches about a third of the
+// copy bandwidth on an H100. A row's chunks sit on kLanes
+// consecutive lanes (kD / 8 rounded up to a power of two, so that a
+// shuffle reduction stays inside the row); a warp takes 32 / kLanes rows,
+// a 256-thread CTA 8 times that.
+template <int kD>
+struct RowChunks {
+  static constexpr int kChunks = kD / 8;
+  static_assert(kChunks * 8 == kD && kChunks <= 32, "head_dim a multiple of 8, at most 256");
+  static constexpr int kLanes = kChunks <= 4 ? 4 : kChunks <= 8 ? 8 : kChunks <= 16 ? 16 : 32;
+  static constexpr int kRowsWarp = 32 / kLanes;
+  static constexpr int kRowsCta = 8 * kRowsWarp;
+  static constexpr unsigned kGroupMask = kLanes == 32 ? 0xffffffffu : (1u << kLanes) - 1u;
+
+  int row, chunk;  // this thread's row within blockIdx.x's kRowsCta, and chunk of it
+  __device__ RowChunks() {
+    const int lane = threadIdx.x & 31;
+    row = blockIdx.x * kRowsCta + (threadIdx.x >> 5) * kRowsWarp + lane / kLanes;
+    chunk = lane % kLanes;
+  }
+  __device__ bool owns(int rows) const { return chunk < kChunks && row < rows; }
+
+  // Sum over the lanes of this thread's row (every lane of the warp calls it).
+  __device__ static float row_sum(float v) {
+#pragma unroll
+    for (int m = kLanes / 2; m > 0; m >>= 1) v += __shfl_xor_sync(0xffffffffu, v, m);
+    return v;
+  }
+};
+
+template <class T>
+__device__ __forceinline__ void load8(const T* src, float (&v)[8]) {
+  const uint4 raw = *reinterpret_cast<const uint4*>(src);
+  const T* x = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+  for (int e = 0; e < 8; ++e) v[e] = to_float(x[e]);
+}
+
+__device__ __forceinline__ void load8(const float* src, float (&v)[8]) {
+  const float4 a = reinterpret_cast<const float4*>(src)[0], b = reinterpret_cast<const float4*>(src)[1];
+  v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+}
+
+template <class T>
+__device__ __forceinline__ void store8(T* dst, const float (&v)[8]) {
+  uint4 packed;
+  packed.x = pack2<T>(v[0], v[1]);
+  packed.y = pack2<T>(v[2], v[3]);
+  packed.z = pack2<T>(v[4], v[5]);
+  packed.w = pack2<T>(v[6], v[7]);
+  *reinterpret_cast<uint4*>(dst) = packed;
+}
+
 template <class T, int kD>
 __global__ void __launch_bounds__(256) dot_do_o_kernel(const __grid_constant__ Params p) {
-  const int b = blockIdx.z, h = blockIdx.y, i = blockIdx.x * 8 + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+  const int b = blockIdx.z, h = blockIdx.y;
+  const RowChunks<kD> rc;
   const SeqInfo seq = resolve_seq(p, b);
-  if (i >= seq.sq) return;
-  const T* o = static_cast<const T*>(p.o) + b * p.o_sb + (seq.q_start + i) * p.o_ss + h * p.o_sh;
-  const T* d_o = static_cast<const T*>(p.dout) + b * p.do_sb + (seq.q_start + i) * p.do_ss + h * p.do_sh;
+  const int i = rc.row;
   float acc = 0.f;
-  for (int c = lane; c < kD; c += 32) acc += to_float(o[c]) * to_float(d_o[c]);
+  if (rc.owns(seq.sq)) {
+    float o[8], d_o[8];
+    load8(static_cast<const T*>(p.o) + b * p.o_sb + (seq.q_start + i) * p.o_ss + h * p.o_sh + rc.chunk * 8, o);
+    load8(static_cast<const T*>(p.dout) + b * p.do_sb + (seq.q_start + i) * p.do_ss + h * p.do_sh + rc.chunk * 8, d_o);
 #pragma unroll
-  for (int m = 16; m > 0; m >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, m);
-  if (lane == 0) p.dsum[q_row(p, seq, b, h, i)] = acc;
+    for (int e = 0; e < 8; ++e) acc = fmaf(o[e], d_o[e], acc);
+  }
+  acc = RowChunks<kD>::row_sum(acc);
+  if (rc.chunk == 0 && i < seq.sq) p.dsum[q_row(p, seq, b, h, i)] = acc;
 }
 
 template <class T, int kD>
 __global__ void __launch_bounds__(256) finish_dq_kernel(const __grid_constant__ Params p) {
-  const int b = blockIdx.z, h = blockIdx.y, i = blockIdx.x * 8 + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+  using RC = RowChunks<kD>;
+  const int b = blockIdx.z, h = blockIdx.y, lane = threadIdx.x & 31;
+  const RC rc;
   const SeqInfo seq = resolve_seq(p, b);
-  if (i >= seq.sq) return;
-  const float* src = p.dq_accum + q_row(p, seq, b, h, i) * kD;
-  T* dst = static_cast<T*>(p.dq) + b * p.dq_sb + (seq.q_start + i) * p.dq_ss + h * p.dq_sh;
+  auto dq_of = [&](int i) { return static_cast<T*>(p.dq) + b * p.dq_sb + (seq.q_start + i) * p.dq_ss + h * p.dq_sh; };
   bool bad = false;
-  for (int c = lane; c < kD; c += 32) {
-    const float v = src[c] * p.scale;
-    bad |= exact::not_finite(v);
-    dst[c] = from_float<T>(v);
+  if (rc.owns(seq.sq)) {
+    float v[8];
+    load8(p.dq_accum + q_row(p, seq, b, h, rc.row) * kD + rc.chunk * 8, v);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      v[e] *= p.scale;
+      bad |= exact::not_finite(v[e]);
+    }
+    store8<T>(dq_of(rc.row) + rc.chunk * 8, v);
   }
   // The NaN rule's slow path (exact_rows.cuh): a row the atomics left not
-  // finite is recomputed from the inputs.
-  if (__any_sync(0xffffffffu, bad)) {
+  // finite is recomputed from the inputs, by the whole warp, one flagged
+  // row at a time (after a __syncwarp that orders the fast stores first).
+  unsigned m = __ballot_sync(0xffffffffu, bad);
+  if (m != 0u) __syncwarp();
+  while (m != 0u) {
+    const int slot = (__ffs(static_cast<int>(m)) - 1) / RC::kLanes;
+    m &= ~(RC::kGroupMask << (slot * RC::kLanes));
+    const int i = rc.row - lane / RC::kLanes + slot;
     float dq[exact::kCols<kD>];
     exact::dq_row<T, kD>(p, seq, b, h, i, lane, dq);
+    T* dst = dq_of(i);
 #pragma unroll
     for (int u = 0; u < exact::kCols<kD>; ++u)
       if (lane + 32 * u < kD) dst[lane + 32 * u] = from_float<T>(dq[u]);
@@ -53,21 +125,25 @@ __global__ void __launch_bounds__(256) finish_dq_kernel(const __grid_constant__ 
 // blockIdx.y is the kv head; its group's query heads are summed in order.
 template <class T, int kD>
 __global__ void __launch_bounds__(256) reduce_dkdv_kernel(const __grid_constant__ Params p) {
-  const int b = blockIdx.z, hk = blockIdx.y, j = blockIdx.x * 8 + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+  const int b = blockIdx.z, hk = blockIdx.y;
+  const RowChunks<kD> rc;
   const SeqInfo seq = resolve_seq(p, b);
-  if (j >= seq.sk) return;
-  T* dk = static_cast<T*>(p.dk) + b * p.dk_sb + (seq.k_start + j) * p.dk_ss + hk * p.dk_sh;
-  T* dv = static_cast<T*>(p.dv) + b * p.dv_sb + (seq.k_start + j) * p.dv_ss + hk * p.dv_sh;
-  for (int c = lane; c < kD; c += 32) {
-    float sk = 0.f, sv = 0.f;
-    for (int g = 0; g < p.group; ++g) {
-      const std::int64_t row = kv_row(p, seq, b, hk * p.group + g, j) * kD + c;
-      sk += p.dk_accum[row];
-      sv += p.dv_accum[row];
+  const int j = rc.row;
+  if (!rc.owns(seq.sk)) return;  // no warp-wide operation below
+  float sk[8] = {}, sv[8] = {};
+  for (int g = 0; g < p.group; ++g) {
+    const std::int64_t off = kv_row(p, seq, b, hk * p.group + g, j) * kD + rc.chunk * 8;
+    float k[8], v[8];
+    load8(p.dk_accum + off, k);
+    load8(p.dv_accum + off, v);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      sk[e] += k[e];
+      sv[e] += v[e];
     }
-    dk[c] = from_float<T>(sk);
-    dv[c] = from_float<T>(sv);
   }
+  store8<T>(static_cast<T*>(p.dk) + b * p.dk_sb + (seq.k_start + j) * p.dk_ss + hk * p.dk_sh + rc.chunk * 8, sk);
+  store8<T>(static_cast<T*>(p.dv) + b * p.dv_sb + (seq.k_start + j) * p.dv_ss + hk * p.dv_sh + rc.chunk * 8, sv);
 }
 
 // One launcher each, so that both backward families run exactly the same
@@ -77,7 +153,7 @@ __global__ void __launch_bounds__(256) reduce_dkdv_kernel(const __grid_constant_
 // D = rowsum(dO * O) into p.dsum.
 template <class T, int kD>
 void launch_dot_do_o(const Params& p, cudaStream_t stream) {
-  const dim3 rows_grid((p.seqlen_q + 7) / 8, p.heads_q, p.batch);
+  const dim3 rows_grid((p.seqlen_q + RowChunks<kD>::kRowsCta - 1) / RowChunks<kD>::kRowsCta, p.heads_q, p.batch);
   if (rows_grid.x == 0) return;
   dot_do_o_kernel<T, kD><<<rows_grid, 256, 0, stream>>>(p);
   check(cudaGetLastError(), "dot_do_o kernel launch");
@@ -86,7 +162,7 @@ void launch_dot_do_o(const Params& p, cudaStream_t stream) {
 // dq = scale * dq_accum (atomic mode).
 template <class T, int kD>
 void launch_finish_dq(const Params& p, cudaStream_t stream) {
-  const dim3 rows_grid((p.seqlen_q + 7) / 8, p.heads_q, p.batch);
+  const dim3 rows_grid((p.seqlen_q + RowChunks<kD>::kRowsCta - 1) / RowChunks<kD>::kRowsCta, p.heads_q, p.batch);
   if (rows_grid.x == 0) return;
   finish_dq_kernel<T, kD><<<rows_grid, 256, 0, stream>>>(p);
   check(cudaGetLastError(), "finish_dq kernel launch");
@@ -96,7 +172,8 @@ void launch_finish_dq(const Params& p, cudaStream_t stream) {
 template <class T, int kD>
 void launch_reduce_dkdv(const Params& p, cudaStream_t stream) {
   if (p.group <= 1 || p.seqlen_k <= 0) return;
-  reduce_dkdv_kernel<T, kD><<<dim3((p.seqlen_k + 7) / 8, p.heads_k, p.batch), 256, 0, stream>>>(p);
+  const dim3 grid((p.seqlen_k + RowChunks<kD>::kRowsCta - 1) / RowChunks<kD>::kRowsCta, p.heads_k, p.batch);
+  reduce_dkdv_kernel<T, kD><<<grid, 256, 0, stream>>>(p);
   check(cudaGetLastError(), "reduce_dkdv kernel launch");
 }
 

@@ -1,7 +1,10 @@
 // Attention over a KV cache (forward_kvcache) on tensor cores, sm_80+ (the
-// same code runs on Hopper). Three kernels on the caller's stream:
-//  1. append (only when there are new keys or a rotary): writes k_new /
-//     v_new at cache positions L0 + t (k rotated) and the rotated copy of q;
+// same code runs on Hopper). Up to three kernels on the caller's stream:
+//  1. append (only with a rotary): writes k_new / v_new at cache positions
+//     L0 + t (k rotated) and the rotated copy of q. Without a rotary the
+//     attention kernel appends (KvParams::append_in_attention): a kernel
+//     fewer, whose launch and drain cost a decode call several
+//     microseconds;
 //  2. attention: one CTA per (sequence, KV head, split, 16- or 64-row tile
 //     of the group's query rows). Every query row of the KV head's group
 //     (heads_q / heads_k heads x seqlen_q tokens) shares the CTA, so each
@@ -13,6 +16,8 @@
 //  3. combine (split-KV only): merges the splits' fp32 partials by LSE.
 #pragma once
 
+#include <atomic>
+#include <climits>
 #include <cmath>
 
 #include "../dispatch.h"
@@ -63,7 +68,9 @@ __device__ __forceinline__ void rotate_or_copy(const KvParams& p, T* dst, const 
 template <class T>
 __global__ void kv_append_kernel(const __grid_constant__ KvParams p) {
   const std::int64_t item = blockIdx.x;
-  const std::int64_t kv_items = p.k_new != nullptr ? static_cast<std::int64_t>(p.batch) * p.seqlen_new * p.heads_k : 0;
+  const std::int64_t kv_items = p.k_new != nullptr && !p.append_in_attention
+                                    ? static_cast<std::int64_t>(p.batch) * p.seqlen_new * p.heads_k
+                                    : 0;
   if (item < kv_items) {
     const int h = static_cast<int>(item % p.heads_k);
     const std::int64_t bt = item / p.heads_k;
@@ -110,13 +117,22 @@ struct KvTileLoader {
   // Contiguous: (b's row, position 0, head h); paged: head h of page 0.
   const T *k, *v;
   const std::int32_t* table = nullptr;  // paged: sequence b's row of the block table
+  // Appended in the attention kernel: positions from new_begin are read
+  // from k_new / v_new (row t at kn + t kn_ss), not from the cache.
+  const T *kn = nullptr, *vn = nullptr;
+  int new_begin = INT_MAX;
   int page_size, row0, ch, k_end;
   int pages[kRows], slots[kRows];  // paged: page and position in it of this thread's rows of the next tile
 
-  __device__ KvTileLoader(const KvParams& p_, int b, int h, int k_end_, int tid)
+  __device__ KvTileLoader(const KvParams& p_, int b, int h, int len0, int k_end_, int tid)
       : p(p_), page_size(static_cast<int>(p_.kl.page_size)), row0(tid / kChunks), ch(tid % kChunks), k_end(k_end_) {
     k = static_cast<const T*>(p.k_cache);
     v = static_cast<const T*>(p.v_cache);
+    if (p.append_in_attention) {
+      kn = static_cast<const T*>(p.k_new) + b * p.kn_sb + h * p.kn_sh;
+      vn = static_cast<const T*>(p.v_new) + b * p.vn_sb + h * p.vn_sh;
+      new_begin = len0;
+    }
     if (page_size > 0) {
       k += h * p.kl.stride_head;
       v += h * p.vl.stride_head;
@@ -135,7 +151,7 @@ struct KvTileLoader {
       const int pos = n0 + row0 + i * kRowStep;
       pages[i] = 0;
       slots[i] = 0;
-      if (pos < k_end) {
+      if (pos < k_end && pos < new_begin) {
         const int pg = pos / page_size;
         pages[i] = static_cast<int>(p.kl.clamp_row(table[pg]));
         slots[i] = pos - pg * page_size;
@@ -148,21 +164,42 @@ struct KvTileLoader {
     for (int i = 0; i < kRows; ++i) {
       const int r = row0 + i * kRowStep, pos = n0 + r;
       const bool ok = pos < k_end;
-      std::int64_t ko = 0, vo = 0;
+      const T *ks = k, *vs = v;
       if (ok) {
-        if (page_size > 0) {
-          ko = pages[i] * p.kl.stride_batch + slots[i] * p.kl.stride_seq;
-          vo = pages[i] * p.vl.stride_batch + slots[i] * p.vl.stride_seq;
+        if (pos >= new_begin) {
+          ks = kn + (pos - new_begin) * p.kn_ss;
+          vs = vn + (pos - new_begin) * p.vn_ss;
+        } else if (page_size > 0) {
+          ks += pages[i] * p.kl.stride_batch + slots[i] * p.kl.stride_seq;
+          vs += pages[i] * p.vl.stride_batch + slots[i] * p.vl.stride_seq;
         } else {
-          ko = pos * p.kl.stride_seq;
-          vo = pos * p.vl.stride_seq;
+          ks += pos * p.kl.stride_seq;
+          vs += pos * p.vl.stride_seq;
         }
       }
-      ptx::cp_async_16(ptx::smem_addr(sK + r * kLd + ch * 8), k + ko + ch * 8, ok);
-      ptx::cp_async_16(ptx::smem_addr(sV + r * kLd + ch * 8), v + vo + ch * 8, ok);
+      ptx::cp_async_16(ptx::smem_addr(sK + r * kLd + ch * 8), ks + ch * 8, ok);
+      ptx::cp_async_16(ptx::smem_addr(sV + r * kLd + ch * 8), vs + ch * 8, ok);
     }
   }
 };
+
+// k_new / v_new rows of (sequence b, KV head h) into the cache at L0 + t,
+// 16 bytes a thread. No CTA reads these cache rows in this call (the
+// loader takes them from k_new / v_new), so the stores need no ordering
+// against the other CTAs.
+template <class T, int kD, int kThreads>
+__device__ __forceinline__ void append_rows(const KvParams& p, int b, int h, int len0, int tid) {
+  constexpr int kChunks = kD / 8;
+  for (int c = tid; c < p.seqlen_new * kChunks; c += kThreads) {
+    const int t = c / kChunks, ch = (c % kChunks) * 8;
+    const T* kn = static_cast<const T*>(p.k_new) + b * p.kn_sb + t * p.kn_ss + h * p.kn_sh + ch;
+    const T* vn = static_cast<const T*>(p.v_new) + b * p.vn_sb + t * p.vn_ss + h * p.vn_sh + ch;
+    *reinterpret_cast<uint4*>(static_cast<T*>(p.k_cache) + p.kl.offset(b, len0 + t, h) + ch) =
+        *reinterpret_cast<const uint4*>(kn);
+    *reinterpret_cast<uint4*>(static_cast<T*>(p.v_cache) + p.vl.offset(b, len0 + t, h) + ch) =
+        *reinterpret_cast<const uint4*>(vn);
+  }
+}
 
 // The attention of one (sequence b, KV head h, split, row tile). Warps are
 // kWarpsN (key slices of a tile) x kWarpsM (16-row slices of the rows): 4 x
@@ -202,8 +239,9 @@ __global__ void __launch_bounds__(128, kD <= 128 ? 2 : 1) kv_attention_kernel(co
   const int mt = x % m_tiles, h = x / m_tiles, b = blockIdx.y;
   const int m0 = mt * kBlockM;
 
-  const int len = kv_len0(p, b) + p.seqlen_new;
+  const int len0 = kv_len0(p, b), len = len0 + p.seqlen_new;
   const int sq = p.seqlen_q;
+  if (p.append_in_attention && split == 0 && mt == 0) append_rows<T, kD, kThreads>(p, b, h, len0, tid);
   // The split's keys: the same cut as the CPU backend, over the keys some
   // query row sees.
   const KeyChunk chunk = kv_split_chunk(p.window.first_key(0, sq, len), p.window.last_key(sq - 1, sq, len), split,
@@ -219,7 +257,7 @@ __global__ void __launch_bounds__(128, kD <= 128 ? 2 : 1) kv_attention_kernel(co
   // Keys outside [k_begin, k_end) (past L, before or after the split) are
   // zero rows never read (KvTileLoader): a masked key must not contribute
   // even as 0 x NaN.
-  KvTileLoader<T, kD, kBlockN, kThreads> loader(p, b, h, k_end, tid);
+  KvTileLoader<T, kD, kBlockN, kThreads> loader(p, b, h, len0, k_end, tid);
   auto issue_tile = [&](int t) {
     const int buf = t % kStages;
     loader.issue(k_begin + t * kBlockN, sK + buf * kBlockN * kLd, sV + buf * kBlockN * kLd);
@@ -413,17 +451,23 @@ __global__ void __launch_bounds__(128, kD <= 128 ? 2 : 1) kv_attention_kernel(co
   }
 }
 
-// o = sum_s w_s O_s / sum_s w_s, w_s = exp(lse_s - max lse), one warp per
-// output row. Splits with no key (lse -inf) weigh nothing; a row no split
-// saw gets O = 0, LSE = -inf.
+// o = sum_s w_s O_s / sum_s w_s, w_s = exp(lse_s - max lse), one CTA of
+// kCombineWarps warps per output row: warp w sums splits w, w + kWarps, ...
+// and the warps' sums meet in shared memory. The partial rows are read
+// from L2 with a latency each; a warp's loads of its splits are
+// independent, so they overlap, where one warp walking all splits in turn
+// (up to a hundred) took over 10 us at batch 1. Splits with no key (lse
+// -inf) weigh nothing; a row no split saw gets O = 0, LSE = -inf.
+inline constexpr int kCombineWarps = 4;
+
 template <class T, int kD>
-__global__ void kv_combine_kernel(const __grid_constant__ KvParams p) {
-  constexpr int kPerLane = kD / 32;
-  static_assert(kPerLane * 32 == kD, "head_dim a multiple of 32");
-  const std::int64_t idx = (static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
-  const int lane = threadIdx.x & 31;
+__global__ void __launch_bounds__(kCombineWarps * 32) kv_combine_kernel(const __grid_constant__ KvParams p) {
+  constexpr int kPerLane = kD / 32;  // contiguous channels lane * kPerLane ..
+  static_assert(kPerLane * 32 == kD && (kPerLane == 2 || kPerLane == 4 || kPerLane == 8), "head_dim 64, 128 or 256");
+  __shared__ float part[kCombineWarps - 1][kD];
+  const std::int64_t idx = blockIdx.x;  // (b, head, i) of the output row
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int sq = p.seqlen_q;
-  if (idx >= static_cast<std::int64_t>(p.batch) * p.heads_q * sq) return;
   const int i = static_cast<int>(idx % sq), head = static_cast<int>((idx / sq) % p.heads_q);
   const int b = static_cast<int>(idx / (static_cast<std::int64_t>(sq) * p.heads_q));
   const int h = head / p.group, r = (head % p.group) * sq + i;
@@ -447,18 +491,39 @@ __global__ void kv_combine_kernel(const __grid_constant__ KvParams p) {
 #pragma unroll
   for (int k = 0; k < kPerLane; ++k) acc[k] = 0.f;
   if (mx != -INFINITY) {
-    for (int s = 0; s < p.splits; ++s) {
+#pragma unroll 4
+    for (int s = warp; s < p.splits; s += kCombineWarps) {
       const float ls = lse_of(s);
-      if (ls == -INFINITY) continue;
-      const float w = expf(ls - mx) / sum;
-      const float* po = p.part_o + (row0 + static_cast<std::int64_t>(s) * p.rows) * kD;
+      const float w = ls == -INFINITY ? 0.f : expf(ls - mx) / sum;
+      const float* po = p.part_o + (row0 + static_cast<std::int64_t>(s) * p.rows) * kD + lane * kPerLane;
+      if constexpr (kPerLane == 2) {
+        const float2 x = *reinterpret_cast<const float2*>(po);
+        acc[0] += w * x.x;
+        acc[1] += w * x.y;
+      } else {
 #pragma unroll
-      for (int k = 0; k < kPerLane; ++k) acc[k] += w * po[lane + 32 * k];
+        for (int q = 0; q < kPerLane / 4; ++q) {
+          const float4 x = reinterpret_cast<const float4*>(po)[q];
+          acc[4 * q] += w * x.x;
+          acc[4 * q + 1] += w * x.y;
+          acc[4 * q + 2] += w * x.z;
+          acc[4 * q + 3] += w * x.w;
+        }
+      }
     }
   }
-  T* out = static_cast<T*>(p.o) + b * p.o_sb + i * p.o_ss + head * p.o_sh;
+  if (warp > 0)
 #pragma unroll
-  for (int k = 0; k < kPerLane; ++k) out[lane + 32 * k] = from_float<T>(acc[k]);
+    for (int k = 0; k < kPerLane; ++k) part[warp - 1][lane * kPerLane + k] = acc[k];
+  __syncthreads();
+  if (warp > 0) return;
+#pragma unroll
+  for (int w = 0; w < kCombineWarps - 1; ++w)
+#pragma unroll
+    for (int k = 0; k < kPerLane; ++k) acc[k] += part[w][lane * kPerLane + k];
+  T* out = static_cast<T*>(p.o) + b * p.o_sb + i * p.o_ss + head * p.o_sh + lane * kPerLane;
+#pragma unroll
+  for (int k = 0; k < kPerLane; k += 2) *reinterpret_cast<std::uint32_t*>(out + k) = pack2<T>(acc[k], acc[k + 1]);
   if (lane == 0 && p.lse != nullptr) p.lse[idx] = mx == -INFINITY ? -INFINITY : mx + logf(sum);
 }
 
@@ -489,10 +554,15 @@ void launch_kv_attention(const KvParams& p, cudaStream_t stream) {
 }
 
 template <class T, int kD>
-void launch_kvcache(const KvParams& p, cudaStream_t stream) {
+void launch_kvcache(const KvParams& params, cudaStream_t stream) {
   static_assert(kv_tile(kD).head_dim == kD, "head_dim missing from kKvTiles");
-  if (p.batch == 0) return;
-  const std::int64_t kv_items = p.k_new != nullptr ? static_cast<std::int64_t>(p.batch) * p.seqlen_new * p.heads_k : 0;
+  if (params.batch == 0) return;
+  KvParams p = params;
+  // Without a rotary (and with queries to attend) the attention kernel
+  // appends; the append kernel runs only for the rotary's rotations.
+  p.append_in_attention = p.k_new != nullptr && p.rotary_dim == 0 && p.seqlen_q > 0 && p.seqlen_new > 0;
+  const std::int64_t kv_items =
+      p.k_new != nullptr && !p.append_in_attention ? static_cast<std::int64_t>(p.batch) * p.seqlen_new * p.heads_k : 0;
   const std::int64_t q_items = p.rotary_dim > 0 ? static_cast<std::int64_t>(p.batch) * p.seqlen_q * p.heads_q : 0;
   if (kv_items + q_items > 0) {
     kv_append_kernel<T><<<static_cast<unsigned>(kv_items + q_items), kD / 2, 0, stream>>>(p);
@@ -502,14 +572,25 @@ void launch_kvcache(const KvParams& p, cudaStream_t stream) {
   if (p.rows <= 16) launch_kv_attention<T, kD, true>(p, stream);
   else launch_kv_attention<T, kD, false>(p, stream);
   if (p.splits > 1) {
-    const std::int64_t warps = static_cast<std::int64_t>(p.batch) * p.heads_q * p.seqlen_q;
-    kv_combine_kernel<T, kD><<<static_cast<unsigned>((warps + 3) / 4), 128, 0, stream>>>(p);
+    const std::int64_t rows = static_cast<std::int64_t>(p.batch) * p.heads_q * p.seqlen_q;
+    kv_combine_kernel<T, kD><<<static_cast<unsigned>(rows), kCombineWarps * 32, 0, stream>>>(p);
     check(cudaGetLastError(), "kvcache combine kernel launch");
   }
 }
 
 template <class T, int kD>
 int kvcache_ctas_per_sm(int rows) {
+  // The occupancy query costs a decode call's host path several
+  // microseconds; its answer depends only on the kernel and the device.
+  constexpr int kMaxDevices = 64;
+  static std::atomic<int> cached[2][kMaxDevices];  // [decode form][device], 0: not asked yet
+  const bool decode = rows <= 16;
+  int dev = 0;
+  check(cudaGetDevice(&dev), "cudaGetDevice");
+  if (dev < kMaxDevices) {
+    const int hit = cached[decode][dev].load(std::memory_order_relaxed);
+    if (hit != 0) return hit;
+  }
   const auto resident = [](auto kernel, int smem) {
     set_max_dynamic_smem(kernel, smem, "cudaFuncSetAttribute(kvcache attention)");
     int n = 0;
@@ -517,8 +598,10 @@ int kvcache_ctas_per_sm(int rows) {
           "cudaOccupancyMaxActiveBlocksPerMultiprocessor(kvcache attention)");
     return n < 1 ? 1 : n;
   };
-  if (rows <= 16) return resident(KvForm<T, kD, true>::kernel(), KvForm<T, kD, true>::kSmem);
-  return resident(KvForm<T, kD, false>::kernel(), KvForm<T, kD, false>::kSmem);
+  const int n = decode ? resident(KvForm<T, kD, true>::kernel(), KvForm<T, kD, true>::kSmem)
+                       : resident(KvForm<T, kD, false>::kernel(), KvForm<T, kD, false>::kSmem);
+  if (dev < kMaxDevices) cached[decode][dev].store(n, std::memory_order_relaxed);
+  return n;
 }
 
 }  // namespace flashattn::detail::sm80

@@ -38,6 +38,10 @@ struct KvParams {
   int capacity = 0;                           // positions a sequence can hold
   int rows = 0;                               // group * seqlen_q: the M dimension of a (b, kv head)
   int splits = 1;
+  // The attention kernel appends k_new / v_new itself (no rotary): its
+  // first CTA of each (sequence, KV head) writes them into the cache, and
+  // every CTA reads positions L0 .. L0 + seqlen_new - 1 from k_new / v_new.
+  bool append_in_attention = false;
   float scale_log2 = 1.f;                     // softmax scale * log2(e)
   WindowMask window;                          // causal folded in
   // Rotary (rotary_dim = 0: none).
