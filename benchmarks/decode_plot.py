@@ -9,14 +9,19 @@ Reads DIR/decode.json and writes, to OUTDIR (default DIR):
   bandwidth measured in the same process (the records' `of_copy`; above 1
   is possible, the copy figure counting read + write traffic), contiguous
   caches; one line per (method, batch): flashattn solid, sdpa-cudnn dashed,
-  sdpa-flash dotted, one colour per batch.
+  sdpa-flash dotted, one colour per batch; and FlashInfer with tensor
+  cores on pages of 64 (dash-dot) when the run has it (FlashInfer has no
+  contiguous-cache path of its own: a cache as one page a sequence is not
+  what it is built for).
 - decode-paged.png: the same axes, flashattn only: contiguous solid, paged
   16 dashed, paged 64 dotted.
 - decode-summary.md: one row per point (heads, batch, cache): of-copy of
   flashattn (contiguous), cuDNN and FA2; cuDNN's time / ours (> 1: ours
   faster); contiguous time / paged time for pages of 16 and 64 (< 1: paged
-  slower); and FlashInfer's paged time / ours when any FlashInfer record
-  has a time.
+  slower); and, when any FlashInfer record has a time, FlashInfer's time
+  / ours on pages of 16 and 64, FlashInfer taken as the faster of its two
+  decode kernels (CUDA cores, `flashinfer`; tensor cores,
+  `flashinfer-tc`) at each point.
 
 A record whose `ms` is null (a backend that did not apply or is missing)
 is left out of the plots and shown as n/a in the table.
@@ -85,9 +90,12 @@ def summary(data, by):
     recs = data["records"]
     m = data["meta"]
     points = sorted({(r["heads_q"], r["heads_k"], r["batch"], r["cache"]) for r in recs})
-    flashinfer = any(k[5] == "flashinfer" for k in by)
+    flashinfer = any(k[5].startswith("flashinfer") for k in by)
 
     def ms(p, layout, method):
+        if method == "flashinfer":  # the faster of its two kernels
+            t = [by[p + (layout, m)]["ms"] for m in ("flashinfer", "flashinfer-tc") if p + (layout, m) in by]
+            return min(t) if t else None
         r = by.get(p + (layout, method))
         return r["ms"] if r else None
 
@@ -129,7 +137,10 @@ def main(argv=None):
     with open(os.path.join(args.dir, "decode.json")) as f:
         data = json.load(f)
     by = index(data["records"])
-    panels(data, by, [(mt, "contiguous", ls, LABELS[mt]) for mt, ls in STYLES.items()],
+    lines = [(mt, "contiguous", ls, LABELS[mt]) for mt, ls in STYLES.items()]
+    if any(k[4] == "paged64" and k[5] == "flashinfer-tc" for k in by):
+        lines.append(("flashinfer-tc", "paged64", "-.", "FlashInfer (tensor cores), paged 64"))
+    panels(data, by, lines,
            "Decode, contiguous cache", os.path.join(out, "decode.png"))
     panels(data, by, [("flashattn", lay, ls, f"flashattn {lay}") for lay, ls in PAGED.items()],
            "flashattn decode, contiguous against paged", os.path.join(out, "decode-paged.png"))

@@ -1,7 +1,10 @@
 """Where a decode call's time goes, for the KV-cache kernels (not a
 benchmark table: a diagnosis to run before changing the launch sequence).
 
-  PYTHONPATH=build-bench/pkg python benchmarks/decode_profile.py OUT.json
+  PYTHONPATH=build-bench/pkg python benchmarks/decode_profile.py OUT.json [--no-sweep]
+
+(--no-sweep: the heuristic's split count only, for a quick A/B of two
+builds.)
 
 At a few decode points (bf16, d 128, heads 32/8): flashattn's time with
 every split count (num_splits) and the heuristic's (0), without the
@@ -48,7 +51,7 @@ def kernel_times(fn, calls=10):
     return kernels, span
 
 
-def point(hq, hk, b, L):
+def point(hq, hk, b, L, sweep=True):
     q = torch.randn(b, 1, hq, D, dtype=DTYPE, device="cuda")
     k_new = torch.randn(b, 1, hk, D, dtype=DTYPE, device="cuda")
     v_new = torch.randn_like(k_new)
@@ -63,7 +66,7 @@ def point(hq, hk, b, L):
                                                          causal=True, num_splits=splits)
 
     res = {}
-    for splits in SPLITS:
+    for splits in SPLITS if sweep else [0]:
         if splits and splits * 256 > 2 * L:
             continue
         res[f"splits{splits}_us"] = time_calls(ours(splits), iters=30) * 1e3
@@ -80,7 +83,7 @@ def main():
     out = {"gpu": torch.cuda.get_device_name(), "points": {}}
     for hq, hk, b, L in POINTS:
         key = f"{hq}/{hk} batch {b} cache {L}"
-        out["points"][key] = point(hq, hk, b, L)
+        out["points"][key] = point(hq, hk, b, L, sweep="--no-sweep" not in sys.argv[2:])
         print(key, json.dumps(out["points"][key]), flush=True)
         torch.cuda.empty_cache()
     with open(sys.argv[1], "w") as f:

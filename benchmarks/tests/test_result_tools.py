@@ -66,3 +66,18 @@ def test_decode_plot_summary(tmp_path):
     # contiguous / paged: 0.100 / 0.125 and 0.100 / 0.104
     assert row == "| 32/8 | 8 | 8K | 0.80 | 0.89 | 0.67 | 0.90 | 0.80 | 0.96 |"
     assert (tmp_path / "decode.png").stat().st_size > 0 and (tmp_path / "decode-paged.png").stat().st_size > 0
+
+
+def test_decode_plot_flashinfer_best_of_two(tmp_path):
+    def rec(method, layout, ms):
+        return dict(method=method, heads_q=32, heads_k=8, batch=1, cache=1024, layout=layout, head_dim=128,
+                    dtype="bf16", kv_bytes=1, ms=ms, of_copy=None if ms is None else 0.5)
+    records = [rec("flashattn", "contiguous", 0.020), rec("flashattn", "paged16", 0.025),
+               rec("flashattn", "paged64", 0.026), rec("flashinfer", "paged16", 0.0125),
+               rec("flashinfer-tc", "paged16", 0.0100), rec("flashinfer", "paged64", 0.013),
+               rec("flashinfer-tc", "paged64", None)]
+    (tmp_path / "decode.json").write_text(json.dumps({"meta": {"gpu": "test", "torch": "x", "cuda": "x", "date": "2026-01-01", "commit": "abc1234", "copy_gbs": 3000.0}, "records": records}))
+    assert decode_plot.main([str(tmp_path)]) in (0, None)
+    row = next(l for l in (tmp_path / "decode-summary.md").read_text().splitlines() if l.startswith("| 32/8"))
+    # FlashInfer / ours: the faster FlashInfer kernel, 0.0100 / 0.025 at page 16; 0.013 / 0.026 at 64 (tc n/a)
+    assert row.endswith("| 0.40 | 0.50 |"), row
