@@ -261,37 +261,6 @@ BwdLayout bwd_layout(const Problem& pr, const BackwardArgs& a, KernelFamily path
   return l;
 }
 
-// The caller's workspace, or a stream-ordered allocation freed (stream-
-// ordered too) when the call returns or throws. `sizing` tells the caller
-// where the size comes from (the error of a too small workspace).
-class Scratch {
- public:
-  Scratch(const Context& ctx, std::size_t bytes, cudaStream_t stream, const char* sizing = "see backward_workspace_bytes")
-      : stream_(stream) {
-    if (bytes == 0) return;
-    if (ctx.workspace != nullptr) {
-      if (ctx.workspace_bytes < bytes)
-        fail("ctx.workspace_bytes", ">= " + std::to_string(bytes) + " (" + sizing + ")",
-             std::to_string(ctx.workspace_bytes));
-      ptr_ = ctx.workspace;
-      return;
-    }
-    check(cudaMallocAsync(&ptr_, bytes, stream), "cudaMallocAsync(workspace)");
-    owned_ = true;
-  }
-  ~Scratch() {
-    if (owned_) cudaFreeAsync(ptr_, stream_);
-  }
-  Scratch(const Scratch&) = delete;
-  Scratch& operator=(const Scratch&) = delete;
-  char* bytes() const { return static_cast<char*>(ptr_); }
-
- private:
-  void* ptr_ = nullptr;
-  bool owned_ = false;
-  cudaStream_t stream_;
-};
-
 // The backward walks key blocks and asks, for each query tile, whether its
 // block is kept: answered from the query-major lists that would be a scan
 // per question (O(n_kept) per tile, so O(n^3) per head; at 64K tokens it made
@@ -390,7 +359,7 @@ void cuda_backward(const Problem& pr, const BackwardArgs& a, const Context& ctx)
 
   const auto stream = static_cast<cudaStream_t>(ctx.stream);
   const BwdLayout l = bwd_layout(pr, a, path);
-  Scratch scratch(ctx, l.total, stream);
+  cuda::Scratch scratch(ctx, l.total, stream, "see backward_workspace_bytes");
   char* ws = scratch.bytes();
   p.dsum = reinterpret_cast<float*>(ws + l.dsum);
   if (p.is_sparse()) {
@@ -530,7 +499,7 @@ void cuda_forward_kvcache(const KvProblem& kp, const KvCacheArgs& a, const Conte
   const std::size_t part_o_bytes = align256(part_rows * d * sizeof(float));
   const std::size_t total = q_rot_bytes + part_o_bytes + align256(part_rows * sizeof(float));
   const auto stream = static_cast<cudaStream_t>(ctx.stream);
-  Scratch scratch(ctx, total, stream, "the KV-cache scratch: rotated q and split-KV partials");
+  cuda::Scratch scratch(ctx, total, stream, "the KV-cache scratch: rotated q and split-KV partials");
   if (kp.rotary_dim > 0) {
     // The attention reads the rotated, dtype-rounded copy.
     p.q_in = a.q.data;

@@ -14,6 +14,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include "common/fail.h"
 #include "common/mask.h"
 #include "common/philox.h"
 #include "flashattn/flashattn.h"
@@ -29,6 +30,45 @@ inline void check(cudaError_t e, const char* what) {
   if (e == cudaErrorMemoryAllocation) throw OutOfMemory(msg);
   throw RuntimeError(msg);
 }
+
+// Device scratch of one call: the caller's workspace (ctx.workspace, at
+// least `bytes`, else an argument error naming ctx.workspace_bytes and
+// `sizing`, the query that sizes it), or stream-ordered memory of its own,
+// freed on the same stream when the call's work is queued. take(n) hands
+// out consecutive 256-byte-aligned parts.
+class Scratch {
+ public:
+  Scratch(const Context& ctx, std::size_t bytes, cudaStream_t stream, const char* sizing) : stream_(stream) {
+    if (bytes == 0) return;
+    if (ctx.workspace != nullptr) {
+      if (ctx.workspace_bytes < bytes)
+        fail("ctx.workspace_bytes", ">= " + std::to_string(bytes) + " (" + sizing + ")",
+             std::to_string(ctx.workspace_bytes));
+      base_ = static_cast<char*>(ctx.workspace);
+      return;
+    }
+    void* ptr = nullptr;
+    check(cudaMallocAsync(&ptr, bytes, stream), "cudaMallocAsync(workspace)");
+    base_ = owned_ = static_cast<char*>(ptr);
+  }
+  ~Scratch() {
+    if (owned_ != nullptr) cudaFreeAsync(owned_, stream_);
+  }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  char* bytes() const { return base_; }
+  void* take(std::size_t bytes) {
+    void* part = base_ + used_;
+    used_ += (bytes + 255) / 256 * 256;
+    return part;
+  }
+
+ private:
+  cudaStream_t stream_;
+  char* base_ = nullptr;
+  char* owned_ = nullptr;
+  std::size_t used_ = 0;
+};
 
 // Host-side queries that every call made and that never change for a
 // device, done once: the torch profiler put the two attribute queries and

@@ -42,6 +42,7 @@
 #include <initializer_list>
 #include <string>
 
+#include "common.cuh"
 #include "common/mask.h"
 #include "common/philox.h"
 
@@ -498,6 +499,8 @@ Shapes shapes_of(const Problem& p) {
 }
 
 std::size_t aligned_bytes(std::int64_t elems) { return (static_cast<std::size_t>(elems) * 2 + 255) / 256 * 256; }
+// A part of `elems` 16-bit values of the call's scratch (aligned_bytes of them).
+void* take(cuda::Scratch& ws, std::int64_t elems) { return ws.take(static_cast<std::size_t>(elems) * 2); }
 
 // Forward: Qp, Kp, Vp, S (-> P_d), Op.  Backward: Qp, Kp, Vp, dOp, S (-> P
 // -> dS), P_d (-> dP), dQp, dKp, dVp.
@@ -510,39 +513,6 @@ std::size_t backward_bytes(const Shapes& s) {
 
 // The caller's workspace, or a stream-ordered allocation freed (also
 // stream-ordered) when the call ends, on success or error.
-class Scratch {
- public:
-  Scratch(const Context& ctx, std::size_t bytes, cudaStream_t stream, const char* query) : stream_(stream) {
-    if (bytes == 0) return;
-    if (ctx.workspace) {
-      if (ctx.workspace_bytes < bytes)
-        throw Error(std::string("ctx.workspace_bytes: expected >= ") + std::to_string(bytes) + " (" + query +
-                    "), got " + std::to_string(ctx.workspace_bytes));
-      base_ = static_cast<char*>(ctx.workspace);
-    } else {
-      void* ptr = nullptr;
-      check_cuda(cudaMallocAsync(&ptr, bytes, stream), "cudaMallocAsync of the S/P workspace");
-      base_ = owned_ = static_cast<char*>(ptr);
-    }
-  }
-  ~Scratch() {
-    if (owned_) cudaFreeAsync(owned_, stream_);
-  }
-  Scratch(const Scratch&) = delete;
-  Scratch& operator=(const Scratch&) = delete;
-
-  void* take(std::int64_t elems) {
-    void* p = base_ + used_;
-    used_ += aligned_bytes(elems);
-    return p;
-  }
-
- private:
-  cudaStream_t stream_;
-  char* base_ = nullptr;
-  char* owned_ = nullptr;
-  std::size_t used_ = 0;
-};
 
 // ----------------------------------------------------------- the passes ---
 
@@ -626,12 +596,12 @@ void forward_impl(const Problem& p, const ForwardArgs& a, const Context& ctx) {
   const cudaDataType_t type = p.dtype == DType::bf16 ? CUDA_R_16BF : CUDA_R_16F;
   const SeqGeometry geo = geometry_of(p, a.q, a.k);
   cublasHandle_t handle = cublas_handle(stream);
-  Scratch ws(ctx, forward_bytes(s), stream, "cuda_standard_forward_workspace_bytes");
-  void* Q = ws.take(s.q_elems);
-  void* K = ws.take(s.kv_elems);
-  void* V = ws.take(s.kv_elems);
-  void* S = ws.take(s.s_elems);
-  void* O = ws.take(s.q_elems);
+  cuda::Scratch ws(ctx, forward_bytes(s), stream, "cuda_standard_forward_workspace_bytes");
+  void* Q = take(ws, s.q_elems);
+  void* K = take(ws, s.kv_elems);
+  void* V = take(ws, s.kv_elems);
+  void* S = take(ws, s.s_elems);
+  void* O = take(ws, s.q_elems);
   pack(a.q, Q, geo, true, true, s.batch, s.sq, stream);
   pack(a.k, K, geo, false, true, s.batch, s.sk, stream);
   pack(a.v, V, geo, false, true, s.batch, s.sk, stream);
@@ -657,16 +627,16 @@ void backward_impl(const Problem& p, const BackwardArgs& a, const Context& ctx) 
   const SeqGeometry geo = geometry_of(p, a.q, a.k);
   const RowParams rp = row_params(p, s, geo);
   cublasHandle_t handle = cublas_handle(stream);
-  Scratch ws(ctx, backward_bytes(s), stream, "cuda_standard_backward_workspace_bytes");
-  void* Q = ws.take(s.q_elems);
-  void* K = ws.take(s.kv_elems);
-  void* V = ws.take(s.kv_elems);
-  void* dO = ws.take(s.q_elems);
-  void* S = ws.take(s.s_elems);   // S, then P, then dS
-  void* Pd = ws.take(s.s_elems);  // P_d, then dP
-  void* dQ = ws.take(s.q_elems);
-  void* dK = ws.take(s.kv_elems);
-  void* dV = ws.take(s.kv_elems);
+  cuda::Scratch ws(ctx, backward_bytes(s), stream, "cuda_standard_backward_workspace_bytes");
+  void* Q = take(ws, s.q_elems);
+  void* K = take(ws, s.kv_elems);
+  void* V = take(ws, s.kv_elems);
+  void* dO = take(ws, s.q_elems);
+  void* S = take(ws, s.s_elems);   // S, then P, then dS
+  void* Pd = take(ws, s.s_elems);  // P_d, then dP
+  void* dQ = take(ws, s.q_elems);
+  void* dK = take(ws, s.kv_elems);
+  void* dV = take(ws, s.kv_elems);
   pack(a.q, Q, geo, true, true, s.batch, s.sq, stream);
   pack(a.k, K, geo, false, true, s.batch, s.sk, stream);
   pack(a.v, V, geo, false, true, s.batch, s.sk, stream);
