@@ -86,8 +86,25 @@ __global__ void __launch_bounds__(256) dot_do_o_kernel(const __grid_constant__ P
   if (rc.chunk == 0 && i < seq.sq) p.dsum[q_row(p, seq, b, h, i)] = acc;
 }
 
+// The NaN rule's slow path of finish_dq (exact_rows.cuh): row i's dq
+// recomputed from the inputs by the whole warp and stored. Not inlined, so
+// that its registers and stack do not count against the stream's
+// occupancy.
 template <class T, int kD>
-__global__ void __launch_bounds__(256) finish_dq_kernel(const __grid_constant__ Params p) {
+__device__ __noinline__ void recompute_dq_row(const Params& p, const SeqInfo& seq, int b, int h, int i, int lane,
+                                              T* dst) {
+  float dq[exact::kCols<kD>];
+  exact::dq_row<T, kD>(p, seq, b, h, i, lane, dq);
+#pragma unroll
+  for (int u = 0; u < exact::kCols<kD>; ++u)
+    if (lane + 32 * u < kD) dst[lane + 32 * u] = from_float<T>(dq[u]);
+}
+
+// Six CTAs an SM at least (at most 40 registers a thread): each thread has
+// only 32 bytes in flight, so the stream needs many threads resident to
+// cover the memory latency.
+template <class T, int kD>
+__global__ void __launch_bounds__(256, 6) finish_dq_kernel(const __grid_constant__ Params p) {
   using RC = RowChunks<kD>;
   const int b = blockIdx.z, h = blockIdx.y, lane = threadIdx.x & 31;
   const RC rc;
@@ -104,21 +121,16 @@ __global__ void __launch_bounds__(256) finish_dq_kernel(const __grid_constant__ 
     }
     store8<T>(dq_of(rc.row) + rc.chunk * 8, v);
   }
-  // The NaN rule's slow path (exact_rows.cuh): a row the atomics left not
-  // finite is recomputed from the inputs, by the whole warp, one flagged
-  // row at a time (after a __syncwarp that orders the fast stores first).
+  // A row the atomics left not finite is recomputed, one flagged row at a
+  // time by the whole warp (after a __syncwarp that orders the fast stores
+  // first).
   unsigned m = __ballot_sync(0xffffffffu, bad);
   if (m != 0u) __syncwarp();
   while (m != 0u) {
     const int slot = (__ffs(static_cast<int>(m)) - 1) / RC::kLanes;
     m &= ~(RC::kGroupMask << (slot * RC::kLanes));
     const int i = rc.row - lane / RC::kLanes + slot;
-    float dq[exact::kCols<kD>];
-    exact::dq_row<T, kD>(p, seq, b, h, i, lane, dq);
-    T* dst = dq_of(i);
-#pragma unroll
-    for (int u = 0; u < exact::kCols<kD>; ++u)
-      if (lane + 32 * u < kD) dst[lane + 32 * u] = from_float<T>(dq[u]);
+    recompute_dq_row<T, kD>(p, seq, b, h, i, lane, dq_of(i));
   }
 }
 
