@@ -14,15 +14,19 @@ constexpr int kKvMaxSplits = 128;
 // Keys per split below which splitting further costs more (the combine and
 // the extra partial rows) than the parallelism it buys.
 constexpr std::int64_t kKvMinKeysPerSplit = 256;
+// A split count within this share of the best wave efficiency is as good:
+// the smallest such count wins, since every split adds a partial row to
+// write and combine.
+constexpr double kKvSplitEfficiencyShare = 0.95;
 
 // num_splits = 0's choice. The batch * heads_k work items, each cut into s
 // splits, run in waves of num_workers (CPU threads; on CUDA, SMs x the
 // attention CTAs an SM holds); a last wave only partly full leaves workers
 // idle, so s is chosen by wave efficiency, (items / num_workers) /
-// ceil(items / num_workers): the smallest s within 0.95 of the best over
-// 1 .. `most` (one split per kKvMinKeysPerSplit keys of the longest
-// sequence, at most kKvMaxSplits); `most` itself when even that leaves
-// workers idle.
+// ceil(items / num_workers): the smallest s within kKvSplitEfficiencyShare
+// of the best over 1 .. `most` (one split per kKvMinKeysPerSplit keys of
+// the longest sequence, at most kKvMaxSplits); `most` itself when even
+// that leaves workers idle.
 FA_HOST_DEVICE int kv_num_splits_heuristic(std::int64_t batch_heads_k, std::int64_t max_seqlen_k,
                                                   int num_workers) {
   if (batch_heads_k <= 0 || max_seqlen_k <= 0 || num_workers <= 1) return 1;
@@ -38,7 +42,7 @@ FA_HOST_DEVICE int kv_num_splits_heuristic(std::int64_t batch_heads_k, std::int6
   for (std::int64_t s = 1; s <= most; ++s)
     if (efficiency(s) > best) best = efficiency(s);
   for (std::int64_t s = 1; s <= most; ++s)
-    if (efficiency(s) >= 0.95 * best) return static_cast<int>(s);
+    if (efficiency(s) >= kKvSplitEfficiencyShare * best) return static_cast<int>(s);
   return 1;
 }
 
