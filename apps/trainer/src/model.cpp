@@ -196,6 +196,12 @@ struct FlashAttnFunction : torch::autograd::Function<FlashAttnFunction> {
 // flashattn::BlockPattern and copied to the device once: cached per
 // (pattern, length, causal, device) for the life of the process (a run sees
 // few distinct lengths: the context, or each batch's longest sequence).
+flashattn::BlockPattern block_pattern(const SparseOptions& s, int64_t seqlen, bool causal) {
+  return s.pattern == "butterfly"
+             ? flashattn::BlockPattern::butterfly(seqlen, seqlen, s.block, s.block, s.factors, s.width, causal)
+             : flashattn::BlockPattern::local_global(seqlen, seqlen, s.block, s.block, s.local, s.global, causal);
+}
+
 const SparseLists& sparse_lists(const SparseOptions& s, int64_t seqlen, bool causal, const torch::Device& device) {
   using Key = std::tuple<std::string, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, bool, std::string>;
   static std::mutex mu;
@@ -206,10 +212,7 @@ const SparseLists& sparse_lists(const SparseOptions& s, int64_t seqlen, bool cau
   std::lock_guard<std::mutex> lock(mu);
   auto it = cache.find(key);
   if (it != cache.end()) return it->second;
-  const flashattn::BlockPattern bp =
-      s.pattern == "butterfly"
-          ? flashattn::BlockPattern::butterfly(seqlen, seqlen, s.block, s.block, s.factors, s.width, causal)
-          : flashattn::BlockPattern::local_global(seqlen, seqlen, s.block, s.block, s.local, s.global, causal);
+  const flashattn::BlockPattern bp = block_pattern(s, seqlen, causal);
   auto to_tensor = [&](const std::vector<std::int32_t>& v, std::vector<int64_t> shape) {
     return torch::tensor(v, torch::kInt).view(shape).to(device);
   };
@@ -309,6 +312,11 @@ torch::Tensor sdpa(const torch::Tensor& q, const torch::Tensor& k, const torch::
 }
 
 }  // namespace
+
+double attention_density(const AttnOptions& o, std::int64_t seqlen) {
+  if (o.kind != AttnKind::flashattn_sparse || seqlen <= 0) return 1.0;
+  return block_pattern(o.sparse, seqlen, o.causal).density();
+}
 
 AttnKind parse_attention(const std::string& n) {
   if (n == "flashattn") return AttnKind::flashattn;

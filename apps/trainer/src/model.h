@@ -46,6 +46,12 @@ struct AttnOptions {
   bool deterministic = false;
 };
 
+// The share of (query block, key block) pairs the attention computes at
+// sequence length seqlen: the block pattern's density for flashattn-sparse
+// (BlockPattern::density), 1 otherwise. Scales the attention term of the
+// FLOP count, so that MFU counts the work the kernels do.
+double attention_density(const AttnOptions& o, std::int64_t seqlen);
+
 // q, k, v: [B, S, H, D] (any strides with a contiguous last dimension).
 // Returns [B, S, H, D]. With padding, rows of padding positions are zero for
 // flashattn (varlen: they are not computed) and unspecified-but-finite for

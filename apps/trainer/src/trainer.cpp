@@ -254,10 +254,11 @@ std::pair<torch::Tensor, torch::Tensor> loss_of(Transformer& model, const Batch&
 // 6 N per token for the matmuls of forward + backward (N: parameters except
 // the position embeddings; wte counts once, as the tied output projection),
 // plus 12 L W S for the attention scores and PV (PaLM, Chowdhery et al.
-// 2022, appendix B; counted non-causal, like nanoGPT's estimate).
-double flops_per_token(Transformer& m, std::int64_t S) {
+// 2022, appendix B; counted non-causal, like nanoGPT's estimate), times the
+// share of blocks a block-sparse pattern keeps (attention_density).
+double flops_per_token(Transformer& m, std::int64_t S, double attention_share) {
   const double n = static_cast<double>(m->num_params(false) - m->num_position_params());
-  return 6.0 * n + 12.0 * m->cfg.layers * m->cfg.width * S;
+  return 6.0 * n + 12.0 * m->cfg.layers * m->cfg.width * S * attention_share;
 }
 
 double peak_flops(const TrainConfig& c, const torch::Device& dev, std::string* name) {
@@ -615,7 +616,7 @@ TrainResult train(const TrainConfig& cfg_in) {
   if (lead) log.open(cfg.log_json);
   std::string gpu_name;
   const double peak = peak_flops(cfg, dev, &gpu_name);
-  const double fpt = flops_per_token(model, S);
+  const double fpt = flops_per_token(model, S, attention_density(ao, S));
   if (lead) {
     std::ostringstream h;
     h << "{\"event\":\"config\",\"config\":" << to_json(cfg) << ",\"params\":" << model->num_params(false)

@@ -274,6 +274,21 @@ TEST(Attention, SparseKeepingEveryBlockMatchesDense) {
   }
 }
 
+// The FLOP count's attention term follows the blocks a pattern keeps: 48
+// tokens in blocks of 8 are 6 x 6 blocks; local 2 keeps the diagonal and
+// the block before it (1 for the first query block): 11 of 36.
+TEST(Attention, DensityOfTheFlopCount) {
+  AttnOptions o;
+  EXPECT_EQ(attention_density(o, 48), 1.0);
+  o.kind = AttnKind::flashattn_sparse;
+  o.sparse.block = 8;
+  o.sparse.local = 2;
+  o.sparse.global = 0;
+  EXPECT_DOUBLE_EQ(attention_density(o, 48), 11.0 / 36.0);
+  o.kind = AttnKind::standard;
+  EXPECT_EQ(attention_density(o, 48), 1.0);
+}
+
 TEST(Training, SparseAttentionTrains) {
   for (const char* pattern : {"local_global", "butterfly"}) {
     SCOPED_TRACE(pattern);
