@@ -9,46 +9,26 @@ builds.)
 At a few decode points (bf16, d 128, heads 32/8): flashattn's time with
 every split count (num_splits) and the heuristic's (0), without the
 append (k=None, the cache already holding L keys), cuDNN's time through
-SDPA, and, from torch.profiler, the GPU time of each kernel of 10 calls of
+SDPA, and, from torch.profiler, the GPU time of each kernel of 10 calls (launches a call, median time) of
 flashattn and of cuDNN with the span of those 10 calls on the GPU (the
 difference between the span and the kernels is launch gaps). Times in
 microseconds, through decode_bench.time_calls.
 """
 import json
 import os
-import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch  # noqa: E402
-from torch.profiler import profile, ProfilerActivity  # noqa: E402
 
 import flashattn  # noqa: E402
 from decode_bench import time_calls, sdpa_fn  # noqa: E402
+from gpu_queue import kernel_times  # noqa: E402
 
 D = 128
 DTYPE = torch.bfloat16
 POINTS = [(32, 8, 1, 131072), (32, 8, 8, 8192), (32, 8, 64, 1024), (32, 8, 8, 32768), (32, 8, 64, 8192)]
 SPLITS = [0, 1, 2, 4, 8, 16, 32, 33, 48, 64, 66, 96, 128]
-
-
-def kernel_times(fn, calls=10):
-    """Median GPU time of each kernel over `calls` calls, and the span of
-    those calls on the GPU (first kernel start to last kernel end), in us."""
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(calls):
-            fn()
-        torch.cuda.synchronize()
-    events = [e for e in prof.events() if e.device_type.name == "CUDA"]
-    by_name = {}
-    for e in events:
-        by_name.setdefault(e.name[:60], []).append(e.device_time)
-    kernels = {name: {"count": len(t), "median_us": round(statistics.median(t), 2)} for name, t in by_name.items()}
-    span = max(e.time_range.end for e in events) - min(e.time_range.start for e in events) if events else None
-    return kernels, span
 
 
 def point(hq, hk, b, L, sweep=True):
@@ -75,7 +55,7 @@ def point(hq, hk, b, L, sweep=True):
     cudnn = sdpa_fn("sdpa-cudnn", q.transpose(1, 2), k_store, v_store)
     res["cudnn_us"] = time_calls(cudnn, iters=30) * 1e3
     for name, fn in (("flashattn", ours(0)), ("cudnn", cudnn)):
-        res[f"kernels_{name}"], res[f"span10_{name}_us"] = kernel_times(fn)
+        res[f"kernels_{name}"], res[f"span10_{name}_us"] = kernel_times(fn, calls=10, name_chars=60)
     return res
 
 

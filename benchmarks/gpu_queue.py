@@ -5,6 +5,7 @@ stream). A timed call that starts on an idle GPU also times the host's
 enqueue of it, which costs PyTorch's cuDNN path far more than a C++ call;
 queued behind a busy-wait, the call's events time only the GPU's work.
 """
+import statistics
 import time
 
 import torch
@@ -53,3 +54,28 @@ class QueueAhead:
     def done(self):
         if self.cycles and (time.perf_counter() - self.start) * 1e3 > 0.9 * self.ms:
             self.short += 1
+
+
+def kernel_times(fn, calls=10, warmup=3, name_chars=80):
+    """The kernels of fn() on the GPU, from torch.profiler: for each kernel
+    name (first name_chars characters) its launches per call and median GPU
+    time, and the span of the `calls` calls on the GPU (first kernel start
+    to last kernel end; the span minus the kernels is launch gaps), in
+    microseconds. For diagnoses (benchmarks/decode_profile.py,
+    sparse_profile.py), not timings."""
+    from torch.profiler import profile, ProfilerActivity
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    events = [e for e in prof.events() if e.device_type.name == "CUDA"]
+    by_name = {}
+    for e in events:
+        by_name.setdefault(e.name[:name_chars], []).append(e.device_time)
+    kernels = {name: {"count": len(t) / calls, "median_us": round(statistics.median(t), 2)}
+               for name, t in by_name.items()}
+    span = max(e.time_range.end for e in events) - min(e.time_range.start for e in events) if events else None
+    return kernels, span

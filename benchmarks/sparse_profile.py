@@ -17,11 +17,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch  # noqa: E402
-from torch.profiler import profile, ProfilerActivity  # noqa: E402
 
 import flashattn  # noqa: E402
 from attention_bench import block_pattern  # noqa: E402
 from decode_bench import time_calls  # noqa: E402
+from gpu_queue import kernel_times  # noqa: E402
 
 SHAPES = [(64, 16384), (128, 16384)]
 DENSITIES = [1 / 2, 1 / 4, 1 / 8, 1 / 16]
@@ -37,21 +37,6 @@ def lists(n, density, seed):
         return count[None, None].cuda(), index[None, None].contiguous().cuda()
     none = torch.zeros_like(keep)
     return (*compress(none), *compress(keep)), float(keep.float().mean())
-
-
-def kernel_times(fn, calls=5):
-    for _ in range(2):
-        fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(calls):
-            fn()
-        torch.cuda.synchronize()
-    by_name = {}
-    for e in prof.events():
-        if e.device_type.name == "CUDA":
-            by_name.setdefault(e.name[:80], []).append(e.device_time)
-    return {k: {"count": len(v) / calls, "median_us": round(statistics.median(v), 1)} for k, v in by_name.items()}
 
 
 def main():
@@ -76,7 +61,7 @@ def main():
                 return torch.autograd.grad(o, (q, k, v), do)
             rec = dict(head_dim=d, seqlen=s, heads=h, kind=name, kept=kept,
                        fwd_us=time_calls(fwd) * 1e3, fwdbwd_us=time_calls(fwdbwd) * 1e3,
-                       kernels=kernel_times(fwdbwd))
+                       kernels=kernel_times(fwdbwd, calls=5, warmup=2)[0])
             recs.append(rec)
             print(json.dumps(rec), flush=True)
             with open(out, "w") as fh:
