@@ -12,7 +12,12 @@ scripts/flashinfer-pack --install and its PYTHONPATH there).
 
 bf16, head_dim 128, heads (q/kv) 32/8 and 64/8, batch 1, 8, 64, 256,
 cache lengths 1K, 8K, 32K, 128K (points whose K + V exceed --max-cache-gib,
-default 40, are skipped); layouts contiguous, paged 16 and paged 64.
+default 40, are skipped); layouts contiguous (head-major storage (b, hk, L,
+d), SDPA's; flashattn reads the (b, L, hk, d) view of it), contiguous-nhd
+(flash-attn's own cache layout (b, L, hk, d): one head's rows are 2 d bytes
+every 2 d hk bytes, as in a page; SDPA left out, it would need a copy),
+paged 16 and paged 64 ((blocks, page, hk, d), pages in random order).
+--heads / --batches / --caches / --layouts / --methods pick a subset.
 flashattn appends the new token (cache_seqlens = L - 1) and attends to L
 keys; the peers attend to the same L keys (they have no append).
 
@@ -43,7 +48,7 @@ DTYPE = torch.bfloat16
 HEADS = [(32, 8), (64, 8)]
 BATCHES = [1, 8, 64, 256]
 CACHES = [1024, 8192, 32768, 131072]
-LAYOUTS = ["contiguous", "paged16", "paged64"]
+LAYOUTS = ["contiguous", "contiguous-nhd", "paged16", "paged64"]
 QUICK = dict(heads=[(32, 8)], batches=[1, 64], caches=[8192, 32768], layouts=["contiguous", "paged16"])
 
 
@@ -89,11 +94,14 @@ def copy_bandwidth_gbs():
     return 2 * (1 << 30) / (ms * 1e-3) / 1e9
 
 
-def methods_for(layout):
-    ms = ["flashattn"]
-    if layout == "contiguous":
-        ms += ["sdpa-cudnn", "sdpa-flash", "sdpa-efficient"]
-    return ms + ["flashinfer", "flashinfer-tc"]
+METHODS = ["flashattn", "sdpa-cudnn", "sdpa-flash", "sdpa-efficient", "flashinfer", "flashinfer-tc"]
+
+
+def methods_for(layout, chosen=None):
+    """The methods run at a layout: SDPA on the head-major contiguous cache
+    only (another layout would be a copy inside the timed call)."""
+    ms = [m for m in METHODS if not m.startswith("sdpa") or layout == "contiguous"]
+    return [m for m in ms if chosen is None or m in chosen]
 
 
 def sdpa_fn(backend, q, k, v):
@@ -127,7 +135,7 @@ def flashinfer_fn(q, k_pages, v_pages, table, L, page, layout="NHD", tensor_core
     return lambda: w.run(q3, (k_pages, v_pages))
 
 
-def run_point(flashattn, hq, hk, b, L, layout, copy_gbs):
+def run_point(flashattn, hq, hk, b, L, layout, copy_gbs, methods=None):
     """Records of every method at one point (one cache allocation)."""
     recs = []
     dev = "cuda"
@@ -142,6 +150,10 @@ def run_point(flashattn, hq, hk, b, L, layout, copy_gbs):
         k_store = torch.empty(b, hk, L, D, dtype=DTYPE, device=dev).normal_()
         v_store = torch.empty(b, hk, L, D, dtype=DTYPE, device=dev).normal_()
         k_cache, v_cache = k_store.transpose(1, 2), v_store.transpose(1, 2)
+    elif layout == "contiguous-nhd":
+        # flash-attn's layout (b, L, hk, d), stored so.
+        k_cache = torch.empty(b, L, hk, D, dtype=DTYPE, device=dev).normal_()
+        v_cache = torch.empty(b, L, hk, D, dtype=DTYPE, device=dev).normal_()
     else:
         page = int(layout[len("paged"):])
         per_seq = L // page
@@ -149,7 +161,7 @@ def run_point(flashattn, hq, hk, b, L, layout, copy_gbs):
         v_cache = torch.empty_like(k_cache).normal_()
         table = torch.randperm(b * per_seq, device=dev, dtype=torch.int64).to(torch.int32).reshape(b, per_seq)
     kv_bytes = 2 * b * L * hk * D * 2
-    for m in methods_for(layout):
+    for m in methods_for(layout, methods):
         rec = dict(method=m, heads_q=hq, heads_k=hk, batch=b, cache=L, layout=layout, head_dim=D, dtype="bf16",
                    kv_bytes=kv_bytes)
         try:
@@ -158,9 +170,12 @@ def run_point(flashattn, hq, hk, b, L, layout, copy_gbs):
                                                                block_table=table, causal=True)
             elif m.startswith("sdpa"):
                 fn = sdpa_fn(m, q.transpose(1, 2), k_store, v_store)
-            elif layout == "contiguous":
+            elif layout.startswith("contiguous"):
                 one_page = torch.arange(b, dtype=torch.int32, device=dev).reshape(b, 1)
-                fn = flashinfer_fn(q, k_store, v_store, one_page, L, L, "HND", m == "flashinfer-tc")
+                if layout == "contiguous":
+                    fn = flashinfer_fn(q, k_store, v_store, one_page, L, L, "HND", m == "flashinfer-tc")
+                else:
+                    fn = flashinfer_fn(q, k_cache, v_cache, one_page, L, L, "NHD", m == "flashinfer-tc")
             else:
                 fn = flashinfer_fn(q, k_cache, v_cache, table, L, page, "NHD", m == "flashinfer-tc")
             ms = time_calls(fn)
@@ -196,6 +211,11 @@ def main():
     ap.add_argument("--out", required=True, help="folder for decode.json and decode.md")
     ap.add_argument("--quick", action="store_true", help="32/8 heads, batch 1 and 64, caches 8K and 32K")
     ap.add_argument("--max-cache-gib", type=float, default=40.0, help="skip points whose K + V exceed this")
+    ap.add_argument("--heads", help="heads q/kv pairs, e.g. 32/8,64/8")
+    ap.add_argument("--batches", help="comma-separated batch sizes")
+    ap.add_argument("--caches", help="comma-separated cache lengths")
+    ap.add_argument("--layouts", help="comma-separated subset of " + ",".join(LAYOUTS))
+    ap.add_argument("--methods", help="comma-separated subset of " + ",".join(METHODS))
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("decode_bench: needs a CUDA GPU")
@@ -206,6 +226,23 @@ def main():
     heads, batches, caches, layouts = HEADS, BATCHES, CACHES, LAYOUTS
     if args.quick:
         heads, batches, caches, layouts = QUICK["heads"], QUICK["batches"], QUICK["caches"], QUICK["layouts"]
+    if args.heads:
+        heads = [tuple(int(x) for x in hh.split("/")) for hh in args.heads.split(",")]
+    if args.batches:
+        batches = [int(x) for x in args.batches.split(",")]
+    if args.caches:
+        caches = [int(x) for x in args.caches.split(",")]
+    if args.layouts:
+        layouts = args.layouts.split(",")
+        bad = [x for x in layouts if x not in LAYOUTS]
+        if bad:
+            sys.exit(f"decode_bench: --layouts: unknown {bad} (expected some of {LAYOUTS})")
+    methods = None
+    if args.methods:
+        methods = args.methods.split(",")
+        bad = [x for x in methods if x not in METHODS]
+        if bad:
+            sys.exit(f"decode_bench: --methods: unknown {bad} (expected some of {METHODS})")
     try:
         import flashinfer  # noqa: F401
         fi = getattr(flashinfer, "__version__", "yes")
@@ -229,7 +266,7 @@ def main():
                 if 2 * b * L * hk * D * 2 > args.max_cache_gib * (1 << 30):
                     continue
                 for layout in layouts:
-                    recs += run_point(flashattn, hq, hk, b, L, layout, copy_gbs)
+                    recs += run_point(flashattn, hq, hk, b, L, layout, copy_gbs, methods)
                     with open(os.path.join(args.out, "decode.json"), "w") as f:
                         json.dump(dict(meta=meta, records=recs), f, indent=1)
     meta["seconds"] = time.time() - t0

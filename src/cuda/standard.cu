@@ -52,14 +52,9 @@ namespace {
 // ------------------------------------------------------------- errors ---
 
 // Device failures are runtime errors, not argument errors (flashattn.h):
-// the Python binding raises RuntimeError, or torch.OutOfMemoryError for an
-// allocation failure.
+// cuda::check's, with the call named as standard attention's.
 void check_cuda(cudaError_t e, const char* what) {
-  if (e == cudaSuccess) return;
-  const std::string msg = std::string("CUDA (standard attention, ") + what + "): expected cudaSuccess, got " +
-                          cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ")";
-  if (e == cudaErrorMemoryAllocation) throw OutOfMemory(msg);
-  throw RuntimeError(msg);
+  if (e != cudaSuccess) cuda::check(e, (std::string("standard attention, ") + what).c_str());
 }
 
 void check_cublas(cublasStatus_t s, const char* what) {
