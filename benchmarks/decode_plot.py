@@ -14,7 +14,8 @@ Reads DIR/decode.json and writes, to OUTDIR (default DIR):
   contiguous-cache path of its own: a cache as one page a sequence is not
   what it is built for).
 - decode-paged.png: the same axes, flashattn only: contiguous solid, paged
-  16 dashed, paged 64 dotted.
+  16 dashed, paged 64 dotted, and flash-attn's (b, L, heads_k, d) cache
+  (layout contiguous-nhd) dash-dotted where the run has it.
 - decode-summary.md: one row per point (heads, batch, cache): of-copy of
   flashattn (contiguous), cuDNN and FA2; cuDNN's time / ours (> 1: ours
   faster); contiguous time / paged time for pages of 16 and 64 (< 1: paged
@@ -142,7 +143,10 @@ def main(argv=None):
         lines.append(("flashinfer-tc", "paged64", "-.", "FlashInfer (tensor cores), paged 64"))
     panels(data, by, lines,
            "Decode, contiguous cache", os.path.join(out, "decode.png"))
-    panels(data, by, [("flashattn", lay, ls, f"flashattn {lay}") for lay, ls in PAGED.items()],
+    paged_lines = [("flashattn", lay, ls, f"flashattn {lay}") for lay, ls in PAGED.items()]
+    if any(k[4] == "contiguous-nhd" for k in by):  # flash-attn's (b, L, heads_k, d) cache, strided as a page
+        paged_lines.insert(1, ("flashattn", "contiguous-nhd", "-.", "flashattn contiguous (b, L, hk, d)"))
+    panels(data, by, paged_lines,
            "flashattn decode, contiguous against paged", os.path.join(out, "decode-paged.png"))
     with open(os.path.join(out, "decode-summary.md"), "w") as f:
         f.write(summary(data, by))

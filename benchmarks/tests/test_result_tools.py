@@ -57,7 +57,8 @@ def test_decode_plot_summary(tmp_path):
                     dtype="bf16", kv_bytes=1, ms=ms, of_copy=of_copy)
     records = [rec("flashattn", "contiguous", 0.100, 0.80), rec("sdpa-cudnn", "contiguous", 0.090, 0.89),
                rec("sdpa-flash", "contiguous", 0.120, 0.67), rec("flashattn", "paged16", 0.125, 0.64),
-               rec("flashattn", "paged64", 0.104, 0.77), rec("flashinfer", "paged16", None, None)]
+               rec("flashattn", "paged64", 0.104, 0.77), rec("flashinfer", "paged16", None, None),
+               rec("flashattn", "contiguous-nhd", 0.099, 0.81)]  # plotted, not in the summary
     (tmp_path / "decode.json").write_text(json.dumps({"meta": {"gpu": "test", "torch": "x", "cuda": "x", "date": "2026-01-01", "commit": "abc1234", "copy_gbs": 3000.0}, "records": records}))
     assert decode_plot.main([str(tmp_path)]) in (0, None)
     summary = (tmp_path / "decode-summary.md").read_text()
