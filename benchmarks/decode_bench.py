@@ -16,7 +16,10 @@ default 40, are skipped); layouts contiguous (head-major storage (b, hk, L,
 d), SDPA's; flashattn reads the (b, L, hk, d) view of it), contiguous-nhd
 (flash-attn's own cache layout (b, L, hk, d): one head's rows are 2 d bytes
 every 2 d hk bytes, as in a page; SDPA left out, it would need a copy),
-paged 16 and paged 64 ((blocks, page, hk, d), pages in random order).
+paged 16 and paged 64 ((blocks, page, hk, d), pages in random order), and,
+asked for only, paged16-inorder / paged64-inorder (the same with every
+sequence's pages in address order: the page table's cost without scattered
+addresses).
 --heads / --batches / --caches / --layouts / --methods pick a subset.
 flashattn appends the new token (cache_seqlens = L - 1) and attends to L
 keys; the peers attend to the same L keys (they have no append).
@@ -49,6 +52,7 @@ HEADS = [(32, 8), (64, 8)]
 BATCHES = [1, 8, 64, 256]
 CACHES = [1024, 8192, 32768, 131072]
 LAYOUTS = ["contiguous", "contiguous-nhd", "paged16", "paged64"]
+DIAGNOSTIC_LAYOUTS = ["paged16-inorder", "paged64-inorder"]  # --layouts only
 QUICK = dict(heads=[(32, 8)], batches=[1, 64], caches=[8192, 32768], layouts=["contiguous", "paged16"])
 
 
@@ -155,11 +159,14 @@ def run_point(flashattn, hq, hk, b, L, layout, copy_gbs, methods=None):
         k_cache = torch.empty(b, L, hk, D, dtype=DTYPE, device=dev).normal_()
         v_cache = torch.empty(b, L, hk, D, dtype=DTYPE, device=dev).normal_()
     else:
-        page = int(layout[len("paged"):])
+        page = int(layout[len("paged"):].split("-")[0])
         per_seq = L // page
         k_cache = torch.empty(b * per_seq, page, hk, D, dtype=DTYPE, device=dev).normal_()
         v_cache = torch.empty_like(k_cache).normal_()
-        table = torch.randperm(b * per_seq, device=dev, dtype=torch.int64).to(torch.int32).reshape(b, per_seq)
+        if layout.endswith("-inorder"):
+            table = torch.arange(b * per_seq, device=dev, dtype=torch.int32).reshape(b, per_seq)
+        else:
+            table = torch.randperm(b * per_seq, device=dev, dtype=torch.int64).to(torch.int32).reshape(b, per_seq)
     kv_bytes = 2 * b * L * hk * D * 2
     for m in methods_for(layout, methods):
         rec = dict(method=m, heads_q=hq, heads_k=hk, batch=b, cache=L, layout=layout, head_dim=D, dtype="bf16",
@@ -214,7 +221,7 @@ def main():
     ap.add_argument("--heads", help="heads q/kv pairs, e.g. 32/8,64/8")
     ap.add_argument("--batches", help="comma-separated batch sizes")
     ap.add_argument("--caches", help="comma-separated cache lengths")
-    ap.add_argument("--layouts", help="comma-separated subset of " + ",".join(LAYOUTS))
+    ap.add_argument("--layouts", help="comma-separated subset of " + ",".join(LAYOUTS + DIAGNOSTIC_LAYOUTS))
     ap.add_argument("--methods", help="comma-separated subset of " + ",".join(METHODS))
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -234,9 +241,9 @@ def main():
         caches = [int(x) for x in args.caches.split(",")]
     if args.layouts:
         layouts = args.layouts.split(",")
-        bad = [x for x in layouts if x not in LAYOUTS]
+        bad = [x for x in layouts if x not in LAYOUTS + DIAGNOSTIC_LAYOUTS]
         if bad:
-            sys.exit(f"decode_bench: --layouts: unknown {bad} (expected some of {LAYOUTS})")
+            sys.exit(f"decode_bench: --layouts: unknown {bad} (expected some of {LAYOUTS + DIAGNOSTIC_LAYOUTS})")
     methods = None
     if args.methods:
         methods = args.methods.split(",")
