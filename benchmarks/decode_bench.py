@@ -213,6 +213,17 @@ def markdown(meta, recs):
     return "\n".join(lines) + "\n"
 
 
+def positive_ints(flag, text, sep=","):
+    """The positive integers of a flag's list, or an exit naming the flag."""
+    try:
+        vals = [int(x) for x in text.split(sep)]
+    except ValueError:
+        vals = []
+    if not vals or min(vals) <= 0:
+        sys.exit(f"decode_bench: {flag}: expected positive integers separated by '{sep}', got '{text}'")
+    return vals
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="folder for decode.json and decode.md")
@@ -234,11 +245,13 @@ def main():
     if args.quick:
         heads, batches, caches, layouts = QUICK["heads"], QUICK["batches"], QUICK["caches"], QUICK["layouts"]
     if args.heads:
-        heads = [tuple(int(x) for x in hh.split("/")) for hh in args.heads.split(",")]
+        heads = [tuple(positive_ints("--heads", hh, "/")) for hh in args.heads.split(",")]
+        if any(len(hh) != 2 or hh[0] % hh[1] for hh in heads):
+            sys.exit(f"decode_bench: --heads: expected q/kv pairs with kv dividing q, got '{args.heads}'")
     if args.batches:
-        batches = [int(x) for x in args.batches.split(",")]
+        batches = positive_ints("--batches", args.batches)
     if args.caches:
-        caches = [int(x) for x in args.caches.split(",")]
+        caches = positive_ints("--caches", args.caches)
     if args.layouts:
         layouts = args.layouts.split(",")
         bad = [x for x in layouts if x not in LAYOUTS + DIAGNOSTIC_LAYOUTS]
