@@ -224,6 +224,15 @@ def positive_ints(flag, text, sep=","):
     return vals
 
 
+def subset(flag, text, allowed):
+    """The comma-separated names of a flag, each one of allowed, or an exit naming the flag."""
+    names = text.split(",")
+    bad = [x for x in names if x not in allowed]
+    if bad:
+        sys.exit(f"decode_bench: {flag}: unknown {bad} (expected some of {allowed})")
+    return names
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="folder for decode.json and decode.md")
@@ -253,16 +262,8 @@ def main():
     if args.caches:
         caches = positive_ints("--caches", args.caches)
     if args.layouts:
-        layouts = args.layouts.split(",")
-        bad = [x for x in layouts if x not in LAYOUTS + DIAGNOSTIC_LAYOUTS]
-        if bad:
-            sys.exit(f"decode_bench: --layouts: unknown {bad} (expected some of {LAYOUTS + DIAGNOSTIC_LAYOUTS})")
-    methods = None
-    if args.methods:
-        methods = args.methods.split(",")
-        bad = [x for x in methods if x not in METHODS]
-        if bad:
-            sys.exit(f"decode_bench: --methods: unknown {bad} (expected some of {METHODS})")
+        layouts = subset("--layouts", args.layouts, LAYOUTS + DIAGNOSTIC_LAYOUTS)
+    methods = subset("--methods", args.methods, METHODS) if args.methods else None
     try:
         import flashinfer  # noqa: F401
         fi = getattr(flashinfer, "__version__", "yes")
