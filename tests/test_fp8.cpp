@@ -117,7 +117,7 @@ TEST(E4m3, DtypeBasics) {
   EXPECT_STREQ(flashattn::to_string(DType::e4m3), "e4m3");
   EXPECT_TRUE(flashattn::supports(Device::cpu, Algorithm::flash, DType::e4m3, 128));
   EXPECT_TRUE(flashattn::supports(Device::cpu, Algorithm::standard, DType::e4m3, 64));
-  EXPECT_FALSE(flashattn::supports(Device::cuda, Algorithm::flash, DType::e4m3, 128));
+  EXPECT_TRUE(flashattn::supports(Device::cuda, Algorithm::flash, DType::e4m3, 128));
   EXPECT_FALSE(flashattn::supports(Device::cuda, Algorithm::standard, DType::e4m3, 128));
 }
 
@@ -413,19 +413,70 @@ TEST(Fp8Validation, ForwardOnly) {
             0u);
 }
 
-// The CUDA refusal comes from validation (supports() and the dispatch
-// table's kSm90Fp8Forward), so it reads the same in a build without CUDA,
-// and forward_workspace_bytes gives it too.
-TEST(Fp8Validation, CudaRefusesE4m3NamingQDtype) {
-  Fp8Problem p(1, 16, 16, 2, 2, 128);
-  p.randomize(9);
-  Context ctx;
-  ctx.device = Device::cuda;
+// The CUDA FP8 forward is the Hopper kernel of its own table (head_dim 64,
+// 128, 256; flash only). supports() and the refusals below come from
+// validation, ahead of any CUDA call (host pointers do), so they read the
+// same in a build without CUDA; forward_workspace_bytes gives them too.
+// That the kernel needs a GPU of compute capability 9.0 is the backend's
+// check (tests/gpu/test_gpu_fp8.cpp).
+TEST(Fp8Validation, CudaSupportsTheFp8TableWithFlashOnly) {
+  for (const std::int64_t d : {64, 128, 256}) {
+    EXPECT_TRUE(flashattn::supports(Device::cuda, Algorithm::flash, DType::e4m3, d)) << "d " << d;
+    EXPECT_FALSE(flashattn::supports(Device::cuda, Algorithm::standard, DType::e4m3, d)) << "d " << d;
+  }
+  for (const std::int64_t d : {16, 32, 96, 192, 257})
+    EXPECT_FALSE(flashattn::supports(Device::cuda, Algorithm::flash, DType::e4m3, d)) << "d " << d;
+}
+
+TEST(Fp8Validation, CudaStandardIsRefusedNamingCtxAlgorithm) {
   const std::string want =
-      "q.dtype: expected f16 or bf16 on cuda (the e4m3 forward is not implemented on CUDA yet; Device::cpu runs it), "
-      "got e4m3";
-  EXPECT_EQ(error_of([&] { flashattn::forward(p.forward_args(), ctx); }), want);
-  EXPECT_EQ(error_of([&] { (void)flashattn::forward_workspace_bytes(p.forward_args(), ctx); }), want);
+      "ctx.algorithm: expected flash with e4m3 inputs on cuda (the FP8 forward is a flash kernel), got standard";
+  // Also at a head_dim outside the table: the algorithm is checked first.
+  for (const std::int64_t d : {128, 96}) {
+    SCOPED_TRACE("d " + std::to_string(d));
+    Fp8Problem p(1, 16, 16, 2, 2, d);
+    p.randomize(9);
+    Context ctx;
+    ctx.device = Device::cuda;
+    ctx.algorithm = Algorithm::standard;
+    EXPECT_EQ(error_of([&] { flashattn::forward(p.forward_args(), ctx); }), want);
+    EXPECT_EQ(error_of([&] { (void)flashattn::forward_workspace_bytes(p.forward_args(), ctx); }), want);
+  }
+}
+
+// 32 and 96 pass the CUDA layout checks (e4m3 rows in 16-byte multiples:
+// head_dim a multiple of 16), so the refusal is the FP8 table's.
+TEST(Fp8Validation, CudaHeadDimOutsideTheTableIsRefusedNamingQHeadDim) {
+  for (const std::int64_t d : {32, 96}) {
+    SCOPED_TRACE("d " + std::to_string(d));
+    Fp8Problem p(1, 16, 16, 2, 2, d);
+    p.randomize(9);
+    Context ctx;
+    ctx.device = Device::cuda;
+    const std::string want = "q.head_dim: expected 64, 128 or 256 with e4m3 inputs on cuda (the FP8 forward's "
+                             "table), got " + std::to_string(d);
+    EXPECT_EQ(error_of([&] { flashattn::forward(p.forward_args(), ctx); }), want);
+    EXPECT_EQ(error_of([&] { (void)flashattn::forward_workspace_bytes(p.forward_args(), ctx); }), want);
+  }
+}
+
+// A head_dim of the table with flash passes validation: the call reaches
+// the backend, which in a build without CUDA is the missing-backend Error.
+TEST(Fp8Validation, CudaTableHeadDimPassesValidation) {
+#if defined(FLASHATTN_HAS_CUDA)
+  GTEST_SKIP() << "this build has the CUDA backend: the call would run it (tests/gpu/test_gpu_fp8.cpp)";
+#else
+  const std::string want = "ctx.device: expected cpu (this flashattn was built without the CUDA backend), got cuda";
+  for (const std::int64_t d : {64, 128, 256}) {
+    SCOPED_TRACE("d " + std::to_string(d));
+    Fp8Problem p(1, 16, 16, 2, 2, d);
+    p.randomize(9);
+    Context ctx;
+    ctx.device = Device::cuda;
+    EXPECT_EQ(error_of([&] { flashattn::forward(p.forward_args(), ctx); }), want);
+    EXPECT_EQ(error_of([&] { (void)flashattn::forward_workspace_bytes(p.forward_args(), ctx); }), want);
+  }
+#endif
 }
 
 }  // namespace

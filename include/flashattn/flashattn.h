@@ -225,6 +225,8 @@ enum class Algorithm : int { flash = 0, standard = 1 };
 //  - sm80: the portable kernels on every GPU;
 //  - sm90: the Hopper kernels, and an Error naming the reason for a
 //    problem (or GPU) they do not cover.
+// e4m3 inputs have the Hopper FP8 kernel only: automatic and sm90 run it,
+// sm80 is an Error naming ctx.cuda_kernels.
 // The environment variable FLASHATTN_CUDA_KERNELS ("sm80", "sm90"), when
 // set, overrides this field (for tests and benchmarks of a whole program).
 enum class CudaKernels : int { automatic = 0, sm80 = 1, sm90 = 2 };
@@ -234,8 +236,9 @@ enum class CudaKernels : int { automatic = 0, sm80 = 1, sm90 = 2 };
 //  - stream: a cudaStream_t for CUDA calls (nullptr = legacy default
 //    stream); ignored on CPU. No call synchronises the stream.
 //  - workspace: scratch memory on the device of the call, at least
-//    *_workspace_bytes() bytes. When null and the call needs scratch, the
-//    library allocates it (stream-ordered on CUDA) and frees it after use.
+//    *_workspace_bytes() bytes, 256-byte aligned on CUDA (as cudaMalloc
+//    gives). When null and the call needs scratch, the library allocates
+//    it (stream-ordered on CUDA) and frees it after use.
 //  - num_threads: CPU threads (0 = OpenMP's default).
 //  - cuda_kernels: the CUDA kernel family (CudaKernels above).
 struct Context {
@@ -275,11 +278,18 @@ struct Context {
 // descale that is not finite, follows the NaN rule like any non-finite
 // input. Numerics: the CPU dequantises exactly (code to float, times the
 // descale, one float32 rounding) and runs its float32 path, P included (no
-// FP8 rounding of P); the CUDA backend has no e4m3 kernel (an Error
-// naming q.dtype). A kernel that quantises P to e4m3 for the PV product,
-// as FlashAttention-3 does, is judged against the float64 reference of the
-// dequantised inputs, with an FP8 emulation of standard attention as the
-// yardstick (tests/gpu/test_gpu_fp8.cpp).
+// FP8 rounding of P). CUDA: a Hopper kernel (e4m3 tensor-core products,
+// fp32 accumulation) on GPUs of compute capability 9.0 (H100, H200), flash
+// only (Algorithm::standard is an Error naming ctx.algorithm), head_dim
+// 64, 128 or 256 (others: an Error naming q.head_dim). On other GPUs the
+// call is an Error naming ctx.device, and with ctx.cuda_kernels = sm80
+// (or FLASHATTN_CUDA_KERNELS=sm80) one naming ctx.cuda_kernels; causal,
+// windows, GQA, varlen and block masks as above. It rounds P to e4m3 for the PV
+// product, as FlashAttention-3 does, and is judged against the float64
+// reference of the dequantised inputs, with an FP8 emulation of standard
+// attention as the yardstick (tests/gpu/test_gpu_fp8.cpp). It needs
+// scratch for a transposed copy of V: forward_workspace_bytes() sizes it
+// (0 on the CPU); a ctx.workspace given on CUDA must be 256-byte aligned.
 struct ForwardArgs {
   Tensor q, k, v;
   Tensor o;

@@ -76,9 +76,11 @@ bool supports(Device device, Algorithm algorithm, DType dtype, std::int64_t head
       if (dtype == DType::f64) return algorithm == Algorithm::standard;
       return dtype == DType::f32 || dtype == DType::f16 || dtype == DType::bf16 || dtype == DType::e4m3;
     case Device::cuda: {
+      // e4m3: the Hopper FP8 forward, a flash kernel with a table of its own
+      // (it runs on compute capability 9.0 only: the call, not this
+      // answer, depends on the GPU).
       if (dtype == DType::e4m3)
-        return detail::cuda::kSm90Fp8Forward && algorithm == Algorithm::flash &&
-               detail::cuda::has_head_dim<detail::cuda::kSm90FwdTiles>(head_dim);
+        return algorithm == Algorithm::flash && detail::cuda::has_head_dim<detail::cuda::kSm90Fp8FwdTiles>(head_dim);
       if (dtype != DType::f16 && dtype != DType::bf16) return false;
       if (algorithm == Algorithm::standard) return head_dim >= 1 && head_dim <= 256 && head_dim % 8 == 0;
       // The head dims the CUDA dispatch table instantiates (every GPU runs
@@ -347,10 +349,16 @@ Problem check_common(const Tensor& q, const Tensor& k, const Tensor& v, const Te
   if (k.head_dim != q.head_dim) fail("k.head_dim", "q.head_dim = " + str(q.head_dim), str(k.head_dim));
   if (q.heads % k.heads != 0)
     fail("q.heads", "a multiple of k.heads = " + str(k.heads) + " (GQA/MQA)", str(q.heads));
-  if (fp8 && ctx.device == Device::cuda && !supports(ctx.device, ctx.algorithm, q.dtype, q.head_dim))
-    fail("q.dtype",
-         std::string("f16 or bf16 on cuda (the e4m3 forward is not implemented on CUDA yet; Device::cpu runs it)"),
-         "e4m3");
+  // e4m3 on CUDA is the Hopper FP8 forward: ahead of the generic check
+  // below, so that its refusals say which of its limits was hit.
+  if (fp8 && ctx.device == Device::cuda) {
+    if (ctx.algorithm == Algorithm::standard)
+      fail("ctx.algorithm", "flash with e4m3 inputs on cuda (the FP8 forward is a flash kernel)", "standard");
+    if (!cuda::has_head_dim<cuda::kSm90Fp8FwdTiles>(q.head_dim))
+      fail("q.head_dim",
+           cuda::head_dims_text<cuda::kSm90Fp8FwdTiles>() + " with e4m3 inputs on cuda (the FP8 forward's table)",
+           str(q.head_dim));
+  }
   if (!supports(ctx.device, ctx.algorithm, q.dtype, q.head_dim))
     fail("q.dtype / head_dim", std::string("a combination supported on ") + to_string(ctx.device) +
                                    (ctx.algorithm == Algorithm::flash ? " (flash)" : " (standard)") +

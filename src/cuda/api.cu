@@ -18,6 +18,7 @@
 #include "common/kvcache.h"
 #include "sm80/kvcache.h"
 #include "sm80/launch.h"
+#include "sm90/fp8_vt.h"
 #include "sm90/launch.h"
 #include "standard.h"
 
@@ -123,6 +124,21 @@ struct Refusal {
   explicit operator bool() const { return !arg.empty(); }
 };
 
+// Why TMA cannot map one of the tensors (empty: it can).
+Refusal tma_refusal(std::initializer_list<const Tensor*> tma_tensors) {
+  // TMA: strides below 2^40 bytes (validation already made them 16-byte
+  // multiples and the bases 16-byte aligned), row coordinates below 2^31
+  // (a packed varlen tensor is mapped as one sequence of all its rows).
+  for (const Tensor* t : tma_tensors) {
+    for (std::int64_t st : {t->stride_seq, t->stride_head, t->stride_batch})
+      if (st < 0 || st * 2 >= (std::int64_t{1} << 40))
+        return {"tensor strides", "0 <= stride < 2^39 elements (TMA)", std::to_string(st)};
+    if (t->seqlen >= (std::int64_t{1} << 31))
+      return {"tensor rows", "fewer than 2^31 rows a tensor (TMA coordinates)", std::to_string(t->seqlen)};
+  }
+  return {};
+}
+
 // What both Hopper kernels need: the GPU, the dtype, a head_dim of their
 // table, strides and extents TMA can encode.
 template <const auto& kTable>
@@ -135,17 +151,31 @@ Refusal sm90_common_refusal(const Problem& pr, std::initializer_list<const Tenso
   if (pr.dtype != DType::f16 && pr.dtype != DType::bf16) return {"q.dtype", "f16 or bf16", to_string(pr.dtype)};
   if (!cuda::has_head_dim<kTable>(pr.head_dim))
     return {"q.head_dim", cuda::head_dims_text<kTable>(), std::to_string(pr.head_dim)};
-  // TMA: strides below 2^40 bytes (validation already made them 16-byte
-  // multiples and the bases 16-byte aligned), row coordinates below 2^31
-  // (a packed varlen tensor is mapped as one sequence of all its rows).
-  for (const Tensor* t : tma_tensors) {
-    for (std::int64_t st : {t->stride_seq, t->stride_head, t->stride_batch})
-      if (st < 0 || st * 2 >= (std::int64_t{1} << 40))
-        return {"tensor strides", "0 <= stride < 2^39 elements (TMA)", std::to_string(st)};
-    if (t->seqlen >= (std::int64_t{1} << 31))
-      return {"tensor rows", "fewer than 2^31 rows a tensor (TMA coordinates)", std::to_string(t->seqlen)};
-  }
-  return {};
+  return tma_refusal(tma_tensors);
+}
+
+// The FP8 (e4m3) forward exists as the Hopper kernel only: an Error naming
+// why it cannot run here, before any work.
+void require_fp8_path(const Problem& pr, const ForwardArgs& a, const Context& ctx) {
+  if (kernel_choice(ctx) == CudaKernels::sm80)
+    fail("ctx.cuda_kernels",
+         "automatic or sm90 with e4m3 inputs (the FP8 forward is a Hopper kernel; FLASHATTN_CUDA_KERNELS, when set, "
+         "overrides ctx.cuda_kernels)",
+         "sm80");
+  const auto [major, minor] = cuda::device_compute_capability();
+  if (major != 9 || minor != 0)
+    fail("ctx.device", "a GPU of compute capability 9.0 (H100, H200) for e4m3 inputs (the FP8 forward is a Hopper kernel)",
+         "compute capability " + std::to_string(major) + "." + std::to_string(minor));
+  if (!cuda::has_head_dim<cuda::kSm90Fp8FwdTiles>(pr.head_dim))  // validation refuses these first
+    fail("q.head_dim", cuda::head_dims_text<cuda::kSm90Fp8FwdTiles>() + " with e4m3 inputs on cuda",
+         std::to_string(pr.head_dim));
+  if (const Refusal r = tma_refusal({&a.q, &a.k, &a.v, &a.o})) fail(r.arg, r.expected + " (the FP8 forward)", r.actual);
+}
+
+// Bytes of the FP8 forward's V^T copy (sm90/fp8_vt.h).
+std::size_t fp8_workspace_bytes(const Problem& pr, const ForwardArgs& a) {
+  return sm90::fp8_vt_bytes(pr.is_varlen(), pr.is_varlen() ? a.k.seqlen : pr.seqlen_k, pr.batch, pr.heads_k,
+                            pr.head_dim);
 }
 
 // `what` is "forward" or "backward".
@@ -313,7 +343,11 @@ __global__ void transpose_block_lists(const Params p, const std::uint8_t* states
 
 std::size_t cuda_forward_workspace_bytes(const Problem& p, const ForwardArgs& a, const Context& ctx) {
   if (ctx.algorithm == Algorithm::standard) return cuda_standard_forward_workspace_bytes(p, a, ctx);
-  return 0;  // the forward keeps everything in registers and shared memory
+  if (p.dtype == DType::e4m3 && !empty(p) && p.seqlen_q > 0) {
+    require_fp8_path(p, a, ctx);
+    return fp8_workspace_bytes(p, a);  // V^T
+  }
+  return 0;  // the 16-bit forward keeps everything in registers and shared memory
 }
 
 std::size_t cuda_backward_workspace_bytes(const Problem& p, const BackwardArgs& a, const Context& ctx) {
@@ -331,6 +365,20 @@ void cuda_forward(const Problem& pr, const ForwardArgs& a, const Context& ctx) {
   p.out = a.o.data;
   p.lse = a.lse;
   const auto stream = static_cast<cudaStream_t>(ctx.stream);
+  if (pr.dtype == DType::e4m3) {
+    require_fp8_path(pr, a, ctx);
+    p.q_descale = pr.q_descale;
+    p.k_descale = pr.k_descale;
+    p.v_descale = pr.v_descale;
+    p.vt_len = sm90::fp8_vt_len(pr.is_varlen(), pr.is_varlen() ? a.k.seqlen : pr.seqlen_k, pr.batch);
+    cuda::Scratch scratch(ctx, fp8_workspace_bytes(pr, a), stream, "see forward_workspace_bytes");
+    p.vt = reinterpret_cast<std::uint8_t*>(scratch.bytes());
+    const bool found = cuda::with_head_dim<cuda::kSm90Fp8FwdTiles>(
+        static_cast<int>(pr.head_dim), [&](auto d) { sm90::launch_forward_e4m3<decltype(d)::value>(p, stream); });
+    if (!found) fail("q.head_dim", cuda::head_dims_text<cuda::kSm90Fp8FwdTiles>() + " with e4m3 inputs on cuda",
+                     std::to_string(pr.head_dim));
+    return;
+  }
   if (forward_path(pr, a, ctx) == KernelFamily::sm90) {
     dispatch<cuda::kSm90FwdTiles>(pr.dtype, pr.head_dim,
                                   [&]<class T, int kD>() { sm90::launch_forward<T, kD>(p, stream); });

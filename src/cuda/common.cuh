@@ -12,6 +12,7 @@
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 #include <cuda_runtime.h>
 
 #include "common/fail.h"
@@ -33,9 +34,10 @@ inline void check(cudaError_t e, const char* what) {
 
 // Device scratch of one call: the caller's workspace (ctx.workspace, at
 // least `bytes`, else an argument error naming ctx.workspace_bytes and
-// `sizing`, the query that sizes it), or stream-ordered memory of its own,
-// freed on the same stream when the call's work is queued. take(n) hands
-// out consecutive 256-byte-aligned parts.
+// `sizing`, the query that sizes it; 256-byte aligned, as cudaMalloc's, so
+// that every part is aligned for vector and TMA access), or stream-ordered
+// memory of its own, freed on the same stream when the call's work is
+// queued. take(n) hands out consecutive 256-byte-aligned parts.
 class Scratch {
  public:
   Scratch(const Context& ctx, std::size_t bytes, cudaStream_t stream, const char* sizing) : stream_(stream) {
@@ -44,6 +46,9 @@ class Scratch {
       if (ctx.workspace_bytes < bytes)
         fail("ctx.workspace_bytes", ">= " + std::to_string(bytes) + " (" + sizing + ")",
              std::to_string(ctx.workspace_bytes));
+      if (reinterpret_cast<std::uintptr_t>(ctx.workspace) % 256 != 0)
+        fail("ctx.workspace", "a 256-byte aligned address (as cudaMalloc returns)",
+             "address % 256 = " + std::to_string(reinterpret_cast<std::uintptr_t>(ctx.workspace) % 256));
       base_ = static_cast<char*>(ctx.workspace);
       return;
     }
@@ -168,6 +173,12 @@ struct Params {
   float* dq_accum = nullptr;               // fp32 dQ (atomic mode), row of lse * head_dim
   float *dk_accum = nullptr, *dv_accum = nullptr;  // fp32 per query head (GQA), see kv_row
   bool dq_atomic = true;                   // false: deterministic, dQ by its own kernel
+  // e4m3 forward: the [batch, heads_k] descales (null = 1), and the scratch
+  // copy of V transposed (sm90/fp8_vt.h): vt_len key bytes a (KV head,
+  // head_dim column) row.
+  const float *q_descale = nullptr, *k_descale = nullptr, *v_descale = nullptr;
+  std::uint8_t* vt = nullptr;
+  std::int64_t vt_len = 0;
 
   __host__ __device__ bool is_varlen() const { return cu_q != nullptr; }
   __host__ __device__ bool is_sparse() const { return bm_count != nullptr; }
@@ -190,6 +201,7 @@ __device__ __forceinline__ std::uint32_t pack2<__nv_bfloat16>(float lo, float hi
 
 __host__ __device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
 __host__ __device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+__host__ __device__ __forceinline__ float to_float(__nv_fp8_e4m3 x) { return static_cast<float>(x); }
 template <class T>
 __host__ __device__ __forceinline__ T from_float(float x);
 template <>
@@ -241,6 +253,12 @@ __host__ __device__ __forceinline__ std::int64_t kv_row(const Params& p, const S
 // unsigned arithmetic (validation keeps it below 2^32 when dropout is on).
 __host__ __device__ __forceinline__ std::uint32_t dropout_bh(const Params& p, int b, int h) {
   return static_cast<std::uint32_t>(b) * static_cast<std::uint32_t>(p.heads_q) + static_cast<std::uint32_t>(h);
+}
+
+// The descale factor of sequence b, KV head hk, from one of Params'
+// [batch, heads_k] descale arrays (null: 1).
+__host__ __device__ __forceinline__ float descale(const float* d, const Params& p, int b, int hk) {
+  return d != nullptr ? d[static_cast<std::int64_t>(b) * p.heads_k + hk] : 1.f;
 }
 
 enum BlockState : int { kSkip = 0, kPartial = 1, kFull = 2 };

@@ -130,11 +130,26 @@ constexpr Sm90BwdTile sm90_bwd_tile(int head_dim) {
   return Sm90BwdTile{0, 0, 0, 0, false};
 }
 
-// FP8 (e4m3) forward: no kernel is instantiated, so supports() answers no
-// for e4m3 on CUDA and validation refuses it with an Error naming q.dtype
-// (validate.cpp). An FP8 kernel (Hopper: wgmma takes e4m3 operands) sets
-// this, with its tile table beside kSm90FwdTiles.
-inline constexpr bool kSm90Fp8Forward = false;
+// Hopper FP8 (e4m3) forward (sm90/forward.cuh with In = e4m3; bf16 O): the
+// same kernel on bytes, so the same 128-row query tile and 2-stage ring.
+// Tiles take half the shared memory of the 16-bit ones (Q 128 d + 2 x
+// (K + V^T) block_n d bytes) plus an O staging buffer of its own (128 d,
+// bf16: Q's buffer is too small to stage O). Key tiles and persistence as
+// the 16-bit table: S is block_n / 2 fp32 registers a thread and O d / 2,
+// so d = 256 keeps 64 keys (O alone is 128 registers) and one tile a CTA
+// (the tile loop's state spilled there); P takes half the registers of a
+// 16-bit P. Shared memory: 56 KB (d 64), 112 KB
+// (d 128), 160 KB (d 256).
+//                                          head_dim  M    N  stages persistent
+inline constexpr Sm90FwdTile kSm90Fp8FwdTiles[] = {{64,  128, 128, 2, true},
+                                                   {128, 128, 128, 2, true},
+                                                   {256, 128,  64, 2, false}};
+
+constexpr Sm90FwdTile sm90_fp8_fwd_tile(int head_dim) {
+  for (const Sm90FwdTile& c : kSm90Fp8FwdTiles)
+    if (c.head_dim == head_dim) return c;
+  return Sm90FwdTile{0, 0, 0, 0, false};
+}
 
 // KV cache (forward_kvcache, sm80/kvcache.cuh; sm_80+, also what runs on
 // Hopper). Decode is bound by reading K and V once, so a CTA takes all the

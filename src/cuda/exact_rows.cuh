@@ -158,15 +158,22 @@ __host__ __device__ __forceinline__ float saved_lse2(const Params& p, std::int64
 
 // Query row i of (b, query head h): o (this lane's columns, divided by the
 // row sum and times 1 / (1 - p)) and the LSE, as the forward defines them.
+// T is the inputs' type: with e4m3 codes the descales multiply the scores
+// (Q's and K's) and O (V's), as in the FP8 kernel.
 template <class T, int kD, int kLanes = 32>
 __host__ __device__ __noinline__ void forward_row(const Params& p, const SeqInfo& s, int b, int h, int i, int lane,
                                                   float (&o)[kCols<kD, kLanes>], float& lse) {
   const int hk = h / p.group;
+  float q_mul = p.scale_log2, v_mul = 1.f;
+  if constexpr (std::is_same_v<T, __nv_fp8_e4m3>) {
+    q_mul *= descale(p.q_descale, p, b, hk) * descale(p.k_descale, p, b, hk);
+    v_mul = descale(p.v_descale, p, b, hk);
+  }
   float q[kCols<kD, kLanes>];
   load_cols<T, kD, kLanes>(q, row_ptr<T>(p.q, p.q_sb, p.q_ss, p.q_sh, b, s.q_start + i, h), lane);
 #pragma unroll
   for (int u = 0; u < kCols<kD, kLanes>; ++u) {
-    q[u] *= p.scale_log2;
+    q[u] *= q_mul;
     o[u] = 0.f;
   }
   const std::uint32_t bh = dropout_bh(p, b, h);
@@ -186,7 +193,7 @@ __host__ __device__ __noinline__ void forward_row(const Params& p, const SeqInfo
 #pragma unroll
     for (int u = 0; u < kCols<kD, kLanes>; ++u) o[u] = o[u] * corr + pk * v[u];
   });
-  const float inv = l == 0.f ? 0.f : p.keep_scale / l;
+  const float inv = l == 0.f ? 0.f : v_mul * p.keep_scale / l;
 #pragma unroll
   for (int u = 0; u < kCols<kD, kLanes>; ++u) o[u] *= inv;
   lse = l == 0.f ? -INFINITY : m * kLn2 + logf(l);

@@ -11,6 +11,7 @@ target_sources(flashattn PRIVATE
   ${CMAKE_CURRENT_LIST_DIR}/sm80/kvcache_bf16.cu
   ${CMAKE_CURRENT_LIST_DIR}/sm90/forward_f16.cu
   ${CMAKE_CURRENT_LIST_DIR}/sm90/forward_bf16.cu
+  ${CMAKE_CURRENT_LIST_DIR}/sm90/forward_e4m3.cu
   ${CMAKE_CURRENT_LIST_DIR}/sm90/backward_f16.cu
   ${CMAKE_CURRENT_LIST_DIR}/sm90/backward_bf16.cu
 )

@@ -18,6 +18,7 @@
 
 #include "common.cuh"
 #include "ptx/ptx.cuh"
+#include "ptx/sm90.cuh"
 
 namespace flashattn::detail::cuda::tile {
 
@@ -132,6 +133,28 @@ __device__ __forceinline__ void pack_a(std::uint32_t (&a)[kN / 8][4], const floa
   for (int kk = 0; kk < kN / 8; ++kk)
 #pragma unroll
     for (int q = 0; q < 4; ++q) a[kk][q] = pack2<T>(s[8 * kk + 2 * q], s[8 * kk + 2 * q + 1]);
+}
+
+// s (fp32) to e4m3 A fragments of a k32 product (the FP8 forward's P V):
+// slice kk covers 8-column groups 4 kk .. 4 kk + 3. The k32 A fragment
+// wants k = 4 (l % 4) + 0..3 in a[0] (row r) and a[1] (row r + 8), and
+// k = 16 + the same in a[2], a[3], while this thread holds columns
+// 2 (l % 4) + 0, 1 of each group. Instead of moving values between lanes,
+// each register takes the thread's own columns of two groups, so
+// fragment position k holds column fp8_key_of_column(k) (sm90/fp8_vt.h),
+// and the V^T tile stores its keys in that order.
+template <int kN>
+__device__ __forceinline__ void pack_a_e4m3(std::uint32_t (&a)[kN / 16][4], const float (&s)[kN]) {
+#pragma unroll
+  for (int kk = 0; kk < kN / 16; ++kk) {
+    const int g = 4 * kk;  // first 8-column group of the slice
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      const int g0 = g + 2 * (q / 2), half = q % 2;  // groups g0, g0 + 1; row r (half 0) or r + 8
+      a[kk][q] = ptx::sm90::pack_e4m3x2(s[acc_index(g0, half, 0)], s[acc_index(g0, half, 1)]) |
+                 ptx::sm90::pack_e4m3x2(s[acc_index(g0 + 1, half, 0)], s[acc_index(g0 + 1, half, 1)]) << 16;
+    }
+  }
 }
 
 }  // namespace flashattn::detail::cuda::tile

@@ -47,6 +47,28 @@ inline void cuda_ok(cudaError_t e, const char* what) {
   if (e != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(e));
 }
 
+// The current device's compute capability.
+struct ComputeCapability {
+  int major = 0, minor = 0;
+  std::string text() const { return std::to_string(major) + "." + std::to_string(minor); }
+};
+
+inline ComputeCapability compute_capability() {
+  int dev = 0;
+  ComputeCapability cc;
+  cuda_ok(cudaGetDevice(&dev), "cudaGetDevice");
+  cuda_ok(cudaDeviceGetAttribute(&cc.major, cudaDevAttrComputeCapabilityMajor, dev), "cudaDeviceGetAttribute");
+  cuda_ok(cudaDeviceGetAttribute(&cc.minor, cudaDevAttrComputeCapabilityMinor, dev), "cudaDeviceGetAttribute");
+  return cc;
+}
+
+// Whether the current device runs sm_90a code (the Hopper kernels): compute
+// capability 9.0 exactly, not later major versions.
+inline bool is_sm90() {
+  const ComputeCapability cc = compute_capability();
+  return cc.major == 9 && cc.minor == 0;
+}
+
 // FLASHATTN_GPU_TESTS_NO_FLASH=1 runs the standard path alone (to check the
 // baseline and the harness while the flash kernels are being worked on).
 inline bool flash_enabled() {

@@ -11,7 +11,8 @@ _rng_state) and `algorithm` ("flash" or "standard").
 FP8 (flash-attn 3's API): q, k, v of dtype torch.float8_e4m3fn with the
 keyword-only q_descale, k_descale, v_descale (float32 (batch, heads_k),
 or anything that broadcasts to it; None = 1), output bfloat16, forward
-only; see _descale and docs/python.md.
+only; on CUDA a GPU of compute capability 9.0; see _descale and
+docs/python.md.
 """
 import operator
 from typing import Optional, Sequence, Tuple, Union
@@ -225,7 +226,8 @@ def _attention_fp8(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen
                    window_size, return_attn_probs, algorithm, q_descale, k_descale, v_descale):
     """The FP8 forward (fwd_fp8): no autograd formula and no dropout (no RNG
     state is drawn, so dropout_p is checked here). The library checks the
-    rest (descales with other dtypes, o's dtype, CUDA) with its messages."""
+    rest (descales with other dtypes, o's dtype, head_dim, algorithm, the
+    GPU) with its messages."""
     varlen = cu_seqlens_q is not None
     _check_inputs(q, k, v, 3 if varlen else 4)
     batch = cu_seqlens_q.shape[0] - 1 if varlen else q.shape[0]
@@ -258,8 +260,11 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, wi
     FP8: q, k, v of dtype torch.float8_e4m3fn give a bfloat16 out, with the
     descales (flash-attn 3's q_descale, k_descale, v_descale; see
     _descale). Forward only; dropout_p must be 0. CPU tensors run (the CPU
-    computes in float32 from the exactly dequantised inputs); CUDA
-    tensors raise ValueError naming q.dtype (no FP8 CUDA kernel is built).
+    computes in float32 from the exactly dequantised inputs). CUDA tensors
+    run the Hopper FP8 kernel on a GPU of compute capability 9.0 (H100,
+    H200): head_dim 64, 128 or 256, algorithm "flash", causal, windows,
+    GQA, varlen; P is rounded to e4m3 for the PV product (as flash-attn
+    3). Other GPUs raise ValueError naming ctx.device.
     """
     if softcap != 0.0 or alibi_slopes is not None:
         _unsupported(softcap, alibi_slopes)

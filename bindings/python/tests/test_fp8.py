@@ -1,12 +1,23 @@
 """The FP8 (float8_e4m3fn) forward of flash_attn_func / flash_attn_varlen_func
-on the CPU, against a PyTorch emulation: the inputs dequantised in float64
-(e4m3 value times the descale of the sequence and KV head, a query head
-taking its KV head's factor, as flash-attn 3) through the float64 math
-SDPA. Rule: the CPU computes in float32 from the exactly dequantised
-inputs (P is not rounded to e4m3) and rounds O to bfloat16, so its
-max abs error is at most 2x that of the same emulation computed in float32
-and rounded to bfloat16, plus 2^-12 max|O|; the LSE within 2x the float32
-emulation's error plus 1e-5."""
+against a PyTorch emulation: the inputs dequantised in float64 (e4m3 value
+times the descale of the sequence and KV head, a query head taking its KV
+head's factor, as flash-attn 3) through the float64 math SDPA.
+
+Rule (CPU): the CPU computes in float32 from the exactly dequantised inputs
+(P is not rounded to e4m3) and rounds O to bfloat16, so its max abs error
+is at most 2x that of the same emulation computed in float32 and rounded to
+bfloat16, plus 2^-12 max|O|; the LSE within 2x the float32 emulation's
+error plus 1e-5.
+
+Rule (CUDA, compute capability 9.0; tests/gpu/test_gpu_fp8.cpp's): the
+kernel rounds P to e4m3 for the PV product (as flash-attn 3), so its
+yardstick emulates that (p_rounded_emulation): max abs error at most 2x the
+yardstick's plus 2^-10 max|O|, the LSE within 2x plus 1e-4 plus 2^-13 A,
+where A is the largest scale * sum_c |q_c k_c| of a visible pair (the FP8
+tensor cores keep about 14 bits of a dot product's running sum, an error
+float32 emulation does not have), the yardstick itself within a norm-wise
+relative error of 0.1 of the reference. Other GPUs raise the library's
+ValueError naming ctx.device."""
 import pytest
 import torch
 
@@ -46,13 +57,13 @@ def fp8_problem(b, sq, sk, hq, hk, d, seed=0, amp=2.0):
     return q, k, v, qs, ks, vs
 
 
-def emulation(q, k, v, qs, ks, vs, causal, dtype):
+def emulation(q, k, v, qs, ks, vs, causal, dtype, window_size=(-1, -1)):
     """Standard attention on the dequantised inputs through the math SDPA,
     in float64 (the reference) or in float32 with O rounded to bf16 (the
     yardstick)."""
     hk = k.shape[2]
     qd, kd, vd = dequantise(q, qs, hk), dequantise(k, ks, hk), dequantise(v, vs, hk)
-    mask = visible(q.shape[1], k.shape[1], causal)
+    mask = visible(q.shape[1], k.shape[1], causal, window_size)
     scale = f32_scale(q.shape[-1])
     if dtype == torch.float64:
         out = sdpa_reference(qd, kd, vd, mask, scale=scale)
@@ -69,6 +80,29 @@ def emulation(q, k, v, qs, ks, vs, causal, dtype):
     s = torch.einsum("bihd,bjhd->bhij", qd.to(dtype), kd.to(dtype).repeat_interleave(group, 2)) * scale
     lse = s.masked_fill(~mask, float("-inf")).logsumexp(-1).double()
     return out, lse
+
+
+def p_rounded_emulation(q, k, v, qs, ks, vs, causal, window_size=(-1, -1)):
+    """The CUDA kernel's yardstick: scores in float32 from the dequantised
+    inputs, P = exp(S - rowmax) rounded to e4m3 for the PV product, the row
+    sum l from the unrounded P in float32, O = (P_e4m3 V) / l rounded to
+    bf16, LSE = rowmax + log l. Rows that see no key: O = 0, LSE = -inf."""
+    hk = k.shape[2]
+    group = q.shape[2] // hk
+    qd = dequantise(q, qs, hk).float().transpose(1, 2)
+    kd = dequantise(k, ks, hk).float().repeat_interleave(group, 2).transpose(1, 2)
+    vd = dequantise(v, vs, hk).float().repeat_interleave(group, 2).transpose(1, 2)
+    mask = visible(q.shape[1], k.shape[1], causal, window_size)
+    s = (qd @ kd.transpose(-1, -2)) * f32_scale(q.shape[-1])
+    s = s.masked_fill(~mask, float("-inf"))
+    m = s.amax(-1, keepdim=True)
+    m = torch.where(torch.isfinite(m), m, 0.0)
+    p = torch.exp(s - m)  # 0 where masked
+    l = p.sum(-1, keepdim=True)
+    o = (p.to(FP8).float() @ vd) / torch.where(l > 0, l, 1.0)
+    o = o.transpose(1, 2).to(torch.bfloat16).double()
+    lse = torch.where(l > 0, m + torch.log(l), float("-inf")).squeeze(-1).double()
+    return o, lse
 
 
 def max_err(a, b):
@@ -168,7 +202,14 @@ def test_op_and_fake_give_bf16():
 
 def test_supported():
     assert flashattn.supported("cpu", FP8, 128)
-    assert not flashattn.supported("cuda", FP8, 128)
+    # CUDA: the Hopper kernel's head dims, flash only (whatever the GPU: the
+    # call, not the answer, needs compute capability 9.0).
+    cuda = flashattn.built_with_cuda()
+    for d in (64, 128, 256):
+        assert flashattn.supported("cuda", FP8, d) == cuda
+        assert not flashattn.supported("cuda", FP8, d, algorithm="standard")
+    for d in (32, 96):
+        assert not flashattn.supported("cuda", FP8, d)
 
 
 def test_errors_name_the_argument():
@@ -204,9 +245,40 @@ def test_forward_only():
         flashattn.ops.bwd(out, q, k, v, out, lse, *flashattn._ops.pack_options())
 
 
-@pytest.mark.skipif(not torch.cuda.is_available() or not flashattn.built_with_cuda(), reason="needs a CUDA build and GPU")
-def test_cuda_raises_the_library_error():
+_HAS_CUDA = torch.cuda.is_available() and flashattn.built_with_cuda()
+_SM90 = _HAS_CUDA and torch.cuda.get_device_capability() == (9, 0)
+
+
+@pytest.mark.skipif(not _SM90, reason="needs a CUDA build and a GPU of compute capability 9.0")
+@pytest.mark.parametrize("d", [64, 128, 256])
+@pytest.mark.parametrize("mask", ["full", "causal", "window"])
+def test_cuda_matches_the_dequantised_reference(d, mask):
+    # GQA, unequal lengths, 300 keys: no multiple of the key tile.
+    b, sq, sk, hq, hk = 2, 100, 300, 4, 2
+    causal, window = mask == "causal", (60, 20) if mask == "window" else (-1, -1)
+    q, k, v, qs, ks, vs = fp8_problem(b, sq, sk, hq, hk, d, seed=d + 7)
+    out, lse, _ = flashattn.flash_attn_func(*(x.cuda() for x in (q, k, v)), causal=causal, window_size=window,
+                                            return_attn_probs=True, q_descale=qs.cuda(), k_descale=ks.cuda(),
+                                            v_descale=vs.cuda())
+    out, lse = out.cpu(), lse.cpu()
+    ref_o, ref_lse = emulation(q, k, v, qs, ks, vs, causal, torch.float64, window)
+    yard_o, yard_lse = p_rounded_emulation(q, k, v, qs, ks, vs, causal, window)
+    assert out.dtype == torch.bfloat16 and out.shape == q.shape and lse.dtype == torch.float32
+    assert ((yard_o - ref_o).norm() / ref_o.norm()).item() < 0.1, "the yardstick itself is off"
+    err, err_yard = max_err(out, ref_o), max_err(yard_o, ref_o)
+    assert err <= 2 * err_yard + 2 ** -10 * ref_o.abs().max().item(), f"out: {err:.3e} vs yardstick {err_yard:.3e}"
+    err_lse, err_lse_yard = max_err(lse, ref_lse), max_err(yard_lse, ref_lse)
+    hkv = k.shape[2]
+    qd = dequantise(q, qs, hkv).double().transpose(1, 2).abs()
+    kd = dequantise(k, ks, hkv).double().repeat_interleave(hq // hkv, 2).transpose(1, 2).abs()
+    mask = visible(sq, sk, causal, window)
+    score_mag = ((qd @ kd.transpose(-1, -2)) * f32_scale(d)).masked_fill(~mask, 0).max().item()
+    bound = 2 * err_lse_yard + 1e-4 + 2 ** -13 * score_mag
+    assert err_lse <= bound, f"lse: {err_lse:.3e} vs yardstick {err_lse_yard:.3e} (bound {bound:.3e})"
+
+
+@pytest.mark.skipif(not _HAS_CUDA or _SM90, reason="needs a CUDA build and a GPU other than compute capability 9.0")
+def test_cuda_other_gpus_raise_the_library_error():
     q, k, v, qs, ks, vs = (x.cuda() for x in fp8_problem(1, 16, 16, 2, 2, 128))
-    with pytest.raises(ValueError, match=r"q\.dtype: expected f16 or bf16 on cuda \(the e4m3 forward is not "
-                                         r"implemented on CUDA yet"):
+    with pytest.raises(ValueError, match=r"ctx\.device: expected a GPU of compute capability 9\.0"):
         flashattn.flash_attn_func(q, k, v, q_descale=qs, k_descale=ks, v_descale=vs)

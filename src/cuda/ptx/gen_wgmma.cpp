@@ -67,6 +67,41 @@ void emit_rs(const char* name, int trans_b, int n_inst, const char* ctype, const
   std::printf("}\n");
 }
 
+// The e4m3 forms (k32, e4m3 x e4m3 -> f32): as emit_ss / emit_rs, but
+// wgmma with 8-bit inputs takes no transpose flags (both operands must be
+// K-major), only scale-d and the two input negations (1: none).
+void emit_ss_fp8(const char* name, int n_inst) {
+  const int n = n_inst / 2;
+  const std::string accs = acc_list(n), cons = acc_constraints(n);
+  std::printf("__device__ __forceinline__ void %s(float (&d)[%d], std::uint64_t desc_a, std::uint64_t desc_b, "
+              "int scale_d, __nv_fp8_e4m3) {\n", name, n);
+  std::printf("  asm volatile(\n");
+  std::printf("      \"{\\n.reg .pred p;\\n\"\n");
+  std::printf("      \"setp.ne.b32 p, %%%d, 0;\\n\"\n", n + 2);
+  std::printf("      \"wgmma.mma_async.sync.aligned.m64n%dk32.f32.e4m3.e4m3 \"\n", n_inst);
+  std::printf("      \"%s, \"\n", accs.c_str());
+  std::printf("      \"%%%d, %%%d, p, 1, 1;\\n}\\n\"\n", n, n + 1);
+  std::printf("      : %s\n", cons.c_str());
+  std::printf("      : \"l\"(desc_a), \"l\"(desc_b), \"r\"(scale_d));\n");
+  std::printf("}\n");
+}
+
+void emit_rs_fp8(const char* name, int n_inst) {
+  const int n = n_inst / 2;
+  const std::string accs = acc_list(n), cons = acc_constraints(n);
+  std::printf("__device__ __forceinline__ void %s(float (&d)[%d], const std::uint32_t (&a)[4], "
+              "std::uint64_t desc_b, int scale_d, __nv_fp8_e4m3) {\n", name, n);
+  std::printf("  asm volatile(\n");
+  std::printf("      \"{\\n.reg .pred p;\\n\"\n");
+  std::printf("      \"setp.ne.b32 p, %%%d, 0;\\n\"\n", n + 5);
+  std::printf("      \"wgmma.mma_async.sync.aligned.m64n%dk32.f32.e4m3.e4m3 \"\n", n_inst);
+  std::printf("      \"%s, \"\n", accs.c_str());
+  std::printf("      \"{%%%d, %%%d, %%%d, %%%d}, %%%d, p, 1, 1;\\n}\\n\"\n", n, n + 1, n + 2, n + 3, n + 4);
+  std::printf("      : %s\n", cons.c_str());
+  std::printf("      : \"r\"(a[0]), \"r\"(a[1]), \"r\"(a[2]), \"r\"(a[3]), \"l\"(desc_b), \"r\"(scale_d));\n");
+  std::printf("}\n");
+}
+
 void emit(int n_inst, const char* ctype, const char* ptype) {
   emit_ss("wgmma_ss", 0, 0, n_inst, ctype, ptype);
   emit_rs("wgmma_rs_bt", 1, n_inst, ctype, ptype);
@@ -94,5 +129,10 @@ int main() {
   // The backward's S^T = K Q^T and dP^T = V dO^T at d = 64, K and V held in
   // registers (N = the 64 queries of a tile).
   for (const auto& t : types) emit_rs("wgmma_rs", 0, 64, t[0], t[1]);
+  // The FP8 (e4m3) forward: S = Q K^T over 128 keys (d 64, 128) or 64
+  // (d 256), and O += P V^T with N = head_dim, P from registers. e4m3
+  // wgmma is k32 and reads both operands K-major (no transpose flags).
+  for (const int n_inst : {64, 128}) emit_ss_fp8("wgmma_ss", n_inst);
+  for (const int n_inst : {64, 128, 256}) emit_rs_fp8("wgmma_rs", n_inst);
   return 0;
 }

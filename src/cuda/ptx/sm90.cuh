@@ -16,10 +16,12 @@
 #include <cudaTypedefs.h>  // PFN_cuTensorMapEncodeTiled
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
 #include <string>
+#include <type_traits>
 
 #include "flashattn/flashattn.h"
 
@@ -281,6 +283,33 @@ __device__ __forceinline__ std::uint64_t desc_sw128(std::uint32_t smem_addr, std
   return d;
 }
 
+// The same for the 64-byte swizzle (layout type 2), which TMA writes with
+// CU_TENSOR_MAP_SWIZZLE_64B: rows of 64 bytes whose four 16-byte chunks are
+// permuted by chunk ^= (r / 2) % 4, in atoms of 8 rows = 512 bytes (tile
+// bases 512-byte aligned). Used where a K-major row has only 64 bytes: the
+// FP8 forward's Q and K at head_dim 64 and its V^T tile of 64 keys. K-major
+// only: SBO = 512 B between 8-row groups, a k-step of 32 bytes adds 32 B to
+// the start address.
+__device__ __forceinline__ std::uint64_t desc_sw64(std::uint32_t smem_addr, std::uint32_t lbo_bytes,
+                                                   std::uint32_t sbo_bytes) {
+  std::uint64_t d = 0;
+  d |= static_cast<std::uint64_t>((smem_addr & 0x3FFFFu) >> 4);
+  d |= static_cast<std::uint64_t>((lbo_bytes & 0x3FFFFu) >> 4) << 16;
+  d |= static_cast<std::uint64_t>((sbo_bytes & 0x3FFFFu) >> 4) << 32;
+  d |= static_cast<std::uint64_t>(2) << 62;
+  return d;
+}
+
+// The descriptor of a K-major tile whose rows (one M or N index each) are
+// kRowBytes long in its TMA box (128: 128-byte swizzle; 64: 64-byte), 8-row
+// groups one swizzle atom apart.
+template <int kRowBytes>
+__device__ __forceinline__ std::uint64_t desc_k_major(std::uint32_t smem_addr) {
+  static_assert(kRowBytes == 128 || kRowBytes == 64, "a K-major box row is 128 or 64 bytes");
+  if constexpr (kRowBytes == 128) return desc_sw128(smem_addr, 16, 1024);
+  else return desc_sw64(smem_addr, 16, 512);
+}
+
 // The descriptor of (smem_addr + bytes) from that of smem_addr, in one
 // 32-bit add: the start address (address / 16) is the lowest field, and a
 // shared-memory address stays below 2^18, so the add never carries out of
@@ -303,8 +332,20 @@ __device__ __forceinline__ std::uint64_t desc_advance(std::uint64_t desc, std::u
 // only).
 // wgmma_ss has N = 32 (the d = 256 backward's S^T of 32 queries), 64, 128
 // and 256. N = 2 x the accumulator length; T{} (__half or __nv_bfloat16) picks the
-// input type.
+// input type. With T = __nv_fp8_e4m3 (the FP8 forward) wgmma_ss (N = 64,
+// 128) and wgmma_rs (N = 64, 128, 256) are k32 (32 one-byte k values = the
+// same 32 bytes a row as a 16-bit k16 step), both operands K-major; the
+// register A fragment is then 4 x 4 bytes: a[0] row l/4, k 4(l%4)..+3;
+// a[1] row l/4 + 8; a[2], a[3] the same at k + 16.
 #include "sm90_wgmma.inc"
+
+// Two floats to two e4m3 codes (round to nearest even, saturating to
+// +-448 as FlashAttention-3 does; NaN stays NaN), lo in the low byte.
+__device__ __forceinline__ std::uint32_t pack_e4m3x2(float lo, float hi) {
+  unsigned short r;
+  asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;\n" : "=h"(r) : "f"(hi), "f"(lo));
+  return r;
+}
 
 // ---------------------------------------------------------------- host ---
 
@@ -324,17 +365,37 @@ inline PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
   return fn;
 }
 
-// A 4-D map of a (batch, seqlen, heads, head_dim) 16-bit view, dims
-// innermost first (head_dim, seqlen, heads, batch), strides in elements.
-// Boxes are 64 head_dim columns (128 bytes: the 128B swizzle's row) x
-// box_rows sequence rows of one head of one sequence. Rows past seqlen read
-// as zeros (the map's seqlen bound, not the tensor's end: the next head's
-// or sequence's rows are never picked up).
-inline CUtensorMap make_tensor_map_bshd(const void* data, bool bf16, std::int64_t head_dim, std::int64_t seqlen,
+// The element type of a map: TMA's data type and its size in bytes.
+struct TmaElem {
+  CUtensorMapDataType type;
+  int bytes;
+};
+template <class T>
+constexpr TmaElem tma_elem() {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) return {CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2};
+  else if constexpr (std::is_same_v<T, __half>) return {CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 2};
+  else {
+    static_assert(std::is_same_v<T, __nv_fp8_e4m3>, "16-bit or e4m3 operands");
+    return {CU_TENSOR_MAP_DATA_TYPE_UINT8, 1};  // e4m3 codes move as bytes
+  }
+}
+
+// A 4-D map of a (batch, seqlen, heads, head_dim) view, dims innermost
+// first (head_dim, seqlen, heads, batch), strides in elements. Boxes are
+// box_cols head_dim columns (128 or 64 bytes: the row of the 128- or
+// 64-byte swizzle the map applies) x box_rows sequence rows of one head of
+// one sequence. Rows past seqlen read as zeros (the map's seqlen bound, not
+// the tensor's end: the next head's or sequence's rows are never picked
+// up). The FP8 forward's V^T scratch is mapped the same way, keys as the
+// inner dimension.
+inline CUtensorMap make_tensor_map_bshd(const void* data, TmaElem el, std::int64_t head_dim, std::int64_t seqlen,
                                         std::int64_t heads, std::int64_t batch, std::int64_t stride_seq,
-                                        std::int64_t stride_head, std::int64_t stride_batch, int box_rows,
+                                        std::int64_t stride_head, std::int64_t stride_batch, int box_cols, int box_rows,
                                         const char* what) {
-  constexpr std::int64_t kEl = 2;
+  const std::int64_t kEl = el.bytes;
+  const int box_bytes = box_cols * el.bytes;
+  if (box_bytes != 128 && box_bytes != 64)
+    throw Error(std::string(what) + ": expected a TMA box row of 64 or 128 bytes, got " + std::to_string(box_bytes));
   // A dimension of extent 1 never moves, so its stride only has to be
   // legal (a multiple of 16 bytes): callers with one head or one sequence
   // may pass any stride there.
@@ -346,13 +407,13 @@ inline CUtensorMap make_tensor_map_bshd(const void* data, bool bf16, std::int64_
                               static_cast<cuuint64_t>(heads), static_cast<cuuint64_t>(batch)};
   const cuuint64_t strides[3] = {legal(seqlen, stride_seq * kEl), legal(heads, stride_head * kEl),
                                  legal(batch, stride_batch * kEl)};
-  const cuuint32_t box[4] = {64, static_cast<cuuint32_t>(box_rows), 1, 1};
+  const cuuint32_t box[4] = {static_cast<cuuint32_t>(box_cols), static_cast<cuuint32_t>(box_rows), 1, 1};
   const cuuint32_t elem_strides[4] = {1, 1, 1, 1};
   CUtensorMap map;
   const CUresult r = tensor_map_encoder()(
-      &map, bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 4, const_cast<void*>(data), dims,
-      strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-      CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+      &map, el.type, 4, const_cast<void*>(data), dims, strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+      box_bytes == 128 ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_64B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+      CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   if (r != CUDA_SUCCESS)
     throw Error(std::string(what) + ": expected a tensor the copy engine (TMA) can map, got CUresult " +
                 std::to_string(static_cast<int>(r)));

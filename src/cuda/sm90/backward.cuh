@@ -952,7 +952,6 @@ void launch_backward(const Params& p, cudaStream_t stream) {
   static_assert(c.head_dim == kD && c.block_m == bwd::kBlockM && (c.block_n == 128 || c.block_n == 64) &&
                     c.stages >= 2,
                 "row missing from kSm90BwdTiles");
-  constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
 
   launch_dot_do_o<T, kD>(p, stream);
   // With no queries the Q/dO maps are never read (no query tile sees a
@@ -962,13 +961,13 @@ void launch_backward(const Params& p, cudaStream_t stream) {
   const void* any = p.seqlen_q > 0 ? p.q : p.k;
   if (p.seqlen_k > 0 || (c.dq_pass && p.seqlen_q > 0)) {
     const CUtensorMap tq =
-        make_operand_map<kD>(p, Side::q, p.q, any, kBf16, p.heads_q, p.q_ss, p.q_sh, p.q_sb, c.block_m, "q");
-    const CUtensorMap tdo = make_operand_map<kD>(p, Side::q, p.dout, any, kBf16, p.heads_q, p.do_ss, p.do_sh,
+        make_operand_map<T, kD>(p, Side::q, p.q, any, p.heads_q, p.q_ss, p.q_sh, p.q_sb, c.block_m, "q");
+    const CUtensorMap tdo = make_operand_map<T, kD>(p, Side::q, p.dout, any, p.heads_q, p.do_ss, p.do_sh,
                                                  p.do_sb, c.block_m, "dout");
     const CUtensorMap tk =
-        make_operand_map<kD>(p, Side::k, p.k, any, kBf16, p.heads_k, p.k_ss, p.k_sh, p.k_sb, c.block_n, "k");
+        make_operand_map<T, kD>(p, Side::k, p.k, any, p.heads_k, p.k_ss, p.k_sh, p.k_sb, c.block_n, "k");
     const CUtensorMap tv =
-        make_operand_map<kD>(p, Side::k, p.v, any, kBf16, p.heads_k, p.v_ss, p.v_sh, p.v_sb, c.block_n, "v");
+        make_operand_map<T, kD>(p, Side::k, p.v, any, p.heads_k, p.v_ss, p.v_sh, p.v_sb, c.block_n, "v");
     if (p.seqlen_k > 0) {
       auto kernel = p.is_sparse() ? (p.has_dropout ? backward_kernel<T, kD, true, true> : backward_kernel<T, kD, false, true>)
                                   : (p.has_dropout ? backward_kernel<T, kD, true, false>

@@ -23,14 +23,22 @@
 // and 4 for the consumers' turns, 1 and 2 for each consumer's epilogue):
 //   q_full / q_empty   a ring of one stage: Q of a query tile landed / both
 //                      consumers are done with it (its last S completed;
-//                      without kPersistent: O, staged in Q's buffer, was
-//                      stored)
+//                      where O is staged in Q's buffer (L::kOwnO false):
+//                      O was stored)
 //   k_full / k_empty   a ring of two stages: K_j landed / every consumer
 //                      thread's S_j (the only reader of K_j) completed
 //   v_full / v_empty   likewise for V_j, released once P_j V_j completed;
 //                      separate from K so that S and the softmax of tile j
 //                      can start before V_j has landed, and K_j+2 can load
 //                      a turn before V_j is free
+// FP8 (e4m3 Q, K, V; bf16 O): the same kernel on bytes (In =
+// __nv_fp8_e4m3). wgmma is then k32 with both operands K-major, so V comes
+// from a transposed copy (fp8_vt.h) and P is packed to e4m3 in the order
+// that copy stores its keys (tile::pack_a_e4m3); the descales fold into
+// the score scale (Q, K) and O's final factor (V); O has its own staging
+// buffer (Q's tile is half its size).
+// Dense launches (kVarlen false) compile out the sequence lookups, the
+// skipped tiles and the row-by-row epilogue of packed varlen batches.
 // Overlap: a consumer's loop runs one tile ahead of its P V product: turn j
 // issues S_j and P_{j-1} V_{j-1} together, then the softmax of tile j runs
 // while P_{j-1} V_{j-1} is still on the tensor cores. The two consumers take
@@ -48,6 +56,7 @@
 #include "../exact_rows.cuh"
 #include "../key_tiles.cuh"
 #include "../tile_ops.cuh"
+#include "fp8_vt.cuh"
 #include "maps.h"
 #include "pipeline.h"
 #include "roles.h"
@@ -62,25 +71,51 @@ namespace x = flashattn::detail::ptx::sm90;
 // d = 256), S, the P in flight and the softmax state (d = 128 spills 12
 // bytes outside the key loop: the softmax under P V, below).
 
+// The element types of one instantiation: In (Q, K, V) and Out (O).
+template <class In>
+struct FwdTypes {
+  using Out = In;
+  static constexpr bool kFp8 = false;
+};
+template <>
+struct FwdTypes<__nv_fp8_e4m3> {
+  using Out = __nv_bfloat16;
+  static constexpr bool kFp8 = true;
+};
+
 // Byte offsets inside the (1024-aligned) dynamic shared memory. Every tile
-// is a whole number of 1024-byte swizzle atoms, so all stay aligned.
-template <int kD, int kBlockN, bool kPersistent>
+// is a whole number of 1024-byte swizzle atoms, so all stay aligned. Q and
+// K tiles are boxes of kRowBytes a row (128: one 128-byte swizzle row; 64
+// for e4m3 at d = 64, 64-byte swizzle), kBoxCols elements; the FP8 V^T
+// tile is head_dim rows of kBlockN key bytes (one box); O is staged as
+// 16-bit boxes of 64 columns.
+template <class In, int kD, int kBlockN, bool kPersistent>
 struct SmemLayout {
+  static constexpr bool kFp8 = FwdTypes<In>::kFp8;
   static constexpr int kBlockM = 128;
-  static constexpr int kChunks = kD / 64;                // 64-column (128-byte) boxes per row
-  static constexpr int kQHalf = 64 * kD * 2;             // one consumer's 64 Q rows (or O rows)
-  static constexpr int kKV = kBlockN * kD * 2;           // one K or V tile
+  static constexpr int kInBytes = kFp8 ? 1 : 2;
+  static constexpr int kRowBytes = kD * kInBytes < 128 ? kD * kInBytes : 128;
+  static constexpr int kBoxCols = kRowBytes / kInBytes;
+  static constexpr int kChunks = kD / kBoxCols;          // Q / K boxes per row
+  static constexpr int kOChunks = kD / 64;               // 64-column (128-byte) O boxes per row
+  static constexpr int kQHalf = 64 * kD * kInBytes;      // one consumer's 64 Q rows
+  static constexpr int kOHalf = 64 * kD * 2;             // one consumer's 64 O rows (16-bit)
+  static constexpr int kKV = kBlockN * kD * kInBytes;    // one K or V (V^T) tile
   static constexpr int kQ = 0;
   static constexpr int kK = kQ + 2 * kQHalf;             // K stage s at kK + s kKV
   static constexpr int kV = kK + 2 * kKV;                // V stage s at kV + s kKV
-  // O staging of consumer w at kO + w kQHalf: its own buffer when the CTA
-  // loops over tiles (the next tile's Q is loading into Q's), else Q's.
-  static constexpr int kO = kPersistent ? kV + 2 * kKV : kQ;
-  static constexpr int kBars = kPersistent ? kO + 2 * kQHalf : kV + 2 * kKV;
+  // O staging of consumer w at kO + w kOHalf: its own buffer when the CTA
+  // loops over tiles (the next tile's Q is loading into Q's) or Q's is too
+  // small (e4m3), else Q's.
+  static constexpr bool kOwnO = kPersistent || kFp8;
+  static constexpr int kO = kOwnO ? kV + 2 * kKV : kQ;
+  static constexpr int kBars = kOwnO ? kO + 2 * kOHalf : kV + 2 * kKV;
   // q_full, k_full[2], v_full[2], k_empty[2], v_empty[2], q_empty
   static constexpr int kBytes = kBars + 10 * 8;
   static constexpr int kAlloc = kBytes + 1024;           // slack to align the base
+  static_assert(kD % kBoxCols == 0 && kD % 64 == 0, "head_dim in whole boxes");
   static_assert(kQHalf % 1024 == 0 && kKV % 1024 == 0, "tiles must be whole swizzle atoms");
+  static_assert(!kFp8 || kBlockN == 128 || kBlockN == 64, "a V^T row of 128 or 64 key bytes (its swizzle)");
   static_assert(kAlloc <= 227 * 1024, "over the shared memory of one CTA");
 };
 
@@ -113,10 +148,27 @@ struct FwdPipes {
   }
 };
 
-// The TMA maps of one forward launch (kernel parameters: __grid_constant__).
+// The TMA maps of one forward launch (kernel parameters: __grid_constant__);
+// v maps V^T (fp8_vt.h) with e4m3 inputs.
 struct FwdMaps {
   const CUtensorMap *q, *k, *v, *o;
 };
+
+// Sequence b's lengths and starts: resolve_seq, or for a dense launch the
+// problem's lengths (constants of the parameter block).
+template <bool kVarlen>
+__device__ __forceinline__ SeqInfo fwd_seq(const Params& p, int b) {
+  if constexpr (kVarlen) return resolve_seq(p, b);
+  SeqInfo s;
+  s.sq = p.seqlen_q;
+  s.sk = p.seqlen_k;
+  return s;
+}
+template <bool kVarlen>
+__device__ __forceinline__ SeqCoords fwd_coords(const Params& p, const SeqInfo& s, int b) {
+  if constexpr (kVarlen) return seq_coords(p, s, b);
+  return {0, 0, b};
+}
 
 // ---------------------------------------------------------- producer ---
 // One thread issues every copy: for each query tile of the schedule, Q
@@ -124,7 +176,7 @@ struct FwdMaps {
 // tile's, then K_j and V_j of each key tile the mask allows, each into its
 // stage once the consumers released that stage's previous use. The K/V
 // ring runs on across query tiles.
-template <class L, int kBlockM, int kBlockN, class Scheduler>
+template <class L, int kBlockM, int kBlockN, bool kVarlen, class Scheduler>
 __device__ __forceinline__ void fwd_producer(const Params& p, const Scheduler& sched, const FwdPipes<L>& pipes,
                                              std::uint32_t base, const FwdMaps& maps) {
   x::tma_prefetch_map(maps.q);
@@ -135,14 +187,14 @@ __device__ __forceinline__ void fwd_producer(const Params& p, const Scheduler& s
   PipelineState<2> kv_state;
   for (int tile = sched.first(); tile < sched.count(); tile = sched.next(tile)) {
     const WorkTile qt = sched.tile(tile);
-    const SeqInfo seq = resolve_seq(p, qt.b);
-    if (qt.m0 >= seq.sq) continue;  // a varlen tile past its sequence's end: no rows (the consumers skip it too)
-    const SeqCoords at = seq_coords(p, seq, qt.b);
+    const SeqInfo seq = fwd_seq<kVarlen>(p, qt.b);
+    if (kVarlen && qt.m0 >= seq.sq) continue;  // a tile past its sequence's end: no rows (the consumers skip it too)
+    const SeqCoords at = fwd_coords<kVarlen>(p, seq, qt.b);
     const KeyTiles<kBlockM, kBlockN> tiles(p, qt.b, qt.h, qt.m0, seq);
     const int n_steps = tiles.count();
     const int hk = qt.h / p.group;
     // Q always, even when no key tile is visible: the consumers wait for
-    // it, and (without kPersistent) stage O through its buffer, which no
+    // it, and (without L::kOwnO) stage O through its buffer, which no
     // late copy may race. But not a half that lies wholly past seqlen_q:
     // a partly out-of-bounds box counts its whole size on the barrier, a
     // wholly out-of-bounds one is not documented either way (a wrong
@@ -153,8 +205,8 @@ __device__ __forceinline__ void fwd_producer(const Params& p, const Scheduler& s
     for (int half = 0; half < q_halves; ++half)
 #pragma unroll
       for (int c = 0; c < L::kChunks; ++c)
-        x::tma_load_4d(base + L::kQ + half * L::kQHalf + c * 64 * 128, maps.q, pipes.q.full(q_state), c * 64,
-                       at.q_row0 + qt.m0 + 64 * half, qt.h, at.batch);
+        x::tma_load_4d(base + L::kQ + half * L::kQHalf + c * 64 * L::kRowBytes, maps.q, pipes.q.full(q_state),
+                       c * L::kBoxCols, at.q_row0 + qt.m0 + 64 * half, qt.h, at.batch);
     for (int step = 0; step < n_steps; ++step, ++kv_state) {
       const int s = kv_state.stage();
       // A listed key tile wholly past seqlen_k (an index out of range, or a
@@ -167,14 +219,20 @@ __device__ __forceinline__ void fwd_producer(const Params& p, const Scheduler& s
       x::mbar_arrive_expect_tx(pipes.k.full(kv_state), L::kKV);
 #pragma unroll
       for (int c = 0; c < L::kChunks; ++c)
-        x::tma_load_4d(base + L::kK + s * L::kKV + c * kBlockN * 128, maps.k, pipes.k.full(kv_state), c * 64,
-                       at.k_row0 + n0, hk, at.batch);
+        x::tma_load_4d(base + L::kK + s * L::kKV + c * kBlockN * L::kRowBytes, maps.k, pipes.k.full(kv_state),
+                       c * L::kBoxCols, at.k_row0 + n0, hk, at.batch);
       pipes.v.acquire(kv_state);
       x::mbar_arrive_expect_tx(pipes.v.full(kv_state), L::kKV);
+      if constexpr (L::kFp8) {
+        // V^T: one box of kBlockN keys x head_dim rows.
+        x::tma_load_4d(base + L::kV + s * L::kKV, maps.v, pipes.v.full(kv_state),
+                       static_cast<int>(fp8_vt_key0(kVarlen, seq.k_start, qt.b)) + n0, 0, hk, at.batch);
+      } else {
 #pragma unroll
-      for (int c = 0; c < L::kChunks; ++c)
-        x::tma_load_4d(base + L::kV + s * L::kKV + c * kBlockN * 128, maps.v, pipes.v.full(kv_state), c * 64,
-                       at.k_row0 + n0, hk, at.batch);
+        for (int c = 0; c < L::kChunks; ++c)
+          x::tma_load_4d(base + L::kV + s * L::kKV + c * kBlockN * 128, maps.v, pipes.v.full(kv_state), c * 64,
+                         at.k_row0 + n0, hk, at.batch);
+      }
     }
     ++q_state;
   }
@@ -184,37 +242,48 @@ __device__ __forceinline__ void fwd_producer(const Params& p, const Scheduler& s
 // ---------------------------------------------------------- mainloop ---
 // The consumer's two products with K_j and V_j of one ring use, each one
 // commit group, waiting first for its stage to be full.
-template <class T, int kD, int kBlockN, class L>
+template <class In, int kD, int kBlockN, class L>
 struct FwdMainloop {
   FwdPipes<L> pipes;
   std::uint32_t base, sQ;  // shared-memory base; this consumer's 64 Q rows
 
-  // S = Q K_j^T, K = head_dim in steps of 16 (32 bytes inside a 128-byte
-  // swizzled row; a new 64-column box every 4 steps). The k-steps'
-  // descriptors by one add each from the tile's (desc_advance).
+  // S = Q K_j^T, K = head_dim in steps of 32 bytes (k16 of 16-bit values,
+  // k32 of e4m3) inside a box row of kRowBytes; a new box every
+  // kRowBytes / 32 steps. The k-steps' descriptors by one add each from
+  // the tile's (desc_advance).
   __device__ __forceinline__ void issue_s(float (&sc)[kBlockN / 2], PipelineState<2> kv) const {
+    constexpr int kStepsPerBox = L::kRowBytes / 32;
     const std::uint32_t sK = base + L::kK + kv.stage() * L::kKV;
     pipes.k.wait(kv);
     x::wgmma_fence();  // after the wait loop too: otherwise ptxas injects one (C7519)
-    const std::uint64_t q_desc = x::desc_sw128(sQ, 16, 1024), k_desc = x::desc_sw128(sK, 16, 1024);
+    const std::uint64_t q_desc = x::desc_k_major<L::kRowBytes>(sQ), k_desc = x::desc_k_major<L::kRowBytes>(sK);
 #pragma unroll
-    for (int kk = 0; kk < kD / 16; ++kk) {
-      const std::uint32_t koff = (kk % 4) * 32;
-      x::wgmma_ss(sc, x::desc_advance(q_desc, (kk / 4) * 64 * 128 + koff),
-                  x::desc_advance(k_desc, (kk / 4) * kBlockN * 128 + koff), kk > 0 ? 1 : 0, T{});
+    for (int kk = 0; kk < kD * L::kInBytes / 32; ++kk) {
+      const std::uint32_t koff = (kk % kStepsPerBox) * 32, box = kk / kStepsPerBox;
+      x::wgmma_ss(sc, x::desc_advance(q_desc, box * 64 * L::kRowBytes + koff),
+                  x::desc_advance(k_desc, box * kBlockN * L::kRowBytes + koff), kk > 0 ? 1 : 0, In{});
     }
     x::wgmma_commit();
   }
-  // O += P V_j, K = keys in steps of 16 rows (2048 bytes), N = head_dim
-  // across the 64-column boxes (LBO = one box).
-  __device__ __forceinline__ void issue_pv(float (&o)[kD / 2], std::uint32_t (&pa)[kBlockN / 16][4],
+  // O += P V_j. 16-bit: K = keys in steps of 16 rows (2048 bytes), N =
+  // head_dim across the 64-column boxes (LBO = one box). e4m3: V_j^T is
+  // K-major (head_dim rows of kBlockN key bytes), K = keys in steps of 32
+  // bytes, N = head_dim in one instruction.
+  __device__ __forceinline__ void issue_pv(float (&o)[kD / 2], std::uint32_t (&pa)[kBlockN * L::kInBytes / 32][4],
                                            PipelineState<2> kv) const {
     const std::uint32_t sV = base + L::kV + kv.stage() * L::kKV;
     pipes.v.wait(kv);
     x::wgmma_fence();
-    const std::uint64_t v_desc = x::desc_sw128(sV, kBlockN * 128, 1024);
+    if constexpr (L::kFp8) {
+      const std::uint64_t vt_desc = x::desc_k_major<kBlockN>(sV);
 #pragma unroll
-    for (int kk = 0; kk < kBlockN / 16; ++kk) x::wgmma_rs_bt(o, pa[kk], x::desc_advance(v_desc, kk * 16 * 128), 1, T{});
+      for (int kk = 0; kk < kBlockN / 32; ++kk) x::wgmma_rs(o, pa[kk], x::desc_advance(vt_desc, kk * 32), 1, In{});
+    } else {
+      const std::uint64_t v_desc = x::desc_sw128(sV, kBlockN * 128, 1024);
+#pragma unroll
+      for (int kk = 0; kk < kBlockN / 16; ++kk)
+        x::wgmma_rs_bt(o, pa[kk], x::desc_advance(v_desc, kk * 16 * 128), 1, In{});
+    }
     x::wgmma_commit();
   }
 };
@@ -227,10 +296,16 @@ struct FwdMainloop {
 // the mask of one 16-bit P, so an AND drops them (a 16-bit zero is +0). The
 // softmax's sum is the un-dropped one (LSE ignores dropout); the epilogue
 // scales O by 1 / (1 - p).
-template <class T, bool kDropout, int kN>
-__device__ __forceinline__ void pack_p(std::uint32_t (&pa)[kN / 8][4], const float (&sc)[kN], const Params& p,
+// e4m3 (no dropout there): tile::pack_a_e4m3's k32 slices.
+template <class T, bool kDropout, int kN, int kSlices>
+__device__ __forceinline__ void pack_p(std::uint32_t (&pa)[kSlices][4], const float (&sc)[kN], const Params& p,
                                        std::uint32_t bh, int row0, int n0, int col_in_tile) {
-  tile::pack_a<T>(pa, sc);
+  if constexpr (std::is_same_v<T, __nv_fp8_e4m3>) {
+    static_assert(!kDropout, "the FP8 forward has no dropout");
+    tile::pack_a_e4m3(pa, sc);
+  } else {
+    tile::pack_a<T>(pa, sc);
+  }
   if constexpr (kDropout) {
     const std::uint32_t pair = DropoutStream::row_pair_of(static_cast<std::uint32_t>(row0));
 #pragma unroll
@@ -248,13 +323,14 @@ __device__ __forceinline__ void pack_p(std::uint32_t (&pa)[kN / 8][4], const flo
 // The online softmax of one key tile on S (sc), as the sm80 kernel: with a
 // positive scale the order of the raw scores is that of the scaled ones, so
 // mask and take the max on raw scores and fold the scale into the
-// exponent's FFMA (post_scale); otherwise scale first. Leaves P in sc and
+// exponent's FFMA (post_scale); otherwise scale first. scale_log2: the
+// softmax scale in log2 units (times Q's and K's descales for e4m3). Leaves P in sc and
 // the correction of the running O in corr.
 template <int kN>
 __device__ __forceinline__ void fwd_softmax(float (&sc)[kN], tile::OnlineSoftmax& sm, float (&corr)[2],
                                             const Params& p, const SeqInfo& seq, const KeyTile& kt, int row0,
-                                            int col_in_tile, bool prescale, float post_scale) {
-  if (prescale) tile::scale(sc, p.scale_log2);
+                                            int col_in_tile, bool prescale, float scale_log2, float post_scale) {
+  if (prescale) tile::scale(sc, scale_log2);
   if (kt.need_mask) {
     // Opaque: the rows' window bounds are then computed here, for masked
     // tiles only, not hoisted out of the key loop into registers it needs.
@@ -273,7 +349,7 @@ __device__ __forceinline__ void fwd_softmax(float (&sc)[kN], tile::OnlineSoftmax
 // ---------------------------------------------------------- epilogue ---
 // O / l and LSE = ln(sum exp(scaled scores)) of this consumer's 64 rows.
 // O goes through the warpgroup's staging rows (L::kO: its own Q rows,
-// which no wgmma reads any more, or with kPersistent a buffer of its own)
+// which no wgmma reads any more, or with L::kOwnO a buffer of its own)
 // as the O map's boxes (64 rows x 64 columns, 128B swizzle: 16-byte chunk
 // ^ row % 8, conflict-free for the fragment writes), then to global memory
 // by TMA, one thread issuing the warpgroup's boxes: rows >= seqlen_q fall
@@ -281,7 +357,8 @@ __device__ __forceinline__ void fwd_softmax(float (&sc)[kN], tile::OnlineSoftmax
 // first, the previous tile's store has finished reading the staging (its
 // issuing thread waited for that); second, every thread's staging writes
 // are fenced before the store is issued.
-template <class T, int kD, class L, bool kPersistent>
+// T: O's type; In: the inputs' (the slow path reads them).
+template <class T, class In, int kD, class L, bool kPersistent, bool kVarlen>
 struct FwdEpilogue {
   unsigned char* smem;
   std::uint32_t base;
@@ -302,18 +379,20 @@ struct FwdEpilogue {
     T* out = static_cast<T*>(p.out) + (seq.q_start + m_first) * p.o_ss + qt.h * p.o_sh;
     for (int idx = t; idx < rows * kRowChunks; idx += kWarpgroup) {
       const int r = idx / kRowChunks, k = idx % kRowChunks;
-      const uint4 v = *reinterpret_cast<const uint4*>(stage + (k / 8) * (64 * 128) + r * 128 + ((k % 8) ^ (r % 8)) * 16);
+      const uint4 v =
+          *reinterpret_cast<const uint4*>(stage + (k / 8) * (64 * 128) + r * 128 + ((k % 8) ^ (r % 8)) * 16);
       *reinterpret_cast<uint4*>(out + r * p.o_ss + k * 8) = v;
     }
   }
 
-  // rnd: the CTA's query tiles before this one.
+  // rnd: the CTA's query tiles before this one. o_scale: O's factor
+  // besides 1 / l (1 / (1 - p) with dropout, V's descale for e4m3).
   // Returns whether this warp's rows of the tile hold a NaN or inf.
-  __device__ __forceinline__ bool store(const float (&o)[kD / 2], const tile::OnlineSoftmax& sm, const Params& p,
-                                        const SeqInfo& seq, const WorkTile& qt, int rnd, const FwdPipes<L>& pipes,
-                                        PipelineState<1> q_state) const {
-    unsigned char* stage = smem + L::kO + cw * L::kQHalf;
-    if (kPersistent && rnd > 0) {
+  __device__ __forceinline__ bool store(const float (&o)[kD / 2], const tile::OnlineSoftmax& sm, float o_scale,
+                                        const Params& p, const SeqInfo& seq, const WorkTile& qt, int rnd,
+                                        const FwdPipes<L>& pipes, PipelineState<1> q_state) const {
+    unsigned char* stage = smem + L::kO + cw * L::kOHalf;
+    if (L::kOwnO && rnd > 0) {
       if (t == 0) x::bulk_wait_read<0>();
       sync();
     }
@@ -325,9 +404,8 @@ struct FwdEpilogue {
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       const float l = sm.total_sum(half);
-      // keep_scale = 1 / (1 - p), 1 without dropout. l == 0: no visible key
-      // (O = 0); a NaN l stays NaN.
-      const float inv = l == 0.f ? 0.f : p.keep_scale / l;
+      // l == 0: no visible key (O = 0); a NaN l stays NaN.
+      const float inv = l == 0.f ? 0.f : o_scale / l;
       const int r = warp * 16 + tile::lane_row(ln, half), r_tile = cw * 64 + r;
       if (p.lse != nullptr && ln % 4 == 0 && qt.m0 + r_tile < seq.sq)
         p.lse[q_row(p, seq, qt.b, qt.h, qt.m0 + r_tile)] = sm.lse(half, l);
@@ -354,20 +432,20 @@ struct FwdEpilogue {
     // next sequence's rows (the map ends only at the last sequence's end):
     // such a half-tile is copied row by row instead, the valid rows only.
     const int m_first = qt.m0 + cw * 64;
-    if (p.is_varlen() && m_first + 64 > seq.sq) {
+    if (kVarlen && m_first + 64 > seq.sq) {
       copy_rows_out(p, seq, qt, m_first, stage);
     } else if (t == 0) {
-      const SeqCoords at = seq_coords(p, seq, qt.b);
+      const SeqCoords at = fwd_coords<kVarlen>(p, seq, qt.b);
 #pragma unroll
-      for (int c = 0; c < L::kChunks; ++c)
-        x::tma_store_4d(maps_o, base + L::kO + cw * L::kQHalf + c * 64 * 128, c * 64, at.q_row0 + m_first, qt.h,
+      for (int c = 0; c < L::kOChunks; ++c)
+        x::tma_store_4d(maps_o, base + L::kO + cw * L::kOHalf + c * 64 * 128, c * 64, at.q_row0 + m_first, qt.h,
                         at.batch);
       x::bulk_commit();
     }
-    // Without kPersistent, Q's buffer was the staging: released once the
+    // Without a buffer of its own, Q's was the staging: released once the
     // store has read it (a launch of that kernel has one tile a CTA, but
     // the protocol does not depend on it).
-    if constexpr (!kPersistent) {
+    if constexpr (!L::kOwnO) {
       if (t == 0) x::bulk_wait_read<0>();
       sync();
       pipes.q.release(q_state);
@@ -380,7 +458,7 @@ struct FwdEpilogue {
   // are recomputed from the inputs (../exact_rows.cuh) and stored again,
   // with their LSE.
   __device__ __forceinline__ void fix_rows(const Params& p, const WorkTile& qt) const {
-    const SeqInfo seq = resolve_seq(p, qt.b);
+    const SeqInfo seq = fwd_seq<kVarlen>(p, qt.b);
     const int row0 = qt.m0 + cw * 64 + warp * 16;
     if (row0 >= seq.sq) return;
     T* out = static_cast<T*>(p.out) + qt.b * p.o_sb + (seq.q_start + row0) * p.o_ss + qt.h * p.o_sh;
@@ -390,7 +468,7 @@ struct FwdEpilogue {
     if (row0 + 16 > seq.sq) bad &= (1u << (seq.sq - row0)) - 1u;
     exact::for_rows(bad, [&](int r) {
       float ov[exact::kCols<kD>], lse;
-      exact::forward_row<T, kD>(p, seq, qt.b, qt.h, row0 + r, lane, ov, lse);
+      exact::forward_row<In, kD>(p, seq, qt.b, qt.h, row0 + r, lane, ov, lse);
 #pragma unroll
       for (int u = 0; u < exact::kCols<kD>; ++u)
         if (lane + 32 * u < kD) out[r * p.o_ss + lane + 32 * u] = from_float<T>(ov[u]);
@@ -407,10 +485,12 @@ struct FwdEpilogue {
 // and the other consumer's turn are on the tensor cores. O is rescaled by
 // tile j's correction only once P_{j-1} V_{j-1} has completed, and P_j is
 // packed into pa only then (the RS wgmma reads pa until it completes).
-template <class T, int kD, int kBlockN, bool kPersistent, bool kDropout, class L, class Scheduler>
+template <class In, int kD, int kBlockN, bool kPersistent, bool kDropout, bool kVarlen, class L, class Scheduler>
 __device__ __forceinline__ void fwd_consumer(const Params& p, const Scheduler& sched, const FwdPipes<L>& pipes,
                                              unsigned char* smem, std::uint32_t base, const FwdMaps& maps) {
+  using Out = typename FwdTypes<In>::Out;
   constexpr int kBlockM = L::kBlockM;
+  constexpr int kSlices = kBlockN * L::kInBytes / 32;  // k slices of P (16 keys, or 32 for e4m3)
   // Which 64 query rows. Broadcast from lane 0 so that the compiler knows
   // it is warp-uniform: its branches (the turns, the epilogue's barriers)
   // are then uniform ones, and inside the tile loop ptxas kept the main
@@ -418,13 +498,11 @@ __device__ __forceinline__ void fwd_consumer(const Params& p, const Scheduler& s
   // datapath only with it (without: 70 more instructions a step at d 64).
   const int cw = __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x) / kWarpgroup - 1, 0);
   const int t = static_cast<int>(threadIdx.x) % kWarpgroup, warp = t / 32, lane = t % 32;
-  const FwdMainloop<T, kD, kBlockN, L> mainloop{pipes, base, base + L::kQ + cw * L::kQHalf};
-  const FwdEpilogue<T, kD, L, kPersistent> epilogue{smem, base, cw, t, warp, lane, maps.o};
+  const FwdMainloop<In, kD, kBlockN, L> mainloop{pipes, base, base + L::kQ + cw * L::kQHalf};
+  const FwdEpilogue<Out, In, kD, L, kPersistent, kVarlen> epilogue{smem, base, cw, t, warp, lane, maps.o};
   // This thread's first row (accumulator layout) within the 128-row tile.
   const int row_in_tile = cw * 64 + warp * 16 + tile::lane_row(lane, 0);
   const int col_in_tile = tile::lane_col(lane);
-  const bool prescale = !(p.scale_log2 > 0.f);
-  const float post_scale = prescale ? 1.f : p.scale_log2;
 
   // Turns: consumer 0 waits on barrier 3 and passes to barrier 4,
   // consumer 1 the other way round. Each consumer takes n_steps + 1 turns
@@ -455,8 +533,8 @@ __device__ __forceinline__ void fwd_consumer(const Params& p, const Scheduler& s
   // producer skips it too).
   auto consume_tile = [&](const int tile_idx) {
     const WorkTile qt = sched.tile(tile_idx);
-    const SeqInfo seq = resolve_seq(p, qt.b);
-    if (qt.m0 >= seq.sq) return false;
+    const SeqInfo seq = fwd_seq<kVarlen>(p, qt.b);
+    if (kVarlen && qt.m0 >= seq.sq) return false;
     const PipelineState<2> kv0 = kv_state;
     const PipelineState<1> qs = q_state;
     const int rnd = round;
@@ -464,11 +542,21 @@ __device__ __forceinline__ void fwd_consumer(const Params& p, const Scheduler& s
     const KeyTiles<kBlockM, kBlockN> tiles(p, qt.b, qt.h, qt.m0, seq);
     const int n_steps = tiles.count();
     const int row0 = qt.m0 + row_in_tile;
+    // The scores' scale in log2 units and O's factor: e4m3 folds the
+    // descales of this (sequence, KV head) in.
+    float scale_log2 = p.scale_log2, o_scale = p.keep_scale;
+    if constexpr (L::kFp8) {
+      const int hk = qt.h / p.group;
+      scale_log2 *= descale(p.q_descale, p, qt.b, hk) * descale(p.k_descale, p, qt.b, hk);
+      o_scale = descale(p.v_descale, p, qt.b, hk);
+    }
+    const bool prescale = !(scale_log2 > 0.f);
+    const float post_scale = prescale ? 1.f : scale_log2;
     // Whether consumer 1's last pass of this tile opens a next one.
     bool pass_on = false;
     if (kPersistent && cw == 1 && sched.next(tile_idx) < sched.count()) {
       const WorkTile nt = sched.tile(sched.next(tile_idx));
-      pass_on = KeyTiles<kBlockM, kBlockN>(p, nt.b, nt.h, nt.m0, resolve_seq(p, nt.b)).count() > 0;
+      pass_on = KeyTiles<kBlockM, kBlockN>(p, nt.b, nt.h, nt.m0, fwd_seq<kVarlen>(p, nt.b)).count() > 0;
     }
 
     float o[kD / 2];
@@ -476,26 +564,26 @@ __device__ __forceinline__ void fwd_consumer(const Params& p, const Scheduler& s
     for (int i = 0; i < kD / 2; ++i) o[i] = 0.f;
     tile::OnlineSoftmax sm;
     float sc[kBlockN / 2];
-    std::uint32_t pa[kBlockN / 16][4];
+    std::uint32_t pa[kSlices][4];
     float corr[2] = {1.f, 1.f};
     if (n_steps > 0 && cw == 1 && !c1_passed) x::named_barrier_arrive<3>(2 * kWarpgroup);
 
     auto fence_pa = [&] {
 #pragma unroll
-      for (int kk = 0; kk < kBlockN / 16; ++kk)
+      for (int kk = 0; kk < kSlices; ++kk)
 #pragma unroll
         for (int q = 0; q < 4; ++q) x::fence_operand(pa[kk][q]);
     };
     // This thread has read Q of the tile for the last time (its last S is
-    // complete): with kPersistent the producer may load the next tile's.
-    // Without, Q's buffer stages O, so the release waits for the epilogue.
+    // complete): with O staged apart the producer may load the next tile's.
+    // Otherwise Q's buffer stages O, so the release waits for the epilogue.
     auto release_q_after_s = [&](int step) {
-      if (kPersistent && step == n_steps - 1) pipes.q.release(qs);
+      if (L::kOwnO && step == n_steps - 1) pipes.q.release(qs);
     };
     auto softmax = [&](int step) {
-      fwd_softmax(sc, sm, corr, p, seq, tiles.at(step), row0, col_in_tile, prescale, post_scale);
+      fwd_softmax(sc, sm, corr, p, seq, tiles.at(step), row0, col_in_tile, prescale, scale_log2, post_scale);
     };
-    auto pack = [&](int step) { pack_p<T, kDropout>(pa, sc, p, bh, row0, tiles.at(step).n0, col_in_tile); };
+    auto pack = [&](int step) { pack_p<In, kDropout>(pa, sc, p, bh, row0, tiles.at(step).n0, col_in_tile); };
 
     pipes.q.wait(qs);
     if (n_steps > 0) {
@@ -511,7 +599,7 @@ __device__ __forceinline__ void fwd_consumer(const Params& p, const Scheduler& s
       softmax(0);
       tile::rescale_rows(o, corr);  // O = 0: corr only matters for the bookkeeping above
       pack(0);
-    } else if (kPersistent) {
+    } else if (L::kOwnO) {
       pipes.q.release(qs);  // no S reads Q
     }
     for (int step = 1; step < n_steps; ++step) {
@@ -550,7 +638,7 @@ __device__ __forceinline__ void fwd_consumer(const Params& p, const Scheduler& s
       pipes.v.release(kv0 + (n_steps - 1));
     }
     kv_state = kv0 + n_steps;
-    any_bad |= epilogue.store(o, sm, p, seq, qt, rnd, pipes, qs);
+    any_bad |= epilogue.store(o, sm, o_scale, p, seq, qt, rnd, pipes, qs);
     return true;
   };
   if constexpr (kPersistent) {
@@ -578,14 +666,15 @@ __device__ __forceinline__ void fwd_consumer(const Params& p, const Scheduler& s
   }
 }
 
-// kDropout: a template parameter for the reason given at the backward kernel.
-template <class T, int kD, int kBlockN, bool kPersistent, bool kDropout>
+// kDropout: a template parameter for the reason given at the backward
+// kernel; kVarlen: see the top of this file.
+template <class In, int kD, int kBlockN, bool kPersistent, bool kDropout, bool kVarlen>
 __global__ void __launch_bounds__(kThreads, 1)
     forward_kernel(const __grid_constant__ Params p, const __grid_constant__ CUtensorMap tma_q,
                    const __grid_constant__ CUtensorMap tma_k, const __grid_constant__ CUtensorMap tma_v,
                    const __grid_constant__ CUtensorMap tma_o) {
 #if FA_SM90_DEVICE
-  using L = SmemLayout<kD, kBlockN, kPersistent>;
+  using L = SmemLayout<In, kD, kBlockN, kPersistent>;
   extern __shared__ unsigned char smem_raw[];
   // The 128B swizzle pattern repeats every 1024 bytes of *address*: TMA and
   // wgmma agree only on 1024-aligned tiles, so align the base by hand.
@@ -602,10 +691,10 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (threadIdx.x < kWarpgroup) {
     // The producer holds no tiles: it gives most of its registers back.
     x::setmaxnreg_dec<kProducerRegs>();
-    if (threadIdx.x == 0) fwd_producer<L, L::kBlockM, kBlockN>(p, sched, pipes, base, maps);
+    if (threadIdx.x == 0) fwd_producer<L, L::kBlockM, kBlockN, kVarlen>(p, sched, pipes, base, maps);
   } else {
     x::setmaxnreg_inc<kConsumerRegs>();
-    fwd_consumer<T, kD, kBlockN, kPersistent, kDropout, L>(p, sched, pipes, smem, base, maps);
+    fwd_consumer<In, kD, kBlockN, kPersistent, kDropout, kVarlen, L>(p, sched, pipes, smem, base, maps);
   }
 #else
   // Built for another architecture: the dispatch never launches this.
@@ -613,38 +702,77 @@ __global__ void __launch_bounds__(kThreads, 1)
 #endif
 }
 
+// The launch of one table row c (kSm90FwdTiles, or kSm90Fp8FwdTiles for
+// e4m3) on the maps of Q, K, V (V^T for e4m3) and O.
+template <class In, int kD, Sm90FwdTile c>
+void launch_forward_kernel(const Params& p, const CUtensorMap& tq, const CUtensorMap& tk, const CUtensorMap& tv,
+                           const CUtensorMap& to, std::int64_t ctas, cudaStream_t stream) {
+  using L = SmemLayout<In, kD, c.block_n, c.persistent>;
+  static_assert(c.head_dim == kD && c.block_m == L::kBlockM && c.stages == 2, "the layout's tiles are the table's");
+  auto pick = [&]<bool kDropout>() {
+    return p.is_varlen() ? forward_kernel<In, kD, c.block_n, c.persistent, kDropout, true>
+                         : forward_kernel<In, kD, c.block_n, c.persistent, kDropout, false>;
+  };
+  auto kernel = pick.template operator()<false>();
+  if constexpr (!FwdTypes<In>::kFp8)
+    if (p.has_dropout) kernel = pick.template operator()<true>();
+  set_max_dynamic_smem(kernel, L::kAlloc, "cudaFuncSetAttribute(sm90 forward)");
+  kernel<<<static_cast<unsigned>(ctas), kThreads, L::kAlloc, stream>>>(p, tq, tk, tv, to);
+  check(cudaGetLastError(), "sm90 forward kernel launch");
+}
+
+// One CTA a query tile, or (persistent rows, problems without a mask, of
+// fixed length and dense: every tile the same length, so a static
+// round-robin is balanced) one an SM. 0: nothing to launch.
+inline std::int64_t forward_ctas(const Params& p, const Sm90FwdTile& c) {
+  const std::int64_t tiles = static_cast<std::int64_t>((p.seqlen_q + c.block_m - 1) / c.block_m) * p.heads_q * p.batch;
+  if (tiles > 0x7fffffff) throw Error("q: expected fewer than 2^31 query tiles of 128 rows (batch x heads x tiles)");
+  if (c.persistent && p.window.unbounded() && !p.is_varlen() && !p.is_sparse())
+    return std::min<std::int64_t>(tiles, device_sm_count());
+  return tiles;
+}
+
 template <class T, int kD>
 void launch_forward(const Params& p, cudaStream_t stream) {
   constexpr Sm90FwdTile c = sm90_fwd_tile(kD);
-  static_assert(c.head_dim == kD && c.block_m == 128 && c.stages == 2, "row missing from kSm90FwdTiles");
-  static_assert(c.block_m == SmemLayout<kD, c.block_n, c.persistent>::kBlockM, "the layout's query tile is the table's");
-  using L = SmemLayout<kD, c.block_n, c.persistent>;
-  constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
-  // One CTA a query tile, or (persistent, problems without a mask, of
-  // fixed length and dense: every tile the same length, so a static
-  // round-robin is balanced) one an SM.
-  const std::int64_t tiles = static_cast<std::int64_t>((p.seqlen_q + c.block_m - 1) / c.block_m) * p.heads_q * p.batch;
-  if (tiles > 0x7fffffff) throw Error("q: expected fewer than 2^31 query tiles of 128 rows (batch x heads x tiles)");
-  std::int64_t ctas = tiles;
-  if (c.persistent && p.window.unbounded() && !p.is_varlen() && !p.is_sparse())
-    ctas = std::min<std::int64_t>(tiles, device_sm_count());
+  const std::int64_t ctas = forward_ctas(p, c);
   if (ctas == 0) return;  // no query rows: nothing to map (q, out may be null)
   // With no keys the K/V maps are never read (every query tile has zero key
   // steps), but an empty tensor may come with a null pointer, which the
   // encoder need not accept: Q's (non-null, 16-byte aligned) address
   // stands in.
-  const CUtensorMap tq = make_operand_map<kD>(p, Side::q, p.q, p.q, kBf16, p.heads_q, p.q_ss, p.q_sh, p.q_sb, 64, "q");
+  const CUtensorMap tq = make_operand_map<T, kD>(p, Side::q, p.q, p.q, p.heads_q, p.q_ss, p.q_sh, p.q_sb, 64, "q");
   const CUtensorMap tk =
-      make_operand_map<kD>(p, Side::k, p.k, p.q, kBf16, p.heads_k, p.k_ss, p.k_sh, p.k_sb, c.block_n, "k");
+      make_operand_map<T, kD>(p, Side::k, p.k, p.q, p.heads_k, p.k_ss, p.k_sh, p.k_sb, c.block_n, "k");
   const CUtensorMap tv =
-      make_operand_map<kD>(p, Side::k, p.v, p.q, kBf16, p.heads_k, p.v_ss, p.v_sh, p.v_sb, c.block_n, "v");
+      make_operand_map<T, kD>(p, Side::k, p.v, p.q, p.heads_k, p.v_ss, p.v_sh, p.v_sb, c.block_n, "v");
   const CUtensorMap to =
-      make_operand_map<kD>(p, Side::q, p.out, p.out, kBf16, p.heads_q, p.o_ss, p.o_sh, p.o_sb, 64, "out");
-  auto kernel = p.has_dropout ? forward_kernel<T, kD, c.block_n, c.persistent, true>
-                               : forward_kernel<T, kD, c.block_n, c.persistent, false>;
-  set_max_dynamic_smem(kernel, L::kAlloc, "cudaFuncSetAttribute(sm90 forward)");
-  kernel<<<static_cast<unsigned>(ctas), kThreads, L::kAlloc, stream>>>(p, tq, tk, tv, to);
-  check(cudaGetLastError(), "sm90 forward kernel launch");
+      make_operand_map<T, kD>(p, Side::q, p.out, p.out, p.heads_q, p.o_ss, p.o_sh, p.o_sb, 64, "out");
+  launch_forward_kernel<T, kD, c>(p, tq, tk, tv, to, ctas, stream);
+}
+
+// e4m3 Q, K, V, bf16 O: V^T into p.vt first (fp8_vt.cuh), then the kernel
+// with V^T's map in place of V's.
+template <int kD>
+void launch_forward_e4m3(const Params& p, cudaStream_t stream) {
+  using In = __nv_fp8_e4m3;
+  constexpr Sm90FwdTile c = sm90_fp8_fwd_tile(kD);
+  const std::int64_t ctas = forward_ctas(p, c);
+  if (ctas == 0) return;
+  const CUtensorMap tq = make_operand_map<In, kD>(p, Side::q, p.q, p.q, p.heads_q, p.q_ss, p.q_sh, p.q_sb, 64, "q");
+  const CUtensorMap tk =
+      make_operand_map<In, kD>(p, Side::k, p.k, p.q, p.heads_k, p.k_ss, p.k_sh, p.k_sb, c.block_n, "k");
+  const CUtensorMap to = make_operand_map<__nv_bfloat16, kD>(p, Side::q, p.out, p.out, p.heads_q, p.o_ss, p.o_sh,
+                                                             p.o_sb, 64, "out");
+  // V^T: (keys, head_dim rows, heads_k, batch), boxes of block_n keys x kD rows.
+  const bool varlen = p.is_varlen();
+  const std::int64_t vt_batch = varlen ? 1 : p.batch;
+  const void* vt = p.vt != nullptr ? static_cast<const void*>(p.vt) : p.q;  // no keys: never read
+  const CUtensorMap tv = ptx::sm90::make_tensor_map_bshd(
+      vt, ptx::sm90::tma_elem<In>(), p.vt_len > 0 ? p.vt_len : 16, kD, p.heads_k, vt_batch, p.vt_len,
+      p.vt_len * kD, p.vt_len * kD * p.heads_k, c.block_n, kD, "v (transposed copy)");
+  if (p.vt != nullptr) launch_fp8_transpose_v<kD>(p, stream);
+  launch_forward_kernel<In, kD, c>(p, tq, tk, tv, to, ctas, stream);
 }
 
 }  // namespace flashattn::detail::sm90
