@@ -278,18 +278,20 @@ struct Context {
 // descale that is not finite, follows the NaN rule like any non-finite
 // input. Numerics: the CPU dequantises exactly (code to float, times the
 // descale, one float32 rounding) and runs its float32 path, P included (no
-// FP8 rounding of P). CUDA: a Hopper kernel (e4m3 tensor-core products,
-// fp32 accumulation) on GPUs of compute capability 9.0 (H100, H200), flash
-// only (Algorithm::standard is an Error naming ctx.algorithm), head_dim
-// 64, 128 or 256 (others: an Error naming q.head_dim). On other GPUs the
-// call is an Error naming ctx.device, and with ctx.cuda_kernels = sm80
-// (or FLASHATTN_CUDA_KERNELS=sm80) one naming ctx.cuda_kernels; causal,
-// windows, GQA, varlen and block masks as above. It rounds P to e4m3 for the PV
-// product, as FlashAttention-3 does, and is judged against the float64
-// reference of the dequantised inputs, with an FP8 emulation of standard
-// attention as the yardstick (tests/gpu/test_gpu_fp8.cpp). It needs
-// scratch for a transposed copy of V: forward_workspace_bytes() sizes it
-// (0 on the CPU); a ctx.workspace given on CUDA must be 256-byte aligned.
+// FP8 rounding of P). CUDA: a Hopper kernel on GPUs of compute capability
+// 9.0 (H100, H200): e4m3 tensor-core products (which keep about 14 bits
+// of a dot product's running sum), flash only (Algorithm::standard is an
+// Error naming ctx.algorithm), head_dim 64, 128 or 256 (others: an Error
+// naming q.head_dim). On other GPUs the call is an Error naming
+// ctx.device, and with ctx.cuda_kernels = sm80 (or
+// FLASHATTN_CUDA_KERNELS=sm80) one naming ctx.cuda_kernels; causal,
+// windows, GQA, varlen and block masks as above (block masks with e4m3:
+// no GPU test yet). It rounds P to e4m3 for the PV product, as
+// FlashAttention-3 does, and is judged against the float64 reference of
+// the dequantised inputs, with an FP8 emulation of standard attention as
+// the yardstick (tests/gpu/test_gpu_fp8.cpp). It needs scratch for a
+// transposed copy of V: forward_workspace_bytes() sizes it (0 on the
+// CPU); a ctx.workspace given on CUDA must be 256-byte aligned.
 struct ForwardArgs {
   Tensor q, k, v;
   Tensor o;
