@@ -1,14 +1,17 @@
-"""scripts/bench-commits' summary of its python path: the per-round JSON of
-benchmarks/attention_bench.py (one file per snapshot and round) merged
-into one record per (commit, shape), the median over the rounds.
+"""scripts/bench-commits' summary: the per-round JSON of one timing path
+merged into one record per (commit, shape), the median over the rounds.
 
-  python benchmarks/commits_table.py OUT.json OUT.md PREFIX...
+  python benchmarks/commits_table.py OUT.json OUT.md PREFIX...        # python path
+  python benchmarks/commits_table.py --tool OUT.json NAME:JSON...     # tool path
 
-PREFIX is OUTDIR/rounds/<commit>; its rounds are PREFIX-r<N>.json. The
-commits keep the order given; the markdown table gives each commit's TFLOPS
-forward / backward / forward + backward and its time ratio to the first
-commit's (> 1: faster than the first). Exit status 1 when a commit has no
-round file or a shape failed in some round.
+Python path: PREFIX is OUTDIR/rounds/<commit>; its rounds are
+PREFIX-r<N>.json (benchmarks/attention_bench.py). Tool path: each NAME:JSON
+is one round of commit NAME, a tools/flashattn-bench --json file of one
+shape; the markdown goes beside OUT.json (OUT.md). The commits keep the
+order given; the markdown table gives each commit's TFLOPS (forward /
+backward / forward + backward; the tool path forward / backward) and its
+time ratio to the first commit's (> 1: faster than the first). Exit
+status 1 when a commit has no round file or a shape failed in some round.
 """
 import glob
 import json
@@ -54,15 +57,53 @@ def merge(prefixes):
     return rows, env or {}, problems
 
 
-def markdown(rows, env, order):
+def merge_tool(items):
+    """Tool path: NAME:JSON items, one flashattn-bench run of one shape each;
+    rounds of a (commit, shape) are the items that repeat it."""
+    by, order, gpu, problems = {}, [], None, []
+    for item in items:
+        name, path = item.split(":", 1)
+        if name not in order:
+            order.append(name)
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except (OSError, ValueError) as e:
+            problems.append(f"{name}: {path}: {e}")
+            continue
+        gpu = gpu or data.get("machine", {}).get("gpu")
+        c = data["config"]
+        for r in data["results"]:
+            by.setdefault((name, c["head_dim"], bool(c["causal"]), r["seqlen"]), []).append(r)
+    rows = []
+    for (name, d, causal, s), recs in by.items():
+        ok = [r for r in recs if r.get("status") == "ok"]
+        row = dict(commit=name, path="tool", dtype="bfloat16", head_dim=d, causal=causal, seqlen=s, rounds=len(recs),
+                   rounds_ok=len(ok), status="ok" if ok and len(ok) == len(recs) else "failed", gpu=gpu)
+        if len(ok) != len(recs):
+            problems.append(f"{name} d {d} causal {int(causal)} s {s}: a round failed")
+        for p in TOOL_PASSES:
+            if ok and all(r.get(f"{p}_ms") for r in ok):
+                row[f"{p}_ms"] = statistics.median(r[f"{p}_ms"] for r in ok)
+                row[f"{p}_ms_rounds"] = [r[f"{p}_ms"] for r in ok]
+                row[f"{p}_tflops"] = statistics.median((r.get(f"{p}_gflops") or 0) / 1e3 for r in ok)
+        rows.append(row)
+    return rows, dict(gpu=gpu), order, problems
+
+
+TOOL_PASSES = ("fwd", "bwd")
+
+
+def markdown(rows, env, order, passes=PASSES, how=None):
     shapes = list(dict.fromkeys((r["dtype"], r["head_dim"], r["causal"], r["seqlen"]) for r in rows))
     at = {(r["commit"], r["dtype"], r["head_dim"], r["causal"], r["seqlen"]): r for r in rows}
     first = order[0] if order else None
-    lines = ["# bench-commits (python path)", "",
-             f"{env.get('gpu') or env.get('cpu')}; torch {env.get('torch')}; {env.get('date', '')}. Each cell: TFLOPS "
-             "forward / backward / forward + backward, the median over the rounds (each round one process per "
-             "commit, its package on PYTHONPATH, attention_bench.py --setting hopper --methods flashattn); "
-             f"in brackets the first commit's ({first}) time over this one's (> 1: faster).", "",
+    how = how or (f"{env.get('gpu') or env.get('cpu')}; torch {env.get('torch')}; {env.get('date', '')}. Each "
+                  "cell: TFLOPS forward / backward / forward + backward, the median over the rounds (each round one "
+                  "process per commit, its package on PYTHONPATH, attention_bench.py --setting hopper --methods "
+                  "flashattn)")
+    lines = [f"# bench-commits ({rows[0]['path'] if rows else 'python'} path)", "",
+             f"{how}; in brackets the first commit's ({first}) time over this one's (> 1: faster).", "",
              "| dtype, head_dim, mask, seqlen | " + " | ".join(order) + " |",
              "| --- | " + " | ".join("---:" for _ in order) + " |"]
     for key in shapes:
@@ -75,16 +116,38 @@ def markdown(rows, env, order):
                 cells.append("-" if r is None else r["status"])
                 continue
             cell = " / ".join(f"{r[f'{p}_tflops']:.0f}" if r[f"{p}_tflops"] >= 10 else f"{r[f'{p}_tflops']:.3g}"
-                              for p in PASSES)
+                              for p in passes)
             if base is not None and base["status"] == "ok" and name != first:
-                cell += " (" + " / ".join(f"{base[f'{p}_ms'] / r[f'{p}_ms']:.3f}" for p in PASSES) + ")"
+                cell += " (" + " / ".join(f"{base[f'{p}_ms'] / r[f'{p}_ms']:.3f}" for p in passes) + ")"
             cells.append(cell)
         label = f"{dtype}, d {d}, {'causal' if causal else 'non-causal'}, {s}"
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
+def main_tool(argv):
+    out_json, items = argv[0], argv[1:]
+    rows, env, order, problems = merge_tool(items)
+    with open(out_json, "w") as f:
+        json.dump(dict(tool="scripts/bench-commits", path="tool", commits=order, results=rows, problems=problems), f,
+                  indent=1)
+    out_md = os.path.splitext(out_json)[0] + ".md"
+    how = (f"{env.get('gpu')}. Each cell: TFLOPS forward / backward (tools/flashattn-bench, its own timing), the "
+           "median over the rounds")
+    with open(out_md, "w") as f:
+        f.write(markdown(rows, env, order, TOOL_PASSES, how))
+    print(f"wrote {out_json} ({len(rows)} records) and {out_md}")
+    for p in problems:
+        print("bench-commits:", p, file=sys.stderr)
+    return 1 if problems else 0
+
+
 def main(argv):
+    if argv and argv[0] == "--tool":
+        if len(argv) < 3:
+            print(__doc__, file=sys.stderr)
+            return 2
+        return main_tool(argv[1:])
     if len(argv) < 3:
         print(__doc__, file=sys.stderr)
         return 2
