@@ -166,9 +166,6 @@ void require_fp8_path(const Problem& pr, const ForwardArgs& a, const Context& ct
   if (major != 9 || minor != 0)
     fail("ctx.device", "a GPU of compute capability 9.0 (H100, H200) for e4m3 inputs (the FP8 forward is a Hopper kernel)",
          "compute capability " + std::to_string(major) + "." + std::to_string(minor));
-  if (!cuda::has_head_dim<cuda::kSm90Fp8FwdTiles>(pr.head_dim))  // validation refuses these first
-    fail("q.head_dim", cuda::head_dims_text<cuda::kSm90Fp8FwdTiles>() + " with e4m3 inputs on cuda",
-         std::to_string(pr.head_dim));
   if (const Refusal r = tma_refusal({&a.q, &a.k, &a.v, &a.o})) fail(r.arg, r.expected + " (the FP8 forward)", r.actual);
 }
 

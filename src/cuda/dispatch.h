@@ -41,6 +41,16 @@
 
 namespace flashattn::detail::cuda {
 
+// The row of kTable (one of the tables below) whose head_dim is head_dim;
+// a zero row (head_dim 0) when it has none.
+template <const auto& kTable>
+constexpr auto table_row(int head_dim) {
+  using Row = std::remove_cvref_t<decltype(kTable[0])>;
+  for (const Row& c : kTable)
+    if (c.head_dim == head_dim) return c;
+  return Row{};
+}
+
 struct TileConfig {
   int head_dim;
   int fwd_block_m, fwd_block_n, fwd_warps, fwd_ctas_per_sm;  // forward: query rows, key rows, warps, CTAs/SM
@@ -57,11 +67,7 @@ inline constexpr TileConfig kSm80Tiles[] = {{32,      128,  64, 4,    2,       6
                                             {192,      64,  32, 4,    2,       64, 64, 8,    1},
                                             {256,      64,  32, 4,    2,       64, 64, 8,    1}};
 
-constexpr TileConfig sm80_tiles(int head_dim) {
-  for (const TileConfig& c : kSm80Tiles)
-    if (c.head_dim == head_dim) return c;
-  return TileConfig{0, 0, 0, 0, 0, 0, 0, 0, 0};
-}
+constexpr TileConfig sm80_tiles(int head_dim) { return table_row<kSm80Tiles>(head_dim); }
 
 // Hopper (sm_90a) forward (forward_path() in api.cu; docs/hopper.md). 3
 // warpgroups: 1 TMA producer, 2 consumers of 64 query rows each (128-row
@@ -85,11 +91,7 @@ inline constexpr Sm90FwdTile kSm90FwdTiles[] = {{64,  128, 128, 2, true},
                                                 {128, 128, 128, 2, true},
                                                 {256, 128,  64, 2, false}};
 
-constexpr Sm90FwdTile sm90_fwd_tile(int head_dim) {
-  for (const Sm90FwdTile& c : kSm90FwdTiles)
-    if (c.head_dim == head_dim) return c;
-  return Sm90FwdTile{0, 0, 0, 0, false};
-}
+constexpr Sm90FwdTile sm90_fwd_tile(int head_dim) { return table_row<kSm90FwdTiles>(head_dim); }
 
 // Hopper (sm_90a) backward (backward_path() in api.cu; docs/hopper.md). A
 // CTA owns block_n keys of one (batch, query head) and sweeps the query
@@ -124,11 +126,7 @@ inline constexpr Sm90BwdTile kSm90BwdTiles[] = {{64,  64, 128, 2, false},
                                                 {128, 64, 128, 2, false},
                                                 {256, 64,  64, 2, true}};
 
-constexpr Sm90BwdTile sm90_bwd_tile(int head_dim) {
-  for (const Sm90BwdTile& c : kSm90BwdTiles)
-    if (c.head_dim == head_dim) return c;
-  return Sm90BwdTile{0, 0, 0, 0, false};
-}
+constexpr Sm90BwdTile sm90_bwd_tile(int head_dim) { return table_row<kSm90BwdTiles>(head_dim); }
 
 // Hopper FP8 (e4m3) forward (sm90/forward.cuh with In = e4m3; bf16 O): the
 // same kernel on bytes, so the same 128-row query tile and 2-stage ring.
@@ -145,11 +143,7 @@ inline constexpr Sm90FwdTile kSm90Fp8FwdTiles[] = {{64,  128, 128, 2, true},
                                                    {128, 128, 128, 2, true},
                                                    {256, 128,  64, 2, false}};
 
-constexpr Sm90FwdTile sm90_fp8_fwd_tile(int head_dim) {
-  for (const Sm90FwdTile& c : kSm90Fp8FwdTiles)
-    if (c.head_dim == head_dim) return c;
-  return Sm90FwdTile{0, 0, 0, 0, false};
-}
+constexpr Sm90FwdTile sm90_fp8_fwd_tile(int head_dim) { return table_row<kSm90Fp8FwdTiles>(head_dim); }
 
 // KV cache (forward_kvcache, sm80/kvcache.cuh; sm_80+, also what runs on
 // Hopper). Decode is bound by reading K and V once, so a CTA takes all the
@@ -178,11 +172,7 @@ inline constexpr KvTile kKvTiles[] = {{64,  64, 4},
                                       {128, 64, 3},
                                       {256, 32, 2}};
 
-constexpr KvTile kv_tile(int head_dim) {
-  for (const KvTile& c : kKvTiles)
-    if (c.head_dim == head_dim) return c;
-  return KvTile{0, 0, 0};
-}
+constexpr KvTile kv_tile(int head_dim) { return table_row<kKvTiles>(head_dim); }
 
 // Block-sparse masks must align with every tile above: a query block may
 // not straddle two forward query tiles, a key block two key tiles.

@@ -24,6 +24,19 @@ std::string acc_constraints(int n) {
   return s;
 }
 
+// The instruction's k and the operands after scale-d: 16-bit inputs are
+// k16 and take both negations (1: none) and the transpose flags; e4m3
+// inputs are k32 and take no transpose flags (8-bit wgmma reads both
+// operands K-major), so trans_a / trans_b must be 0 for them.
+struct Form {
+  int k;
+  std::string flags;
+};
+Form form(const char* ptype, int trans_a, int trans_b) {
+  if (std::string(ptype) == "e4m3") return {32, ""};
+  return {16, ", " + std::to_string(trans_a) + ", " + std::to_string(trans_b)};
+}
+
 // SS: A and B from shared memory. name "wgmma_ss": both K-major
 // (imm-trans-a = imm-trans-b = 0); "wgmma_ss_tt": both MN-major (A M-major,
 // B N-major; imm-trans-a = imm-trans-b = 1), e.g. dQ = dS K in the backward
@@ -37,10 +50,11 @@ void emit_ss(const char* name, int trans_a, int trans_b, int n_inst, const char*
               "int scale_d, %s) {\n", name, n, ctype);
   std::printf("  asm volatile(\n");
   std::printf("      \"{\\n.reg .pred p;\\n\"\n");
+  const Form fm = form(ptype, trans_a, trans_b);
   std::printf("      \"setp.ne.b32 p, %%%d, 0;\\n\"\n", n + 2);
-  std::printf("      \"wgmma.mma_async.sync.aligned.m64n%dk16.f32.%s.%s \"\n", n_inst, ptype, ptype);
+  std::printf("      \"wgmma.mma_async.sync.aligned.m64n%dk%d.f32.%s.%s \"\n", n_inst, fm.k, ptype, ptype);
   std::printf("      \"%s, \"\n", accs.c_str());
-  std::printf("      \"%%%d, %%%d, p, 1, 1, %d, %d;\\n}\\n\"\n", n, n + 1, trans_a, trans_b);
+  std::printf("      \"%%%d, %%%d, p, 1, 1%s;\\n}\\n\"\n", n, n + 1, fm.flags.c_str());
   std::printf("      : %s\n", cons.c_str());
   std::printf("      : \"l\"(desc_a), \"l\"(desc_b), \"r\"(scale_d));\n");
   std::printf("}\n");
@@ -57,46 +71,14 @@ void emit_rs(const char* name, int trans_b, int n_inst, const char* ctype, const
               "std::uint64_t desc_b, int scale_d, %s) {\n", name, n, ctype);
   std::printf("  asm volatile(\n");
   std::printf("      \"{\\n.reg .pred p;\\n\"\n");
+  // RS has no imm-trans-a: only B's flag follows the negations.
+  const Form fm = form(ptype, 0, trans_b);
+  const std::string flags = fm.flags.empty() ? "" : ", " + std::to_string(trans_b);
   std::printf("      \"setp.ne.b32 p, %%%d, 0;\\n\"\n", n + 5);
-  std::printf("      \"wgmma.mma_async.sync.aligned.m64n%dk16.f32.%s.%s \"\n", n_inst, ptype, ptype);
+  std::printf("      \"wgmma.mma_async.sync.aligned.m64n%dk%d.f32.%s.%s \"\n", n_inst, fm.k, ptype, ptype);
   std::printf("      \"%s, \"\n", accs.c_str());
-  std::printf("      \"{%%%d, %%%d, %%%d, %%%d}, %%%d, p, 1, 1, %d;\\n}\\n\"\n", n, n + 1, n + 2, n + 3, n + 4,
-              trans_b);
-  std::printf("      : %s\n", cons.c_str());
-  std::printf("      : \"r\"(a[0]), \"r\"(a[1]), \"r\"(a[2]), \"r\"(a[3]), \"l\"(desc_b), \"r\"(scale_d));\n");
-  std::printf("}\n");
-}
-
-// The e4m3 forms (k32, e4m3 x e4m3 -> f32): as emit_ss / emit_rs, but
-// wgmma with 8-bit inputs takes no transpose flags (both operands must be
-// K-major), only scale-d and the two input negations (1: none).
-void emit_ss_fp8(const char* name, int n_inst) {
-  const int n = n_inst / 2;
-  const std::string accs = acc_list(n), cons = acc_constraints(n);
-  std::printf("__device__ __forceinline__ void %s(float (&d)[%d], std::uint64_t desc_a, std::uint64_t desc_b, "
-              "int scale_d, __nv_fp8_e4m3) {\n", name, n);
-  std::printf("  asm volatile(\n");
-  std::printf("      \"{\\n.reg .pred p;\\n\"\n");
-  std::printf("      \"setp.ne.b32 p, %%%d, 0;\\n\"\n", n + 2);
-  std::printf("      \"wgmma.mma_async.sync.aligned.m64n%dk32.f32.e4m3.e4m3 \"\n", n_inst);
-  std::printf("      \"%s, \"\n", accs.c_str());
-  std::printf("      \"%%%d, %%%d, p, 1, 1;\\n}\\n\"\n", n, n + 1);
-  std::printf("      : %s\n", cons.c_str());
-  std::printf("      : \"l\"(desc_a), \"l\"(desc_b), \"r\"(scale_d));\n");
-  std::printf("}\n");
-}
-
-void emit_rs_fp8(const char* name, int n_inst) {
-  const int n = n_inst / 2;
-  const std::string accs = acc_list(n), cons = acc_constraints(n);
-  std::printf("__device__ __forceinline__ void %s(float (&d)[%d], const std::uint32_t (&a)[4], "
-              "std::uint64_t desc_b, int scale_d, __nv_fp8_e4m3) {\n", name, n);
-  std::printf("  asm volatile(\n");
-  std::printf("      \"{\\n.reg .pred p;\\n\"\n");
-  std::printf("      \"setp.ne.b32 p, %%%d, 0;\\n\"\n", n + 5);
-  std::printf("      \"wgmma.mma_async.sync.aligned.m64n%dk32.f32.e4m3.e4m3 \"\n", n_inst);
-  std::printf("      \"%s, \"\n", accs.c_str());
-  std::printf("      \"{%%%d, %%%d, %%%d, %%%d}, %%%d, p, 1, 1;\\n}\\n\"\n", n, n + 1, n + 2, n + 3, n + 4);
+  std::printf("      \"{%%%d, %%%d, %%%d, %%%d}, %%%d, p, 1, 1%s;\\n}\\n\"\n", n, n + 1, n + 2, n + 3, n + 4,
+              flags.c_str());
   std::printf("      : %s\n", cons.c_str());
   std::printf("      : \"r\"(a[0]), \"r\"(a[1]), \"r\"(a[2]), \"r\"(a[3]), \"l\"(desc_b), \"r\"(scale_d));\n");
   std::printf("}\n");
@@ -132,7 +114,7 @@ int main() {
   // The FP8 (e4m3) forward: S = Q K^T over 128 keys (d 64, 128) or 64
   // (d 256), and O += P V^T with N = head_dim, P from registers. e4m3
   // wgmma is k32 and reads both operands K-major (no transpose flags).
-  for (const int n_inst : {64, 128}) emit_ss_fp8("wgmma_ss", n_inst);
-  for (const int n_inst : {64, 128, 256}) emit_rs_fp8("wgmma_rs", n_inst);
+  for (const int n_inst : {64, 128}) emit_ss("wgmma_ss", 0, 0, n_inst, "__nv_fp8_e4m3", "e4m3");
+  for (const int n_inst : {64, 128, 256}) emit_rs("wgmma_rs", 0, n_inst, "__nv_fp8_e4m3", "e4m3");
   return 0;
 }

@@ -273,14 +273,19 @@ __device__ __forceinline__ void fence_operands(float (&r)[kN]) {
 //    64-element MN atoms, SBO the 8-row K groups. An M-major A (imm-trans-a
 //    = 1, the backward's dS for dQ = dS K) follows the same rule with M in
 //    place of N.
-__device__ __forceinline__ std::uint64_t desc_sw128(std::uint32_t smem_addr, std::uint32_t lbo_bytes,
-                                                    std::uint32_t sbo_bytes) {
+// The fields above for a swizzle mode (bits 62-63: 1 = 128-byte, 2 = 64-byte).
+__device__ __forceinline__ std::uint64_t desc_swizzled(std::uint32_t smem_addr, std::uint32_t lbo_bytes,
+                                                       std::uint32_t sbo_bytes, std::uint64_t layout) {
   std::uint64_t d = 0;
   d |= static_cast<std::uint64_t>((smem_addr & 0x3FFFFu) >> 4);
   d |= static_cast<std::uint64_t>((lbo_bytes & 0x3FFFFu) >> 4) << 16;
   d |= static_cast<std::uint64_t>((sbo_bytes & 0x3FFFFu) >> 4) << 32;
-  d |= static_cast<std::uint64_t>(1) << 62;
+  d |= layout << 62;
   return d;
+}
+__device__ __forceinline__ std::uint64_t desc_sw128(std::uint32_t smem_addr, std::uint32_t lbo_bytes,
+                                                    std::uint32_t sbo_bytes) {
+  return desc_swizzled(smem_addr, lbo_bytes, sbo_bytes, 1);
 }
 
 // The same for the 64-byte swizzle (layout type 2), which TMA writes with
@@ -292,12 +297,7 @@ __device__ __forceinline__ std::uint64_t desc_sw128(std::uint32_t smem_addr, std
 // the start address.
 __device__ __forceinline__ std::uint64_t desc_sw64(std::uint32_t smem_addr, std::uint32_t lbo_bytes,
                                                    std::uint32_t sbo_bytes) {
-  std::uint64_t d = 0;
-  d |= static_cast<std::uint64_t>((smem_addr & 0x3FFFFu) >> 4);
-  d |= static_cast<std::uint64_t>((lbo_bytes & 0x3FFFFu) >> 4) << 16;
-  d |= static_cast<std::uint64_t>((sbo_bytes & 0x3FFFFu) >> 4) << 32;
-  d |= static_cast<std::uint64_t>(2) << 62;
-  return d;
+  return desc_swizzled(smem_addr, lbo_bytes, sbo_bytes, 2);
 }
 
 // The descriptor of a K-major tile whose rows (one M or N index each) are
