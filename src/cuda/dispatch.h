@@ -82,14 +82,22 @@ constexpr TileConfig sm80_tiles(int head_dim) { return table_row<kSm80Tiles>(hea
 // that needs a separate O staging buffer (128 d, 16-bit: 16 / 32 KB), which
 // d = 256 has no room for. Masked problems keep one CTA a tile: the block
 // scheduler balances their unequal lengths.
+// fma_exp2: one 8-column group of S in fma_exp2 takes its exp2 on the FMA
+// pipes instead of the MUFU unit (tile::exp2_fma; 0: none). A step's
+// products take as long as its 64 x block_n exp2s on the MUFU unit (16 a
+// clock an SM) at d = 64 in 16-bit and at every d in e4m3, so there the
+// softmax is the critical path and moving a share of it to the FMA pipes
+// should shorten it; at d >= 128 in 16-bit the products hide the softmax.
+// 0 everywhere until measured on a GPU (docs/hopper.md).
 struct Sm90FwdTile {
   int head_dim, block_m, block_n, stages;
   bool persistent;
+  int fma_exp2;
 };
-//                                       head_dim  M    N  stages persistent
-inline constexpr Sm90FwdTile kSm90FwdTiles[] = {{64,  128, 128, 2, true},
-                                                {128, 128, 128, 2, true},
-                                                {256, 128,  64, 2, false}};
+//                                       head_dim  M    N  stages persistent fma_exp2
+inline constexpr Sm90FwdTile kSm90FwdTiles[] = {{64,  128, 128, 2, true,      0},
+                                                {128, 128, 128, 2, true,      0},
+                                                {256, 128,  64, 2, false,     0}};
 
 constexpr Sm90FwdTile sm90_fwd_tile(int head_dim) { return table_row<kSm90FwdTiles>(head_dim); }
 
@@ -138,10 +146,10 @@ constexpr Sm90BwdTile sm90_bwd_tile(int head_dim) { return table_row<kSm90BwdTil
 // (the tile loop's state spilled there); P takes half the registers of a
 // 16-bit P. Shared memory: 56 KB (d 64), 112 KB
 // (d 128), 160 KB (d 256).
-//                                          head_dim  M    N  stages persistent
-inline constexpr Sm90FwdTile kSm90Fp8FwdTiles[] = {{64,  128, 128, 2, true},
-                                                   {128, 128, 128, 2, true},
-                                                   {256, 128,  64, 2, false}};
+//                                          head_dim  M    N  stages persistent fma_exp2
+inline constexpr Sm90FwdTile kSm90Fp8FwdTiles[] = {{64,  128, 128, 2, true,      0},
+                                                   {128, 128, 128, 2, true,      0},
+                                                   {256, 128,  64, 2, false,     0}};
 
 constexpr Sm90FwdTile sm90_fp8_fwd_tile(int head_dim) { return table_row<kSm90Fp8FwdTiles>(head_dim); }
 

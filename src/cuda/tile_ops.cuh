@@ -13,6 +13,7 @@
 // shuffles.
 #pragma once
 
+#include <bit>
 #include <cmath>
 #include <cstdint>
 
@@ -68,6 +69,33 @@ __device__ __forceinline__ float thread_row_max(const float (&s)[kN], int half) 
   return mx;
 }
 
+// 2^x on the FMA pipes, for x <= 0 (a score minus its row's max): the
+// MUFU unit does 16 ex2 a clock an SM against 128 FMAs, so where the
+// softmax is the critical path (FP8 products, d = 64) moving part of a
+// row's exp2 here shortens it (FlashAttention-4's trick). x = n + f with
+// n = round(x) (the 1.5 * 2^23 add puts it in the mantissa's low bits) and
+// |f| <= 1/2; 2^f by a degree-4 polynomial (relative error 3e-6, under
+// the 2^-8 of a bf16 P and far under e4m3's; 1 at f = 0 exactly, so a
+// row's max gives exactly 1); 2^n built as a float's exponent bits and
+// multiplied in, so that x = NaN stays NaN. x below -127 is clamped there,
+// where 2^n's bits are those of +0: a masked score (-inf) gives exactly 0.
+// Host callable for its test (tests/cuda_host).
+__host__ __device__ __forceinline__ float exp2_fma(float x) {
+  x = ptx::max_nan(x, -127.f);
+  const float t = x + 12582912.f;
+  const float f = x - (t - 12582912.f);
+  float q = fmaf(0.009582853f, f, 0.055906426f);
+  q = fmaf(q, f, 0.240240991f);
+  q = fmaf(q, f, 0.693124175f);
+  q = fmaf(q, f, 1.f);
+#if defined(__CUDA_ARCH__)
+  const float two_n = __int_as_float((__float_as_int(t) + 127) << 23);
+#else
+  const float two_n = std::bit_cast<float>((std::bit_cast<std::int32_t>(t) + 127) << 23);
+#endif
+  return q * two_n;
+}
+
 // The running state of the online softmax for a thread's two rows, in the
 // exp2 domain: max_ of the scaled scores (log2 units), sum_ of
 // exp2(score - max_) over the columns this thread saw (the quad's partial
@@ -79,7 +107,9 @@ struct OnlineSoftmax {
   // One tile of scores s (raw or already scaled): s * post_scale is the tile in log2 units. Updates the
   // state, leaves P = exp2(s * post_scale - max) in s and the factor the
   // running O must be multiplied by in corr.
-  template <int kN>
+  // kFmaEvery > 0: one 8-column group in kFmaEvery takes exp2_fma, the
+  // rest the MUFU unit's ex2.
+  template <int kFmaEvery = 0, int kN>
   __device__ __forceinline__ void update(float (&s)[kN], float post_scale, float (&corr)[2]) {
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
@@ -95,7 +125,8 @@ struct OnlineSoftmax {
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
           float& v = s[acc_index(tt, half, e)];
-          v = ptx::exp2_approx(fmaf(v, post_scale, -base));
+          const float x = fmaf(v, post_scale, -base);
+          v = kFmaEvery > 0 && tt % kFmaEvery == kFmaEvery - 1 ? exp2_fma(x) : ptx::exp2_approx(x);
           sum += v;
         }
       sum_[half] = sum_[half] * corr[half] + sum;

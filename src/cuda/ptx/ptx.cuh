@@ -95,6 +95,18 @@ __host__ __device__ __forceinline__ float min_nan(float x, float y) {
 #endif
 }
 
+// max(x, y), NaN when either is NaN (fmaxf returns the other operand).
+// Host callable, as min_nan.
+__host__ __device__ __forceinline__ float max_nan(float x, float y) {
+#if defined(__CUDA_ARCH__)
+  float r;
+  asm("max.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(x), "f"(y));
+  return r;
+#else
+  return x != x || y != y ? x + y : (x > y ? x : y);
+#endif
+}
+
 // 2^x on the special-function unit (one MUFU.EX2; exp2f adds range fixups
 // the softmax does not need). ex2(-inf) = +0, which masking relies on.
 __device__ __forceinline__ float exp2_approx(float x) {

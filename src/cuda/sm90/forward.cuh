@@ -326,7 +326,7 @@ __device__ __forceinline__ void pack_p(std::uint32_t (&pa)[kSlices][4], const fl
 // exponent's FFMA (post_scale); otherwise scale first. scale_log2: the
 // softmax scale in log2 units (times Q's and K's descales for e4m3). Leaves P in sc and
 // the correction of the running O in corr.
-template <int kN>
+template <int kFmaExp2, int kN>
 __device__ __forceinline__ void fwd_softmax(float (&sc)[kN], tile::OnlineSoftmax& sm, float (&corr)[2],
                                             const Params& p, const SeqInfo& seq, const KeyTile& kt, int row0,
                                             int col_in_tile, bool prescale, float scale_log2, float post_scale) {
@@ -343,7 +343,7 @@ __device__ __forceinline__ void fwd_softmax(float (&sc)[kN], tile::OnlineSoftmax
       tile::mask_outside(sc, half, kt.n0 + col_in_tile, lo, hi);
     }
   }
-  sm.update(sc, post_scale, corr);
+  sm.update<kFmaExp2>(sc, post_scale, corr);
 }
 
 // ---------------------------------------------------------- epilogue ---
@@ -485,7 +485,8 @@ struct FwdEpilogue {
 // and the other consumer's turn are on the tensor cores. O is rescaled by
 // tile j's correction only once P_{j-1} V_{j-1} has completed, and P_j is
 // packed into pa only then (the RS wgmma reads pa until it completes).
-template <class In, int kD, int kBlockN, bool kPersistent, bool kDropout, bool kVarlen, class L, class Scheduler>
+template <class In, int kD, int kBlockN, bool kPersistent, int kFmaExp2, bool kDropout, bool kVarlen, class L,
+          class Scheduler>
 __device__ __forceinline__ void fwd_consumer(const Params& p, const Scheduler& sched, const FwdPipes<L>& pipes,
                                              unsigned char* smem, std::uint32_t base, const FwdMaps& maps) {
   using Out = typename FwdTypes<In>::Out;
@@ -581,7 +582,7 @@ __device__ __forceinline__ void fwd_consumer(const Params& p, const Scheduler& s
       if (L::kOwnO && step == n_steps - 1) pipes.q.release(qs);
     };
     auto softmax = [&](int step) {
-      fwd_softmax(sc, sm, corr, p, seq, tiles.at(step), row0, col_in_tile, prescale, scale_log2, post_scale);
+      fwd_softmax<kFmaExp2>(sc, sm, corr, p, seq, tiles.at(step), row0, col_in_tile, prescale, scale_log2, post_scale);
     };
     auto pack = [&](int step) { pack_p<In, kDropout>(pa, sc, p, bh, row0, tiles.at(step).n0, col_in_tile); };
 
@@ -668,7 +669,7 @@ __device__ __forceinline__ void fwd_consumer(const Params& p, const Scheduler& s
 
 // kDropout: a template parameter for the reason given at the backward
 // kernel; kVarlen: see the top of this file.
-template <class In, int kD, int kBlockN, bool kPersistent, bool kDropout, bool kVarlen>
+template <class In, int kD, int kBlockN, bool kPersistent, int kFmaExp2, bool kDropout, bool kVarlen>
 __global__ void __launch_bounds__(kThreads, 1)
     forward_kernel(const __grid_constant__ Params p, const __grid_constant__ CUtensorMap tma_q,
                    const __grid_constant__ CUtensorMap tma_k, const __grid_constant__ CUtensorMap tma_v,
@@ -694,7 +695,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (threadIdx.x == 0) fwd_producer<L, L::kBlockM, kBlockN, kVarlen>(p, sched, pipes, base, maps);
   } else {
     x::setmaxnreg_inc<kConsumerRegs>();
-    fwd_consumer<In, kD, kBlockN, kPersistent, kDropout, kVarlen, L>(p, sched, pipes, smem, base, maps);
+    fwd_consumer<In, kD, kBlockN, kPersistent, kFmaExp2, kDropout, kVarlen, L>(p, sched, pipes, smem, base, maps);
   }
 #else
   // Built for another architecture: the dispatch never launches this.
@@ -710,8 +711,8 @@ void launch_forward_kernel(const Params& p, const CUtensorMap& tq, const CUtenso
   using L = SmemLayout<In, kD, c.block_n, c.persistent>;
   static_assert(c.head_dim == kD && c.block_m == L::kBlockM && c.stages == 2, "the layout's tiles are the table's");
   auto pick = [&]<bool kDropout>() {
-    return p.is_varlen() ? forward_kernel<In, kD, c.block_n, c.persistent, kDropout, true>
-                         : forward_kernel<In, kD, c.block_n, c.persistent, kDropout, false>;
+    return p.is_varlen() ? forward_kernel<In, kD, c.block_n, c.persistent, c.fma_exp2, kDropout, true>
+                         : forward_kernel<In, kD, c.block_n, c.persistent, c.fma_exp2, kDropout, false>;
   };
   auto kernel = pick.template operator()<false>();
   if constexpr (!FwdTypes<In>::kFp8)
