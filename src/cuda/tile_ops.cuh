@@ -126,7 +126,10 @@ struct OnlineSoftmax {
         for (int e = 0; e < 2; ++e) {
           float& v = s[acc_index(tt, half, e)];
           const float x = fmaf(v, post_scale, -base);
-          v = kFmaEvery > 0 && tt % kFmaEvery == kFmaEvery - 1 ? exp2_fma(x) : ptx::exp2_approx(x);
+          if constexpr (kFmaEvery > 0)
+            v = tt % kFmaEvery == kFmaEvery - 1 ? exp2_fma(x) : ptx::exp2_approx(x);
+          else
+            v = ptx::exp2_approx(x);
           sum += v;
         }
       sum_[half] = sum_[half] * corr[half] + sum;
