@@ -1,6 +1,7 @@
 // The FP8 (e4m3) forward on CUDA, the Hopper kernel (sm_90a): head_dim 64,
 // 128 and 256, causal and not, windows, GQA, unequal lengths (key counts
-// that are not tile multiples, one query row) and a varlen batch, e4m3 Q,
+// that are not tile multiples, one query row), a varlen batch and block
+// masks (random lists and the butterfly pattern), e4m3 Q,
 // K, V with per-(sequence, KV head) descales and a bf16 O; the workspace
 // from the library or from the caller.
 //
@@ -34,6 +35,7 @@
 // again with sm80 forced.
 #include <cmath>
 #include <cstdlib>
+#include <limits>
 #include <optional>
 #include <string>
 #include <tuple>
@@ -71,6 +73,19 @@ class NoKernelOverride {
 
 float round_bf16(float x) { return flashattn::detail::bf16_to_float(flashattn::detail::float_to_bf16(x)); }
 
+// The state of key block kb for query block qb of (sequence b, query head
+// h) in m's host lists, read as the API documents them (not through the
+// library's own decoding): kFull, kPartial or kSkip.
+int block_state(const BlockMask& m, std::int64_t b, std::int64_t h, std::int64_t qb, std::int64_t kb) {
+  const std::int64_t row = ((m.batch == 1 ? 0 : b) * m.heads + (m.heads == 1 ? 0 : h)) * m.num_q_blocks + qb;
+  for (std::int32_t i = 0; i < m.kv_count[row]; ++i)
+    if (m.kv_indices[row * m.num_k_blocks + i] == kb) return kPartial;
+  if (m.full_kv_count != nullptr)
+    for (std::int32_t i = 0; i < m.full_kv_count[row]; ++i)
+      if (m.full_kv_indices[row * m.num_k_blocks + i] == kb) return kFull;
+  return kSkip;
+}
+
 // The FP8 yardstick (top comment) on p's inputs: O as bf16 values and the
 // LSE, laid out as the call's (dense or varlen).
 // score_mag: A of the rule (the top comment).
@@ -93,8 +108,13 @@ fa_test::Outputs fp8_emulation(const Fp8Problem& p, double* score_mag) {
         std::vector<float> s(static_cast<std::size_t>(sk), -std::numeric_limits<float>::infinity());
         float m = -std::numeric_limits<float>::infinity();
         for (std::int64_t j = 0; j < sk; ++j) {
-          if (!window_visible(i, j, sq, sk, p.options.window_left, p.options.causal ? 0 : p.options.window_right))
-            continue;
+          bool visible =
+              window_visible(i, j, sq, sk, p.options.window_left, p.options.causal ? 0 : p.options.window_right);
+          if (const BlockMask* bm = p.options.block_mask) {
+            const int st = block_state(*bm, b, h, i / bm->block_q, j / bm->block_k);
+            visible = st == kFull || (st == kPartial && visible);
+          }
+          if (!visible) continue;
           float dot = 0;
           double mag = 0;
           for (std::int64_t c = 0; c < d; ++c) {
@@ -130,8 +150,9 @@ fa_test::Outputs fp8_emulation(const Fp8Problem& p, double* score_mag) {
 // p on the device: inputs uploaded, O and LSE poisoned, and the
 // ForwardArgs that name them (not copyable: args point at vl).
 struct DeviceFp8 {
-  DeviceBuffer q, k, v, o, lse, q_descale, k_descale, v_descale, cu_q, cu_k;
+  DeviceBuffer q, k, v, o, lse, q_descale, k_descale, v_descale, cu_q, cu_k, bm_count, bm_idx, bm_fcount, bm_fidx;
   Varlen vl;
+  BlockMask bm;
   flashattn::ForwardArgs args;
 
   explicit DeviceFp8(Fp8Problem& p)
@@ -164,6 +185,28 @@ struct DeviceFp8 {
       vl.cu_seqlens_q_host = p.varlen->cu_q.data();
       vl.cu_seqlens_k_host = p.varlen->cu_k.data();
       args.options.varlen = &vl;
+    }
+    if (const BlockMask* h = p.options.block_mask) {
+      // The lists on the device, their host copies beside them (so the call checks them).
+      const std::size_t rows = static_cast<std::size_t>(h->batch * h->heads * h->num_q_blocks);
+      const std::size_t cells = rows * static_cast<std::size_t>(h->num_k_blocks);
+      auto up = [](const std::int32_t* x, std::size_t n) { return to_device(std::vector<std::int32_t>(x, x + n)); };
+      bm = *h;
+      bm_count = up(h->kv_count, rows);
+      bm_idx = up(h->kv_indices, cells);
+      bm.kv_count = static_cast<const std::int32_t*>(bm_count.get());
+      bm.kv_indices = static_cast<const std::int32_t*>(bm_idx.get());
+      bm.kv_count_host = h->kv_count;
+      bm.kv_indices_host = h->kv_indices;
+      if (h->full_kv_count != nullptr) {
+        bm_fcount = up(h->full_kv_count, rows);
+        bm_fidx = up(h->full_kv_indices, cells);
+        bm.full_kv_count = static_cast<const std::int32_t*>(bm_fcount.get());
+        bm.full_kv_indices = static_cast<const std::int32_t*>(bm_fidx.get());
+        bm.full_kv_count_host = h->full_kv_count;
+        bm.full_kv_indices_host = h->full_kv_indices;
+      }
+      args.options.block_mask = &bm;
     }
   }
   DeviceFp8(const DeviceFp8&) = delete;
@@ -297,6 +340,62 @@ TEST_F(Sm90GpuFp8Varlen, QuickGpuDenseCausalD128) {
   const fa_test::Outputs emul = fp8_emulation(p, &mag);
   expect_fp8_rule(got, emul, mag, fp8_reference(p));
 }
+
+class Sm90GpuFp8Sparse : public Sm90GpuFp8Test, public ::testing::WithParamInterface<int> {};
+
+// Block-sparse: random skip / partial / full blocks of 128 x 128 per
+// (sequence, query head) with GQA 2:1, lengths that cut the last blocks,
+// the lists shuffled, one query block with no key block at all (its rows:
+// O = 0, LSE = -inf, no NaN), causal and not (causal applies inside
+// partial blocks only); and the paper's butterfly broadcast over batch and
+// heads with 256 x 256 blocks (two query tiles a block).
+TEST_P(Sm90GpuFp8Sparse, BlockMasksMatchTheReference) {
+  const int d = GetParam();
+  FA_SEEDED(seed);
+  for (const bool causal : {false, true}) {
+    SCOPED_TRACE(causal ? "random blocks, causal" : "random blocks");
+    const std::int64_t b = 2, sq = 400, sk = 700, hq = 4, hk = 2;
+    BlockStates st = random_block_states(seed + 100 + causal, b, hq, sq, sk, 128, 128);
+    for (std::int64_t kb = 0; kb < st.nkb; ++kb) st.s[((1 * hq + 2) * st.nqb + 1) * st.nkb + kb] = kSkip;
+    BlockMaskBuf mb = make_block_mask(st, true, seed + 200 + causal);
+    Fp8Problem p(b, sq, sk, hq, hk, d);
+    p.options.causal = causal;
+    p.options.block_mask = mb.get();
+    p.randomize(seed + 300 + causal);
+    const fa_test::Outputs got = run_on_gpu(p);
+    double mag = 0;
+    const fa_test::Outputs emul = fp8_emulation(p, &mag);
+    expect_fp8_rule(got, emul, mag, fp8_reference(p));
+    // The empty query block (sequence 1, head 2, rows 128 .. 255).
+    for (std::int64_t i = 128; i < 256; ++i) {
+      EXPECT_EQ(got.lse[static_cast<std::size_t>((1 * hq + 2) * sq + i)], -std::numeric_limits<double>::infinity())
+          << "row " << i;
+      for (std::int64_t c = 0; c < d; ++c)
+        ASSERT_EQ(got.o[static_cast<std::size_t>(((1 * sq + i) * hq + 2) * d + c)], 0.0) << "row " << i;
+    }
+  }
+  {
+    SCOPED_TRACE("butterfly, broadcast, 256 x 256 blocks");
+    const std::int64_t sq = 1024, sk = 1024;
+    const flashattn::BlockPattern pattern = flashattn::BlockPattern::butterfly(sq, sk, 256, 256, 2, 1, true);
+    const BlockMask mask = pattern.mask();
+    Fp8Problem p(1, sq, sk, 2, 2, d);
+    p.options.causal = true;
+    p.options.block_mask = &mask;
+    p.randomize(seed + 400);
+    const fa_test::Outputs got = run_on_gpu(p);
+    double mag = 0;
+    const fa_test::Outputs emul = fp8_emulation(p, &mag);
+    expect_fp8_rule(got, emul, mag, fp8_reference(p));
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(HeadDims, Sm90GpuFp8Sparse, ::testing::Values(64, 128, 256),
+                         [](const auto& info) {
+                           std::string n = "d";
+                           n += std::to_string(info.param);
+                           return n;
+                         });
 
 class Sm90GpuFp8Refusals : public Sm90GpuFp8Test {};
 
