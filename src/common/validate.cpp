@@ -355,9 +355,7 @@ Problem check_common(const Tensor& q, const Tensor& k, const Tensor& v, const Te
     if (ctx.algorithm == Algorithm::standard)
       fail("ctx.algorithm", "flash with e4m3 inputs on cuda (the FP8 forward is a flash kernel)", "standard");
     if (!cuda::has_head_dim<cuda::kSm90Fp8FwdTiles>(q.head_dim))
-      fail("q.head_dim",
-           cuda::head_dims_text<cuda::kSm90Fp8FwdTiles>() + " with e4m3 inputs on cuda (the FP8 forward's table)",
-           str(q.head_dim));
+      fail("q.head_dim", cuda::fp8_head_dims_text(), str(q.head_dim));
   }
   if (!supports(ctx.device, ctx.algorithm, q.dtype, q.head_dim))
     fail("q.dtype / head_dim", std::string("a combination supported on ") + to_string(ctx.device) +

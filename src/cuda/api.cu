@@ -372,8 +372,7 @@ void cuda_forward(const Problem& pr, const ForwardArgs& a, const Context& ctx) {
     p.vt = reinterpret_cast<std::uint8_t*>(scratch.bytes());
     const bool found = cuda::with_head_dim<cuda::kSm90Fp8FwdTiles>(
         static_cast<int>(pr.head_dim), [&](auto d) { sm90::launch_forward_e4m3<decltype(d)::value>(p, stream); });
-    if (!found) fail("q.head_dim", cuda::head_dims_text<cuda::kSm90Fp8FwdTiles>() + " with e4m3 inputs on cuda",
-                     std::to_string(pr.head_dim));
+    if (!found) fail("q.head_dim", cuda::fp8_head_dims_text(), std::to_string(pr.head_dim));
     return;
   }
   if (forward_path(pr, a, ctx) == KernelFamily::sm90) {

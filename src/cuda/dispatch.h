@@ -216,6 +216,12 @@ std::string head_dims_text() {
   return s;
 }
 
+// What a refusal of an e4m3 head_dim on CUDA expects (validation and the
+// dispatch say it alike).
+inline std::string fp8_head_dims_text() {
+  return head_dims_text<kSm90Fp8FwdTiles>() + " with e4m3 inputs on cuda (the FP8 forward's table)";
+}
+
 // The two directions of the Hopper family have the same head dims (the
 // choice of family for a problem asks both).
 constexpr bool sm90_directions_agree() {
