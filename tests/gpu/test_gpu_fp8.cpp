@@ -33,6 +33,7 @@
 // FLASHATTN_CUDA_KERNELS is unset around every call (NoKernelOverride): the
 // FP8 forward has one kernel family, and gpu-check runs the portable tests
 // again with sm80 forced.
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <limits>
@@ -228,7 +229,10 @@ struct DeviceFp8 {
 enum class Workspace { library, caller };
 
 // Runs p on the GPU (compute capability 9.0: any Error fails the test).
-fa_test::Outputs run_on_gpu(Fp8Problem& p, Workspace ws = Workspace::library) {
+// unwritten (with a caller's workspace): the count of its bytes still
+// holding the poison (0xFF, an e4m3 NaN, which no quantised V has) after
+// the call.
+fa_test::Outputs run_on_gpu(Fp8Problem& p, Workspace ws = Workspace::library, std::size_t* unwritten = nullptr) {
   EXPECT_TRUE(flashattn::supports(Device::cuda, Algorithm::flash, DType::e4m3, p.d));
   DeviceFp8 dp(p);
   Context ctx;
@@ -245,6 +249,11 @@ fa_test::Outputs run_on_gpu(Fp8Problem& p, Workspace ws = Workspace::library) {
   }
   flashattn::forward(dp.args, ctx);
   cuda_ok(cudaDeviceSynchronize(), "fp8 forward");
+  if (unwritten != nullptr && ws == Workspace::caller) {
+    std::vector<unsigned char> bytes(ctx.workspace_bytes);
+    scratch.download(bytes.data());
+    *unwritten = static_cast<std::size_t>(std::count(bytes.begin(), bytes.end(), static_cast<unsigned char>(0xFF)));
+  }
   return dp.download(p);
 }
 
@@ -315,13 +324,19 @@ INSTANTIATE_TEST_SUITE_P(Shapes, Sm90GpuFp8, ::testing::Combine(::testing::Value
 
 class Sm90GpuFp8Varlen : public Sm90GpuFp8Test {};
 
-// The caller's workspace (forward_workspace_bytes, poisoned) here.
+// The caller's workspace (forward_workspace_bytes, poisoned) here. The
+// key lengths leave a group of 16 V^T columns after three of the four
+// sequences and none after the third: the transpose must write every byte
+// (no clear goes first, and the last key tile's box reads past a
+// sequence's keys).
 TEST_F(Sm90GpuFp8Varlen, DescalesPerSequence) {
   FA_SEEDED(seed);
   Fp8Problem p({100, 0, 300, 17}, {250, 9, 300, 40}, 4, 2, 128, 0);
   p.options.causal = true;
   p.randomize(seed);
-  const fa_test::Outputs got = run_on_gpu(p, Workspace::caller);
+  std::size_t unwritten = 0;
+  const fa_test::Outputs got = run_on_gpu(p, Workspace::caller, &unwritten);
+  EXPECT_EQ(unwritten, 0u) << "bytes of the V^T workspace the call left unwritten";
   double mag = 0;
   const fa_test::Outputs emul = fp8_emulation(p, &mag);
   expect_fp8_rule(got, emul, mag, fp8_reference(p));

@@ -13,7 +13,19 @@ namespace flashattn::detail::sm90 {
 
 constexpr int kVtTileKeys = 64, kVtTileCols = 64, kVtThreads = 256;
 
-// Grid: (key tiles of the longest sequence x kD / 64, heads_k, batch).
+// The columns sequence b owns (fp8_vt_owned_cols). The last key tile's
+// box of block_n keys reaches past them into the next sequence's: masked
+// there (P = 0), but a stale e4m3 NaN byte in a column nobody wrote would
+// make 0 x NaN and send the row to the NaN rule's slow path.
+__device__ __forceinline__ int fp8_vt_cols_of(const cuda::Params& p, const cuda::SeqInfo& s, int b) {
+  const bool varlen = p.is_varlen();
+  const std::int64_t next =
+      varlen && b + 1 < p.batch ? fp8_vt_key0(true, cuda::resolve_seq(p, b + 1).k_start, b + 1) : p.vt_len;
+  return static_cast<int>(fp8_vt_owned_cols(varlen, s.k_start, s.sk, b, next));
+}
+
+// Grid: (key tiles of the longest sequence and a gap group x kD / 64,
+// heads_k, batch).
 template <int kD>
 __global__ void __launch_bounds__(kVtThreads) fp8_transpose_v(const cuda::Params p) {
   // 16 bytes of padding a row: the column reads below (one byte of 16
@@ -25,8 +37,8 @@ __global__ void __launch_bounds__(kVtThreads) fp8_transpose_v(const cuda::Params
   const int n0 = static_cast<int>(blockIdx.x) / col_tiles * kVtTileKeys;
   const int c0 = static_cast<int>(blockIdx.x) % col_tiles * kVtTileCols;
   const cuda::SeqInfo s = cuda::resolve_seq(p, b);
-  const int padded = static_cast<int>(round_up16(s.sk));
-  if (n0 >= padded) return;
+  const int cols = fp8_vt_cols_of(p, s, b);
+  if (n0 >= cols) return;
   const int t = static_cast<int>(threadIdx.x);
   {  // row t / 4 of the tile (key n0 + t / 4), 16 columns at 16 (t % 4); zeros past the sequence
     const int r = t / 4, c = 16 * (t % 4);
@@ -39,7 +51,7 @@ __global__ void __launch_bounds__(kVtThreads) fp8_transpose_v(const cuda::Params
   __syncthreads();
   // Column c0 + t / 4 of V, the 16 keys of group t % 4, in V^T's key order.
   const int c = t / 4, g = t % 4;
-  if (n0 + 16 * g >= padded) return;  // the group lies past the sequence's last one
+  if (n0 + 16 * g >= cols) return;  // the group lies past the sequence's columns
   std::uint32_t w[4];
 #pragma unroll
   for (int q = 0; q < 4; ++q) {
@@ -53,14 +65,11 @@ __global__ void __launch_bounds__(kVtThreads) fp8_transpose_v(const cuda::Params
   *reinterpret_cast<uint4*>(dst) = make_uint4(w[0], w[1], w[2], w[3]);
 }
 
-// Writes p.vt (p.vt_len set) on the stream; a varlen batch's scratch is
-// cleared first (the columns between sequences).
+// Writes every column of p.vt (p.vt_len set) on the stream.
 template <int kD>
 void launch_fp8_transpose_v(const cuda::Params& p, cudaStream_t stream) {
-  const std::int64_t rows = static_cast<std::int64_t>(p.heads_k) * kD * (p.is_varlen() ? 1 : p.batch);
-  if (p.is_varlen())
-    cuda::check(cudaMemsetAsync(p.vt, 0, static_cast<std::size_t>(rows * p.vt_len), stream), "cudaMemsetAsync(V^T)");
-  const dim3 grid(static_cast<unsigned>((round_up16(p.seqlen_k) + kVtTileKeys - 1) / kVtTileKeys * (kD / kVtTileCols)),
+  const std::int64_t cols = round_up16(p.seqlen_k) + (p.is_varlen() ? 16 : 0);
+  const dim3 grid(static_cast<unsigned>((cols + kVtTileKeys - 1) / kVtTileKeys * (kD / kVtTileCols)),
                   static_cast<unsigned>(p.heads_k), static_cast<unsigned>(p.batch));
   if (grid.x == 0) return;
   fp8_transpose_v<kD><<<grid, kVtThreads, 0, stream>>>(p);
