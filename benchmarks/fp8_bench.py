@@ -11,6 +11,8 @@ Rows: head_dim 64, 128, 256, causal and not, 16K tokens a batch (batch =
 16384 / seqlen), heads = 2048 / head_dim, seqlen 8192 (and 1024 for d 128).
 Forward only (FP8 is an inference forward), under torch.no_grad(): median
 of --repeats CUDA-event timings after warm-up (attention_bench.sample),
+each call queued behind a --queue-ahead-ms GPU busy-wait as in
+attention_bench.py (the events time the GPU's work, not the enqueue),
 TFLOPS by the standard formula 4 b h s^2 d (half with causal). Each row
 also reports the FP8 output's error against the bf16 forward on the
 dequantised inputs (norm-wise relative), a check that the timed kernel
@@ -30,6 +32,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import attention_bench as ab  # noqa: E402
+from gpu_queue import QueueAhead  # noqa: E402
 
 ROWS = [(64, 8192, False), (128, 8192, False), (256, 8192, False), (64, 8192, True), (128, 8192, True),
         (256, 8192, True), (128, 1024, False)]
@@ -63,15 +66,22 @@ def dequantise(codes, descale):
 
 
 def forward_timer(fn, args):
-    stamp, seconds = ab.stopwatch(torch.device("cuda"))
+    """Median seconds of fn() on the GPU: each timed call queued behind a
+    busy-wait (gpu_queue.QueueAhead, as attention_bench.py's time_method),
+    so that the events time the kernels and not the host's enqueue."""
+    device = torch.device("cuda")
+    stamp, seconds = ab.stopwatch(device)
+    queue = QueueAhead(device, args.queue_ahead_ms)
 
     def step():
+        queue.hold()
         t0 = stamp()
         fn()
         t1 = stamp()
+        queue.done()
         return (seconds(t0, t1),)
-    (t,), n = ab.sample(step, args.warmup, args.repeats, 0)
-    return t, n
+    (t,), n = ab.sample(step, args.warmup, args.repeats, 0, queue.reset)
+    return t, n, queue.short
 
 
 def run_row(d, seqlen, causal, args):
@@ -105,8 +115,9 @@ def run_row(d, seqlen, causal, args):
             rec = dict(method=m, head_dim=d, seqlen=seqlen, causal=causal, batch=batch, heads=heads,
                        dtype="e4m3" if m.endswith("fp8") else "bfloat16")
             try:
-                t, n = forward_timer(fns[m], args)
-                rec.update(fwd_ms=t * 1e3, fwd_tflops=flops / t / 1e12, samples=n)
+                t, n, short = forward_timer(fns[m], args)
+                rec.update(fwd_ms=t * 1e3, fwd_tflops=flops / t / 1e12, samples=n, queue_ahead_ms=args.queue_ahead_ms,
+                           queue_ahead_short=short)
             except Exception as e:  # a peer that cannot run this row says why; ours must run
                 if m.startswith("flashattn"):
                     raise
@@ -143,6 +154,8 @@ def main(argv=None):
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--queue-ahead-ms", type=float, default=5.0,
+                    help="GPU busy-wait queued before each timed call (0: none)")
     args = ap.parse_args(argv)
     args.methods = [m for m in args.methods.split(",") if m]
     unknown = [m for m in args.methods if m not in METHODS]
