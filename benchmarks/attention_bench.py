@@ -923,6 +923,12 @@ def environment(device):
             capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         env["commit"] = "unknown"
+    try:  # the files themselves (a copied tree's .git may name another commit): scripts/source-digest
+        env["source_digest"] = subprocess.run(
+            [os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "scripts", "source-digest")],
+            capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        env["source_digest"] = "unknown"
     if device.type == "cuda":
         env.update(gpu=torch.cuda.get_device_name(device), cuda=torch.version.cuda,
                    cudnn=torch.backends.cudnn.version())
