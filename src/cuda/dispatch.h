@@ -92,15 +92,21 @@ constexpr TileConfig sm80_tiles(int head_dim) { return table_row<kSm80Tiles>(hea
 // d = 64 and 256; every share tried (1/8 to 1/2) loses in 16-bit, d = 64
 // included, and at e4m3 d = 128 (not profiled: the emulation's extra
 // instructions likely cost more issue slots than the MUFU time they free).
+// stale_max: the online softmax keeps a row's base (its running maximum)
+// while a new tile's maximum exceeds it by at most this many log2 units,
+// so that O's rescale (d / 2 multiplies a thread a step) is skipped when no
+// row of a warp moved (tile::max_step; 0: rescale every step). P then
+// stays below 2^stale_max: at most 8 for e4m3's P (largest finite 448).
+// 0 everywhere until measured on a GPU (docs/journal/2026-12-07-fma-exp2.md).
 struct Sm90FwdTile {
   int head_dim, block_m, block_n, stages;
   bool persistent;
-  int fma_exp2;
+  int fma_exp2, stale_max;
 };
-//                                       head_dim  M    N  stages persistent fma_exp2
-inline constexpr Sm90FwdTile kSm90FwdTiles[] = {{64,  128, 128, 2, true,      0},
-                                                {128, 128, 128, 2, true,      0},
-                                                {256, 128,  64, 2, false,     0}};
+//                                       head_dim  M    N  stages persistent fma_exp2 stale_max
+inline constexpr Sm90FwdTile kSm90FwdTiles[] = {{64,  128, 128, 2, true,      0,       0},
+                                                {128, 128, 128, 2, true,      0,       0},
+                                                {256, 128,  64, 2, false,     0,       0}};
 
 constexpr Sm90FwdTile sm90_fwd_tile(int head_dim) { return table_row<kSm90FwdTiles>(head_dim); }
 
@@ -149,10 +155,10 @@ constexpr Sm90BwdTile sm90_bwd_tile(int head_dim) { return table_row<kSm90BwdTil
 // (the tile loop's state spilled there); P takes half the registers of a
 // 16-bit P. Shared memory: 56 KB (d 64), 112 KB
 // (d 128), 160 KB (d 256).
-//                                          head_dim  M    N  stages persistent fma_exp2
-inline constexpr Sm90FwdTile kSm90Fp8FwdTiles[] = {{64,  128, 128, 2, true,      8},
-                                                   {128, 128, 128, 2, true,      0},
-                                                   {256, 128,  64, 2, false,     8}};
+//                                          head_dim  M    N  stages persistent fma_exp2 stale_max
+inline constexpr Sm90FwdTile kSm90Fp8FwdTiles[] = {{64,  128, 128, 2, true,      8,       0},
+                                                   {128, 128, 128, 2, true,      0,       0},
+                                                   {256, 128,  64, 2, false,     8,       0}};
 
 constexpr Sm90FwdTile sm90_fp8_fwd_tile(int head_dim) { return table_row<kSm90Fp8FwdTiles>(head_dim); }
 

@@ -96,29 +96,62 @@ __host__ __device__ __forceinline__ float exp2_fma(float x) {
   return q * two_n;
 }
 
+// One row's running maximum meeting a tile's (both in log2 units): the
+// base the tile's exponentials subtract, the factor the running O and sum
+// take (corr), and whether the base moved. kStaleMax = 0: the base is the
+// new maximum, every tile. kStaleMax > 0: the base stays the old maximum
+// while the new one exceeds it by at most kStaleMax, so that P stays
+// below 2^kStaleMax and corr is exactly 1 (O need not be touched); the
+// result is the same in the end, since O and the sum share the base
+// (FlashAttention-4's conditional rescaling). A row that saw nothing yet
+// (-inf - -inf is NaN), an infinite maximum and the first finite one all
+// take the moving path. Host callable for its test (tests/cuda_host).
+struct MaxStep {
+  float base, corr;
+  bool moved;
+};
+template <int kStaleMax>
+__host__ __device__ __forceinline__ MaxStep max_step(float& running, float tile_max) {
+  const float mx = fmaxf(tile_max, running);
+  if constexpr (kStaleMax > 0)
+    if (mx - running <= static_cast<float>(kStaleMax)) return {running, 1.f, false};
+  // Nothing visible yet: subtract 0, so exp2(-inf) is 0, not NaN.
+  const float base = mx == -INFINITY ? 0.f : mx;
+#if defined(__CUDA_ARCH__)
+  const float corr = ptx::exp2_approx(running - base);
+#else
+  const float corr = std::exp2(running - base);
+#endif
+  running = mx;
+  return {base, corr, true};
+}
+
 // The running state of the online softmax for a thread's two rows, in the
-// exp2 domain: max_ of the scaled scores (log2 units), sum_ of
-// exp2(score - max_) over the columns this thread saw (the quad's partial
-// sums are added at the end: total_sum).
+// exp2 domain: max_ of the scaled scores (log2 units; with kStaleMax the
+// base of the exponentials, which may trail the true maximum by up to
+// kStaleMax), sum_ of exp2(score - max_) over the columns this thread saw
+// (the quad's partial sums are added at the end: total_sum).
 struct OnlineSoftmax {
   float max_[2] = {-INFINITY, -INFINITY};
   float sum_[2] = {0.f, 0.f};
 
   // One tile of scores s (raw or already scaled): s * post_scale is the tile in log2 units. Updates the
   // state, leaves P = exp2(s * post_scale - max) in s and the factor the
-  // running O must be multiplied by in corr.
+  // running O must be multiplied by in corr; returns whether either row's
+  // base moved (without kStaleMax: always).
   // kFmaEvery > 0: one 8-column group in kFmaEvery takes exp2_fma, the
-  // rest the MUFU unit's ex2.
-  template <int kFmaEvery = 0, int kN>
-  __device__ __forceinline__ void update(float (&s)[kN], float post_scale, float (&corr)[2]) {
+  // rest the MUFU unit's ex2. kStaleMax: max_step.
+  template <int kFmaEvery = 0, int kStaleMax = 0, int kN>
+  __device__ __forceinline__ bool update(float (&s)[kN], float post_scale, float (&corr)[2]) {
+    bool moved = false;
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
-      float mx = quad_max(thread_row_max(s, half)) * post_scale;
-      mx = fmaxf(mx, max_[half]);
-      // Nothing visible yet: subtract 0, so exp2(-inf) is 0, not NaN.
-      const float base = mx == -INFINITY ? 0.f : mx;
-      corr[half] = ptx::exp2_approx(max_[half] - base);
-      max_[half] = mx;
+      // The quad's four lanes compute the same maximum, so they take the
+      // same step: a row's base is one value across the lanes holding it.
+      const MaxStep st = max_step<kStaleMax>(max_[half], quad_max(thread_row_max(s, half)) * post_scale);
+      const float base = st.base;
+      corr[half] = st.corr;
+      moved |= st.moved;
       float sum = 0.f;
 #pragma unroll
       for (int tt = 0; tt < kN / 4; ++tt)
@@ -134,6 +167,7 @@ struct OnlineSoftmax {
         }
       sum_[half] = sum_[half] * corr[half] + sum;
     }
+    return moved;
   }
 
   // The row's sum over all its columns (the quad's four partial sums).
@@ -155,6 +189,14 @@ __device__ __forceinline__ void rescale_rows(float (&o)[kN], const float (&corr)
       o[acc_index(tt, half, 0)] *= corr[half];
       o[acc_index(tt, half, 1)] *= corr[half];
     }
+}
+
+// rescale_rows after update<kFmaEvery, kStaleMax>: skipped when no row of
+// the warp moved its base (every corr is exactly 1 then), which a warp vote
+// decides so that the branch is uniform. Without kStaleMax, always.
+template <int kStaleMax, int kN>
+__device__ __forceinline__ void rescale_rows_if_moved(float (&o)[kN], const float (&corr)[2], bool moved) {
+  if (kStaleMax == 0 || __any_sync(0xffffffffu, moved)) rescale_rows(o, corr);
 }
 
 // s (fp32) to 16-bit A fragments of the next product

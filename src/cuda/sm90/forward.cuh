@@ -325,9 +325,10 @@ __device__ __forceinline__ void pack_p(std::uint32_t (&pa)[kSlices][4], const fl
 // mask and take the max on raw scores and fold the scale into the
 // exponent's FFMA (post_scale); otherwise scale first. scale_log2: the
 // softmax scale in log2 units (times Q's and K's descales for e4m3). Leaves P in sc and
-// the correction of the running O in corr.
-template <int kFmaExp2, int kN>
-__device__ __forceinline__ void fwd_softmax(float (&sc)[kN], tile::OnlineSoftmax& sm, float (&corr)[2],
+// the correction of the running O in corr; returns whether a row's base moved
+// (OnlineSoftmax::update).
+template <int kFmaExp2, int kStaleMax, int kN>
+__device__ __forceinline__ bool fwd_softmax(float (&sc)[kN], tile::OnlineSoftmax& sm, float (&corr)[2],
                                             const Params& p, const SeqInfo& seq, const KeyTile& kt, int row0,
                                             int col_in_tile, bool prescale, float scale_log2, float post_scale) {
   if (prescale) tile::scale(sc, scale_log2);
@@ -343,7 +344,7 @@ __device__ __forceinline__ void fwd_softmax(float (&sc)[kN], tile::OnlineSoftmax
       tile::mask_outside(sc, half, kt.n0 + col_in_tile, lo, hi);
     }
   }
-  sm.update<kFmaExp2>(sc, post_scale, corr);
+  return sm.update<kFmaExp2, kStaleMax>(sc, post_scale, corr);
 }
 
 // ---------------------------------------------------------- epilogue ---
@@ -485,8 +486,8 @@ struct FwdEpilogue {
 // and the other consumer's turn are on the tensor cores. O is rescaled by
 // tile j's correction only once P_{j-1} V_{j-1} has completed, and P_j is
 // packed into pa only then (the RS wgmma reads pa until it completes).
-template <class In, int kD, int kBlockN, bool kPersistent, int kFmaExp2, bool kDropout, bool kVarlen, class L,
-          class Scheduler>
+template <class In, int kD, int kBlockN, bool kPersistent, int kFmaExp2, int kStaleMax, bool kDropout, bool kVarlen,
+          class L, class Scheduler>
 __device__ __forceinline__ void fwd_consumer(const Params& p, const Scheduler& sched, const FwdPipes<L>& pipes,
                                              unsigned char* smem, std::uint32_t base, const FwdMaps& maps) {
   using Out = typename FwdTypes<In>::Out;
@@ -567,6 +568,7 @@ __device__ __forceinline__ void fwd_consumer(const Params& p, const Scheduler& s
     float sc[kBlockN / 2];
     std::uint32_t pa[kSlices][4];
     float corr[2] = {1.f, 1.f};
+    bool moved = true;  // whether a row's base moved in the last softmax
     if (n_steps > 0 && cw == 1 && !c1_passed) x::named_barrier_arrive<3>(2 * kWarpgroup);
 
     auto fence_pa = [&] {
@@ -582,7 +584,8 @@ __device__ __forceinline__ void fwd_consumer(const Params& p, const Scheduler& s
       if (L::kOwnO && step == n_steps - 1) pipes.q.release(qs);
     };
     auto softmax = [&](int step) {
-      fwd_softmax<kFmaExp2>(sc, sm, corr, p, seq, tiles.at(step), row0, col_in_tile, prescale, scale_log2, post_scale);
+      moved = fwd_softmax<kFmaExp2, kStaleMax>(sc, sm, corr, p, seq, tiles.at(step), row0, col_in_tile, prescale,
+                                               scale_log2, post_scale);
     };
     auto pack = [&](int step) { pack_p<In, kDropout>(pa, sc, p, bh, row0, tiles.at(step).n0, col_in_tile); };
 
@@ -622,7 +625,7 @@ __device__ __forceinline__ void fwd_consumer(const Params& p, const Scheduler& s
       x::fence_operands(o);
       fence_pa();
       pipes.v.release(kv0 + (step - 1));
-      tile::rescale_rows(o, corr);
+      tile::rescale_rows_if_moved<kStaleMax>(o, corr, moved);
       pack(step);
     }
     if (n_steps > 0) {
@@ -669,7 +672,7 @@ __device__ __forceinline__ void fwd_consumer(const Params& p, const Scheduler& s
 
 // kDropout: a template parameter for the reason given at the backward
 // kernel; kVarlen: see the top of this file.
-template <class In, int kD, int kBlockN, bool kPersistent, int kFmaExp2, bool kDropout, bool kVarlen>
+template <class In, int kD, int kBlockN, bool kPersistent, int kFmaExp2, int kStaleMax, bool kDropout, bool kVarlen>
 __global__ void __launch_bounds__(kThreads, 1)
     forward_kernel(const __grid_constant__ Params p, const __grid_constant__ CUtensorMap tma_q,
                    const __grid_constant__ CUtensorMap tma_k, const __grid_constant__ CUtensorMap tma_v,
@@ -695,7 +698,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (threadIdx.x == 0) fwd_producer<L, L::kBlockM, kBlockN, kVarlen>(p, sched, pipes, base, maps);
   } else {
     x::setmaxnreg_inc<kConsumerRegs>();
-    fwd_consumer<In, kD, kBlockN, kPersistent, kFmaExp2, kDropout, kVarlen, L>(p, sched, pipes, smem, base, maps);
+    fwd_consumer<In, kD, kBlockN, kPersistent, kFmaExp2, kStaleMax, kDropout, kVarlen, L>(p, sched, pipes, smem, base,
+                                                                                       maps);
   }
 #else
   // Built for another architecture: the dispatch never launches this.
@@ -711,8 +715,8 @@ void launch_forward_kernel(const Params& p, const CUtensorMap& tq, const CUtenso
   using L = SmemLayout<In, kD, c.block_n, c.persistent>;
   static_assert(c.head_dim == kD && c.block_m == L::kBlockM && c.stages == 2, "the layout's tiles are the table's");
   auto pick = [&]<bool kDropout>() {
-    return p.is_varlen() ? forward_kernel<In, kD, c.block_n, c.persistent, c.fma_exp2, kDropout, true>
-                         : forward_kernel<In, kD, c.block_n, c.persistent, c.fma_exp2, kDropout, false>;
+    return p.is_varlen() ? forward_kernel<In, kD, c.block_n, c.persistent, c.fma_exp2, c.stale_max, kDropout, true>
+                         : forward_kernel<In, kD, c.block_n, c.persistent, c.fma_exp2, c.stale_max, kDropout, false>;
   };
   auto kernel = pick.template operator()<false>();
   if constexpr (!FwdTypes<In>::kFp8)
