@@ -567,7 +567,6 @@ __device__ __forceinline__ void fwd_consumer(const Params& p, const Scheduler& s
     tile::OnlineSoftmax sm;
     float sc[kBlockN / 2];
     std::uint32_t pa[kSlices][4];
-    float corr[2] = {1.f, 1.f};
     bool moved = true;  // whether a row's base moved in the last softmax
     if (n_steps > 0 && cw == 1 && !c1_passed) x::named_barrier_arrive<3>(2 * kWarpgroup);
 
@@ -583,7 +582,7 @@ __device__ __forceinline__ void fwd_consumer(const Params& p, const Scheduler& s
     auto release_q_after_s = [&](int step) {
       if (L::kOwnO && step == n_steps - 1) pipes.q.release(qs);
     };
-    auto softmax = [&](int step) {
+    auto softmax = [&](int step, float (&corr)[2]) {
       moved = fwd_softmax<kFmaExp2, kStaleMax>(sc, sm, corr, p, seq, tiles.at(step), row0, col_in_tile, prescale,
                                                scale_log2, post_scale);
     };
@@ -600,7 +599,8 @@ __device__ __forceinline__ void fwd_consumer(const Params& p, const Scheduler& s
       x::fence_operands(sc);
       pipes.k.release(kv0);
       release_q_after_s(0);
-      softmax(0);
+      float corr[2];
+      softmax(0, corr);
       tile::rescale_rows(o, corr);  // O = 0: corr only matters for the bookkeeping above
       pack(0);
     } else if (L::kOwnO) {
@@ -620,7 +620,11 @@ __device__ __forceinline__ void fwd_consumer(const Params& p, const Scheduler& s
       x::fence_operands(sc);
       pipes.k.release(kv0 + step);  // K_step is read: the producer may refill it now
       release_q_after_s(step);
-      softmax(step);
+      // A step's own: declared for the whole tile, the d = 64 kernel kept
+      // it on the stack and stored it every step (17M local-store sectors a
+      // call, ncu); declared here it stays in registers.
+      float corr[2];
+      softmax(step, corr);
       x::wgmma_wait<0>();  // P_{step-1} V_{step-1} complete: o and pa are free
       x::fence_operands(o);
       fence_pa();
