@@ -139,15 +139,12 @@ def flashinfer_fn(q, k_pages, v_pages, table, L, page, layout="NHD", tensor_core
     return lambda: w.run(q3, (k_pages, v_pages))
 
 
-def run_point(flashattn, hq, hk, b, L, layout, copy_gbs, methods=None):
-    """Records of every method at one point (one cache allocation)."""
-    recs = []
-    dev = "cuda"
-    q = torch.randn(b, 1, hq, D, dtype=DTYPE, device=dev)
-    kn = torch.randn(b, 1, hk, D, dtype=DTYPE, device=dev)
-    vn = torch.randn(b, 1, hk, D, dtype=DTYPE, device=dev)
-    lens = torch.full((b,), L - 1, dtype=torch.int32, device=dev)
-    table = None
+def make_cache(b, hk, L, layout, dev="cuda"):
+    """K and V caches of b sequences of L keys in a layout of LAYOUTS (or
+    DIAGNOSTIC_LAYOUTS), random normal: (k_cache, v_cache, block_table or
+    None, k_store, v_store), the stores being SDPA's head-major tensors
+    (b, hk, L, d) of a contiguous cache (else None)."""
+    table = k_store = v_store = None
     if layout == "contiguous":
         # Head-major storage (b, hk, L, d): SDPA's layout; flashattn gets the
         # (b, L, hk, d) view of the same bytes (last dimension contiguous).
@@ -160,6 +157,8 @@ def run_point(flashattn, hq, hk, b, L, layout, copy_gbs, methods=None):
         v_cache = torch.empty(b, L, hk, D, dtype=DTYPE, device=dev).normal_()
     else:
         page = int(layout[len("paged"):].split("-")[0])
+        if L % page:
+            raise ValueError(f"cache length {L}: expected a multiple of the page size {page}")
         per_seq = L // page
         k_cache = torch.empty(b * per_seq, page, hk, D, dtype=DTYPE, device=dev).normal_()
         v_cache = torch.empty_like(k_cache).normal_()
@@ -167,6 +166,18 @@ def run_point(flashattn, hq, hk, b, L, layout, copy_gbs, methods=None):
             table = torch.arange(b * per_seq, device=dev, dtype=torch.int32).reshape(b, per_seq)
         else:
             table = torch.randperm(b * per_seq, device=dev, dtype=torch.int64).to(torch.int32).reshape(b, per_seq)
+    return k_cache, v_cache, table, k_store, v_store
+
+
+def run_point(flashattn, hq, hk, b, L, layout, copy_gbs, methods=None):
+    """Records of every method at one point (one cache allocation)."""
+    recs = []
+    dev = "cuda"
+    q = torch.randn(b, 1, hq, D, dtype=DTYPE, device=dev)
+    kn = torch.randn(b, 1, hk, D, dtype=DTYPE, device=dev)
+    vn = torch.randn(b, 1, hk, D, dtype=DTYPE, device=dev)
+    lens = torch.full((b,), L - 1, dtype=torch.int32, device=dev)
+    k_cache, v_cache, table, k_store, v_store = make_cache(b, hk, L, layout, dev)
     kv_bytes = 2 * b * L * hk * D * 2
     for m in methods_for(layout, methods):
         rec = dict(method=m, heads_q=hq, heads_k=hk, batch=b, cache=L, layout=layout, head_dim=D, dtype="bf16",

@@ -54,30 +54,21 @@ def dense_call(kind, d, seqlen, causal):
 
 def decode_call(method, layout, batch, cache):
     import decode_bench as db
-    hq, hk, d, dtype = 32, 8, db.D, db.DTYPE
-    q = torch.randn(batch, 1, hq, d, dtype=dtype, device="cuda")
+    if method != "flashattn" and layout != "contiguous":
+        raise SystemExit(f"--method {method}: only --layout contiguous (SDPA has no paged cache)")
+    hq, hk = 32, 8
+    q = torch.randn(batch, 1, hq, db.D, dtype=db.DTYPE, device="cuda")
     lens = torch.full((batch,), cache, dtype=torch.int32, device="cuda")
-    table = None
-    if layout == "contiguous":
-        ks = torch.empty(batch, hk, cache, d, dtype=dtype, device="cuda").normal_()
-        vs = torch.empty_like(ks).normal_()
-        kc, vc = ks.transpose(1, 2), vs.transpose(1, 2)
-    else:
-        page = int(layout[len("paged"):])
-        if cache % page:
-            raise SystemExit(f"--cache: expected a multiple of the page size {page}, got {cache}")
-        per_seq = cache // page
-        kc = torch.empty(batch * per_seq, page, hk, d, dtype=dtype, device="cuda").normal_()
-        vc = torch.empty_like(kc).normal_()
-        table = torch.randperm(batch * per_seq, device="cuda").to(torch.int32).reshape(batch, per_seq)
+    try:
+        kc, vc, table, ks, vs = db.make_cache(batch, hk, cache, layout)
+    except ValueError as e:
+        raise SystemExit(f"--cache: {e}")
     if method == "flashattn":
         import flashattn
 
         def call():
             flashattn.flash_attn_with_kvcache(q, kc, vc, cache_seqlens=lens, block_table=table, causal=True)
         return call
-    if layout != "contiguous":
-        raise SystemExit("--method sdpa-cudnn: only --layout contiguous (SDPA has no paged cache)")
     fn = db.sdpa_fn(method, q.transpose(1, 2), ks, vs)
 
     def call():
