@@ -119,4 +119,22 @@ __device__ __forceinline__ float exp2_approx(float x) {
   return y;
 }
 
+// Programmatic dependent launch (sm_90+). A kernel launched with
+// cudaLaunchAttributeProgrammaticStreamSerialization may start while the
+// kernel before it in the stream still runs, once every CTA of that one
+// has called griddep_launch_dependents (or exited); griddep_wait then
+// blocks until that kernel has completed and its memory is visible. So
+// the second kernel's launch and prologue overlap the first one's tail.
+// No-ops when built for older GPUs, where the launch does not ask for it.
+__device__ __forceinline__ void griddep_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void griddep_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+
 }  // namespace flashattn::detail::ptx

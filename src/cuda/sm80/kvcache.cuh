@@ -369,6 +369,10 @@ __global__ void __launch_bounds__(128, kD <= 128 ? 2 : 1) kv_attention_kernel(co
   }
   // The groups committed past the last tile are empty: nothing is still
   // copied into the buffers that sO reuses below.
+  // Only this CTA's epilogue is left: the combine kernel (launched as a
+  // programmatic dependent when there are splits) may be scheduled now; it
+  // waits for this grid's completion before it reads a partial.
+  ptx::griddep_launch_dependents();
 
   // Merge the warps' states of each row: M = max of the maxima (log2 units),
   // sum = sum_w l_w 2^(m_w - M); warp w's O is scaled by 2^(m_w - M) / sum.
@@ -472,6 +476,9 @@ __global__ void __launch_bounds__(kCombineWarps * 32) kv_combine_kernel(const __
   const int b = static_cast<int>(idx / (static_cast<std::int64_t>(sq) * p.heads_q));
   const int h = head / p.group, r = (head % p.group) * sq + i;
   const std::int64_t row0 = (static_cast<std::int64_t>(b) * p.heads_k + h) * p.splits * p.rows + r;
+  // Launched as a programmatic dependent of the attention kernel: its
+  // partials are complete and visible only after this wait.
+  ptx::griddep_wait();
   auto lse_of = [&](int s) { return p.part_lse[row0 + static_cast<std::int64_t>(s) * p.rows]; };
 
   float mx = -INFINITY;
@@ -553,6 +560,25 @@ void launch_kv_attention(const KvParams& p, cudaStream_t stream) {
   check(cudaGetLastError(), "kvcache attention kernel launch");
 }
 
+// Whether this device runs the combine kernel's sm_90+ code, whose
+// griddep_wait is real: only then may its launch ask for programmatic
+// serialization (the sm_80 code of a build without sm_90a would not
+// wait). Cached per device.
+template <class T, int kD>
+bool combine_waits_for_grid() {
+  constexpr int kMaxDevices = 64;
+  static std::atomic<int> cached[kMaxDevices];  // 0: not asked yet, 1: no, 2: yes
+  int dev = 0;
+  check(cudaGetDevice(&dev), "cudaGetDevice");
+  const int hit = dev < kMaxDevices ? cached[dev].load(std::memory_order_relaxed) : 0;
+  if (hit != 0) return hit == 2;
+  cudaFuncAttributes attrs = {};
+  check(cudaFuncGetAttributes(&attrs, kv_combine_kernel<T, kD>), "cudaFuncGetAttributes(kvcache combine)");
+  const bool yes = attrs.binaryVersion >= 90;
+  if (dev < kMaxDevices) cached[dev].store(yes ? 2 : 1, std::memory_order_relaxed);
+  return yes;
+}
+
 template <class T, int kD>
 void launch_kvcache(const KvParams& params, cudaStream_t stream) {
   static_assert(kv_tile(kD).head_dim == kD, "head_dim missing from kKvTiles");
@@ -573,8 +599,21 @@ void launch_kvcache(const KvParams& params, cudaStream_t stream) {
   else launch_kv_attention<T, kD, false>(p, stream);
   if (p.splits > 1) {
     const std::int64_t rows = static_cast<std::int64_t>(p.batch) * p.heads_q * p.seqlen_q;
-    kv_combine_kernel<T, kD><<<static_cast<unsigned>(rows), kCombineWarps * 32, 0, stream>>>(p);
-    check(cudaGetLastError(), "kvcache combine kernel launch");
+    // On sm_90+ a programmatic dependent of the attention kernel, so that
+    // its launch overlaps that kernel's last CTAs (a decode call at batch
+    // 1 is some 20 us, of which the gap between the two kernels was a few).
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(static_cast<unsigned>(rows));
+    cfg.blockDim = dim3(kCombineWarps * 32);
+    cfg.stream = stream;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    if (combine_waits_for_grid<T, kD>()) {
+      cfg.attrs = attr;
+      cfg.numAttrs = 1;
+    }
+    check(cudaLaunchKernelEx(&cfg, kv_combine_kernel<T, kD>, p), "kvcache combine kernel launch");
   }
 }
 
