@@ -137,7 +137,8 @@ constexpr Sm90FwdTile sm90_fwd_tile(int head_dim) { return table_row<kSm90FwdTil
 // Q and dO of a query tile stream through a 2-stage ring. Shared memory,
 // 16-bit: K + V 2 x block_n d, 2 stages x (Q + dO) 64 d, dS^T (and at
 // d = 256 P^T) buffers of block_n x 64: 96 KB (d 64), 160 KB (d 128),
-// 224 KB (d 256), + 1 KB of LSE/D rows.
+// 224 KB (d 256), + 1 KB of LSE/D rows, + 32 KB at d = 64 and 128 where
+// each consumer stages its 64 x 64 fp32 dQ block for the TMA reductions.
 struct Sm90BwdTile {
   int head_dim, block_m, block_n, stages;
   bool dq_pass;

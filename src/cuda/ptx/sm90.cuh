@@ -188,6 +188,18 @@ __device__ __forceinline__ void red_add_v2(float* dst, float x, float y) {
   asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" ::"l"(dst), "f"(x), "f"(y) : "memory");
 }
 
+// The reducing form of tma_store_4d: the tensor's elements under the box
+// += the box's (the element type and swizzle the map's), by the TMA unit in
+// L2, whole lines where red.global makes one request a 32-byte sector.
+// Asynchronous and ordered as tma_store_4d (bulk_commit, bulk_wait_read).
+__device__ __forceinline__ void tma_reduce_add_4d(const CUtensorMap* map, std::uint32_t src, int c0, int c1, int c2,
+                                                  int c3) {
+  asm volatile("cp.reduce.async.bulk.tensor.4d.global.shared::cta.add.tile.bulk_group [%0, {%2, %3, %4, %5}], [%1];\n" ::"l"(
+                   reinterpret_cast<std::uint64_t>(map)),
+               "r"(src), "r"(c0), "r"(c1), "r"(c2), "r"(c3)
+               : "memory");
+}
+
 // ----------------------------------------------------------- setmaxnreg ---
 // Moves registers between warpgroups at run time: the producer, which only
 // issues copies, gives most of its share back so the consumer warpgroups
@@ -374,8 +386,9 @@ template <class T>
 constexpr TmaElem tma_elem() {
   if constexpr (std::is_same_v<T, __nv_bfloat16>) return {CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2};
   else if constexpr (std::is_same_v<T, __half>) return {CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 2};
+  else if constexpr (std::is_same_v<T, float>) return {CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 4};  // dQ's fp32 scratch
   else {
-    static_assert(std::is_same_v<T, __nv_fp8_e4m3>, "16-bit or e4m3 operands");
+    static_assert(std::is_same_v<T, __nv_fp8_e4m3>, "16-bit, fp32 or e4m3 elements");
     return {CU_TENSOR_MAP_DATA_TYPE_UINT8, 1};  // e4m3 codes move as bytes
   }
 }

@@ -6,7 +6,7 @@
 // (../backward_aux.cuh):
 //  1. dot_do_o_kernel     D = rowsum(dO * O) into the dsum scratch;
 //  2. backward_kernel (here)    dK, dV of one key tile, dQ added in fp32 to
-//                               the dq_accum scratch (red.global.add);
+//                               the dq_accum scratch (bulk reductions);
 //  3. finish_dq_kernel    dq = scale * dq_accum;
 //  4. reduce_dkdv_kernel  (GQA/MQA) dk, dv = sums over the group.
 //
@@ -35,14 +35,15 @@
 //      step later (when the other consumer's half is surely there)
 //      dQ_i = dS K             wgmma SS, A = dS^T read M-major
 //                              (imm-trans-a), B = K read N-major; then
-//                              red.global.add.v2.f32 into dq_accum.
+//                              staged in shared memory and added to
+//                              dq_accum row by row by bulk reductions.
 //    dK and dV stay in registers for the whole sweep; stored at the end
 //    (dK times the softmax scale), to dk/dv or, under GQA, to the fp32
 //    per-query-head dk_accum / dv_accum that reduce_dkdv sums.
 //    dQ columns: at d = 128 consumer w computes the 64 columns of K's box w
 //    every tile; at d = 64 (one box) the consumers take turns, consumer
 //    (i % 2) computing all 64 columns of tile i, so every dQ element gets
-//    exactly one atomic from this CTA.
+//    exactly one reduction from this CTA.
 //
 // Turns. A consumer's tile is two batches of wgmmas with elementwise work
 // after each: G1(i) = S^T, dP^T; E1(i) = P^T, dS^T, the dS^T stores;
@@ -124,7 +125,14 @@ struct Smem {
   static constexpr int kDO = kQ + kStages * kQT;  // dO stage s at kDO + s kQT
   static constexpr int kDSt = kDO + kStages * kQT;  // dS^T buffer b at kDSt + b kDS
   static constexpr int kPt = kDSt + kDsBufs * kDS;   // P^T buffer b at kPt + b kDS (split dims)
-  static constexpr int kRows = kPt + kPtBufs * kDS;  // float lse2[kStages][64], then dsum[kStages][64]
+  // dQ staging (split keys only): a consumer's 64 x 64 fp32 partial as two
+  // boxes of 32 columns (128-byte rows, 128B-swizzled as the dq_accum map
+  // says), each added to dq_accum by one TMA reduction.
+  static constexpr int kDqBox = kBlockM * 128;
+  static constexpr int kDqBuf = 2 * kDqBox;
+  static constexpr int kDqBufs = kSplitDims ? 0 : 2;  // one a consumer
+  static constexpr int kDq = kPt + kPtBufs * kDS;     // consumer w's at kDq + w kDqBuf
+  static constexpr int kRows = kDq + kDqBufs * kDqBuf;  // float lse2[kStages][64], then dsum[kStages][64]
   // int large[kStages]: some row of the stage has |LSE log2 e| >= 2^8 (probs_and_grads)
   static constexpr int kFlags = kRows + 2 * kStages * kBlockM * 4;
   static constexpr int kBars = kFlags + (kStages * 4 + 7) / 8 * 8;
@@ -132,6 +140,7 @@ struct Smem {
   static constexpr int kAlloc = kBytes + 1024;   // slack to align the base
   static_assert(kKV % 1024 == 0 && kQT % 1024 == 0 && kDS % 1024 == 0, "tiles must be whole swizzle atoms");
   static_assert(kAlloc <= 227 * 1024, "over the shared memory of one CTA");
+  static_assert(kDq % 1024 == 0 && kDqBox % 1024 == 0, "dQ staging boxes must be whole swizzle atoms");
 };
 
 // The dense schedule of a key tile: the query tiles [begin, begin + count)
@@ -559,7 +568,7 @@ template <class T, int kD, bool kDropout, bool kSparse>
 __global__ void __launch_bounds__(kThreads, 1)
     backward_kernel(const __grid_constant__ Params p, const __grid_constant__ CUtensorMap tma_q,
                     const __grid_constant__ CUtensorMap tma_k, const __grid_constant__ CUtensorMap tma_v,
-                    const __grid_constant__ CUtensorMap tma_do) {
+                    const __grid_constant__ CUtensorMap tma_do, const __grid_constant__ CUtensorMap tma_dq) {
 #if FA_SM90_DEVICE
   using namespace bwd;
   constexpr int kStages = sm90_bwd_tile(kD).stages;
@@ -728,25 +737,62 @@ __global__ void __launch_bounds__(kThreads, 1)
         x::wgmma_fence();  // dq was last read by the atomics of the tile before
         dq_gemm<kBlockN>(dq, ds_desc, k_desc, T{});
       };
-      // dQ's reductions into dq_accum: a thread holds columns c, c + 1 of rows
-      // r and r + 8 in every 8-column tile tt, one 8-byte reduction each. (A
-      // lane exchange would make 16-byte vectors of half as many reductions;
-      // measured on the H200, the shuffles and selects cost more than the
-      // extra reductions: d 64 391 -> 406 TFLOPS without them.) At d = 128
-      // dQ is issued first so that they run under dV / dK (with the 8-byte
-      // form: +5-8% there; at d = 64, issuing it first was 4-8% slower).
+      // dQ's reductions into dq_accum. A thread holds columns c, c + 1 of rows
+      // r and r + 8 in every 8-column tile tt. As red.global.add.v2 each
+      // warp instruction was 8 one-sector L2 requests (ncu: 268M a d 128 8K
+      // backward, L2 at 69%). Instead the consumer stages its 64 x 64 block
+      // as two 128B-swizzled boxes of 32 columns, and thread 0 adds each box
+      // with one TMA reduction. (A 256-byte bulk reduction a row, issued by
+      // 64 threads, was worse: ptxas serialises a bulk copy with per-thread
+      // addresses lane by lane, +18% instructions.) Order, on this
+      // consumer's named barrier (3 + w, its 128 threads):
+      //   1. thread 0 waits until its previous reductions have read the
+      //      buffer (bulk_wait_read), and the barrier tells the others;
+      //   2. every thread stores its dQ values, fences them for the async
+      //      proxy, and the barrier publishes them to thread 0;
+      //   3. thread 0 starts the two reductions.
+      // Rows past the sequence: the map drops those past a dense tensor's
+      // seqlen, but after a packed varlen sequence come the next one's rows,
+      // so a sequence's last tile stages zeros there (dS is 0 on those rows,
+      // but dS K is NaN where K holds an Inf).
+      // At d = 128 dQ is issued first so that its reductions run under dV /
+      // dK (measured with the red.global form: +5-8% there; at d = 64,
+      // issuing it first was 4-8% slower).
       constexpr bool kDqFirst = kD == 128;
+      const std::uint32_t dq_buf = base_c + L::kDq + w * L::kDqBuf;
+      auto dq_sync = [&] {
+        if (w == 0) x::named_barrier_sync<3>(kWarpgroup);
+        else x::named_barrier_sync<4>(kWarpgroup);
+      };
       auto dq_atomics = [&](float (&dq)[32], int j) {
         x::fence_operands(dq);
+        if (t == 0) x::bulk_wait_read<0>();
+        dq_sync();
         const int m0 = tiles.m0(j);
+        const bool tail = m0 + kBlockM > seq.sq;
+        unsigned char* buf = smem + L::kDq + w * L::kDqBuf;
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
-          const int i = m0 + 16 * warp + lane / 4 + 8 * half;
-          if (i < seq.sq) {
-            float* dst = p.dq_accum + q_row(p, seq, b, h, i) * kD + qbox * 64 + col_in_tile;
+          // Row r of the block; its 16-byte chunk k of a box lies at chunk
+          // k ^ (r % 8) (the 128B swizzle). A warp's store of one (tt, half)
+          // is 8 rows x 32 bytes over 16 distinct chunk slots: 2 wavefronts.
+          const int r = 16 * warp + lane / 4 + 8 * half;
+          const bool keep = !tail || m0 + r < seq.sq;
 #pragma unroll
-            for (int tt = 0; tt < 8; ++tt) x::red_add_v2(dst + 8 * tt, dq[4 * tt + 2 * half], dq[4 * tt + 2 * half + 1]);
+          for (int tt = 0; tt < 8; ++tt) {
+            const int chunk = 2 * (tt % 4) + col_in_tile / 4;
+            const float2 v = keep ? make_float2(dq[4 * tt + 2 * half], dq[4 * tt + 2 * half + 1]) : make_float2(0.f, 0.f);
+            *reinterpret_cast<float2*>(buf + (tt / 4) * L::kDqBox + r * 128 + (chunk ^ (r % 8)) * 16 +
+                                       (col_in_tile % 4) * 4) = v;
           }
+        }
+        x::fence_proxy_async_smem();
+        dq_sync();
+        if (t == 0 && m0 < seq.sq) {
+          const int row = at.q_row0 + m0;
+          x::tma_reduce_add_4d(&tma_dq, dq_buf, qbox * 64, row, h, at.batch);
+          x::tma_reduce_add_4d(&tma_dq, dq_buf + L::kDqBox, qbox * 64 + 32, row, h, at.batch);
+          x::bulk_commit();
         }
       };
 
@@ -936,6 +982,9 @@ __global__ void __launch_bounds__(kThreads, 1)
         }
       }
 
+      // The reductions must have read the staging buffer before the CTA's
+      // shared memory goes, and completed before the kernel ends.
+      if (t == 0) x::bulk_wait_all();
       store_dk_dv<T, kD>(dk, dv, p, seq, b, h, n0 + key_row0, col_in_tile);
     }
   }
@@ -973,8 +1022,17 @@ void launch_backward(const Params& p, cudaStream_t stream) {
                                   : (p.has_dropout ? backward_kernel<T, kD, true, false>
                                                    : backward_kernel<T, kD, false, false>);
       set_max_dynamic_smem(kernel, L::kAlloc, "cudaFuncSetAttribute(sm90 backward)");
+      // dq_accum as the Q side is mapped ((d, seqlen_q, heads_q, batch),
+      // varlen (d, total_q, heads_q, 1): rows as q_row counts them), fp32,
+      // boxes of 32 columns (128 bytes) x 64 rows. The dQ pass (d = 256)
+      // has no scratch: q stands in for a map that is never used.
+      const std::int64_t dq_rows = p.is_varlen() ? p.total_q : p.seqlen_q;
+      const CUtensorMap tdq = ptx::sm90::make_tensor_map_bshd(
+          c.dq_pass || p.dq_accum == nullptr ? any : p.dq_accum, ptx::sm90::tma_elem<float>(), kD, dq_rows, p.heads_q,
+          p.is_varlen() ? 1 : p.batch, kD, dq_rows * kD, static_cast<std::int64_t>(p.heads_q) * dq_rows * kD, 32,
+          bwd::kBlockM, "dq_accum");
       const dim3 grid((p.seqlen_k + c.block_n - 1) / c.block_n, p.heads_q, p.batch);
-      kernel<<<grid, kThreads, L::kAlloc, stream>>>(p, tq, tk, tv, tdo);
+      kernel<<<grid, kThreads, L::kAlloc, stream>>>(p, tq, tk, tv, tdo, tdq);
       check(cudaGetLastError(), "sm90 backward kernel launch");
     }
     // The dQ pass writes dq itself, zeros where a query sees no key (an
