@@ -180,17 +180,9 @@ __device__ __forceinline__ void named_barrier_arrive(int threads) {
 }
 
 // ------------------------------------------------- global reductions ---
-// dst[0..1] += (x, y) as one vector reduction (sm_90: red.global.add.v2.f32,
-// one L2 atomic transaction for 8 bytes instead of two), for a thread that
-// holds two consecutive columns. dst must be 8-byte aligned. No return
-// value, so the issuing thread does not wait for the L2 round trip.
-__device__ __forceinline__ void red_add_v2(float* dst, float x, float y) {
-  asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" ::"l"(dst), "f"(x), "f"(y) : "memory");
-}
-
 // The reducing form of tma_store_4d: the tensor's elements under the box
 // += the box's (the element type and swizzle the map's), by the TMA unit in
-// L2, whole lines where red.global makes one request a 32-byte sector.
+// L2, whole lines where a thread's red.global is one 32-byte sector.
 // Asynchronous and ordered as tma_store_4d (bulk_commit, bulk_wait_read).
 __device__ __forceinline__ void tma_reduce_add_4d(const CUtensorMap* map, std::uint32_t src, int c0, int c1, int c2,
                                                   int c3) {

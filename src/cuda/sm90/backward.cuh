@@ -756,8 +756,8 @@ __global__ void __launch_bounds__(kThreads, 1)
       // so a sequence's last tile stages zeros there (dS is 0 on those rows,
       // but dS K is NaN where K holds an Inf).
       // At d = 128 dQ is issued first so that its reductions run under dV /
-      // dK (measured with the red.global form: +5-8% there; at d = 64,
-      // issuing it first was 4-8% slower).
+      // dK (measured with red.global reductions: +5-8% there). At d = 64
+      // issuing it first was 4-8% slower with those, 20% with these.
       constexpr bool kDqFirst = kD == 128;
       const std::uint32_t dq_buf = base_c + L::kDq + w * L::kDqBuf;
       auto dq_sync = [&] {
