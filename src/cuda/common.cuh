@@ -86,34 +86,47 @@ struct ComputeCapability {
   int major = 0, minor = 0;
 };
 
-// The current device and its compute capability.
-inline ComputeCapability device_compute_capability(int* device = nullptr) {
+// compute(dev) for the current device, asked once per device: a positive
+// value is cached (per Tag: each caller passes its own tag type); 0 is
+// returned uncached. Devices past the first 64 are asked every time.
+template <class Tag, class Compute>
+int cached_per_device(Compute&& compute, int* device = nullptr) {
   constexpr int kMaxDevices = 64;
-  static std::atomic<int> cached[kMaxDevices];  // 0: not asked yet; else 1 + 16 major + minor
+  static std::atomic<int> cached[kMaxDevices];  // 0: not asked yet
   int dev = 0;
   check(cudaGetDevice(&dev), "cudaGetDevice");
   if (device != nullptr) *device = dev;
   const int hit = dev < kMaxDevices ? cached[dev].load(std::memory_order_relaxed) : 0;
-  if (hit != 0) return {(hit - 1) / 16, (hit - 1) % 16};
-  ComputeCapability cc;
-  check(cudaDeviceGetAttribute(&cc.major, cudaDevAttrComputeCapabilityMajor, dev), "cudaDeviceGetAttribute");
-  check(cudaDeviceGetAttribute(&cc.minor, cudaDevAttrComputeCapabilityMinor, dev), "cudaDeviceGetAttribute");
-  if (dev < kMaxDevices && cc.minor < 16) cached[dev].store(1 + 16 * cc.major + cc.minor, std::memory_order_relaxed);
-  return cc;
+  if (hit != 0) return hit;
+  const int value = compute(dev);
+  if (dev < kMaxDevices && value > 0) cached[dev].store(value, std::memory_order_relaxed);
+  return value;
+}
+
+// The current device and its compute capability.
+inline ComputeCapability device_compute_capability(int* device = nullptr) {
+  struct Tag {};
+  // Encoded as 1 + 16 major + minor (minor < 16), so that 0 stays "not asked".
+  const int code = cached_per_device<Tag>(
+      [](int dev) {
+        ComputeCapability cc;
+        check(cudaDeviceGetAttribute(&cc.major, cudaDevAttrComputeCapabilityMajor, dev), "cudaDeviceGetAttribute");
+        check(cudaDeviceGetAttribute(&cc.minor, cudaDevAttrComputeCapabilityMinor, dev), "cudaDeviceGetAttribute");
+        return 1 + 16 * cc.major + cc.minor;
+      },
+      device);
+  return {(code - 1) / 16, (code - 1) % 16};
 }
 
 // The current device's number of SMs (a persistent kernel's grid), cached
 // per device like the compute capability.
 inline int device_sm_count() {
-  constexpr int kMaxDevices = 64;
-  static std::atomic<int> cached[kMaxDevices];  // 0: not asked yet
-  int dev = 0;
-  check(cudaGetDevice(&dev), "cudaGetDevice");
-  const int hit = dev < kMaxDevices ? cached[dev].load(std::memory_order_relaxed) : 0;
-  if (hit != 0) return hit;
-  int n = 0;
-  check(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute");
-  if (dev < kMaxDevices && n > 0) cached[dev].store(n, std::memory_order_relaxed);
+  struct Tag {};
+  const int n = cached_per_device<Tag>([](int dev) {
+    int count = 0;
+    check(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute");
+    return count;
+  });
   return n > 0 ? n : 1;
 }
 

@@ -566,17 +566,12 @@ void launch_kv_attention(const KvParams& p, cudaStream_t stream) {
 // wait). Cached per device.
 template <class T, int kD>
 bool combine_waits_for_grid() {
-  constexpr int kMaxDevices = 64;
-  static std::atomic<int> cached[kMaxDevices];  // 0: not asked yet, 1: no, 2: yes
-  int dev = 0;
-  check(cudaGetDevice(&dev), "cudaGetDevice");
-  const int hit = dev < kMaxDevices ? cached[dev].load(std::memory_order_relaxed) : 0;
-  if (hit != 0) return hit == 2;
-  cudaFuncAttributes attrs = {};
-  check(cudaFuncGetAttributes(&attrs, kv_combine_kernel<T, kD>), "cudaFuncGetAttributes(kvcache combine)");
-  const bool yes = attrs.binaryVersion >= 90;
-  if (dev < kMaxDevices) cached[dev].store(yes ? 2 : 1, std::memory_order_relaxed);
-  return yes;
+  struct Tag {};
+  return cached_per_device<Tag>([](int) {
+           cudaFuncAttributes attrs = {};
+           check(cudaFuncGetAttributes(&attrs, kv_combine_kernel<T, kD>), "cudaFuncGetAttributes(kvcache combine)");
+           return attrs.binaryVersion >= 90 ? 2 : 1;  // 1: no, 2: yes
+         }) == 2;
 }
 
 template <class T, int kD>
