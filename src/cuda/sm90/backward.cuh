@@ -48,7 +48,7 @@
 // Turns. A consumer's tile is two batches of wgmmas with elementwise work
 // after each: G1(i) = S^T, dP^T; E1(i) = P^T, dS^T, the dS^T stores;
 // G2(i) = dV, dK of tile i and dQ of tile i - 1 (at d = 128 dQ first, so
-// that its atomics, E2, run under dV and dK; at d = 64 last). The
+// that its reductions, E2, run under dV and dK; at d = 64 last). The
 // consumers issue their batches in strict alternation (named barriers 1
 // and 2, one waits, the other arrives):
 //     C0.G1(i)  C1.G2(i-1)  C0.G2(i)  C1.G1(i)  C0.G1(i+1)  C1.G2(i)  ...
@@ -734,7 +734,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         const std::uint32_t sbase = ptx::opaque(base_c);
         const std::uint64_t ds_desc = x::desc_sw128(sbase + L::kDSt + (j % kDsBufs) * L::kDS, 1024, 1024);
         const std::uint64_t k_desc = x::desc_sw128(sbase + L::kK + qbox * kBlockN * 128, 1024, 1024);
-        x::wgmma_fence();  // dq was last read by the atomics of the tile before
+        x::wgmma_fence();  // dq was last read by the staging stores of the tile before
         dq_gemm<kBlockN>(dq, ds_desc, k_desc, T{});
       };
       // dQ's reductions into dq_accum. A thread holds columns c, c + 1 of rows
@@ -764,7 +764,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         if (w == 0) x::named_barrier_sync<3>(kWarpgroup);
         else x::named_barrier_sync<4>(kWarpgroup);
       };
-      auto dq_atomics = [&](float (&dq)[32], int j) {
+      auto dq_reduce = [&](float (&dq)[32], int j) {
         x::fence_operands(dq);
         if (t == 0) x::bulk_wait_read<0>();
         dq_sync();
@@ -938,7 +938,7 @@ __global__ void __launch_bounds__(kThreads, 1)
           dvdk_issue();
           turn_pass();
           x::wgmma_wait<1>();
-          dq_atomics(dq, step - 1);
+          dq_reduce(dq, step - 1);
           x::wgmma_wait<0>();
           x::fence_operands(dv);
           x::fence_operands(dk);
@@ -954,7 +954,7 @@ __global__ void __launch_bounds__(kThreads, 1)
           x::fence_operands(dk);
           pipes.q.release(st_state);
           x::wgmma_wait<0>();
-          dq_atomics(dq, step - 1);
+          dq_reduce(dq, step - 1);
         } else {
           turn_pass();
           x::wgmma_wait<0>();
@@ -978,7 +978,7 @@ __global__ void __launch_bounds__(kThreads, 1)
           float dq[32];
           dq_issue(dq, j);
           x::wgmma_wait<0>();
-          dq_atomics(dq, j);
+          dq_reduce(dq, j);
         }
       }
 
