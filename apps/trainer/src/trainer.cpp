@@ -670,7 +670,11 @@ TrainResult train(const TrainConfig& cfg_in) {
     fs::create_directories(cfg.save_dir);
     const std::string p = (fs::path(cfg.save_dir) / ("step-" + std::to_string(at_step) + ".safetensors")).string();
     save_checkpoint(p, model, opt, at_step, cfg, dev);
-    fs::copy_file(p, fs::path(cfg.save_dir) / "last.safetensors", fs::copy_options::overwrite_existing);
+    // Copied, then renamed: a run stopped mid-copy (a time limit) leaves the
+    // previous last.safetensors whole rather than a truncated one.
+    const fs::path last = fs::path(cfg.save_dir) / "last.safetensors";
+    fs::copy_file(p, last.string() + ".tmp", fs::copy_options::overwrite_existing);
+    fs::rename(last.string() + ".tmp", last);
     result.checkpoint = p;
   };
 
