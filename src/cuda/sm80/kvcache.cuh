@@ -95,7 +95,7 @@ __global__ void kv_append_kernel(const __grid_constant__ KvParams p) {
 }
 
 // Copies key tiles [n0, n0 + kBlockN) of one (sequence, KV head) from the
-// cache into shared memory (row pitch kD + kPad), K and V alike; keys at or
+// cache into shared memory (SwizzledRows<kD>), K and V alike; keys at or
 // past k_end become zero rows that are never read (cache rows past the
 // length may hold anything, NaN included). Thread tid copies 16-byte chunk
 // tid % kChunks of rows tid / kChunks + i kRowStep, so a warp's copies of
@@ -110,7 +110,6 @@ struct KvTileLoader {
   static constexpr int kChunks = kD / 8;
   static constexpr int kRowStep = kThreads / kChunks;
   static constexpr int kRows = kBlockN / kRowStep;  // rows a thread copies of each tile
-  static constexpr int kLd = kD + kPad;
   static_assert(kThreads % kChunks == 0 && kBlockN % kRowStep == 0, "whole rows per thread");
 
   const KvParams& p;
@@ -122,10 +121,12 @@ struct KvTileLoader {
   const T *kn = nullptr, *vn = nullptr;
   int new_begin = INT_MAX;
   int page_size, row0, ch, k_end;
+  int sm_at;  // SwizzledRows<kD> offset of this thread's first row and chunk
   int pages[kRows], slots[kRows];  // paged: page and position in it of this thread's rows of the next tile
 
   __device__ KvTileLoader(const KvParams& p_, int b, int h, int len0, int k_end_, int tid)
-      : p(p_), page_size(static_cast<int>(p_.kl.page_size)), row0(tid / kChunks), ch(tid % kChunks), k_end(k_end_) {
+      : p(p_), page_size(static_cast<int>(p_.kl.page_size)), row0(tid / kChunks), ch(tid % kChunks), k_end(k_end_),
+        sm_at(SwizzledRows<kD>::offset(tid / kChunks, tid % kChunks)) {
     k = static_cast<const T*>(p.k_cache);
     v = static_cast<const T*>(p.v_cache);
     if (p.append_in_attention) {
@@ -177,8 +178,11 @@ struct KvTileLoader {
           vs += pos * p.vl.stride_seq;
         }
       }
-      ptx::cp_async_16(ptx::smem_addr(sK + r * kLd + ch * 8), ks + ch * 8, ok);
-      ptx::cp_async_16(ptx::smem_addr(sV + r * kLd + ch * 8), vs + ch * 8, ok);
+      // Rows kRowStep apart share the swizzle phase when kRowStep is a
+      // multiple of 8: one offset for all, plus constants.
+      const int at = kRowStep % 8 == 0 ? sm_at + i * kRowStep * kD : SwizzledRows<kD>::offset(r, ch);
+      ptx::cp_async_16(ptx::smem_addr(sK + at), ks + ch * 8, ok);
+      ptx::cp_async_16(ptx::smem_addr(sV + at), vs + ch * 8, ok);
     }
   }
 };
@@ -219,15 +223,18 @@ __global__ void __launch_bounds__(128, kD <= 128 ? 2 : 1) kv_attention_kernel(co
   constexpr int kSN = kKW / 2;          // S values a thread holds (16 rows x kKW keys)
   constexpr int kON = kD / 2;           // O values a thread holds (16 rows x kD)
 
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  extern __shared__ __align__(128) unsigned char smem_raw[];
   T* sQ = reinterpret_cast<T*>(smem_raw);
-  T* sK = sQ + kBlockM * kLd;              // K_j in sK + (j % kStages) kBlockN kLd
-  T* sV = sK + kStages * kBlockN * kLd;    // V_j likewise
-  float* sStat = reinterpret_cast<float*>(sV + kStages * kBlockN * kLd);  // [kWarpsN][kBlockM][max, sum]
+  // Q rows padded (kLd), K / V tiles SwizzledRows<kD> (kD a row), each
+  // 128-byte aligned as their swizzle needs.
+  static_assert(kBlockM * kLd * sizeof(T) % 128 == 0 && kBlockN * kD * sizeof(T) % 128 == 0, "K / V tile alignment");
+  T* sK = sQ + kBlockM * kLd;              // K_j in sK + (j % kStages) kBlockN kD
+  T* sV = sK + kStages * kBlockN * kD;     // V_j likewise
+  float* sStat = reinterpret_cast<float*>(sV + kStages * kBlockN * kD);  // [kWarpsN][kBlockM][max, sum]
   // After the sweep the K / V buffers hold each warp's scaled O rows.
   float* sO = reinterpret_cast<float*>(sK);  // [kWarpsN][kBlockM][kD]
   static_assert(kStages >= 2, "one tile computed on while the next lands");
-  static_assert(kWarpsN * kBlockM * kD * 4 <= 2 * kStages * kBlockN * kLd * static_cast<int>(sizeof(T)),
+  static_assert(kWarpsN * kBlockM * kD * 4 <= 2 * kStages * kBlockN * kD * static_cast<int>(sizeof(T)),
                 "the O merge buffer fits in the K / V buffers");
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -260,7 +267,7 @@ __global__ void __launch_bounds__(128, kD <= 128 ? 2 : 1) kv_attention_kernel(co
   KvTileLoader<T, kD, kBlockN, kThreads> loader(p, b, h, len0, k_end, tid);
   auto issue_tile = [&](int t) {
     const int buf = t % kStages;
-    loader.issue(k_begin + t * kBlockN, sK + buf * kBlockN * kLd, sV + buf * kBlockN * kLd);
+    loader.issue(k_begin + t * kBlockN, sK + buf * kBlockN * kD, sV + buf * kBlockN * kD);
     loader.fetch_pages(k_begin + (t + 1) * kBlockN);
   };
 
@@ -301,6 +308,8 @@ __global__ void __launch_bounds__(128, kD <= 128 ? 2 : 1) kv_attention_kernel(co
       ptx::cp_async_commit();
     }
   }
+  const SwizzledB<kD, T, false> k_reader(lane);
+  const SwizzledB<kD, T, true> v_reader(lane);
   std::uint32_t qf[kQInRegs ? kD / 16 : 1][4];
   const T* sQw = sQ + wm * 16 * kLd;  // this warp's 16 rows
 
@@ -315,8 +324,10 @@ __global__ void __launch_bounds__(128, kD <= 128 ? 2 : 1) kv_attention_kernel(co
     if (step + kStages - 1 < n_tiles) issue_tile(step + kStages - 1);
     ptx::cp_async_commit();
     const int buf = step % kStages;
-    const T* sKj = sK + buf * kBlockN * kLd + wn * kKW * kLd;
-    const T* sVj = sV + buf * kBlockN * kLd + wn * kKW * kLd;
+    // This warp's keys: rows wn kKW.. of the tile (a multiple of 8, so the
+    // swizzle's row phase is the tile's).
+    const std::uint32_t sKj = ptx::smem_addr(sK + buf * kBlockN * kD + wn * kKW * kD);
+    const std::uint32_t sVj = ptx::smem_addr(sV + buf * kBlockN * kD + wn * kKW * kD);
     if constexpr (kQInRegs) {
       if (step == 0) {
 #pragma unroll
@@ -340,7 +351,7 @@ __global__ void __launch_bounds__(128, kD <= 128 ? 2 : 1) kv_attention_kernel(co
 #pragma unroll
       for (int j = 0; j < kKW / 16; ++j) {
         std::uint32_t bk[4];
-        lds_b(bk, sKj + j * 16 * kLd + kk * 16, kLd, lane);
+        lds_b_swz<kD>(bk, sKj, k_reader, j * 16, kk * 16);
         ptx::mma_16816<T>(*reinterpret_cast<float(*)[4]>(&s[8 * j]), a, bk[0], bk[1]);
         ptx::mma_16816<T>(*reinterpret_cast<float(*)[4]>(&s[8 * j + 4]), a, bk[2], bk[3]);
       }
@@ -362,7 +373,7 @@ __global__ void __launch_bounds__(128, kD <= 128 ? 2 : 1) kv_attention_kernel(co
 #pragma unroll
       for (int j = 0; j < kD / 16; ++j) {
         std::uint32_t bv[4];
-        lds_b_trans(bv, sVj + kk * 16 * kLd + j * 16, kLd, lane);
+        lds_b_trans_swz<kD>(bv, sVj, v_reader, kk * 16, j * 16);
         ptx::mma_16816<T>(*reinterpret_cast<float(*)[4]>(&o[8 * j]), pa[kk], bv[0], bv[1]);
         ptx::mma_16816<T>(*reinterpret_cast<float(*)[4]>(&o[8 * j + 4]), pa[kk], bv[2], bv[3]);
       }
@@ -542,7 +553,7 @@ struct KvForm {
   static constexpr int kBlockN = kDecode ? 64 : kv_tile(kD).block_n;
   static constexpr int kStages = kDecode ? kv_tile(kD).decode_stages : 2;
   static constexpr int kBlockM = 16 * (4 / kWarpsN);
-  static constexpr int kSmem = (kBlockM + 2 * kStages * kBlockN) * (kD + kPad) * static_cast<int>(sizeof(T)) +
+  static constexpr int kSmem = (kBlockM * (kD + kPad) + 2 * kStages * kBlockN * kD) * static_cast<int>(sizeof(T)) +
                                kWarpsN * kBlockM * 2 * static_cast<int>(sizeof(float));
   static auto kernel() { return kv_attention_kernel<T, kD, kBlockN, kWarpsN, kStages>; }
 };

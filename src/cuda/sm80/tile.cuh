@@ -77,6 +77,71 @@ __device__ __forceinline__ void lds_b_trans(std::uint32_t (&b)[4], const T* s, i
   ptx::ldmatrix_x4_trans(b, ptx::smem_addr(s + row * ld + col));
 }
 
+// ---- unpadded tiles with XOR-swizzled 16-byte chunks ----
+// Rows of kCols elements, chunk c of row r stored at chunk c ^ (r % 8).
+// A row stays one run of whole 16-byte chunks, so the cp.async copies of a
+// global row stay whole L2 lines (a padded pitch splits them: the KV-cache
+// kernel made 2.6x cuDNN's L2 read requests with it, ncu), and the 8 rows
+// of one ldmatrix phase (one logical chunk, 8 consecutive rows from a
+// multiple of 8) still fall in 8 distinct 16-byte bank groups of a 128-byte
+// window. A tile starts 128-byte aligned; kCols * sizeof(T) is a multiple
+// of 128.
+template <int kCols>
+struct SwizzledRows {
+  static_assert(kCols % 64 == 0, "at least 8 chunks of 8 elements a row");
+  // Element offset of chunk `chunk` (8 elements) of row `row`.
+  static constexpr __host__ __device__ int offset(int row, int chunk) {
+    return row * kCols + ((chunk ^ (row & 7)) << 3);
+  }
+  // The element lane `lane` hands ldmatrix.x4 for B of two n8 tiles: stored
+  // [n][k] (b_lane, as lds_b) at rows n0, columns k0, or stored [k][n]
+  // (b_trans_lane, as lds_b_trans) at rows k0, columns n0; n0, k0 multiples
+  // of 8. Lanes 8m..8m+7 address the 8 rows of matrix m.
+  static constexpr __host__ __device__ int b_lane(int n0, int k0, int lane) {
+    return offset(n0 + (lane & 7) + (lane >> 4) * 8, k0 / 8 + ((lane >> 3) & 1));
+  }
+  static constexpr __host__ __device__ int b_trans_lane(int k0, int n0, int lane) {
+    return offset(k0 + (lane & 7) + ((lane >> 3) & 1) * 8, n0 / 8 + (lane >> 4));
+  }
+};
+// Lane `lane`'s ldmatrix.x4 addresses for B fragments of a SwizzledRows<kCols>
+// tile of 16-bit T, stored [n][k] (kTrans false: b_lane) or [k][n] (kTrans
+// true: b_trans_lane). The tile starts 128-byte aligned and its rows are
+// multiples of 128 bytes, so for a row block from a multiple of 8 and a
+// column block from a multiple of 16 the address of the block's chunk pair
+// c (of the four in a 128-byte window) is the lane's address for pair 0
+// with bits 5-6 XORed with c, plus a constant for the row block and the
+// window. Each ldmatrix then costs at most one LOP3 on one register and a
+// compile-time immediate, as a padded tile's would; computing b_lane in the
+// loop, or keeping one register per pair, made ptxas rebuild the lane terms
+// every tile (ncu: 14% more instructions).
+template <int kCols, class T, bool kTrans>
+struct SwizzledB {
+  static_assert(sizeof(T) == 2, "8-element chunks of 16 bytes");
+  std::uint32_t lane0;  // bytes: the lane's row and chunk for rows 0.., columns 0..
+  __host__ __device__ explicit SwizzledB(int lane)
+      : lane0(static_cast<std::uint32_t>(
+            2 * (kTrans ? SwizzledRows<kCols>::b_trans_lane(0, 0, lane) : SwizzledRows<kCols>::b_lane(0, 0, lane)))) {}
+  // Shared address of the lane's element for rows from row0 (a multiple of
+  // 8), columns from col0 (a multiple of 16), in the tile at `tile` (128-byte
+  // aligned). row0 and col0 are constants in unrolled loops.
+  __host__ __device__ std::uint32_t at(std::uint32_t tile, int row0, int col0) const {
+    return ((tile + lane0) ^ static_cast<std::uint32_t>(((col0 / 16) % 4) << 5)) +
+           static_cast<std::uint32_t>(2 * (row0 * kCols + (col0 / 64) * 64));
+  }
+};
+// B of two n8 tiles from a SwizzledRows tile at shared address `tile`.
+template <int kCols, class T>
+__device__ __forceinline__ void lds_b_swz(std::uint32_t (&b)[4], std::uint32_t tile, const SwizzledB<kCols, T, false>& rd,
+                                          int n0, int k0) {
+  ptx::ldmatrix_x4(b, rd.at(tile, n0, k0));
+}
+template <int kCols, class T>
+__device__ __forceinline__ void lds_b_trans_swz(std::uint32_t (&b)[4], std::uint32_t tile,
+                                                const SwizzledB<kCols, T, true>& rd, int k0, int n0) {
+  ptx::ldmatrix_x4_trans(b, rd.at(tile, k0, n0));
+}
+
 // acc[kMT][kN/8][4] (16 kMT x kN) += A (16 kMT x kK) * B (kK x kN); A and B
 // from shared memory, A [m][k] (or [k][m] when kATrans), B [n][k] (or
 // [k][n] when kBTrans). Each B fragment feeds kMT mma's: the larger the
