@@ -455,7 +455,10 @@ TEST_F(KvCacheGpu, ContiguousBatchIdx) {
 }
 
 TEST_F(KvCacheGpu, PagedPageSizes) {
-  for (std::int64_t page : {16, 64, 256})
+  // 48 and 208: multiples of 16 that are no powers of two (the kernel steps
+  // through pages by addition, not by shifts); three splits start a split
+  // in the middle of a page.
+  for (std::int64_t page : {16, 48, 64, 208, 256})
     for (std::int64_t sq : {1, 4}) {
       KvCase c;
       c.page = page;
@@ -466,9 +469,27 @@ TEST_F(KvCacheGpu, PagedPageSizes) {
       c.causal = sq > 1;
       c.lens = {0, 1, static_cast<std::int32_t>(page - 2), static_cast<std::int32_t>(page),
                 static_cast<std::int32_t>(2 * page - 3), static_cast<std::int32_t>(3 * page + 3)};
-      c.splits = {1, 2, 0};
+      c.splits = {1, 2, 3, 0};
       check_kv(c);
     }
+}
+
+// A thread's rows of a tile are 16 (d 64), 8 (d 128) or 4 (d 256) apart:
+// every head_dim walks a page of 48 rows its own way.
+TEST_F(KvCacheGpu, PagedOddPageEveryHeadDim) {
+  for (std::int64_t d : {64, 128, 256}) {
+    KvCase c;
+    c.d = d;
+    c.page = 48;
+    c.capacity = 500;
+    c.batch = 4;
+    c.hq = 8;
+    c.hk = 2;
+    c.n = 3;
+    c.lens = {47, 95, 200, 461};
+    c.splits = {1, 3};
+    check_kv(c);
+  }
 }
 
 TEST_F(KvCacheGpu, PagedDeviceOnlyIndices) {
