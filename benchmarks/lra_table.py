@@ -3,13 +3,19 @@
   python benchmarks/lra_table.py RUN_DIR [RUN_DIR ...] --out docs/results/lra/<date>-<gpu>-<commit>
 
 Reads every probe-<task>-<attention>.jsonl / .out and
-run-<task>-<attention>.jsonl / .out in the folders given and writes
+run-<task>-<attention>.jsonl / .out in the folders given, and the pieces
+of long runs (long-<task>-<attention>.jsonl, one a call; give the folders
+in the order the pieces ran), and writes
 lra.md: the throughput probes (median step time and tokens/s of the logged
 intervals after the first, which holds start-up; peak memory; "out of
 memory" where the .out says so) with the speed-up over standard attention,
 and the training runs (steps done, accuracy at each evaluation, the last
-accuracy, median step time, speed-up). With matplotlib: lra-<task>.png,
-accuracy and loss against step for each attention.
+accuracy, median step time, speed-up). A long run's pieces are joined: each
+piece resumes at its checkpoint's step (the log's start_step), and what an
+earlier piece logged past that step (trained again by the next piece) is
+dropped. With matplotlib: lra-<task>.png (training runs) and
+lra-long-<task>.png (long runs), accuracy and loss against step for each
+attention.
 """
 import argparse
 import glob
@@ -43,6 +49,35 @@ def collect(dirs, kind):
             _, task, att = name.split("-", 2)
             runs[(task, att)] = os.path.join(d, name)
     return runs
+
+
+def collect_pieces(dirs):
+    """(task, attention) -> the long run's piece paths (no extension), in
+    the order of dirs."""
+    runs = {}
+    for d in dirs:
+        for path in sorted(glob.glob(os.path.join(d, "long-*.jsonl"))):
+            name = os.path.basename(path).rsplit(".", 1)[0]
+            _, task, att = name.split("-", 2)
+            runs.setdefault((task, att), []).append(os.path.join(d, name))
+    return runs
+
+
+def join_pieces(bases):
+    """(first config, train records, eval records, pieces) of a run logged
+    in pieces: a piece that starts at step s replaces what the earlier ones
+    logged after s."""
+    cfg0, train, evals, pieces = None, [], [], 0
+    for base in bases:
+        cfg, t, e = train_log.load(base + ".jsonl")
+        if cfg is None:
+            continue
+        s0 = cfg.get("start_step", 0)
+        train = [r for r in train if r["step"] <= s0] + t
+        evals = [r for r in evals if r["step"] <= s0] + e
+        cfg0 = cfg0 or cfg
+        pieces += 1
+    return cfg0, train, evals, pieces
 
 
 def key(item):
@@ -108,6 +143,29 @@ def main(argv=None):
                          f"{ratio} | {accs} | {last} |")
         lines.append("")
 
+    longs = collect_pieces(args.dirs)
+    long_curves = {}
+    if longs:
+        lines += ["## Long runs (in pieces, one a call)", "",
+                  "| task | attention | pieces | steps | ms / step | accuracy at evaluations (step: accuracy) | "
+                  "last accuracy | best |",
+                  "| --- | --- | ---: | ---: | ---: | --- | ---: | ---: |"]
+        for (task, att), bases in sorted(longs.items(), key=key):
+            cfg, train, evals, pieces = join_pieces(bases)
+            if not train:
+                lines.append(f"| {TASK_NAMES.get(task, task)} | {att} | {len(bases)} | no steps logged | | | | |")
+                continue
+            long_curves.setdefault(task, {})[att] = (train, evals)
+            ms = statistics.median(t["step_ms"] for t in train_log.steady(train))
+            total = cfg["config"]["steps"]
+            accs = [e for e in evals if "accuracy" in e]
+            at_evals = ", ".join(f"{e['step']}: {e['accuracy']:.3f}" for e in accs)
+            last = f"{accs[-1]['accuracy']:.3f}" if accs else ""
+            best = f"{max(e['accuracy'] for e in accs):.3f}" if accs else ""
+            lines.append(f"| {TASK_NAMES.get(task, task)} | {att} | {pieces} | {train[-1]['step']} of {total} | "
+                         f"{ms:.1f} | {at_evals} | {last} | {best} |")
+        lines.append("")
+
     with open(os.path.join(args.out, "lra.md"), "w") as f:
         f.write("\n".join(lines))
     print("\n".join(lines))
@@ -119,7 +177,9 @@ def main(argv=None):
     except ImportError:
         print("lra_table: no matplotlib, no plots")
         return 0
-    for task, by_att in curves.items():
+    plots = [(f"lra-{task}.png", task, by_att) for task, by_att in curves.items()]
+    plots += [(f"lra-long-{task}.png", task, by_att) for task, by_att in long_curves.items()]
+    for file_name, task, by_att in plots:
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
         for att in sorted(by_att, key=lambda a: ATT_ORDER.index(a) if a in ATT_ORDER else 99):
             train, evals = by_att[att]
@@ -137,7 +197,7 @@ def main(argv=None):
         a2.grid(alpha=0.3)
         fig.suptitle(TASK_NAMES.get(task, task))
         fig.tight_layout()
-        fig.savefig(os.path.join(args.out, f"lra-{task}.png"), dpi=110)
+        fig.savefig(os.path.join(args.out, file_name), dpi=110)
         plt.close(fig)
     return 0
 
