@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <set>
+#include <type_traits>
 
 #include "cuda/sm80/tile.cuh"
 
@@ -91,22 +92,26 @@ TEST(SwizzledRows, EveryChunkHasItsOwnSlotInItsRow) {
   check_layout<256>();
 }
 
+// f(kCols, kTrans) (as integral constants) for every row width the kernels
+// use (head_dim 64, 128, 256), tiles stored [n][k] and [k][n].
+template <class F, class Trans>
+void for_each_width(F& f, Trans trans) {
+  f(std::integral_constant<int, 64>{}, trans);
+  f(std::integral_constant<int, 128>{}, trans);
+  f(std::integral_constant<int, 256>{}, trans);
+}
+template <class F>
+void for_each_tile(F&& f) {
+  for_each_width(f, std::false_type{});
+  for_each_width(f, std::true_type{});
+}
+
 TEST(SwizzledRows, FragmentLanesAddressTheMmaOperand) {
-  check_fragments<64, false>();
-  check_fragments<128, false>();
-  check_fragments<256, false>();
-  check_fragments<64, true>();
-  check_fragments<128, true>();
-  check_fragments<256, true>();
+  for_each_tile([](auto cols, auto trans) { check_fragments<decltype(cols)::value, decltype(trans)::value>(); });
 }
 
 TEST(SwizzledRows, ReaderMatchesTheLaneAddresses) {
-  check_reader<64, false>();
-  check_reader<128, false>();
-  check_reader<256, false>();
-  check_reader<64, true>();
-  check_reader<128, true>();
-  check_reader<256, true>();
+  for_each_tile([](auto cols, auto trans) { check_reader<decltype(cols)::value, decltype(trans)::value>(); });
 }
 
 }  // namespace
