@@ -82,7 +82,16 @@ def join_pieces(bases):
 
 def key(item):
     (task, att), _ = item
-    return (TASK_ORDER.index(task) if task in TASK_ORDER else 99, ATT_ORDER.index(att) if att in ATT_ORDER else 99)
+    base, _, variant = att.partition("+")
+    return (TASK_ORDER.index(task) if task in TASK_ORDER else 99, variant,
+            ATT_ORDER.index(base) if base in ATT_ORDER else 99)
+
+
+def variant_of(att):
+    """A run's recipe variant (scripts/gpu-lra names a run "ATTENTION+VARIANT"):
+    its speed-up is over standard attention on the same variant."""
+    base, _, variant = att.partition("+")
+    return base, variant
 
 
 def median_steady(train, field):
@@ -133,9 +142,10 @@ def main(argv=None):
                 continue
             curves.setdefault(task, {})[att] = (train, evals)
             ms = median_steady(train, "step_ms")
-            if att == "standard":
-                std_ms[task] = ms
-            ratio = f"{std_ms[task] / ms:.2f}x" if task in std_ms else "no standard run"
+            base, variant = variant_of(att)
+            if base == "standard":
+                std_ms[task, variant] = ms
+            ratio = f"{std_ms[task, variant] / ms:.2f}x" if (task, variant) in std_ms else "no standard run"
             total = cfg["config"]["steps"] if cfg else "?"
             accs = ", ".join(f"{e['step']}: {e['accuracy']:.3f}" for e in evals if "accuracy" in e)
             last = f"{evals[-1]['accuracy']:.3f}" if evals and "accuracy" in evals[-1] else ""
