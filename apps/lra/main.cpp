@@ -5,7 +5,9 @@
 //   fa-lra gen pathfinder --size 32|64|128|256 --split S --seed N [--count N]
 //                         [--threads T] --out FILE [--png DIR --png-count K]
 //   fa-lra info FILE
+//   fa-lra audit --size N [--count N] [--split S] [--seed N] [--threads T]
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -18,6 +20,7 @@
 #include "listops.h"
 #include "lra_format.h"
 #include "pathfinder.h"
+#include "pathfinder_audit.h"
 #include "png.h"
 
 namespace {
@@ -30,11 +33,16 @@ const char* kUsage =
     "usage: fa-lra gen listops|pathfinder [--size N] [--count N] [--split train|val|test] [--seed S]\n"
     "                  [--threads T] --out FILE [--png DIR] [--png-count K] [--quiet]\n"
     "       fa-lra info FILE\n"
+    "       fa-lra audit --size N [--count N] [--split S] [--seed S] [--threads T]\n"
     "  --size       pathfinder image side: 32, 64, 128 (Path-X) or 256 (Path-256)\n"
     "  --count      examples (default: LRA's split sizes; listops 96000/2000/2000,\n"
     "               pathfinder 160000/20000/20000)\n"
     "  --threads    worker threads (default: all cores); the output does not depend on it\n"
-    "  --png DIR    also write the first --png-count (default 16) images as PNG (pathfinder)\n";
+    "  --png DIR    also write the first --png-count (default 16) images as PNG (pathfinder)\n"
+    "  audit        how well cues that need no contour tracing (the markers' distance,\n"
+    "               ink on the straight line between them) guess pathfinder labels:\n"
+    "               each cue's binned majority rule, fitted on the first half of --count\n"
+    "               (default 20000) images and scored on the second\n";
 
 // A progress bar on stderr, redrawn at most 10 times a second.
 class ProgressBar {
@@ -199,14 +207,59 @@ int info(int argc, char** argv) {
   return 0;
 }
 
+int audit(int argc, char** argv) {
+  int size = 0;
+  uint64_t count = 20000, seed = 0;
+  lra::Split split = lra::Split::val;
+  int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  for (int k = 2; k < argc; ++k) {
+    const std::string flag = argv[k];
+    auto value = [&]() -> std::string {
+      if (k + 1 >= argc) throw UsageError(flag + ": missing value");
+      return argv[++k];
+    };
+    if (flag == "--size") size = static_cast<int>(parse_u64(flag, value()));
+    else if (flag == "--count") count = parse_u64(flag, value());
+    else if (flag == "--seed") seed = parse_u64(flag, value());
+    else if (flag == "--split") {
+      try {
+        split = lra::parse_split(value());
+      } catch (const std::invalid_argument& e) {
+        throw UsageError("--split: " + std::string(e.what()));
+      }
+    } else if (flag == "--threads") {
+      threads = static_cast<int>(parse_u64(flag, value()));
+      if (threads < 1 || threads > 1024) throw UsageError("--threads: expected 1 to 1024");
+    } else throw UsageError(flag + ": unknown flag");
+  }
+  if (count < 2) throw UsageError("--count: expected at least 2 (half fits the rules, half scores them)");
+  lra::PathfinderParams p;
+  try {
+    p = lra::pathfinder_params(size);
+  } catch (const std::invalid_argument& e) {
+    throw UsageError(std::string("--size: ") + e.what());
+  }
+  const lra::PathfinderAudit a = lra::audit_pathfinder(p, seed, split, count, threads);
+  const auto& scores = a.cues;
+  std::printf("pathfinder %d %s seed %llu: rules fitted on %llu images, scored on %llu (chance 0.5, one standard "
+              "error %.4f)\n",
+              size, lra::split_name(split), static_cast<unsigned long long>(seed),
+              static_cast<unsigned long long>(count / 2), static_cast<unsigned long long>(scores[0].scored),
+              0.5 / std::sqrt(double(scores[0].scored)));
+  for (const auto& s : scores) std::printf("  %-26s %.4f\n", s.name.c_str(), s.accuracy);
+  std::printf("  contours an image %.2f (targets included), ink %.1f%% of the pixels\n", a.contours, 100 * a.ink);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   try {
-    if (argc < 2) throw UsageError("expected a command: gen or info");
+    if (argc < 2) throw UsageError("expected a command: gen, info or audit");
     const std::string cmd = argv[1];
     if (cmd == "gen") return gen(argc, argv);
     if (cmd == "info") return info(argc, argv);
+    if (cmd == "audit") return audit(argc, argv);
     if (cmd == "-h" || cmd == "--help") {
       std::fputs(kUsage, stdout);
       return 0;

@@ -19,7 +19,7 @@ PathfinderParams pathfinder_params(int size) {
   // docs/lra.md has the table and the reasons.
   PathfinderParams p;
   p.size = size;
-  p.max_turn_deg = 30;
+  p.max_turn_deg = 45;
   switch (size) {
     case 32:
       p.segment_length = 3; p.line_radius = 0.5; p.marker_radius = 1.5;
@@ -58,18 +58,19 @@ class Canvas {
 
   void clear() { std::fill(owner_.begin(), owner_.end(), 0); }
 
-  // Grows contour `id` of `segments` segments; `mark_start` / `mark_end`
-  // add a marker disc at that end. Returns false when no placement was
-  // found; the canvas is then as before.
+  // Grows contour `id` of `segments` segments from a random start, or from
+  // `start` (a pixel centre) when given; `mark_start` / `mark_end` add a
+  // marker disc at that end. Returns false when no placement was found;
+  // the canvas is then as before.
   bool grow(Rng& rng, uint8_t id, int segments, bool mark_start, bool mark_end, double& sx, double& sy, double& ex,
-            double& ey, int tries) {
+            double& ey, int tries, const int* start = nullptr) {
     const double max_turn = p_.max_turn_deg * std::numbers::pi / 180.0;
     for (int t = 0; t < tries; ++t) {
       added_.clear();
       // Contours start on a pixel centre and markers are centred on one,
       // so a marker disc is symmetric about its pixel.
-      double x = std::round(margin_ + rng.uniform() * (n_ - 1 - 2 * margin_));
-      double y = std::round(margin_ + rng.uniform() * (n_ - 1 - 2 * margin_));
+      double x = start ? start[0] : std::round(margin_ + rng.uniform() * (n_ - 1 - 2 * margin_));
+      double y = start ? start[1] : std::round(margin_ + rng.uniform() * (n_ - 1 - 2 * margin_));
       double dir = rng.uniform() * 2 * std::numbers::pi;
       sx = x;
       sy = y;
@@ -100,6 +101,12 @@ class Canvas {
       for (size_t k : added_) owner_[k] = 0;
     }
     return false;
+  }
+
+  // Whether a marker centred at (x, y) keeps inside the margin that every
+  // contour point keeps.
+  bool inside(double x, double y) const {
+    return x >= margin_ && y >= margin_ && x <= n_ - 1 - margin_ && y <= n_ - 1 - margin_;
   }
 
   void render(std::vector<uint8_t>& pixels) const {
@@ -168,10 +175,37 @@ void pathfinder_image(const PathfinderParams& p, Rng& rng, int label, Pathfinder
     if (attempt == 1000) throw std::runtime_error("pathfinder: no image could be placed (size " + std::to_string(p.size) + ")");
     canvas.clear();
     double ax0, ay0, ax1, ay1, bx0, by0, bx1, by1;
-    // Target A, with a marker at its end (and its start when positive);
-    // target B, with a marker at its end when negative.
-    if (!canvas.grow(rng, 1, p.contour_segments, label == 1, true, ax0, ay0, ax1, ay1, 20)) continue;
-    if (!canvas.grow(rng, 2, p.contour_segments, false, label == 0, bx0, by0, bx1, by1, 20)) continue;
+    if (label == 1) {
+      // Target A with a marker at each end; target B unmarked.
+      if (!canvas.grow(rng, 1, p.contour_segments, true, true, ax0, ay0, ax1, ay1, 20)) continue;
+      if (!canvas.grow(rng, 2, p.contour_segments, false, false, bx0, by0, bx1, by1, 20)) continue;
+    } else {
+      // Target A with a marker at its end; target B grown from a marker
+      // placed where the far marker of a positive would be. The two ends
+      // of one smooth contour lie about its length apart, far more
+      // narrowly than the ends of two independent contours: left free,
+      // the markers' distance alone tells most labels. So a phantom
+      // positive's target (grown alone on the empty canvas, as a
+      // positive's A is, then erased) gives the offset between the
+      // markers, turned by one of the square's 8 symmetries (distances
+      // unchanged) so that B's marker fits inside: the distance has the
+      // positives' distribution exactly.
+      double px0, py0, px1, py1;
+      if (!canvas.grow(rng, 1, p.contour_segments, true, true, px0, py0, px1, py1, 20)) continue;
+      canvas.clear();
+      const int dx = static_cast<int>(std::lround(px1 - px0)), dy = static_cast<int>(std::lround(py1 - py0));
+      if (!canvas.grow(rng, 1, p.contour_segments, false, true, ax0, ay0, ax1, ay1, 20)) continue;
+      bool placed = false;
+      const int first = static_cast<int>(rng.uniform() * 8);
+      for (int k = 0; k < 8 && !placed; ++k) {
+        const int sym = (first + k) % 8;
+        const int u = sym & 1 ? -dx : dx, v = sym & 2 ? -dy : dy;
+        const int start[2] = {static_cast<int>(ax1) + (sym & 4 ? v : u), static_cast<int>(ay1) + (sym & 4 ? u : v)};
+        if (!canvas.inside(start[0], start[1])) continue;
+        placed = canvas.grow(rng, 2, p.contour_segments, true, false, bx0, by0, bx1, by1, 20, start);
+      }
+      if (!placed) continue;
+    }
     int contours = 2;
     for (int d = 0; d < p.distractors; ++d) {
       double s0, s1, e0, e1;
@@ -181,8 +215,9 @@ void pathfinder_image(const PathfinderParams& p, Rng& rng, int label, Pathfinder
     canvas.render(out.pixels);
     out.label = label;
     out.contours = contours;
+    // Positive: A's two ends; negative: A's end and B's start.
     const double mx0 = label == 1 ? ax0 : ax1, my0 = label == 1 ? ay0 : ay1;
-    const double mx1 = label == 1 ? ax1 : bx1, my1 = label == 1 ? ay1 : by1;
+    const double mx1 = label == 1 ? ax1 : bx0, my1 = label == 1 ? ay1 : by0;
     out.marker_x[0] = static_cast<int>(std::lround(mx0));
     out.marker_y[0] = static_cast<int>(std::lround(my0));
     out.marker_x[1] = static_cast<int>(std::lround(mx1));

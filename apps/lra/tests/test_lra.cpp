@@ -20,6 +20,7 @@
 #include "listops.h"
 #include "lra_format.h"
 #include "pathfinder.h"
+#include "pathfinder_audit.h"
 #include "png.h"
 
 namespace {
@@ -281,6 +282,56 @@ TEST(Pathfinder, SameOutputForAnyThreadCount) {
   const std::vector<uint8_t> one = run(1, 4);
   EXPECT_EQ(one, run(3, 4));
   EXPECT_NE(one, run(2, 5));
+}
+
+// The markers' distance must not tell the label: the ends of one smooth
+// contour lie about its length apart, the ends of two contours anywhere,
+// and a generator that leaves that free lets a distance rule score about
+// 0.9 with no tracing at all. Bound: chance plus 4 standard errors.
+void check_no_distance_cue(int size, uint64_t count) {
+  const lra::PathfinderParams p = lra::pathfinder_params(size);
+  const lra::PathfinderAudit a = lra::audit_pathfinder(p, 3, lra::Split::test, count, 2);
+  const double se = 0.5 / std::sqrt(double(a.cues[0].scored));
+  EXPECT_EQ(a.cues[0].name, "marker distance");
+  EXPECT_LT(a.cues[0].accuracy, 0.5 + 4 * se) << "size " << size;
+  // Ink along the straight segment between the markers is a weaker cue
+  // that smooth contours keep (docs/lra.md has the measured values); a
+  // bound above them catches a generator that makes contours straighter.
+  EXPECT_EQ(a.cues[2].name, "both");
+  EXPECT_LT(a.cues[2].accuracy, 0.72) << "size " << size;
+}
+
+TEST(PathfinderAudit, NoDistanceCue32) { check_no_distance_cue(32, 4000); }
+TEST(PathfinderAudit, NoDistanceCue64) { check_no_distance_cue(64, 2000); }
+TEST(PathfinderAudit, NoDistanceCue128) { check_no_distance_cue(128, 600); }
+
+TEST(PathfinderAudit, TheRuleFindsAPlantedCue) {
+  // A bin that is the label is read perfectly; bins unrelated to the label
+  // score near chance.
+  std::vector<std::pair<int64_t, int>> planted, unrelated;
+  lra::Rng rng(7);
+  for (int i = 0; i < 4000; ++i) {
+    const int label = rng.uniform() < 0.5;
+    planted.push_back({label ? 11 : 4, label});
+    unrelated.push_back({static_cast<int64_t>(rng.uniform() * 20), label});
+  }
+  EXPECT_EQ(lra::binned_rule_accuracy(planted), 1.0);
+  EXPECT_NEAR(lra::binned_rule_accuracy(unrelated), 0.5, 0.05);
+}
+
+TEST(PathfinderAudit, CuesOfAHandMadeImage) {
+  const lra::PathfinderParams p = lra::pathfinder_params(32);
+  lra::PathfinderImage img;
+  img.pixels.assign(32 * 32, 0);
+  img.marker_x[0] = 4, img.marker_y[0] = 10, img.marker_x[1] = 24, img.marker_y[1] = 10;
+  EXPECT_DOUBLE_EQ(lra::marker_distance(img), 20.0);
+  EXPECT_DOUBLE_EQ(lra::straight_line_ink(p, img), 0.0);
+  for (int x = 4; x <= 24; ++x) img.pixels[10 * 32 + x] = 255;  // a straight contour joins them
+  EXPECT_DOUBLE_EQ(lra::straight_line_ink(p, img), 1.0);
+  for (int x = 12; x <= 16; ++x) img.pixels[10 * 32 + x] = 0;   // a gap of 5 pixels in the middle
+  const double f = lra::straight_line_ink(p, img);
+  EXPECT_GT(f, 0.5);
+  EXPECT_LT(f, 1.0);
 }
 
 TEST(Pathfinder, UnsupportedSizeIsAnError) { EXPECT_THROW(lra::pathfinder_params(100), std::invalid_argument); }
