@@ -193,6 +193,10 @@ struct Params {
   std::uint8_t* vt = nullptr;
   std::int64_t vt_len = 0;
 
+  // Hopper forward: 1 when the CTAs take query tiles in pairs
+  // (sm90/scheduler.h), set at the launch.
+  int tile_pairs = 0;
+
   __host__ __device__ bool is_varlen() const { return cu_q != nullptr; }
   __host__ __device__ bool is_sparse() const { return bm_count != nullptr; }
 };

@@ -76,12 +76,14 @@ constexpr TileConfig sm80_tiles(int head_dim) { return table_row<kSm80Tiles>(hea
 // thread, O 32 or 64); d = 256 takes 64 keys because O alone is 128
 // registers a thread. Shared memory: Q 128 d + 2 stages x (K + V) block_n d,
 // 16-bit: 80 KB (d 64), 160 KB (d 128), 192 KB (d 256), one CTA an SM.
-// persistent: on problems without a mask (every query tile the same length)
-// the grid is one CTA an SM, each looping over query tiles, so that the
-// next tile's Q, K and V load under this one's last steps and epilogue;
-// that needs a separate O staging buffer (128 d, 16-bit: 16 / 32 KB), which
-// d = 256 has no room for. Masked problems keep one CTA a tile: the block
-// scheduler balances their unequal lengths.
+// persistent: on dense problems of fixed length the grid is one CTA an SM,
+// each looping over query tiles (every gridDim.x-th tile without a mask;
+// under a causal or window mask every gridDim.x-th pair of a head's
+// longest and shortest remaining tiles, which cost alike: sm90/scheduler.h),
+// so that the next tile's Q, K and V load under this one's last steps and
+// epilogue; that needs a separate O staging buffer (128 d, 16-bit: 16 /
+// 32 KB), which d = 256 has no room for. Varlen and block-sparse problems
+// keep one CTA a tile: the block scheduler balances their unequal lengths.
 // fma_exp2: one 8-column group of S in fma_exp2 takes its exp2 on the FMA
 // pipes instead of the MUFU unit (tile::exp2_fma; 0: none). A step's
 // products take as long as its 64 x block_n exp2s on the MUFU unit (16 a

@@ -729,6 +729,48 @@ TEST_F(Sm90Gpu, PersistentTilesInARow) {
     }
 }
 
+// Masked problems take the persistent launch with query tiles in pairs
+// (sm90/scheduler.h): a head's longest tile with its shortest. 288 tiles
+// (3 x 32 heads x 3) in 144 pairs over the SMs, pairs straddling two heads
+// (3 tiles a head), tiles of 1 to 3 key tiles under a causal mask, tiles
+// with no visible key (causal with more queries than keys: the first rows
+// see none), a window, an odd count of tiles (3 x 5 heads x 3: the last
+// pair has one tile), MQA, dropout with the backward.
+TEST_F(Sm90Gpu, PairedTilesOfMaskedProblems) {
+  for (DType t : kDTypes)
+    for (std::int64_t d : {64, 128}) {
+      Case c;
+      c.dtype = t;
+      c.d = d;
+      c.batch = 3;
+      c.hq = 32;
+      c.hk = 8;
+      c.sq = c.sk = 300;
+      c.causal = true;
+      c.backward = false;
+      check_case(c);
+      c.sq = 420;
+      c.sk = 150;
+      check_case(c);
+      c.causal = false;
+      c.sq = c.sk = 333;
+      c.window_left = 70;
+      c.window_right = 10;
+      check_case(c);
+      c.window_left = c.window_right = -1;
+      c.causal = true;
+      c.hq = 5;
+      c.hk = 1;
+      c.sq = c.sk = 300;
+      check_case(c);
+      c.hq = 32;
+      c.hk = 8;
+      c.dropout_p = 0.2f;
+      c.backward = true;
+      check_case(c);
+    }
+}
+
 // Padded (non-contiguous) strides and a non-default stream: the tensor
 // maps carry the strides; results equal those of the default stream.
 TEST_F(Sm90Gpu, PaddedStridesAndStream) {

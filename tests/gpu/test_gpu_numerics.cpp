@@ -142,6 +142,45 @@ void NumericsGpu::nan_inf_property(bool inf_in_q) {
 
 TEST_F(NumericsGpu, NanInfProperty) { nan_inf_property(false); }
 
+// The NaN rule's slow path when a CTA computed several query tiles: a
+// causal problem with more tiles than SMs, which on a Hopper GPU takes the
+// persistent launch with tiles in pairs, so that each CTA must find its
+// tiles again after its loop. NaN in a few elements of Q, K and V: every
+// output element's class must equal the float64 reference's.
+TEST_F(NumericsGpu, NanRowsOfManyTilesACta) {
+  if (!flash_enabled()) GTEST_SKIP() << "FLASHATTN_GPU_TESTS_NO_FLASH=1";
+  std::mt19937_64 g(fresh_seed());
+  auto uni = [&](std::int64_t lo, std::int64_t hi) { return std::uniform_int_distribution<std::int64_t>(lo, hi)(g); };
+  for (std::int64_t d : {64, 128}) {
+    Case c;
+    c.dtype = DType::bf16;
+    c.d = d;
+    c.batch = 3;
+    c.hq = 32;
+    c.hk = 8;
+    c.sq = c.sk = 300;
+    c.causal = true;
+    c.backward = false;
+    SCOPED_TRACE(c.describe());
+    Runner r(c);
+    r.randomize(fresh_seed());
+    TensorSet* ts[3] = {&r.q(), &r.k(), &r.v()};
+    std::ostringstream inj;
+    for (int m = 0; m < 6; ++m) {
+      TensorSet& s = *ts[m % 3];
+      const std::int64_t i = uni(0, s.hbuf.size() - 1);
+      s.hbuf.set(i, kNaN);
+      s.set_from_host();
+      inj << " " << (m % 3 == 0 ? "q" : m % 3 == 1 ? "k" : "v") << "[" << i << "]";
+    }
+    SCOPED_TRACE(inj.str());
+    const Outputs ref = r.reference();
+    const Outputs got = r.run(Algorithm::flash);
+    compare_classes(got.o, ref.o, "o", "flash", 6e-2, 6e-2);
+    compare_classes(got.lse, ref.lse, "lse", "flash", 1e-2, 1e-3);
+  }
+}
+
 // The same with +-inf in Q as well: an infinite query element makes
 // scores of +inf (and inf - inf), which the epilogues' exact slow path
 // (src/cuda/exact_rows.cuh) must classify as the reference does, P and dS

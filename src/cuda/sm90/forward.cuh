@@ -726,16 +726,22 @@ void launch_forward_kernel(const Params& p, const CUtensorMap& tq, const CUtenso
   if constexpr (!FwdTypes<In>::kFp8)
     if (p.has_dropout) kernel = pick.template operator()<true>();
   set_max_dynamic_smem(kernel, L::kAlloc, "cudaFuncSetAttribute(sm90 forward)");
-  kernel<<<static_cast<unsigned>(ctas), kThreads, L::kAlloc, stream>>>(p, tq, tk, tv, to);
+  Params lp = p;
+  lp.tile_pairs = fwd_tile_pairs(p, c.persistent) ? 1 : 0;
+  kernel<<<static_cast<unsigned>(ctas), kThreads, L::kAlloc, stream>>>(lp, tq, tk, tv, to);
   check(cudaGetLastError(), "sm90 forward kernel launch");
 }
 
-// One CTA a query tile, or (persistent rows, problems without a mask, of
-// fixed length and dense: every tile the same length, so a static
-// round-robin is balanced) one an SM. 0: nothing to launch.
+// One CTA a query tile, or (persistent rows, dense problems of fixed
+// length) one an SM: each takes every gridDim.x-th tile when there is no
+// mask (all tiles alike), every gridDim.x-th pair of tiles under a window
+// mask (scheduler.h). 0: nothing to launch.
 inline std::int64_t forward_ctas(const Params& p, const Sm90FwdTile& c) {
   const std::int64_t tiles = static_cast<std::int64_t>((p.seqlen_q + c.block_m - 1) / c.block_m) * p.heads_q * p.batch;
-  if (tiles > 0x7fffffff) throw Error("q: expected fewer than 2^31 query tiles of 128 rows (batch x heads x tiles)");
+  // Below 2^30: the scheduler's next tile may lie up to 2 gridDim.x past one.
+  if (tiles >= (std::int64_t{1} << 30))
+    throw Error("q: expected fewer than 2^30 query tiles of 128 rows (batch x heads x tiles)");
+  if (fwd_tile_pairs(p, c.persistent)) return std::min<std::int64_t>((tiles + 1) / 2, device_sm_count());
   if (c.persistent && p.window.unbounded() && !p.is_varlen() && !p.is_sparse())
     return std::min<std::int64_t>(tiles, device_sm_count());
   return tiles;

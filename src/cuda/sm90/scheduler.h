@@ -15,36 +15,80 @@ struct WorkTile {
   int m0, h, b;
 };
 
+// Whether a forward launch takes its query tiles in pairs (below): a
+// persistent row (dispatch.h) on a dense problem whose window mask (causal
+// included) makes the tiles' lengths unequal. The host sizes the grid by
+// it and passes it to the kernel as Params::tile_pairs.
+inline bool fwd_tile_pairs(const Params& p, bool persistent) {
+  return persistent && !p.is_varlen() && !p.is_sparse() && !p.window.unbounded();
+}
+
 // The forward's query tiles, numbered t = 0 .. count() - 1 in the order
-// CTAs take them: tile t is query tile (t % nm) of head (t / nm) % heads of
-// sequence t / (nm heads), so that the CTAs running at one time share K
-// and V of few heads in L2, with each head's query tiles reversed so that,
-// under a causal mask, the ones with the most key tiles start first.
-// Varlen batches number nm tiles of the longest sequence for every
+// CTAs take them: tile t is query tile m(t % nm) of head (t / nm) % heads
+// of sequence t / (nm heads), so that the CTAs running at one time share
+// K and V of few heads in L2. m(k) = nm - 1 - k: each head's tiles
+// reversed, so that under a mask the ones with the most key tiles start
+// first. Varlen batches number nm tiles of the longest sequence for every
 // sequence; a tile past its sequence's end has no rows (the consumers skip
 // it).
 //
 // A CTA takes tiles blockIdx.x, blockIdx.x + gridDim.x, ...: a persistent
-// launch is one CTA an SM (problems whose tiles are all alike), any other
-// one CTA a tile (the hardware's block scheduler balances unequal tiles).
+// launch of a problem whose tiles are all alike is one CTA an SM (a
+// round-robin is balanced); a launch of one CTA a tile leaves the balance
+// to the hardware's block scheduler.
 //
-// Everything derives from the kernel parameters on demand (they sit in the
+// Pairs (p.tile_pairs, set from fwd_tile_pairs: a persistent launch under
+// a window mask): under a causal mask query tile m has m + 1 key tiles, so
+// a round-robin of single tiles is unbalanced, and one CTA a tile pays a
+// launch, the first copies and an epilogue a tile that no other tile's
+// work hides. So each head's tiles are numbered zigzag, m(k) = nm - 1 -
+// k / 2 for even k and (k - 1) / 2 for odd k (longest, shortest, second
+// longest, ...), and a CTA takes the pairs (2u, 2u + 1) for u =
+// blockIdx.x, blockIdx.x + gridDim.x, ...: under a causal mask every pair
+// of a head costs the same (nm + 1 key tiles), so a round-robin of pairs
+// is balanced to within one pair a CTA, with no claims at run time (an
+// atomic that returns a value, anywhere in the kernel, changed ptxas's
+// allocation of the d = 128 key loop). With an odd nm a pair may straddle
+// two heads, whose costs then differ by a tile or so.
+//
+// The order's arithmetic is FwdTileOrder, on the host too
+// (tests/cuda_host); pairs is 0 or 1 and enters as arithmetic, not as a
+// branch, which also changed ptxas's allocation of that loop (1142 ->
+// 1310 instructions a key tile). FwdTileScheduler applies it to the
+// kernel's parameters, deriving everything on demand (they sit in the
 // constant bank, free to re-read): values computed once would take
 // registers for the whole kernel, which the consumers do not have.
+struct FwdTileOrder {
+  // A CTA's first tile.
+  static FA_HOST_DEVICE constexpr int first(int cta, int pairs) { return cta << pairs; }
+  // t + grid; in pairs t + 1 after a pair's first tile, t + 2 grid - 1
+  // after its second. Below 2^30 tiles (forward_ctas): no overflow.
+  static FA_HOST_DEVICE constexpr int next(int t, int grid, int pairs) {
+    return t + grid + pairs * (1 - grid) + (t & pairs) * (2 * grid - 2);
+  }
+  // The query tile (of nm) that a head's k-th tile in the order is.
+  static FA_HOST_DEVICE constexpr int query_tile(int k, int nm, int pairs) {
+    const int half = k >> pairs;
+    return (k & pairs) ? half : nm - 1 - half;
+  }
+};
+
 template <int kBlockM>
 struct FwdTileScheduler {
   const Params& p;
 
   __device__ __forceinline__ int tiles_per_head() const { return (p.seqlen_q + kBlockM - 1) / kBlockM; }
   __device__ __forceinline__ int count() const { return tiles_per_head() * p.heads_q * p.batch; }
-  __device__ __forceinline__ int first() const { return static_cast<int>(blockIdx.x); }
-  // One CTA a tile (grid = count()) or persistent (grid = one CTA an SM):
-  // either way the CTA's next tile is gridDim.x further.
-  __device__ __forceinline__ int next(int t) const { return t + static_cast<int>(gridDim.x); }
+  __device__ __forceinline__ int first() const {
+    return FwdTileOrder::first(static_cast<int>(blockIdx.x), p.tile_pairs);
+  }
+  __device__ __forceinline__ int next(int t) const {
+    return FwdTileOrder::next(t, static_cast<int>(gridDim.x), p.tile_pairs);
+  }
   __device__ __forceinline__ WorkTile tile(int t) const {
     const int nm = tiles_per_head();
     const int hb = t / nm;
-    return {(nm - 1 - t % nm) * kBlockM, hb % p.heads_q, hb / p.heads_q};
+    return {FwdTileOrder::query_tile(t % nm, nm, p.tile_pairs) * kBlockM, hb % p.heads_q, hb / p.heads_q};
   }
 };
 
