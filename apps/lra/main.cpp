@@ -86,6 +86,28 @@ uint64_t parse_u64(const std::string& flag, const std::string& v) {
   }
 }
 
+lra::Split parse_split_flag(const std::string& v) {
+  try {
+    return lra::parse_split(v);
+  } catch (const std::invalid_argument& e) {
+    throw UsageError("--split: " + std::string(e.what()));
+  }
+}
+
+int parse_threads(const std::string& v) {
+  const uint64_t t = parse_u64("--threads", v);
+  if (t < 1 || t > 1024) throw UsageError("--threads: expected 1 to 1024");
+  return static_cast<int>(t);
+}
+
+lra::PathfinderParams pathfinder_params_flag(int size) {
+  try {
+    return lra::pathfinder_params(size);
+  } catch (const std::invalid_argument& e) {
+    throw UsageError(std::string("--size: ") + e.what());
+  }
+}
+
 int gen(int argc, char** argv) {
   if (argc < 3) throw UsageError("gen: expected listops or pathfinder");
   lra::Task task;
@@ -110,17 +132,10 @@ int gen(int argc, char** argv) {
     };
     if (flag == "--size") size = static_cast<int>(parse_u64(flag, value()));
     else if (flag == "--count") count = static_cast<int64_t>(parse_u64(flag, value()));
-    else if (flag == "--split") {
-      try {
-        split = lra::parse_split(value());
-      } catch (const std::invalid_argument& e) {
-        throw UsageError("--split: " + std::string(e.what()));
-      }
-    } else if (flag == "--seed") seed = parse_u64(flag, value());
-    else if (flag == "--threads") {
-      threads = static_cast<int>(parse_u64(flag, value()));
-      if (threads < 1 || threads > 1024) throw UsageError("--threads: expected 1 to 1024");
-    } else if (flag == "--out") out = value();
+    else if (flag == "--split") split = parse_split_flag(value());
+    else if (flag == "--seed") seed = parse_u64(flag, value());
+    else if (flag == "--threads") threads = parse_threads(value());
+    else if (flag == "--out") out = value();
     else if (flag == "--png") png_dir = value();
     else if (flag == "--png-count") png_count = parse_u64(flag, value());
     else if (flag == "--quiet") quiet = true;
@@ -153,12 +168,7 @@ int gen(int argc, char** argv) {
                           [&](int32_t label, uint32_t len, const uint8_t* t) { w.add(label, len, t); }, progress);
     w.close();
   } else {
-    lra::PathfinderParams p;
-    try {
-      p = lra::pathfinder_params(size);
-    } catch (const std::invalid_argument& e) {
-      throw UsageError(std::string("--size: ") + e.what());
-    }
+    const lra::PathfinderParams p = pathfinder_params_flag(size);
     h.seq_len = static_cast<uint32_t>(size * size);
     h.image_size = static_cast<uint32_t>(size);
     h.vocab_size = 256;
@@ -221,24 +231,12 @@ int audit(int argc, char** argv) {
     if (flag == "--size") size = static_cast<int>(parse_u64(flag, value()));
     else if (flag == "--count") count = parse_u64(flag, value());
     else if (flag == "--seed") seed = parse_u64(flag, value());
-    else if (flag == "--split") {
-      try {
-        split = lra::parse_split(value());
-      } catch (const std::invalid_argument& e) {
-        throw UsageError("--split: " + std::string(e.what()));
-      }
-    } else if (flag == "--threads") {
-      threads = static_cast<int>(parse_u64(flag, value()));
-      if (threads < 1 || threads > 1024) throw UsageError("--threads: expected 1 to 1024");
-    } else throw UsageError(flag + ": unknown flag");
+    else if (flag == "--split") split = parse_split_flag(value());
+    else if (flag == "--threads") threads = parse_threads(value());
+    else throw UsageError(flag + ": unknown flag");
   }
   if (count < 2) throw UsageError("--count: expected at least 2 (half fits the rules, half scores them)");
-  lra::PathfinderParams p;
-  try {
-    p = lra::pathfinder_params(size);
-  } catch (const std::invalid_argument& e) {
-    throw UsageError(std::string("--size: ") + e.what());
-  }
+  const lra::PathfinderParams p = pathfinder_params_flag(size);
   const lra::PathfinderAudit a = lra::audit_pathfinder(p, seed, split, count, threads);
   const auto& scores = a.cues;
   std::printf("pathfinder %d %s seed %llu: rules fitted on %llu images, scored on %llu (chance 0.5, one standard "
