@@ -86,6 +86,12 @@ uint64_t parse_u64(const std::string& flag, const std::string& v) {
   }
 }
 
+// The value after flag argv[k]: advances k past it, or a usage error.
+std::string flag_value(int argc, char** argv, int& k, const std::string& flag) {
+  if (k + 1 >= argc) throw UsageError(flag + ": missing value");
+  return argv[++k];
+}
+
 lra::Split parse_split_flag(const std::string& v) {
   try {
     return lra::parse_split(v);
@@ -126,10 +132,7 @@ int gen(int argc, char** argv) {
   bool quiet = false;
   for (int k = 3; k < argc; ++k) {
     const std::string flag = argv[k];
-    auto value = [&]() -> std::string {
-      if (k + 1 >= argc) throw UsageError(flag + ": missing value");
-      return argv[++k];
-    };
+    auto value = [&] { return flag_value(argc, argv, k, flag); };
     if (flag == "--size") size = static_cast<int>(parse_u64(flag, value()));
     else if (flag == "--count") count = static_cast<int64_t>(parse_u64(flag, value()));
     else if (flag == "--split") split = parse_split_flag(value());
@@ -224,10 +227,7 @@ int audit(int argc, char** argv) {
   int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   for (int k = 2; k < argc; ++k) {
     const std::string flag = argv[k];
-    auto value = [&]() -> std::string {
-      if (k + 1 >= argc) throw UsageError(flag + ": missing value");
-      return argv[++k];
-    };
+    auto value = [&] { return flag_value(argc, argv, k, flag); };
     if (flag == "--size") size = static_cast<int>(parse_u64(flag, value()));
     else if (flag == "--count") count = parse_u64(flag, value());
     else if (flag == "--seed") seed = parse_u64(flag, value());
