@@ -74,6 +74,8 @@ const std::vector<Flag>& flags() {
        [](TrainConfig& c, const std::string& v) { c.model.heads = to_int("--heads", v); }},
       {"--width", "model width d_model",
        [](TrainConfig& c, const std::string& v) { c.model.width = to_int("--width", v); }},
+      {"--mlp-ratio", "hidden width of each block's MLP over --width (default 4)",
+       [](TrainConfig& c, const std::string& v) { c.model.mlp_ratio = to_int("--mlp-ratio", v); }},
       {"--positions", "learned position embeddings (max context)",
        [](TrainConfig& c, const std::string& v) { c.model.positions = to_int("--positions", v); }},
       {"--context", "tokens per sequence (default: --positions)",
@@ -246,6 +248,7 @@ void validate(const TrainConfig& c) {
   positive("--layers", m.layers);
   positive("--heads", m.heads);
   positive("--width", m.width);
+  positive("--mlp-ratio", m.mlp_ratio);
   positive("--positions", m.positions);
   positive("--batch", c.batch);
   positive("--accum", c.accum);

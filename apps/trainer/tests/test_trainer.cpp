@@ -427,6 +427,22 @@ TEST(Config, PresetShapes) {
   }
 }
 
+TEST(Config, MlpRatioSizesTheMlp) {
+  // Each block's MLP is width x (ratio width) and back, with biases: from
+  // ratio 4 to 2 it loses 2 (2 width^2 + width) parameters a layer.
+  const auto c = parse_args({"--data", FATRAIN_TEST_DATA, "--model", "encoder-tiny", "--mlp-ratio", "2"});
+  EXPECT_EQ(c.model.mlp_ratio, 2);
+  ModelConfig four = c.model, two = c.model;
+  four.mlp_ratio = 4;
+  four.vocab = two.vocab = 40;
+  torch::manual_seed(0);
+  const double n4 = Transformer(four, AttnOptions{})->num_params(false);
+  const double n2 = Transformer(two, AttnOptions{})->num_params(false);
+  const std::int64_t w = c.model.width;
+  EXPECT_EQ(n4 - n2, c.model.layers * 2 * (2 * w * w + w));
+  EXPECT_EQ(config_error({"--data", FATRAIN_TEST_DATA, "--mlp-ratio", "0"}), "--mlp-ratio: expected >= 1, got 0");
+}
+
 // --------------------------------------------------------- file formats ---
 
 TEST(Formats, SafetensorsRoundTrip) {
