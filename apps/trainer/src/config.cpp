@@ -1,5 +1,6 @@
 #include "config.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <functional>
@@ -101,7 +102,9 @@ const std::vector<Flag>& flags() {
       {"--steps", "optimizer steps (total, counting resumed ones)",
        [](TrainConfig& c, const std::string& v) { c.steps = to_int("--steps", v); }},
       {"--lr", "peak learning rate", [](TrainConfig& c, const std::string& v) { c.lr = to_double("--lr", v); }},
-      {"--min-lr", "learning rate at the end of the cosine",
+      {"--lr-schedule", "decay after the warmup, to --min-lr at --steps: cosine (default) | linear",
+       [](TrainConfig& c, const std::string& v) { c.lr_schedule = one_of("--lr-schedule", v, {"cosine", "linear"}); }},
+      {"--min-lr", "learning rate at the end of the decay (--lr-schedule)",
        [](TrainConfig& c, const std::string& v) { c.min_lr = to_double("--min-lr", v); }},
       {"--warmup", "linear warmup steps", [](TrainConfig& c, const std::string& v) { c.warmup = to_int("--warmup", v); }},
       {"--weight-decay", "AdamW weight decay (matrices only)",
@@ -308,6 +311,14 @@ void validate(const TrainConfig& c) {
     throw ConfigError("--num-classes: expected >= 2, got 1");
 }
 
+double learning_rate(const TrainConfig& c, std::int64_t step) {
+  if (step < c.warmup) return c.lr * static_cast<double>(step + 1) / static_cast<double>(c.warmup);
+  const double span = static_cast<double>(std::max<std::int64_t>(1, c.steps - c.warmup));
+  const double progress = std::min(1.0, static_cast<double>(step - c.warmup) / span);
+  const double left = c.lr_schedule == "linear" ? 1.0 - progress : 0.5 * (1.0 + std::cos(M_PI * progress));
+  return c.min_lr + left * (c.lr - c.min_lr);
+}
+
 std::string to_json(const TrainConfig& c) {
   std::ostringstream o;
   const auto& m = c.model;
@@ -321,7 +332,7 @@ std::string to_json(const TrainConfig& c) {
     << ",\"sparse_width\":" << c.sparse_width << ",\"device\":\"" << c.device
     << "\",\"precision\":\"" << c.effective_precision() << "\",\"data\":\"" << esc(c.data)
     << "\",\"context\":" << c.effective_context() << ",\"batch\":" << c.batch << ",\"accum\":" << c.accum
-    << ",\"steps\":" << c.steps << ",\"lr\":" << c.lr << ",\"min_lr\":" << c.min_lr << ",\"warmup\":" << c.warmup
+    << ",\"steps\":" << c.steps << ",\"lr\":" << c.lr << ",\"min_lr\":" << c.min_lr << ",\"warmup\":" << c.warmup << ",\"lr_schedule\":\"" << c.lr_schedule << "\""
     << ",\"weight_decay\":" << c.weight_decay << ",\"beta1\":" << c.beta1 << ",\"beta2\":" << c.beta2
     << ",\"clip\":" << c.clip << ",\"seed\":" << c.seed << ",\"mask_prob\":" << c.mask_prob
     << ",\"min_seq_frac\":" << c.min_seq_frac << ",\"deterministic\":" << (c.deterministic ? "true" : "false")

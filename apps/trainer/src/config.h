@@ -52,6 +52,7 @@ struct TrainConfig {
   std::int64_t steps = 100;
   double lr = 6e-4, min_lr = 6e-5;
   std::int64_t warmup = 10;
+  std::string lr_schedule = "cosine";   // after the warmup, to min_lr at steps: cosine | linear
   double weight_decay = 0.1, beta1 = 0.9, beta2 = 0.95, adam_eps = 1e-8;
   double clip = 1.0;                    // max global grad norm (0 = off)
   std::uint64_t seed = 1234;
@@ -88,6 +89,11 @@ std::string usage();
 // Checks everything that does not need the data or torch; throws
 // ConfigError naming the flag.
 void validate(const TrainConfig& c);
+
+// The learning rate of optimizer step `step` (0-based): a linear warmup
+// over c.warmup steps to c.lr, then c.lr_schedule down to c.min_lr at
+// c.steps.
+double learning_rate(const TrainConfig& c, std::int64_t step);
 
 // The configuration as one JSON object (log header, checkpoint metadata).
 std::string to_json(const TrainConfig& c);

@@ -492,13 +492,6 @@ struct JsonLog {
   }
 };
 
-double lr_at(const TrainConfig& c, std::int64_t step) {
-  if (step < c.warmup) return c.lr * static_cast<double>(step + 1) / static_cast<double>(c.warmup);
-  const double span = std::max<std::int64_t>(1, c.steps - c.warmup);
-  const double progress = std::min(1.0, static_cast<double>(step - c.warmup) / span);
-  return c.min_lr + 0.5 * (1.0 + std::cos(M_PI * progress)) * (c.lr - c.min_lr);
-}
-
 }  // namespace
 
 TrainResult train(const TrainConfig& cfg_in) {
@@ -685,7 +678,7 @@ TrainResult train(const TrainConfig& cfg_in) {
   std::int64_t tokens_since = 0, steps_since = 0;
   const std::int64_t end_step = cfg.stop_after > 0 ? std::min(cfg.steps, step + cfg.stop_after) : cfg.steps;
   for (; step < end_step; ++step) {
-    const double lr = lr_at(cfg, step);
+    const double lr = learning_rate(cfg, step);
     for (auto& g : opt.param_groups()) static_cast<torch::optim::AdamWOptions&>(g.options()).lr(lr);
     opt.zero_grad();
     torch::Tensor step_loss = torch::zeros({}, torch::TensorOptions().dtype(torch::kDouble).device(dev));
