@@ -332,7 +332,8 @@ std::string to_json(const TrainConfig& c) {
     << ",\"sparse_width\":" << c.sparse_width << ",\"device\":\"" << c.device
     << "\",\"precision\":\"" << c.effective_precision() << "\",\"data\":\"" << esc(c.data)
     << "\",\"context\":" << c.effective_context() << ",\"batch\":" << c.batch << ",\"accum\":" << c.accum
-    << ",\"steps\":" << c.steps << ",\"lr\":" << c.lr << ",\"min_lr\":" << c.min_lr << ",\"warmup\":" << c.warmup << ",\"lr_schedule\":\"" << c.lr_schedule << "\""
+    << ",\"steps\":" << c.steps << ",\"lr\":" << c.lr << ",\"min_lr\":" << c.min_lr << ",\"warmup\":" << c.warmup
+    << ",\"lr_schedule\":\"" << c.lr_schedule << "\""
     << ",\"weight_decay\":" << c.weight_decay << ",\"beta1\":" << c.beta1 << ",\"beta2\":" << c.beta2
     << ",\"clip\":" << c.clip << ",\"seed\":" << c.seed << ",\"mask_prob\":" << c.mask_prob
     << ",\"min_seq_frac\":" << c.min_seq_frac << ",\"deterministic\":" << (c.deterministic ? "true" : "false")

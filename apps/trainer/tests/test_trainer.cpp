@@ -431,15 +431,17 @@ TEST(Config, LearningRateSchedules) {
   // Warmup to --lr over 10 steps, then 100 steps of decay to --min-lr: a
   // quarter of the way, the cosine has 0.5 (1 + cos(pi / 4)) of the range
   // left, the line 0.75.
-  auto c = parse_args({"--data", FATRAIN_TEST_DATA, "--lr", "1e-3", "--min-lr", "1e-4", "--warmup", "10", "--steps", "110"});
+  std::vector<std::string> args = {"--data", FATRAIN_TEST_DATA, "--lr", "1e-3", "--min-lr", "1e-4",
+                                   "--warmup", "10", "--steps", "110"};
+  auto c = parse_args(args);
   EXPECT_EQ(c.lr_schedule, "cosine");
   EXPECT_DOUBLE_EQ(learning_rate(c, 0), 1e-4);
   EXPECT_DOUBLE_EQ(learning_rate(c, 9), 1e-3);
   EXPECT_DOUBLE_EQ(learning_rate(c, 10), 1e-3);
   EXPECT_NEAR(learning_rate(c, 35), 1e-4 + 0.5 * (1 + std::cos(M_PI / 4)) * 9e-4, 1e-15);
   EXPECT_NEAR(learning_rate(c, 110), 1e-4, 1e-15);
-  c = parse_args({"--data", FATRAIN_TEST_DATA, "--lr", "1e-3", "--min-lr", "1e-4", "--warmup", "10", "--steps", "110",
-                  "--lr-schedule", "linear"});
+  args.insert(args.end(), {"--lr-schedule", "linear"});
+  c = parse_args(args);
   EXPECT_DOUBLE_EQ(learning_rate(c, 10), 1e-3);
   EXPECT_NEAR(learning_rate(c, 35), 1e-4 + 0.75 * 9e-4, 1e-15);
   EXPECT_NEAR(learning_rate(c, 60), 5.5e-4, 1e-15);
