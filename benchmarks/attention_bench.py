@@ -89,7 +89,6 @@ import json
 import math
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -101,7 +100,7 @@ sys.path[:] = [p for p in sys.path if not os.path.abspath(p or ".").endswith(os.
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from gpu_queue import QueueAhead  # noqa: E402
+from timing import QueueAhead, sample, stopwatch  # noqa: E402
 import tables  # noqa: E402
 
 try:
@@ -670,26 +669,6 @@ def build(method, p):
 
 # -------------------------------------------------------------- timing ---
 
-def stopwatch(device):
-    """stamp() marks a point in the device's work; seconds(a, b) is the time
-    between two marks (CUDA events on a GPU, perf_counter on the CPU)."""
-    if device.type == "cuda":
-        def stamp():
-            e = torch.cuda.Event(enable_timing=True)
-            e.record()
-            return e
-
-        def seconds(a, b):
-            b.synchronize()
-            return a.elapsed_time(b) / 1e3
-    else:
-        stamp = time.perf_counter
-
-        def seconds(a, b):
-            return b - a
-    return stamp, seconds
-
-
 class SyncWatch:
     """On a GPU, on() / off() bracket the enqueue of a timed call with
     torch.cuda.set_sync_debug_mode("warn"): every synchronising call torch
@@ -720,33 +699,6 @@ class SyncWatch:
 
     def count(self):
         return sum(SYNC_WARNING in str(w.message) for w in self.caught or [])
-
-
-WARM_SECONDS = 0.2
-
-
-def sample(step, warmup, repeats, max_seconds, timed=lambda: None):
-    """`warmup` untimed calls of step(), then up to `repeats` timed ones;
-    step() returns a tuple of seconds, and the result is the median of each
-    component (and the number of samples). With max_seconds > 0 each of the
-    two loops stops once that much wall time went into it (after one
-    warm-up call and three samples at least): at 64K tokens one forward +
-    backward takes seconds, and a sweep must fit one GPU call."""
-    start, calls = time.perf_counter(), 0
-    # At least WARM_SECONDS of warm-up too: a few calls of a short problem
-    # do not bring an idle GPU's clocks back up (e.g. after a compile).
-    while warmup > 0 and (calls < warmup or time.perf_counter() - start < WARM_SECONDS):
-        step()
-        calls += 1
-        if max_seconds > 0 and time.perf_counter() - start > max_seconds:
-            break
-    samples, start = [], time.perf_counter()
-    timed()  # the timed calls begin
-    while len(samples) < repeats:
-        samples.append(step())
-        if max_seconds > 0 and len(samples) >= min(3, repeats) and time.perf_counter() - start > max_seconds:
-            break
-    return [statistics.median(column) for column in zip(*samples)], len(samples)
 
 
 def time_method(fn, inputs, dout, mode, args, device):

@@ -27,16 +27,14 @@ keys; the peers attend to the same L keys (they have no append).
 Decode reads every K and V byte once and does little math, so the figure of
 merit is bandwidth: bytes of K and V read / time, against the
 device-to-device copy bandwidth measured in the same process (a 1 GiB
-tensor copied: read + write bytes / time). Timing: CUDA events around each
-call, each queued behind a 2 ms GPU busy-wait (so that host dispatch is not
-timed), median after a warm-up; nothing in the timed loop reads from the
-GPU (one synchronisation after the loop).
+tensor copied: read + write bytes / time). Timing (benchmarks/timing.py, as
+every harness): CUDA events around each call, each queued behind a 2 ms GPU
+busy-wait (so that host dispatch is not timed), median after a warm-up.
 """
 import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 
@@ -44,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gpu_queue import QueueAhead  # noqa: E402
+import timing  # noqa: E402
 
 D = 128
 DTYPE = torch.bfloat16
@@ -56,36 +54,14 @@ DIAGNOSTIC_LAYOUTS = ["paged16-inorder", "paged64-inorder"]  # --layouts only
 QUICK = dict(heads=[(32, 8)], batches=[1, 64], caches=[8192, 32768], layouts=["contiguous", "paged16"])
 
 
-_QUEUE = None
-
-
 def time_calls(fn, warmup=3, iters=20, budget_s=0.15):
-    """Median milliseconds of fn() over CUDA events, after a warm-up. Each
-    timed call is queued behind a 2 ms GPU busy-wait (gpu_queue.QueueAhead,
-    as attention_bench.py), so that the events time the GPU's work and not
-    the host's launch latency; a call is tens of microseconds at the small
-    points, about what its host dispatch costs."""
-    global _QUEUE
-    if _QUEUE is None:
-        _QUEUE = QueueAhead(torch.device("cuda"), 2.0)
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    fn()
-    torch.cuda.synchronize()
-    one = time.perf_counter() - t0
-    n = max(3, min(iters, int(budget_s / max(one, 1e-6))))
-    starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
-    ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
-    for i in range(n):
-        _QUEUE.hold()
-        starts[i].record()
-        fn()
-        ends[i].record()
-        _QUEUE.done()
-    torch.cuda.synchronize()
-    return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends))
+    """Median milliseconds of fn() (timing.time_call: CUDA events, each call
+    queued behind a 2 ms busy-wait, so that the events time the GPU's work
+    and not the host's launch latency; a call is tens of microseconds at the
+    small points, about what its host dispatch costs). At most budget_s of
+    wall time a loop (at least 3 samples), and no minimum warm-up time: the
+    points run back to back, so the clocks are up after the first."""
+    return timing.time_call(fn, torch.device("cuda"), warmup, iters, budget_s, 2.0, warm_seconds=0).seconds * 1e3
 
 
 def copy_bandwidth_gbs():

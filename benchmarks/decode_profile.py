@@ -23,7 +23,7 @@ import torch  # noqa: E402
 
 import flashattn  # noqa: E402
 from decode_bench import time_calls, sdpa_fn  # noqa: E402
-from gpu_queue import kernel_times  # noqa: E402
+from timing import kernel_times  # noqa: E402
 
 D = 128
 DTYPE = torch.bfloat16

@@ -10,7 +10,7 @@ process, through one timing function:
 Rows: head_dim 64, 128, 256, causal and not, 16K tokens a batch (batch =
 16384 / seqlen), heads = 2048 / head_dim, seqlen 8192 (and 1024 for d 128).
 Forward only (FP8 is an inference forward), under torch.no_grad(): median
-of --repeats CUDA-event timings after warm-up (attention_bench.sample),
+of --repeats CUDA-event timings after warm-up (timing.time_call),
 each call queued behind a --queue-ahead-ms GPU busy-wait as in
 attention_bench.py (the events time the GPU's work, not the enqueue),
 TFLOPS by the standard formula 4 b h s^2 d (half with causal). Each row
@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import attention_bench as ab  # noqa: E402
-from gpu_queue import QueueAhead  # noqa: E402
+import timing  # noqa: E402
 
 ROWS = [(64, 8192, False), (128, 8192, False), (256, 8192, False), (64, 8192, True), (128, 8192, True),
         (256, 8192, True), (128, 1024, False)]
@@ -63,25 +63,6 @@ def quantise(x, heads_k):
 def dequantise(codes, descale):
     g = codes.shape[2] // descale.shape[1]
     return codes.float() * descale.repeat_interleave(g, dim=1)[:, None, :, None]
-
-
-def forward_timer(fn, args):
-    """Median seconds of fn() on the GPU: each timed call queued behind a
-    busy-wait (gpu_queue.QueueAhead, as attention_bench.py's time_method),
-    so that the events time the kernels and not the host's enqueue."""
-    device = torch.device("cuda")
-    stamp, seconds = ab.stopwatch(device)
-    queue = QueueAhead(device, args.queue_ahead_ms)
-
-    def step():
-        queue.hold()
-        t0 = stamp()
-        fn()
-        t1 = stamp()
-        queue.done()
-        return (seconds(t0, t1),)
-    (t,), n = ab.sample(step, args.warmup, args.repeats, 0, queue.reset)
-    return t, n, queue.short
 
 
 def run_row(d, seqlen, causal, args):
@@ -115,7 +96,8 @@ def run_row(d, seqlen, causal, args):
             rec = dict(method=m, head_dim=d, seqlen=seqlen, causal=causal, batch=batch, heads=heads,
                        dtype="e4m3" if m.endswith("fp8") else "bfloat16")
             try:
-                t, n, short = forward_timer(fns[m], args)
+                t, n, short = timing.time_call(fns[m], torch.device("cuda"), args.warmup, args.repeats,
+                                               queue_ahead_ms=args.queue_ahead_ms)
                 rec.update(fwd_ms=t * 1e3, fwd_tflops=flops / t / 1e12, samples=n, queue_ahead_ms=args.queue_ahead_ms,
                            queue_ahead_short=short)
             except Exception as e:  # a peer that cannot run this row says why; ours must run

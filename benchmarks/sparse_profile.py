@@ -21,7 +21,7 @@ import torch  # noqa: E402
 import flashattn  # noqa: E402
 from attention_bench import block_pattern  # noqa: E402
 from decode_bench import time_calls  # noqa: E402
-from gpu_queue import kernel_times  # noqa: E402
+from timing import kernel_times  # noqa: E402
 
 SHAPES = [(64, 16384), (128, 16384)]
 DENSITIES = [1 / 2, 1 / 4, 1 / 8, 1 / 16]

@@ -15,6 +15,7 @@ pytest.importorskip("matplotlib")
 
 import attention_bench  # noqa: E402
 import plot  # noqa: E402
+import timing  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -249,7 +250,7 @@ def counting_case():
 
 def test_backward_returns_gradients_and_never_accumulates(monkeypatch):
     import torch
-    monkeypatch.setattr(attention_bench, "WARM_SECONDS", 0.0)
+    monkeypatch.setattr(timing, "WARM_SECONDS", 0.0)
     for mode in ("call", "separate"):
         fn, inputs, dout, calls = counting_case()
         seen = []
@@ -283,7 +284,7 @@ def test_host_synchronisations_in_timed_calls_are_counted(monkeypatch):
     import warnings
     import torch
     modes = []
-    monkeypatch.setattr(attention_bench, "WARM_SECONDS", 0.0)
+    monkeypatch.setattr(timing, "WARM_SECONDS", 0.0)
     monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", lambda m: modes.append(m))
     monkeypatch.setattr(attention_bench.SyncWatch, "__init__", lambda self, device: setattr(self, "cuda", True))
     fn, inputs, dout, calls = counting_case()
@@ -561,7 +562,7 @@ def test_fa4_timed_by_the_same_function(monkeypatch):
         seen.append(mode)
         return real(fn, inputs, dout, mode, args, device)
     monkeypatch.setattr(attention_bench, "time_method", spy)
-    monkeypatch.setattr(attention_bench, "WARM_SECONDS", 0.0)
+    monkeypatch.setattr(timing, "WARM_SECONDS", 0.0)
     calls = fake_fa4(monkeypatch, fn=lambda q, k, v: (q * k + v, None))
     monkeypatch.setattr(attention_bench, "build_fa4", lambda p: attention_bench.Case(
         lambda q, k, v: sys.modules["flash_attn.cute"].flash_attn_func(q, k, v, causal=p.causal)[0], p.pairs(),

@@ -13,7 +13,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -27,15 +26,14 @@ import torch.nn.functional as F  # noqa: E402
 
 import flashattn  # noqa: E402
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "benchmarks"))
+import timing  # noqa: E402
+
 
 def median_seconds(fn, repeats):
-    fn()  # warm-up: first-touch page faults, thread pool start
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    # One warm-up call at least (first-touch page faults, the thread pool's
+    # start), then the median of `repeats`: benchmarks/timing.py's path.
+    return timing.time_call(fn, torch.device("cpu"), warmup=1, repeats=repeats).seconds
 
 
 def bench_case(dtype, seqlen, causal, repeats, batch=1, heads=8, head_dim=64):

@@ -10,7 +10,7 @@ training-style call, each the median of --repeats after a warm-up (CUDA
 events on a GPU, perf_counter on the CPU), the same statistics as the tool.
 On a GPU both sides time GPU work only: the tool queues each timed call
 behind a 1 ms host function on its stream, and this script behind a 2 ms
-busy-wait (benchmarks/gpu_queue.py, shared with attention_bench.py), so
+busy-wait (benchmarks/timing.py, every harness's timing path), so
 that neither interval holds the host's launch of the call (the operator's host overhead
 is bench_overhead.py's measurement).
 Prints one JSON object: both sides' milliseconds and python / tool ratios.
@@ -22,7 +22,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
 
@@ -31,7 +30,7 @@ import torch  # noqa: E402
 import flashattn  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "benchmarks"))
-from gpu_queue import QueueAhead  # noqa: E402
+import timing  # noqa: E402
 
 DEFAULT_SHAPES = {"cuda": "1,8192,16,128,0;1,8192,16,128,1;16,1024,16,128,0;2,8192,32,64,0",
                   "cpu": "1,512,4,64,0;1,512,4,64,1"}
@@ -48,25 +47,7 @@ def parse_shapes(text):
 
 
 def median_ms(fn, device, warmup, repeats):
-    for _ in range(warmup):
-        fn()
-    queue = QueueAhead(torch.device(device), 2.0)
-    samples = []
-    for _ in range(repeats):
-        if device == "cuda":
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            torch.cuda.synchronize()
-            queue.hold()
-            a.record()
-            fn()
-            b.record()
-            b.synchronize()
-            samples.append(a.elapsed_time(b))
-        else:
-            t = time.perf_counter()
-            fn()
-            samples.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(samples)
+    return timing.time_call(fn, torch.device(device), warmup, repeats).seconds * 1e3
 
 
 def main(argv=None):
