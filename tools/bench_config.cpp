@@ -51,7 +51,7 @@ Usage: flashattn-bench [options]
   --max-standard-seqlen N skip standard attention above N ("skipped") (default 4096)
   --seed N                seed of the inputs, the random pattern and dropout (default 1234)
   --json FILE             also write the results and the machine description as JSON
-  --markdown FILE         also write the table as Markdown (for README.md's Numbers)
+  --markdown FILE         also write the table as Markdown
   --help                  this text
 )";
 

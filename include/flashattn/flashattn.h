@@ -285,8 +285,8 @@ struct Context {
 // naming q.head_dim). On other GPUs the call is an Error naming
 // ctx.device, and with ctx.cuda_kernels = sm80 (or
 // FLASHATTN_CUDA_KERNELS=sm80) one naming ctx.cuda_kernels; causal,
-// windows, GQA, varlen and block masks as above (block masks with e4m3:
-// no GPU test yet). It rounds P to e4m3 for the PV product, as
+// windows, GQA, varlen and block masks as above. It rounds P to e4m3 for
+// the PV product, as
 // FlashAttention-3 does, and is judged against the float64 reference of
 // the dequantised inputs, with an FP8 emulation of standard attention as
 // the yardstick (tests/gpu/test_gpu_fp8.cpp). It needs scratch for a

@@ -6,6 +6,7 @@ The operators (schemas in bindings/torch/ops.cpp):
   torch.ops.flashattn.fwd(q, k, v, *options) -> (out, lse)
   torch.ops.flashattn.bwd(dout, q, k, v, out, lse, *options) -> (dq, dk, dv)
   torch.ops.flashattn.fwd_fp8(q, k, v, q_descale, k_descale, v_descale, *options) -> (out, lse)
+  torch.ops.flashattn.fwd_kvcache(...) -> (out, lse)   (flash_attn_with_kvcache's; schema in ops.cpp)
 with options = pack_options(...) = (option_tensors, option_ints, dropout_p,
 softmax_scale): the 18 options packed into four arguments (a Python call
 into a custom op pays per argument), in the order of TENSOR_OPTIONS and

@@ -223,7 +223,8 @@ def _descale(x, name: str, batch: int, heads_k: int, q):
 
 
 def _attention_fp8(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale, causal,
-                   window_size, return_attn_probs, algorithm, q_descale, k_descale, v_descale):
+                   window_size, return_attn_probs, algorithm, q_descale, k_descale, v_descale, block_mask=None,
+                   block_size=128):
     """The FP8 forward (fwd_fp8): no autograd formula and no dropout (no RNG
     state is drawn, so dropout_p is checked here). The library checks the
     rest (descales with other dtypes, o's dtype, head_dim, algorithm, the
@@ -239,9 +240,12 @@ def _attention_fp8(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen
     if dropout_p != 0.0:
         raise ValueError(f"flashattn: dropout_p: expected 0 with float8_e4m3fn inputs (the FP8 forward has no "
                          f"dropout), got {dropout_p}")
+    block_mask = block_mask or (None, None, None, None)
+    block_q, block_k = (block_size, block_size) if isinstance(block_size, int) else block_size
     options = _pack(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, 0.0,
                     None if softmax_scale is None else _real(softmax_scale, "softmax_scale"), bool(causal),
-                    window_left, window_right, None, None, None, None, None, 128, 128, _algorithm(algorithm), False)
+                    window_left, window_right, None, *block_mask, int(block_q), int(block_k), _algorithm(algorithm),
+                    False)
     out, lse = ops.fwd_fp8.default(_last_dim_contiguous(q), _last_dim_contiguous(k), _last_dim_contiguous(v),
                                    *descales, *options)
     if return_attn_probs:
@@ -263,8 +267,9 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, wi
     computes in float32 from the exactly dequantised inputs). CUDA tensors
     run the Hopper FP8 kernel on a GPU of compute capability 9.0 (H100,
     H200): head_dim 64, 128 or 256, algorithm "flash", causal, windows,
-    GQA, varlen; P is rounded to e4m3 for the PV product (as flash-attn
-    3). Other GPUs raise ValueError naming ctx.device.
+    GQA, varlen and (flash_attn_block_sparse_func) block masks; P is
+    rounded to e4m3 for the PV product (as flash-attn 3). Other GPUs raise
+    ValueError naming ctx.device.
     """
     if softcap != 0.0 or alibi_slopes is not None:
         _unsupported(softcap, alibi_slopes)
@@ -329,7 +334,8 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
 def flash_attn_block_sparse_func(q, k, v, kv_num_blocks, kv_indices, full_kv_num_blocks=None, full_kv_indices=None,
                                  block_size: Union[int, Tuple[int, int]] = 128, dropout_p=0.0, softmax_scale=None,
                                  causal=False, window_size=_NO_WINDOW, deterministic=False, return_attn_probs=False,
-                                 *, seed=None, generator=None, algorithm="flash"):
+                                 *, seed=None, generator=None, algorithm="flash", q_descale=None, k_descale=None,
+                                 v_descale=None):
     """Block-sparse attention with a FlexAttention-style compressed mask.
 
     Queries are cut into blocks of block_q rows, keys into blocks of block_k
@@ -344,7 +350,8 @@ def flash_attn_block_sparse_func(q, k, v, kv_num_blocks, kv_indices, full_kv_num
     to the batch / query heads or 1 (broadcast). A torch FlexAttention
     BlockMask converts with flashattn.block_mask_args(block_mask). Note that
     FlexAttention applies its mask_mod inside partial blocks; here the
-    partial blocks get the causal / window rule of this call.
+    partial blocks get the causal / window rule of this call. FP8 as
+    flash_attn_func (float8_e4m3fn q, k, v; the descales (batch, heads_k)).
     """
     def int32(t, name):
         if t is None:
@@ -356,6 +363,9 @@ def flash_attn_block_sparse_func(q, k, v, kv_num_blocks, kv_indices, full_kv_num
 
     mask = (int32(kv_num_blocks, "kv_num_blocks"), int32(kv_indices, "kv_indices"),
             int32(full_kv_num_blocks, "full_kv_num_blocks"), int32(full_kv_indices, "full_kv_indices"))
+    if q_descale is not None or k_descale is not None or v_descale is not None:
+        return _attention_fp8(q, k, v, None, None, 0, 0, dropout_p, softmax_scale, causal, window_size,
+                              return_attn_probs, algorithm, q_descale, k_descale, v_descale, mask, block_size)
     return _attention(q, k, v, None, None, 0, 0, dropout_p, softmax_scale, causal, window_size, deterministic,
                       return_attn_probs, seed, generator, algorithm, mask, block_size)
 

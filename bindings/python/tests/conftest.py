@@ -37,6 +37,32 @@ def visible(sq, sk, causal=False, window_size=(-1, -1)):
     return ok
 
 
+def random_block_mask(b, h, nqb, nkb, gen):
+    """Random partial / full / skipped key blocks per query block, as the
+    compressed lists and as a [b, h, nqb, nkb] state (0 skip, 1 partial, 2 full)."""
+    state = torch.randint(0, 3, (b, h, nqb, nkb), generator=gen)
+    counts, indices = [], []
+    for kind in (1, 2):
+        cnt = (state == kind).sum(-1).to(torch.int32)
+        idx = torch.zeros(b, h, nqb, nkb, dtype=torch.int32)
+        for bi in range(b):
+            for hi in range(h):
+                for qb in range(nqb):
+                    cols = (state[bi, hi, qb] == kind).nonzero().flatten()
+                    cols = cols[torch.randperm(len(cols), generator=gen)]  # any order is allowed
+                    idx[bi, hi, qb, :len(cols)] = cols.to(torch.int32)
+        counts.append(cnt)
+        indices.append(idx)
+    return counts[0], indices[0], counts[1], indices[1], state
+
+
+def block_visible(state, bq, bk, sq, sk, causal=False, window_size=(-1, -1)):
+    """The element mask of random_block_mask's state: full blocks whole,
+    partial ones under the causal / window rule, skipped ones not at all."""
+    elem = state.repeat_interleave(bq, 2)[:, :, :sq].repeat_interleave(bk, 3)[..., :sk]
+    return (elem == 2) | ((elem == 1) & visible(sq, sk, causal, window_size))
+
+
 def sdpa_reference(q, k, v, mask=None, scale=None, dropout_p=0.0, keep=None):
     """O of (batch, seqlen, heads, head_dim) inputs in float64 through
     torch's math SDPA. mask: bool broadcastable to [b, h, sq, sk] (True =

@@ -6,7 +6,7 @@ import torch
 
 import flashattn
 from flashattn._ops import INT_OPTIONS, pack_options
-from conftest import assert_close, grads_of, rand_qkv, sdpa_reference, visible
+from conftest import assert_close, block_visible, grads_of, rand_qkv, random_block_mask, sdpa_reference, visible
 
 
 def keep_mask(seed, offset, p, b, hq, sq, sk, batch_index=None):
@@ -81,25 +81,6 @@ def test_dropout_rng_from_generator_is_reproducible():
 
 # ------------------------------------------------------------ block-sparse ---
 
-def random_block_mask(b, h, nqb, nkb, gen):
-    """Random partial / full / skipped key blocks per query block, as the
-    compressed lists and as a [b, h, nqb, nkb] state (0 skip, 1 partial, 2 full)."""
-    state = torch.randint(0, 3, (b, h, nqb, nkb), generator=gen)
-    counts, indices = [], []
-    for kind in (1, 2):
-        cnt = (state == kind).sum(-1).to(torch.int32)
-        idx = torch.zeros(b, h, nqb, nkb, dtype=torch.int32)
-        for bi in range(b):
-            for hi in range(h):
-                for qb in range(nqb):
-                    cols = (state[bi, hi, qb] == kind).nonzero().flatten()
-                    cols = cols[torch.randperm(len(cols), generator=gen)]  # any order is allowed
-                    idx[bi, hi, qb, :len(cols)] = cols.to(torch.int32)
-        counts.append(cnt)
-        indices.append(idx)
-    return counts[0], indices[0], counts[1], indices[1], state
-
-
 @pytest.mark.parametrize("mask_b, mask_h", [(2, 4), (1, 1)])
 @pytest.mark.parametrize("causal", [False, True])
 def test_block_sparse_matches_dense_with_equivalent_mask(config, mask_b, mask_h, causal):
@@ -110,8 +91,7 @@ def test_block_sparse_matches_dense_with_equivalent_mask(config, mask_b, mask_h,
     cnt, idx, fcnt, fidx, state = random_block_mask(mask_b, mask_h, nqb, nkb, torch.Generator().manual_seed(3))
     out, lse, _ = flashattn.flash_attn_block_sparse_func(q, k, v, cnt, idx, fcnt, fidx, block_size=(bq, bk),
                                                          causal=causal, return_attn_probs=True, algorithm=algorithm)
-    elem_state = state.repeat_interleave(bq, 2)[:, :, :sq].repeat_interleave(bk, 3)[..., :sk]
-    mask = (elem_state == 2) | ((elem_state == 1) & visible(sq, sk, causal=causal))
+    mask = block_visible(state, bq, bk, sq, sk, causal)
     ref = sdpa_reference(q, k, v, mask)
     assert_close(out, ref, atol_o, "out")
     assert torch.equal(torch.isinf(lse), ~mask.expand(b, hq, sq, sk).any(-1))

@@ -22,7 +22,7 @@ import pytest
 import torch
 
 import flashattn
-from conftest import f32_scale, sdpa_reference, visible
+from conftest import block_visible, f32_scale, random_block_mask, sdpa_reference, visible
 
 FP8 = torch.float8_e4m3fn
 
@@ -57,13 +57,15 @@ def fp8_problem(b, sq, sk, hq, hk, d, seed=0, amp=2.0):
     return q, k, v, qs, ks, vs
 
 
-def emulation(q, k, v, qs, ks, vs, causal, dtype, window_size=(-1, -1)):
+def emulation(q, k, v, qs, ks, vs, causal, dtype, window_size=(-1, -1), mask=None):
     """Standard attention on the dequantised inputs through the math SDPA,
     in float64 (the reference) or in float32 with O rounded to bf16 (the
-    yardstick)."""
+    yardstick). mask (broadcasting to [b, h, sq, sk]) replaces the causal /
+    window rule when given."""
     hk = k.shape[2]
     qd, kd, vd = dequantise(q, qs, hk), dequantise(k, ks, hk), dequantise(v, vs, hk)
-    mask = visible(q.shape[1], k.shape[1], causal, window_size)
+    if mask is None:
+        mask = visible(q.shape[1], k.shape[1], causal, window_size)
     scale = f32_scale(q.shape[-1])
     if dtype == torch.float64:
         out = sdpa_reference(qd, kd, vd, mask, scale=scale)
@@ -74,7 +76,7 @@ def emulation(q, k, v, qs, ks, vs, causal, dtype, window_size=(-1, -1)):
         vt = vd.float().repeat_interleave(group, 2).transpose(1, 2)
         out = torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask, scale=scale)
         # SDPA gives NaN where a row sees no key; the library's O is 0 there.
-        out = torch.where(mask.any(-1)[:, None], out, 0.0)
+        out = torch.where(mask.any(-1)[..., None], out, 0.0)
         out = out.transpose(1, 2).to(torch.bfloat16).double()
     group = q.shape[2] // hk
     s = torch.einsum("bihd,bjhd->bhij", qd.to(dtype), kd.to(dtype).repeat_interleave(group, 2)) * scale
@@ -187,6 +189,23 @@ def test_varlen_descales_per_sequence():
             continue
         want = flashattn.flash_attn_func(*p[:3], causal=True, q_descale=p[3], k_descale=p[4], v_descale=p[5])
         assert torch.equal(out[cu_q[i]:cu_q[i + 1]], want[0])
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_block_sparse_descales(causal):
+    # Partial, full and skipped blocks (per sequence and head), GQA, blocks
+    # that do not divide the lengths, rows that see no key.
+    b, sq, sk, hq, hk, d, bq, bk = 2, 45, 37, 4, 2, 64, 16, 8
+    q, k, v, qs, ks, vs = fp8_problem(b, sq, sk, hq, hk, d, seed=31 + causal)
+    cnt, idx, fcnt, fidx, state = random_block_mask(b, hq, -(-sq // bq), -(-sk // bk), torch.Generator().manual_seed(7))
+    cnt[0, 1, 1] = fcnt[0, 1, 1] = state[0, 1, 1] = 0  # a query block that sees no key: O = 0, LSE = -inf
+    out, lse, _ = flashattn.flash_attn_block_sparse_func(q, k, v, cnt, idx, fcnt, fidx, block_size=(bq, bk),
+                                                         causal=causal, return_attn_probs=True, q_descale=qs,
+                                                         k_descale=ks, v_descale=vs)
+    mask = block_visible(state, bq, bk, sq, sk, causal)
+    assert not mask.any(-1).all(), "the case should hold rows that see no key"
+    check_rule(out, lse, emulation(q, k, v, qs, ks, vs, causal, torch.float64, mask=mask),
+               emulation(q, k, v, qs, ks, vs, causal, torch.float32, mask=mask))
 
 
 def test_op_and_fake_give_bf16():
