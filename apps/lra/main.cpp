@@ -40,7 +40,8 @@ const char* kUsage =
     "  --threads    worker threads (default: all cores); the output does not depend on it\n"
     "  --png DIR    also write the first --png-count (default 16) images as PNG (pathfinder)\n"
     "  audit        how well cues that need no contour tracing (the markers' distance,\n"
-    "               ink on the straight line between them) guess pathfinder labels:\n"
+    "               ink on the straight line between them and in a band around it)\n"
+    "               guess pathfinder labels:\n"
     "               each cue's binned majority rule, fitted on the first half of --count\n"
     "               (default 20000) images and scored on the second\n";
 

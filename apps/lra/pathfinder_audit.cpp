@@ -34,6 +34,23 @@ double straight_line_ink(const PathfinderParams& p, const PathfinderImage& img) 
   return points ? double(inked) / points : -1.0;
 }
 
+double ink_near_line(const PathfinderParams& p, const PathfinderImage& img) {
+  const int n = p.size;
+  const double ax = img.marker_x[0], ay = img.marker_y[0], bx = img.marker_x[1], by = img.marker_y[1];
+  const double dx = bx - ax, dy = by - ay, len2 = dx * dx + dy * dy;
+  const double width = 0.25 * std::sqrt(len2), skip = p.marker_radius + p.line_radius + 1.0;
+  int pixels = 0, inked = 0;
+  for (int y = 0; y < n; ++y)
+    for (int x = 0; x < n; ++x) {
+      if (std::hypot(x - ax, y - ay) <= skip || std::hypot(x - bx, y - by) <= skip) continue;
+      const double t = len2 > 0 ? std::clamp(((x - ax) * dx + (y - ay) * dy) / len2, 0.0, 1.0) : 0.0;
+      if (std::hypot(ax + t * dx - x, ay + t * dy - y) > width) continue;
+      ++pixels;
+      inked += img.pixels[size_t(y) * n + x] > 127;
+    }
+  return pixels ? double(inked) / pixels : -1.0;
+}
+
 double binned_rule_accuracy(const std::vector<std::pair<int64_t, int>>& binned) {
   const size_t half = binned.size() / 2;
   std::map<int64_t, int> votes;  // positives minus negatives
@@ -48,7 +65,7 @@ double binned_rule_accuracy(const std::vector<std::pair<int64_t, int>>& binned) 
 }
 
 PathfinderAudit audit_pathfinder(const PathfinderParams& p, uint64_t seed, Split split, uint64_t count, int threads) {
-  std::vector<std::pair<int64_t, int>> dist(count), line(count), both(count);
+  std::vector<std::pair<int64_t, int>> dist(count), line(count), both(count), near(count), near_dist(count);
   PathfinderAudit a;
   generate_pathfinder(p, seed, split, count, threads, [&](uint64_t i, const PathfinderImage& img) {
     // 1-pixel bins of the distance; tenths of the ink fraction (bin -1: none).
@@ -58,13 +75,21 @@ PathfinderAudit audit_pathfinder(const PathfinderParams& p, uint64_t seed, Split
     dist[i] = {d, img.label};
     line[i] = {l, img.label};
     both[i] = {d * 16 + (l + 1), img.label};
+    // Fortieths of the fraction near the line (a contour fills a few tenths
+    // of that band at most).
+    const double g = ink_near_line(p, img);
+    const int64_t b = g < 0 ? -1 : std::min<int64_t>(39, static_cast<int64_t>(g * 40));
+    near[i] = {b, img.label};
+    near_dist[i] = {d * 64 + (b + 1), img.label};
     a.contours += img.contours;
     for (uint8_t v : img.pixels) a.ink += v > 127;
   });
   const uint64_t scored = count - count / 2;
   a.cues = {{"marker distance", binned_rule_accuracy(dist), scored},
             {"ink on the straight line", binned_rule_accuracy(line), scored},
-            {"both", binned_rule_accuracy(both), scored}};
+            {"both", binned_rule_accuracy(both), scored},
+            {"ink near the line", binned_rule_accuracy(near), scored},
+            {"near and distance", binned_rule_accuracy(near_dist), scored}};
   a.contours /= double(count);
   a.ink /= double(count) * p.size * p.size;
   return a;

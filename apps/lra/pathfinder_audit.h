@@ -16,7 +16,7 @@
 namespace lra {
 
 struct CueScore {
-  std::string name;   // "marker distance", "ink on the straight line", "both"
+  std::string name;   // "marker distance", "ink on the straight line", "both", "ink near the line", ...
   double accuracy;    // of the rule on the scoring half
   uint64_t scored;    // images in the scoring half
 };
@@ -26,9 +26,15 @@ struct CueScore {
 // - ink on the straight line: the fraction of points of the straight
 //   segment between the markers (every half pixel, outside the marker discs
 //   and the line's width around them) with ink within one pixel (Chebyshev);
-//   -1 when no point is left (markers nearly touching).
+//   -1 when no point is left (markers nearly touching);
+// - ink near the line: the fraction of inked pixels among those within a
+//   quarter of the markers' distance of the straight segment between them
+//   (outside the marker discs and the line's width around them): a wider
+//   view of the same shortcut, which a gently curved contour between the
+//   markers also feeds; -1 when no pixel is left.
 double marker_distance(const PathfinderImage& img);
 double straight_line_ink(const PathfinderParams& p, const PathfinderImage& img);
+double ink_near_line(const PathfinderParams& p, const PathfinderImage& img);
 
 // The rule's accuracy over (bin, label) pairs: each bin's majority label
 // over the first half (unseen or tied bins: 0), scored on the second half.

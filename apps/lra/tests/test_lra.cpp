@@ -326,8 +326,21 @@ TEST(PathfinderAudit, CuesOfAHandMadeImage) {
   img.marker_x[0] = 4, img.marker_y[0] = 10, img.marker_x[1] = 24, img.marker_y[1] = 10;
   EXPECT_DOUBLE_EQ(lra::marker_distance(img), 20.0);
   EXPECT_DOUBLE_EQ(lra::straight_line_ink(p, img), 0.0);
+  EXPECT_DOUBLE_EQ(lra::ink_near_line(p, img), 0.0);
+  img.pixels[28 * 32 + 14] = 255;  // 18 pixels below the line: outside its band (a quarter of 20)
+  EXPECT_DOUBLE_EQ(lra::ink_near_line(p, img), 0.0);
   for (int x = 4; x <= 24; ++x) img.pixels[10 * 32 + x] = 255;  // a straight contour joins them
   EXPECT_DOUBLE_EQ(lra::straight_line_ink(p, img), 1.0);
+  // The band holds the line's 13 pixels outside the discs (x 8 to 20) among
+  // many blank ones.
+  const double line_in_band = lra::ink_near_line(p, img);
+  EXPECT_GT(line_in_band, 13.0 / 300);
+  EXPECT_LT(line_in_band, 13.0 / 100);
+  for (int y = 4; y <= 16; ++y)
+    for (int x = 0; x < 32; ++x) img.pixels[y * 32 + x] = 255;  // the whole band inked
+  EXPECT_DOUBLE_EQ(lra::ink_near_line(p, img), 1.0);
+  for (int y = 4; y <= 16; ++y)
+    for (int x = 0; x < 32; ++x) img.pixels[y * 32 + x] = y == 10 && x >= 4 && x <= 24 ? 255 : 0;
   for (int x = 12; x <= 16; ++x) img.pixels[10 * 32 + x] = 0;   // a gap of 5 pixels in the middle
   const double f = lra::straight_line_ink(p, img);
   EXPECT_GT(f, 0.5);
