@@ -13,12 +13,16 @@ and the training runs (steps done, accuracy at each evaluation, the last
 accuracy, median step time, speed-up). A long run's pieces are joined: each
 piece resumes at its checkpoint's step (the log's start_step), and what an
 earlier piece logged past that step (trained again by the next piece) is
-dropped. With matplotlib: lra-<task>.png (training runs) and
+dropped. Pathfinder rows also give the best score of the rules that guess
+the label without tracing (fa-lra audit --json: audit-<task>.json in a
+run folder), the bar a model's accuracy has to beat rather than 0.5. With
+matplotlib: lra-<task>.png (training runs) and
 lra-long-<task>.png (long runs), accuracy and loss against step for each
 attention.
 """
 import argparse
 import glob
+import json
 import os
 import re
 import statistics
@@ -80,6 +84,20 @@ def join_pieces(bases):
     return cfg0, train, evals, pieces
 
 
+def no_tracing_rules(dirs):
+    """task -> "0.517 (near and distance)": the best rule of the task's
+    audit-<task>.json (the last folder's, when several have one)."""
+    rules = {}
+    for d in dirs:
+        for path in glob.glob(os.path.join(d, "audit-*.json")):
+            task = os.path.basename(path)[len("audit-"):-len(".json")]
+            with open(path) as f:
+                cues = json.load(f)["cues"]
+            name = max(cues, key=cues.get)
+            rules[task] = f"{cues[name]:.3f} ({name})"
+    return rules
+
+
 def key(item):
     (task, att), _ = item
     base, _, variant = att.partition("+")
@@ -128,17 +146,19 @@ def main(argv=None):
                 lines.append(f"| {TASK_NAMES.get(task, task)} | {att} | {failure(base + '.out') or 'failed'} | | | |")
         lines.append("")
 
+    rules = no_tracing_rules(args.dirs)
     runs = collect(args.dirs, "run")
     curves = {}
     if runs:
         lines += ["## Training runs", "",
-                  "| task | attention | steps | ms / step | vs standard | accuracy at evaluations (step: accuracy) | last accuracy |",
-                  "| --- | --- | ---: | ---: | ---: | --- | ---: |"]
+                  "| task | attention | steps | ms / step | vs standard | accuracy at evaluations (step: accuracy) | "
+                  "last accuracy | best rule without tracing |",
+                  "| --- | --- | ---: | ---: | ---: | --- | ---: | --- |"]
         std_ms = {}
         for (task, att), base in sorted(runs.items(), key=key):
             cfg, train, evals = train_log.load(base + ".jsonl")
             if not train:
-                lines.append(f"| {TASK_NAMES.get(task, task)} | {att} | {failure(base + '.out') or 'failed'} | | | | |")
+                lines.append(f"| {TASK_NAMES.get(task, task)} | {att} | {failure(base + '.out') or 'failed'} | | | | | |")
                 continue
             curves.setdefault(task, {})[att] = (train, evals)
             ms = median_steady(train, "step_ms")
@@ -150,7 +170,7 @@ def main(argv=None):
             accs = ", ".join(f"{e['step']}: {e['accuracy']:.3f}" for e in evals if "accuracy" in e)
             last = f"{evals[-1]['accuracy']:.3f}" if evals and "accuracy" in evals[-1] else ""
             lines.append(f"| {TASK_NAMES.get(task, task)} | {att} | {train[-1]['step']} of {total} | {ms:.1f} | "
-                         f"{ratio} | {accs} | {last} |")
+                         f"{ratio} | {accs} | {last} | {rules.get(task, '')} |")
         lines.append("")
 
     longs = collect_pieces(args.dirs)
@@ -158,12 +178,12 @@ def main(argv=None):
     if longs:
         lines += ["## Long runs (in pieces, one a call)", "",
                   "| task | attention | pieces | steps | ms / step | accuracy at evaluations (step: accuracy) | "
-                  "last accuracy | best |",
-                  "| --- | --- | ---: | ---: | ---: | --- | ---: | ---: |"]
+                  "last accuracy | best | best rule without tracing |",
+                  "| --- | --- | ---: | ---: | ---: | --- | ---: | ---: | --- |"]
         for (task, att), bases in sorted(longs.items(), key=key):
             cfg, train, evals, pieces = join_pieces(bases)
             if not train:
-                lines.append(f"| {TASK_NAMES.get(task, task)} | {att} | {len(bases)} | no steps logged | | | | |")
+                lines.append(f"| {TASK_NAMES.get(task, task)} | {att} | {len(bases)} | no steps logged | | | | | |")
                 continue
             long_curves.setdefault(task, {})[att] = (train, evals)
             ms = statistics.median(t["step_ms"] for t in train_log.steady(train))
@@ -173,7 +193,7 @@ def main(argv=None):
             last = f"{accs[-1]['accuracy']:.3f}" if accs else ""
             best = f"{max(e['accuracy'] for e in accs):.3f}" if accs else ""
             lines.append(f"| {TASK_NAMES.get(task, task)} | {att} | {pieces} | {train[-1]['step']} of {total} | "
-                         f"{ms:.1f} | {at_evals} | {last} | {best} |")
+                         f"{ms:.1f} | {at_evals} | {last} | {best} | {rules.get(task, '')} |")
         lines.append("")
 
     with open(os.path.join(args.out, "lra.md"), "w") as f:

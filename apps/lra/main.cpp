@@ -5,7 +5,7 @@
 //   fa-lra gen pathfinder --size 32|64|128|256 --split S --seed N [--count N]
 //                         [--threads T] --out FILE [--png DIR --png-count K]
 //   fa-lra info FILE
-//   fa-lra audit --size N [--count N] [--split S] [--seed N] [--threads T]
+//   fa-lra audit --size N [--count N] [--split S] [--seed N] [--threads T] [--json FILE]
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -33,7 +33,7 @@ const char* kUsage =
     "usage: fa-lra gen listops|pathfinder [--size N] [--count N] [--split train|val|test] [--seed S]\n"
     "                  [--threads T] --out FILE [--png DIR] [--png-count K] [--quiet]\n"
     "       fa-lra info FILE\n"
-    "       fa-lra audit --size N [--count N] [--split S] [--seed S] [--threads T]\n"
+    "       fa-lra audit --size N [--count N] [--split S] [--seed S] [--threads T] [--json FILE]\n"
     "  --size       pathfinder image side: 32, 64, 128 (Path-X) or 256 (Path-256)\n"
     "  --count      examples (default: LRA's split sizes; listops 96000/2000/2000,\n"
     "               pathfinder 160000/20000/20000)\n"
@@ -43,7 +43,7 @@ const char* kUsage =
     "               ink on the straight line between them and in a band around it)\n"
     "               guess pathfinder labels:\n"
     "               each cue's binned majority rule, fitted on the first half of --count\n"
-    "               (default 20000) images and scored on the second\n";
+    "               (default 20000) images and scored on the second; --json also writes them\n";
 
 // A progress bar on stderr, redrawn at most 10 times a second.
 class ProgressBar {
@@ -226,6 +226,7 @@ int audit(int argc, char** argv) {
   uint64_t count = 20000, seed = 0;
   lra::Split split = lra::Split::val;
   int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  std::string json;
   for (int k = 2; k < argc; ++k) {
     const std::string flag = argv[k];
     auto value = [&] { return flag_value(argc, argv, k, flag); };
@@ -234,6 +235,7 @@ int audit(int argc, char** argv) {
     else if (flag == "--seed") seed = parse_u64(flag, value());
     else if (flag == "--split") split = parse_split_flag(value());
     else if (flag == "--threads") threads = parse_threads(value());
+    else if (flag == "--json") json = value();
     else throw UsageError(flag + ": unknown flag");
   }
   if (count < 2) throw UsageError("--count: expected at least 2 (half fits the rules, half scores them)");
@@ -247,6 +249,19 @@ int audit(int argc, char** argv) {
               0.5 / std::sqrt(double(scores[0].scored)));
   for (const auto& s : scores) std::printf("  %-26s %.4f\n", s.name.c_str(), s.accuracy);
   std::printf("  contours an image %.2f (targets included), ink %.1f%% of the pixels\n", a.contours, 100 * a.ink);
+  if (!json.empty()) {
+    // For benchmarks/lra_table.py: the rules' scores beside a model's.
+    std::FILE* f = std::fopen(json.c_str(), "w");
+    if (f == nullptr) throw UsageError("--json: cannot write " + json);
+    std::fprintf(f, "{\"task\": \"pathfinder\", \"size\": %d, \"split\": \"%s\", \"seed\": %llu, \"count\": %llu, "
+                 "\"scored\": %llu, \"cues\": {",
+                 size, lra::split_name(split), static_cast<unsigned long long>(seed),
+                 static_cast<unsigned long long>(count), static_cast<unsigned long long>(scores[0].scored));
+    for (size_t c = 0; c < scores.size(); ++c)
+      std::fprintf(f, "%s\"%s\": %.4f", c ? ", " : "", scores[c].name.c_str(), scores[c].accuracy);
+    std::fprintf(f, "}, \"contours\": %.3f, \"ink\": %.4f}\n", a.contours, a.ink);
+    if (std::fclose(f) != 0) throw UsageError("--json: cannot write " + json);
+  }
   return 0;
 }
 

@@ -2,11 +2,15 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
+#include <mutex>
 #include <numbers>
 #include <stdexcept>
 #include <string>
+#include <tuple>
 
 #include "parallel.h"
+#include "pathfinder_audit.h"
 
 namespace lra {
 
@@ -226,9 +230,76 @@ void pathfinder_image(const PathfinderParams& p, Rng& rng, int label, Pathfinder
   }
 }
 
+namespace {
+
+// The cell of an image's two strongest shortcut cues (pathfinder_audit.h):
+// the markers' distance in bins of size / 32 pixels, and the ink on the
+// straight line between them in tenths, or "no point left".
+constexpr int kDistanceBins = 46;  // distances up to size * sqrt(2)
+constexpr int kInkBins = 11;
+
+int cue_cell(const PathfinderParams& p, const PathfinderImage& img) {
+  const int d = std::min(kDistanceBins - 1, static_cast<int>(marker_distance(img) / (p.size / 32.0)));
+  const double f = straight_line_ink(p, img);
+  return d * kInkBins + (f < 0 ? 0 : 1 + std::min(9, static_cast<int>(f * 10)));
+}
+
+// Cue matching. A smooth contour's ends lie close to the chord between
+// them, so a positive has ink on the straight line between its markers
+// far more often than a negative, whose markers end two contours: left
+// alone, a rule on (distance, that ink) scores 0.67 at 32 and 0.59 at
+// Path-X without tracing anything. So a drawn image of label L in cell c
+// is kept with probability min(n_1(c), n_0(c)) / n_L(c), where n_L counts
+// the cells of a calibration sample of label L drawn without matching:
+// both labels' kept images then have the same cell histogram
+// (proportional to min(n_1, n_0)), and one label of every cell is always
+// kept. The calibration sample is a pure function of the parameters
+// (fixed streams), so the table, and the data, do not depend on threads
+// or on the order of calls. docs/lra.md has what it leaves.
+class CueBalance {
+ public:
+  CueBalance(const PathfinderParams& p, int threads) : accept_(2 * kDistanceBins * kInkBins, 0.0) {
+    // About a hundred images a populated cell and label, fewer at 256
+    // where an image costs 4x: a noisy count leaves a cue behind.
+    const uint64_t count = p.size <= 128 ? 40000 : 16000;
+    std::vector<int> cells(count);
+    parallel_for(count, threads, [&](uint64_t j) {
+      Rng rng(mix_keys(0x63616c6962ULL, static_cast<uint64_t>(p.size), 0, j));
+      PathfinderImage img;
+      pathfinder_image(p, rng, static_cast<int>(j & 1), img);
+      cells[j] = cue_cell(p, img);
+    });
+    std::vector<double> n[2] = {std::vector<double>(accept_.size() / 2), std::vector<double>(accept_.size() / 2)};
+    for (uint64_t j = 0; j < count; ++j) n[j & 1][static_cast<size_t>(cells[j])] += 1;
+    for (size_t c = 0; c < n[0].size(); ++c)
+      for (int l = 0; l < 2; ++l)
+        if (n[l][c] > 0) accept_[2 * c + l] = std::min(n[0][c], n[1][c]) / n[l][c];
+  }
+  double accept(int label, int cell) const { return accept_[2 * static_cast<size_t>(cell) + label]; }
+
+ private:
+  std::vector<double> accept_;  // [cell][label]
+};
+
+// One table per parameter set and process, made on first use.
+const CueBalance& cue_balance(const PathfinderParams& p, int threads) {
+  using Key = std::tuple<int, double, double, double, int, int, int, double, int>;
+  static std::mutex mutex;
+  static std::map<Key, CueBalance> tables;
+  const Key key{p.size, p.segment_length, p.line_radius, p.marker_radius, p.contour_segments, p.distractors,
+                p.distractor_segments, p.max_turn_deg, p.gap};
+  std::lock_guard<std::mutex> lock(mutex);
+  auto it = tables.find(key);
+  if (it == tables.end()) it = tables.emplace(key, CueBalance(p, threads)).first;
+  return it->second;
+}
+
+}  // namespace
+
 void generate_pathfinder(const PathfinderParams& p, uint64_t seed, Split split, uint64_t count, int threads,
                          const PathfinderEmit& emit, const PathfinderProgress& progress) {
   if (p.distractors + 2 > 255) throw std::invalid_argument("pathfinder: at most 253 distractors");
+  const CueBalance& balance = cue_balance(p, threads);
   const uint64_t batch = std::max<uint64_t>(64, uint64_t(std::max(1, threads)) * 64);
   std::vector<PathfinderImage> images(batch);
   if (progress) progress(0, count);
@@ -237,7 +308,13 @@ void generate_pathfinder(const PathfinderParams& p, uint64_t seed, Split split, 
     parallel_for(n, threads, [&](uint64_t k) {
       const uint64_t i = base + k;
       Rng rng(mix_keys(seed, static_cast<uint64_t>(Task::pathfinder), static_cast<uint64_t>(split), i));
-      pathfinder_image(p, rng, pathfinder_label(seed, split, i), images[k]);
+      const int label = pathfinder_label(seed, split, i);
+      // Draws from the example's stream until cue matching keeps one.
+      for (int draw = 0;; ++draw) {
+        if (draw == 10000) throw std::runtime_error("pathfinder: cue matching kept no image in 10000 draws");
+        pathfinder_image(p, rng, label, images[k]);
+        if (rng.uniform() < balance.accept(label, cue_cell(p, images[k]))) break;
+      }
     });
     for (uint64_t k = 0; k < n; ++k) emit(base + k, images[k]);
     if (progress) progress(base + n, count);

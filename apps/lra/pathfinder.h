@@ -38,7 +38,8 @@ struct PathfinderImage {
   int contours = 0;             // contours drawn, targets included
 };
 
-// One image with the given label from the stream `rng`.
+// One image with the given label drawn from the stream `rng`, before cue
+// matching (generate_pathfinder keeps or redraws it).
 void pathfinder_image(const PathfinderParams& p, Rng& rng, int label, PathfinderImage& out);
 
 // Example i's label: each pair (2k, 2k+1) holds one positive and one
@@ -50,7 +51,10 @@ using PathfinderEmit = std::function<void(uint64_t index, const PathfinderImage&
 using PathfinderProgress = std::function<void(uint64_t done, uint64_t total)>;
 
 // Images 0..count-1 of (seed, split), each a pure function of (seed,
-// split, i), emitted in order whatever `threads` is.
+// split, i) and the parameters, emitted in order whatever `threads` is.
+// Each is drawn until cue matching keeps it, so that the markers' distance
+// and the ink on the straight line between them have the same joint
+// distribution in both labels (pathfinder.cpp, docs/lra.md).
 void generate_pathfinder(const PathfinderParams& p, uint64_t seed, Split split, uint64_t count, int threads,
                          const PathfinderEmit& emit, const PathfinderProgress& progress = {});
 

@@ -284,26 +284,29 @@ TEST(Pathfinder, SameOutputForAnyThreadCount) {
   EXPECT_NE(one, run(2, 5));
 }
 
-// The markers' distance must not tell the label: the ends of one smooth
-// contour lie about its length apart, the ends of two contours anywhere,
-// and a generator that leaves that free lets a distance rule score about
-// 0.9 with no tracing at all. Bound: chance plus 4 standard errors.
-void check_no_distance_cue(int size, uint64_t count) {
+// Neither the markers' distance nor the ink on the straight line between
+// them may tell the label, alone or together: the ends of one smooth
+// contour lie about its length apart and near the chord between them, so a
+// generator that leaves them free lets a distance rule score about 0.9 and
+// a (distance, ink) rule 0.67 at 32 with no tracing at all. The generator
+// matches both (cue matching); bound: chance plus 4 standard errors. The
+// band around the line keeps a weaker cue at 32 (docs/lra.md has the
+// measured values); a bound above it catches contours made straighter.
+void check_matched_cues(int size, uint64_t count) {
   const lra::PathfinderParams p = lra::pathfinder_params(size);
   const lra::PathfinderAudit a = lra::audit_pathfinder(p, 3, lra::Split::test, count, 2);
   const double se = 0.5 / std::sqrt(double(a.cues[0].scored));
-  EXPECT_EQ(a.cues[0].name, "marker distance");
-  EXPECT_LT(a.cues[0].accuracy, 0.5 + 4 * se) << "size " << size;
-  // Ink along the straight segment between the markers is a weaker cue
-  // that smooth contours keep (docs/lra.md has the measured values); a
-  // bound above them catches a generator that makes contours straighter.
-  EXPECT_EQ(a.cues[2].name, "both");
-  EXPECT_LT(a.cues[2].accuracy, 0.72) << "size " << size;
+  const char* matched[] = {"marker distance", "ink on the straight line", "both"};
+  for (int c = 0; c < 3; ++c) {
+    EXPECT_EQ(a.cues[c].name, matched[c]);
+    EXPECT_LT(a.cues[c].accuracy, 0.5 + 4 * se) << a.cues[c].name << ", size " << size;
+  }
+  for (int c = 3; c < 5; ++c) EXPECT_LT(a.cues[c].accuracy, 0.68) << a.cues[c].name << ", size " << size;
 }
 
-TEST(PathfinderAudit, NoDistanceCue32) { check_no_distance_cue(32, 4000); }
-TEST(PathfinderAudit, NoDistanceCue64) { check_no_distance_cue(64, 2000); }
-TEST(PathfinderAudit, NoDistanceCue128) { check_no_distance_cue(128, 600); }
+TEST(PathfinderAudit, MatchedCuesAtChance32) { check_matched_cues(32, 4000); }
+TEST(PathfinderAudit, MatchedCuesAtChance64) { check_matched_cues(64, 2000); }
+TEST(PathfinderAudit, MatchedCuesAtChance128) { check_matched_cues(128, 600); }
 
 TEST(PathfinderAudit, TheRuleFindsAPlantedCue) {
   // A bin that is the label is read perfectly; bins unrelated to the label
