@@ -40,8 +40,13 @@ double ink_near_line(const PathfinderParams& p, const PathfinderImage& img) {
   const double dx = bx - ax, dy = by - ay, len2 = dx * dx + dy * dy;
   const double width = 0.25 * std::sqrt(len2), skip = p.marker_radius + p.line_radius + 1.0;
   int pixels = 0, inked = 0;
-  for (int y = 0; y < n; ++y)
-    for (int x = 0; x < n; ++x) {
+  // The band's bounding box only.
+  const int x0 = std::max(0, static_cast<int>(std::floor(std::min(ax, bx) - width)));
+  const int x1 = std::min(n - 1, static_cast<int>(std::ceil(std::max(ax, bx) + width)));
+  const int y0 = std::max(0, static_cast<int>(std::floor(std::min(ay, by) - width)));
+  const int y1 = std::min(n - 1, static_cast<int>(std::ceil(std::max(ay, by) + width)));
+  for (int y = y0; y <= y1; ++y)
+    for (int x = x0; x <= x1; ++x) {
       if (std::hypot(x - ax, y - ay) <= skip || std::hypot(x - bx, y - by) <= skip) continue;
       const double t = len2 > 0 ? std::clamp(((x - ax) * dx + (y - ay) * dy) / len2, 0.0, 1.0) : 0.0;
       if (std::hypot(ax + t * dx - x, ay + t * dy - y) > width) continue;
