@@ -85,7 +85,7 @@ def join_pieces(bases):
 
 
 def no_tracing_rules(dirs):
-    """task -> "0.517 (near and distance)": the best rule of the task's
+    """task -> "0.535 (band 1/8 and distance)": the best rule of the task's
     audit-<task>.json (the last folder's, when several have one)."""
     rules = {}
     for d in dirs:

@@ -34,11 +34,11 @@ double straight_line_ink(const PathfinderParams& p, const PathfinderImage& img) 
   return points ? double(inked) / points : -1.0;
 }
 
-double ink_near_line(const PathfinderParams& p, const PathfinderImage& img) {
+double ink_near_line(const PathfinderParams& p, const PathfinderImage& img, double half_width) {
   const int n = p.size;
   const double ax = img.marker_x[0], ay = img.marker_y[0], bx = img.marker_x[1], by = img.marker_y[1];
   const double dx = bx - ax, dy = by - ay, len2 = dx * dx + dy * dy;
-  const double width = 0.25 * std::sqrt(len2), skip = p.marker_radius + p.line_radius + 1.0;
+  const double width = half_width * std::sqrt(len2), skip = p.marker_radius + p.line_radius + 1.0;
   int pixels = 0, inked = 0;
   // The band's bounding box only.
   const int x0 = std::max(0, static_cast<int>(std::floor(std::min(ax, bx) - width)));
@@ -70,7 +70,12 @@ double binned_rule_accuracy(const std::vector<std::pair<int64_t, int>>& binned) 
 }
 
 PathfinderAudit audit_pathfinder(const PathfinderParams& p, uint64_t seed, Split split, uint64_t count, int threads) {
-  std::vector<std::pair<int64_t, int>> dist(count), line(count), both(count), near(count), near_dist(count);
+  // Bands of half-width an eighth, a quarter and a half of the distance.
+  constexpr double kBands[] = {0.125, 0.25, 0.5};
+  constexpr const char* kBandNames[] = {"band 1/8", "band 1/4", "band 1/2"};
+  std::vector<std::pair<int64_t, int>> dist(count), line(count), both(count);
+  std::vector<std::pair<int64_t, int>> band[3], band_dist[3];
+  for (int w = 0; w < 3; ++w) band[w].resize(count), band_dist[w].resize(count);
   PathfinderAudit a;
   generate_pathfinder(p, seed, split, count, threads, [&](uint64_t i, const PathfinderImage& img) {
     // 1-pixel bins of the distance; tenths of the ink fraction (bin -1: none).
@@ -80,21 +85,25 @@ PathfinderAudit audit_pathfinder(const PathfinderParams& p, uint64_t seed, Split
     dist[i] = {d, img.label};
     line[i] = {l, img.label};
     both[i] = {d * 16 + (l + 1), img.label};
-    // Fortieths of the fraction near the line (a contour fills a few tenths
-    // of that band at most).
-    const double g = ink_near_line(p, img);
-    const int64_t b = g < 0 ? -1 : std::min<int64_t>(39, static_cast<int64_t>(g * 40));
-    near[i] = {b, img.label};
-    near_dist[i] = {d * 64 + (b + 1), img.label};
+    // Fortieths of a band's ink fraction (a contour fills a few tenths of
+    // a band at most).
+    for (int w = 0; w < 3; ++w) {
+      const double g = ink_near_line(p, img, kBands[w]);
+      const int64_t b = g < 0 ? -1 : std::min<int64_t>(39, static_cast<int64_t>(g * 40));
+      band[w][i] = {b, img.label};
+      band_dist[w][i] = {d * 64 + (b + 1), img.label};
+    }
     a.contours += img.contours;
     for (uint8_t v : img.pixels) a.ink += v > 127;
   });
   const uint64_t scored = count - count / 2;
   a.cues = {{"marker distance", binned_rule_accuracy(dist), scored},
             {"ink on the straight line", binned_rule_accuracy(line), scored},
-            {"both", binned_rule_accuracy(both), scored},
-            {"ink near the line", binned_rule_accuracy(near), scored},
-            {"near and distance", binned_rule_accuracy(near_dist), scored}};
+            {"both", binned_rule_accuracy(both), scored}};
+  for (int w = 0; w < 3; ++w) {
+    a.cues.push_back({kBandNames[w], binned_rule_accuracy(band[w]), scored});
+    a.cues.push_back({std::string(kBandNames[w]) + " and distance", binned_rule_accuracy(band_dist[w]), scored});
+  }
   a.contours /= double(count);
   a.ink /= double(count) * p.size * p.size;
   return a;

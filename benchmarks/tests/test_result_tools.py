@@ -40,7 +40,7 @@ def test_lra_table_ratios_oom_and_plots(tmp_path):
     write_run(tmp_path, "run-pf32-flashattn", [500.0, 20.0], [(100, 0.5)])
     (tmp_path / "audit-pf32.json").write_text(json.dumps(  # fa-lra audit --json
         {"task": "pathfinder", "size": 32, "cues": {"marker distance": 0.504, "both": 0.506,
-                                                     "near and distance": 0.615}}))
+                                                     "band 1/4 and distance": 0.615}}))
     out = tmp_path / "out"
     assert lra_table.main([str(tmp_path), "--out", str(out)]) == 0
     md = (out / "lra.md").read_text()
@@ -51,7 +51,7 @@ def test_lra_table_ratios_oom_and_plots(tmp_path):
     run_flash = [l for l in lines if "ListOps" in l and "| flashattn |" in l][-1]
     assert "30 of 100" in run_flash and "4.00x" in run_flash and "50: 0.300, 100: 0.370" in run_flash
     pf32 = next(l for l in lines if "Pathfinder 32" in l)
-    assert "no standard run" in pf32 and pf32.endswith("| 0.615 (near and distance) |")
+    assert "no standard run" in pf32 and pf32.endswith("| 0.615 (band 1/4 and distance) |")
     assert run_flash.endswith("| 0.370 |  |")  # ListOps: no rule
     assert (out / "lra-listops.png").stat().st_size > 0 and (out / "lra-pf32.png").stat().st_size > 0
 
