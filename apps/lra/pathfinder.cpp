@@ -259,8 +259,9 @@ int cue_cell(const PathfinderParams& p, const PathfinderImage& img) {
 class CueBalance {
  public:
   CueBalance(const PathfinderParams& p, int threads) : accept_(2 * kDistanceBins * kInkBins, 0.0) {
-    // About a hundred images a populated cell and label, fewer at 256
-    // where an image costs 4x: a noisy count leaves a cue behind.
+    // Fewer at 256, where an image costs 4x. A smaller sample's noisy
+    // counts leave a cue of their own (12,000 at Path-X: the combined
+    // rule 0.522 against 0.514 with 40,000; docs/journal).
     const uint64_t count = p.size <= 128 ? 40000 : 16000;
     std::vector<int> cells(count);
     parallel_for(count, threads, [&](uint64_t j) {
