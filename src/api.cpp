@@ -60,7 +60,9 @@ void dropout_mask(std::uint64_t seed, std::uint64_t offset, float dropout_p, std
     throw Error("dropout_p: expected a value in [0, 1), got " + std::to_string(dropout_p));
   if (heads_q < 1) bad("heads_q", ">= 1", heads_q);
   if (head < 0 || head >= heads_q) bad("head", "in [0, heads_q)", head);
-  if (batch < 0 || batch * heads_q + head > 0xFFFFFFFFll) bad("batch", ">= 0 with batch * heads_q < 2^32", batch);
+  // batch * heads_q + head names the stream: it must fit 32 bits (and the
+  // product must not overflow on the way).
+  if (batch < 0 || batch > (0xFFFFFFFFll - head) / heads_q) bad("batch", ">= 0 with batch * heads_q < 2^32", batch);
   if (rows < 0 || rows > 0x7FFFFFFFll) bad("rows", "in [0, 2^31)", rows);
   if (cols < 0 || cols > 0x7FFFFFFFll) bad("cols", "in [0, 2^31)", cols);
   if (rows * cols > 0 && keep == nullptr) throw Error("keep: expected a non-null pointer, got nullptr");

@@ -259,7 +259,8 @@ void check(const KvCase& c, int threads = 2) {
 }
 
 TEST(KvCache, DecodeGqaContiguous) {
-  for (DType dt : {DType::bf16, DType::f16, DType::f32}) {
+  // float64 to float64 accuracy (1e-12), not float32's.
+  for (DType dt : {DType::bf16, DType::f16, DType::f32, DType::f64}) {
     SCOPED_TRACE(flashattn::to_string(dt));
     KvCase c;
     c.dtype = dt;

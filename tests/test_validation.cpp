@@ -412,6 +412,8 @@ TEST_F(Validation, BadBlockMaskShape) {
   check([](BlockMask& m) { m.num_q_blocks = 2; }, "block_mask.num_q_blocks");
   check([](BlockMask& m) { m.num_k_blocks = 3; }, "block_mask.num_k_blocks");
   check([](BlockMask& m) { m.block_k = 2; }, "block_mask.num_k_blocks");  // ceil(6 / 2) = 3 != 2
+  // A block near 2^63 holds the whole sequence: one block, not an overflow.
+  check([](BlockMask& m) { m.block_q = INT64_MAX - 2; }, "ceil(seqlen_q / block_q) = 1, got 3");
   check([](BlockMask& m) { m.kv_count = nullptr; }, "block_mask.kv_count");
   check([](BlockMask& m) { m.kv_indices = nullptr; }, "block_mask.kv_indices");
   check([](BlockMask& m) { m.full_kv_indices = nullptr; }, "block_mask.full_kv_count");
@@ -493,6 +495,9 @@ TEST(DropoutMaskValidation, BadArguments) {
   expect_arg([&] { flashattn::dropout_mask(1, 0, 0.5f, 0, 2, 2, 8, 8, keep.data()); }, "head");
   expect_arg([&] { flashattn::dropout_mask(1, 0, 0.5f, 0, 0, 0, 8, 8, keep.data()); }, "heads_q");
   expect_arg([&] { flashattn::dropout_mask(1, 0, 0.5f, -1, 2, 0, 8, 8, keep.data()); }, "batch");
+  // batch * heads_q past 2^32, and past 2^63 (no wrap-around into range).
+  expect_arg([&] { flashattn::dropout_mask(1, 0, 0.5f, 1ll << 31, 2, 0, 8, 8, keep.data()); }, "batch");
+  expect_arg([&] { flashattn::dropout_mask(1, 0, 0.5f, 1ll << 62, 4, 0, 8, 8, keep.data()); }, "batch");
   expect_arg([&] { flashattn::dropout_mask(1, 0, 0.5f, 0, 2, 0, -1, 8, keep.data()); }, "rows");
   expect_arg([&] { flashattn::dropout_mask(1, 0, 0.5f, 0, 2, 0, 8, 8, nullptr); }, "keep");
 }

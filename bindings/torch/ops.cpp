@@ -506,7 +506,13 @@ std::tuple<Tensor, Tensor> fwd_kvcache(const Tensor& q, const Tensor& k_cache, c
   };
   a.cache_seqlens = index(cache_seqlens, "cache_seqlens", 1);
   a.block_table = index(block_table, "block_table", 2);
-  if (block_table) a.max_blocks_per_seq = block_table->size(1);
+  if (block_table) {
+    // An empty table's data pointer is null, which the library reads as no
+    // table at all.
+    FLASHATTN_CHECK(block_table->size(1) >= 1, "flashattn: block_table: expected at least one page a sequence, got "
+                    "shape ", shape_str(*block_table));
+    a.max_blocks_per_seq = block_table->size(1);
+  }
   a.cache_batch_idx = index(cache_batch_idx, "cache_batch_idx", 1);
   FLASHATTN_CHECK(rotary_cos.has_value() == rotary_sin.has_value(),
                   "flashattn: rotary_cos / rotary_sin: expected both or neither, got only one");
@@ -520,6 +526,10 @@ std::tuple<Tensor, Tensor> fwd_kvcache(const Tensor& q, const Tensor& k_cache, c
                       t->scalar_type());
       check_same_device(*t, q, name);
     }
+    // rotary_dim 0 would read as no rotary (and an empty tensor's data
+    // pointer is null).
+    FLASHATTN_CHECK(rotary_cos->size(1) >= 1, "flashattn: rotary_cos: expected rotary_dim / 2 >= 1 columns, got shape ",
+                    shape_str(*rotary_cos));
     a.rotary_cos = rotary_cos->data_ptr();
     a.rotary_sin = rotary_sin->data_ptr();
     a.rotary_dtype = to_dtype(*rotary_cos, "rotary_cos");
@@ -632,7 +642,10 @@ std::tuple<Tensor, Tensor> fwd_autograd(const Tensor& q, const Tensor& k, const 
 
 Tensor dropout_mask(int64_t seed, int64_t offset, double dropout_p, int64_t batch, int64_t heads_q, int64_t head,
                     int64_t rows, int64_t cols) {
-  FLASHATTN_CHECK(rows >= 0 && cols >= 0, "flashattn: rows / cols: expected >= 0, got ", rows, " / ", cols);
+  // The library's bounds on rows and cols, before the output is allocated
+  // (a huge one would fail in the allocator, naming neither).
+  FLASHATTN_CHECK(rows >= 0 && rows <= INT32_MAX, "flashattn: rows: expected in [0, 2^31), got ", rows);
+  FLASHATTN_CHECK(cols >= 0 && cols <= INT32_MAX, "flashattn: cols: expected in [0, 2^31), got ", cols);
   Tensor keep = at::empty({rows, cols}, at::TensorOptions().dtype(at::kBool));
   surface_errors([&] {
     flashattn::dropout_mask(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), static_cast<float>(dropout_p),

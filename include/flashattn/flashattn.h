@@ -191,7 +191,8 @@ class BlockPattern {
 // Options shared by forward and backward. Backward must be called with the
 // same options as the forward it differentiates.
 struct Options {
-  // Scale applied to QK^T before the softmax; default 1/sqrt(head_dim).
+  // Scale applied to QK^T before the softmax; default 1/sqrt(head_dim)
+  // (a float also for f64 inputs: docs/api.md, "Scale").
   std::optional<float> softmax_scale;
   // Causal masking. When seqlen_q != seqlen_k the mask is aligned to the
   // bottom-right corner (as flash-attn >= 2.1): query i sees key j iff

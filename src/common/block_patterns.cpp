@@ -4,14 +4,14 @@
 #include <string>
 
 #include "common/fail.h"
+#include "common/numeric.h"
 #include "flashattn/flashattn.h"
 
 namespace flashattn {
 namespace {
 
+using detail::ceil_div;
 using detail::fail;
-
-std::int64_t ceil_div(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; }
 
 enum class Kept { no, partial, full };
 

@@ -1,5 +1,6 @@
 // Host conversions between the storage dtypes and float, round to nearest
-// even, with no dependence on compiler support for _Float16 / __bf16.
+// even, with no dependence on compiler support for _Float16 / __bf16; and
+// integer helpers of the validation.
 #pragma once
 
 #include <cmath>
@@ -10,6 +11,10 @@
 #include "flashattn/flashattn.h"
 
 namespace flashattn::detail {
+
+// ceil(a / b) for a >= 0, b >= 1, without the overflow of (a + b - 1) / b
+// when b is near 2^63 (a block size is a user's int64).
+inline std::int64_t ceil_div(std::int64_t a, std::int64_t b) { return a / b + (a % b != 0); }
 
 inline float bits_to_float(std::uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; }
 inline std::uint32_t float_to_bits(float f) { std::uint32_t u; std::memcpy(&u, &f, 4); return u; }

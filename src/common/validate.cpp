@@ -242,8 +242,6 @@ void check_varlen(const Varlen& vl, const Tensor& q, const Tensor& k, const Cont
   if (hk) check_cu_seqlens(hk, "varlen.cu_seqlens_k", vl.batch, k.seqlen, vl.max_seqlen_k);
 }
 
-std::int64_t ceil_div(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; }
-
 void check_block_mask(const BlockMask& m, const Problem& p, const Context& ctx) {
   if (m.block_q < 1) fail("block_mask.block_q", ">= 1", str(m.block_q));
   if (m.block_k < 1) fail("block_mask.block_k", ">= 1", str(m.block_k));

@@ -2,8 +2,9 @@
 // rotary) and then, per (sequence, KV head, split), an online-softmax pass
 // over the split's keys for all the query rows of the KV head's query heads
 // at once, so each key and value row is loaded once for the whole group.
-// Splits are merged through their LSEs. Acc = float is the backend; Acc =
-// double (one split) is the float64 reference (reference::forward_kvcache).
+// Splits are merged through their LSEs. Acc = float is the backend (double
+// for float64 inputs); Acc = double with one split is the float64
+// reference (reference::forward_kvcache).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -262,7 +263,9 @@ void kvcache_impl(const KvProblem& kp, const KvCacheArgs& a, int num_threads, in
 }  // namespace
 
 void cpu_forward_kvcache(const KvProblem& kp, const KvCacheArgs& a, const Context& ctx) {
-  kvcache_impl<float>(kp, a, ctx.num_threads, a.num_splits);
+  // float64 inputs are computed in double, as the other CPU paths do.
+  if (kp.base.dtype == DType::f64) kvcache_impl<double>(kp, a, ctx.num_threads, a.num_splits);
+  else kvcache_impl<float>(kp, a, ctx.num_threads, a.num_splits);
 }
 
 void cpu_reference_kvcache(const KvProblem& kp, const KvCacheArgs& a, int num_threads) {
