@@ -134,6 +134,17 @@ def _input_error(q, k, v, ndim: int, names=("q", "k", "v")):
     raise AssertionError("flashattn: _input_error called on valid inputs")
 
 
+def _check_devices(q, named):
+    """The device of every tensor in `named` ((name, tensor or None) pairs)
+    is q's. The fake kernels check it: a call whose tensors are all on q's
+    device never reaches them, so one that does has a tensor on another
+    device (a meta tensor picks the fake kernel, whose output would be
+    uninitialised memory on q's device)."""
+    for name, t in named:
+        if t is not None and t.device != q.device:
+            raise ValueError(f"flashattn: {name}.device: expected the device of q ({q.device}), got {t.device}")
+
+
 def _lse_shape(q, varlen):
     # Dense: [batch, heads_q, seqlen_q]; varlen: [heads_q, total_q].
     if varlen:
@@ -147,6 +158,8 @@ def _fwd_fake(q, k, v, option_tensors, option_ints, dropout_p, softmax_scale):
     # The real kernels check these (and more); here so that meta tensors, or
     # a q and a k on different devices, do not pass unchecked.
     _check_inputs(q, k, v, 3 if varlen else 4)
+    # rng_state lives on the CPU whatever q's device.
+    _check_devices(q, [(n, t) for n, t in zip(TENSOR_OPTIONS, option_tensors) if n != "rng_state"])
     # e4m3 inputs give a bf16 output (flashattn.h, ForwardArgs).
     out = torch.empty_like(q, memory_format=torch.contiguous_format,
                            dtype=torch.bfloat16 if q.dtype == _FP8 else q.dtype)
@@ -156,11 +169,14 @@ def _fwd_fake(q, k, v, option_tensors, option_ints, dropout_p, softmax_scale):
 
 @torch.library.register_fake("flashattn::fwd_fp8")
 def _fwd_fp8_fake(q, k, v, q_descale, k_descale, v_descale, option_tensors, option_ints, dropout_p, softmax_scale):
+    _check_devices(q, (("q_descale", q_descale), ("k_descale", k_descale), ("v_descale", v_descale)))
     return _fwd_fake(q, k, v, option_tensors, option_ints, dropout_p, softmax_scale)
 
 
 @torch.library.register_fake("flashattn::bwd")
 def _bwd_fake(dout, q, k, v, out, lse, option_tensors, option_ints, dropout_p, softmax_scale):
+    _check_devices(q, [("dout", dout), ("k", k), ("v", v), ("out", out), ("lse", lse)] +
+                   [(n, t) for n, t in zip(TENSOR_OPTIONS, option_tensors) if n != "rng_state"])
     return (torch.empty_like(q, memory_format=torch.contiguous_format),
             torch.empty_like(k, memory_format=torch.contiguous_format),
             torch.empty_like(v, memory_format=torch.contiguous_format))
@@ -170,6 +186,8 @@ def _bwd_fake(dout, q, k, v, out, lse, option_tensors, option_ints, dropout_p, s
 def _fwd_kvcache_fake(q, k_cache, v_cache, k, v, cache_seqlens, block_table, cache_batch_idx, rotary_cos, rotary_sin,
                       rotary_interleaved, softmax_scale, causal, window_left, window_right, num_splits):
     _check_inputs(q, k_cache, v_cache, 4, ("q", "k_cache", "v_cache"))
+    _check_devices(q, (("k", k), ("v", v), ("cache_seqlens", cache_seqlens), ("block_table", block_table),
+                       ("cache_batch_idx", cache_batch_idx), ("rotary_cos", rotary_cos), ("rotary_sin", rotary_sin)))
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     lse = q.new_empty(_lse_shape(q, False), dtype=torch.float32)
     return out, lse

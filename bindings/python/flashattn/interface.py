@@ -54,11 +54,21 @@ def _plain_tensors(tensors) -> bool:
     return True
 
 
-def _as_int64(x: int) -> int:
+def _index(x, name: str, lo: int = -2 ** 63, hi: int = 2 ** 63 - 1) -> int:
+    """An integer argument (operator.index: no float truncation, no
+    strings), in [lo, hi] (default: int64, what the schema carries)."""
+    try:
+        i = operator.index(x)
+    except TypeError:
+        raise TypeError(f"flashattn: {name}: expected an integer, got {type(x).__name__} {x!r}") from None
+    if not lo <= i <= hi:
+        raise ValueError(f"flashattn: {name}: expected an integer in [{lo}, {hi}], got {i}")
+    return i
+
+
+def _as_int64(x: int, name: str = "seed / offset") -> int:
     """An unsigned 64-bit seed/offset as the signed int the schema carries."""
-    x = int(x)
-    if not 0 <= x < 2 ** 64:
-        raise ValueError(f"flashattn: seed / offset: expected an integer in [0, 2^64), got {x}")
+    x = _index(x, name, 0, 2 ** 64 - 1)
     return x - 2 ** 64 if x >= 2 ** 63 else x
 
 
@@ -77,8 +87,15 @@ def _rng_state(dropout_p: float, seed, generator) -> Optional[torch.Tensor]:
     if dropout_p == 0.0:
         return None
     if seed is not None:
-        s, o = (seed, 0) if isinstance(seed, int) else seed
-        return torch.tensor([_as_int64(s), _as_int64(o)], dtype=torch.int64)
+        if isinstance(seed, int):
+            s, o = seed, 0
+        elif isinstance(seed, (tuple, list)) and len(seed) == 2:
+            s, o = seed
+        else:
+            raise TypeError(f"flashattn: seed: expected an integer or a (seed, offset) pair, got {seed!r}")
+        return torch.tensor([_as_int64(s, "seed"), _as_int64(o, "seed offset")], dtype=torch.int64)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"flashattn: generator: expected a torch.Generator or None, got {type(generator).__name__}")
     return torch.randint(0, 2 ** 63 - 1, (2,), dtype=torch.int64, generator=generator, device="cpu")
 
 
@@ -97,6 +114,9 @@ def _unsupported(softcap, alibi_slopes):
 def _window(window_size: Sequence[int]) -> Tuple[int, int]:
     if window_size is _NO_WINDOW:  # the default, by identity: no len() / int() calls
         return -1, -1
+    if not isinstance(window_size, (tuple, list)):
+        raise TypeError(f"flashattn: window_size: expected (left, right), got {type(window_size).__name__} "
+                        f"{window_size!r}")
     if len(window_size) != 2:
         raise ValueError(f"flashattn: window_size: expected (left, right), got {window_size!r}")
     return _window_side(window_size[0]), _window_side(window_size[1])
@@ -127,9 +147,19 @@ def _real(x, name: str) -> float:
 
 
 def _algorithm(algorithm: str) -> int:
-    if algorithm not in _ALGORITHMS:
+    if not isinstance(algorithm, str) or algorithm not in _ALGORITHMS:
         raise ValueError(f"flashattn: algorithm: expected 'flash' or 'standard', got {algorithm!r}")
     return _ALGORITHMS[algorithm]
+
+
+def _block_size(block_size) -> Tuple[int, int]:
+    """block_size: an int (block_q = block_k) or a (block_q, block_k) pair."""
+    if isinstance(block_size, (tuple, list)):
+        if len(block_size) != 2:
+            raise ValueError(f"flashattn: block_size: expected an integer or (block_q, block_k), got {block_size!r}")
+        return _index(block_size[0], "block_size[0]"), _index(block_size[1], "block_size[1]")
+    b = _index(block_size, "block_size")
+    return b, b
 
 
 def _attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale, causal,
@@ -170,8 +200,7 @@ def _attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, 
         block_q = block_k = 128
     else:
         kv_num_blocks, kv_indices, full_kv_num_blocks, full_kv_indices = block_mask
-        block_q, block_k = (block_size, block_size) if isinstance(block_size, int) else block_size
-        block_q, block_k = int(block_q), int(block_k)
+        block_q, block_k = _block_size(block_size)
     # The conversions of pack_options, skipped where the value already has
     # its type (bool() / float() cost as much as a small function call).
     if causal is not True and causal is not False:
@@ -241,11 +270,10 @@ def _attention_fp8(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen
         raise ValueError(f"flashattn: dropout_p: expected 0 with float8_e4m3fn inputs (the FP8 forward has no "
                          f"dropout), got {dropout_p}")
     block_mask = block_mask or (None, None, None, None)
-    block_q, block_k = (block_size, block_size) if isinstance(block_size, int) else block_size
+    block_q, block_k = _block_size(block_size)
     options = _pack(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, 0.0,
                     None if softmax_scale is None else _real(softmax_scale, "softmax_scale"), bool(causal),
-                    window_left, window_right, None, *block_mask, int(block_q), int(block_k), _algorithm(algorithm),
-                    False)
+                    window_left, window_right, None, *block_mask, block_q, block_k, _algorithm(algorithm), False)
     out, lse = ops.fwd_fp8.default(_last_dim_contiguous(q), _last_dim_contiguous(k), _last_dim_contiguous(v),
                                    *descales, *options)
     if return_attn_probs:
@@ -285,6 +313,8 @@ def flash_attn_qkvpacked_func(qkv, dropout_p=0.0, softmax_scale=None, causal=Fal
                               seed=None, generator=None, algorithm="flash"):
     """qkv: (batch, seqlen, 3, heads, head_dim). The views are passed with
     their strides (no copy), and the gradient flows back into qkv."""
+    if not isinstance(qkv, _Tensor):
+        raise TypeError(f"flashattn: qkv: expected a torch.Tensor, got {type(qkv).__name__}")
     if qkv.dim() != 5 or qkv.shape[2] != 3:
         raise ValueError(f"flashattn: qkv: expected shape (batch, seqlen, 3, heads, head_dim), got {tuple(qkv.shape)}")
     q, k, v = qkv.unbind(2)
@@ -296,6 +326,8 @@ def flash_attn_kvpacked_func(q, kv, dropout_p=0.0, softmax_scale=None, causal=Fa
                              softcap=0.0, alibi_slopes=None, deterministic=False, return_attn_probs=False, *,
                              seed=None, generator=None, algorithm="flash"):
     """kv: (batch, seqlen_k, 2, heads_k, head_dim)."""
+    if not isinstance(kv, _Tensor):
+        raise TypeError(f"flashattn: kv: expected a torch.Tensor, got {type(kv).__name__}")
     if kv.dim() != 5 or kv.shape[2] != 2:
         raise ValueError(f"flashattn: kv: expected shape (batch, seqlen, 2, heads, head_dim), got {tuple(kv.shape)}")
     k, v = kv.unbind(2)
@@ -323,12 +355,13 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
             got = f"{t.dtype} {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
             raise ValueError(f"flashattn: {name}: expected a 1-D int32 tensor, got {got}")
     if q_descale is not None or k_descale is not None or v_descale is not None:
-        return _attention_fp8(q, k, v, cu_seqlens_q.contiguous(), cu_seqlens_k.contiguous(), int(max_seqlen_q),
-                              int(max_seqlen_k), dropout_p, softmax_scale, causal, window_size, return_attn_probs,
-                              algorithm, q_descale, k_descale, v_descale)
-    return _attention(q, k, v, cu_seqlens_q.contiguous(), cu_seqlens_k.contiguous(), int(max_seqlen_q),
-                      int(max_seqlen_k), dropout_p, softmax_scale, causal, window_size, deterministic,
-                      return_attn_probs, seed, generator, algorithm, None, None)
+        return _attention_fp8(q, k, v, cu_seqlens_q.contiguous(), cu_seqlens_k.contiguous(),
+                              _index(max_seqlen_q, "max_seqlen_q"), _index(max_seqlen_k, "max_seqlen_k"), dropout_p,
+                              softmax_scale, causal, window_size, return_attn_probs, algorithm, q_descale, k_descale,
+                              v_descale)
+    return _attention(q, k, v, cu_seqlens_q.contiguous(), cu_seqlens_k.contiguous(), _index(max_seqlen_q, "max_seqlen_q"),
+                      _index(max_seqlen_k, "max_seqlen_k"), dropout_p, softmax_scale, causal, window_size,
+                      deterministic, return_attn_probs, seed, generator, algorithm, None, None)
 
 
 def flash_attn_block_sparse_func(q, k, v, kv_num_blocks, kv_indices, full_kv_num_blocks=None, full_kv_indices=None,
@@ -430,14 +463,6 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
             raise ValueError(f"flashattn: {name}: expected a contiguous last dimension (it is written in place), "
                              f"got stride {t.stride(-1)}")
     batch = q.shape[0]
-    if cache_seqlens is None:
-        if k is not None:
-            raise ValueError("flashattn: cache_seqlens: expected the cache lengths before the append (k and v are "
-                             "appended at those positions), got None")
-        capacity = k_cache.shape[1] * (block_table.shape[1] if block_table is not None else 1)
-        cache_seqlens = capacity
-    if not isinstance(cache_seqlens, _Tensor):
-        cache_seqlens = torch.full((batch,), operator.index(cache_seqlens), dtype=torch.int32, device=q.device)
 
     def int32(t, name):
         if t is None:
@@ -445,19 +470,43 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
         if not isinstance(t, _Tensor) or t.dtype not in (torch.int32, torch.int64):
             got = t.dtype if isinstance(t, _Tensor) else type(t).__name__
             raise ValueError(f"flashattn: {name}: expected an int32 tensor, got {got}")
+        if t.dtype == torch.int64 and t.device.type == "cpu" and t.numel() > 0:
+            # A value past int32 would wrap into range. On the CPU, where the
+            # library checks the contents anyway, say so; on CUDA the
+            # contents are not read on the host (flashattn.h, KvCacheArgs).
+            lo, hi = t.min().item(), t.max().item()
+            if lo < -2 ** 31 or hi >= 2 ** 31:
+                raise ValueError(f"flashattn: {name}: expected int32 values, got {hi if hi >= 2 ** 31 else lo}")
         return t.to(torch.int32).contiguous()
 
+    for name, t in (("k", k), ("v", v), ("rotary_cos", rotary_cos), ("rotary_sin", rotary_sin)):
+        if t is not None and not isinstance(t, _Tensor):
+            raise TypeError(f"flashattn: {name}: expected a torch.Tensor or None, got {type(t).__name__}")
     if (k is None) != (v is None):
         raise ValueError("flashattn: k / v: expected both or neither, got only one")
+    if (rotary_cos is None) != (rotary_sin is None):
+        raise ValueError("flashattn: rotary_cos / rotary_sin: expected both or neither, got only one")
+    block_table = int32(block_table, "block_table")
+    if block_table is not None and block_table.dim() != 2:
+        raise ValueError(f"flashattn: block_table: expected a 2-D tensor (batch, max_blocks_per_seq), got shape "
+                         f"{list(block_table.shape)}")
+    if cache_seqlens is None:
+        if k is not None:
+            raise ValueError("flashattn: cache_seqlens: expected the cache lengths before the append (k and v are "
+                             "appended at those positions), got None")
+        cache_seqlens = k_cache.shape[1] * (block_table.shape[1] if block_table is not None else 1)
+    if not isinstance(cache_seqlens, _Tensor):
+        cache_seqlens = torch.full((batch,), _index(cache_seqlens, "cache_seqlens", -2 ** 31, 2 ** 31 - 1),
+                                   dtype=torch.int32, device=q.device)
     if rotary_cos is not None:
         rotary_cos, rotary_sin = rotary_cos.contiguous(), rotary_sin.contiguous()
     window_left, window_right = _window(window_size)
     out, lse = ops.fwd_kvcache.default(
         _last_dim_contiguous(q), k_cache, v_cache, None if k is None else _last_dim_contiguous(k),
         None if v is None else _last_dim_contiguous(v), int32(cache_seqlens, "cache_seqlens"),
-        int32(block_table, "block_table"), int32(cache_batch_idx, "cache_batch_idx"), rotary_cos, rotary_sin,
+        block_table, int32(cache_batch_idx, "cache_batch_idx"), rotary_cos, rotary_sin,
         bool(rotary_interleaved), None if softmax_scale is None else _real(softmax_scale, "softmax_scale"),
-        bool(causal), window_left, window_right, operator.index(num_splits))
+        bool(causal), window_left, window_right, _index(num_splits, "num_splits"))
     if k is not None and not k_cache.is_inference():
         # The caches were written in place: tell autograd's version counters,
         # so that a graph that saved them before notices (inference tensors
@@ -473,8 +522,9 @@ def dropout_mask(seed: int, offset: int, dropout_p: float, batch: int, heads_q: 
     1/(1-p)) that every backend applies to the attention matrix of sequence
     `batch`, query head `head` of `heads_q`, for rows / cols positions
     inside the sequence. Bit-identical to the kernels (same Philox stream)."""
-    return ops.dropout_mask(_as_int64(seed), _as_int64(offset), float(dropout_p), int(batch), int(heads_q),
-                            int(head), int(rows), int(cols))
+    return ops.dropout_mask(_as_int64(seed, "seed"), _as_int64(offset, "offset"), _real(dropout_p, "dropout_p"),
+                            _index(batch, "batch"), _index(heads_q, "heads_q"), _index(head, "head"),
+                            _index(rows, "rows"), _index(cols, "cols"))
 
 
 def supported(device, dtype: torch.dtype, head_dim: int, algorithm: str = "flash") -> bool:

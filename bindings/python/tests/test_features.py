@@ -178,6 +178,9 @@ def test_empty_option_tensors_mean_all_none():
 
 # ------------------------------------------------------------------ errors ---
 
+_CU8 = torch.tensor([0, 8], dtype=torch.int32)
+
+
 def _qkv(dtype=torch.float32, hq=2, hk=2, d=16):
     return (torch.randn(1, 8, hq, d, dtype=dtype), torch.randn(1, 8, hk, d, dtype=dtype),
             torch.randn(1, 8, hk, d, dtype=dtype))
@@ -222,6 +225,35 @@ def _qkv(dtype=torch.float32, hq=2, hk=2, d=16):
     (lambda: torch.ops.flashattn.fwd(*_qkv(), *pack_options(dropout_p=0.1)), ValueError, "rng_state"),
     (lambda: flashattn.flash_attn_block_sparse_func(*_qkv(), torch.ones(1, 1, 1), torch.zeros(1, 1, 1, 1),
                                                     block_size=8), ValueError, "int32"),
+    # Index tensors on another device: a meta one would pick the fake kernel
+    # (uninitialised output) if nothing checked it.
+    (lambda: flashattn.flash_attn_varlen_func(*(t[0] for t in _qkv()), _CU8.to("meta"), _CU8, 8, 8), ValueError,
+     "cu_seqlens_q.device"),
+    (lambda: flashattn.flash_attn_block_sparse_func(*_qkv(), torch.ones(1, 1, 1, dtype=torch.int32).to("meta"),
+                                                    torch.zeros(1, 1, 1, 1, dtype=torch.int32), block_size=8),
+     ValueError, "kv_num_blocks.device"),
+    # Arguments of the wrong type or out of range, each named.
+    (lambda: flashattn.flash_attn_func(*_qkv(), window_size=None), TypeError, "window_size"),
+    (lambda: flashattn.flash_attn_func(*_qkv(), window_size=5), TypeError, "window_size"),
+    (lambda: flashattn.flash_attn_qkvpacked_func(list(_qkv())), TypeError, "qkv"),
+    (lambda: flashattn.flash_attn_kvpacked_func(_qkv()[0], tuple(_qkv()[1:])), TypeError, "kv"),
+    (lambda: flashattn.flash_attn_varlen_func(*(t[0] for t in _qkv()), _CU8, _CU8, None, 8), TypeError,
+     "max_seqlen_q"),
+    (lambda: flashattn.flash_attn_varlen_func(*(t[0] for t in _qkv()), _CU8, _CU8, 8, 2 ** 63), ValueError,
+     "max_seqlen_k"),
+    (lambda: flashattn.flash_attn_func(*_qkv(), dropout_p=0.1, generator=5), TypeError, "generator"),
+    (lambda: flashattn.flash_attn_func(*_qkv(), dropout_p=0.1, seed="x"), TypeError, "seed"),
+    (lambda: flashattn.flash_attn_func(*_qkv(), dropout_p=0.1, seed=(1, 2, 3)), TypeError, "seed"),
+    (lambda: flashattn.flash_attn_func(*_qkv(), algorithm=[]), ValueError, "algorithm"),
+    (lambda: flashattn.flash_attn_block_sparse_func(*_qkv(), torch.ones(1, 1, 1, dtype=torch.int32),
+                                                    torch.zeros(1, 1, 1, 1, dtype=torch.int32), block_size=(8,)),
+     ValueError, "block_size"),
+    (lambda: flashattn.flash_attn_block_sparse_func(*_qkv(), torch.ones(1, 1, 1, dtype=torch.int32),
+                                                    torch.zeros(1, 1, 1, 1, dtype=torch.int32), block_size=None),
+     TypeError, "block_size"),
+    (lambda: flashattn.dropout_mask(1, 0, 0.5, 2 ** 62, 4, 0, 4, 4), ValueError, "batch"),
+    (lambda: flashattn.dropout_mask(1, 0, 0.5, 0, 1, 0, 2 ** 40, 5), ValueError, "rows"),
+    (lambda: flashattn.dropout_mask(1, 0, 0.5, 0, 1, 0, 4, None), TypeError, "cols"),
 ])
 def test_bad_input_raises_a_clear_error(call, exc, words):
     with pytest.raises(exc, match=words.replace(".", r"\.").replace("(", r"\(")) as info:

@@ -239,6 +239,46 @@ def test_argument_errors():
         flashattn.flash_attn_with_kvcache(**{**case, "q": case["q"].clone().requires_grad_()})
 
 
+def test_argument_errors_index_values_and_types():
+    case = make_case(2, 1, 1, 2, 1, 64, torch.float32, capacity=32)
+    paged = make_case(2, 1, 1, 2, 1, 64, torch.float32, capacity=32, page_size=16)
+    bad = [
+        # int64 index values past int32 would wrap into range (2^32 + 3 -> 3)
+        ({"cache_seqlens": torch.tensor([2 ** 32 + 3, 1])}, ValueError, "cache_seqlens: expected int32 values"),
+        ({"cache_batch_idx": torch.tensor([2 ** 32 + 1, 0])}, ValueError, "cache_batch_idx: expected int32 values"),
+        # a meta index tensor would pick the fake kernel: uninitialised output
+        ({"cache_seqlens": case["cache_seqlens"].to("meta")}, ValueError, r"cache_seqlens\.device"),
+        ({"cache_seqlens": 2 ** 40}, ValueError, "cache_seqlens"),
+        ({"cache_seqlens": 1.5}, TypeError, "cache_seqlens"),
+        ({"num_splits": None}, TypeError, "num_splits"),
+        ({"k": [1.0], "v": [1.0]}, TypeError, "k: expected a torch.Tensor"),
+        ({"rotary_cos": torch.ones(40, 8), "rotary_sin": None}, ValueError, "rotary_cos / rotary_sin"),
+        ({"rotary_cos": torch.ones(40, 0), "rotary_sin": torch.ones(40, 0)}, ValueError, "rotary_cos: expected"),
+    ]
+    for extra, exc, words in bad:
+        with pytest.raises(exc, match=words) as info:
+            flashattn.flash_attn_with_kvcache(**{**case, **extra})
+        assert "expected" in str(info.value), extra
+    table = paged["block_table"]
+    for extra, exc, words in [
+        ({"block_table": torch.zeros(2, 0, dtype=torch.int32)}, ValueError, "block_table: expected at least one page"),
+        ({"block_table": table.long() + 2 ** 32}, ValueError, "block_table: expected int32 values"),
+        ({"block_table": table[:, 0], "cache_seqlens": None, "k": None, "v": None}, ValueError,
+         "block_table: expected a 2-D tensor"),
+    ]:
+        with pytest.raises(exc, match=words):
+            flashattn.flash_attn_with_kvcache(**{**paged, **extra})
+
+
+def test_float64_to_float64_accuracy():
+    # The CPU computes float64 caches in double (the float32 path was 3e-7 off).
+    case = make_case(2, 3, 3, 4, 2, 32, torch.float64, capacity=48)
+    want, _, _, _ = reference(case["q"], case["k_cache"], case["v_cache"], case["k"], case["v"],
+                              case["cache_seqlens"], causal=True)
+    out = flashattn.flash_attn_with_kvcache(**case, causal=True)
+    assert (out - want).abs().max().item() < 1e-12
+
+
 def test_append_bumps_the_cache_version():
     # Autograd's version counters must see the in-place append, so that a
     # graph that saved a cache before it notices.
