@@ -646,7 +646,13 @@ Tensor dropout_mask(int64_t seed, int64_t offset, double dropout_p, int64_t batc
   // (a huge one would fail in the allocator, naming neither).
   FLASHATTN_CHECK(rows >= 0 && rows <= INT32_MAX, "flashattn: rows: expected in [0, 2^31), got ", rows);
   FLASHATTN_CHECK(cols >= 0 && cols <= INT32_MAX, "flashattn: cols: expected in [0, 2^31), got ", cols);
-  Tensor keep = at::empty({rows, cols}, at::TensorOptions().dtype(at::kBool));
+  Tensor keep;
+  try {
+    keep = at::empty({rows, cols}, at::TensorOptions().dtype(at::kBool));
+  } catch (const c10::Error&) {
+    FLASHATTN_CHECK(false, "flashattn: rows / cols: expected a rows x cols mask that can be allocated, got ", rows,
+                    " x ", cols);
+  }
   surface_errors([&] {
     flashattn::dropout_mask(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), static_cast<float>(dropout_p),
                             batch, heads_q, head, rows, cols, reinterpret_cast<std::uint8_t*>(keep.data_ptr()));

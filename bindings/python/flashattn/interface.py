@@ -100,8 +100,12 @@ def _rng_state(dropout_p: float, seed, generator) -> Optional[torch.Tensor]:
 
 
 def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
-    # The library takes any strides except in the last dimension.
-    return x if x.stride(-1) == 1 else x.contiguous()
+    # The library takes any strides but a strided last dimension and heads
+    # that overlap (stride_head < head_dim, e.g. KV heads broadcast by
+    # expand()): such an input is copied.
+    if x.stride(-1) == 1 and (x.shape[-2] <= 1 or x.stride(-2) >= x.shape[-1]):
+        return x
+    return x.contiguous()
 
 
 def _unsupported(softcap, alibi_slopes):
