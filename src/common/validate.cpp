@@ -144,8 +144,10 @@ void check_tensor(const Tensor& t, const char* name, const Context& ctx) {
          "(" + str(t.stride_batch) + ", " + str(t.stride_seq) + ", " + str(t.stride_head) + ")");
   // The last dimension is contiguous by construction; a head stride smaller
   // than head_dim would make heads overlap, which is only legal for inputs
-  // that are read (and even then almost certainly a caller bug).
-  if (t.heads > 1 && t.stride_head < t.head_dim)
+  // that are read (and even then almost certainly a caller bug). An empty
+  // tensor touches no memory (PyTorch calls every empty tensor contiguous,
+  // whatever its strides).
+  if (t.heads > 1 && t.stride_head < t.head_dim && !is_empty(t))
     fail(n + ".stride_head", ">= head_dim (" + str(t.head_dim) + ") with a contiguous last dimension",
          str(t.stride_head));
   if (!is_empty(t) && t.data == nullptr) fail(n + ".data", "a non-null pointer for " + shape_str(t), "nullptr");
