@@ -66,7 +66,7 @@ def _index(x, name: str, lo: int = -2 ** 63, hi: int = 2 ** 63 - 1) -> int:
     return i
 
 
-def _as_int64(x: int, name: str = "seed / offset") -> int:
+def _as_int64(x: int, name: str) -> int:
     """An unsigned 64-bit seed/offset as the signed int the schema carries."""
     x = _index(x, name, 0, 2 ** 64 - 1)
     return x - 2 ** 64 if x >= 2 ** 63 else x
