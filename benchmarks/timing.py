@@ -61,7 +61,6 @@ class QueueAhead:
             self.short += 1
 
 
-
 def stopwatch(device):
     """stamp() marks a point in the device's work; seconds(a, b) is the time
     between two marks (CUDA events on a GPU, perf_counter on the CPU)."""

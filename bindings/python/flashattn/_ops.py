@@ -145,6 +145,12 @@ def _check_devices(q, named):
             raise ValueError(f"flashattn: {name}.device: expected the device of q ({q.device}), got {t.device}")
 
 
+def _device_options(option_tensors):
+    """(name, tensor) of the option tensors that live on q's device (all
+    but rng_state, a CPU tensor whatever the device)."""
+    return [(n, t) for n, t in zip(TENSOR_OPTIONS, option_tensors) if n != "rng_state"]
+
+
 def _lse_shape(q, varlen):
     # Dense: [batch, heads_q, seqlen_q]; varlen: [heads_q, total_q].
     if varlen:
@@ -158,8 +164,7 @@ def _fwd_fake(q, k, v, option_tensors, option_ints, dropout_p, softmax_scale):
     # The real kernels check these (and more); here so that meta tensors, or
     # a q and a k on different devices, do not pass unchecked.
     _check_inputs(q, k, v, 3 if varlen else 4)
-    # rng_state lives on the CPU whatever q's device.
-    _check_devices(q, [(n, t) for n, t in zip(TENSOR_OPTIONS, option_tensors) if n != "rng_state"])
+    _check_devices(q, _device_options(option_tensors))
     # e4m3 inputs give a bf16 output (flashattn.h, ForwardArgs).
     out = torch.empty_like(q, memory_format=torch.contiguous_format,
                            dtype=torch.bfloat16 if q.dtype == _FP8 else q.dtype)
@@ -176,7 +181,7 @@ def _fwd_fp8_fake(q, k, v, q_descale, k_descale, v_descale, option_tensors, opti
 @torch.library.register_fake("flashattn::bwd")
 def _bwd_fake(dout, q, k, v, out, lse, option_tensors, option_ints, dropout_p, softmax_scale):
     _check_devices(q, [("dout", dout), ("k", k), ("v", v), ("out", out), ("lse", lse)] +
-                   [(n, t) for n, t in zip(TENSOR_OPTIONS, option_tensors) if n != "rng_state"])
+                   _device_options(option_tensors))
     return (torch.empty_like(q, memory_format=torch.contiguous_format),
             torch.empty_like(k, memory_format=torch.contiguous_format),
             torch.empty_like(v, memory_format=torch.contiguous_format))

@@ -127,17 +127,9 @@ def _window(window_size: Sequence[int]) -> Tuple[int, int]:
 
 
 def _window_side(x) -> int:
-    # Integers only (operator.index: no silent float truncation, no strings),
-    # in int64 as the library takes them; -1 = unbounded, and any value at
-    # least the sequence length is unbounded too.
-    try:
-        i = operator.index(x)
-    except TypeError:
-        raise TypeError(f"flashattn: window_size: expected (left, right) integers, got {type(x).__name__} {x!r}") \
-            from None
-    if not -2 ** 63 <= i < 2 ** 63:
-        raise ValueError(f"flashattn: window_size: expected values in [-1, 2^63 - 1] (-1 = unbounded), got {i}")
-    return i
+    # -1 = unbounded, and any value at least the sequence length is
+    # unbounded too; below -1 is the library's error (window_left / _right).
+    return _index(x, "window_size")
 
 
 def _real(x, name: str) -> float:
