@@ -10,7 +10,7 @@
 #include <tuple>
 
 #include "parallel.h"
-#include "pathfinder_audit.h"
+#include "pathfinder_cues.h"
 
 namespace lra {
 
@@ -232,7 +232,7 @@ void pathfinder_image(const PathfinderParams& p, Rng& rng, int label, Pathfinder
 
 namespace {
 
-// The cell of an image's two strongest shortcut cues (pathfinder_audit.h):
+// The cell of an image's two strongest shortcut cues (pathfinder_cues.h):
 // the markers' distance in bins of size / 32 pixels, and the ink on the
 // straight line between them in tenths, or "no point left".
 constexpr int kDistanceBins = 46;  // distances up to size * sqrt(2)
